@@ -1,0 +1,24 @@
+//! WebSocket close codes Partyline sends, shared so the room node (which
+//! decides) and the gateway (which closes the socket) agree. DESIGN.md's
+//! error table is the contract; docs/protocol.md lists them for users.
+
+/// Normal closure.
+pub const NORMAL: u16 = 1000;
+/// Server shutting down (SIGTERM/SIGINT on `partyline dev`).
+pub const GOING_AWAY: u16 = 1001;
+/// Malformed y-sync frame (bad varint, unknown message type, undecodable update).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text frame that is neither a `y-pk-batch#` marker nor a `__YPS:` message.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// Policy violation (e.g. a client too slow to keep up with its room).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// Frame or reassembled batch over the configured size limit.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The room failed (panic, storage error); the client should reconnect.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// Gateway restarting: reconnect (to another gateway).
+pub const SERVICE_RESTART: u16 = 1012;
+/// Room owner unreachable for longer than the re-route budget.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+/// A read-only session kept writing.
+pub const READ_ONLY: u16 = 4403;

@@ -1,0 +1,59 @@
+//! Room node settings. The binary fills them from TOML, env and flags; tests
+//! build them directly. Every limit is here with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use partyline_proto::NodeId;
+
+/// Default for [`RoomNodeConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`RoomNodeConfig::snapshot_interval`].
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default for [`RoomNodeConfig::snapshot_log_bytes`].
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 16 * 1024 * 1024;
+/// Default for [`RoomNodeConfig::fsync_interval`].
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`RoomNodeConfig::link_queue`].
+pub const DEFAULT_LINK_QUEUE: usize = 8192;
+/// Default for [`RoomNodeConfig::room_queue`].
+pub const DEFAULT_ROOM_QUEUE: usize = 1024;
+
+/// Room node settings.
+#[derive(Debug, Clone)]
+pub struct RoomNodeConfig {
+    /// This node's id, stamped on `Attached` frames and logs.
+    pub node_id: NodeId,
+    /// Root of the embedded store (`rooms/…` below it).
+    pub data_dir: PathBuf,
+    /// A room with no sessions for this long is snapshotted and unloaded.
+    pub idle_timeout: Duration,
+    /// A room with unsnapshotted updates is snapshotted this often.
+    pub snapshot_interval: Duration,
+    /// …or as soon as this many log bytes accumulated since the last one.
+    pub snapshot_log_bytes: u64,
+    /// Log appends reach the page cache at once (enough for `kill -9`);
+    /// they are fsynced this often (the window a power loss can take).
+    pub fsync_interval: Duration,
+    /// Frames buffered toward one gateway link before it is dropped as too
+    /// slow (the gateway reconnects its sessions).
+    pub link_queue: usize,
+    /// Commands buffered per room; senders wait when it is full.
+    pub room_queue: usize,
+}
+
+impl RoomNodeConfig {
+    /// Defaults for a node with this id and data dir.
+    pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+            link_queue: DEFAULT_LINK_QUEUE,
+            room_queue: DEFAULT_ROOM_QUEUE,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Partyline room node: serves the live rooms whose slots it owns.
+//!
+//! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]), the
+//! embedded persistence ([`store`]) and the ownership check on every gateway
+//! stream ([`service`]). It never speaks WebSocket (the gateway does) and
+//! never decides placement (the coordinator does).
+//!
+//! [`run`] serves gRPC on a listener until the shutdown token fires, then
+//! waits for every room to write its final snapshot.
+
+pub mod config;
+pub mod protocol;
+pub mod registry;
+pub mod room;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use partyline_proto::{pb::room_node_server::RoomNodeServer, SlotMap};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::RoomNodeConfig;
+
+/// gRPC messages carry whole y-sync frames; allow the gateway's largest.
+const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Room node failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomNodeError {
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the room node on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: RoomNodeConfig,
+    slot_map: watch::Receiver<Arc<SlotMap>>,
+    shutdown: CancellationToken,
+) -> Result<(), RoomNodeError> {
+    let config = Arc::new(config);
+    let tracker = TaskTracker::new();
+    let registry = registry::Registry::new(config.clone(), tracker.clone(), shutdown.clone());
+    let service = service::RoomNodeService::new(registry, config.node_id.clone(), slot_map, config.link_queue);
+    let server = RoomNodeServer::new(service)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(server)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(result?)
+}

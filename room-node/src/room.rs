@@ -1,0 +1,483 @@
+//! The room actor: one tokio task per live room, the only code that touches
+//! the room's document, awareness, sessions and files.
+//!
+//! Reached through [`RoomHandle`] (a bounded command channel). Each gateway
+//! stream attached to the room is a *link* carrying many client sessions;
+//! a broadcast is sent once per link and the gateway fans it out.
+//!
+//! Commands are handled in batches: every command waiting in the channel is
+//! handled, the updates they produced are appended to the log in one write
+//! (group commit), and only then do the batch's frames leave — so nothing a
+//! client sees from the server is missing from the log.
+//!
+//! The actor ends with an [`ExitReason`]: `Idle` after `idle_timeout`
+//! without links (snapshot first), `Shutdown` on the process token
+//! (snapshot first), `Failed` when storage fails. A panic unwinds the task
+//! only; the registry logs it and the links' streams end, which closes that
+//! room's sessions and nothing else.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use partyline_proto::pb::{self, gateway_frame, node_frame};
+use partyline_proto::{close, RoomName};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, Transact, Update};
+
+use crate::config::RoomNodeConfig;
+use crate::protocol::SyncRoom;
+use crate::store::{RoomFiles, StoreError};
+
+/// Identifies one gateway stream within this node.
+pub type LinkId = u64;
+
+/// Frames toward one gateway stream.
+pub type LinkSender = mpsc::Sender<Result<pb::NodeFrame, tonic::Status>>;
+
+/// How many queued commands one batch handles before committing.
+const MAX_BATCH: usize = 256;
+
+/// What a room actor is asked to do.
+#[derive(Debug)]
+pub enum RoomCommand {
+    /// A gateway stream joins; the actor sends `Attached` on `tx`, then
+    /// answers `reply`. A dropped `reply` means the room is going away.
+    AttachLink {
+        /// The stream's id.
+        link: LinkId,
+        /// Where the room's frames for this stream go.
+        tx: LinkSender,
+        /// Answered once attached.
+        reply: oneshot::Sender<()>,
+    },
+    /// A gateway stream ended; its sessions leave.
+    DetachLink {
+        /// The stream's id.
+        link: LinkId,
+    },
+    /// A frame from a gateway stream (session open/close/message).
+    Frame {
+        /// The stream's id.
+        link: LinkId,
+        /// What the gateway sent.
+        frame: gateway_frame::Kind,
+    },
+}
+
+/// A cheap, cloneable way to reach a room actor.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCommand>,
+}
+
+impl RoomHandle {
+    /// Sends a command, waiting for queue space. `Err` when the actor is gone.
+    pub async fn send(&self, command: RoomCommand) -> Result<(), RoomGone> {
+        self.tx.send(command).await.map_err(|_| RoomGone)
+    }
+}
+
+/// The room actor has exited.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("room actor has exited")]
+pub struct RoomGone;
+
+/// Why a room actor ended.
+#[derive(Debug)]
+pub enum ExitReason {
+    /// No links for `idle_timeout`; snapshotted and unloaded.
+    Idle,
+    /// The process is shutting down; snapshotted.
+    Shutdown,
+    /// Storage failed; the room stopped before acknowledging anything
+    /// it could not persist.
+    Failed(StoreError),
+}
+
+/// Starts loading `room` and returns its handle and actor future.
+pub fn spawn_actor(
+    room: RoomName,
+    config: Arc<RoomNodeConfig>,
+    epoch: u64,
+    cancel: CancellationToken,
+) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
+    let (tx, rx) = mpsc::channel(config.room_queue);
+    let actor = async move {
+        let loaded = load(config.clone(), room.clone()).await;
+        match loaded {
+            Ok((doc, files)) => {
+                RoomActor {
+                    room,
+                    config,
+                    epoch,
+                    cancel,
+                    rx,
+                    sync: SyncRoom::new(doc),
+                    files,
+                    links: HashMap::new(),
+                    outbox: Vec::new(),
+                    pending_log: Vec::new(),
+                    dirty: false,
+                }
+                .run()
+                .await
+            }
+            Err(error) => ExitReason::Failed(error),
+        }
+    };
+    (RoomHandle { tx }, actor)
+}
+
+/// Reads the room's snapshot and log tail into a fresh document, off the
+/// async workers (decoding a large document is CPU work).
+async fn load(config: Arc<RoomNodeConfig>, room: RoomName) -> Result<(Doc, RoomFiles), StoreError> {
+    let task = tokio::task::spawn_blocking(move || {
+        let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str())?;
+        for path in &loaded.corrupt_snapshots {
+            tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
+        }
+        if loaded.truncated_bytes > 0 {
+            tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
+        }
+        let doc = Doc::new();
+        {
+            let mut txn = doc.transact_mut();
+            for (index, bytes) in loaded.updates.iter().enumerate() {
+                let applied = Update::decode_v1(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
+                if let Err(error) = applied {
+                    tracing::error!(room = %room, index, %error, "stored update could not be applied; skipped");
+                }
+            }
+        }
+        Ok((doc, files))
+    });
+    task.await.unwrap_or_else(|join| {
+        Err(StoreError::Io {
+            action: "load room",
+            path: Default::default(),
+            source: std::io::Error::other(join.to_string()),
+        })
+    })
+}
+
+/// One client session of a link.
+#[derive(Debug, Default)]
+struct Session {
+    read_only: bool,
+    /// Awareness client ids this session announced; removed when it closes.
+    awareness: HashSet<ClientID>,
+}
+
+/// One gateway stream and its sessions.
+struct Link {
+    tx: LinkSender,
+    sessions: HashMap<u64, Session>,
+}
+
+/// A frame waiting for the batch's log append.
+enum Out {
+    /// To one link (a reply or an `EndSession`).
+    Link(LinkId, pb::NodeFrame),
+    /// To every link.
+    All(pb::NodeFrame),
+}
+
+struct RoomActor {
+    room: RoomName,
+    config: Arc<RoomNodeConfig>,
+    epoch: u64,
+    cancel: CancellationToken,
+    rx: mpsc::Receiver<RoomCommand>,
+    sync: SyncRoom,
+    files: RoomFiles,
+    links: HashMap<LinkId, Link>,
+    outbox: Vec<Out>,
+    pending_log: Vec<Bytes>,
+    /// Updates logged since the last snapshot.
+    dirty: bool,
+}
+
+impl RoomActor {
+    async fn run(mut self) -> ExitReason {
+        let mut snapshot_tick = tokio::time::interval(self.config.snapshot_interval);
+        snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut fsync_tick = tokio::time::interval(self.config.fsync_interval);
+        fsync_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let idle = tokio::time::sleep(self.config.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.rx.close();
+                    self.snapshot_if_dirty().await;
+                    return ExitReason::Shutdown;
+                }
+                command = self.rx.recv() => {
+                    let Some(command) = command else {
+                        self.snapshot_if_dirty().await;
+                        return ExitReason::Idle;
+                    };
+                    self.handle(command);
+                    let mut handled = 1;
+                    while handled < MAX_BATCH {
+                        let Ok(command) = self.rx.try_recv() else { break };
+                        self.handle(command);
+                        handled += 1;
+                    }
+                    if let Err(error) = self.commit() {
+                        return ExitReason::Failed(error);
+                    }
+                    if self.links.is_empty() {
+                        idle.as_mut().reset(Instant::now() + self.config.idle_timeout);
+                    }
+                    if self.files.bytes_since_snapshot() >= self.config.snapshot_log_bytes {
+                        self.snapshot_if_dirty().await;
+                    }
+                }
+                _ = fsync_tick.tick() => self.fsync(),
+                _ = snapshot_tick.tick() => self.snapshot_if_dirty().await,
+                _ = &mut idle, if self.links.is_empty() => {
+                    // Refuse new commands, then let attachers that raced us
+                    // see their reply dropped and retry on a fresh actor.
+                    self.rx.close();
+                    while self.rx.try_recv().is_ok() {}
+                    self.snapshot_if_dirty().await;
+                    return ExitReason::Idle;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: RoomCommand) {
+        match command {
+            RoomCommand::AttachLink { link, tx, reply } => {
+                let attached = node_frame::Kind::Attached(pb::Attached {
+                    epoch: self.epoch,
+                    node_id: self.config.node_id.to_string(),
+                });
+                self.outbox.push(Out::Link(link, frame(attached)));
+                self.links.insert(
+                    link,
+                    Link {
+                        tx,
+                        sessions: HashMap::new(),
+                    },
+                );
+                let _ = reply.send(());
+            }
+            RoomCommand::DetachLink { link } => self.drop_link(link),
+            RoomCommand::Frame { link, frame } => self.handle_frame(link, frame),
+        }
+    }
+
+    fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
+        match kind {
+            gateway_frame::Kind::OpenSession(open) => {
+                let Some(link) = self.links.get_mut(&link_id) else { return };
+                let read_only = open.permission() == pb::Permission::ReadOnly;
+                link.sessions.insert(
+                    open.session_id,
+                    Session {
+                        read_only,
+                        awareness: HashSet::new(),
+                    },
+                );
+                for payload in self.sync.handshake() {
+                    self.outbox.push(Out::Link(link_id, deliver(open.session_id, payload)));
+                }
+            }
+            gateway_frame::Kind::CloseSession(close) => self.close_session(link_id, close.session_id),
+            gateway_frame::Kind::ClientMessage(message) => self.handle_message(link_id, message),
+            gateway_frame::Kind::Attach(_) => {
+                tracing::warn!(room = %self.room, link = link_id, "attach frame on an attached stream ignored");
+            }
+        }
+    }
+
+    fn handle_message(&mut self, link_id: LinkId, message: pb::ClientMessage) {
+        let session_id = message.session_id;
+        let Some(session) = self
+            .links
+            .get_mut(&link_id)
+            .and_then(|link| link.sessions.get_mut(&session_id))
+        else {
+            return;
+        };
+        if message.kind() == pb::FrameKind::Text {
+            if message.payload.starts_with(b"__YPS:") {
+                self.outbox.push(Out::All(frame(node_frame::Kind::Broadcast(pb::Broadcast {
+                    payload: message.payload,
+                    kind: pb::FrameKind::Text as i32,
+                    has_except: true,
+                    except_session: session_id,
+                }))));
+            } else {
+                self.end_session(link_id, session_id, close::UNSUPPORTED_DATA, "unsupported text message");
+            }
+            return;
+        }
+        match self.sync.handle_frame(&message.payload, !session.read_only) {
+            Ok(outcome) => {
+                session.awareness.extend(outcome.awareness_added.iter().copied());
+                for client in &outcome.awareness_removed {
+                    session.awareness.remove(client);
+                }
+                if outcome.write_denied {
+                    tracing::info!(room = %self.room, session = session_id, "write from a read-only session dropped");
+                }
+                if !outcome.log.is_empty() {
+                    self.dirty = true;
+                }
+                self.pending_log.extend(outcome.log);
+                for payload in outcome.reply {
+                    self.outbox.push(Out::Link(link_id, deliver(session_id, payload)));
+                }
+                for payload in outcome.broadcast {
+                    self.outbox.push(Out::All(broadcast(payload)));
+                }
+            }
+            Err(error) => {
+                tracing::info!(room = %self.room, session = session_id, %error, "malformed frame; closing session");
+                self.end_session(link_id, session_id, close::PROTOCOL_ERROR, &error.to_string());
+            }
+        }
+    }
+
+    /// Ends a session on the room's initiative; the gateway closes the socket.
+    fn end_session(&mut self, link_id: LinkId, session_id: u64, code: u16, reason: &str) {
+        let end = node_frame::Kind::EndSession(pb::EndSession {
+            session_id,
+            close_code: u32::from(code),
+            reason: reason.to_owned(),
+        });
+        self.outbox.push(Out::Link(link_id, frame(end)));
+        self.close_session(link_id, session_id);
+    }
+
+    fn close_session(&mut self, link_id: LinkId, session_id: u64) {
+        let Some(session) = self
+            .links
+            .get_mut(&link_id)
+            .and_then(|link| link.sessions.remove(&session_id))
+        else {
+            return;
+        };
+        self.remove_awareness(session.awareness.into_iter().collect());
+    }
+
+    fn drop_link(&mut self, link_id: LinkId) {
+        let Some(link) = self.links.remove(&link_id) else { return };
+        let clients = link.sessions.into_values().flat_map(|s| s.awareness).collect();
+        self.remove_awareness(clients);
+    }
+
+    fn remove_awareness(&mut self, clients: Vec<ClientID>) {
+        if clients.is_empty() {
+            return;
+        }
+        if let Some(payload) = self.sync.remove_awareness(&clients) {
+            self.outbox.push(Out::All(broadcast(payload)));
+        }
+    }
+
+    /// Appends the batch's updates to the log, then sends its frames.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.pending_log.is_empty() {
+            self.files.append(&self.pending_log)?;
+            self.pending_log.clear();
+        }
+        // Dropping a slow link removes awareness, which queues more frames.
+        while !self.outbox.is_empty() {
+            let mut slow = Vec::new();
+            for out in std::mem::take(&mut self.outbox) {
+                match out {
+                    Out::Link(link_id, frame) => {
+                        if let Some(link) = self.links.get(&link_id) {
+                            if link.tx.try_send(Ok(frame)).is_err() {
+                                slow.push(link_id);
+                            }
+                        }
+                    }
+                    Out::All(frame) => {
+                        for (&link_id, link) in &self.links {
+                            if link.tx.try_send(Ok(frame.clone())).is_err() {
+                                slow.push(link_id);
+                            }
+                        }
+                    }
+                }
+            }
+            slow.sort_unstable();
+            slow.dedup();
+            for link_id in slow {
+                tracing::warn!(room = %self.room, link = link_id, "gateway link too slow or gone; dropping it");
+                self.drop_link(link_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn fsync(&mut self) {
+        if let Some(file) = self.files.take_unsynced() {
+            let room = self.room.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = file.sync_data() {
+                    tracing::error!(room = %room, %error, "fsync of the room log failed");
+                }
+            });
+        }
+    }
+
+    /// Writes a snapshot when updates arrived since the last one. Runs to
+    /// completion even during shutdown: a half-written snapshot is never
+    /// renamed into place, so cancellation could only lose the work.
+    async fn snapshot_if_dirty(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let state = self.sync.encode_state();
+        let job = self.files.begin_snapshot(self.epoch, state);
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || job.write()).await {
+            Ok(Ok(())) => {
+                self.dirty = false;
+                tracing::debug!(room = %self.room, took = ?started.elapsed(), "snapshot written");
+            }
+            Ok(Err(error)) => tracing::error!(room = %self.room, %error, "snapshot failed; the log still holds every update"),
+            Err(error) => tracing::error!(room = %self.room, %error, "snapshot task failed"),
+        }
+    }
+}
+
+fn frame(kind: node_frame::Kind) -> pb::NodeFrame {
+    pb::NodeFrame { kind: Some(kind) }
+}
+
+fn deliver(session_id: u64, payload: Bytes) -> pb::NodeFrame {
+    frame(node_frame::Kind::Deliver(pb::Deliver {
+        session_id,
+        payload,
+        kind: pb::FrameKind::Binary as i32,
+    }))
+}
+
+fn broadcast(payload: Bytes) -> pb::NodeFrame {
+    frame(node_frame::Kind::Broadcast(pb::Broadcast {
+        payload,
+        kind: pb::FrameKind::Binary as i32,
+        has_except: false,
+        except_session: 0,
+    }))
+}
+
+/// How long [`crate::registry::Registry::attach`] keeps retrying a room
+/// that is unloading or failing to load.
+pub const ATTACH_DEADLINE: Duration = Duration::from_secs(10);

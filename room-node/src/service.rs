@@ -1,0 +1,114 @@
+//! The `RoomNode` gRPC service: accepts gateway streams, checks ownership,
+//! attaches each stream to its room actor and pumps frames into it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_server::RoomNode};
+use partyline_proto::{NodeId, RoomName, SlotMap};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::Registry;
+use crate::room::{LinkId, RoomCommand, RoomHandle};
+
+/// How long a new stream may take to send its `Attach` frame.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC face of a room node.
+pub struct RoomNodeService {
+    registry: Registry,
+    node_id: NodeId,
+    slot_map: watch::Receiver<Arc<SlotMap>>,
+    link_queue: usize,
+    next_link: AtomicU64,
+}
+
+impl RoomNodeService {
+    /// A service serving the rooms `slot_map` assigns to `node_id`.
+    pub fn new(
+        registry: Registry,
+        node_id: NodeId,
+        slot_map: watch::Receiver<Arc<SlotMap>>,
+        link_queue: usize,
+    ) -> Self {
+        Self {
+            registry,
+            node_id,
+            slot_map,
+            link_queue,
+            next_link: AtomicU64::new(1),
+        }
+    }
+
+    /// `Ok(epoch)` when this node owns `room` in the current map,
+    /// `Err(epoch)` otherwise.
+    fn check_owner(&self, room: &RoomName) -> Result<u64, u64> {
+        let map = self.slot_map.borrow();
+        if map.owner_of_room(room.as_str()).id == self.node_id {
+            Ok(map.epoch())
+        } else {
+            Err(map.epoch())
+        }
+    }
+}
+
+type NodeStream = ReceiverStream<Result<pb::NodeFrame, Status>>;
+
+#[tonic::async_trait]
+impl RoomNode for RoomNodeService {
+    type OpenRoomStream = NodeStream;
+
+    async fn open_room(
+        &self,
+        request: Request<Streaming<pb::GatewayFrame>>,
+    ) -> Result<Response<NodeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(ATTACH_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no attach frame"))??;
+        let Some(pb::GatewayFrame {
+            kind: Some(gateway_frame::Kind::Attach(attach)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first frame must be attach"));
+        };
+        let room = RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(self.link_queue);
+        let epoch = match self.check_owner(&room) {
+            Ok(epoch) => epoch,
+            Err(epoch) => {
+                let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch });
+                let _ = tx.try_send(Ok(pb::NodeFrame { kind: Some(not_owner) }));
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
+        };
+        let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let handle = self
+            .registry
+            .attach(&room, epoch, link, tx)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::debug!(room = %room, link, gateway = %attach.gateway_id, "gateway stream attached");
+        tokio::spawn(pump(inbound, handle, link));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds a gateway stream's frames into its room until either side ends.
+async fn pump(mut inbound: Streaming<pb::GatewayFrame>, room: RoomHandle, link: LinkId) {
+    loop {
+        match inbound.message().await {
+            Ok(Some(pb::GatewayFrame { kind: Some(frame) })) => {
+                if room.send(RoomCommand::Frame { link, frame }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(pb::GatewayFrame { kind: None })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = room.send(RoomCommand::DetachLink { link }).await;
+}

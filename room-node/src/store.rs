@@ -1,0 +1,465 @@
+//! Embedded persistence: an append-only file log and snapshots per room,
+//! under `<data dir>/rooms/<sha256(room)[..32]>/`.
+//!
+//! ```text
+//! log-<segment>.bin       records: u32 len | u32 crc32(payload) | payload (Yjs update v1)
+//! snapshot-<covered>.bin  full state covering every log segment ≤ covered
+//! room                    the room's name, for people and tools
+//! ```
+//!
+//! Durability contract (DESIGN.md): the actor appends an update with
+//! [`RoomFiles::append`] before anyone sees it (a `write(2)` to the page
+//! cache survives `kill -9`; [`RoomFiles::sync`] makes it survive power loss
+//! and runs on a timer). Taking a snapshot first rotates the log to a new
+//! segment, then writes the snapshot (temp file, fsync, rename, fsync dir),
+//! then deletes only what the *previous* snapshot covered: a corrupt newest
+//! snapshot is recovered from the one before plus the log. Loading takes the
+//! newest snapshot whose checksum holds plus every later segment; a torn
+//! record at the end of the newest segment (a crash mid-write) is cut off.
+//!
+//! Sync I/O: callers run the heavy calls ([`RoomFiles::open`],
+//! [`RoomFiles::write_snapshot`]) on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PLSNAP\0\x01";
+const SNAPSHOT_VERSION: u32 = 1;
+const RECORD_HEADER: usize = 8;
+
+/// Storage failures. A room that cannot persist stops accepting updates.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem error, with what was being done.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What failed, as a verb phrase.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A record longer than the format allows.
+    #[error("update of {0} bytes is too large for the log")]
+    RecordTooLarge(usize),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What [`RoomFiles::open`] found on disk.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Snapshot payload then log records, to apply in order.
+    pub updates: Vec<Vec<u8>>,
+    /// Snapshots skipped because their checksum or header was bad.
+    pub corrupt_snapshots: Vec<PathBuf>,
+    /// Bytes cut from the end of the newest log segment (torn write).
+    pub truncated_bytes: u64,
+}
+
+/// Header fields of a snapshot file (DESIGN.md "Durability contract").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// Room name.
+    pub room: String,
+    /// Slot-map epoch of the node that wrote it.
+    pub epoch: u64,
+    /// Every log segment ≤ this is included.
+    pub covered_segment: u64,
+}
+
+/// One room's files. Owned by the room actor.
+#[derive(Debug)]
+pub struct RoomFiles {
+    dir: PathBuf,
+    room: String,
+    segment: u64,
+    log: Option<File>,
+    unsynced: bool,
+    bytes_since_snapshot: u64,
+}
+
+impl RoomFiles {
+    /// The directory of `room` under `data_dir`.
+    pub fn room_dir(data_dir: &Path, room: &str) -> PathBuf {
+        let digest = Sha256::digest(room.as_bytes());
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        data_dir.join("rooms").join(name)
+    }
+
+    /// Opens a room's files and reads its state. Creates nothing until the
+    /// first append, so probing an unknown room leaves no trace.
+    pub fn open(data_dir: &Path, room: &str) -> Result<(Self, Loaded), StoreError> {
+        let dir = Self::room_dir(data_dir, room);
+        let mut loaded = Loaded::default();
+        let (snapshots, segments) = list(&dir)?;
+        let mut covered = 0;
+        for &(snapshot_covered, ref path) in snapshots.iter().rev() {
+            match read_snapshot(path) {
+                Ok((header, payload)) if header.covered_segment == snapshot_covered => {
+                    covered = snapshot_covered;
+                    loaded.updates.push(payload);
+                    break;
+                }
+                _ => loaded.corrupt_snapshots.push(path.clone()),
+            }
+        }
+        let newest = segments.last().map(|&(n, _)| n);
+        for &(number, ref path) in segments.iter().filter(|(n, _)| *n > covered) {
+            let valid_len = read_records(path, &mut loaded.updates)?;
+            let file_len = fs::metadata(path).map_err(io_err("stat", path))?.len();
+            if valid_len < file_len && Some(number) == newest {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err("open", path))?;
+                file.set_len(valid_len).map_err(io_err("truncate", path))?;
+                loaded.truncated_bytes = file_len - valid_len;
+            }
+        }
+        let segment = newest.unwrap_or(0).max(covered + 1);
+        let files = Self {
+            dir,
+            room: room.to_owned(),
+            segment,
+            log: None,
+            unsynced: false,
+            bytes_since_snapshot: 0,
+        };
+        Ok((files, loaded))
+    }
+
+    /// Appends updates to the current segment (one `write(2)` for the batch).
+    pub fn append(&mut self, updates: &[bytes::Bytes]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(updates.iter().map(|u| u.len() + RECORD_HEADER).sum());
+        for update in updates {
+            let len = u32::try_from(update.len()).map_err(|_| StoreError::RecordTooLarge(update.len()))?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(update).to_le_bytes());
+            buf.extend_from_slice(update);
+        }
+        let path = self.segment_path(self.segment);
+        if self.log.is_none() {
+            self.create_dir()?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("open log", &path))?;
+            self.log = Some(file);
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.write_all(&buf).map_err(io_err("append to log", &path))?;
+        }
+        self.unsynced = true;
+        self.bytes_since_snapshot += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Log bytes written since the last snapshot.
+    pub fn bytes_since_snapshot(&self) -> u64 {
+        self.bytes_since_snapshot
+    }
+
+    /// A handle to fsync the log with, if anything was written since the
+    /// last call. Run `sync_data` on it off the actor.
+    pub fn take_unsynced(&mut self) -> Option<File> {
+        if !self.unsynced {
+            return None;
+        }
+        self.unsynced = false;
+        self.log.as_ref().and_then(|f| f.try_clone().ok())
+    }
+
+    /// Starts a snapshot: closes the current segment so later appends go to
+    /// a new one, and returns the job that writes state covering it.
+    pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotJob {
+        let covered = self.segment;
+        let log = self.log.take();
+        self.segment += 1;
+        self.unsynced = false;
+        self.bytes_since_snapshot = 0;
+        SnapshotJob {
+            dir: self.dir.clone(),
+            header: SnapshotHeader {
+                room: self.room.clone(),
+                epoch,
+                covered_segment: covered,
+            },
+            state,
+            closed_log: log,
+        }
+    }
+
+    fn create_dir(&self) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
+        let name_path = self.dir.join("room");
+        if !name_path.exists() {
+            fs::write(&name_path, self.room.as_bytes()).map_err(io_err("write room name", &name_path))?;
+        }
+        Ok(())
+    }
+
+    fn segment_path(&self, segment: u64) -> PathBuf {
+        self.dir.join(format!("log-{segment:020}.bin"))
+    }
+}
+
+/// A snapshot to write on the blocking pool; see [`RoomFiles::begin_snapshot`].
+#[derive(Debug)]
+pub struct SnapshotJob {
+    dir: PathBuf,
+    header: SnapshotHeader,
+    state: Vec<u8>,
+    closed_log: Option<File>,
+}
+
+impl SnapshotJob {
+    /// Writes the snapshot durably, then trims what the previous one covered.
+    pub fn write(self) -> Result<(), StoreError> {
+        if let Some(log) = &self.closed_log {
+            log.sync_data().map_err(io_err("sync log", &self.dir))?;
+        }
+        fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
+        let covered = self.header.covered_segment;
+        let path = self.dir.join(format!("snapshot-{covered:020}.bin"));
+        let tmp = self.dir.join(format!("snapshot-{covered:020}.tmp"));
+        let bytes = encode_snapshot(&self.header, &self.state);
+        {
+            let mut file = File::create(&tmp).map_err(io_err("create snapshot", &tmp))?;
+            file.write_all(&bytes).map_err(io_err("write snapshot", &tmp))?;
+            file.sync_all().map_err(io_err("sync snapshot", &tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io_err("rename snapshot", &path))?;
+        sync_dir(&self.dir)?;
+        self.trim(covered)
+    }
+
+    /// Deletes log segments covered by the previous valid snapshot and every
+    /// snapshot older than that one.
+    fn trim(&self, newest: u64) -> Result<(), StoreError> {
+        let (snapshots, segments) = list(&self.dir)?;
+        let previous = snapshots
+            .iter()
+            .rev()
+            .filter(|(covered, _)| *covered < newest)
+            .find(|(covered, path)| matches!(read_snapshot(path), Ok((h, _)) if h.covered_segment == *covered));
+        let Some(&(previous_covered, _)) = previous else {
+            return Ok(());
+        };
+        for (number, path) in segments.iter().filter(|(n, _)| *n <= previous_covered) {
+            fs::remove_file(path).map_err(io_err("remove log segment", path))?;
+            tracing::debug!(segment = number, "trimmed log segment");
+        }
+        for (_, path) in snapshots.iter().filter(|(c, _)| *c < previous_covered) {
+            fs::remove_file(path).map_err(io_err("remove snapshot", path))?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync dir", dir))
+}
+
+type Numbered = Vec<(u64, PathBuf)>;
+
+/// Snapshots and log segments in a room dir, each sorted by number.
+fn list(dir: &Path) -> Result<(Numbered, Numbered), StoreError> {
+    let mut snapshots = Vec::new();
+    let mut segments = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((snapshots, segments)),
+        Err(e) => return Err(io_err("list room dir", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("list room dir", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let number = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(".bin"))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        if let Some(n) = number("snapshot-") {
+            snapshots.push((n, entry.path()));
+        } else if let Some(n) = number("log-") {
+            segments.push((n, entry.path()));
+        }
+    }
+    snapshots.sort();
+    segments.sort();
+    Ok((snapshots, segments))
+}
+
+/// Reads valid records into `out`; returns the length of the valid prefix.
+fn read_records(path: &Path, out: &mut Vec<Vec<u8>>) -> Result<u64, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_err("read log", path))?;
+    let mut offset = 0;
+    while bytes.len() - offset >= RECORD_HEADER {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap_or_default());
+        let start = offset + RECORD_HEADER;
+        let Some(payload) = bytes.get(start..start + len) else { break };
+        if crc32fast::hash(payload) != crc {
+            tracing::warn!(path = %path.display(), offset, "log record checksum mismatch; ignoring the rest of the segment");
+            break;
+        }
+        out.push(payload.to_vec());
+        offset = start + len;
+    }
+    Ok(offset as u64)
+}
+
+fn encode_snapshot(header: &SnapshotHeader, state: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(state.len() + header.room.len() + 40);
+    body.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    body.extend_from_slice(&header.epoch.to_le_bytes());
+    body.extend_from_slice(&header.covered_segment.to_le_bytes());
+    body.extend_from_slice(&(header.room.len() as u32).to_le_bytes());
+    body.extend_from_slice(header.room.as_bytes());
+    body.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    body.extend_from_slice(state);
+    let crc = crc32fast::hash(&body);
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + body.len() + 4);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Why a snapshot file was not used.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotFormatError {
+    #[error("read: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad magic, version or length")]
+    Malformed,
+    #[error("checksum mismatch")]
+    Checksum,
+}
+
+fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), SnapshotFormatError> {
+    let bytes = fs::read(path)?;
+    let body = bytes
+        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+        .filter(|b| b.len() >= 4)
+        .ok_or(SnapshotFormatError::Malformed)?;
+    let (body, crc) = body.split_at(body.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(SnapshotFormatError::Checksum);
+    }
+    let mut reader = body;
+    let mut take = |n: usize| -> Result<&[u8], SnapshotFormatError> {
+        if reader.len() < n {
+            return Err(SnapshotFormatError::Malformed);
+        }
+        let (head, rest) = reader.split_at(n);
+        reader = rest;
+        Ok(head)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    if u32_at(take(4)?) != SNAPSHOT_VERSION {
+        return Err(SnapshotFormatError::Malformed);
+    }
+    let epoch = u64_at(take(8)?);
+    let covered_segment = u64_at(take(8)?);
+    let room_len = u32_at(take(4)?) as usize;
+    let room = String::from_utf8(take(room_len)?.to_vec()).map_err(|_| SnapshotFormatError::Malformed)?;
+    let state_len = usize::try_from(u64_at(take(8)?)).map_err(|_| SnapshotFormatError::Malformed)?;
+    let state = take(state_len)?.to_vec();
+    Ok((
+        SnapshotHeader {
+            room,
+            epoch,
+            covered_segment,
+        },
+        state,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn updates(n: u8) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(vec![i; 3])).collect()
+    }
+
+    #[test]
+    fn log_survives_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, loaded) = RoomFiles::open(dir.path(), "a/b").unwrap();
+        assert!(loaded.updates.is_empty());
+        assert!(!RoomFiles::room_dir(dir.path(), "a/b").exists(), "nothing created on open");
+        files.append(&updates(3)).unwrap();
+        drop(files);
+        let segment = RoomFiles::room_dir(dir.path(), "a/b").join(format!("log-{:020}.bin", 1));
+        let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "a/b").unwrap();
+        assert_eq!(loaded.updates, vec![vec![0; 3], vec![1; 3], vec![2; 3]]);
+        assert_eq!(loaded.truncated_bytes, 6);
+    }
+
+    #[test]
+    fn snapshot_then_tail_and_previous_snapshot_rescues_a_corrupt_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = RoomFiles::open(dir.path(), "r").unwrap();
+        files.append(&updates(1)).unwrap();
+        files.begin_snapshot(0, b"S1".to_vec()).write().unwrap();
+        files.append(&[Bytes::from_static(b"u2")]).unwrap();
+        files.begin_snapshot(0, b"S2".to_vec()).write().unwrap();
+        files.append(&[Bytes::from_static(b"u3")]).unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        assert_eq!(loaded.updates, vec![b"S2".to_vec(), b"u3".to_vec()]);
+
+        // Corrupt the newest snapshot: S1 plus the kept log must restore it.
+        let room_dir = RoomFiles::room_dir(dir.path(), "r");
+        let newest = room_dir.join(format!("snapshot-{:020}.bin", 2));
+        let mut bytes = fs::read(&newest).unwrap();
+        let last = bytes.len() - 6;
+        bytes[last] ^= 0xff;
+        fs::write(&newest, bytes).unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        assert_eq!(loaded.corrupt_snapshots, vec![newest]);
+        assert_eq!(loaded.updates, vec![b"S1".to_vec(), b"u2".to_vec(), b"u3".to_vec()]);
+    }
+
+    #[test]
+    fn trimming_keeps_only_what_the_previous_snapshot_does_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = RoomFiles::open(dir.path(), "r").unwrap();
+        for i in 0..4u8 {
+            files.append(&[Bytes::from(vec![i])]).unwrap();
+            files.begin_snapshot(0, vec![b'S', i]).write().unwrap();
+        }
+        let (snapshots, segments) = list(&RoomFiles::room_dir(dir.path(), "r")).unwrap();
+        let numbers = |v: &Numbered| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        assert_eq!(numbers(&snapshots), vec![3, 4]);
+        assert_eq!(numbers(&segments), vec![4]);
+        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        assert_eq!(loaded.updates, vec![vec![b'S', 3]]);
+    }
+}
