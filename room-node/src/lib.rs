@@ -46,7 +46,12 @@ pub async fn run(
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     let registry = registry::Registry::new(config.clone(), tracker.clone(), shutdown.clone());
-    let service = service::RoomNodeService::new(registry, config.node_id.clone(), slot_map, config.link_queue);
+    let service = service::RoomNodeService::new(
+        registry,
+        config.node_id.clone(),
+        slot_map,
+        config.link_queue,
+    );
     let server = RoomNodeServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);

@@ -135,7 +135,10 @@ impl SyncRoom {
         for &client in clients {
             self.awareness.remove_state(client);
         }
-        let update = self.awareness.update_with_clients(clients.iter().copied()).ok()?;
+        let update = self
+            .awareness
+            .update_with_clients(clients.iter().copied())
+            .ok()?;
         (!update.clients.is_empty()).then(|| encode(&Message::Awareness(update)))
     }
 
@@ -147,7 +150,10 @@ impl SyncRoom {
     }
 
     fn step2_for(&self, state_vector: &StateVector) -> Bytes {
-        let diff = self.doc().transact().encode_state_as_update_v1(state_vector);
+        let diff = self
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(state_vector);
         encode(&Message::Sync(SyncMessage::SyncStep2(diff)))
     }
 
@@ -231,14 +237,13 @@ mod tests {
         }
 
         fn receive(&self, frame: &[u8]) {
-            match Message::decode_v1(frame).unwrap() {
-                Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
-                    self.doc
-                        .transact_mut()
-                        .apply_update(Update::decode_v1(&u).unwrap())
-                        .unwrap();
-                }
-                _ => {}
+            if let Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) =
+                Message::decode_v1(frame).unwrap()
+            {
+                self.doc
+                    .transact_mut()
+                    .apply_update(Update::decode_v1(&u).unwrap())
+                    .unwrap();
             }
         }
 
@@ -290,7 +295,12 @@ mod tests {
             Message::decode_v1(&outcome.reply[0]).unwrap(),
             Message::Auth(Some(_))
         ));
-        assert_eq!(room.encode_state(), Doc::new().transact().encode_state_as_update_v1(&StateVector::default()));
+        assert_eq!(
+            room.encode_state(),
+            Doc::new()
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        );
     }
 
     #[test]
@@ -330,7 +340,10 @@ mod tests {
         let before = room.encode_state();
         let bad: [&[u8]; 5] = [&[], &[0x80], &[0, 2, 0xff, 0xff], &[9, 1, 1], &[3, 0]];
         for frame in bad {
-            assert!(room.handle_frame(frame, true).is_err(), "{frame:?} accepted");
+            assert!(
+                room.handle_frame(frame, true).is_err(),
+                "{frame:?} accepted"
+            );
         }
         assert_eq!(room.encode_state(), before);
     }

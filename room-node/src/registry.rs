@@ -45,7 +45,11 @@ pub struct Registry {
 impl Registry {
     /// An empty registry whose actors stop on `cancel` and are tracked by
     /// `tracker` (so shutdown can wait for their final snapshots).
-    pub fn new(config: Arc<RoomNodeConfig>, tracker: TaskTracker, cancel: CancellationToken) -> Self {
+    pub fn new(
+        config: Arc<RoomNodeConfig>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             rooms: Arc::default(),
             next_generation: Arc::default(),
@@ -100,7 +104,12 @@ impl Registry {
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (handle, actor) = room::spawn_actor(room.clone(), self.config.clone(), epoch, self.cancel.child_token());
+        let (handle, actor) = room::spawn_actor(
+            room.clone(),
+            self.config.clone(),
+            epoch,
+            self.cancel.child_token(),
+        );
         rooms.insert(
             room.clone(),
             Entry {
@@ -113,10 +122,18 @@ impl Registry {
         let room = room.clone();
         self.tracker.spawn(async move {
             match task.await {
-                Ok(ExitReason::Idle) => tracing::debug!(room = %room, "room unloaded after idle timeout"),
-                Ok(ExitReason::Shutdown) => tracing::debug!(room = %room, "room stopped for shutdown"),
-                Ok(ExitReason::Failed(error)) => tracing::error!(room = %room, %error, "room failed"),
-                Err(join) if join.is_panic() => tracing::error!(room = %room, "room actor panicked; its sessions were closed"),
+                Ok(ExitReason::Idle) => {
+                    tracing::debug!(room = %room, "room unloaded after idle timeout")
+                }
+                Ok(ExitReason::Shutdown) => {
+                    tracing::debug!(room = %room, "room stopped for shutdown")
+                }
+                Ok(ExitReason::Failed(error)) => {
+                    tracing::error!(room = %room, %error, "room failed")
+                }
+                Err(join) if join.is_panic() => {
+                    tracing::error!(room = %room, "room actor panicked; its sessions were closed")
+                }
                 Err(join) => tracing::error!(room = %room, %join, "room actor ended abnormally"),
             }
             let mut rooms = registry.lock();

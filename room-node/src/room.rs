@@ -281,7 +281,9 @@ impl RoomActor {
     fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
         match kind {
             gateway_frame::Kind::OpenSession(open) => {
-                let Some(link) = self.links.get_mut(&link_id) else { return };
+                let Some(link) = self.links.get_mut(&link_id) else {
+                    return;
+                };
                 let read_only = open.permission() == pb::Permission::ReadOnly;
                 link.sessions.insert(
                     open.session_id,
@@ -291,10 +293,13 @@ impl RoomActor {
                     },
                 );
                 for payload in self.sync.handshake() {
-                    self.outbox.push(Out::Link(link_id, deliver(open.session_id, payload)));
+                    self.outbox
+                        .push(Out::Link(link_id, deliver(open.session_id, payload)));
                 }
             }
-            gateway_frame::Kind::CloseSession(close) => self.close_session(link_id, close.session_id),
+            gateway_frame::Kind::CloseSession(close) => {
+                self.close_session(link_id, close.session_id)
+            }
             gateway_frame::Kind::ClientMessage(message) => self.handle_message(link_id, message),
             gateway_frame::Kind::Attach(_) => {
                 tracing::warn!(room = %self.room, link = link_id, "attach frame on an attached stream ignored");
@@ -313,20 +318,29 @@ impl RoomActor {
         };
         if message.kind() == pb::FrameKind::Text {
             if message.payload.starts_with(b"__YPS:") {
-                self.outbox.push(Out::All(frame(node_frame::Kind::Broadcast(pb::Broadcast {
-                    payload: message.payload,
-                    kind: pb::FrameKind::Text as i32,
-                    has_except: true,
-                    except_session: session_id,
-                }))));
+                self.outbox.push(Out::All(frame(node_frame::Kind::Broadcast(
+                    pb::Broadcast {
+                        payload: message.payload,
+                        kind: pb::FrameKind::Text as i32,
+                        has_except: true,
+                        except_session: session_id,
+                    },
+                ))));
             } else {
-                self.end_session(link_id, session_id, close::UNSUPPORTED_DATA, "unsupported text message");
+                self.end_session(
+                    link_id,
+                    session_id,
+                    close::UNSUPPORTED_DATA,
+                    "unsupported text message",
+                );
             }
             return;
         }
         match self.sync.handle_frame(&message.payload, !session.read_only) {
             Ok(outcome) => {
-                session.awareness.extend(outcome.awareness_added.iter().copied());
+                session
+                    .awareness
+                    .extend(outcome.awareness_added.iter().copied());
                 for client in &outcome.awareness_removed {
                     session.awareness.remove(client);
                 }
@@ -338,7 +352,8 @@ impl RoomActor {
                 }
                 self.pending_log.extend(outcome.log);
                 for payload in outcome.reply {
-                    self.outbox.push(Out::Link(link_id, deliver(session_id, payload)));
+                    self.outbox
+                        .push(Out::Link(link_id, deliver(session_id, payload)));
                 }
                 for payload in outcome.broadcast {
                     self.outbox.push(Out::All(broadcast(payload)));
@@ -346,7 +361,12 @@ impl RoomActor {
             }
             Err(error) => {
                 tracing::info!(room = %self.room, session = session_id, %error, "malformed frame; closing session");
-                self.end_session(link_id, session_id, close::PROTOCOL_ERROR, &error.to_string());
+                self.end_session(
+                    link_id,
+                    session_id,
+                    close::PROTOCOL_ERROR,
+                    &error.to_string(),
+                );
             }
         }
     }
@@ -374,8 +394,14 @@ impl RoomActor {
     }
 
     fn drop_link(&mut self, link_id: LinkId) {
-        let Some(link) = self.links.remove(&link_id) else { return };
-        let clients = link.sessions.into_values().flat_map(|s| s.awareness).collect();
+        let Some(link) = self.links.remove(&link_id) else {
+            return;
+        };
+        let clients = link
+            .sessions
+            .into_values()
+            .flat_map(|s| s.awareness)
+            .collect();
         self.remove_awareness(clients);
     }
 
@@ -451,7 +477,9 @@ impl RoomActor {
                 self.dirty = false;
                 tracing::debug!(room = %self.room, took = ?started.elapsed(), "snapshot written");
             }
-            Ok(Err(error)) => tracing::error!(room = %self.room, %error, "snapshot failed; the log still holds every update"),
+            Ok(Err(error)) => {
+                tracing::error!(room = %self.room, %error, "snapshot failed; the log still holds every update")
+            }
             Err(error) => tracing::error!(room = %self.room, %error, "snapshot task failed"),
         }
     }

@@ -75,13 +75,16 @@ impl RoomNode for RoomNodeService {
         else {
             return Err(Status::invalid_argument("the first frame must be attach"));
         };
-        let room = RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let room =
+            RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.link_queue);
         let epoch = match self.check_owner(&room) {
             Ok(epoch) => epoch,
             Err(epoch) => {
                 let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch });
-                let _ = tx.try_send(Ok(pb::NodeFrame { kind: Some(not_owner) }));
+                let _ = tx.try_send(Ok(pb::NodeFrame {
+                    kind: Some(not_owner),
+                }));
                 return Ok(Response::new(ReceiverStream::new(rx)));
             }
         };

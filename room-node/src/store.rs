@@ -146,7 +146,8 @@ impl RoomFiles {
         }
         let mut buf = Vec::with_capacity(updates.iter().map(|u| u.len() + RECORD_HEADER).sum());
         for update in updates {
-            let len = u32::try_from(update.len()).map_err(|_| StoreError::RecordTooLarge(update.len()))?;
+            let len = u32::try_from(update.len())
+                .map_err(|_| StoreError::RecordTooLarge(update.len()))?;
             buf.extend_from_slice(&len.to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(update).to_le_bytes());
             buf.extend_from_slice(update);
@@ -162,7 +163,8 @@ impl RoomFiles {
             self.log = Some(file);
         }
         if let Some(log) = self.log.as_mut() {
-            log.write_all(&buf).map_err(io_err("append to log", &path))?;
+            log.write_all(&buf)
+                .map_err(io_err("append to log", &path))?;
         }
         self.unsynced = true;
         self.bytes_since_snapshot += buf.len() as u64;
@@ -208,7 +210,8 @@ impl RoomFiles {
         fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
         let name_path = self.dir.join("room");
         if !name_path.exists() {
-            fs::write(&name_path, self.room.as_bytes()).map_err(io_err("write room name", &name_path))?;
+            fs::write(&name_path, self.room.as_bytes())
+                .map_err(io_err("write room name", &name_path))?;
         }
         Ok(())
     }
@@ -240,7 +243,8 @@ impl SnapshotJob {
         let bytes = encode_snapshot(&self.header, &self.state);
         {
             let mut file = File::create(&tmp).map_err(io_err("create snapshot", &tmp))?;
-            file.write_all(&bytes).map_err(io_err("write snapshot", &tmp))?;
+            file.write_all(&bytes)
+                .map_err(io_err("write snapshot", &tmp))?;
             file.sync_all().map_err(io_err("sync snapshot", &tmp))?;
         }
         fs::rename(&tmp, &path).map_err(io_err("rename snapshot", &path))?;
@@ -316,10 +320,13 @@ fn read_records(path: &Path, out: &mut Vec<Vec<u8>>) -> Result<u64, StoreError> 
         .map_err(io_err("read log", path))?;
     let mut offset = 0;
     while bytes.len() - offset >= RECORD_HEADER {
-        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default()) as usize;
+        let len =
+            u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default()) as usize;
         let crc = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap_or_default());
         let start = offset + RECORD_HEADER;
-        let Some(payload) = bytes.get(start..start + len) else { break };
+        let Some(payload) = bytes.get(start..start + len) else {
+            break;
+        };
         if crc32fast::hash(payload) != crc {
             tracing::warn!(path = %path.display(), offset, "log record checksum mismatch; ignoring the rest of the segment");
             break;
@@ -385,8 +392,10 @@ fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), SnapshotForma
     let epoch = u64_at(take(8)?);
     let covered_segment = u64_at(take(8)?);
     let room_len = u32_at(take(4)?) as usize;
-    let room = String::from_utf8(take(room_len)?.to_vec()).map_err(|_| SnapshotFormatError::Malformed)?;
-    let state_len = usize::try_from(u64_at(take(8)?)).map_err(|_| SnapshotFormatError::Malformed)?;
+    let room =
+        String::from_utf8(take(room_len)?.to_vec()).map_err(|_| SnapshotFormatError::Malformed)?;
+    let state_len =
+        usize::try_from(u64_at(take(8)?)).map_err(|_| SnapshotFormatError::Malformed)?;
     let state = take(state_len)?.to_vec();
     Ok((
         SnapshotHeader {
@@ -412,7 +421,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut files, loaded) = RoomFiles::open(dir.path(), "a/b").unwrap();
         assert!(loaded.updates.is_empty());
-        assert!(!RoomFiles::room_dir(dir.path(), "a/b").exists(), "nothing created on open");
+        assert!(
+            !RoomFiles::room_dir(dir.path(), "a/b").exists(),
+            "nothing created on open"
+        );
         files.append(&updates(3)).unwrap();
         drop(files);
         let segment = RoomFiles::room_dir(dir.path(), "a/b").join(format!("log-{:020}.bin", 1));
@@ -444,7 +456,10 @@ mod tests {
         fs::write(&newest, bytes).unwrap();
         let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
         assert_eq!(loaded.corrupt_snapshots, vec![newest]);
-        assert_eq!(loaded.updates, vec![b"S1".to_vec(), b"u2".to_vec(), b"u3".to_vec()]);
+        assert_eq!(
+            loaded.updates,
+            vec![b"S1".to_vec(), b"u2".to_vec(), b"u3".to_vec()]
+        );
     }
 
     #[test]

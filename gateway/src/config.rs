@@ -1,0 +1,62 @@
+//! Gateway settings, every limit with its default.
+
+use std::time::Duration;
+
+/// Default for [`GatewayConfig::max_message_bytes`].
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default for [`GatewayConfig::ping_interval`].
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Default for [`GatewayConfig::dead_after`].
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
+/// Default for [`GatewayConfig::session_queue`].
+pub const DEFAULT_SESSION_QUEUE: usize = 1024;
+/// Default for [`GatewayConfig::upstream_linger`].
+pub const DEFAULT_UPSTREAM_LINGER: Duration = Duration::from_secs(5);
+/// Default for [`GatewayConfig::owner_unreachable_timeout`].
+pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`GatewayConfig::ws_read_buffer_bytes`].
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Stable id of this gateway, sent to room nodes for logs.
+    pub gateway_id: String,
+    /// Largest client message, as one frame or as a reassembled
+    /// `y-pk-batch`; larger ones close the socket with 1009.
+    pub max_message_bytes: usize,
+    /// How often the gateway pings each client socket.
+    pub ping_interval: Duration,
+    /// A socket that sent nothing (not even a pong) for this long is closed
+    /// as dead and its awareness removed.
+    pub dead_after: Duration,
+    /// Frames buffered toward one client; a client that falls further
+    /// behind is closed with 1008 so the room never waits for it.
+    pub session_queue: usize,
+    /// How long a room's upstream stream stays open after its last local
+    /// session left (reconnects within it reuse the stream).
+    pub upstream_linger: Duration,
+    /// How long a client waits while its room's owner cannot be reached
+    /// before it is closed with 1013.
+    pub owner_unreachable_timeout: Duration,
+    /// Per-socket WebSocket read buffer. tungstenite's default is 128 KiB
+    /// per socket; larger frames still arrive, the buffer just grows for
+    /// them.
+    pub ws_read_buffer_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults for a gateway with this id.
+    pub fn new(gateway_id: impl Into<String>) -> Self {
+        Self {
+            gateway_id: gateway_id.into(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            dead_after: DEFAULT_DEAD_AFTER,
+            session_queue: DEFAULT_SESSION_QUEUE,
+            upstream_linger: DEFAULT_UPSTREAM_LINGER,
+            owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
+            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
+        }
+    }
+}

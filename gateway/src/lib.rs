@@ -1,0 +1,127 @@
+//! Partyline gateway: the stateless WebSocket edge.
+//!
+//! Owns HTTP + WebSocket handling ([`session`]), URL → room parsing
+//! ([`path`]), y-partykit chunk reassembly ([`batch`]), routing rooms to
+//! their owner with the slot map ([`router`]) and the one-stream-per-room
+//! upstreams to room nodes ([`upstream`]). It holds no document state and
+//! never touches storage: everything it knows can be rebuilt from the slot
+//! map and the room nodes.
+//!
+//! [`run`] serves until the shutdown token fires, then closes every client
+//! socket with 1001 and waits for the session tasks to finish.
+
+pub mod batch;
+pub mod config;
+pub mod path;
+pub mod router;
+pub mod session;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use partyline_proto::SlotMap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::GatewayConfig;
+use upstream::{SessionGrant, Upstreams};
+
+/// State shared by every request and session of a gateway.
+pub struct Shared {
+    config: Arc<GatewayConfig>,
+    upstreams: Upstreams,
+    sessions: TaskTracker,
+    cancel: CancellationToken,
+    next_session_id: AtomicU64,
+}
+
+impl Shared {
+    fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Gateway failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Accepting connections failed.
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: GatewayConfig,
+    slot_map: watch::Receiver<Arc<SlotMap>>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let config = Arc::new(config);
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        upstreams: Upstreams::new(
+            router::Router::new(slot_map),
+            config.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ),
+        config,
+        sessions: tracker.clone(),
+        cancel: shutdown.clone(),
+        next_session_id: AtomicU64::new(1),
+    });
+    let app = axum::Router::new().fallback(handle).with_state(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(result?)
+}
+
+/// Every path is a room path: validate the room, then upgrade.
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let room_path = match path::parse(uri.path()) {
+        Ok(room_path) => room_path,
+        Err(error) => {
+            tracing::info!(path = uri.path(), %error, "refused bad room name");
+            return (StatusCode::BAD_REQUEST, format!("bad room name: {error}\n")).into_response();
+        }
+    };
+    let Ok(upgrade) = upgrade else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a Yjs WebSocket endpoint; connect with a y-websocket or y-partykit provider\n",
+        )
+            .into_response();
+    };
+    // Identity and permission come from the authorizer once there is one;
+    // until then every client is an anonymous writer.
+    let grant = SessionGrant {
+        identity: String::new(),
+        read_only: false,
+    };
+    let config = &shared.config;
+    let max = config.max_message_bytes;
+    let shared = shared.clone();
+    upgrade
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let sessions = shared.sessions.clone();
+            sessions.track_future(session::serve(socket, room_path.room, grant, shared))
+        })
+}

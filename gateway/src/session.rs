@@ -1,0 +1,212 @@
+//! One client WebSocket: a task that reads the client's frames into the
+//! room's upstream and writes the room's frames out.
+//!
+//! Binary frames are y-sync messages, passed through whole (the room node
+//! decodes them). Text frames are side protocols: `y-pk-batch#` markers
+//! bracket chunks that are joined here into one message, `__YPS:` messages
+//! are relayed to the room's other sessions, anything else closes the
+//! socket with 1003. The gateway pings every `ping_interval` and closes a
+//! socket silent for `dead_after`. On exit the room is told, so the
+//! client's awareness is removed.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use partyline_proto::{close, RoomName};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
+use crate::upstream::{CloseReason, SessionGrant, SessionPorts, ToClient, UpstreamHandle};
+use crate::Shared;
+
+/// Most frames written to a socket before one flush.
+const MAX_WRITE_BATCH: usize = 64;
+
+/// Runs a client session until either side closes.
+pub async fn serve(
+    mut socket: WebSocket,
+    room: RoomName,
+    grant: SessionGrant,
+    shared: Arc<Shared>,
+) {
+    let session_id = shared.next_session_id();
+    let (frames_tx, mut frames_rx) = mpsc::channel(shared.config.session_queue);
+    let (close_tx, mut close_rx) = oneshot::channel();
+    let ports = SessionPorts {
+        frames: frames_tx,
+        close: close_tx,
+    };
+    let upstream = tokio::select! {
+        opened = shared.upstreams.open(&room, session_id, grant, ports) => opened,
+        _ = shared.cancel.cancelled() => Err(CloseReason::new(close::GOING_AWAY, "gateway shutting down")),
+    };
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(reason) => {
+            send_close(&mut socket, &reason).await;
+            return;
+        }
+    };
+    let reason = pump(
+        &mut socket,
+        &room,
+        session_id,
+        &upstream,
+        &shared,
+        &mut frames_rx,
+        &mut close_rx,
+    )
+    .await;
+    upstream.close(session_id).await;
+    if let Some(reason) = reason {
+        // Frames the room queued before it ended the session go out first.
+        while let Ok(frame) = frames_rx.try_recv() {
+            if socket.feed(to_message(frame)).await.is_err() {
+                return;
+            }
+        }
+        send_close(&mut socket, &reason).await;
+    }
+}
+
+/// Moves frames both ways; returns how to close, or `None` when the client
+/// is already gone.
+async fn pump(
+    socket: &mut WebSocket,
+    room: &RoomName,
+    session_id: u64,
+    upstream: &UpstreamHandle,
+    shared: &Shared,
+    frames_rx: &mut mpsc::Receiver<ToClient>,
+    close_rx: &mut oneshot::Receiver<CloseReason>,
+) -> Option<CloseReason> {
+    let config = &shared.config;
+    let mut reassembler = Reassembler::new(config.max_message_bytes);
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {
+                return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+            }
+            reason = &mut *close_rx => {
+                return Some(reason.unwrap_or_else(|_| CloseReason::new(close::INTERNAL_ERROR, "room unavailable")));
+            }
+            frame = frames_rx.recv() => {
+                let Some(frame) = frame else {
+                    return Some(CloseReason::new(close::INTERNAL_ERROR, "room unavailable"));
+                };
+                if write_batch(socket, frame, frames_rx).await.is_err() {
+                    return None;
+                }
+            }
+            message = socket.recv() => {
+                last_heard = Instant::now();
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::debug!(room = %room, session = session_id, %error, "socket read failed");
+                        return too_big(&error);
+                    }
+                    None => return None,
+                };
+                let forward = match message {
+                    Message::Binary(data) if reassembler.is_open() => {
+                        reassembler.chunk(&data).map(|()| None)
+                    }
+                    Message::Binary(data) => Ok(Some((data, false))),
+                    Message::Text(text) if text.as_str().starts_with(BATCH_PREFIX) => {
+                        reassembler.marker(text.as_str()).map(|joined| joined.map(|data| (data, false)))
+                    }
+                    Message::Text(text) if text.as_str().starts_with("__YPS:") => {
+                        Ok(Some((Bytes::from(text), true)))
+                    }
+                    Message::Text(_) => {
+                        tracing::info!(room = %room, session = session_id, "unsupported text frame");
+                        return Some(CloseReason::new(close::UNSUPPORTED_DATA, "unsupported text message"));
+                    }
+                    Message::Close(_) => return None,
+                    Message::Ping(_) | Message::Pong(_) => Ok(None),
+                };
+                match forward {
+                    Ok(Some((payload, text))) => {
+                        if upstream.client_frame(session_id, payload, text).await.is_err() {
+                            return Some(CloseReason::new(close::INTERNAL_ERROR, "room unavailable"));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::info!(room = %room, session = session_id, %error, "bad y-pk-batch");
+                        let code = match error {
+                            BatchError::TooLarge(_) => close::MESSAGE_TOO_BIG,
+                            _ => close::PROTOCOL_ERROR,
+                        };
+                        return Some(CloseReason::new(code, error.to_string()));
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > config.dead_after {
+                    tracing::debug!(room = %room, session = session_id, "socket silent too long; closing");
+                    return None;
+                }
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: ToClient,
+    frames_rx: &mut mpsc::Receiver<ToClient>,
+) -> Result<(), axum::Error> {
+    socket.feed(to_message(first)).await?;
+    for _ in 1..MAX_WRITE_BATCH {
+        let Ok(frame) = frames_rx.try_recv() else {
+            break;
+        };
+        socket.feed(to_message(frame)).await?;
+    }
+    socket.flush().await
+}
+
+fn to_message(frame: ToClient) -> Message {
+    if frame.text {
+        match Utf8Bytes::try_from(frame.payload) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Binary(Bytes::new()),
+        }
+    } else {
+        Message::Binary(frame.payload)
+    }
+}
+
+/// tungstenite refuses an over-limit message with a capacity error; the
+/// client gets 1009 for it.
+fn too_big(error: &axum::Error) -> Option<CloseReason> {
+    let text = error.to_string();
+    (text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big"))
+        .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
+}
+
+async fn send_close(socket: &mut WebSocket, reason: &CloseReason) {
+    let mut text = reason.reason.clone();
+    // A close frame's reason must fit in 123 bytes.
+    while text.len() > 123 {
+        text.pop();
+    }
+    let frame = CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(text),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}

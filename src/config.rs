@@ -1,0 +1,269 @@
+//! `partyline` configuration: TOML file (`--config`) ← env
+//! (`PARTYLINE_<SECTION>_<KEY>`) ← flags, later wins. The TOML sections
+//! mirror the env names: `[gateway]`, `[room_node]`. Unknown keys are an
+//! error, durations are written like `"30s"` or `"2m"`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+/// Default gateway address: PartyKit's default port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1999";
+/// Default data directory of `partyline dev`.
+pub const DEFAULT_DATA_DIR: &str = ".partyline";
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    gateway: GatewaySection,
+    #[serde(default)]
+    room_node: RoomNodeSection,
+}
+
+impl FileConfig {
+    /// Reads `path`, or defaults when there is none.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
+    }
+}
+
+/// Gateway settings: flags, env `PARTYLINE_GATEWAY_*`, or `[gateway]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Address the WebSocket gateway listens on [default: 127.0.0.1:1999].
+    #[arg(long, env = "PARTYLINE_GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Largest client message (one frame or a joined y-pk-batch) in bytes;
+    /// larger closes the socket with 1009 [default: 16777216].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// How often client sockets are pinged [default: 10s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
+    /// A socket silent this long (no frame, no pong) is closed as dead [default: 30s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_DEAD_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub dead_after: Option<Duration>,
+    /// Frames queued toward one client before it is closed as too slow (1008) [default: 1024].
+    #[arg(long, env = "PARTYLINE_GATEWAY_SESSION_QUEUE")]
+    pub session_queue: Option<usize>,
+    /// How long a room's upstream stream outlives its last local client [default: 5s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_UPSTREAM_LINGER", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub upstream_linger: Option<Duration>,
+    /// How long a client waits for an unreachable room owner before 1013 [default: 10s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_OWNER_UNREACHABLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub owner_unreachable_timeout: Option<Duration>,
+    /// WebSocket read buffer per socket in bytes [default: 4096].
+    #[arg(long, env = "PARTYLINE_GATEWAY_WS_READ_BUFFER_BYTES")]
+    pub ws_read_buffer_bytes: Option<usize>,
+}
+
+/// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomNodeSection {
+    /// Directory for room logs and snapshots [default: ./.partyline].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unload a room this long after its last client left (snapshot first) [default: 30s].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Snapshot a room with new updates this often [default: 60s].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_SNAPSHOT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub snapshot_interval: Option<Duration>,
+    /// …or once this many log bytes piled up since the last snapshot [default: 16777216].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_SNAPSHOT_LOG_BYTES")]
+    pub snapshot_log_bytes: Option<u64>,
+    /// fsync room logs this often; appends reach the OS before any echo [default: 1s].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_FSYNC_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub fsync_interval: Option<Duration>,
+    /// Frames queued toward one gateway stream before it is dropped as too slow [default: 8192].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_LINK_QUEUE")]
+    pub link_queue: Option<usize>,
+    /// Commands queued per room [default: 1024].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_ROOM_QUEUE")]
+    pub room_queue: Option<usize>,
+}
+
+/// `a` where set, else `b`.
+fn or<T>(a: Option<T>, b: Option<T>) -> Option<T> {
+    a.or(b)
+}
+
+impl GatewaySection {
+    /// Flags/env over file.
+    pub fn merge(self, file: GatewaySection) -> Self {
+        Self {
+            listen: or(self.listen, file.listen),
+            max_message_bytes: or(self.max_message_bytes, file.max_message_bytes),
+            ping_interval: or(self.ping_interval, file.ping_interval),
+            dead_after: or(self.dead_after, file.dead_after),
+            session_queue: or(self.session_queue, file.session_queue),
+            upstream_linger: or(self.upstream_linger, file.upstream_linger),
+            owner_unreachable_timeout: or(
+                self.owner_unreachable_timeout,
+                file.owner_unreachable_timeout,
+            ),
+            ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
+        }
+    }
+
+    /// The listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses")
+        })
+    }
+
+    /// Typed gateway config.
+    pub fn build(&self, gateway_id: String) -> anyhow::Result<partyline_gateway::GatewayConfig> {
+        let mut config = partyline_gateway::GatewayConfig::new(gateway_id);
+        set(&mut config.max_message_bytes, self.max_message_bytes);
+        set(&mut config.ping_interval, self.ping_interval);
+        set(&mut config.dead_after, self.dead_after);
+        set(&mut config.session_queue, self.session_queue);
+        set(&mut config.upstream_linger, self.upstream_linger);
+        set(
+            &mut config.owner_unreachable_timeout,
+            self.owner_unreachable_timeout,
+        );
+        set(&mut config.ws_read_buffer_bytes, self.ws_read_buffer_bytes);
+        anyhow::ensure!(
+            config.session_queue > 0,
+            "gateway.session_queue must be at least 1"
+        );
+        anyhow::ensure!(
+            config.max_message_bytes > 0,
+            "gateway.max_message_bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.ping_interval.is_zero(),
+            "gateway.ping_interval must be positive"
+        );
+        anyhow::ensure!(
+            config.dead_after > config.ping_interval,
+            "gateway.dead_after must be longer than gateway.ping_interval"
+        );
+        Ok(config)
+    }
+}
+
+impl RoomNodeSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: RoomNodeSection) -> Self {
+        Self {
+            data_dir: or(self.data_dir, file.data_dir),
+            idle_timeout: or(self.idle_timeout, file.idle_timeout),
+            snapshot_interval: or(self.snapshot_interval, file.snapshot_interval),
+            snapshot_log_bytes: or(self.snapshot_log_bytes, file.snapshot_log_bytes),
+            fsync_interval: or(self.fsync_interval, file.fsync_interval),
+            link_queue: or(self.link_queue, file.link_queue),
+            room_queue: or(self.room_queue, file.room_queue),
+        }
+    }
+
+    /// Typed room node config.
+    pub fn build(
+        &self,
+        node_id: partyline_proto::NodeId,
+    ) -> anyhow::Result<partyline_room_node::RoomNodeConfig> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let mut config = partyline_room_node::RoomNodeConfig::new(node_id, data_dir);
+        set(&mut config.idle_timeout, self.idle_timeout);
+        set(&mut config.snapshot_interval, self.snapshot_interval);
+        set(&mut config.snapshot_log_bytes, self.snapshot_log_bytes);
+        set(&mut config.fsync_interval, self.fsync_interval);
+        set(&mut config.link_queue, self.link_queue);
+        set(&mut config.room_queue, self.room_queue);
+        anyhow::ensure!(
+            config.link_queue > 0,
+            "room_node.link_queue must be at least 1"
+        );
+        anyhow::ensure!(
+            config.room_queue > 0,
+            "room_node.room_queue must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.snapshot_interval.is_zero(),
+            "room_node.snapshot_interval must be positive"
+        );
+        anyhow::ensure!(
+            !config.fsync_interval.is_zero(),
+            "room_node.fsync_interval must be positive"
+        );
+        Ok(config)
+    }
+}
+
+impl FileConfig {
+    /// Splits into sections for merging.
+    pub fn into_sections(self) -> (GatewaySection, RoomNodeSection) {
+        (self.gateway, self.room_node)
+    }
+}
+
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let file: FileConfig = toml::from_str(
+            "[gateway]\nlisten = \"127.0.0.1:7000\"\nping_interval = \"5s\"\n[room_node]\nidle_timeout = \"2m\"\n",
+        )
+        .unwrap();
+        let (gateway, room_node) = file.into_sections();
+        let flags = GatewaySection {
+            ping_interval: Some(Duration::from_secs(3)),
+            ..Default::default()
+        };
+        let gateway = flags.merge(gateway);
+        assert_eq!(gateway.listen(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(gateway.ping_interval, Some(Duration::from_secs(3)));
+        let room = RoomNodeSection::default()
+            .merge(room_node)
+            .build(partyline_proto::NodeId::new("n"))
+            .unwrap();
+        assert_eq!(room.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<FileConfig>("[gateway]\nlisen = \"x\"\n").is_err());
+        assert!(toml::from_str::<FileConfig>("[gateway]\nping_interval = \"soon\"\n").is_err());
+        let bad = GatewaySection {
+            session_queue: Some(0),
+            ..Default::default()
+        };
+        assert!(bad.build("g".into()).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! `partyline dev`: one process running a gateway and a room node with a
+//! static one-node slot map. The gateway reaches the room node over real
+//! gRPC on a loopback port, the same path a cluster uses.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use partyline_proto::{NodeId, NodeInfo, SlotMap};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FileConfig, GatewaySection, RoomNodeSection};
+use crate::CommonArgs;
+
+/// `partyline dev` flags.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    gateway: GatewaySection,
+    #[command(flatten)]
+    room_node: RoomNodeSection,
+}
+
+/// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
+/// closed with 1001, every dirty room snapshotted.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let (file_gateway, file_room_node) =
+        FileConfig::load(args.common.config.as_deref())?.into_sections();
+    let gateway = args.gateway.merge(file_gateway);
+    let room_node = args.room_node.merge(file_room_node);
+    let node_id = NodeId::new("dev");
+    let room_config = room_node.build(node_id.clone())?;
+    std::fs::create_dir_all(&room_config.data_dir)
+        .with_context(|| format!("create data dir {}", room_config.data_dir.display()))?;
+    let gateway_config = gateway.build("dev".to_owned())?;
+
+    let grpc_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("bind room node grpc")?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let listener = TcpListener::bind(gateway.listen())
+        .await
+        .with_context(|| format!("bind gateway on {}", gateway.listen()))?;
+    let addr = listener.local_addr()?;
+
+    let map = SlotMap::single(
+        0,
+        NodeInfo {
+            id: node_id,
+            grpc_url: format!("http://{grpc_addr}"),
+        },
+    );
+    let (_map_tx, map_rx) = watch::channel(Arc::new(map));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
+    let room_node = tokio::spawn(partyline_room_node::run(
+        grpc_listener,
+        room_config,
+        map_rx.clone(),
+        shutdown.clone(),
+    ));
+    let gateway = tokio::spawn(partyline_gateway::run(
+        listener,
+        gateway_config,
+        map_rx,
+        shutdown.clone(),
+    ));
+    // Tests and scripts wait for this exact line on stdout.
+    println!("partyline dev listening on ws://{addr}");
+
+    let gateway_result = gateway.await.context("gateway task")?;
+    shutdown.cancel();
+    let room_node_result = room_node.await.context("room node task")?;
+    gateway_result.context("gateway")?;
+    room_node_result.context("room node")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,235 @@
+//! `partyline dev` end to end with the Rust client: bad input, room names,
+//! restart after SIGTERM / SIGKILL, and idle unloading.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::DevServer;
+use partyline_bench::YClient;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn synced(server: &DevServer, room: &str) -> YClient {
+    let client = YClient::connect(&server.url(room)).await.expect("connect");
+    client.wait_synced(WAIT).await.expect("synced");
+    client
+}
+
+/// A fresh client's view of the room's text `t`.
+async fn content(server: &DevServer, room: &str) -> String {
+    let client = synced(server, room).await;
+    let text = client.text("t").await.expect("read");
+    client.close(WAIT).await.expect("close");
+    text
+}
+
+#[tokio::test]
+async fn bad_input_closes_only_the_offending_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--max-message-bytes", "65536"]);
+    let room = "bad-input";
+    let writer = synced(&server, room).await;
+    let watcher = synced(&server, room).await;
+    writer.push_text("t", "before").await.unwrap();
+    watcher.wait_for_text("t", "before", WAIT).await.unwrap();
+
+    let cases: Vec<(&str, Option<Vec<u8>>, Option<&str>, u16)> = vec![
+        (
+            "random bytes",
+            Some(vec![0x17, 0xff, 0x03, 0x99, 0x42, 0x00, 0x7e]),
+            None,
+            1002,
+        ),
+        ("empty frame", Some(vec![]), None, 1002),
+        ("truncated varint", Some(vec![0x00, 0x02, 0x85]), None, 1002),
+        (
+            "update that is not a Yjs update",
+            Some(vec![0x00, 0x02, 0x03, 0xff, 0xff, 0xff]),
+            None,
+            1002,
+        ),
+        ("text frame", None, Some("hello there"), 1003),
+        ("oversized frame", Some(vec![0u8; 100_000]), None, 1009),
+        ("bad batch marker", None, Some("y-pk-batch#{nope"), 1002),
+    ];
+    for (name, binary, text, code) in cases {
+        let bad = synced(&server, room).await;
+        match (binary, text) {
+            (Some(bytes), _) => bad.send_binary(bytes).await.unwrap(),
+            (_, Some(text)) => bad.send_text(text).await.unwrap(),
+            _ => unreachable!(),
+        }
+        let closed = bad
+            .wait_closed(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: not closed: {e}"));
+        assert_eq!(closed.code, code, "{name}: closed with {closed}");
+        // The room keeps serving its other clients.
+        writer.push_text("t", ".").await.unwrap();
+        let expected = writer.text("t").await.unwrap();
+        watcher
+            .wait_for_text("t", &expected, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("after {name}: {e}"));
+    }
+    assert_eq!(
+        content(&server, room).await,
+        format!("before{}", ".".repeat(7))
+    );
+    server.assert_no_errors();
+}
+
+fn http_get_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = [0u8; 64];
+    let n = stream.read(&mut response).unwrap();
+    let head = String::from_utf8_lossy(&response[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn room_names_are_decoded_isolated_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &[]);
+    let names = [
+        "doc-abc123",
+        "diagram-xyz789",
+        "with_underscore",
+        "with.dot",
+        "a%20b",
+        "a%2Bb",
+        "a/b",
+        "parties/main/doc-abc123x",
+    ];
+    for name in names {
+        let client = synced(&server, name).await;
+        client.push_text("t", name).await.unwrap();
+        client.close(WAIT).await.unwrap();
+    }
+    for name in names {
+        assert_eq!(
+            content(&server, name).await,
+            name,
+            "room {name} is not isolated"
+        );
+    }
+    // Percent-decoding happens before the name is used: `a%2Fb` is `a/b`.
+    assert_eq!(content(&server, "a%2Fb").await, "a/b");
+    // `/parties/main/x` and `/party/x` name room `x`.
+    let pk = synced(&server, "parties/main/shared-x").await;
+    pk.push_text("t", "pk").await.unwrap();
+    let old = synced(&server, "party/shared-x").await;
+    old.wait_for_text("t", "pk", WAIT).await.unwrap();
+    assert_eq!(content(&server, "shared-x").await, "pk");
+
+    assert_eq!(http_get_status(server.addr, "/"), 400);
+    assert_eq!(http_get_status(server.addr, "/parties/main/"), 400);
+    assert_eq!(
+        http_get_status(server.addr, &format!("/{}", "x".repeat(300))),
+        400
+    );
+    assert_eq!(http_get_status(server.addr, "/%ff"), 400);
+    assert_eq!(http_get_status(server.addr, "/ok-room"), 101);
+    server.assert_no_errors();
+}
+
+#[tokio::test]
+async fn sigterm_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = DevServer::start(dir.path(), &[]);
+    let client = synced(&server, "persist").await;
+    for i in 0..100 {
+        client.push_text("t", &format!("{i},")).await.unwrap();
+    }
+    let expected = client.text("t").await.unwrap();
+    let watcher = synced(&server, "persist").await;
+    watcher.wait_for_text("t", &expected, WAIT).await.unwrap();
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    let closed = client.wait_closed(WAIT).await.unwrap();
+    assert_eq!(
+        closed.code, 1001,
+        "clients are told the server is going away"
+    );
+    assert!(server.log().contains("stopped"));
+
+    let server = DevServer::start(dir.path(), &[]);
+    assert_eq!(content(&server, "persist").await, expected);
+    server.assert_no_errors();
+}
+
+#[tokio::test]
+async fn sigkill_loses_nothing_the_server_broadcast() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = DevServer::start(dir.path(), &[]);
+    let writer = synced(&server, "crash").await;
+    let watcher = synced(&server, "crash").await;
+    for i in 0..300 {
+        writer.push_text("t", &format!("{i};")).await.unwrap();
+    }
+    let expected = writer.text("t").await.unwrap();
+    // Once the watcher has it, the server broadcast it; then kill at once.
+    watcher.wait_for_text("t", &expected, WAIT).await.unwrap();
+    server.kill();
+
+    let server = DevServer::start(dir.path(), &[]);
+    assert_eq!(content(&server, "crash").await, expected);
+    server.assert_no_errors();
+}
+
+#[tokio::test]
+async fn idle_rooms_are_snapshotted_unloaded_and_loaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--idle-timeout",
+            "300ms",
+            "--upstream-linger",
+            "100ms",
+            "--snapshot-interval",
+            "1h",
+        ],
+    );
+    let client = synced(&server, "sleepy").await;
+    client.push_text("t", "zzz").await.unwrap();
+    client.wait_for_text("t", "zzz", WAIT).await.unwrap();
+    client.close(WAIT).await.unwrap();
+    // The idle room writes a snapshot as it unloads.
+    let rooms = dir.path().join("rooms");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let has_snapshot = || {
+        std::fs::read_dir(&rooms)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|room| {
+                std::fs::read_dir(room.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().starts_with("snapshot-"))
+            })
+    };
+    while !has_snapshot() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot after idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(content(&server, "sleepy").await, "zzz");
+    server.assert_no_errors();
+}
