@@ -133,6 +133,12 @@ async fn room_names_are_decoded_isolated_and_bounded() {
     let old = synced(&server, "party/shared-x").await;
     old.wait_for_text("t", "pk", WAIT).await.unwrap();
     assert_eq!(content(&server, "shared-x").await, "pk");
+    // Another party is another namespace.
+    let other = synced(&server, "parties/cursors/shared-x").await;
+    other.push_text("t", "other").await.unwrap();
+    other.close(WAIT).await.unwrap();
+    assert_eq!(content(&server, "shared-x").await, "pk");
+    assert_eq!(content(&server, "parties/cursors/shared-x").await, "other");
 
     assert_eq!(http_get_status(server.addr, "/"), 400);
     assert_eq!(http_get_status(server.addr, "/parties/main/"), 400);

@@ -4,9 +4,18 @@
 //! `/party/{room}` (older y-partykit) and `/{room…}` (y-websocket: the whole
 //! rest of the path, `/` included). The room part is percent-decoded after
 //! the split, so `%2F` inside a PartyKit room name stays in the name.
+//!
+//! Parties are namespaces, as on PartyKit. The default party `main` (and
+//! `/party/…`) shares rooms with y-websocket paths, so `/parties/main/x`,
+//! `/party/x` and `/x` are one document; room `x` of another party `p` is
+//! stored as `parties/p/x`, a name no y-websocket path can reach (such paths
+//! parse as a party path), so namespaces never collide.
 
 use partyline_proto::{RoomName, RoomNameError};
 use percent_encoding::percent_decode_str;
+
+/// The party y-partykit uses unless told otherwise.
+pub const DEFAULT_PARTY: &str = "main";
 
 /// A parsed client path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +31,25 @@ pub fn parse(path: &str) -> Result<RoomPath, RoomNameError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
     if let Some(parties) = rest.strip_prefix("parties/") {
         if let Some((party, room)) = parties.split_once('/') {
+            let party = decode(party)?.as_str().to_owned();
+            if party.contains('/') {
+                return Err(RoomNameError::PartySlash);
+            }
+            let room = decode(room)?;
+            let room = if party == DEFAULT_PARTY {
+                room
+            } else {
+                RoomName::new(format!("parties/{party}/{room}"))?
+            };
             return Ok(RoomPath {
-                party: Some(decode(party)?.as_str().to_owned()),
-                room: decode(room)?,
+                party: Some(party),
+                room,
             });
         }
     }
     if let Some(room) = rest.strip_prefix("party/") {
         return Ok(RoomPath {
-            party: Some("main".to_owned()),
+            party: Some(DEFAULT_PARTY.to_owned()),
             room: decode(room)?,
         });
     }
@@ -66,6 +85,13 @@ mod tests {
         );
         let p = parse("/team/a/doc.v1_x-y").unwrap();
         assert_eq!((p.party, p.room.as_str()), (None, "team/a/doc.v1_x-y"));
+    }
+
+    #[test]
+    fn other_parties_are_namespaces() {
+        assert_eq!(room("/parties/cursors/doc-1"), "parties/cursors/doc-1");
+        assert_eq!(room("/parties/main/doc-1"), room("/doc-1"));
+        assert_eq!(parse("/parties/a%2Fb/x"), Err(RoomNameError::PartySlash));
     }
 
     #[test]

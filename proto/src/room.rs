@@ -21,6 +21,9 @@ pub enum RoomNameError {
     /// Percent-decoding produced bytes that are not UTF-8.
     #[error("room name is not valid UTF-8 after percent-decoding")]
     NotUtf8,
+    /// A PartyKit party name with `/` in it.
+    #[error("party name must not contain '/'")]
+    PartySlash,
 }
 
 /// A valid room name.
@@ -72,7 +75,13 @@ mod tests {
     #[test]
     fn refuses_empty_long_and_non_utf8() {
         assert_eq!(RoomName::new(""), Err(RoomNameError::Empty));
-        assert_eq!(RoomName::new("x".repeat(300)), Err(RoomNameError::TooLong(300)));
-        assert_eq!(RoomName::from_bytes(vec![0xff, 0xfe]), Err(RoomNameError::NotUtf8));
+        assert_eq!(
+            RoomName::new("x".repeat(300)),
+            Err(RoomNameError::TooLong(300))
+        );
+        assert_eq!(
+            RoomName::from_bytes(vec![0xff, 0xfe]),
+            Err(RoomNameError::NotUtf8)
+        );
     }
 }

@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn new_rejects_bad_maps() {
-        assert_eq!(SlotMap::new(1, vec![], vec![0; 4096]), Err(SlotMapError::NoNodes));
+        assert_eq!(
+            SlotMap::new(1, vec![], vec![0; 4096]),
+            Err(SlotMapError::NoNodes)
+        );
         assert_eq!(
             SlotMap::new(1, vec![node("a")], vec![0; 3]),
             Err(SlotMapError::WrongLength(3))

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs Partyline's whole test suite, installing what it needs first when it
+# is missing: lint (fmt, clippy), the Rust unit and end-to-end tests (nextest),
+# and the wire-compatibility tests with the real npm clients (node --test).
+# Prints one closing line: "total: N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- prerequisites -----------------------------------------------------------
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]} from apt"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+  log "installing npm packages for the JS client tests"
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+  touch tests/js/node_modules
+fi
+
+# --- lint --------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --- Rust tests --------------------------------------------------------------
+log "cargo nextest"
+rust_log=$(mktemp)
+set +e
+cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$rust_log"
+rust_status=${PIPESTATUS[0]}
+set -e
+summary=$(grep -E '^ *Summary \[' "$rust_log" | tail -n 1)
+rust_passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+rust_failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+rust_passed=${rust_passed:-0}
+rust_failed=${rust_failed:-0}
+[ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ] && rust_failed=1
+
+# --- JS wire-compatibility tests -----------------------------------------------
+log "node --test (yjs, y-websocket, y-partykit against partyline dev)"
+bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
+export PARTYLINE_BIN="$bin_dir/debug/partyline"
+js_log=$(mktemp)
+set +e
+(cd tests/js && node --test --test-concurrency=1 --test-timeout=180000 .) 2>&1 | tee "$js_log"
+js_status=${PIPESTATUS[0]}
+set -e
+js_passed=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' "$js_log" | tail -n 1)
+js_failed=$(sed -nE 's/^# fail ([0-9]+)$/\1/p' "$js_log" | tail -n 1)
+js_passed=${js_passed:-0}
+js_failed=${js_failed:-0}
+[ "$js_status" -ne 0 ] && [ "$js_failed" -eq 0 ] && js_failed=1
+
+echo
+echo "rust: $rust_passed passed, $rust_failed failed"
+echo "js: $js_passed passed, $js_failed failed"
+echo "total: $((rust_passed + js_passed)) passed, $((rust_failed + js_failed)) failed"
+[ "$rust_status" -eq 0 ] && [ "$js_status" -eq 0 ]
