@@ -46,7 +46,9 @@ fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => {
                 let report = partyline_bench::run(args).await?;
-                drop(report);
+                // The table is for people, the JSON line for scripts.
+                eprintln!("{report}");
+                println!("{}", report.to_json_line());
                 Ok(())
             }
         }

@@ -26,6 +26,12 @@ async fn content(server: &DevServer, room: &str) -> String {
     text
 }
 
+/// One bad frame a raw client sends.
+enum Bad {
+    Binary(Vec<u8>),
+    Text(&'static str),
+}
+
 #[tokio::test]
 async fn bad_input_closes_only_the_offending_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,31 +42,32 @@ async fn bad_input_closes_only_the_offending_socket() {
     writer.push_text("t", "before").await.unwrap();
     watcher.wait_for_text("t", "before", WAIT).await.unwrap();
 
-    let cases: Vec<(&str, Option<Vec<u8>>, Option<&str>, u16)> = vec![
+    let cases = [
         (
             "random bytes",
-            Some(vec![0x17, 0xff, 0x03, 0x99, 0x42, 0x00, 0x7e]),
-            None,
+            Bad::Binary(vec![0x17, 0xff, 0x03, 0x99, 0x42, 0x00, 0x7e]),
             1002,
         ),
-        ("empty frame", Some(vec![]), None, 1002),
-        ("truncated varint", Some(vec![0x00, 0x02, 0x85]), None, 1002),
+        ("empty frame", Bad::Binary(vec![]), 1002),
+        (
+            "truncated varint",
+            Bad::Binary(vec![0x00, 0x02, 0x85]),
+            1002,
+        ),
         (
             "update that is not a Yjs update",
-            Some(vec![0x00, 0x02, 0x03, 0xff, 0xff, 0xff]),
-            None,
+            Bad::Binary(vec![0x00, 0x02, 0x03, 0xff, 0xff, 0xff]),
             1002,
         ),
-        ("text frame", None, Some("hello there"), 1003),
-        ("oversized frame", Some(vec![0u8; 100_000]), None, 1009),
-        ("bad batch marker", None, Some("y-pk-batch#{nope"), 1002),
+        ("text frame", Bad::Text("hello there"), 1003),
+        ("oversized frame", Bad::Binary(vec![0u8; 100_000]), 1009),
+        ("bad batch marker", Bad::Text("y-pk-batch#{nope"), 1002),
     ];
-    for (name, binary, text, code) in cases {
+    for (name, input, code) in cases {
         let bad = synced(&server, room).await;
-        match (binary, text) {
-            (Some(bytes), _) => bad.send_binary(bytes).await.unwrap(),
-            (_, Some(text)) => bad.send_text(text).await.unwrap(),
-            _ => unreachable!(),
+        match input {
+            Bad::Binary(bytes) => bad.send_binary(bytes).await.unwrap(),
+            Bad::Text(text) => bad.send_text(text).await.unwrap(),
         }
         let closed = bad
             .wait_closed(WAIT)

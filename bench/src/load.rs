@@ -226,7 +226,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         }
     }
     permits.close(); // connections not started by now never will be
-    let ramp_seconds = ramp_started.elapsed().as_secs_f64();
+    let ramp_seconds = round(ramp_started.elapsed().as_secs_f64(), 3);
     tracing::info!(
         connected,
         attempted = connections,
@@ -258,15 +258,19 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             tokio::time::sleep(plan.hold).await;
             let after = read_server(&mut server_read_error);
             server_end = after;
+            measured_cpu = server_start
+                .zip(after)
+                .map(|(start, end)| end.cpu_seconds - start.cpu_seconds);
             idle = Some(IdleReport {
                 connections: connected,
                 hold_seconds: plan.hold.as_secs_f64(),
                 server_rss_before_bytes: server_start.map(|s| s.rss_bytes),
                 server_rss_after_bytes: after.map(|s| s.rss_bytes),
                 server_rss_per_connection_bytes: match (server_start, after) {
-                    (Some(before), Some(after)) if connected > 0 => {
-                        Some((after.rss_bytes as f64 - before.rss_bytes as f64) / connected as f64)
-                    }
+                    (Some(before), Some(after)) if connected > 0 => Some(round(
+                        (after.rss_bytes as f64 - before.rss_bytes as f64) / connected as f64,
+                        1,
+                    )),
                     _ => None,
                 },
             });
@@ -329,11 +333,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
 
     let bench_cpu_seconds = bench_start
         .zip(procfs::sample(std::process::id()).ok())
-        .map(|(start, end)| end.cpu_seconds - start.cpu_seconds);
+        .map(|(start, end)| round(end.cpu_seconds - start.cpu_seconds, 3));
     let delivered: u64 = steps.iter().map(|step| step.delivered).sum();
     let server = server_pid.map(|pid| ServerReport {
         pid,
-        cpu_seconds: measured_cpu,
+        cpu_seconds: measured_cpu.map(|cpu| round(cpu, 3)),
         rss_bytes: server_end.map(|sample| sample.rss_bytes),
         cpu_seconds_per_1k_delivered: measured_cpu.and_then(|cpu| per_thousand(cpu, delivered)),
         read_error: server_read_error,
@@ -410,7 +414,7 @@ fn step_report(
     let target_ms = p99_target.as_secs_f64() * 1000.0;
     let server_cpu_seconds = server_before
         .zip(server_after)
-        .map(|(before, after)| after.cpu_seconds - before.cpu_seconds);
+        .map(|(before, after)| round(after.cpu_seconds - before.cpu_seconds, 3));
     StepReport {
         rate,
         duration_seconds: duration.as_secs_f64(),
@@ -419,7 +423,7 @@ fn step_report(
         delivered,
         missing,
         duplicates: load(&stats.duplicates),
-        delivered_per_second: delivered as f64 / duration.as_secs_f64(),
+        delivered_per_second: round(delivered as f64 / duration.as_secs_f64(), 1),
         fanout,
         echo,
         judged_p99_ms,
@@ -435,7 +439,13 @@ fn step_report(
 }
 
 fn per_thousand(cpu_seconds: f64, delivered: u64) -> Option<f64> {
-    (delivered > 0).then(|| cpu_seconds / (delivered as f64 / 1000.0))
+    (delivered > 0).then(|| round(cpu_seconds / (delivered as f64 / 1000.0), 6))
+}
+
+/// Rounds to `decimals` places, so the JSON shows no float noise.
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 fn error_counts(errors: &ErrorLog, steps: &[StepReport]) -> ErrorCounts {
@@ -580,10 +590,15 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_server_reports_connect_failures() {
-        // Port 9 on loopback (discard) is closed on a test machine: every
-        // connect is refused at once, and the run still ends with a report.
+        // A loopback port that was just free: every connect is refused at
+        // once, and the run still ends with a report.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let report = run(BenchArgs {
-            url: "ws://127.0.0.1:9/{room}".into(),
+            url: format!("ws://127.0.0.1:{port}/{{room}}"),
             rooms: 2,
             clients: 2,
             duration: Duration::from_millis(100),

@@ -44,7 +44,8 @@ pub struct Report {
     pub errors: ErrorCounts,
     /// The first few error messages, for diagnosis.
     pub error_samples: Vec<String>,
-    /// No errors and, for `load`, the step met the p99 target.
+    /// `load`: no errors and the step passed; `ramp`: every connection
+    /// opened and at least the first step passed; `idle`: no errors.
     pub ok: bool,
 }
 
@@ -119,7 +120,8 @@ pub struct IdleReport {
     pub server_rss_per_connection_bytes: Option<f64>,
 }
 
-/// The server process over the measured window (all steps and drains).
+/// The server process: CPU over all steps and drains (`idle`: from before
+/// the first connect to the end of the hold), RSS at the end.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServerReport {
     /// The `--server-pid`.
