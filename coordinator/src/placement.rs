@@ -16,7 +16,10 @@ pub fn assign(epoch: u64, nodes: &[NodeInfo]) -> Result<SlotMap, SlotMapError> {
     let mut nodes = nodes.to_vec();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     nodes.dedup_by(|a, b| a.id == b.id);
-    let node_hashes: Vec<u64> = nodes.iter().map(|n| fnv1a(n.id.as_str().as_bytes())).collect();
+    let node_hashes: Vec<u64> = nodes
+        .iter()
+        .map(|n| fnv1a(n.id.as_str().as_bytes()))
+        .collect();
     let owners = (0..SLOTS)
         .map(|slot| {
             let (index, _) = node_hashes
@@ -110,8 +113,14 @@ mod tests {
         for (old, new) in owner_ids(&before).iter().zip(owner_ids(&after)) {
             assert!(old == &new || new == "n4", "slot moved from {old} to {new}");
         }
-        assert!(moved <= usize::from(SLOTS) * 30 / 100, "{moved} slots moved");
-        assert!(moved >= usize::from(SLOTS) * 15 / 100, "{moved} slots moved");
+        assert!(
+            moved <= usize::from(SLOTS) * 30 / 100,
+            "{moved} slots moved"
+        );
+        assert!(
+            moved >= usize::from(SLOTS) * 15 / 100,
+            "{moved} slots moved"
+        );
     }
 
     #[test]
