@@ -24,6 +24,7 @@ use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use partyline_proto::SlotMap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,6 +79,13 @@ pub async fn run(
         next_session_id: AtomicU64::new(1),
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
+    // Without TCP_NODELAY a small frame waits behind the client's delayed
+    // ACK of the previous one: tens of milliseconds of fan-out latency.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a client socket");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
