@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .bytes(".partyline.v1")
+        .codec_path("crate::codec::RoomCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ pub const DEFAULT_UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 /// Default for [`GatewayConfig::owner_unreachable_timeout`].
 pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
-pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]

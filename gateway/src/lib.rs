@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod outbox;
 pub mod path;
 pub mod router;
 pub mod session;

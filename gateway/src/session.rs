@@ -15,15 +15,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use partyline_proto::{close, RoomName};
-use tokio::sync::{mpsc, oneshot};
+use std::collections::VecDeque;
+
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
-use crate::upstream::{CloseReason, SessionGrant, SessionPorts, ToClient, UpstreamHandle};
+use crate::outbox::Outbox;
+use crate::upstream::{CloseReason, SessionGrant, ToClient, UpstreamHandle};
 use crate::Shared;
-
-/// Most frames written to a socket before one flush.
-const MAX_WRITE_BATCH: usize = 64;
 
 /// Runs a client session until either side closes.
 pub async fn serve(
@@ -33,14 +32,9 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let session_id = shared.next_session_id();
-    let (frames_tx, mut frames_rx) = mpsc::channel(shared.config.session_queue);
-    let (close_tx, mut close_rx) = oneshot::channel();
-    let ports = SessionPorts {
-        frames: frames_tx,
-        close: close_tx,
-    };
+    let outbox = Outbox::new(shared.config.session_queue);
     let upstream = tokio::select! {
-        opened = shared.upstreams.open(&room, session_id, grant, ports) => opened,
+        opened = shared.upstreams.open(&room, session_id, grant, &outbox) => opened,
         _ = shared.cancel.cancelled() => Err(CloseReason::new(close::GOING_AWAY, "gateway shutting down")),
     };
     let upstream = match upstream {
@@ -50,24 +44,9 @@ pub async fn serve(
             return;
         }
     };
-    let reason = pump(
-        &mut socket,
-        &room,
-        session_id,
-        &upstream,
-        &shared,
-        &mut frames_rx,
-        &mut close_rx,
-    )
-    .await;
+    let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &outbox).await;
     upstream.close(session_id).await;
     if let Some(reason) = reason {
-        // Frames the room queued before it ended the session go out first.
-        while let Ok(frame) = frames_rx.try_recv() {
-            if socket.feed(to_message(frame)).await.is_err() {
-                return;
-            }
-        }
         send_close(&mut socket, &reason).await;
     }
 }
@@ -80,29 +59,27 @@ async fn pump(
     session_id: u64,
     upstream: &UpstreamHandle,
     shared: &Shared,
-    frames_rx: &mut mpsc::Receiver<ToClient>,
-    close_rx: &mut oneshot::Receiver<CloseReason>,
+    outbox: &Outbox,
 ) -> Option<CloseReason> {
     let config = &shared.config;
     let mut reassembler = Reassembler::new(config.max_message_bytes);
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut frames = VecDeque::new();
     loop {
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => {
                 return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
             }
-            reason = &mut *close_rx => {
-                return Some(reason.unwrap_or_else(|_| CloseReason::new(close::INTERNAL_ERROR, "room unavailable")));
-            }
-            frame = frames_rx.recv() => {
-                let Some(frame) = frame else {
-                    return Some(CloseReason::new(close::INTERNAL_ERROR, "room unavailable"));
-                };
-                if write_batch(socket, frame, frames_rx).await.is_err() {
+            close = outbox.drain(&mut frames) => {
+                // Frames the room queued before it ended the session go out first.
+                if write_all(socket, &mut frames).await.is_err() {
                     return None;
+                }
+                if close.is_some() {
+                    return close;
                 }
             }
             message = socket.recv() => {
@@ -163,17 +140,12 @@ async fn pump(
     }
 }
 
-/// Writes `first` and whatever else is queued, then flushes once.
-async fn write_batch(
+/// Writes every drained frame, then flushes once.
+async fn write_all(
     socket: &mut WebSocket,
-    first: ToClient,
-    frames_rx: &mut mpsc::Receiver<ToClient>,
+    frames: &mut VecDeque<ToClient>,
 ) -> Result<(), axum::Error> {
-    socket.feed(to_message(first)).await?;
-    for _ in 1..MAX_WRITE_BATCH {
-        let Ok(frame) = frames_rx.try_recv() else {
-            break;
-        };
+    for frame in frames.drain(..) {
         socket.feed(to_message(frame)).await?;
     }
     socket.flush().await

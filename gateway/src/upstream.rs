@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 
 use crate::config::GatewayConfig;
+use crate::outbox::Outbox;
 use crate::router::Router;
 
 /// gRPC messages carry whole client messages; match the room node.
@@ -62,15 +63,6 @@ impl CloseReason {
     }
 }
 
-/// What a session hands its room's upstream when it opens.
-#[derive(Debug)]
-pub struct SessionPorts {
-    /// Where frames for the client go.
-    pub frames: mpsc::Sender<ToClient>,
-    /// Fired when the session must close.
-    pub close: oneshot::Sender<CloseReason>,
-}
-
 /// Who the client is and what it may do.
 #[derive(Debug, Clone)]
 pub struct SessionGrant {
@@ -84,7 +76,7 @@ pub struct SessionGrant {
 enum OpenReply {
     Opened,
     /// The stream is ending; try again on a fresh one with these ports.
-    Retry(SessionPorts),
+    Retry,
     /// The room cannot be served; close the client with this.
     Refused(CloseReason),
 }
@@ -93,7 +85,7 @@ enum UpstreamCommand {
     Open {
         session_id: u64,
         grant: SessionGrant,
-        ports: SessionPorts,
+        outbox: Outbox,
         reply: oneshot::Sender<OpenReply>,
     },
     Client {
@@ -183,7 +175,7 @@ impl Upstreams {
         room: &RoomName,
         session_id: u64,
         grant: SessionGrant,
-        mut ports: SessionPorts,
+        outbox: &Outbox,
     ) -> Result<UpstreamHandle, CloseReason> {
         loop {
             let handle = self.get_or_spawn(room);
@@ -191,27 +183,23 @@ impl Upstreams {
             let command = UpstreamCommand::Open {
                 session_id,
                 grant: grant.clone(),
-                ports,
+                outbox: outbox.clone(),
                 reply: reply_tx,
             };
-            match handle.tx.send(command).await {
-                Ok(()) => match reply_rx.await {
+            // A closed channel or a `Retry` means the stream was lingering
+            // out as we arrived: try again on a fresh one.
+            if handle.tx.send(command).await.is_ok() {
+                match reply_rx.await {
                     Ok(OpenReply::Opened) => return Ok(handle),
                     Ok(OpenReply::Refused(reason)) => return Err(reason),
-                    Ok(OpenReply::Retry(returned)) => ports = returned,
+                    Ok(OpenReply::Retry) => {}
                     Err(_) => {
                         return Err(CloseReason::new(
                             close::INTERNAL_ERROR,
                             "room stream failed",
                         ))
                     }
-                },
-                Err(mpsc::error::SendError(UpstreamCommand::Open {
-                    ports: returned, ..
-                })) => {
-                    ports = returned;
                 }
-                Err(_) => unreachable!("only Open is sent here"),
             }
             if self.cancel.is_cancelled() {
                 return Err(CloseReason::new(close::GOING_AWAY, "gateway shutting down"));
@@ -259,19 +247,6 @@ impl Upstreams {
     }
 }
 
-struct LocalSession {
-    frames: mpsc::Sender<ToClient>,
-    close: Option<oneshot::Sender<CloseReason>>,
-}
-
-impl LocalSession {
-    fn close(mut self, reason: CloseReason) {
-        if let Some(close) = self.close.take() {
-            let _ = close.send(reason);
-        }
-    }
-}
-
 /// An open gRPC stream to the room's owner.
 struct Connection {
     to_node: mpsc::Sender<pb::GatewayFrame>,
@@ -284,7 +259,7 @@ struct UpstreamActor {
     router: Router,
     cancel: CancellationToken,
     rx: mpsc::Receiver<UpstreamCommand>,
-    sessions: HashMap<u64, LocalSession>,
+    sessions: HashMap<u64, Outbox>,
 }
 
 impl UpstreamActor {
@@ -328,8 +303,8 @@ impl UpstreamActor {
                     // Sessions racing our exit retry on a fresh stream.
                     self.rx.close();
                     while let Ok(command) = self.rx.try_recv() {
-                        if let UpstreamCommand::Open { reply, ports, .. } = command {
-                            let _ = reply.send(OpenReply::Retry(ports));
+                        if let UpstreamCommand::Open { reply, .. } = command {
+                            let _ = reply.send(OpenReply::Retry);
                         }
                     }
                     return;
@@ -416,16 +391,10 @@ impl UpstreamActor {
             UpstreamCommand::Open {
                 session_id,
                 grant,
-                ports,
+                outbox,
                 reply,
             } => {
-                self.sessions.insert(
-                    session_id,
-                    LocalSession {
-                        frames: ports.frames,
-                        close: Some(ports.close),
-                    },
-                );
+                self.sessions.insert(session_id, outbox);
                 let _ = reply.send(OpenReply::Opened);
                 let permission = if grant.read_only {
                     pb::Permission::ReadOnly
@@ -481,7 +450,7 @@ impl UpstreamActor {
                         payload: deliver.payload,
                         text,
                     };
-                    if session.frames.try_send(message).is_err() {
+                    if session.push(message).is_err() {
                         slow.push(deliver.session_id);
                     }
                 }
@@ -497,7 +466,7 @@ impl UpstreamActor {
                         payload: broadcast.payload.clone(),
                         text,
                     };
-                    if session.frames.try_send(message).is_err() {
+                    if session.push(message).is_err() {
                         slow.push(session_id);
                     }
                 }

@@ -7,6 +7,7 @@
 //! it depends on no role.
 
 pub mod close;
+pub mod codec;
 pub mod room;
 pub mod slot;
 
