@@ -55,7 +55,20 @@ pub async fn run(
     let server = RoomNodeServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle would hold each small response frame behind the gateway's
+    // delayed ACK; tonic's own nodelay setting does not reach sockets
+    // accepted from a listener we pass in.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            if let Ok(stream) = &stream {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY on a gateway stream");
+                }
+            }
+            stream
+        },
+    );
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(server)

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RoomNodeConfig;
-use crate::room::{self, ExitReason, LinkId, LinkSender, RoomCommand, RoomHandle};
+use crate::room::{
+    self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
+};
 
 /// Why a link could not attach to a room.
 #[derive(Debug, thiserror::Error)]
@@ -65,25 +67,38 @@ impl Registry {
     }
 
     /// Attaches a gateway stream to `room`, loading the room if needed.
+    /// From then on the room actor reads `inbound` itself.
     pub async fn attach(
         &self,
         room: &RoomName,
         epoch: u64,
         link: LinkId,
-        tx: LinkSender,
-    ) -> Result<RoomHandle, AttachError> {
+        mut tx: LinkSender,
+        mut inbound: LinkInbound,
+    ) -> Result<(), AttachError> {
         let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
         loop {
             let handle = self.get_or_spawn(room, epoch);
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = RoomCommand::AttachLink {
                 link,
-                tx: tx.clone(),
+                tx,
+                inbound,
                 reply: reply_tx,
             };
-            if handle.send(command).await.is_ok() && reply_rx.await.is_ok() {
-                return Ok(handle);
-            }
+            // An actor that is unloading hands the stream back; one that
+            // died mid-way took it along and the gateway will reconnect.
+            let rejected = match handle.send(command).await {
+                Ok(()) => match reply_rx.await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(rejected)) => rejected,
+                    Err(_) => return Err(AttachError::Unavailable(room.clone())),
+                },
+                Err(RoomCommand::AttachLink { tx, inbound, .. }) => Rejected { tx, inbound },
+                #[cfg(test)]
+                Err(RoomCommand::Panic) => unreachable!("attach sends AttachLink"),
+            };
+            (tx, inbound) = (rejected.tx, rejected.inbound);
             if tokio::time::Instant::now() >= deadline || self.cancel.is_cancelled() {
                 return Err(AttachError::Unavailable(room.clone()));
             }
@@ -142,5 +157,150 @@ impl Registry {
             }
         });
         handle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use partyline_proto::pb::{self, gateway_frame, node_frame};
+    use partyline_proto::NodeId;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+    type NodeRx = mpsc::Receiver<Result<pb::NodeFrame, tonic::Status>>;
+
+    /// A fake gateway stream: frames in, frames out.
+    struct Link {
+        to_room: mpsc::Sender<Result<pb::GatewayFrame, tonic::Status>>,
+        from_room: NodeRx,
+    }
+
+    impl Link {
+        async fn attach(registry: &Registry, room: &str, link: LinkId) -> Self {
+            let (to_room, inbound) = mpsc::channel(64);
+            let (tx, from_room) = mpsc::channel(64);
+            let room = RoomName::new(room).unwrap();
+            registry
+                .attach(&room, 0, link, tx, Box::pin(ReceiverStream::new(inbound)))
+                .await
+                .unwrap();
+            let mut link = Self { to_room, from_room };
+            assert!(matches!(
+                link.next().await,
+                Some(node_frame::Kind::Attached(_))
+            ));
+            link
+        }
+
+        async fn send(&self, kind: gateway_frame::Kind) {
+            self.to_room
+                .send(Ok(pb::GatewayFrame { kind: Some(kind) }))
+                .await
+                .unwrap();
+        }
+
+        async fn message(&self, session_id: u64, message: Message) {
+            self.send(gateway_frame::Kind::ClientMessage(pb::ClientMessage {
+                session_id,
+                payload: message.encode_v1().into(),
+                kind: pb::FrameKind::Binary as i32,
+            }))
+            .await;
+        }
+
+        async fn next(&mut self) -> Option<node_frame::Kind> {
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.from_room.recv())
+                .await
+                .expect("room answered in time")?;
+            frame.ok()?.kind
+        }
+
+        /// Opens a session, asks for the whole doc and returns its text `t`.
+        async fn read_text(&mut self, session_id: u64) -> String {
+            self.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
+                session_id,
+                identity: String::new(),
+                permission: pb::Permission::ReadWrite as i32,
+            }))
+            .await;
+            self.message(
+                session_id,
+                Message::Sync(SyncMessage::SyncStep1(StateVector::default())),
+            )
+            .await;
+            let doc = Doc::new();
+            loop {
+                let Some(node_frame::Kind::Deliver(deliver)) = self.next().await else {
+                    continue;
+                };
+                if let Ok(Message::Sync(SyncMessage::SyncStep2(update))) =
+                    Message::decode_v1(&deliver.payload)
+                {
+                    doc.transact_mut()
+                        .apply_update(Update::decode_v1(&update).unwrap())
+                        .unwrap();
+                    let text = doc.get_or_insert_text("t");
+                    return text.get_string(&doc.transact());
+                }
+            }
+        }
+    }
+
+    fn update(text: &str) -> Message {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        Message::Sync(SyncMessage::Update(update))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_room_ends_only_its_own_streams_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(RoomNodeConfig::new(
+            NodeId::new("test"),
+            dir.path().to_owned(),
+        ));
+        let registry = Registry::new(config, TaskTracker::new(), CancellationToken::new());
+        let mut doomed = Link::attach(&registry, "doomed", 1).await;
+        let mut healthy = Link::attach(&registry, "healthy", 2).await;
+        for (link, text) in [(&doomed, "kept"), (&healthy, "fine")] {
+            link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
+                session_id: 9,
+                identity: String::new(),
+                permission: pb::Permission::ReadWrite as i32,
+            }))
+            .await;
+            link.message(9, update(text)).await;
+        }
+        // The echo means the update is in the log.
+        for link in [&mut doomed, &mut healthy] {
+            loop {
+                if let Some(node_frame::Kind::Broadcast(_)) = link.next().await {
+                    break;
+                }
+            }
+        }
+
+        let handle = registry.get_or_spawn(&RoomName::new("doomed").unwrap(), 0);
+        handle.send(RoomCommand::Panic).await.ok().unwrap();
+        // The doomed room's stream ends; the other room keeps serving.
+        while doomed.next().await.is_some() {}
+        assert_eq!(healthy.read_text(10).await, "fine");
+        // The next attach loads the room again, with everything it logged.
+        let mut reloaded = loop {
+            if registry.live_rooms() == 1 {
+                break Link::attach(&registry, "doomed", 3).await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(reloaded.read_text(11).await, "kept");
     }
 }

@@ -17,7 +17,9 @@
 //! room's sessions and nothing else.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use partyline_proto::pb::{self, gateway_frame, node_frame};
 use partyline_proto::{close, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::{Stream, StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, Transact, Update};
@@ -39,34 +42,63 @@ pub type LinkId = u64;
 /// Frames toward one gateway stream.
 pub type LinkSender = mpsc::Sender<Result<pb::NodeFrame, tonic::Status>>;
 
-/// How many queued commands one batch handles before committing.
+/// How many inputs one batch handles before committing.
 const MAX_BATCH: usize = 256;
 
+/// Frames from one gateway stream, as the service hands them over.
+pub type LinkInbound = Pin<Box<dyn Stream<Item = Result<pb::GatewayFrame, tonic::Status>> + Send>>;
+
 /// What a room actor is asked to do.
-#[derive(Debug)]
 pub enum RoomCommand {
-    /// A gateway stream joins; the actor sends `Attached` on `tx`, then
-    /// answers `reply`. A dropped `reply` means the room is going away.
+    /// A gateway stream joins; the actor sends `Attached` on `tx`, reads
+    /// `inbound` itself from then on, and answers `reply`. A room that is
+    /// going away hands the stream back in the reply to retry elsewhere.
     AttachLink {
         /// The stream's id.
         link: LinkId,
         /// Where the room's frames for this stream go.
         tx: LinkSender,
-        /// Answered once attached.
-        reply: oneshot::Sender<()>,
+        /// What the gateway sends on this stream.
+        inbound: LinkInbound,
+        /// `Ok` once attached.
+        reply: oneshot::Sender<Result<(), Rejected>>,
     },
-    /// A gateway stream ended; its sessions leave.
-    DetachLink {
-        /// The stream's id.
-        link: LinkId,
-    },
-    /// A frame from a gateway stream (session open/close/message).
-    Frame {
-        /// The stream's id.
-        link: LinkId,
-        /// What the gateway sent.
-        frame: gateway_frame::Kind,
-    },
+    /// Makes the actor panic, to prove a panic stays inside its room.
+    #[cfg(test)]
+    Panic,
+}
+
+/// A link the room did not take, given back to retry on a fresh actor.
+pub struct Rejected {
+    /// The stream's outbound side.
+    pub tx: LinkSender,
+    /// The stream's inbound side.
+    pub inbound: LinkInbound,
+}
+
+/// One thing a link's inbound stream produced.
+enum LinkEvent {
+    Frame(gateway_frame::Kind),
+    /// The gateway closed the stream or it failed.
+    Ended,
+}
+
+type LinkEvents = Pin<Box<dyn Stream<Item = LinkEvent> + Send>>;
+
+/// The link's frames, then one `Ended`.
+fn link_events(inbound: LinkInbound) -> LinkEvents {
+    Box::pin(
+        inbound
+            .map_while(Result::ok)
+            .filter_map(|frame| frame.kind.map(LinkEvent::Frame))
+            .chain(tokio_stream::once(LinkEvent::Ended)),
+    )
+}
+
+/// What woke the actor.
+enum Input {
+    Command(RoomCommand),
+    Link(LinkId, LinkEvent),
 }
 
 /// A cheap, cloneable way to reach a room actor.
@@ -76,16 +108,12 @@ pub struct RoomHandle {
 }
 
 impl RoomHandle {
-    /// Sends a command, waiting for queue space. `Err` when the actor is gone.
-    pub async fn send(&self, command: RoomCommand) -> Result<(), RoomGone> {
-        self.tx.send(command).await.map_err(|_| RoomGone)
+    /// Sends a command, waiting for queue space; gives it back when the
+    /// actor is gone.
+    pub async fn send(&self, command: RoomCommand) -> Result<(), RoomCommand> {
+        self.tx.send(command).await.map_err(|returned| returned.0)
     }
 }
-
-/// The room actor has exited.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("room actor has exited")]
-pub struct RoomGone;
 
 /// Why a room actor ended.
 #[derive(Debug)]
@@ -120,6 +148,7 @@ pub fn spawn_actor(
                     sync: SyncRoom::new(doc),
                     files,
                     links: HashMap::new(),
+                    inbound: StreamMap::new(),
                     outbox: Vec::new(),
                     pending_log: Vec::new(),
                     dirty: false,
@@ -198,6 +227,9 @@ struct RoomActor {
     sync: SyncRoom,
     files: RoomFiles,
     links: HashMap<LinkId, Link>,
+    /// Every link's inbound frames, read by the actor itself: no task
+    /// between the gRPC stream and the room.
+    inbound: StreamMap<LinkId, LinkEvents>,
     outbox: Vec<Out>,
     pending_log: Vec<Bytes>,
     /// Updates logged since the last snapshot.
@@ -213,52 +245,88 @@ impl RoomActor {
         let idle = tokio::time::sleep(self.config.idle_timeout);
         tokio::pin!(idle);
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
                     self.rx.close();
                     self.snapshot_if_dirty().await;
                     return ExitReason::Shutdown;
                 }
-                command = self.rx.recv() => {
-                    let Some(command) = command else {
+                command = self.rx.recv() => match command {
+                    Some(command) => Input::Command(command),
+                    None => {
                         self.snapshot_if_dirty().await;
                         return ExitReason::Idle;
-                    };
-                    self.handle(command);
-                    let mut handled = 1;
-                    while handled < MAX_BATCH {
-                        let Ok(command) = self.rx.try_recv() else { break };
-                        self.handle(command);
-                        handled += 1;
                     }
-                    if let Err(error) = self.commit() {
-                        return ExitReason::Failed(error);
-                    }
-                    if self.links.is_empty() {
-                        idle.as_mut().reset(Instant::now() + self.config.idle_timeout);
-                    }
-                    if self.files.bytes_since_snapshot() >= self.config.snapshot_log_bytes {
-                        self.snapshot_if_dirty().await;
-                    }
+                },
+                Some((link, event)) = self.inbound.next(), if !self.inbound.is_empty() => Input::Link(link, event),
+                _ = fsync_tick.tick() => {
+                    self.fsync();
+                    continue;
                 }
-                _ = fsync_tick.tick() => self.fsync(),
-                _ = snapshot_tick.tick() => self.snapshot_if_dirty().await,
+                _ = snapshot_tick.tick() => {
+                    self.snapshot_if_dirty().await;
+                    continue;
+                }
                 _ = &mut idle, if self.links.is_empty() => {
-                    // Refuse new commands, then let attachers that raced us
-                    // see their reply dropped and retry on a fresh actor.
+                    // Refuse new commands; attachers that raced us get their
+                    // stream back and retry on a fresh actor.
                     self.rx.close();
-                    while self.rx.try_recv().is_ok() {}
+                    while let Ok(RoomCommand::AttachLink { tx, inbound, reply, .. }) = self.rx.try_recv() {
+                        let _ = reply.send(Err(Rejected { tx, inbound }));
+                    }
                     self.snapshot_if_dirty().await;
                     return ExitReason::Idle;
                 }
+            };
+            self.handle(first);
+            // Group commit: take whatever else is ready before the log write.
+            let mut handled = 1;
+            while handled < MAX_BATCH {
+                if let Some((link, event)) = self.next_ready_link_event().await {
+                    self.handle(Input::Link(link, event));
+                } else if let Ok(command) = self.rx.try_recv() {
+                    self.handle(Input::Command(command));
+                } else {
+                    break;
+                }
+                handled += 1;
+            }
+            if let Err(error) = self.commit() {
+                return ExitReason::Failed(error);
+            }
+            if self.links.is_empty() {
+                idle.as_mut()
+                    .reset(Instant::now() + self.config.idle_timeout);
+            }
+            if self.files.bytes_since_snapshot() >= self.config.snapshot_log_bytes {
+                self.snapshot_if_dirty().await;
             }
         }
     }
 
-    fn handle(&mut self, command: RoomCommand) {
-        match command {
-            RoomCommand::AttachLink { link, tx, reply } => {
+    /// A link event that is ready now, without waiting. Polls with the
+    /// task's own waker (a no-op waker would leave the streams unable to
+    /// wake the actor later).
+    async fn next_ready_link_event(&mut self) -> Option<(LinkId, LinkEvent)> {
+        if self.inbound.is_empty() {
+            return None;
+        }
+        std::future::poll_fn(|cx| match Pin::new(&mut self.inbound).poll_next(cx) {
+            Poll::Ready(item) => Poll::Ready(item),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Command(RoomCommand::AttachLink {
+                link,
+                tx,
+                inbound,
+                reply,
+            }) => {
                 let attached = node_frame::Kind::Attached(pb::Attached {
                     epoch: self.epoch,
                     node_id: self.config.node_id.to_string(),
@@ -271,10 +339,13 @@ impl RoomActor {
                         sessions: HashMap::new(),
                     },
                 );
-                let _ = reply.send(());
+                self.inbound.insert(link, link_events(inbound));
+                let _ = reply.send(Ok(()));
             }
-            RoomCommand::DetachLink { link } => self.drop_link(link),
-            RoomCommand::Frame { link, frame } => self.handle_frame(link, frame),
+            #[cfg(test)]
+            Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
+            Input::Link(link, LinkEvent::Frame(frame)) => self.handle_frame(link, frame),
+            Input::Link(link, LinkEvent::Ended) => self.drop_link(link),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The `RoomNode` gRPC service: accepts gateway streams, checks ownership,
-//! attaches each stream to its room actor and pumps frames into it.
+//! The `RoomNode` gRPC service: accepts gateway streams, checks ownership
+//! and hands each stream to its room actor, which reads it from then on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::registry::Registry;
-use crate::room::{LinkId, RoomCommand, RoomHandle};
 
 /// How long a new stream may take to send its `Attach` frame.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,29 +88,11 @@ impl RoomNode for RoomNodeService {
             }
         };
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let handle = self
-            .registry
-            .attach(&room, epoch, link, tx)
+        self.registry
+            .attach(&room, epoch, link, tx, Box::pin(inbound))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::debug!(room = %room, link, gateway = %attach.gateway_id, "gateway stream attached");
-        tokio::spawn(pump(inbound, handle, link));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-/// Feeds a gateway stream's frames into its room until either side ends.
-async fn pump(mut inbound: Streaming<pb::GatewayFrame>, room: RoomHandle, link: LinkId) {
-    loop {
-        match inbound.message().await {
-            Ok(Some(pb::GatewayFrame { kind: Some(frame) })) => {
-                if room.send(RoomCommand::Frame { link, frame }).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(pb::GatewayFrame { kind: None })) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let _ = room.send(RoomCommand::DetachLink { link }).await;
 }
