@@ -67,10 +67,13 @@ async fn pump(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut frames = VecDeque::new();
+    // Registered once, not on every wake-up of the loop.
+    let cancelled = shared.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => {
+            _ = &mut cancelled => {
                 return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
             }
             close = outbox.drain(&mut frames) => {

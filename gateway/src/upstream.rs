@@ -274,10 +274,13 @@ impl UpstreamActor {
         };
         let linger = tokio::time::sleep(self.config.upstream_linger);
         tokio::pin!(linger);
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         let end = loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break CloseReason::new(close::GOING_AWAY, "gateway shutting down"),
+                _ = &mut cancelled => break CloseReason::new(close::GOING_AWAY, "gateway shutting down"),
                 frame = connection.from_node.message() => match frame {
                     Ok(Some(frame)) => {
                         if let Some(reason) = self.handle_node_frame(frame, &connection).await {

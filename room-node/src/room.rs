@@ -244,10 +244,13 @@ impl RoomActor {
         fsync_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let idle = tokio::time::sleep(self.config.idle_timeout);
         tokio::pin!(idle);
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let first = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => {
+                _ = &mut cancelled => {
                     self.rx.close();
                     self.snapshot_if_dirty().await;
                     return ExitReason::Shutdown;
