@@ -246,3 +246,48 @@ async fn idle_rooms_are_snapshotted_unloaded_and_loaded_again() {
     assert_eq!(content(&server, "sleepy").await, "zzz");
     server.assert_no_errors();
 }
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_by_ping_deadline_and_its_awareness_removed() {
+    use futures_util::SinkExt;
+    use yrs::sync::{Awareness, Message};
+    use yrs::updates::encoder::Encode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &["--ping-interval", "200ms", "--dead-after", "1s"],
+    );
+    let observer = synced(&server, "ghost").await;
+
+    // A peer that announces itself and then never reads again: no pongs,
+    // but its TCP connection stays open (a frozen tab, a dead NAT entry).
+    let (mut silent, _) = tokio_tungstenite::connect_async(server.url("ghost"))
+        .await
+        .unwrap();
+    let mut awareness = Awareness::new(yrs::Doc::with_client_id(4242));
+    awareness.set_local_state_raw(r#"{"user":"ghost"}"#);
+    let frame = Message::Awareness(awareness.update().unwrap()).encode_v1();
+    silent
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            frame.into(),
+        ))
+        .await
+        .unwrap();
+    observer
+        .wait_awareness(WAIT, |states| states.contains_key(&4242))
+        .await
+        .expect("the silent peer's awareness arrives");
+    let started = tokio::time::Instant::now();
+    observer
+        .wait_awareness(WAIT, |states| !states.contains_key(&4242))
+        .await
+        .expect("the silent peer's awareness is removed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "removed after {waited:?}, before the deadline"
+    );
+    drop(silent);
+    server.assert_no_errors();
+}
