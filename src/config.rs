@@ -71,6 +71,9 @@ pub struct GatewaySection {
     /// WebSocket read buffer per socket in bytes [default: 1024].
     #[arg(long, env = "PARTYLINE_GATEWAY_WS_READ_BUFFER_BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
+    /// Client sockets open at once; more get HTTP 503 before the upgrade [default: 100000].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
@@ -123,6 +126,7 @@ impl GatewaySection {
                 file.owner_unreachable_timeout,
             ),
             ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
+            max_connections: or(self.max_connections, file.max_connections),
         }
     }
 
@@ -148,6 +152,7 @@ impl GatewaySection {
             self.owner_unreachable_timeout,
         );
         set(&mut config.ws_read_buffer_bytes, self.ws_read_buffer_bytes);
+        set(&mut config.max_connections, self.max_connections);
         anyhow::ensure!(
             config.session_queue > 0,
             "gateway.session_queue must be at least 1"

@@ -291,3 +291,33 @@ async fn a_silent_socket_is_closed_by_ping_deadline_and_its_awareness_removed() 
     drop(silent);
     server.assert_no_errors();
 }
+
+#[tokio::test]
+async fn connections_past_the_limit_get_503_and_a_freed_slot_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--max-connections", "2"]);
+    let first = synced(&server, "full").await;
+    let second = synced(&server, "full").await;
+    match YClient::connect(&server.url("full")).await {
+        Err(partyline_bench::client::ClientError::Rejected { status, .. }) => {
+            assert_eq!(status, 503)
+        }
+        other => panic!("third connection was not refused: {other:?}"),
+    }
+    second.close(WAIT).await.unwrap();
+    // The slot frees when the session task ends, just after the close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let third = loop {
+        match YClient::connect(&server.url("full")).await {
+            Ok(client) => break client,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(error) => panic!("no slot after a close: {error}"),
+        }
+    };
+    third.wait_synced(WAIT).await.unwrap();
+    first.push_text("t", "ok").await.unwrap();
+    third.wait_for_text("t", "ok", WAIT).await.unwrap();
+    server.assert_no_errors();
+}

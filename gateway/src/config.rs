@@ -14,6 +14,8 @@ pub const DEFAULT_SESSION_QUEUE: usize = 1024;
 pub const DEFAULT_UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 /// Default for [`GatewayConfig::owner_unreachable_timeout`].
 pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`GatewayConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
 pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
 
@@ -43,6 +45,8 @@ pub struct GatewayConfig {
     /// per socket; larger frames still arrive, the buffer just grows for
     /// them.
     pub ws_read_buffer_bytes: usize,
+    /// Client sockets open at once; more get HTTP 503 before the upgrade.
+    pub max_connections: usize,
 }
 
 impl GatewayConfig {
@@ -57,6 +61,7 @@ impl GatewayConfig {
             upstream_linger: DEFAULT_UPSTREAM_LINGER,
             owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

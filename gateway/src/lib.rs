@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use partyline_proto::SlotMap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +42,8 @@ pub struct Shared {
     sessions: TaskTracker,
     cancel: CancellationToken,
     next_session_id: AtomicU64,
+    /// One permit per open client socket (`max_connections`).
+    connections: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ pub async fn run(
     slot_map: watch::Receiver<Arc<SlotMap>>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let config_connections = config.max_connections;
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -78,6 +81,7 @@ pub async fn run(
         sessions: tracker.clone(),
         cancel: shutdown.clone(),
         next_session_id: AtomicU64::new(1),
+        connections: Arc::new(Semaphore::new(config_connections)),
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
     // Without TCP_NODELAY a small frame waits behind the client's delayed
@@ -115,6 +119,18 @@ async fn handle(
         )
             .into_response();
     };
+    // Admission control: past the limit, refuse before the upgrade so the
+    // client's reconnect backoff spreads the load instead of the server
+    // holding sockets it cannot serve.
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        tracing::info!(room = %room_path.room, "refused connection: gateway at max_connections");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "gateway at its connection limit; retry later\n",
+        )
+            .into_response();
+    };
     // Identity and permission come from the authorizer once there is one;
     // until then every client is an anonymous writer.
     let grant = SessionGrant {
@@ -131,6 +147,9 @@ async fn handle(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let sessions = shared.sessions.clone();
-            sessions.track_future(session::serve(socket, room_path.room, grant, shared))
+            sessions.track_future(async move {
+                session::serve(socket, room_path.room, grant, shared).await;
+                drop(permit);
+            })
         })
 }
