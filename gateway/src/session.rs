@@ -9,14 +9,13 @@
 //! socket silent for `dead_after`. On exit the room is told, so the
 //! client's awareness is removed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use partyline_proto::{close, RoomName};
-use std::collections::VecDeque;
-
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
