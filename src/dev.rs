@@ -33,8 +33,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let room_node = args.room_node.merge(file_room_node);
     let node_id = NodeId::new("dev");
     let room_config = room_node.build(node_id.clone())?;
-    std::fs::create_dir_all(&room_config.data_dir)
-        .with_context(|| format!("create data dir {}", room_config.data_dir.display()))?;
+    let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
     let gateway_config = gateway.build("dev".to_owned())?;
 
     let grpc_listener = TcpListener::bind("127.0.0.1:0")
@@ -73,11 +72,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Tests and scripts wait for this exact line on stdout.
     println!("partyline dev listening on ws://{addr}");
 
-    let gateway_result = gateway.await.context("gateway task")?;
-    shutdown.cancel();
-    let room_node_result = room_node.await.context("room node task")?;
-    gateway_result.context("gateway")?;
-    room_node_result.context("room node")?;
+    // Either role ending (on shutdown, or on its own with an error) stops
+    // the other, so the process never serves half a system.
+    let (gateway_result, room_node_result) = tokio::join!(
+        async {
+            let result = gateway.await;
+            shutdown.cancel();
+            result
+        },
+        async {
+            let result = room_node.await;
+            shutdown.cancel();
+            result
+        },
+    );
+    gateway_result.context("gateway task")?.context("gateway")?;
+    room_node_result
+        .context("room node task")?
+        .context("room node")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -321,3 +321,28 @@ async fn connections_past_the_limit_get_503_and_a_freed_slot_is_reused() {
     third.wait_for_text("t", "ok", WAIT).await.unwrap();
     server.assert_no_errors();
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = DevServer::start(dir.path(), &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run partyline");
+    assert!(
+        !second.status.success(),
+        "second server started on a locked data dir"
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another partyline process"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        second.stdout.is_empty(),
+        "second server announced itself: {:?}",
+        second.stdout
+    );
+}

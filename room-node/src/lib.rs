@@ -36,7 +36,8 @@ pub enum RoomNodeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the room node on `listener` until `shutdown` is cancelled.
+/// Serves the room node on `listener` until `shutdown` is cancelled. The
+/// caller holds the [`store::DataDirLock`] of `config.data_dir`.
 pub async fn run(
     listener: TcpListener,
     config: RoomNodeConfig,

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// A record longer than the format allows.
     #[error("update of {0} bytes is too large for the log")]
     RecordTooLarge(usize),
+    /// Another process holds the data dir's lock.
+    #[error("data dir {} is in use by another partyline process", .0.display())]
+    DataDirInUse(PathBuf),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -53,6 +56,33 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
         action,
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Exclusive use of a data dir by one process: two processes appending to
+/// the same room logs would interleave records. Held until dropped (or the
+/// process exits; the kernel releases the lock even after `kill -9`).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Creates `data_dir` if needed and locks `data_dir/LOCK`.
+    pub fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(data_dir).map_err(io_err("create data dir", data_dir))?;
+        let path = data_dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::DataDirInUse(data_dir.to_owned())),
+            Err(fs::TryLockError::Error(source)) => Err(io_err("lock data dir", &path)(source)),
+        }
     }
 }
 
@@ -414,6 +444,18 @@ mod tests {
 
     fn updates(n: u8) -> Vec<Bytes> {
         (0..n).map(|i| Bytes::from(vec![i; 3])).collect()
+    }
+
+    #[test]
+    fn a_data_dir_is_locked_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = DataDirLock::acquire(dir.path()).unwrap();
+        assert!(matches!(
+            DataDirLock::acquire(dir.path()),
+            Err(StoreError::DataDirInUse(_))
+        ));
+        drop(lock);
+        DataDirLock::acquire(dir.path()).unwrap();
     }
 
     #[test]
