@@ -97,7 +97,9 @@ impl Reassembler {
                     size: marker.size,
                     count: marker.count,
                     received_chunks: 0,
-                    data: BytesMut::with_capacity(marker.size as usize),
+                    // Grown by the chunks that actually arrive: a start marker
+                    // alone must not make the server reserve its announced size.
+                    data: BytesMut::new(),
                 }));
                 Ok(None)
             }

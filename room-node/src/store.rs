@@ -133,6 +133,7 @@ impl RoomFiles {
         let dir = Self::room_dir(data_dir, room);
         let mut loaded = Loaded::default();
         let (snapshots, segments) = list(&dir)?;
+        remove_stale_temp_files(&dir);
         let mut covered = 0;
         for &(snapshot_covered, ref path) in snapshots.iter().rev() {
             match read_snapshot(path) {
@@ -342,6 +343,21 @@ fn list(dir: &Path) -> Result<(Numbered, Numbered), StoreError> {
     Ok((snapshots, segments))
 }
 
+/// Deletes `*.tmp` files a crash mid-snapshot left behind; they were never
+/// renamed into place, so nothing refers to them. Best effort.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            if let Err(error) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), %error, "cannot remove a stale snapshot temp file");
+            }
+        }
+    }
+}
+
 /// Reads valid records into `out`; returns the length of the valid prefix.
 fn read_records(path: &Path, out: &mut Vec<Vec<u8>>) -> Result<u64, StoreError> {
     let mut bytes = Vec::new();
@@ -486,11 +502,15 @@ mod tests {
         files.append(&[Bytes::from_static(b"u2")]).unwrap();
         files.begin_snapshot(0, b"S2".to_vec()).write().unwrap();
         files.append(&[Bytes::from_static(b"u3")]).unwrap();
+        // A crash mid-snapshot leaves a temp file; loading ignores and removes it.
+        let room_dir = RoomFiles::room_dir(dir.path(), "r");
+        let stale = room_dir.join(format!("snapshot-{:020}.tmp", 9));
+        fs::write(&stale, b"half a snapshot").unwrap();
         let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
         assert_eq!(loaded.updates, vec![b"S2".to_vec(), b"u3".to_vec()]);
+        assert!(!stale.exists());
 
         // Corrupt the newest snapshot: S1 plus the kept log must restore it.
-        let room_dir = RoomFiles::room_dir(dir.path(), "r");
         let newest = room_dir.join(format!("snapshot-{:020}.bin", 2));
         let mut bytes = fs::read(&newest).unwrap();
         let last = bytes.len() - 6;
