@@ -1,12 +1,12 @@
 //! A y-websocket client on yrs, for tests and the load tool's checks.
 //!
 //! [`YClient`] is a handle; one background task per client owns the
-//! WebSocket, the `yrs::Doc` and the awareness table (the handle + command
-//! channel + one owning task shape of async-nats). The task receives all the
-//! time — pings are answered, updates applied, awareness renewed every 15 s —
-//! so a test can leave a client alone and look at it later. The handle talks
-//! to the task through a bounded command channel and reads status (synced,
-//! close frame, counters) from a `watch`.
+//! WebSocket and a `yrs::sync::Awareness`, which owns the `yrs::Doc` (the
+//! handle + command channel + one owning task shape of async-nats). The task
+//! receives all the time — pings are answered, updates applied, awareness
+//! renewed every 15 s — so a test can leave a client alone and look at it
+//! later. The handle talks to the task through a bounded command channel and
+//! reads status (synced, close frame, counters) from a `watch`.
 //!
 //! The handshake is the npm y-websocket provider's: send SyncStep1 (and our
 //! awareness, if set) on open, answer the server's SyncStep1 with SyncStep2,

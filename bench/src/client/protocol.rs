@@ -20,22 +20,19 @@
 //! Nothing here fails: bad input is counted in [`ClientStats`] and the
 //! session goes on, as the npm client's does.
 //!
-//! Awareness is tracked in a small table of our own rather than
-//! [`yrs::sync::Awareness`], which is not `Send` without yrs's `sync`
-//! feature; the wire type is still yrs's [`AwarenessUpdate`].
+//! Awareness is yrs's own [`Awareness`] (`Send` since the workspace enables
+//! yrs's `sync` feature); it owns the document and applies y-protocols'
+//! clock rules: a newer clock wins, an equal clock may only remove, and a
+//! peer cannot remove our own state (yrs bumps our clock instead, so the
+//! next renewal re-announces it).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use yrs::encoding::read::Read;
-use yrs::sync::awareness::AwarenessUpdateEntry;
-use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
-
-/// The JSON text y-protocols sends for a removed awareness state.
-const NULL_STATE: &str = "null";
 
 /// Counters of what a client received; tests assert on them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -69,18 +66,10 @@ pub(crate) struct Outcome {
     pub changed: bool,
 }
 
-/// One awareness entry as y-protocols keeps it: a clock and a state that is
-/// `None` once removed (the clock stays, so stale re-sends are refused).
-#[derive(Debug, Clone)]
-struct AwarenessEntry {
-    clock: u32,
-    state: Option<Arc<str>>,
-}
-
-/// A y-websocket client's document, awareness and sync status.
+/// A y-websocket client's document (owned by its awareness), awareness and
+/// sync status.
 pub(crate) struct ClientProtocol {
-    doc: Doc,
-    awareness: HashMap<u64, AwarenessEntry>,
+    awareness: Awareness,
     synced: bool,
     stats: ClientStats,
 }
@@ -89,19 +78,18 @@ impl ClientProtocol {
     /// A client over `doc`; its client id is the awareness id too.
     pub fn new(doc: Doc) -> Self {
         Self {
-            doc,
-            awareness: HashMap::new(),
+            awareness: Awareness::new(doc),
             synced: false,
             stats: ClientStats::default(),
         }
     }
 
     pub fn doc(&self) -> &Doc {
-        &self.doc
+        self.awareness.doc()
     }
 
     pub fn client_id(&self) -> u64 {
-        self.doc.client_id().get()
+        self.awareness.client_id().get()
     }
 
     pub fn is_synced(&self) -> bool {
@@ -114,7 +102,7 @@ impl ClientProtocol {
 
     /// Frames to send right after the socket opens.
     pub fn opening_frames(&self) -> Vec<Vec<u8>> {
-        let state_vector = self.doc.transact().state_vector();
+        let state_vector = self.doc().transact().state_vector();
         let mut frames = vec![Message::Sync(SyncMessage::SyncStep1(state_vector)).encode_v1()];
         frames.extend(self.local_awareness_frame());
         frames
@@ -181,7 +169,7 @@ impl ClientProtocol {
         &mut self,
         edit: impl FnOnce(&mut TransactionMut<'_>) -> R,
     ) -> (R, Option<Vec<u8>>) {
-        let mut txn = self.doc.transact_mut();
+        let mut txn = self.doc().transact_mut();
         let result = edit(&mut txn);
         let update = txn.encode_update_v1();
         drop(txn);
@@ -192,34 +180,28 @@ impl ClientProtocol {
 
     /// Sets our awareness state (JSON text) and returns the frame announcing it.
     pub fn set_local_state(&mut self, json: &str) -> Vec<u8> {
-        let client_id = self.client_id();
-        let entry = self.awareness.entry(client_id).or_insert(AwarenessEntry {
-            clock: 0,
-            state: None,
-        });
-        entry.clock += 1;
-        entry.state = Some(json.into());
-        self.encode_awareness([client_id])
+        self.awareness.set_local_state_raw(json);
+        self.local_awareness_frame()
+            .expect("our awareness state was just set")
     }
 
     /// Re-announces our state with a new clock, as y-protocols does every
     /// 15 s so peers do not time it out; `None` when we have no state.
     pub fn renew_local_state(&mut self) -> Option<Vec<u8>> {
-        let client_id = self.client_id();
-        let entry = self.awareness.get_mut(&client_id)?;
-        entry.state.as_ref()?;
-        entry.clock += 1;
-        Some(self.encode_awareness([client_id]))
+        let state = self.awareness.local_state_raw()?;
+        self.awareness.set_local_state_raw(state);
+        self.local_awareness_frame()
     }
 
     /// Removes our state and returns the `null` announcement, as the npm
     /// provider sends before it disconnects; `None` when we had no state.
     pub fn leave(&mut self) -> Option<Vec<u8>> {
-        let client_id = self.client_id();
-        let entry = self.awareness.get_mut(&client_id)?;
-        entry.state.take()?;
-        entry.clock += 1;
-        Some(self.encode_awareness([client_id]))
+        // yrs bumps the clock (or records a removed entry) even when there
+        // is no state to remove; y-protocols does nothing then, and neither
+        // do we.
+        self.awareness.local_state_raw()?;
+        self.awareness.clean_local_state();
+        self.awareness_frame([self.awareness.client_id()])
     }
 
     /// Every present awareness state (ours included), parsed as JSON.
@@ -227,15 +209,18 @@ impl ClientProtocol {
     pub fn awareness_states(&self) -> BTreeMap<u64, serde_json::Value> {
         self.awareness
             .iter()
-            .filter_map(|(client_id, entry)| {
-                let state = entry.state.as_ref()?;
-                Some((*client_id, serde_json::from_str(state).ok()?))
+            .filter_map(|(client_id, state)| {
+                let json = state.data?;
+                Some((client_id.get(), serde_json::from_str(&json).ok()?))
             })
             .collect()
     }
 
     fn step2_for(&self, state_vector: &StateVector) -> Vec<u8> {
-        let update = self.doc.transact().encode_state_as_update_v1(state_vector);
+        let update = self
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(state_vector);
         Message::Sync(SyncMessage::SyncStep2(update)).encode_v1()
     }
 
@@ -244,7 +229,7 @@ impl ClientProtocol {
         let applied = Update::decode_v1(update)
             .map_err(|error| error.to_string())
             .and_then(|update| {
-                self.doc
+                self.doc()
                     .transact_mut()
                     .apply_update(update)
                     .map_err(|error| error.to_string())
@@ -262,72 +247,66 @@ impl ClientProtocol {
         }
     }
 
-    /// y-protocols `applyAwarenessUpdate`: a newer clock wins; an equal
-    /// clock may only remove; nobody else may remove our own state.
+    /// y-protocols `applyAwarenessUpdate`, as yrs implements it. Refused
+    /// entries (stale clocks) are not an error.
     fn apply_awareness(&mut self, update: AwarenessUpdate) {
-        let own_id = self.client_id();
-        for (client_id, incoming) in update.clients {
-            let client_id = client_id.get();
-            let removal = incoming.json.as_ref() == NULL_STATE;
-            let entry = self.awareness.entry(client_id).or_insert(AwarenessEntry {
-                clock: 0,
-                state: None,
-            });
-            let newer = entry.clock < incoming.clock;
-            let same_clock_removal =
-                entry.clock == incoming.clock && removal && entry.state.is_some();
-            if !(newer || same_clock_removal) {
-                continue;
-            }
-            if removal && client_id == own_id && entry.state.is_some() {
-                // y-protocols keeps a local state a peer declared gone and
-                // bumps its clock; the next renewal re-announces it.
-                entry.clock = incoming.clock + 1;
-                continue;
-            }
-            entry.clock = incoming.clock;
-            entry.state = (!removal).then_some(incoming.json);
+        if let Err(error) = self.awareness.apply_update(update) {
+            tracing::debug!(%error, "server awareness update not applied");
         }
     }
 
     fn local_awareness_frame(&self) -> Option<Vec<u8>> {
-        let client_id = self.client_id();
-        self.awareness.get(&client_id)?.state.as_ref()?;
-        Some(self.encode_awareness([client_id]))
+        self.awareness.local_state_raw()?;
+        self.awareness_frame([self.awareness.client_id()])
     }
 
-    /// y-websocket answers a query with every state it knows, removed ones as `null`.
+    /// y-websocket answers a query with every state it knows; we include
+    /// removed ones as `null` (with their clocks).
     fn awareness_snapshot_frame(&self) -> Option<Vec<u8>> {
-        if self.awareness.is_empty() {
+        let known: Vec<ClientID> = self
+            .awareness
+            .iter()
+            .map(|(client_id, _)| client_id)
+            .collect();
+        if known.is_empty() {
             return None;
         }
-        Some(self.encode_awareness(self.awareness.keys().copied().collect::<Vec<_>>()))
+        self.awareness_frame(known)
     }
 
-    fn encode_awareness(&self, client_ids: impl IntoIterator<Item = u64>) -> Vec<u8> {
-        let clients = client_ids
-            .into_iter()
-            .filter_map(|client_id| {
-                let entry = self.awareness.get(&client_id)?;
-                let json = entry.state.clone().unwrap_or_else(|| NULL_STATE.into());
-                Some((
-                    ClientID::new(client_id),
-                    AwarenessUpdateEntry {
-                        clock: entry.clock,
-                        json,
-                    },
-                ))
-            })
-            .collect();
-        Message::Awareness(AwarenessUpdate { clients }).encode_v1()
+    /// One awareness message for `clients`, all of which must be known.
+    fn awareness_frame(&self, clients: impl IntoIterator<Item = ClientID>) -> Option<Vec<u8>> {
+        match self.awareness.update_with_clients(clients) {
+            Ok(update) => Some(Message::Awareness(update).encode_v1()),
+            Err(error) => {
+                tracing::debug!(%error, "awareness update not encoded");
+                None
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::sync::{Awareness, DefaultProtocol, Protocol};
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    use yrs::sync::{DefaultProtocol, Protocol};
     use yrs::{GetString, Map, Text, WriteTxn};
+
+    /// The JSON text y-protocols sends for a removed awareness state.
+    const NULL_STATE: &str = "null";
+
+    /// The (clock, JSON) entries of a frame holding one awareness message.
+    fn awareness_entries(frame: &[u8]) -> BTreeMap<u64, (u32, String)> {
+        match Message::decode_v1(frame).unwrap() {
+            Message::Awareness(update) => update
+                .clients
+                .into_iter()
+                .map(|(client_id, entry)| (client_id.get(), (entry.clock, entry.json.to_string())))
+                .collect(),
+            other => panic!("expected awareness, got {other:?}"),
+        }
+    }
 
     /// A yrs-based server peer: yrs's own y-sync implementation, sending
     /// one message per frame as DESIGN.md requires of ours.
@@ -596,10 +575,75 @@ mod tests {
             .handle_frame(&Message::AwarenessQuery.encode_v1())
             .replies;
         assert_eq!(replies.len(), 1);
-        assert!(matches!(
-            Message::decode_v1(&replies[0]).unwrap(),
-            Message::Awareness(_)
-        ));
+        assert_eq!(
+            awareness_entries(&replies[0]),
+            [(2, (1, r#"{"a":1}"#.to_owned()))].into()
+        );
+
+        // a peer that came and went is still known, as null with its clock
+        let peer = |clock, json: &str| {
+            Message::Awareness(AwarenessUpdate {
+                clients: [(
+                    ClientID::new(9),
+                    AwarenessUpdateEntry {
+                        clock,
+                        json: json.into(),
+                    },
+                )]
+                .into(),
+            })
+            .encode_v1()
+        };
+        client.handle_frame(&peer(1, r#"{"b":2}"#));
+        client.handle_frame(&peer(2, NULL_STATE));
+        let replies = client
+            .handle_frame(&Message::AwarenessQuery.encode_v1())
+            .replies;
+        assert_eq!(
+            awareness_entries(&replies[0]),
+            [
+                (2, (1, r#"{"a":1}"#.to_owned())),
+                (9, (2, NULL_STATE.to_owned()))
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn local_state_frames_carry_increasing_clocks() {
+        let mut client = ClientProtocol::new(Doc::with_client_id(2));
+        assert!(client.renew_local_state().is_none(), "no state to renew");
+        assert!(client.leave().is_none(), "no state to remove");
+        let set = client.set_local_state(r#"{"a":1}"#);
+        assert_eq!(
+            awareness_entries(&set),
+            [(2, (1, r#"{"a":1}"#.to_owned()))].into()
+        );
+        let opening = client.opening_frames();
+        assert_eq!(opening.len(), 2, "SyncStep1, then our awareness");
+        assert_eq!(awareness_entries(&opening[1]), awareness_entries(&set));
+        let renewal = client.renew_local_state().unwrap();
+        assert_eq!(
+            awareness_entries(&renewal),
+            [(2, (2, r#"{"a":1}"#.to_owned()))].into()
+        );
+        let leave = client.leave().unwrap();
+        assert_eq!(
+            awareness_entries(&leave),
+            [(2, (3, NULL_STATE.to_owned()))].into()
+        );
+        assert!(client.awareness_states().is_empty());
+        assert!(client.leave().is_none(), "already removed");
+        assert!(client.renew_local_state().is_none(), "nothing to renew");
+        assert_eq!(client.opening_frames().len(), 1, "only SyncStep1");
+        let query = client
+            .handle_frame(&Message::AwarenessQuery.encode_v1())
+            .replies;
+        assert_eq!(
+            awareness_entries(&query[0]),
+            [(2, (3, NULL_STATE.to_owned()))].into(),
+            "a second leave does not move the clock"
+        );
     }
 
     #[test]
