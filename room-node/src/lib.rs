@@ -46,7 +46,18 @@ pub async fn run(
 ) -> Result<(), RoomNodeError> {
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
-    let registry = registry::Registry::new(config.clone(), tracker.clone(), shutdown.clone());
+    let sync_queue = store::SyncQueue::default();
+    tracker.spawn(sync_logs(
+        sync_queue.clone(),
+        config.fsync_interval,
+        shutdown.clone(),
+    ));
+    let registry = registry::Registry::new(
+        config.clone(),
+        sync_queue,
+        tracker.clone(),
+        shutdown.clone(),
+    );
     let service = service::RoomNodeService::new(
         registry,
         config.node_id.clone(),
@@ -78,4 +89,29 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     Ok(result?)
+}
+
+/// fsyncs every room log with new appends once per `interval`, and a last
+/// time at shutdown (rooms write their final snapshots first; those sync
+/// their own segments).
+async fn sync_logs(
+    queue: store::SyncQueue,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let queue = queue.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || queue.sync_all()).await {
+            tracing::error!(%error, "log sync task failed");
+        }
+        if stopping {
+            return;
+        }
+    }
 }

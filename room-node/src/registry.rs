@@ -20,6 +20,7 @@ use crate::config::RoomNodeConfig;
 use crate::room::{
     self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
 };
+use crate::store::SyncQueue;
 
 /// Why a link could not attach to a room.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,7 @@ pub struct Registry {
     rooms: Arc<Mutex<HashMap<RoomName, Entry>>>,
     next_generation: Arc<std::sync::atomic::AtomicU64>,
     config: Arc<RoomNodeConfig>,
+    sync_queue: SyncQueue,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -49,6 +51,7 @@ impl Registry {
     /// `tracker` (so shutdown can wait for their final snapshots).
     pub fn new(
         config: Arc<RoomNodeConfig>,
+        sync_queue: SyncQueue,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -56,6 +59,7 @@ impl Registry {
             rooms: Arc::default(),
             next_generation: Arc::default(),
             config,
+            sync_queue,
             tracker,
             cancel,
         }
@@ -122,6 +126,7 @@ impl Registry {
         let (handle, actor) = room::spawn_actor(
             room.clone(),
             self.config.clone(),
+            self.sync_queue.clone(),
             epoch,
             self.cancel.child_token(),
         );
@@ -268,7 +273,12 @@ mod tests {
             NodeId::new("test"),
             dir.path().to_owned(),
         ));
-        let registry = Registry::new(config, TaskTracker::new(), CancellationToken::new());
+        let registry = Registry::new(
+            config,
+            SyncQueue::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
         let mut doomed = Link::attach(&registry, "doomed", 1).await;
         let mut healthy = Link::attach(&registry, "healthy", 2).await;
         for (link, text) in [(&doomed, "kept"), (&healthy, "fine")] {

@@ -34,7 +34,7 @@ use yrs::{ClientID, Doc, Transact, Update};
 
 use crate::config::RoomNodeConfig;
 use crate::protocol::SyncRoom;
-use crate::store::{RoomFiles, StoreError};
+use crate::store::{RoomFiles, StoreError, SyncQueue};
 
 /// Identifies one gateway stream within this node.
 pub type LinkId = u64;
@@ -131,12 +131,13 @@ pub enum ExitReason {
 pub fn spawn_actor(
     room: RoomName,
     config: Arc<RoomNodeConfig>,
+    sync_queue: SyncQueue,
     epoch: u64,
     cancel: CancellationToken,
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
     let actor = async move {
-        let loaded = load(config.clone(), room.clone()).await;
+        let loaded = load(config.clone(), room.clone(), sync_queue).await;
         match loaded {
             Ok((doc, files)) => {
                 RoomActor {
@@ -164,9 +165,13 @@ pub fn spawn_actor(
 
 /// Reads the room's snapshot and log tail into a fresh document, off the
 /// async workers (decoding a large document is CPU work).
-async fn load(config: Arc<RoomNodeConfig>, room: RoomName) -> Result<(Doc, RoomFiles), StoreError> {
+async fn load(
+    config: Arc<RoomNodeConfig>,
+    room: RoomName,
+    sync_queue: SyncQueue,
+) -> Result<(Doc, RoomFiles), StoreError> {
     let task = tokio::task::spawn_blocking(move || {
-        let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str())?;
+        let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str(), sync_queue)?;
         for path in &loaded.corrupt_snapshots {
             tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
         }
@@ -240,8 +245,6 @@ impl RoomActor {
     async fn run(mut self) -> ExitReason {
         let mut snapshot_tick = tokio::time::interval(self.config.snapshot_interval);
         snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut fsync_tick = tokio::time::interval(self.config.fsync_interval);
-        fsync_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let idle = tokio::time::sleep(self.config.idle_timeout);
         tokio::pin!(idle);
         let cancel = self.cancel.clone();
@@ -263,10 +266,6 @@ impl RoomActor {
                     }
                 },
                 Some((link, event)) = self.inbound.next(), if !self.inbound.is_empty() => Input::Link(link, event),
-                _ = fsync_tick.tick() => {
-                    self.fsync();
-                    continue;
-                }
                 _ = snapshot_tick.tick() => {
                     self.snapshot_if_dirty().await;
                     continue;
@@ -523,17 +522,6 @@ impl RoomActor {
             }
         }
         Ok(())
-    }
-
-    fn fsync(&mut self) {
-        if let Some(file) = self.files.take_unsynced() {
-            let room = self.room.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(error) = file.sync_data() {
-                    tracing::error!(room = %room, %error, "fsync of the room log failed");
-                }
-            });
-        }
     }
 
     /// Writes a snapshot when updates arrived since the last one. Runs to

@@ -9,8 +9,8 @@
 //!
 //! Durability contract (DESIGN.md): the actor appends an update with
 //! [`RoomFiles::append`] before anyone sees it (a `write(2)` to the page
-//! cache survives `kill -9`; [`RoomFiles::sync`] makes it survive power loss
-//! and runs on a timer). Taking a snapshot first rotates the log to a new
+//! cache survives `kill -9`); the node's [`SyncQueue`] fsyncs appended
+//! segments on a timer so they also survive power loss. Taking a snapshot first rotates the log to a new
 //! segment, then writes the snapshot (temp file, fsync, rename, fsync dir),
 //! then deletes only what the *previous* snapshot covered: a corrupt newest
 //! snapshot is recovered from the one before plus the log. Loading takes the
@@ -23,6 +23,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -108,14 +111,59 @@ pub struct SnapshotHeader {
     pub covered_segment: u64,
 }
 
+/// An open log segment, shared with the [`SyncQueue`] while it waits for
+/// its fsync.
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    /// In the sync queue already; cleared just before its fsync, so an
+    /// append after that point queues it again.
+    queued: AtomicBool,
+}
+
+/// The node's log segments with appends not yet fsynced. One periodic task
+/// drains it for every room, instead of a timer and a blocking task per
+/// room. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SyncQueue {
+    pending: Arc<Mutex<Vec<Arc<LogFile>>>>,
+}
+
+impl SyncQueue {
+    fn push(&self, log: &Arc<LogFile>) {
+        if !log.queued.swap(true, Ordering::AcqRel) {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(log.clone());
+        }
+    }
+
+    /// fdatasyncs every queued segment (blocking I/O: run it on the
+    /// blocking pool). Returns how many were synced; failures are logged,
+    /// the data is still in the page cache and the next snapshot syncs again.
+    pub fn sync_all(&self) -> usize {
+        let logs =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for log in &logs {
+            log.queued.store(false, Ordering::Release);
+            if let Err(error) = log.file.sync_data() {
+                tracing::error!(path = %log.path.display(), %error, "fsync of a room log failed");
+            }
+        }
+        logs.len()
+    }
+}
+
 /// One room's files. Owned by the room actor.
 #[derive(Debug)]
 pub struct RoomFiles {
     dir: PathBuf,
     room: String,
     segment: u64,
-    log: Option<File>,
-    unsynced: bool,
+    log: Option<Arc<LogFile>>,
+    sync_queue: SyncQueue,
     bytes_since_snapshot: u64,
 }
 
@@ -129,7 +177,11 @@ impl RoomFiles {
 
     /// Opens a room's files and reads its state. Creates nothing until the
     /// first append, so probing an unknown room leaves no trace.
-    pub fn open(data_dir: &Path, room: &str) -> Result<(Self, Loaded), StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        room: &str,
+        sync_queue: SyncQueue,
+    ) -> Result<(Self, Loaded), StoreError> {
         let dir = Self::room_dir(data_dir, room);
         let mut loaded = Loaded::default();
         let (snapshots, segments) = list(&dir)?;
@@ -164,7 +216,7 @@ impl RoomFiles {
             room: room.to_owned(),
             segment,
             log: None,
-            unsynced: false,
+            sync_queue,
             bytes_since_snapshot: 0,
         };
         Ok((files, loaded))
@@ -191,13 +243,18 @@ impl RoomFiles {
                 .append(true)
                 .open(&path)
                 .map_err(io_err("open log", &path))?;
-            self.log = Some(file);
+            self.log = Some(Arc::new(LogFile {
+                file,
+                path: path.clone(),
+                queued: AtomicBool::new(false),
+            }));
         }
-        if let Some(log) = self.log.as_mut() {
-            log.write_all(&buf)
+        if let Some(log) = &self.log {
+            (&log.file)
+                .write_all(&buf)
                 .map_err(io_err("append to log", &path))?;
+            self.sync_queue.push(log);
         }
-        self.unsynced = true;
         self.bytes_since_snapshot += buf.len() as u64;
         Ok(())
     }
@@ -207,23 +264,12 @@ impl RoomFiles {
         self.bytes_since_snapshot
     }
 
-    /// A handle to fsync the log with, if anything was written since the
-    /// last call. Run `sync_data` on it off the actor.
-    pub fn take_unsynced(&mut self) -> Option<File> {
-        if !self.unsynced {
-            return None;
-        }
-        self.unsynced = false;
-        self.log.as_ref().and_then(|f| f.try_clone().ok())
-    }
-
     /// Starts a snapshot: closes the current segment so later appends go to
     /// a new one, and returns the job that writes state covering it.
     pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotJob {
         let covered = self.segment;
         let log = self.log.take();
         self.segment += 1;
-        self.unsynced = false;
         self.bytes_since_snapshot = 0;
         SnapshotJob {
             dir: self.dir.clone(),
@@ -258,14 +304,16 @@ pub struct SnapshotJob {
     dir: PathBuf,
     header: SnapshotHeader,
     state: Vec<u8>,
-    closed_log: Option<File>,
+    closed_log: Option<Arc<LogFile>>,
 }
 
 impl SnapshotJob {
     /// Writes the snapshot durably, then trims what the previous one covered.
     pub fn write(self) -> Result<(), StoreError> {
         if let Some(log) = &self.closed_log {
-            log.sync_data().map_err(io_err("sync log", &self.dir))?;
+            log.file
+                .sync_data()
+                .map_err(io_err("sync log", &log.path))?;
         }
         fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
         let covered = self.header.covered_segment;
@@ -463,6 +511,21 @@ mod tests {
     }
 
     #[test]
+    fn appended_segments_are_queued_once_until_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SyncQueue::default();
+        let (mut a, _) = RoomFiles::open(dir.path(), "a", queue.clone()).unwrap();
+        let (mut b, _) = RoomFiles::open(dir.path(), "b", queue.clone()).unwrap();
+        a.append(&updates(2)).unwrap();
+        a.append(&updates(1)).unwrap();
+        b.append(&updates(1)).unwrap();
+        assert_eq!(queue.sync_all(), 2, "one entry per segment, not per append");
+        assert_eq!(queue.sync_all(), 0);
+        a.append(&updates(1)).unwrap();
+        assert_eq!(queue.sync_all(), 1, "an append after the sync queues again");
+    }
+
+    #[test]
     fn a_data_dir_is_locked_by_one_holder_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let lock = DataDirLock::acquire(dir.path()).unwrap();
@@ -477,7 +540,7 @@ mod tests {
     #[test]
     fn log_survives_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut files, loaded) = RoomFiles::open(dir.path(), "a/b").unwrap();
+        let (mut files, loaded) = RoomFiles::open(dir.path(), "a/b", SyncQueue::default()).unwrap();
         assert!(loaded.updates.is_empty());
         assert!(
             !RoomFiles::room_dir(dir.path(), "a/b").exists(),
@@ -488,7 +551,7 @@ mod tests {
         let segment = RoomFiles::room_dir(dir.path(), "a/b").join(format!("log-{:020}.bin", 1));
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
-        let (_, loaded) = RoomFiles::open(dir.path(), "a/b").unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "a/b", SyncQueue::default()).unwrap();
         assert_eq!(loaded.updates, vec![vec![0; 3], vec![1; 3], vec![2; 3]]);
         assert_eq!(loaded.truncated_bytes, 6);
     }
@@ -496,7 +559,7 @@ mod tests {
     #[test]
     fn snapshot_then_tail_and_previous_snapshot_rescues_a_corrupt_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut files, _) = RoomFiles::open(dir.path(), "r").unwrap();
+        let (mut files, _) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         files.append(&updates(1)).unwrap();
         files.begin_snapshot(0, b"S1".to_vec()).write().unwrap();
         files.append(&[Bytes::from_static(b"u2")]).unwrap();
@@ -506,7 +569,7 @@ mod tests {
         let room_dir = RoomFiles::room_dir(dir.path(), "r");
         let stale = room_dir.join(format!("snapshot-{:020}.tmp", 9));
         fs::write(&stale, b"half a snapshot").unwrap();
-        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         assert_eq!(loaded.updates, vec![b"S2".to_vec(), b"u3".to_vec()]);
         assert!(!stale.exists());
 
@@ -516,7 +579,7 @@ mod tests {
         let last = bytes.len() - 6;
         bytes[last] ^= 0xff;
         fs::write(&newest, bytes).unwrap();
-        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         assert_eq!(loaded.corrupt_snapshots, vec![newest]);
         assert_eq!(
             loaded.updates,
@@ -527,7 +590,7 @@ mod tests {
     #[test]
     fn trimming_keeps_only_what_the_previous_snapshot_does_not_cover() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut files, _) = RoomFiles::open(dir.path(), "r").unwrap();
+        let (mut files, _) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         for i in 0..4u8 {
             files.append(&[Bytes::from(vec![i])]).unwrap();
             files.begin_snapshot(0, vec![b'S', i]).write().unwrap();
@@ -536,7 +599,7 @@ mod tests {
         let numbers = |v: &Numbered| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
         assert_eq!(numbers(&snapshots), vec![3, 4]);
         assert_eq!(numbers(&segments), vec![4]);
-        let (_, loaded) = RoomFiles::open(dir.path(), "r").unwrap();
+        let (_, loaded) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         assert_eq!(loaded.updates, vec![vec![b'S', 3]]);
     }
 }
