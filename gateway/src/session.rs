@@ -23,6 +23,9 @@ use crate::outbox::Outbox;
 use crate::upstream::{CloseReason, SessionGrant, ToClient, UpstreamHandle};
 use crate::Shared;
 
+/// How long a closing socket keeps reading for the client's close reply.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a client session until either side closes.
 pub async fn serve(
     mut socket: WebSocket,
@@ -70,11 +73,10 @@ async fn pump(
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
     loop {
+        // Busiest branch first: a wake-up for outbound frames polls nothing
+        // else. Shutdown is last; it also empties every outbox.
         tokio::select! {
             biased;
-            _ = &mut cancelled => {
-                return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
-            }
             close = outbox.drain(&mut frames) => {
                 // Frames the room queued before it ended the session go out first.
                 if write_all(socket, &mut frames).await.is_err() {
@@ -138,6 +140,9 @@ async fn pump(
                     return None;
                 }
             }
+            _ = &mut cancelled => {
+                return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+            }
         }
     }
 }
@@ -182,5 +187,19 @@ async fn send_close(socket: &mut WebSocket, reason: &CloseReason) {
         code: reason.code,
         reason: Utf8Bytes::from(text),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    // Closing a socket with unread input makes the kernel send RST, and a
+    // client that gets the RST before it reads our close frame sees 1006
+    // instead of the code. Read (and drop) what the client still sends
+    // until its close reply, end of stream, or a short deadline.
+    let drain = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
 }
