@@ -68,7 +68,7 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_OWNER_UNREACHABLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub owner_unreachable_timeout: Option<Duration>,
-    /// WebSocket read buffer per socket in bytes [default: 1024].
+    /// WebSocket read buffer per socket in bytes [default: 512].
     #[arg(long, env = "PARTYLINE_GATEWAY_WS_READ_BUFFER_BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
     /// Client sockets open at once; more get HTTP 503 before the upgrade [default: 100000].

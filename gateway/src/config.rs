@@ -17,7 +17,7 @@ pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`GatewayConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
-pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
