@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use partyline_proto::{close, RoomName};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite;
 
 use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
 use crate::outbox::Outbox;
@@ -153,28 +154,32 @@ async fn write_all(
     frames: &mut VecDeque<ToClient>,
 ) -> Result<(), axum::Error> {
     for frame in frames.drain(..) {
-        socket.feed(to_message(frame)).await?;
+        if let Some(message) = to_message(frame) {
+            socket.feed(message).await?;
+        }
     }
     socket.flush().await
 }
 
-fn to_message(frame: ToClient) -> Message {
+/// Text payloads were text frames from a client, so they are UTF-8; one
+/// that is not is dropped rather than sent in a frame the client misreads.
+fn to_message(frame: ToClient) -> Option<Message> {
     if frame.text {
-        match Utf8Bytes::try_from(frame.payload) {
-            Ok(text) => Message::Text(text),
-            Err(_) => Message::Binary(Bytes::new()),
-        }
+        Utf8Bytes::try_from(frame.payload).ok().map(Message::Text)
     } else {
-        Message::Binary(frame.payload)
+        Some(Message::Binary(frame.payload))
     }
 }
 
-/// tungstenite refuses an over-limit message with a capacity error; the
-/// client gets 1009 for it.
+/// tungstenite refuses an over-limit frame or message with a capacity
+/// error; the client gets 1009 for it.
 fn too_big(error: &axum::Error) -> Option<CloseReason> {
-    let text = error.to_string();
-    (text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big"))
-        .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
+    let source = std::error::Error::source(error)?;
+    matches!(
+        source.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+    .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
 }
 
 async fn send_close(socket: &mut WebSocket, reason: &CloseReason) {

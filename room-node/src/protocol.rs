@@ -177,11 +177,12 @@ impl SyncRoom {
             return Ok(());
         }
         self.doc().transact_mut().apply_update(update)?;
-        let bytes = Bytes::from(bytes);
-        outcome
-            .broadcast
-            .push(encode(&Message::Sync(SyncMessage::Update(bytes.to_vec()))));
-        outcome.log.push(bytes);
+        // The echo is `[sync, update, varint len, update…]`: encode it once
+        // and log its tail, rather than copying the update a second time.
+        let update_len = bytes.len();
+        let echo = encode(&Message::Sync(SyncMessage::Update(bytes)));
+        outcome.log.push(echo.slice(echo.len() - update_len..));
+        outcome.broadcast.push(echo);
         Ok(())
     }
 
@@ -275,8 +276,22 @@ mod tests {
     fn updates_are_logged_echoed_and_reach_a_late_joiner() {
         let mut room = SyncRoom::new(Doc::new());
         let writer = Peer::new(1);
-        let outcome = room.handle_frame(&writer.insert("hello"), true).unwrap();
+        let frame = writer.insert("hello");
+        let outcome = room.handle_frame(&frame, true).unwrap();
         assert_eq!(outcome.log.len(), 1);
+        let Message::Sync(SyncMessage::Update(sent)) = Message::decode_v1(&frame).unwrap() else {
+            panic!("insert sends an update")
+        };
+        assert_eq!(
+            &outcome.log[0][..],
+            &sent[..],
+            "the log holds exactly the update"
+        );
+        assert_eq!(
+            &outcome.broadcast[0][..],
+            &frame[..],
+            "the echo is the update message"
+        );
         assert_eq!(outcome.broadcast.len(), 1, "echo goes to everyone");
         let late = Peer::new(2);
         let reply = room.handle_frame(&late.step1(), true).unwrap().reply;
