@@ -52,7 +52,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             grpc_url: format!("http://{grpc_addr}"),
         },
     );
-    let (_map_tx, map_rx) = watch::channel(Arc::new(map));
+    let (_map_tx, map_rx) = watch::channel(Some(Arc::new(map)));
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
 

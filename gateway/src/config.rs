@@ -18,6 +18,8 @@ pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
 pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 512;
+/// Default for [`GatewayConfig::release_grace`].
+pub const DEFAULT_RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -47,6 +49,15 @@ pub struct GatewayConfig {
     pub ws_read_buffer_bytes: usize,
     /// Client sockets open at once; more get HTTP 503 before the upgrade.
     pub max_connections: usize,
+    /// After a new slot map moves a room away, how long to wait for the old
+    /// owner's `Released` before re-opening the room on the new owner
+    /// anyway (then the clients get the whole document, since nobody can
+    /// tell what they are missing).
+    pub release_grace: Duration,
+    /// Close code for client sockets when the gateway shuts down: 1001 for
+    /// `partyline dev`, 1012 (service restart: reconnect elsewhere) in a
+    /// cluster.
+    pub shutdown_close_code: u16,
 }
 
 impl GatewayConfig {
@@ -62,6 +73,8 @@ impl GatewayConfig {
             owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            release_grace: DEFAULT_RELEASE_GRACE,
+            shutdown_close_code: partyline_proto::close::GOING_AWAY,
         }
     }
 }

@@ -26,13 +26,13 @@ use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
-use partyline_proto::SlotMap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::GatewayConfig;
+pub use router::SlotMapWatch;
 use upstream::{SessionGrant, Upstreams};
 
 /// State shared by every request and session of a gateway.
@@ -60,11 +60,12 @@ pub enum GatewayError {
     Serve(#[from] std::io::Error),
 }
 
-/// Serves the gateway on `listener` until `shutdown` is cancelled.
+/// Serves the gateway on `listener` until `shutdown` is cancelled, routing
+/// rooms with the maps `slot_map` delivers.
 pub async fn run(
     listener: TcpListener,
     config: GatewayConfig,
-    slot_map: watch::Receiver<Arc<SlotMap>>,
+    slot_map: SlotMapWatch,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let config_connections = config.max_connections;

@@ -11,6 +11,9 @@ use partyline_proto::{RoomName, SlotMap};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+/// The slot map as the gateway sees it; `None` until the first one.
+pub type SlotMapWatch = watch::Receiver<Option<Arc<SlotMap>>>;
+
 /// Where a room lives right now.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -22,34 +25,60 @@ pub struct Route {
     pub channel: Channel,
 }
 
-/// A node URL in the slot map that is not a valid endpoint.
+/// Why a room cannot be routed.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid room node url {url}: {source}")]
-pub struct RouteError {
-    url: String,
-    source: tonic::transport::Error,
+pub enum RouteError {
+    /// No slot map has arrived yet.
+    #[error("no slot map yet")]
+    NoMap,
+    /// The owner's URL in the map is not a valid endpoint.
+    #[error("invalid room node url {url}: {source}")]
+    BadUrl {
+        /// The URL from the map.
+        url: String,
+        /// Why tonic refused it.
+        source: tonic::transport::Error,
+    },
 }
 
 /// Routes rooms with the latest slot map.
 #[derive(Clone)]
 pub struct Router {
-    slot_map: watch::Receiver<Arc<SlotMap>>,
+    slot_map: SlotMapWatch,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Router {
     /// A router following `slot_map`.
-    pub fn new(slot_map: watch::Receiver<Arc<SlotMap>>) -> Self {
+    pub fn new(slot_map: SlotMapWatch) -> Self {
         Self {
             slot_map,
             channels: Arc::default(),
         }
     }
 
+    /// The current map's epoch (0 before the first map).
+    pub fn epoch(&self) -> u64 {
+        self.slot_map.borrow().as_ref().map_or(0, |map| map.epoch())
+    }
+
+    /// The current owner's URL of `room`, if there is a map.
+    pub fn owner_url(&self, room: &RoomName) -> Option<String> {
+        let map = self.slot_map.borrow();
+        map.as_ref()
+            .map(|map| map.owner_of_room(room.as_str()).grpc_url.clone())
+    }
+
+    /// A receiver of map changes, for callers that react to new epochs.
+    pub fn subscribe(&self) -> SlotMapWatch {
+        self.slot_map.clone()
+    }
+
     /// The current owner of `room`.
     pub fn route(&self, room: &RoomName) -> Result<Route, RouteError> {
         let (epoch, url) = {
             let map = self.slot_map.borrow();
+            let map = map.as_ref().ok_or(RouteError::NoMap)?;
             (
                 map.epoch(),
                 map.owner_of_room(room.as_str()).grpc_url.clone(),
@@ -60,7 +89,7 @@ impl Router {
             Some(channel) => channel.clone(),
             None => {
                 let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|source| RouteError {
+                    .map_err(|source| RouteError::BadUrl {
                         url: url.clone(),
                         source,
                     })?

@@ -38,7 +38,7 @@ pub async fn serve(
     let outbox = Outbox::new(shared.config.session_queue);
     let upstream = tokio::select! {
         opened = shared.upstreams.open(&room, session_id, grant, &outbox) => opened,
-        _ = shared.cancel.cancelled() => Err(CloseReason::new(close::GOING_AWAY, "gateway shutting down")),
+        _ = shared.cancel.cancelled() => Err(CloseReason::new(shared.config.shutdown_close_code, "gateway shutting down")),
     };
     let upstream = match upstream {
         Ok(upstream) => upstream,
@@ -142,7 +142,7 @@ async fn pump(
                 }
             }
             _ = &mut cancelled => {
-                return Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+                return Some(CloseReason::new(config.shutdown_close_code, "server shutting down"));
             }
         }
     }

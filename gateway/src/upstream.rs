@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_client::RoomNodeClient};
-use partyline_proto::{close, RoomName};
+use partyline_proto::{close, RoomName, SYNC_STEP1_EMPTY};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -202,7 +202,10 @@ impl Upstreams {
                 }
             }
             if self.cancel.is_cancelled() {
-                return Err(CloseReason::new(close::GOING_AWAY, "gateway shutting down"));
+                return Err(CloseReason::new(
+                    self.config.shutdown_close_code,
+                    "gateway shutting down",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -251,6 +254,37 @@ impl Upstreams {
 struct Connection {
     to_node: mpsc::Sender<pb::GatewayFrame>,
     from_node: Streaming<pb::NodeFrame>,
+    /// The owner's URL, to notice when a new map moves the room.
+    url: String,
+}
+
+/// Why opening the stream failed.
+enum ConnectError {
+    /// The node does not own the room at its epoch.
+    NotOwner { url: String, epoch: u64 },
+    /// Unreachable, refused or broken.
+    Failed(String),
+}
+
+/// A local session as the upstream keeps it: enough to re-open it on
+/// another node without the client noticing.
+struct LocalSession {
+    outbox: Outbox,
+    grant: SessionGrant,
+    /// The client's last awareness message, re-sent after a move so the new
+    /// owner knows the client's awareness (and removes it on close).
+    awareness: Option<Bytes>,
+}
+
+/// How serving one stream ended.
+enum StreamEnd {
+    /// Close every session with this.
+    Close(CloseReason),
+    /// The room moves (or its node failed): re-open it on the owner at
+    /// `min_epoch` or newer and send each session `resync` as its SyncStep1.
+    Move { min_epoch: u64, resync: Bytes },
+    /// No sessions for `upstream_linger`.
+    Idle,
 }
 
 struct UpstreamActor {
@@ -259,69 +293,69 @@ struct UpstreamActor {
     router: Router,
     cancel: CancellationToken,
     rx: mpsc::Receiver<UpstreamCommand>,
-    sessions: HashMap<u64, Outbox>,
+    sessions: HashMap<u64, LocalSession>,
 }
 
 impl UpstreamActor {
     async fn run(mut self) {
-        let mut connection = match self.connect().await {
-            Ok(connection) => connection,
-            Err(reason) => {
-                tracing::warn!(room = %self.room, reason = %reason.reason, "room owner unreachable");
-                self.refuse_waiting(&reason);
-                return;
-            }
-        };
-        let linger = tokio::time::sleep(self.config.upstream_linger);
-        tokio::pin!(linger);
-        let cancel = self.cancel.clone();
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
-        let end = loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break CloseReason::new(close::GOING_AWAY, "gateway shutting down"),
-                frame = connection.from_node.message() => match frame {
-                    Ok(Some(frame)) => {
-                        if let Some(reason) = self.handle_node_frame(frame, &connection).await {
-                            break reason;
-                        }
-                    }
-                    Ok(None) => break CloseReason::new(close::INTERNAL_ERROR, "room closed by its node"),
-                    Err(status) => {
-                        tracing::warn!(room = %self.room, %status, "room stream failed");
-                        break CloseReason::new(close::INTERNAL_ERROR, "room stream failed");
-                    }
-                },
-                command = self.rx.recv() => {
-                    let Some(command) = command else { break CloseReason::new(close::NORMAL, "") };
-                    if self.handle_session_command(command, &connection).await.is_err() {
-                        break CloseReason::new(close::INTERNAL_ERROR, "room stream failed");
-                    }
-                    if self.sessions.is_empty() {
-                        linger.as_mut().reset(Instant::now() + self.config.upstream_linger);
-                    }
-                }
-                _ = &mut linger, if self.sessions.is_empty() => {
-                    // Sessions racing our exit retry on a fresh stream.
-                    self.rx.close();
-                    while let Ok(command) = self.rx.try_recv() {
-                        if let UpstreamCommand::Open { reply, .. } = command {
-                            let _ = reply.send(OpenReply::Retry);
-                        }
-                    }
+        let mut min_epoch = 0;
+        let mut resync: Option<Bytes> = None;
+        loop {
+            let connection = match self.connect(min_epoch).await {
+                Ok(connection) => connection,
+                Err(reason) => {
+                    tracing::warn!(room = %self.room, reason = %reason.reason, "room owner unreachable");
+                    self.close_all(&reason);
                     return;
                 }
+            };
+            if let Some(resync) = resync.take() {
+                if let Err(reason) = self.reopen_sessions(&connection, &resync).await {
+                    self.close_all(&reason);
+                    return;
+                }
+                tracing::info!(room = %self.room, owner = %connection.url, sessions = self.sessions.len(), "room re-opened on its new owner");
             }
-        };
-        for (_, session) in self.sessions.drain() {
-            session.close(end.clone());
+            match self.serve(connection).await {
+                StreamEnd::Close(reason) => {
+                    self.close_all(&reason);
+                    return;
+                }
+                StreamEnd::Idle => {
+                    self.retire();
+                    return;
+                }
+                StreamEnd::Move { .. } if self.sessions.is_empty() => {
+                    self.retire();
+                    return;
+                }
+                StreamEnd::Move {
+                    min_epoch: epoch,
+                    resync: bytes,
+                } => {
+                    min_epoch = epoch;
+                    resync = Some(bytes);
+                }
+            }
         }
-        self.refuse_waiting(&end);
     }
 
-    /// Stops taking commands and refuses the sessions still waiting.
-    fn refuse_waiting(&mut self, reason: &CloseReason) {
+    /// Ends quietly with no sessions: openers racing the exit get `Retry`
+    /// and start a fresh stream.
+    fn retire(&mut self) {
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            if let UpstreamCommand::Open { reply, .. } = command {
+                let _ = reply.send(OpenReply::Retry);
+            }
+        }
+    }
+
+    /// Closes every session and refuses the ones still waiting.
+    fn close_all(&mut self, reason: &CloseReason) {
+        for (_, session) in self.sessions.drain() {
+            session.outbox.close(reason.clone());
+        }
         self.rx.close();
         while let Ok(command) = self.rx.try_recv() {
             if let UpstreamCommand::Open { reply, .. } = command {
@@ -330,30 +364,136 @@ impl UpstreamActor {
         }
     }
 
-    /// Opens the stream to the room's owner, retrying until the deadline.
-    async fn connect(&self) -> Result<Connection, CloseReason> {
-        let deadline = Instant::now() + self.config.owner_unreachable_timeout;
-        let mut backoff = Duration::from_millis(50);
+    /// Relays frames both ways until the stream ends.
+    async fn serve(&mut self, connection: Connection) -> StreamEnd {
+        let Connection {
+            to_node,
+            mut from_node,
+            url,
+        } = connection;
+        let linger = tokio::time::sleep(self.config.upstream_linger);
+        tokio::pin!(linger);
+        // Armed when a new map gives the room to another node; the old
+        // owner's `Released` normally comes first.
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        let mut maps = self.router.subscribe();
+        maps.mark_unchanged();
+        // The map may have moved the room while the stream was opening.
+        let mut moving = self
+            .router
+            .owner_url(&self.room)
+            .is_some_and(|owner| owner != url);
+        if moving {
+            grace
+                .as_mut()
+                .reset(Instant::now() + self.config.release_grace);
+        }
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            match self.try_connect().await {
-                Ok(connection) => return Ok(connection),
-                Err(error) => {
-                    tracing::debug!(room = %self.room, %error, "connecting to room owner failed");
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => {
+                    return StreamEnd::Close(CloseReason::new(self.config.shutdown_close_code, "gateway shutting down"));
+                }
+                frame = from_node.message() => match frame {
+                    Ok(Some(frame)) => {
+                        if let Some(end) = self.handle_node_frame(frame, &to_node).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!(room = %self.room, owner = %url, "room stream ended; re-opening the room");
+                        return unplanned_move(0);
+                    }
+                    Err(status) => {
+                        tracing::warn!(room = %self.room, owner = %url, %status, "room stream failed; re-opening the room");
+                        return unplanned_move(0);
+                    }
+                },
+                command = self.rx.recv() => {
+                    let Some(command) = command else {
+                        return StreamEnd::Close(CloseReason::new(close::NORMAL, ""));
+                    };
+                    if self.handle_session_command(command, &to_node).await.is_err() {
+                        return unplanned_move(0);
+                    }
+                    if self.sessions.is_empty() {
+                        linger.as_mut().reset(Instant::now() + self.config.upstream_linger);
+                    }
+                }
+                changed = maps.changed(), if !moving => {
+                    if changed.is_err() {
+                        moving = true;
+                        continue;
+                    }
+                    if self.router.owner_url(&self.room).is_some_and(|owner| owner != url) {
+                        moving = true;
+                        grace.as_mut().reset(Instant::now() + self.config.release_grace);
+                    }
+                }
+                _ = &mut grace, if moving => {
+                    tracing::warn!(room = %self.room, owner = %url, "old owner did not release the room in time; re-opening it on the new owner");
+                    return unplanned_move(self.router.epoch());
+                }
+                _ = &mut linger, if self.sessions.is_empty() => return StreamEnd::Idle,
+            }
+        }
+    }
+
+    /// Opens the stream to the room's owner at `min_epoch` or newer,
+    /// retrying until `owner_unreachable_timeout`.
+    async fn connect(&self, mut min_epoch: u64) -> Result<Connection, CloseReason> {
+        let deadline = Instant::now() + self.config.owner_unreachable_timeout;
+        let mut backoff = Duration::from_millis(20);
+        let mut maps = self.router.subscribe();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(CloseReason::new(
+                    self.config.shutdown_close_code,
+                    "gateway shutting down",
+                ));
+            }
+            if self.router.epoch() >= min_epoch {
+                match self.try_connect().await {
+                    Ok(connection) => return Ok(connection),
+                    Err(ConnectError::NotOwner { url, epoch }) => {
+                        tracing::debug!(room = %self.room, %url, epoch, "owner refused the room: not its slot at its epoch");
+                        // A node ahead of us: wait for our map to catch up.
+                        // A node behind us will catch up by itself.
+                        if epoch > self.router.epoch() {
+                            min_epoch = min_epoch.max(epoch);
+                        }
+                    }
+                    Err(ConnectError::Failed(error)) => {
+                        tracing::debug!(room = %self.room, %error, "connecting to room owner failed");
+                    }
                 }
             }
-            if Instant::now() + backoff > deadline || self.cancel.is_cancelled() {
+            if Instant::now() >= deadline {
                 return Err(CloseReason::new(
                     close::TRY_AGAIN_LATER,
                     "room owner unreachable",
                 ));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            // A new map ends the pause early: it may name a live owner.
+            let pause = Instant::now() + backoff.min(deadline - Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep_until(pause) => {}
+                _ = maps.changed() => {}
+                _ = self.cancel.cancelled() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 
-    async fn try_connect(&self) -> Result<Connection, String> {
-        let route = self.router.route(&self.room).map_err(|e| e.to_string())?;
+    async fn try_connect(&self) -> Result<Connection, ConnectError> {
+        let route = self
+            .router
+            .route(&self.room)
+            .map_err(|e| ConnectError::Failed(e.to_string()))?;
         let (to_node, rx) = mpsc::channel(UPSTREAM_QUEUE);
         let attach = gateway_frame::Kind::Attach(pb::Attach {
             room: self.room.as_str().to_owned(),
@@ -362,33 +502,75 @@ impl UpstreamActor {
         });
         to_node
             .try_send(pb::GatewayFrame { kind: Some(attach) })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConnectError::Failed(e.to_string()))?;
         let mut client = RoomNodeClient::new(route.channel)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let mut from_node = client
             .open_room(ReceiverStream::new(rx))
             .await
-            .map_err(|status| status.to_string())?
+            .map_err(|status| ConnectError::Failed(status.to_string()))?
             .into_inner();
-        match from_node.message().await.map_err(|s| s.to_string())? {
+        match from_node
+            .message()
+            .await
+            .map_err(|s| ConnectError::Failed(s.to_string()))?
+        {
             Some(pb::NodeFrame {
                 kind: Some(node_frame::Kind::Attached(_)),
-            }) => Ok(Connection { to_node, from_node }),
+            }) => Ok(Connection {
+                to_node,
+                from_node,
+                url: route.url,
+            }),
             Some(pb::NodeFrame {
                 kind: Some(node_frame::Kind::NotOwner(not_owner)),
-            }) => Err(format!(
-                "{} is not the owner at epoch {}",
-                route.url, not_owner.epoch
-            )),
-            other => Err(format!("unexpected first frame {other:?}")),
+            }) => Err(ConnectError::NotOwner {
+                url: route.url,
+                epoch: not_owner.epoch,
+            }),
+            other => Err(ConnectError::Failed(format!(
+                "unexpected first frame {other:?}"
+            ))),
         }
+    }
+
+    /// Re-opens every local session on a new stream: the node greets each
+    /// one (SyncStep1 + awareness, which the client answers with what the
+    /// node lacks), gets the client's last awareness back, and answers
+    /// `resync` with what the client lacks.
+    async fn reopen_sessions(
+        &self,
+        connection: &Connection,
+        resync: &Bytes,
+    ) -> Result<(), CloseReason> {
+        for (&session_id, session) in &self.sessions {
+            let mut frames = vec![open_session(session_id, &session.grant)];
+            if let Some(awareness) = &session.awareness {
+                frames.push(client_message(session_id, awareness.clone(), false));
+            }
+            frames.push(client_message(session_id, resync.clone(), false));
+            for kind in frames {
+                if connection
+                    .to_node
+                    .send(pb::GatewayFrame { kind: Some(kind) })
+                    .await
+                    .is_err()
+                {
+                    return Err(CloseReason::new(
+                        close::INTERNAL_ERROR,
+                        "room stream failed",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn handle_session_command(
         &mut self,
         command: UpstreamCommand,
-        connection: &Connection,
+        to_node: &mpsc::Sender<pb::GatewayFrame>,
     ) -> Result<(), UpstreamGone> {
         let frame = match command {
             UpstreamCommand::Open {
@@ -397,32 +579,31 @@ impl UpstreamActor {
                 outbox,
                 reply,
             } => {
-                self.sessions.insert(session_id, outbox);
-                let _ = reply.send(OpenReply::Opened);
-                let permission = if grant.read_only {
-                    pb::Permission::ReadOnly
-                } else {
-                    pb::Permission::ReadWrite
-                };
-                gateway_frame::Kind::OpenSession(pb::OpenSession {
+                let frame = open_session(session_id, &grant);
+                self.sessions.insert(
                     session_id,
-                    identity: grant.identity,
-                    permission: permission as i32,
-                })
+                    LocalSession {
+                        outbox,
+                        grant,
+                        awareness: None,
+                    },
+                );
+                let _ = reply.send(OpenReply::Opened);
+                frame
             }
             UpstreamCommand::Client {
                 session_id,
                 payload,
                 text,
             } => {
-                if !self.sessions.contains_key(&session_id) {
+                let Some(session) = self.sessions.get_mut(&session_id) else {
                     return Ok(());
+                };
+                // y-sync message type 1 is awareness.
+                if !text && payload.first() == Some(&1) {
+                    session.awareness = Some(payload.clone());
                 }
-                gateway_frame::Kind::ClientMessage(pb::ClientMessage {
-                    session_id,
-                    payload,
-                    kind: frame_kind(text) as i32,
-                })
+                client_message(session_id, payload, text)
             }
             UpstreamCommand::Close { session_id } => {
                 if self.sessions.remove(&session_id).is_none() {
@@ -431,8 +612,7 @@ impl UpstreamActor {
                 gateway_frame::Kind::CloseSession(pb::CloseSession { session_id })
             }
         };
-        connection
-            .to_node
+        to_node
             .send(pb::GatewayFrame { kind: Some(frame) })
             .await
             .map_err(|_| UpstreamGone)
@@ -442,8 +622,8 @@ impl UpstreamActor {
     async fn handle_node_frame(
         &mut self,
         frame: pb::NodeFrame,
-        connection: &Connection,
-    ) -> Option<CloseReason> {
+        to_node: &mpsc::Sender<pb::GatewayFrame>,
+    ) -> Option<StreamEnd> {
         let mut slow = Vec::new();
         match frame.kind? {
             node_frame::Kind::Deliver(deliver) => {
@@ -453,7 +633,7 @@ impl UpstreamActor {
                         payload: deliver.payload,
                         text,
                     };
-                    if session.push(message).is_err() {
+                    if session.outbox.push(message).is_err() {
                         slow.push(deliver.session_id);
                     }
                 }
@@ -469,7 +649,7 @@ impl UpstreamActor {
                         payload: broadcast.payload.clone(),
                         text,
                     };
-                    if session.push(message).is_err() {
+                    if session.outbox.push(message).is_err() {
                         slow.push(session_id);
                     }
                 }
@@ -477,35 +657,70 @@ impl UpstreamActor {
             node_frame::Kind::EndSession(end) => {
                 if let Some(session) = self.sessions.remove(&end.session_id) {
                     let code = u16::try_from(end.close_code).unwrap_or(close::INTERNAL_ERROR);
-                    session.close(CloseReason::new(code, end.reason));
+                    session.outbox.close(CloseReason::new(code, end.reason));
                 }
             }
+            node_frame::Kind::Released(released) => {
+                tracing::debug!(room = %self.room, epoch = released.epoch, "room released by its old owner");
+                return Some(StreamEnd::Move {
+                    min_epoch: released.epoch,
+                    resync: released.resync,
+                });
+            }
             node_frame::Kind::NotOwner(not_owner) => {
-                tracing::warn!(room = %self.room, epoch = not_owner.epoch, "room moved away from its node");
-                return Some(CloseReason::new(close::TRY_AGAIN_LATER, "room moved"));
+                tracing::info!(room = %self.room, epoch = not_owner.epoch, "room no longer on its node; re-opening it");
+                return Some(unplanned_move(not_owner.epoch));
             }
             node_frame::Kind::Attached(_) => {}
         }
         for session_id in slow {
             if let Some(session) = self.sessions.remove(&session_id) {
                 tracing::info!(room = %self.room, session = session_id, "client too slow; closing it");
-                session.close(CloseReason::new(close::POLICY_VIOLATION, "client too slow"));
+                session
+                    .outbox
+                    .close(CloseReason::new(close::POLICY_VIOLATION, "client too slow"));
                 let frame = gateway_frame::Kind::CloseSession(pb::CloseSession { session_id });
-                if connection
-                    .to_node
+                if to_node
                     .send(pb::GatewayFrame { kind: Some(frame) })
                     .await
                     .is_err()
                 {
-                    return Some(CloseReason::new(
-                        close::INTERNAL_ERROR,
-                        "room stream failed",
-                    ));
+                    return Some(unplanned_move(0));
                 }
             }
         }
         None
     }
+}
+
+/// A move nobody announced (node died, stream broke, release timed out):
+/// nothing tells what the clients have, so each asks for the whole document.
+fn unplanned_move(min_epoch: u64) -> StreamEnd {
+    StreamEnd::Move {
+        min_epoch,
+        resync: Bytes::from_static(SYNC_STEP1_EMPTY),
+    }
+}
+
+fn open_session(session_id: u64, grant: &SessionGrant) -> gateway_frame::Kind {
+    let permission = if grant.read_only {
+        pb::Permission::ReadOnly
+    } else {
+        pb::Permission::ReadWrite
+    };
+    gateway_frame::Kind::OpenSession(pb::OpenSession {
+        session_id,
+        identity: grant.identity.clone(),
+        permission: permission as i32,
+    })
+}
+
+fn client_message(session_id: u64, payload: Bytes, text: bool) -> gateway_frame::Kind {
+    gateway_frame::Kind::ClientMessage(pb::ClientMessage {
+        session_id,
+        payload,
+        kind: frame_kind(text) as i32,
+    })
 }
 
 fn frame_kind(text: bool) -> pb::FrameKind {

@@ -17,5 +17,11 @@ pub mod pb {
     tonic::include_proto!("partyline.v1");
 }
 
+/// A y-sync SyncStep1 with an empty state vector (`sync`, `step1`, a
+/// one-byte buffer holding zero entries): asks for the whole document. A
+/// gateway sends it for each client after a room's owner died, when nobody
+/// can tell what the clients already have.
+pub const SYNC_STEP1_EMPTY: &[u8] = &[0, 0, 1, 0];
+
 pub use room::{RoomName, RoomNameError};
 pub use slot::{slot_of, NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};

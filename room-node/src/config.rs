@@ -18,6 +18,8 @@ pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LINK_QUEUE: usize = 8192;
 /// Default for [`RoomNodeConfig::room_queue`].
 pub const DEFAULT_ROOM_QUEUE: usize = 1024;
+/// Default for [`RoomNodeConfig::room_lock_timeout`].
+pub const DEFAULT_ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Room node settings.
 #[derive(Debug, Clone)]
@@ -40,6 +42,13 @@ pub struct RoomNodeConfig {
     pub link_queue: usize,
     /// Commands buffered per room; senders wait when it is full.
     pub room_queue: usize,
+    /// Lock each loaded room's files (`rooms/<id>/lock`) so two nodes that
+    /// share one store directory never write a room at once: the new owner
+    /// of a moved room waits for the old one to let go. On in a cluster;
+    /// `partyline dev` holds the whole data dir's lock instead.
+    pub room_locks: bool,
+    /// How long loading a room waits for another node to release its lock.
+    pub room_lock_timeout: Duration,
 }
 
 impl RoomNodeConfig {
@@ -54,6 +63,8 @@ impl RoomNodeConfig {
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             link_queue: DEFAULT_LINK_QUEUE,
             room_queue: DEFAULT_ROOM_QUEUE,
+            room_locks: false,
+            room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! waits for every room to write its final snapshot.
 
 pub mod config;
+pub mod ownership;
 pub mod protocol;
 pub mod registry;
 pub mod room;
@@ -17,13 +18,13 @@ pub mod store;
 
 use std::sync::Arc;
 
-use partyline_proto::{pb::room_node_server::RoomNodeServer, SlotMap};
+use partyline_proto::pb::room_node_server::RoomNodeServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::RoomNodeConfig;
+pub use ownership::{Ownership, SlotMapWatch};
 
 /// gRPC messages carry whole y-sync frames; allow the gateway's largest.
 const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
@@ -36,12 +37,14 @@ pub enum RoomNodeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the room node on `listener` until `shutdown` is cancelled. The
-/// caller holds the [`store::DataDirLock`] of `config.data_dir`.
+/// Serves the room node on `listener` until `shutdown` is cancelled,
+/// releasing rooms as the slot map moves them away. The caller holds the
+/// [`store::DataDirLock`] of `config.data_dir`, or sets
+/// [`RoomNodeConfig::room_locks`] when nodes share the store.
 pub async fn run(
     listener: TcpListener,
     config: RoomNodeConfig,
-    slot_map: watch::Receiver<Arc<SlotMap>>,
+    slot_map: SlotMapWatch,
     shutdown: CancellationToken,
 ) -> Result<(), RoomNodeError> {
     let config = Arc::new(config);
@@ -52,18 +55,20 @@ pub async fn run(
         config.fsync_interval,
         shutdown.clone(),
     ));
+    let ownership = Ownership::new(config.node_id.clone(), slot_map);
     let registry = registry::Registry::new(
         config.clone(),
+        ownership.clone(),
         sync_queue,
         tracker.clone(),
         shutdown.clone(),
     );
-    let service = service::RoomNodeService::new(
-        registry,
-        config.node_id.clone(),
-        slot_map,
-        config.link_queue,
-    );
+    tracker.spawn(release_moved_rooms(
+        registry.clone(),
+        ownership.clone(),
+        shutdown.clone(),
+    ));
+    let service = service::RoomNodeService::new(registry, ownership, config.link_queue);
     let server = RoomNodeServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -89,6 +94,28 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     Ok(result?)
+}
+
+/// Releases the rooms each new slot map moves away from this node.
+async fn release_moved_rooms(
+    registry: registry::Registry,
+    mut ownership: Ownership,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = ownership.changed() => if !changed { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let released = registry.release_unowned().await;
+        if released > 0 {
+            tracing::info!(
+                epoch = ownership.epoch(),
+                rooms = released,
+                "released rooms whose slots moved away"
+            );
+        }
+    }
 }
 
 /// fsyncs every room log with new appends once per `interval`, and a last

@@ -87,10 +87,15 @@ impl SyncRoom {
         self.awareness.doc()
     }
 
+    /// SyncStep1 with the document's current state vector.
+    pub fn sync_step1(&self) -> Bytes {
+        let state_vector = self.doc().transact().state_vector();
+        encode(&Message::Sync(SyncMessage::SyncStep1(state_vector)))
+    }
+
     /// Frames a newly opened session receives first.
     pub fn handshake(&self) -> Vec<Bytes> {
-        let state_vector = self.doc().transact().state_vector();
-        let mut frames = vec![encode(&Message::Sync(SyncMessage::SyncStep1(state_vector)))];
+        let mut frames = vec![self.sync_step1()];
         frames.extend(self.awareness_snapshot());
         frames
     }

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use partyline_proto::pb::{self, node_frame};
 use partyline_proto::RoomName;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RoomNodeConfig;
+use crate::ownership::Ownership;
 use crate::room::{
     self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
 };
@@ -28,6 +30,10 @@ pub enum AttachError {
     /// The room kept failing to load or unloading past the deadline.
     #[error("room {0} is unavailable")]
     Unavailable(RoomName),
+    /// The room's slot is not this node's at `epoch`; a `NotOwner` frame
+    /// was sent on the link before it was dropped.
+    #[error("not the owner of the room at epoch {0}")]
+    NotOwner(u64),
 }
 
 struct Entry {
@@ -41,6 +47,7 @@ pub struct Registry {
     rooms: Arc<Mutex<HashMap<RoomName, Entry>>>,
     next_generation: Arc<std::sync::atomic::AtomicU64>,
     config: Arc<RoomNodeConfig>,
+    ownership: Ownership,
     sync_queue: SyncQueue,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -51,6 +58,7 @@ impl Registry {
     /// `tracker` (so shutdown can wait for their final snapshots).
     pub fn new(
         config: Arc<RoomNodeConfig>,
+        ownership: Ownership,
         sync_queue: SyncQueue,
         tracker: TaskTracker,
         cancel: CancellationToken,
@@ -59,6 +67,7 @@ impl Registry {
             rooms: Arc::default(),
             next_generation: Arc::default(),
             config,
+            ownership,
             sync_queue,
             tracker,
             cancel,
@@ -82,6 +91,17 @@ impl Registry {
     ) -> Result<(), AttachError> {
         let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
         loop {
+            // Checked on every try: the slot may move while a room unloads.
+            let epoch = match self.ownership.check(room) {
+                Ok(current) => current.max(epoch),
+                Err(current) => {
+                    let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch: current });
+                    let _ = tx.try_send(Ok(pb::NodeFrame {
+                        kind: Some(not_owner),
+                    }));
+                    return Err(AttachError::NotOwner(current));
+                }
+            };
             let handle = self.get_or_spawn(room, epoch);
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = RoomCommand::AttachLink {
@@ -99,8 +119,7 @@ impl Registry {
                     Err(_) => return Err(AttachError::Unavailable(room.clone())),
                 },
                 Err(RoomCommand::AttachLink { tx, inbound, .. }) => Rejected { tx, inbound },
-                #[cfg(test)]
-                Err(RoomCommand::Panic) => unreachable!("attach sends AttachLink"),
+                Err(_) => unreachable!("attach sends AttachLink"),
             };
             (tx, inbound) = (rejected.tx, rejected.inbound);
             if tokio::time::Instant::now() >= deadline || self.cancel.is_cancelled() {
@@ -108,6 +127,26 @@ impl Registry {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Releases every live room whose slot the current map gives to
+    /// another node (see [`RoomCommand::Release`]); returns how many.
+    pub async fn release_unowned(&self) -> usize {
+        let moved: Vec<(RoomName, RoomHandle, u64)> = self
+            .lock()
+            .iter()
+            .filter_map(|(room, entry)| match self.ownership.check(room) {
+                Ok(_) => None,
+                Err(epoch) => Some((room.clone(), entry.handle.clone(), epoch)),
+            })
+            .collect();
+        let count = moved.len();
+        for (room, handle, epoch) in moved {
+            if handle.send(RoomCommand::Release { epoch }).await.is_err() {
+                tracing::debug!(room = %room, "room was already unloading");
+            }
+        }
+        count
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Entry>> {
@@ -148,6 +187,9 @@ impl Registry {
                 Ok(ExitReason::Shutdown) => {
                     tracing::debug!(room = %room, "room stopped for shutdown")
                 }
+                Ok(ExitReason::Released) => {
+                    tracing::debug!(room = %room, "room handed to its new owner")
+                }
                 Ok(ExitReason::Failed(error)) => {
                     tracing::error!(room = %room, %error, "room failed")
                 }
@@ -169,7 +211,7 @@ impl Registry {
 mod tests {
     use super::*;
     use partyline_proto::pb::{self, gateway_frame, node_frame};
-    use partyline_proto::NodeId;
+    use partyline_proto::{NodeId, NodeInfo, SlotMap};
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
     use yrs::sync::{Message, SyncMessage};
@@ -256,6 +298,21 @@ mod tests {
         }
     }
 
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: NodeId::new(id),
+            grpc_url: format!("http://{id}"),
+        }
+    }
+
+    type MapTx = tokio::sync::watch::Sender<Option<Arc<SlotMap>>>;
+
+    /// A map giving every slot to `id`, and the sender to change it.
+    fn owner_of_everything(id: &str) -> (MapTx, Ownership) {
+        let (tx, rx) = tokio::sync::watch::channel(Some(Arc::new(SlotMap::single(1, node(id)))));
+        (tx, Ownership::new(NodeId::new(id), rx))
+    }
+
     fn update(text: &str) -> Message {
         let doc = Doc::new();
         let t = doc.get_or_insert_text("t");
@@ -273,8 +330,10 @@ mod tests {
             NodeId::new("test"),
             dir.path().to_owned(),
         ));
+        let (_map_tx, ownership) = owner_of_everything("test");
         let registry = Registry::new(
             config,
+            ownership,
             SyncQueue::default(),
             TaskTracker::new(),
             CancellationToken::new(),
@@ -312,5 +371,75 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         assert_eq!(reloaded.read_text(11).await, "kept");
+    }
+
+    #[tokio::test]
+    async fn a_room_whose_slot_moves_is_released_with_its_state_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(RoomNodeConfig::new(NodeId::new("a"), dir.path().to_owned()));
+        let (map_tx, ownership) = owner_of_everything("a");
+        let registry = Registry::new(
+            config,
+            ownership,
+            SyncQueue::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let mut link = Link::attach(&registry, "moving", 1).await;
+        link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
+            session_id: 1,
+            identity: String::new(),
+            permission: pb::Permission::ReadWrite as i32,
+        }))
+        .await;
+        link.message(1, update("kept")).await;
+        loop {
+            if let Some(node_frame::Kind::Broadcast(_)) = link.next().await {
+                break;
+            }
+        }
+
+        map_tx.send_replace(Some(Arc::new(SlotMap::single(2, node("b")))));
+        assert_eq!(registry.release_unowned().await, 1);
+        let released = loop {
+            match link.next().await {
+                Some(node_frame::Kind::Released(released)) => break released,
+                Some(_) => continue,
+                None => panic!("stream ended without Released"),
+            }
+        };
+        assert_eq!(released.epoch, 2);
+        let Message::Sync(SyncMessage::SyncStep1(sv)) =
+            Message::decode_v1(&released.resync).unwrap()
+        else {
+            panic!("resync is not a SyncStep1");
+        };
+        assert_eq!(sv.len(), 1, "the state vector covers the one writer");
+        assert!(
+            link.next().await.is_none(),
+            "the stream ends after Released"
+        );
+
+        // A new stream is refused with the epoch that moved the room.
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_to_room, inbound) = mpsc::channel(4);
+        let refused = registry
+            .attach(
+                &RoomName::new("moving").unwrap(),
+                1,
+                9,
+                tx,
+                Box::pin(ReceiverStream::new(inbound)),
+            )
+            .await;
+        assert!(matches!(refused, Err(AttachError::NotOwner(2))));
+        assert!(matches!(
+            rx.recv().await.unwrap().unwrap().kind,
+            Some(node_frame::Kind::NotOwner(pb::NotOwner { epoch: 2 }))
+        ));
+        // What the room accepted was snapshotted for the next owner.
+        let (_, loaded) =
+            crate::store::RoomFiles::open(dir.path(), "moving", SyncQueue::default()).unwrap();
+        assert!(!loaded.updates.is_empty());
     }
 }

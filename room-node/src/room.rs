@@ -34,7 +34,7 @@ use yrs::{ClientID, Doc, Transact, Update};
 
 use crate::config::RoomNodeConfig;
 use crate::protocol::SyncRoom;
-use crate::store::{RoomFiles, StoreError, SyncQueue};
+use crate::store::{RoomFiles, RoomLock, StoreError, SyncQueue};
 
 /// Identifies one gateway stream within this node.
 pub type LinkId = u64;
@@ -62,6 +62,13 @@ pub enum RoomCommand {
         inbound: LinkInbound,
         /// `Ok` once attached.
         reply: oneshot::Sender<Result<(), Rejected>>,
+    },
+    /// The room's slot moved to another node at `epoch`: tell every link
+    /// (`Released`), write a snapshot and unload, so the new owner loads
+    /// everything this node accepted.
+    Release {
+        /// The epoch that moved the slot away.
+        epoch: u64,
     },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
@@ -122,6 +129,8 @@ pub enum ExitReason {
     Idle,
     /// The process is shutting down; snapshotted.
     Shutdown,
+    /// The slot moved to another node; links told, snapshotted.
+    Released,
     /// Storage failed; the room stopped before acknowledging anything
     /// it could not persist.
     Failed(StoreError),
@@ -139,7 +148,7 @@ pub fn spawn_actor(
     let actor = async move {
         let loaded = load(config.clone(), room.clone(), sync_queue).await;
         match loaded {
-            Ok((doc, files)) => {
+            Ok((doc, files, lock)) => {
                 RoomActor {
                     room,
                     config,
@@ -148,6 +157,8 @@ pub fn spawn_actor(
                     rx,
                     sync: SyncRoom::new(doc),
                     files,
+                    _lock: lock,
+                    releasing: None,
                     links: HashMap::new(),
                     inbound: StreamMap::new(),
                     outbox: Vec::new(),
@@ -164,13 +175,23 @@ pub fn spawn_actor(
 }
 
 /// Reads the room's snapshot and log tail into a fresh document, off the
-/// async workers (decoding a large document is CPU work).
+/// async workers (decoding a large document is CPU work), holding the
+/// room's lock first when the store is shared.
 async fn load(
     config: Arc<RoomNodeConfig>,
     room: RoomName,
     sync_queue: SyncQueue,
-) -> Result<(Doc, RoomFiles), StoreError> {
+) -> Result<(Doc, RoomFiles, Option<RoomLock>), StoreError> {
     let task = tokio::task::spawn_blocking(move || {
+        let lock = if config.room_locks {
+            let started = std::time::Instant::now();
+            let lock =
+                RoomLock::acquire(&config.data_dir, room.as_str(), config.room_lock_timeout)?;
+            tracing::debug!(room = %room, waited = ?started.elapsed(), "room lock acquired");
+            Some(lock)
+        } else {
+            None
+        };
         let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str(), sync_queue)?;
         for path in &loaded.corrupt_snapshots {
             tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
@@ -190,7 +211,7 @@ async fn load(
                 }
             }
         }
-        Ok((doc, files))
+        Ok((doc, files, lock))
     });
     task.await.unwrap_or_else(|join| {
         Err(StoreError::Io {
@@ -231,6 +252,10 @@ struct RoomActor {
     rx: mpsc::Receiver<RoomCommand>,
     sync: SyncRoom,
     files: RoomFiles,
+    /// Held until the actor is gone, after its last snapshot.
+    _lock: Option<RoomLock>,
+    /// Set by `Release`: the epoch the room's slot moved away at.
+    releasing: Option<u64>,
     links: HashMap<LinkId, Link>,
     /// Every link's inbound frames, read by the actor itself: no task
     /// between the gRPC stream and the room.
@@ -271,12 +296,7 @@ impl RoomActor {
                     continue;
                 }
                 _ = &mut idle, if self.links.is_empty() => {
-                    // Refuse new commands; attachers that raced us get their
-                    // stream back and retry on a fresh actor.
-                    self.rx.close();
-                    while let Ok(RoomCommand::AttachLink { tx, inbound, reply, .. }) = self.rx.try_recv() {
-                        let _ = reply.send(Err(Rejected { tx, inbound }));
-                    }
+                    self.refuse_commands();
                     self.snapshot_if_dirty().await;
                     return ExitReason::Idle;
                 }
@@ -297,6 +317,9 @@ impl RoomActor {
             if let Err(error) = self.commit() {
                 return ExitReason::Failed(error);
             }
+            if let Some(epoch) = self.releasing {
+                return self.release(epoch).await;
+            }
             if self.links.is_empty() {
                 idle.as_mut()
                     .reset(Instant::now() + self.config.idle_timeout);
@@ -305,6 +328,40 @@ impl RoomActor {
                 self.snapshot_if_dirty().await;
             }
         }
+    }
+
+    /// Stops taking commands; attachers that raced us get their stream back
+    /// and retry (on a fresh actor, or elsewhere when the room moved).
+    fn refuse_commands(&mut self) {
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            if let RoomCommand::AttachLink {
+                tx, inbound, reply, ..
+            } = command
+            {
+                let _ = reply.send(Err(Rejected { tx, inbound }));
+            }
+        }
+    }
+
+    /// Hands the room over after its slot moved: every link learns the
+    /// epoch and the room's final state vector (after every frame already
+    /// queued for it), its stream ends, and the state is snapshotted before
+    /// the room's lock is let go.
+    async fn release(mut self, epoch: u64) -> ExitReason {
+        self.refuse_commands();
+        let released = frame(node_frame::Kind::Released(pb::Released {
+            epoch,
+            resync: self.sync.sync_step1(),
+        }));
+        for (link_id, link) in self.links.drain() {
+            if link.tx.try_send(Ok(released.clone())).is_err() {
+                tracing::debug!(room = %self.room, link = link_id, "link full; it will re-sync as after a failure");
+            }
+        }
+        self.snapshot_if_dirty().await;
+        tracing::debug!(room = %self.room, epoch, "room released to its new owner");
+        ExitReason::Released
     }
 
     /// A link event that is ready now, without waiting. Polls with the
@@ -344,6 +401,7 @@ impl RoomActor {
                 self.inbound.insert(link, link_events(inbound));
                 let _ = reply.send(Ok(()));
             }
+            Input::Command(RoomCommand::Release { epoch }) => self.releasing = Some(epoch),
             #[cfg(test)]
             Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
             Input::Link(link, LinkEvent::Frame(frame)) => self.handle_frame(link, frame),

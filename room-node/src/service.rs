@@ -2,16 +2,16 @@
 //! and hands each stream to its room actor, which reads it from then on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_server::RoomNode};
-use partyline_proto::{NodeId, RoomName, SlotMap};
-use tokio::sync::{mpsc, watch};
+use partyline_proto::RoomName;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::registry::Registry;
+use crate::ownership::Ownership;
+use crate::registry::{AttachError, Registry};
 
 /// How long a new stream may take to send its `Attach` frame.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,37 +19,19 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gRPC face of a room node.
 pub struct RoomNodeService {
     registry: Registry,
-    node_id: NodeId,
-    slot_map: watch::Receiver<Arc<SlotMap>>,
+    ownership: Ownership,
     link_queue: usize,
     next_link: AtomicU64,
 }
 
 impl RoomNodeService {
-    /// A service serving the rooms `slot_map` assigns to `node_id`.
-    pub fn new(
-        registry: Registry,
-        node_id: NodeId,
-        slot_map: watch::Receiver<Arc<SlotMap>>,
-        link_queue: usize,
-    ) -> Self {
+    /// A service serving the rooms `ownership` says are this node's.
+    pub fn new(registry: Registry, ownership: Ownership, link_queue: usize) -> Self {
         Self {
             registry,
-            node_id,
-            slot_map,
+            ownership,
             link_queue,
             next_link: AtomicU64::new(1),
-        }
-    }
-
-    /// `Ok(epoch)` when this node owns `room` in the current map,
-    /// `Err(epoch)` otherwise.
-    fn check_owner(&self, room: &RoomName) -> Result<u64, u64> {
-        let map = self.slot_map.borrow();
-        if map.owner_of_room(room.as_str()).id == self.node_id {
-            Ok(map.epoch())
-        } else {
-            Err(map.epoch())
         }
     }
 }
@@ -77,7 +59,7 @@ impl RoomNode for RoomNodeService {
         let room =
             RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.link_queue);
-        let epoch = match self.check_owner(&room) {
+        let epoch = match self.ownership.check(&room) {
             Ok(epoch) => epoch,
             Err(epoch) => {
                 let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch });
@@ -88,10 +70,16 @@ impl RoomNode for RoomNodeService {
             }
         };
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        self.registry
+        match self
+            .registry
             .attach(&room, epoch, link, tx, Box::pin(inbound))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        {
+            Ok(()) => {}
+            // The refusal is already queued on the stream.
+            Err(AttachError::NotOwner(_)) => return Ok(Response::new(ReceiverStream::new(rx))),
+            Err(error) => return Err(Status::unavailable(error.to_string())),
+        }
         tracing::debug!(room = %room, link, gateway = %attach.gateway_id, "gateway stream attached");
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -52,6 +53,9 @@ pub enum StoreError {
     /// Another process holds the data dir's lock.
     #[error("data dir {} is in use by another partyline process", .0.display())]
     DataDirInUse(PathBuf),
+    /// Another node kept the room's lock past the timeout.
+    #[error("room {0} is still held by another node")]
+    RoomBusy(String),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -85,6 +89,47 @@ impl DataDirLock {
             Ok(()) => Ok(Self { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::DataDirInUse(data_dir.to_owned())),
             Err(fs::TryLockError::Error(source)) => Err(io_err("lock data dir", &path)(source)),
+        }
+    }
+}
+
+/// Exclusive use of one room's files among nodes sharing a store
+/// directory, held while the room is loaded. `flock` locks are released by
+/// the kernel when the holder dies, so a killed node never strands a room.
+#[derive(Debug)]
+pub struct RoomLock {
+    _file: File,
+}
+
+impl RoomLock {
+    /// Locks `room`'s `lock` file, waiting up to `timeout` for another node
+    /// to let go (blocking: run it on the blocking pool).
+    pub fn acquire(data_dir: &Path, room: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let dir = RoomFiles::room_dir(data_dir, room);
+        fs::create_dir_all(&dir).map_err(io_err("create room dir", &dir))?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open room lock", &path))?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::RoomBusy(room.to_owned()))
+                }
+                Err(fs::TryLockError::Error(source)) => {
+                    return Err(io_err("lock room", &path)(source))
+                }
+            }
         }
     }
 }
@@ -535,6 +580,28 @@ mod tests {
         ));
         drop(lock);
         DataDirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_room_lock_waits_for_its_holder_and_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = Duration::from_millis(50);
+        let held = RoomLock::acquire(dir.path(), "doc-1", short).unwrap();
+        assert!(matches!(
+            RoomLock::acquire(dir.path(), "doc-1", short),
+            Err(StoreError::RoomBusy(room)) if room == "doc-1"
+        ));
+        RoomLock::acquire(dir.path(), "doc-2", short).expect("other rooms are free");
+        let waiter = {
+            let dir = dir.path().to_owned();
+            std::thread::spawn(move || RoomLock::acquire(&dir, "doc-1", Duration::from_secs(5)))
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        drop(held);
+        waiter
+            .join()
+            .unwrap()
+            .expect("acquired once the holder let go");
     }
 
     #[test]
