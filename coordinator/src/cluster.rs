@@ -302,7 +302,8 @@ impl Cluster {
     }
 
     /// Follows the slot map: the receiver starts at the current map (`None`
-    /// when there is none yet or NATS is unreachable) and a background task
+    /// when there is none yet, or when NATS does not answer within 3 s —
+    /// the longest this call waits) and a background task
     /// updates it until `shutdown` or until every receiver is dropped.
     ///
     /// The epoch never goes backwards: an older map is ignored, and a NATS
