@@ -1,7 +1,8 @@
 //! `partyline` configuration: TOML file (`--config`) ← env
 //! (`PARTYLINE_<SECTION>_<KEY>`) ← flags, later wins. The TOML sections
-//! mirror the env names: `[gateway]`, `[room_node]`. Unknown keys are an
-//! error, durations are written like `"30s"` or `"2m"`.
+//! mirror the env names: `[gateway]`, `[room_node]`, `[node]` (how a room
+//! node joins a cluster), `[cluster]` (NATS) and `[coordinator]`. Unknown
+//! keys are an error, durations are written like `"30s"` or `"2m"`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,21 @@ pub const DEFAULT_DATA_DIR: &str = ".partyline";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `[gateway]`.
     #[serde(default)]
-    gateway: GatewaySection,
+    pub gateway: GatewaySection,
+    /// `[room_node]`.
     #[serde(default)]
-    room_node: RoomNodeSection,
+    pub room_node: RoomNodeSection,
+    /// `[node]`.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// `[cluster]`.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// `[coordinator]`.
+    #[serde(default)]
+    pub coordinator: CoordinatorSection,
 }
 
 impl FileConfig {
@@ -74,6 +86,11 @@ pub struct GatewaySection {
     /// Client sockets open at once; more get HTTP 503 before the upgrade [default: 100000].
     #[arg(long, env = "PARTYLINE_GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// After a new slot map moves a room, how long to wait for the old owner
+    /// to release it before re-opening it on the new owner anyway [default: 2s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_RELEASE_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub release_grace: Option<Duration>,
 }
 
 /// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
@@ -127,6 +144,7 @@ impl GatewaySection {
             ),
             ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
             max_connections: or(self.max_connections, file.max_connections),
+            release_grace: or(self.release_grace, file.release_grace),
         }
     }
 
@@ -153,6 +171,7 @@ impl GatewaySection {
         );
         set(&mut config.ws_read_buffer_bytes, self.ws_read_buffer_bytes);
         set(&mut config.max_connections, self.max_connections);
+        set(&mut config.release_grace, self.release_grace);
         anyhow::ensure!(
             config.session_queue > 0,
             "gateway.session_queue must be at least 1"
@@ -223,10 +242,187 @@ impl RoomNodeSection {
     }
 }
 
-impl FileConfig {
-    /// Splits into sections for merging.
-    pub fn into_sections(self) -> (GatewaySection, RoomNodeSection) {
-        (self.gateway, self.room_node)
+/// How a room node joins a cluster: flags, env `PARTYLINE_NODE_*`, or `[node]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's stable id in the slot map [default: the host name].
+    #[arg(long, env = "PARTYLINE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address the room node's gRPC server listens on [default: 127.0.0.1:7001].
+    #[arg(long, env = "PARTYLINE_NODE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// gRPC URL gateways dial to reach this node [default: http://<grpc-listen>,
+    /// with the host name for an unspecified address].
+    #[arg(long, env = "PARTYLINE_NODE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where room logs and snapshots live, shared by every room node:
+    /// `file:///dir` [default: file://./.partyline].
+    #[arg(long, env = "PARTYLINE_NODE_STORE")]
+    pub store: Option<String>,
+    /// How often the node tells the coordinators it is alive [default: 1s].
+    #[arg(long, env = "PARTYLINE_NODE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// On SIGTERM, how long to wait for the cluster to move every room
+    /// away before stopping anyway [default: 30s].
+    #[arg(long, env = "PARTYLINE_NODE_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    /// How long loading a room waits for its previous owner to let go [default: 10s].
+    #[arg(long, env = "PARTYLINE_NODE_ROOM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub room_lock_timeout: Option<Duration>,
+}
+
+/// Default gRPC address of `partyline room-node`.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7001";
+/// Default heartbeat interval of a room node.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default drain timeout of a room node.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl NodeSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: NodeSection) -> Self {
+        Self {
+            node_id: or(self.node_id, file.node_id),
+            grpc_listen: or(self.grpc_listen, file.grpc_listen),
+            advertise: or(self.advertise, file.advertise),
+            store: or(self.store, file.store),
+            heartbeat_interval: or(self.heartbeat_interval, file.heartbeat_interval),
+            drain_timeout: or(self.drain_timeout, file.drain_timeout),
+            room_lock_timeout: or(self.room_lock_timeout, file.room_lock_timeout),
+        }
+    }
+
+    /// The node id: the flag, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(host_name)
+    }
+
+    /// The gRPC listen address.
+    pub fn grpc_listen(&self) -> SocketAddr {
+        self.grpc_listen
+            .unwrap_or_else(|| DEFAULT_GRPC_LISTEN.parse().expect("default parses"))
+    }
+
+    /// The URL gateways dial, given the address actually bound.
+    pub fn advertise(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertise {
+            return url.clone();
+        }
+        if bound.ip().is_unspecified() {
+            format!("http://{}:{}", host_name(), bound.port())
+        } else {
+            format!("http://{bound}")
+        }
+    }
+
+    /// The store directory from `--store file:///dir`.
+    pub fn store_dir(&self) -> anyhow::Result<PathBuf> {
+        let Some(url) = &self.store else {
+            return Ok(PathBuf::from(DEFAULT_DATA_DIR));
+        };
+        match url.strip_prefix("file://") {
+            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            _ => anyhow::bail!(
+                "unsupported store {url:?}: a room node stores rooms in a shared directory, \
+                 written file:///path (object stores and Redis come with the storage backends)"
+            ),
+        }
+    }
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`), the default node
+/// id: stable across restarts and unique per container.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Where the cluster's NATS is: flags, env `PARTYLINE_CLUSTER_*`, or `[cluster]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats", env = "PARTYLINE_CLUSTER_NATS")]
+    pub nats: Option<String>,
+    /// Namespace of the cluster's NATS buckets and subjects, so clusters can
+    /// share one NATS [default: partyline].
+    #[arg(long = "cluster-name", env = "PARTYLINE_CLUSTER_NAME")]
+    pub name: Option<String>,
+}
+
+impl ClusterSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: ClusterSection) -> Self {
+        Self {
+            nats: or(self.nats, file.nats),
+            name: or(self.name, file.name),
+        }
+    }
+
+    /// Typed options.
+    pub fn build(&self) -> partyline_coordinator::cluster::ClusterOptions {
+        let mut options = partyline_coordinator::cluster::ClusterOptions::default();
+        set(&mut options.nats_url, self.nats.clone());
+        set(&mut options.cluster, self.name.clone());
+        options
+    }
+}
+
+/// Coordinator settings: flags, env `PARTYLINE_COORDINATOR_*`, or `[coordinator]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// This coordinator's id, for the leader lease and logs [default: host name, pid and a random suffix].
+    #[arg(long = "coordinator-id", env = "PARTYLINE_COORDINATOR_ID")]
+    pub id: Option<String>,
+    /// Heartbeat interval the room nodes use [default: 1s].
+    #[arg(long, env = "PARTYLINE_COORDINATOR_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// A room node silent this long is dead and its slots move [default: 3s].
+    #[arg(long, env = "PARTYLINE_COORDINATOR_DEAD_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub dead_after: Option<Duration>,
+    /// Leader lease: a standby takes over this long after the leader dies [default: 3s].
+    #[arg(long, env = "PARTYLINE_COORDINATOR_LEASE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// Give a joining node its share of slots at once; with false it gets
+    /// slots only on `partyline admin rebalance` [default: true].
+    #[arg(long, env = "PARTYLINE_COORDINATOR_REBALANCE_ON_JOIN")]
+    pub rebalance_on_join: Option<bool>,
+}
+
+impl CoordinatorSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: CoordinatorSection) -> Self {
+        Self {
+            id: or(self.id, file.id),
+            heartbeat_interval: or(self.heartbeat_interval, file.heartbeat_interval),
+            dead_after: or(self.dead_after, file.dead_after),
+            lease: or(self.lease, file.lease),
+            rebalance_on_join: or(self.rebalance_on_join, file.rebalance_on_join),
+        }
+    }
+
+    /// Typed coordinator config.
+    pub fn build(&self) -> anyhow::Result<partyline_coordinator::CoordinatorConfig> {
+        let mut config = partyline_coordinator::CoordinatorConfig::default();
+        config.id = self.id.clone().unwrap_or_default();
+        config.id = config.effective_id();
+        set(&mut config.heartbeat_interval, self.heartbeat_interval);
+        set(&mut config.dead_after, self.dead_after);
+        set(&mut config.lease, self.lease);
+        set(&mut config.rebalance_on_join, self.rebalance_on_join);
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -246,7 +442,7 @@ mod tests {
             "[gateway]\nlisten = \"127.0.0.1:7000\"\nping_interval = \"5s\"\n[room_node]\nidle_timeout = \"2m\"\n",
         )
         .unwrap();
-        let (gateway, room_node) = file.into_sections();
+        let (gateway, room_node) = (file.gateway, file.room_node);
         let flags = GatewaySection {
             ping_interval: Some(Duration::from_secs(3)),
             ..Default::default()

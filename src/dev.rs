@@ -27,10 +27,9 @@ pub struct DevArgs {
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let (file_gateway, file_room_node) =
-        FileConfig::load(args.common.config.as_deref())?.into_sections();
-    let gateway = args.gateway.merge(file_gateway);
-    let room_node = args.room_node.merge(file_room_node);
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let gateway = args.gateway.merge(file.gateway);
+    let room_node = args.room_node.merge(file.room_node);
     let node_id = NodeId::new("dev");
     let room_config = room_node.build(node_id.clone())?;
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
@@ -54,7 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     let (_map_tx, map_rx) = watch::channel(Some(Arc::new(map)));
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(crate::wait_for_signal(shutdown.clone()));
 
     tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
     let room_node = tokio::spawn(partyline_room_node::run(
@@ -92,20 +91,4 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("room node")?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

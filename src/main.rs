@@ -2,12 +2,17 @@
 //! and calls the roles' `run` functions; no protocol or storage logic lives
 //! here.
 
+mod admin;
 mod config;
+mod coordinator;
 mod dev;
+mod gateway;
+mod room_node;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// Self-hosted, horizontally scalable Yjs collaboration backend,
 /// compatible with y-partykit and y-websocket providers.
@@ -23,6 +28,16 @@ enum Command {
     /// Gateway + room node in one process with local directory storage: no
     /// Redis, NATS or S3 needed.
     Dev(dev::DevArgs),
+    /// A stateless WebSocket gateway of a cluster: routes rooms to their
+    /// owners by the slot map in NATS.
+    Gateway(gateway::GatewayArgs),
+    /// A room node of a cluster: serves the rooms whose slots it owns,
+    /// heartbeats over NATS, drains on SIGTERM.
+    RoomNode(room_node::RoomNodeArgs),
+    /// A coordinator replica: leader election, membership, slot map.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Operator commands: nodes, slots, locate, drain, undrain, rebalance.
+    Admin(admin::AdminArgs),
     /// Load-test any y-websocket server: N rooms × M clients × R updates/s.
     Bench(partyline_bench::BenchArgs),
 }
@@ -44,6 +59,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Gateway(args) => gateway::run(args).await,
+            Command::RoomNode(args) => room_node::run(args).await,
+            Command::Coordinator(args) => coordinator::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
             Command::Bench(args) => {
                 let report = partyline_bench::run(args).await?;
                 // The table is for people, the JSON line for scripts.
@@ -61,5 +80,24 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for people; log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
 }

@@ -293,7 +293,7 @@ async fn two_coordinators_one_leader_place_every_slot() {
             .collect();
         assert_eq!(listed, counts(&map));
 
-        let nodes = admin::nodes(&setup.admin).await.unwrap();
+        let nodes = admin::nodes(&setup.admin).await.unwrap().nodes;
         let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["node-1", "node-2", "node-3"]);
         for node in &nodes {
@@ -390,7 +390,7 @@ async fn a_standby_takes_over_from_a_dead_leader_without_a_new_epoch() {
         assert!(takeover < Duration::from_secs(5), "took {takeover:?}");
 
         // The successor serves admin requests and keeps the map as it was.
-        let nodes = admin::nodes(&setup.admin).await.unwrap();
+        let nodes = admin::nodes(&setup.admin).await.unwrap().nodes;
         assert_eq!(nodes.len(), 3);
         tokio::time::sleep(DEAD_AFTER * 2).await;
         let after = setup.map().await.unwrap();
@@ -479,7 +479,7 @@ async fn drain_and_undrain_move_a_nodes_slots_away_and_back() {
         let drained = setup.map().await.unwrap();
         assert_eq!(slots_of(&drained, "node-2"), 0);
         assert_eq!(owning_nodes(&drained), ["node-1", "node-3"]);
-        let listed = admin::nodes(&setup.admin).await.unwrap();
+        let listed = admin::nodes(&setup.admin).await.unwrap().nodes;
         let node2 = listed.iter().find(|n| n.id == "node-2").unwrap();
         assert!(node2.draining && node2.slots == 0, "{node2:?}");
 
@@ -519,7 +519,7 @@ async fn without_rebalance_on_join_a_new_node_waits_for_admin_rebalance() {
         // Long enough for the leader to hear node-4 several times.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let nodes = admin::nodes(&setup.admin).await.unwrap();
+            let nodes = admin::nodes(&setup.admin).await.unwrap().nodes;
             if let Some(node4) = nodes.iter().find(|n| n.id == "node-4") {
                 assert_eq!(node4.slots, 0);
                 break;
@@ -594,7 +594,7 @@ async fn a_nats_restart_freezes_the_map_and_declares_nobody_dead() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match admin::nodes(&setup.admin).await {
-                Ok(nodes) if nodes.len() == 3 => break,
+                Ok(report) if report.nodes.len() == 3 => break,
                 _ => assert!(Instant::now() < deadline, "no leader with 3 nodes"),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -478,7 +478,8 @@ fn connect_error(error: tungstenite::Error) -> ClientError {
     }
 }
 
-fn text_of(doc: &Doc, name: &str) -> String {
+/// The root text `name` of `doc`.
+pub fn text_of(doc: &Doc, name: &str) -> String {
     let txn = doc.transact();
     txn.get_text(name)
         .map(|text| text.get_string(&txn))

@@ -81,6 +81,15 @@ pub struct NodeStatus {
     pub slots: usize,
 }
 
+/// The leader's listing of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesReport {
+    /// The id of the coordinator that answered (the leader).
+    pub leader: String,
+    /// Live nodes, draining ones included.
+    pub nodes: Vec<NodeStatus>,
+}
+
 /// The leader's answer to a rebalance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebalanceReport {
@@ -146,8 +155,8 @@ pub(crate) enum Reply<T> {
     Done(T),
 }
 
-/// Lists the live nodes, as the leader sees them.
-pub async fn nodes(cluster: &Cluster) -> Result<Vec<NodeStatus>, AdminError> {
+/// Lists the live nodes, as the leader sees them, and names the leader.
+pub async fn nodes(cluster: &Cluster) -> Result<NodesReport, AdminError> {
     ask_leader(cluster, cluster.admin_nodes_subject()).await
 }
 

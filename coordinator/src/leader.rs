@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admin::{NodeStatus, RebalanceReport, Reply};
+use crate::admin::{NodeStatus, NodesReport, RebalanceReport, Reply};
 use crate::cluster::{
     encode_slot_map, Cluster, Heartbeat, DRAIN_KEY_PREFIX, RECONNECT_DELAY_MAX, SLOT_MAP_KEY,
 };
@@ -476,8 +476,10 @@ impl State {
                     .collect(),
                 None => HashMap::new(),
             };
-            Reply::Done(
-                self.membership
+            Reply::Done(NodesReport {
+                leader: self.id.clone(),
+                nodes: self
+                    .membership
                     .members(now)
                     .into_iter()
                     .map(|member| NodeStatus {
@@ -488,8 +490,8 @@ impl State {
                         id: member.info.id.to_string(),
                         grpc_url: member.info.grpc_url,
                     })
-                    .collect::<Vec<_>>(),
-            )
+                    .collect(),
+            })
         } else {
             Reply::Failed {
                 error: "not the leader".to_owned(),

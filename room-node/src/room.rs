@@ -211,6 +211,7 @@ async fn load(
                 }
             }
         }
+        tracing::debug!(room = %room, updates = loaded.updates.len(), "room loaded");
         Ok((doc, files, lock))
     });
     task.await.unwrap_or_else(|join| {

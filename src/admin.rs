@@ -1,0 +1,143 @@
+//! `partyline admin`: operator commands against a running cluster, printed
+//! as plain tables, or as JSON with `--json`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use partyline_coordinator::admin;
+use partyline_coordinator::cluster::Cluster;
+use serde::Serialize;
+
+use crate::config::{ClusterSection, FileConfig};
+use crate::CommonArgs;
+
+/// `partyline admin` flags.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    cluster: ClusterSection,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AdminCommand {
+    /// Live room nodes as the coordinator leader sees them.
+    Nodes,
+    /// The published slot map: epoch and each node's share.
+    Slots,
+    /// Which node owns a room.
+    Locate {
+        /// The room name (as clients name it; `parties/P/R` for party P ≠ main).
+        room: String,
+    },
+    /// Move every slot away from a node; it keeps running with no rooms.
+    Drain {
+        /// The node id.
+        node: String,
+        /// Wait this long for the map to give the node no slots (0: do not wait).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Let a drained node own slots again.
+    Undrain {
+        /// The node id.
+        node: String,
+    },
+    /// Recompute the slot map over the live nodes now (gives joined nodes
+    /// their share when `rebalance_on_join` is off).
+    Rebalance,
+}
+
+/// Runs one admin command.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let options = args.cluster.merge(file.cluster).build();
+    let cluster = tokio::time::timeout(Duration::from_secs(5), Cluster::connect(&options))
+        .await
+        .context("NATS did not answer within 5s")?
+        .context("connect to NATS")?;
+    let json = args.json;
+    match args.command {
+        AdminCommand::Nodes => {
+            let report = admin::nodes(&cluster).await?;
+            print(json, &report, || {
+                let mut out = format!(
+                    "leader {}\n{:<24} {:<32} {:>6} {:>9} {:>10}\n",
+                    report.leader, "NODE", "GRPC", "SLOTS", "DRAINING", "SEEN (ms)"
+                );
+                for node in &report.nodes {
+                    out += &format!(
+                        "{:<24} {:<32} {:>6} {:>9} {:>10}\n",
+                        node.id, node.grpc_url, node.slots, node.draining, node.last_seen_ms
+                    );
+                }
+                out
+            })
+        }
+        AdminCommand::Slots => {
+            let slots = admin::slots(&cluster).await?;
+            print(json, &slots, || {
+                let mut out = format!(
+                    "epoch {}\n{:<24} {:<32} {:>6}\n",
+                    slots.epoch, "NODE", "GRPC", "SLOTS"
+                );
+                for node in &slots.nodes {
+                    out += &format!("{:<24} {:<32} {:>6}\n", node.id, node.grpc_url, node.slots);
+                }
+                out
+            })
+        }
+        AdminCommand::Locate { room } => {
+            let location = admin::locate(&cluster, &room).await?;
+            print(json, &location, || {
+                format!(
+                    "room {} → slot {} → {} ({}) at epoch {}\n",
+                    location.room, location.slot, location.node, location.grpc_url, location.epoch
+                )
+            })
+        }
+        AdminCommand::Drain { node, wait } => {
+            let wait = (!wait.is_zero()).then_some(wait);
+            let report = admin::drain(&cluster, &node, wait).await?;
+            print(json, &report, || {
+                format!(
+                    "{} drained: {} slots at epoch {}\n",
+                    report.node, report.slots, report.epoch
+                )
+            })
+        }
+        AdminCommand::Undrain { node } => {
+            admin::undrain(&cluster, &node).await?;
+            let report = serde_json::json!({ "node": node, "draining": false });
+            print(json, &report, || format!("{node} may own slots again\n"))
+        }
+        AdminCommand::Rebalance => {
+            let report = admin::rebalance(&cluster).await?;
+            print(json, &report, || {
+                format!(
+                    "epoch {}: {} slots moved\n",
+                    report.epoch, report.moved_slots
+                )
+            })
+        }
+    }
+}
+
+fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        print!("{}", table());
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `partyline coordinator`: one coordinator replica. Replicas elect a
+//! leader through NATS KV; the leader tracks room nodes and publishes the
+//! slot map.
+
+use anyhow::Context;
+use partyline_coordinator::cluster::Cluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClusterSection, CoordinatorSection, FileConfig};
+use crate::CommonArgs;
+
+/// `partyline coordinator` flags.
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    cluster: ClusterSection,
+    #[command(flatten)]
+    coordinator: CoordinatorSection,
+}
+
+/// Runs until SIGTERM/SIGINT (a leader hands its lease back on the way out).
+pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let cluster_options = args.cluster.merge(file.cluster).build();
+    let config = args.coordinator.merge(file.coordinator).build()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::wait_for_signal(shutdown.clone()));
+    let cluster = Cluster::connect(&cluster_options)
+        .await
+        .context("connect to NATS")?;
+    let id = config.id.clone();
+    tracing::info!(coordinator = %id, cluster = %cluster_options.cluster, "coordinator started");
+    // Tests and scripts wait for this exact line on stdout.
+    println!("partyline coordinator {id} started");
+    partyline_coordinator::run(cluster, config, shutdown)
+        .await
+        .context("coordinator")?;
+    tracing::info!(coordinator = %id, "stopped");
+    Ok(())
+}

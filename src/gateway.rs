@@ -1,0 +1,51 @@
+//! `partyline gateway`: a stateless WebSocket edge of a cluster. Follows
+//! the slot map in NATS KV and routes each room to its owner; on SIGTERM
+//! closes its clients with 1012 so they reconnect through another gateway.
+
+use anyhow::Context;
+use partyline_coordinator::cluster::Cluster;
+use partyline_proto::close;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{host_name, ClusterSection, FileConfig, GatewaySection};
+use crate::CommonArgs;
+
+/// `partyline gateway` flags.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    cluster: ClusterSection,
+    #[command(flatten)]
+    gateway: GatewaySection,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let gateway = args.gateway.merge(file.gateway);
+    let cluster_options = args.cluster.merge(file.cluster).build();
+    let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
+    config.shutdown_close_code = close::SERVICE_RESTART;
+
+    let shutdown = CancellationToken::new();
+    let cluster = Cluster::connect(&cluster_options)
+        .await
+        .context("connect to NATS")?;
+    let slot_map = cluster.watch_slot_map(shutdown.clone()).await?;
+    let listener = TcpListener::bind(gateway.listen())
+        .await
+        .with_context(|| format!("bind gateway on {}", gateway.listen()))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(crate::wait_for_signal(shutdown.clone()));
+    tracing::info!(%addr, epoch = slot_map.borrow().as_ref().map(|m| m.epoch()), "gateway started");
+    // Tests and scripts wait for this exact line on stdout.
+    println!("partyline gateway listening on ws://{addr}");
+    partyline_gateway::run(listener, config, slot_map, shutdown)
+        .await
+        .context("gateway")?;
+    tracing::info!("stopped");
+    Ok(())
+}

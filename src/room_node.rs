@@ -1,0 +1,134 @@
+//! `partyline room-node`: one room node of a cluster. Serves gRPC, follows
+//! the slot map in NATS KV, heartbeats so the coordinators count it, and
+//! drains on SIGTERM: it asks for no slots, waits until the map has moved
+//! every slot (and so every room) away, then stops.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use partyline_coordinator::cluster::Cluster;
+use partyline_proto::{NodeId, NodeInfo};
+use partyline_room_node::Ownership;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    ClusterSection, FileConfig, NodeSection, RoomNodeSection, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL,
+};
+use crate::CommonArgs;
+
+/// `partyline room-node` flags.
+#[derive(Debug, clap::Args)]
+pub struct RoomNodeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    node: NodeSection,
+    #[command(flatten)]
+    cluster: ClusterSection,
+    #[command(flatten)]
+    room_node: RoomNodeSection,
+}
+
+/// Runs until SIGTERM/SIGINT, then drains (see the module doc).
+pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let node = args.node.merge(file.node);
+    let cluster_options = args.cluster.merge(file.cluster).build();
+    let mut room_node = args.room_node.merge(file.room_node);
+    anyhow::ensure!(
+        room_node.data_dir.is_none(),
+        "a cluster room node keeps rooms in --store file:///dir, not --data-dir"
+    );
+    room_node.data_dir = Some(node.store_dir()?);
+    let node_id = NodeId::new(node.node_id());
+    let mut config = room_node.build(node_id.clone())?;
+    // Nodes share the store: a room's files are locked while it is loaded.
+    config.room_locks = true;
+    if let Some(timeout) = node.room_lock_timeout {
+        config.room_lock_timeout = timeout;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
+
+    let listener = TcpListener::bind(node.grpc_listen())
+        .await
+        .with_context(|| format!("bind room node grpc on {}", node.grpc_listen()))?;
+    let bound = listener.local_addr()?;
+    let info = NodeInfo {
+        id: node_id.clone(),
+        grpc_url: node.advertise(bound),
+    };
+
+    let shutdown = CancellationToken::new();
+    let background = CancellationToken::new();
+    let cluster = Cluster::connect(&cluster_options)
+        .await
+        .context("connect to NATS")?;
+    let slot_map = cluster.watch_slot_map(background.clone()).await?;
+    let ownership = Ownership::new(node_id.clone(), slot_map.clone());
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let heartbeat_interval = node
+        .heartbeat_interval
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    tokio::spawn({
+        let cluster = cluster.clone();
+        let info = info.clone();
+        let background = background.clone();
+        async move {
+            cluster
+                .run_heartbeats(info, heartbeat_interval, draining_rx, background)
+                .await
+        }
+    });
+
+    tracing::info!(node = %node_id, grpc = %info.grpc_url, store = %config.data_dir.display(), "room node started");
+    let server = tokio::spawn(partyline_room_node::run(
+        listener,
+        config,
+        slot_map,
+        shutdown.clone(),
+    ));
+    // Tests and scripts wait for this exact line on stdout.
+    println!("partyline room-node {node_id} serving grpc on {bound}");
+
+    let signalled = CancellationToken::new();
+    tokio::spawn(crate::wait_for_signal(signalled.clone()));
+    tokio::select! {
+        _ = signalled.cancelled() => {
+            let timeout = node.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+            drain(&draining_tx, ownership, timeout).await;
+            shutdown.cancel();
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    let result = server.await;
+    background.cancel();
+    result.context("room node task")?.context("room node")?;
+    tracing::info!(node = %node_id, "stopped");
+    Ok(())
+}
+
+/// Asks the coordinators for no slots and waits until the map gives this
+/// node none (each map change releases the rooms it moved), up to `timeout`.
+async fn drain(draining: &watch::Sender<bool>, mut ownership: Ownership, timeout: Duration) {
+    tracing::info!("draining: asking the cluster to move every room away");
+    let _ = draining.send(true);
+    let drained = tokio::time::timeout(timeout, async {
+        while ownership.owned_slots() > 0 {
+            if !ownership.changed().await {
+                break;
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!(epoch = ownership.epoch(), "drained: no slots left"),
+        Err(_) => tracing::warn!(
+            slots = ownership.owned_slots(),
+            "drain timeout: stopping with slots still assigned (their rooms are snapshotted)"
+        ),
+    }
+}

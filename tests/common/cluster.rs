@@ -1,0 +1,266 @@
+//! A whole Partyline cluster of real processes on loopback: a `nats-server`
+//! with JetStream, coordinators, room nodes sharing one `file://` store,
+//! and gateways, with the short timings tests need.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::nats::NatsServer;
+use super::process::Partyline;
+
+/// Heartbeat interval of test room nodes (the default).
+pub const HEARTBEAT: &str = "1s";
+/// Silence after which a test room node is dead (the default): failover
+/// times measured by the tests are what a default deployment gets.
+pub const DEAD_AFTER: &str = "3s";
+/// Leader lease of test coordinators (the default).
+pub const LEASE: &str = "3s";
+
+/// Log filter of every process: room loads and releases are visible.
+const LOG: &str = "info,partyline_room_node=debug";
+
+/// A running cluster. Processes are killed when it is dropped.
+pub struct TestCluster {
+    /// Holds the store and the logs.
+    pub dir: tempfile::TempDir,
+    /// The NATS server.
+    pub nats: NatsServer,
+    /// Coordinator processes.
+    pub coordinators: Vec<Partyline>,
+    /// Room node processes, by index; ids are `node-<index>`.
+    pub nodes: Vec<Partyline>,
+    /// Gateway processes.
+    pub gateways: Vec<Partyline>,
+}
+
+impl TestCluster {
+    /// Starts NATS, then `coordinators`, `nodes` and `gateways`, and waits
+    /// until the slot map covers every node.
+    pub fn start(coordinators: usize, nodes: usize, gateways: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = NatsServer::start();
+        let mut cluster = Self {
+            dir,
+            nats,
+            coordinators: Vec::new(),
+            nodes: Vec::new(),
+            gateways: Vec::new(),
+        };
+        for _ in 0..coordinators {
+            cluster.add_coordinator();
+        }
+        for _ in 0..nodes {
+            cluster.add_node();
+        }
+        cluster.wait_for_nodes_in_map(nodes, Duration::from_secs(20));
+        for _ in 0..gateways {
+            cluster.add_gateway();
+        }
+        cluster
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The shared store directory.
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Starts one more coordinator.
+    pub fn add_coordinator(&mut self) -> usize {
+        let index = self.coordinators.len();
+        let name = format!("coordinator-{index}");
+        let args = vec![
+            "coordinator".into(),
+            "--nats".into(),
+            self.nats.url(),
+            "--coordinator-id".into(),
+            name.clone(),
+            "--heartbeat-interval".into(),
+            HEARTBEAT.into(),
+            "--dead-after".into(),
+            DEAD_AFTER.into(),
+            "--lease".into(),
+            LEASE.into(),
+        ];
+        let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline coordinator ");
+        self.coordinators.push(process);
+        index
+    }
+
+    /// Starts one more room node, `node-<index>`.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        let name = format!("node-{index}");
+        let args = vec![
+            "room-node".into(),
+            "--nats".into(),
+            self.nats.url(),
+            "--node-id".into(),
+            name.clone(),
+            "--grpc-listen".into(),
+            "127.0.0.1:0".into(),
+            "--store".into(),
+            format!("file://{}", self.store().display()),
+            "--heartbeat-interval".into(),
+            HEARTBEAT.into(),
+            "--drain-timeout".into(),
+            "20s".into(),
+        ];
+        let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline room-node ");
+        self.nodes.push(process);
+        index
+    }
+
+    /// Starts one more gateway.
+    pub fn add_gateway(&mut self) -> usize {
+        let index = self.gateways.len();
+        let name = format!("gateway-{index}");
+        let args = vec![
+            "gateway".into(),
+            "--nats".into(),
+            self.nats.url(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let process = Partyline::start(
+            &args,
+            LOG,
+            &self.log_path(&name),
+            "partyline gateway listening on ws://",
+        );
+        self.gateways.push(process);
+        index
+    }
+
+    /// The y-websocket URL of `room` through gateway `index`.
+    pub fn url(&self, gateway: usize, room: &str) -> String {
+        format!("ws://{}/{}", self.gateways[gateway].ready, room)
+    }
+
+    /// Runs `partyline admin --nats URL ARGS --json` and parses its output.
+    pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
+            .args(["admin", "--nats", &self.nats.url()])
+            .args(args)
+            .arg("--json")
+            .env("PARTYLINE_LOG", "warn")
+            .output()
+            .expect("run partyline admin");
+        assert!(
+            output.status.success(),
+            "partyline admin {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "admin {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// The current slot map as `admin slots` reports it.
+    pub fn slots(&self) -> serde_json::Value {
+        self.admin(&["slots"])
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.slots()["epoch"].as_u64().expect("epoch")
+    }
+
+    /// Polls `admin slots` until `done` holds.
+    pub fn wait_for_slots(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
+                .args(["admin", "--nats", &self.nats.url(), "slots", "--json"])
+                .env("PARTYLINE_LOG", "warn")
+                .output()
+                .expect("run partyline admin");
+            if output.status.success() {
+                if let Ok(slots) = serde_json::from_slice::<serde_json::Value>(&output.stdout) {
+                    if done(&slots) {
+                        return slots;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the map spreads slots over exactly `count` nodes.
+    pub fn wait_for_nodes_in_map(&self, count: usize, timeout: Duration) -> serde_json::Value {
+        self.wait_for_slots(timeout, &format!("{count} nodes in the map"), |slots| {
+            owning_nodes(slots) == count
+        })
+    }
+
+    /// The node that loaded `room` last, from the room nodes' logs.
+    pub fn node_serving(&self, room: &str) -> Option<String> {
+        let needle = format!("room loaded room={room} ");
+        let mut latest: Option<(String, String)> = None;
+        for (index, node) in self.nodes.iter().enumerate() {
+            for line in node.log().lines().filter(|l| l.contains(&needle)) {
+                let stamp = line.split_whitespace().next().unwrap_or("").to_owned();
+                if latest.as_ref().is_none_or(|(s, _)| stamp > *s) {
+                    latest = Some((stamp, format!("node-{index}")));
+                }
+            }
+        }
+        latest.map(|(_, node)| node)
+    }
+
+    /// How many rooms the gateways re-opened on a new owner (moves and
+    /// failovers), from their logs.
+    pub fn reopened_rooms(&self) -> usize {
+        self.gateways
+            .iter()
+            .map(|g| {
+                g.log()
+                    .lines()
+                    .filter(|l| l.contains("room re-opened on its new owner"))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// ERROR lines of every process, prefixed with its log name.
+    pub fn errors(&self) -> Vec<String> {
+        self.coordinators
+            .iter()
+            .chain(&self.nodes)
+            .chain(&self.gateways)
+            .flat_map(|p| {
+                let name = p
+                    .log_path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                p.errors()
+                    .into_iter()
+                    .map(move |line| format!("{name}: {line}"))
+            })
+            .collect()
+    }
+}
+
+/// How many nodes own at least one slot in an `admin slots` report.
+pub fn owning_nodes(slots: &serde_json::Value) -> usize {
+    slots["nodes"].as_array().map_or(0, |nodes| {
+        nodes
+            .iter()
+            .filter(|n| n["slots"].as_u64().unwrap_or(0) > 0)
+            .count()
+    })
+}

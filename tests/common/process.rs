@@ -1,0 +1,138 @@
+//! A `partyline` child process for end-to-end tests: started with its
+//! stderr in a log file, ready once it prints its readiness line on stdout,
+//! signalled like an operator would, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `partyline` process.
+pub struct Partyline {
+    child: Option<Child>,
+    /// What the readiness line said after its prefix (an address, an id).
+    pub ready: String,
+    /// Where its stderr goes.
+    pub log_path: PathBuf,
+}
+
+impl Partyline {
+    /// Runs `partyline ARGS` with `PARTYLINE_LOG=log_filter`, stderr
+    /// appended to `log_path`, and waits for a stdout line starting with
+    /// `ready_prefix`.
+    pub fn start(args: &[String], log_filter: &str, log_path: &Path, ready_prefix: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open process log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_partyline"))
+            .args(args)
+            .env("PARTYLINE_LOG", log_filter)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn partyline");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let prefix = ready_prefix.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(ready) => Self {
+                child: Some(child),
+                ready,
+                log_path: log_path.to_owned(),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "partyline {args:?} did not start: {}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(20));
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("try_wait").is_none())
+    }
+
+    /// Waits up to `timeout` for the exit; panics (killing it) past that.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "partyline did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// ERROR lines of the log.
+    pub fn errors(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Partyline {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
