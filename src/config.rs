@@ -467,4 +467,50 @@ mod tests {
         };
         assert!(bad.build("g".into()).is_err());
     }
+
+    #[test]
+    fn cluster_sections_parse_merge_and_check() {
+        let file: FileConfig = toml::from_str(
+            "[cluster]\nnats = \"nats://10.0.0.1:4222\"\n[node]\nnode_id = \"n7\"\nstore = \"file:///srv/rooms\"\ndrain_timeout = \"45s\"\n[coordinator]\ndead_after = \"5s\"\nrebalance_on_join = false\n",
+        )
+        .unwrap();
+        let cluster = ClusterSection {
+            name: Some("blue".into()),
+            ..Default::default()
+        }
+        .merge(file.cluster)
+        .build();
+        assert_eq!(cluster.nats_url, "nats://10.0.0.1:4222");
+        assert_eq!(cluster.cluster, "blue");
+        let node = NodeSection::default().merge(file.node);
+        assert_eq!(node.node_id(), "n7");
+        assert_eq!(node.store_dir().unwrap(), PathBuf::from("/srv/rooms"));
+        assert_eq!(node.drain_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(
+            node.advertise("0.0.0.0:7001".parse().unwrap()),
+            format!("http://{}:7001", host_name())
+        );
+        assert_eq!(
+            node.advertise("127.0.0.1:7001".parse().unwrap()),
+            "http://127.0.0.1:7001"
+        );
+        let coordinator = CoordinatorSection::default()
+            .merge(file.coordinator)
+            .build()
+            .unwrap();
+        assert_eq!(coordinator.dead_after, Duration::from_secs(5));
+        assert!(!coordinator.rebalance_on_join);
+        assert!(!coordinator.id.is_empty(), "a generated id");
+
+        let s3 = NodeSection {
+            store: Some("s3://bucket/rooms".into()),
+            ..Default::default()
+        };
+        assert!(s3.store_dir().is_err(), "only file:// stores for now");
+        let too_fast = CoordinatorSection {
+            dead_after: Some(Duration::from_millis(500)),
+            ..Default::default()
+        };
+        assert!(too_fast.build().is_err(), "dead_after below the heartbeat");
+    }
 }
