@@ -38,11 +38,14 @@ pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
     let node = args.node.merge(file.node);
     let cluster_options = args.cluster.merge(file.cluster).build();
     let mut room_node = args.room_node.merge(file.room_node);
+    // `--data-dir DIR` is the same as `--store file://DIR`.
     anyhow::ensure!(
-        room_node.data_dir.is_none(),
-        "a cluster room node keeps rooms in --store file:///dir, not --data-dir"
+        room_node.data_dir.is_none() || node.store.is_none(),
+        "give the room store once: --store file:///dir or --data-dir, not both"
     );
-    room_node.data_dir = Some(node.store_dir()?);
+    if room_node.data_dir.is_none() {
+        room_node.data_dir = Some(node.store_dir()?);
+    }
     let node_id = NodeId::new(node.node_id());
     let mut config = room_node.build(node_id.clone())?;
     // Nodes share the store: a room's files are locked while it is loaded.
