@@ -482,7 +482,12 @@ impl UpstreamActor {
             let pause = Instant::now() + backoff.min(deadline - Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep_until(pause) => {}
-                _ = maps.changed() => {}
+                changed = maps.changed() => {
+                    // No more maps will come: only the timer paces retries.
+                    if changed.is_err() {
+                        tokio::time::sleep_until(pause).await;
+                    }
+                }
                 _ = self.cancel.cancelled() => {}
             }
             backoff = (backoff * 2).min(Duration::from_millis(500));
