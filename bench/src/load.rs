@@ -34,6 +34,7 @@
 
 mod args;
 mod connection;
+mod gaps;
 mod histogram;
 mod procfs;
 mod report;
@@ -41,16 +42,19 @@ mod sendlog;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use args::{BenchArgs, Mode};
 pub use histogram::Percentiles;
-pub use report::{ConnectReport, ErrorCounts, IdleReport, Report, ServerReport, StepReport};
+pub use report::{
+    ConnectReport, ErrorCounts, IdleReport, PidReport, Report, RoomGap, ServerReport, StepReport,
+};
 
 use args::Plan;
 use connection::{Connected, Control};
+use gaps::RoomGaps;
 use histogram::Histogram;
 use procfs::ProcSample;
 use sendlog::SendLog;
@@ -87,11 +91,23 @@ pub(crate) struct PhaseStats {
     expected: AtomicU64,
     delivered: AtomicU64,
     duplicates: AtomicU64,
+    out_of_order: AtomicU64,
     unexpected_closes: AtomicU64,
     send_failures: AtomicU64,
     protocol_errors: AtomicU64,
     fanout: Histogram,
     echo: Histogram,
+    /// Per room, the longest time without a delivery.
+    gaps: RoomGaps,
+}
+
+impl PhaseStats {
+    fn new(rooms: usize) -> Self {
+        Self {
+            gaps: RoomGaps::new(rooms),
+            ..Self::default()
+        }
+    }
 }
 
 /// Run-wide error counters and the first messages.
@@ -134,7 +150,7 @@ impl ErrorLog {
 /// State every connection task shares with the run.
 pub(crate) struct RunState {
     plan: Plan,
-    /// Time zero of the send log's timestamps.
+    /// Time zero of the send log's timestamps (and of gap times).
     epoch: Instant,
     send_log: SendLog,
     /// One per step; indexed by the phase number in the send log.
@@ -152,20 +168,47 @@ impl RunState {
     }
 }
 
+/// One reading of every `--server-pid`, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+struct ServerSample(Vec<ProcSample>);
+
+impl ServerSample {
+    /// Reads every pid; fails on the first unreadable one.
+    fn read(pids: &[u32]) -> Result<Self, BenchError> {
+        pids.iter()
+            .map(|&pid| procfs::sample(pid).map_err(|source| BenchError::ServerPid { pid, source }))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// CPU seconds and RSS summed over the processes.
+    fn total(&self) -> ProcSample {
+        ProcSample {
+            cpu_seconds: self.0.iter().map(|sample| sample.cpu_seconds).sum(),
+            rss_bytes: self.0.iter().map(|sample| sample.rss_bytes).sum(),
+        }
+    }
+}
+
 /// Runs a bench as `args` describe and reports what it measured.
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let plan = args.plan()?;
-    let server_pid = plan.server_pid;
-    let server_start = match server_pid {
-        Some(pid) => {
-            Some(procfs::sample(pid).map_err(|source| BenchError::ServerPid { pid, source })?)
-        }
-        None => None,
+    let server_pids = plan.server_pids.clone();
+    let server_start = if server_pids.is_empty() {
+        None
+    } else {
+        Some(ServerSample::read(&server_pids)?)
     };
     let bench_start = procfs::sample(std::process::id()).ok();
     let connections = plan.connections();
+    let epoch = Instant::now();
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
     let run = Arc::new(RunState {
-        epoch: Instant::now(),
+        epoch,
         send_log: SendLog::new(
             if plan.steps.is_empty() {
                 0
@@ -174,7 +217,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             },
             plan.send_log_ring,
         ),
-        phases: plan.steps.iter().map(|_| PhaseStats::default()).collect(),
+        phases: plan
+            .steps
+            .iter()
+            .map(|_| PhaseStats::new(plan.rooms))
+            .collect(),
         connect_time: Histogram::default(),
         errors: ErrorLog::default(),
         unmatched_deliveries: AtomicU64::new(0),
@@ -244,12 +291,17 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let members: Arc<[u64]> = members.into();
     let mut steps = Vec::new();
     let mut idle = None;
-    let mut server_end = None;
+    let mut server_end: Option<ServerSample> = None;
     let mut server_read_error = None;
+    // Where the per-process CPU is measured from: the start of the sending
+    // window, or (idle) before the first connect.
+    let mut per_pid_start = server_start.clone();
     let mut measured_cpu = None;
-    let read_server = |error_slot: &mut Option<String>| -> Option<ProcSample> {
-        let pid = server_pid?;
-        procfs::sample(pid)
+    let read_server = |error_slot: &mut Option<String>| -> Option<ServerSample> {
+        if server_pids.is_empty() {
+            return None;
+        }
+        ServerSample::read(&server_pids)
             .map_err(|error| *error_slot = Some(error.to_string()))
             .ok()
     };
@@ -257,16 +309,20 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Mode::Idle => {
             tokio::time::sleep(plan.hold).await;
             let after = read_server(&mut server_read_error);
+            let (start, end) = (
+                server_start.as_ref().map(ServerSample::total),
+                after.as_ref().map(ServerSample::total),
+            );
             server_end = after;
-            measured_cpu = server_start
-                .zip(after)
+            measured_cpu = start
+                .zip(end)
                 .map(|(start, end)| end.cpu_seconds - start.cpu_seconds);
             idle = Some(IdleReport {
                 connections: connected,
                 hold_seconds: plan.hold.as_secs_f64(),
-                server_rss_before_bytes: server_start.map(|s| s.rss_bytes),
-                server_rss_after_bytes: after.map(|s| s.rss_bytes),
-                server_rss_per_connection_bytes: match (server_start, after) {
+                server_rss_before_bytes: start.map(|s| s.rss_bytes),
+                server_rss_after_bytes: end.map(|s| s.rss_bytes),
+                server_rss_per_connection_bytes: match (start, end) {
                     (Some(before), Some(after)) if connected > 0 => Some(round(
                         (after.rss_bytes as f64 - before.rss_bytes as f64) / connected as f64,
                         1,
@@ -291,14 +347,17 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 });
                 tokio::time::sleep_until((until + plan.drain).into()).await;
                 let after = read_server(&mut server_read_error);
-                let report = step_report(
+                let mut report = step_report(
                     &run.phases[phase],
                     step.rate,
                     step.duration,
                     plan.p99_target,
-                    before,
-                    after,
+                    before.as_ref().map(ServerSample::total),
+                    after.as_ref().map(ServerSample::total),
                 );
+                if plan.room_gaps {
+                    report.room_gaps = Some(room_gaps(&run.phases[phase].gaps, plan));
+                }
                 tracing::info!(
                     phase,
                     rate = step.rate,
@@ -314,8 +373,10 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             }
             server_end = read_server(&mut server_read_error);
             measured_cpu = window_start
-                .zip(server_end)
-                .map(|(start, end)| end.cpu_seconds - start.cpu_seconds);
+                .as_ref()
+                .zip(server_end.as_ref())
+                .map(|(start, end)| end.total().cpu_seconds - start.total().cpu_seconds);
+            per_pid_start = window_start;
         }
         Mode::Load | Mode::Ramp => tracing::warn!("no connection succeeded; nothing to measure"),
     }
@@ -335,10 +396,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         .zip(procfs::sample(std::process::id()).ok())
         .map(|(start, end)| round(end.cpu_seconds - start.cpu_seconds, 3));
     let delivered: u64 = steps.iter().map(|step| step.delivered).sum();
-    let server = server_pid.map(|pid| ServerReport {
-        pid,
+    let server = (!server_pids.is_empty()).then(|| ServerReport {
+        per_pid: per_pid_reports(&server_pids, per_pid_start.as_ref(), server_end.as_ref()),
+        pids: server_pids.clone(),
         cpu_seconds: measured_cpu.map(|cpu| round(cpu, 3)),
-        rss_bytes: server_end.map(|sample| sample.rss_bytes),
+        rss_bytes: server_end.as_ref().map(|sample| sample.total().rss_bytes),
         cpu_seconds_per_1k_delivered: measured_cpu.and_then(|cpu| per_thousand(cpu, delivered)),
         read_error: server_read_error,
     });
@@ -365,7 +427,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         .clone();
     Ok(Report {
         mode: plan.mode,
-        url_template: plan.url_template.clone(),
+        url_template: plan.url_templates[0].clone(),
+        url_templates: plan.url_templates.clone(),
+        started_unix_ms,
         room_prefix: plan.room_prefix.clone(),
         rooms: plan.rooms,
         clients_per_room: plan.clients,
@@ -416,6 +480,8 @@ fn step_report(
         .zip(server_after)
         .map(|(before, after)| round(after.cpu_seconds - before.cpu_seconds, 3));
     StepReport {
+        gap: gaps::summarize(&stats.gaps.snapshot()),
+        room_gaps: None,
         rate,
         duration_seconds: duration.as_secs_f64(),
         sent,
@@ -423,6 +489,7 @@ fn step_report(
         delivered,
         missing,
         duplicates: load(&stats.duplicates),
+        out_of_order: load(&stats.out_of_order),
         delivered_per_second: round(delivered as f64 / duration.as_secs_f64(), 1),
         fanout,
         echo,
@@ -436,6 +503,51 @@ fn step_report(
             .and_then(|cpu| per_thousand(cpu, delivered)),
         ok: errors == 0 && delivered > 0 && judged_p99_ms.is_some_and(|p99| p99 <= target_ms),
     }
+}
+
+/// Every room's longest gap, times in ms (gap start relative to the run's
+/// start, like every time of the run).
+fn room_gaps(gaps: &RoomGaps, plan: &args::Plan) -> Vec<RoomGap> {
+    let ms = |micros: u64| round(micros as f64 / 1000.0, 3);
+    gaps.snapshot()
+        .into_iter()
+        .enumerate()
+        .map(|(room, tracker)| RoomGap {
+            room: plan.room_name(room),
+            delivery_frames: tracker.deliveries,
+            missing_deliveries: gaps.missing(room),
+            max_gap_ms: tracker.max_gap().map(ms),
+            gap_started_ms: tracker.max_gap().map(|_| ms(tracker.gap_started_micros)),
+            last_delivery_ms: (tracker.deliveries > 0).then(|| ms(tracker.last_micros)),
+        })
+        .collect()
+}
+
+/// Each server process's own CPU and RSS, when there are several.
+fn per_pid_reports(
+    pids: &[u32],
+    start: Option<&ServerSample>,
+    end: Option<&ServerSample>,
+) -> Vec<PidReport> {
+    if pids.len() < 2 {
+        return Vec::new();
+    }
+    pids.iter()
+        .enumerate()
+        .map(|(i, &pid)| {
+            let (start, end) = (
+                start.and_then(|sample| sample.0.get(i)),
+                end.and_then(|sample| sample.0.get(i)),
+            );
+            PidReport {
+                pid,
+                cpu_seconds: start
+                    .zip(end)
+                    .map(|(start, end)| round(end.cpu_seconds - start.cpu_seconds, 3)),
+                rss_bytes: end.map(|sample| sample.rss_bytes),
+            }
+        })
+        .collect()
 }
 
 fn per_thousand(cpu_seconds: f64, delivered: u64) -> Option<f64> {
@@ -598,7 +710,7 @@ mod tests {
             .unwrap()
             .port();
         let report = run(BenchArgs {
-            url: format!("ws://127.0.0.1:{port}/{{room}}"),
+            url: vec![format!("ws://127.0.0.1:{port}/{{room}}")],
             rooms: 2,
             clients: 2,
             duration: Duration::from_millis(100),
@@ -621,10 +733,20 @@ mod tests {
     #[tokio::test]
     async fn bad_server_pid_is_refused_before_connecting() {
         let result = run(BenchArgs {
-            server_pid: Some(u32::MAX),
+            server_pid: vec![u32::MAX],
             ..BenchArgs::default()
         })
         .await;
         assert!(matches!(result, Err(BenchError::ServerPid { .. })));
+        let ours = std::process::id();
+        let result = run(BenchArgs {
+            server_pid: vec![ours, u32::MAX],
+            ..BenchArgs::default()
+        })
+        .await;
+        assert!(
+            matches!(result, Err(BenchError::ServerPid { pid, .. }) if pid == u32::MAX),
+            "every pid is checked"
+        );
     }
 }

@@ -40,8 +40,11 @@ const SPARE_FILES: u64 = 64;
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct BenchArgs {
     /// WebSocket URL template; `{room}` becomes `<room-prefix>-<room index>`.
+    /// Repeat to spread connections over several servers (gateways):
+    /// connection k (room r, client c, k = r × clients + c) uses URL
+    /// number k mod (number of URLs), so one room's clients are spread too.
     #[arg(long, env = "PARTYLINE_BENCH_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    pub url: Vec<String>,
 
     /// Rooms to open.
     #[arg(long, env = "PARTYLINE_BENCH_ROOMS", default_value_t = DEFAULT_ROOMS)]
@@ -79,9 +82,15 @@ pub struct BenchArgs {
     #[arg(long, env = "PARTYLINE_BENCH_ROOM_PREFIX")]
     pub room_prefix: Option<String>,
 
-    /// Server process to measure: CPU seconds from /proc/PID/stat, RSS from /proc/PID/status.
-    #[arg(long, env = "PARTYLINE_BENCH_SERVER_PID")]
-    pub server_pid: Option<u32>,
+    /// Server process to measure: CPU seconds from /proc/PID/stat, RSS from
+    /// /proc/PID/status. Repeat (or separate with commas) for a server made
+    /// of several processes: CPU and RSS are then summed over them.
+    #[arg(long, env = "PARTYLINE_BENCH_SERVER_PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Add each room's longest delivery gap (and when it started) to the JSON line.
+    #[arg(long, env = "PARTYLINE_BENCH_ROOM_GAPS")]
+    pub room_gaps: bool,
 
     /// Only open rooms × clients connections, hold them for --duration, report RSS per connection.
     #[arg(long, env = "PARTYLINE_BENCH_IDLE", conflicts_with = "ramp")]
@@ -117,7 +126,7 @@ impl Default for BenchArgs {
         let duration =
             |text: &str| humantime::parse_duration(text).expect("default durations parse");
         Self {
-            url: DEFAULT_URL.into(),
+            url: vec![DEFAULT_URL.into()],
             rooms: DEFAULT_ROOMS,
             clients: DEFAULT_CLIENTS,
             rate: DEFAULT_RATE,
@@ -127,7 +136,8 @@ impl Default for BenchArgs {
             connect_timeout: duration(DEFAULT_CONNECT_TIMEOUT),
             payload_bytes: DEFAULT_PAYLOAD_BYTES,
             room_prefix: None,
-            server_pid: None,
+            server_pid: Vec::new(),
+            room_gaps: false,
             idle: false,
             ramp: false,
             ramp_start: DEFAULT_RAMP_START,
@@ -162,7 +172,9 @@ pub(crate) struct Step {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub mode: Mode,
-    pub url_template: String,
+    /// One or more `--url` templates; connection `k` uses number
+    /// `k % len`.
+    pub url_templates: Vec<String>,
     pub room_prefix: String,
     pub rooms: usize,
     pub clients: usize,
@@ -173,7 +185,10 @@ pub(crate) struct Plan {
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
     pub payload_bytes: usize,
-    pub server_pid: Option<u32>,
+    /// Processes whose CPU and RSS are summed as "the server".
+    pub server_pids: Vec<u32>,
+    /// Report every room's longest delivery gap.
+    pub room_gaps: bool,
     pub p99_target: Duration,
     /// Yjs client id of connection 0; connection `i` is `base + i`.
     /// Unique per run, so a reused room prefix never replays old clocks.
@@ -188,9 +203,16 @@ impl Plan {
         self.rooms * self.clients
     }
 
-    /// The URL of room `room`.
-    pub fn room_url(&self, room: usize) -> String {
-        room_url(&self.url_template, &self.room_prefix, room)
+    /// The URL connection `index` opens: its room in template number
+    /// `index % templates`.
+    pub fn connection_url(&self, index: usize) -> String {
+        let template = &self.url_templates[index % self.url_templates.len()];
+        room_url(template, &self.room_prefix, index / self.clients)
+    }
+
+    /// The name of room `room`.
+    pub fn room_name(&self, room: usize) -> String {
+        format!("{}-{room}", self.room_prefix)
     }
 }
 
@@ -203,16 +225,25 @@ impl BenchArgs {
     /// Checks the arguments and fixes the run's unique names.
     pub(crate) fn plan(&self) -> Result<Plan, BenchError> {
         let invalid = |message: String| Err(BenchError::InvalidArgs(message));
-        if !self.url.contains(ROOM_PLACEHOLDER) {
-            return invalid(format!(
-                "--url must contain {ROOM_PLACEHOLDER}: {}",
-                self.url
-            ));
+        if self.url.is_empty() {
+            return invalid("at least one --url is needed".into());
         }
-        if !self.url.starts_with("ws://") {
+        for url in &self.url {
+            if !url.contains(ROOM_PLACEHOLDER) {
+                return invalid(format!("--url must contain {ROOM_PLACEHOLDER}: {url}"));
+            }
+            if !url.starts_with("ws://") {
+                return invalid(format!(
+                    "--url must be a ws:// URL (TLS is not built in): {url}"
+                ));
+            }
+        }
+        let mut sorted_pids = self.server_pid.clone();
+        sorted_pids.sort_unstable();
+        if let Some(pair) = sorted_pids.windows(2).find(|pair| pair[0] == pair[1]) {
             return invalid(format!(
-                "--url must be a ws:// URL (TLS is not built in): {}",
-                self.url
+                "--server-pid {} is given twice; it would be counted twice",
+                pair[0]
             ));
         }
         if self.rooms == 0 || self.clients == 0 {
@@ -278,7 +309,7 @@ impl BenchArgs {
         }
         Ok(Plan {
             mode,
-            url_template: self.url.clone(),
+            url_templates: self.url.clone(),
             room_prefix,
             rooms: self.rooms,
             clients: self.clients,
@@ -288,7 +319,8 @@ impl BenchArgs {
             connect_concurrency: self.connect_concurrency,
             connect_timeout: self.connect_timeout,
             payload_bytes: self.payload_bytes,
-            server_pid: self.server_pid,
+            server_pids: self.server_pid.clone(),
+            room_gaps: self.room_gaps,
             p99_target: self.p99_target,
             // 20 bits of nonce above 32 bits of index: a 52-bit id, within
             // the 53 bits a JavaScript peer can hold.
@@ -381,8 +413,13 @@ mod tests {
         assert_eq!(parsed.rate, 0.5);
         assert_eq!(parsed.duration, Duration::from_secs(60));
         assert_eq!(parsed.drain, Duration::from_millis(500));
-        assert_eq!(parsed.server_pid, Some(42));
+        assert_eq!(parsed.server_pid, vec![42]);
+        assert_eq!(
+            parsed.url,
+            vec!["ws://localhost:9/parties/main/{room}?token=t"]
+        );
         assert!(parsed.ramp);
+        assert!(!parsed.room_gaps);
         assert!(Cli::try_parse_from(["bench", "--idle", "--ramp"]).is_err());
     }
 
@@ -398,11 +435,72 @@ mod tests {
         );
         let plan = BenchArgs {
             room_prefix: Some("fixed".into()),
+            clients: 5,
             ..BenchArgs::default()
         }
         .plan()
         .unwrap();
-        assert_eq!(plan.room_url(3), "ws://127.0.0.1:1999/bench-fixed-3");
+        assert_eq!(plan.connection_url(17), "ws://127.0.0.1:1999/bench-fixed-3");
+        assert_eq!(plan.room_name(3), "fixed-3");
+    }
+
+    #[test]
+    fn several_urls_and_pids() {
+        let parsed = Cli::try_parse_from([
+            "bench",
+            "--url",
+            "ws://a:1/{room}",
+            "--url",
+            "ws://b:2/x/{room}",
+            "--server-pid",
+            "7,8",
+            "--server-pid",
+            "9",
+            "--room-gaps",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(parsed.url, vec!["ws://a:1/{room}", "ws://b:2/x/{room}"]);
+        assert_eq!(parsed.server_pid, vec![7, 8, 9]);
+        assert!(parsed.room_gaps);
+        let plan = BenchArgs {
+            room_prefix: Some("p".into()),
+            rooms: 3,
+            clients: 3,
+            ..parsed
+        }
+        .plan()
+        .unwrap();
+        assert_eq!(plan.server_pids, vec![7, 8, 9]);
+        // connection k = room × clients + client uses url[k % 2]
+        let urls: Vec<String> = (0..9).map(|k| plan.connection_url(k)).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "ws://a:1/p-0",
+                "ws://b:2/x/p-0",
+                "ws://a:1/p-0",
+                "ws://b:2/x/p-1",
+                "ws://a:1/p-1",
+                "ws://b:2/x/p-1",
+                "ws://a:1/p-2",
+                "ws://b:2/x/p-2",
+                "ws://a:1/p-2",
+            ]
+        );
+        let refused = |args: BenchArgs| matches!(args.plan(), Err(BenchError::InvalidArgs(_)));
+        assert!(refused(BenchArgs {
+            url: Vec::new(),
+            ..BenchArgs::default()
+        }));
+        assert!(refused(BenchArgs {
+            url: vec!["ws://a:1/{room}".into(), "ws://b:1/fixed".into()],
+            ..BenchArgs::default()
+        }));
+        assert!(refused(BenchArgs {
+            server_pid: vec![5, 6, 5],
+            ..BenchArgs::default()
+        }));
     }
 
     #[test]
@@ -458,11 +556,11 @@ mod tests {
     fn bad_arguments_are_refused() {
         let refused = |args: BenchArgs| matches!(args.plan(), Err(BenchError::InvalidArgs(_)));
         assert!(refused(BenchArgs {
-            url: "ws://127.0.0.1:1999/fixed".into(),
+            url: vec!["ws://127.0.0.1:1999/fixed".into()],
             ..BenchArgs::default()
         }));
         assert!(refused(BenchArgs {
-            url: "http://127.0.0.1:1999/{room}".into(),
+            url: vec!["http://127.0.0.1:1999/{room}".into()],
             ..BenchArgs::default()
         }));
         assert!(refused(BenchArgs {

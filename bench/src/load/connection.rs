@@ -13,6 +13,7 @@
 //! [`CLOSE_GRACE`]). Anything that ends the socket earlier is an unexpected
 //! close; the task records it and ends — bench connections never reconnect.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +83,7 @@ pub(crate) async fn run_connection(
 ) {
     let plan = &run.plan;
     let room = index / plan.clients;
-    let url = plan.room_url(room);
+    let url = plan.connection_url(index);
     let client_id = plan.client_id_base + index as u64;
     let source =
         (!plan.steps.is_empty()).then(|| UpdateSource::new(client_id, index, plan.payload_bytes));
@@ -118,7 +119,7 @@ pub(crate) async fn run_connection(
     drop(connected_tx);
 
     let connection = Connection {
-        peers_next_seq: vec![0; plan.clients],
+        peers_seen: vec![SeqWindow::default(); plan.clients],
         run: run.clone(),
         index,
         room,
@@ -154,7 +155,7 @@ async fn connect_and_sync(url: &str, source: Option<&UpdateSource>) -> Result<So
                         .await
                         .map_err(|error| error.to_string())?;
                 }
-                Inbound::SyncStep2 => return Ok(socket),
+                Inbound::SyncStep2(_) => return Ok(socket),
                 Inbound::Invalid(error) => return Err(format!("during handshake: {error}")),
                 Inbound::Update(_) | Inbound::Other => {}
             },
@@ -181,9 +182,9 @@ struct Connection {
     room: usize,
     /// `None` in idle mode: nothing to send.
     source: Option<UpdateSource>,
-    /// Per room member: the next sequence number not yet received, to tell
-    /// duplicates (and out-of-order arrivals) from new deliveries.
-    peers_next_seq: Vec<u32>,
+    /// Per room member: which of its updates arrived, to tell duplicates
+    /// from new (possibly out-of-order) deliveries.
+    peers_seen: Vec<SeqWindow>,
     phase: Option<ActivePhase>,
     /// Send schedule of the current phase; `None` when not sending.
     ticker: Option<Interval>,
@@ -293,6 +294,7 @@ impl Connection {
         }
         stats.sent.fetch_add(1, Ordering::Relaxed);
         stats.expected.fetch_add(phase.owed, Ordering::Relaxed);
+        stats.gaps.owe(self.room, phase.owed);
         Ok(())
     }
 
@@ -303,12 +305,11 @@ impl Connection {
         socket: &mut Socket,
     ) -> Result<(), String> {
         match decode_inbound(frame) {
-            Inbound::Update(ranges) => {
-                let received_micros = micros_since(self.run.epoch, received);
-                for (client_id, clocks) in ranges {
-                    self.record_deliveries(client_id, clocks, received_micros);
-                }
-            }
+            Inbound::Update(ranges) => self.record_frame(ranges, received, false),
+            // A SyncStep2 after the handshake answers a server's re-sync (a
+            // room re-opened on another node): it carries the whole document,
+            // and whatever this client had not seen yet is delivered by it.
+            Inbound::SyncStep2(ranges) => self.record_frame(ranges, received, true),
             Inbound::SyncStep1(state_vector) => {
                 let step2 = self
                     .source
@@ -320,18 +321,38 @@ impl Connection {
                     .map_err(|error| error.to_string())?;
             }
             Inbound::Invalid(error) => self.protocol_error(error),
-            Inbound::SyncStep2 | Inbound::Other => {}
+            Inbound::Other => {}
         }
         Ok(())
     }
 
-    /// Counts the items `clocks` of Yjs client `client_id` as delivered here.
+    /// Counts the items of one received frame and, if any was new, the
+    /// frame as a delivery to the room (for its gaps).
+    fn record_frame(&mut self, ranges: Vec<(u64, Range<u32>)>, received: Instant, resync: bool) {
+        let received_micros = micros_since(self.run.epoch, received);
+        let mut observed_in = None;
+        for (client_id, clocks) in ranges {
+            let phase = self.record_deliveries(client_id, clocks, received_micros, resync);
+            if let Some(phase) = phase.filter(|phase| observed_in != Some(*phase)) {
+                observed_in = Some(phase);
+                self.run.phases[phase]
+                    .gaps
+                    .observe(self.room, received_micros);
+            }
+        }
+    }
+
+    /// Counts the items `clocks` of Yjs client `client_id` as delivered
+    /// here; returns the phase of the last new delivery, if any was new.
+    /// With `resync` (a SyncStep2's whole document) the items already seen
+    /// are skipped quietly rather than counted as duplicates.
     fn record_deliveries(
         &mut self,
         client_id: u64,
-        clocks: std::ops::Range<u32>,
+        mut clocks: Range<u32>,
         received_micros: u64,
-    ) {
+        resync: bool,
+    ) -> Option<usize> {
         let run = &self.run;
         let plan = &run.plan;
         let Some(sender) = client_id
@@ -341,34 +362,48 @@ impl Connection {
         else {
             // Another writer in the room (a browser watching the run):
             // not ours to measure.
-            return;
+            return None;
         };
         if sender / plan.clients != self.room {
             let other_room = sender / plan.clients;
-            return self.protocol_error(format!(
+            self.protocol_error(format!(
                 "room {} received an update sent to room {other_room}",
                 self.room
             ));
+            return None;
         }
-        if clocks.len() > run.send_log_ring() {
-            return self.protocol_error(format!(
+        let seen = &mut self.peers_seen[sender % plan.clients];
+        if resync {
+            clocks.start = clocks.start.max(seen.base());
+        } else if clocks.len() > run.send_log_ring() {
+            self.protocol_error(format!(
                 "update of {} items from one bench client",
                 clocks.len()
             ));
+            return None;
         }
-        let next_seq = &mut self.peers_next_seq[sender % plan.clients];
+        let mut delivered_in = None;
         for seq in clocks {
             let Some(sent) = run.send_log.lookup(sender, seq) else {
                 run.unmatched_deliveries.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let stats = &run.phases[sent.phase];
-            if seq < *next_seq {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
+            match seen.receive(seq) {
+                Receipt::Seen if resync => continue, // the whole document: expected
+                Receipt::Seen => {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Receipt::New { out_of_order } => {
+                    if out_of_order {
+                        stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
-            *next_seq = seq + 1;
+            delivered_in = Some(sent.phase);
             stats.delivered.fetch_add(1, Ordering::Relaxed);
+            stats.gaps.received(self.room, 1);
             let latency = received_micros.saturating_sub(sent.sent_micros);
             if sender == self.index {
                 stats.echo.record_micros(latency);
@@ -376,6 +411,7 @@ impl Connection {
                 stats.fanout.record_micros(latency);
             }
         }
+        delivered_in
     }
 
     fn protocol_error(&self, error: String) {
@@ -402,6 +438,59 @@ impl Connection {
     }
 }
 
+/// Which updates of one sender a connection has received: every sequence
+/// number below `base`, and those of `base..base + 64` whose bit is set in
+/// `above` (bit i is `base + i`; bit 0 is never set). Updates may arrive out
+/// of order — after a failover the server re-sends what a client lacked
+/// while newer updates already flow — and must still count once each. An
+/// update more than 64 behind the newest one received counts as a duplicate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SeqWindow {
+    base: u32,
+    above: u64,
+}
+
+/// What [`SeqWindow::receive`] made of a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Receipt {
+    /// Not received before; `out_of_order` when a later one already was.
+    New { out_of_order: bool },
+    /// Received before (or too far behind to tell).
+    Seen,
+}
+
+impl SeqWindow {
+    /// The lowest sequence number not received yet.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// Records `seq` as received.
+    pub fn receive(&mut self, seq: u32) -> Receipt {
+        let Some(mut offset) = seq.checked_sub(self.base) else {
+            return Receipt::Seen;
+        };
+        if offset >= u64::BITS {
+            // Slide the window so `seq` is its last slot; older gaps are
+            // given up (they would count as duplicates).
+            let slide = offset - (u64::BITS - 1);
+            self.above = self.above.checked_shr(slide).unwrap_or(0);
+            self.base += slide;
+            offset = u64::BITS - 1;
+        }
+        let bit = 1u64 << offset;
+        if self.above & bit != 0 {
+            return Receipt::Seen;
+        }
+        let out_of_order = self.above >> offset != 0;
+        self.above |= bit;
+        let done = self.above.trailing_ones();
+        self.above = self.above.checked_shr(done).unwrap_or(0);
+        self.base += done;
+        Receipt::New { out_of_order }
+    }
+}
+
 /// Closes with 1000 and waits briefly for the server's answer.
 async fn close(mut socket: Socket) {
     let frame = CloseFrame {
@@ -425,4 +514,66 @@ async fn next_tick(ticker: &mut Option<Interval>) -> tokio::time::Instant {
 
 fn micros_since(epoch: Instant, at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive_all(window: &mut SeqWindow, seqs: &[u32]) -> Vec<Receipt> {
+        seqs.iter().map(|&seq| window.receive(seq)).collect()
+    }
+
+    const NEW: Receipt = Receipt::New {
+        out_of_order: false,
+    };
+    const LATE: Receipt = Receipt::New { out_of_order: true };
+
+    #[test]
+    fn in_order_and_duplicates() {
+        let mut window = SeqWindow::default();
+        assert_eq!(receive_all(&mut window, &[0, 1, 2]), vec![NEW; 3]);
+        assert_eq!(window.base(), 3);
+        assert_eq!(window.receive(1), Receipt::Seen);
+        assert_eq!(window.receive(2), Receipt::Seen);
+        assert_eq!(window.receive(3), NEW);
+    }
+
+    #[test]
+    fn late_updates_count_once() {
+        let mut window = SeqWindow::default();
+        // 0, then 2 and 3 before 1 (1 re-sent after a failover)
+        assert_eq!(
+            receive_all(&mut window, &[0, 2, 3, 2, 1, 1, 3, 4]),
+            vec![
+                NEW,
+                NEW,
+                NEW,
+                Receipt::Seen,
+                LATE,
+                Receipt::Seen,
+                Receipt::Seen,
+                NEW
+            ]
+        );
+        assert_eq!(window.base(), 5);
+        assert_eq!(window, SeqWindow { base: 5, above: 0 });
+    }
+
+    #[test]
+    fn window_slides_past_64() {
+        let mut window = SeqWindow::default();
+        assert_eq!(window.receive(0), NEW);
+        assert_eq!(window.receive(64), NEW, "1..=63 still open");
+        assert_eq!(window.base(), 1);
+        assert_eq!(window.receive(63), LATE);
+        assert_eq!(window.receive(200), NEW);
+        assert_eq!(window.base(), 137, "200 is the window's last slot");
+        assert_eq!(window.receive(5), Receipt::Seen, "too far behind");
+        assert_eq!(window.receive(137), LATE);
+        assert_eq!(window.base(), 138);
+        let mut far = SeqWindow::default();
+        assert_eq!(far.receive(u32::MAX - 1), NEW);
+        assert_eq!(far.receive(u32::MAX - 1), Receipt::Seen);
+    }
 }

@@ -15,8 +15,15 @@ use super::histogram::Percentiles;
 pub struct Report {
     /// `load`, `ramp` or `idle`.
     pub mode: Mode,
-    /// The `--url` template.
+    /// The first `--url` template.
     pub url_template: String,
+    /// Every `--url` template; connection k used number k mod their count.
+    pub url_templates: Vec<String>,
+    /// Wall-clock time of the run's time zero, ms since the Unix epoch: every
+    /// time in the report (`gap_started_ms`, `last_delivery_ms`) counts from
+    /// it, so a script can place its own events (a killed node) on the same
+    /// axis.
+    pub started_unix_ms: u64,
     /// The room name prefix this run used.
     pub room_prefix: String,
     /// Rooms opened.
@@ -32,7 +39,7 @@ pub struct Report {
     pub max_ok_rate: Option<f64>,
     /// `idle`: memory per held connection.
     pub idle: Option<IdleReport>,
-    /// The server process, with `--server-pid`.
+    /// The server processes, with `--server-pid`.
     pub server: Option<ServerReport>,
     /// CPU seconds the bench process itself used, to tell when the bench,
     /// not the server, was the bottleneck.
@@ -80,6 +87,9 @@ pub struct StepReport {
     pub missing: u64,
     /// Deliveries received more than once.
     pub duplicates: u64,
+    /// Deliveries that arrived after a later update of the same sender
+    /// (counted as delivered; e.g. updates re-sent after a failover).
+    pub out_of_order: u64,
     /// Deliveries per second of sending time.
     pub delivered_per_second: f64,
     /// Latency to the other clients of the room: receive time minus the
@@ -87,6 +97,13 @@ pub struct StepReport {
     pub fanout: Percentiles,
     /// Latency of the sender's own echo (the server's acknowledgement).
     pub echo: Percentiles,
+    /// Per room, the longest time between two consecutive deliveries to any
+    /// of its clients during the step and its drain; percentiles over the
+    /// rooms (`count` = rooms with at least two deliveries).
+    pub gap: Percentiles,
+    /// With `--room-gaps`: every room's longest gap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_gaps: Option<Vec<RoomGap>>,
     /// p99 the step is judged by: fan-out, or echo when rooms have one client.
     pub judged_p99_ms: Option<f64>,
     /// Connections that closed or failed during the step.
@@ -120,20 +137,57 @@ pub struct IdleReport {
     pub server_rss_per_connection_bytes: Option<f64>,
 }
 
-/// The server process: CPU over all steps and drains (`idle`: from before
-/// the first connect to the end of the hold), RSS at the end.
+/// One room's longest delivery gap in a step (`--room-gaps`). Times are ms
+/// since the run's start ([`Report::started_unix_ms`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoomGap {
+    /// The room name (`<prefix>-<index>`).
+    pub room: String,
+    /// Frames that brought a client of the room something new (the
+    /// deliveries the gaps are measured between).
+    pub delivery_frames: u64,
+    /// Deliveries (update × client) owed to the room and not received.
+    pub missing_deliveries: u64,
+    /// The longest time between two consecutive deliveries (`None` with
+    /// fewer than two).
+    pub max_gap_ms: Option<f64>,
+    /// When that gap started: the delivery before it.
+    pub gap_started_ms: Option<f64>,
+    /// The room's last delivery in the step: a room whose deliveries stopped
+    /// for good shows here, not as a gap.
+    pub last_delivery_ms: Option<f64>,
+}
+
+/// The server: the `--server-pid` processes, summed. CPU over all steps and
+/// drains (`idle`: from before the first connect to the end of the hold),
+/// RSS at the end.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServerReport {
-    /// The `--server-pid`.
-    pub pid: u32,
-    /// CPU seconds (user + system) over the measured window.
+    /// The `--server-pid`s.
+    pub pids: Vec<u32>,
+    /// CPU seconds (user + system) over the measured window, summed over
+    /// the processes.
     pub cpu_seconds: Option<f64>,
-    /// Resident memory at the end, before connections close.
+    /// Resident memory at the end, before connections close, summed.
     pub rss_bytes: Option<u64>,
     /// CPU seconds per 1,000 delivered updates.
     pub cpu_seconds_per_1k_delivered: Option<f64>,
     /// Why a reading failed, if one did.
     pub read_error: Option<String>,
+    /// With several pids: each one's share (empty with one pid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_pid: Vec<PidReport>,
+}
+
+/// One of several server processes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PidReport {
+    /// The process.
+    pub pid: u32,
+    /// Its CPU seconds over the measured window.
+    pub cpu_seconds: Option<f64>,
+    /// Its resident memory at the end.
+    pub rss_bytes: Option<u64>,
 }
 
 /// Error counts of a run.
@@ -186,7 +240,10 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "partyline bench ({mode}): {} rooms × {} clients, rooms {}-N at {}",
-            self.rooms, self.clients_per_room, self.room_prefix, self.url_template
+            self.rooms,
+            self.clients_per_room,
+            self.room_prefix,
+            self.url_templates.join(" , ")
         )?;
         let connect = &self.connect;
         writeln!(
@@ -239,6 +296,17 @@ impl fmt::Display for Report {
                     if step.ok { "yes" } else { "NO" }
                 )?;
             }
+            for step in &self.steps {
+                writeln!(
+                    f,
+                    "rate {}: longest delivery gap per room: p50 {} ms   p99 {} ms   max {} ms   ({} rooms)",
+                    step.rate,
+                    ms(step.gap.p50_ms),
+                    ms(step.gap.p99_ms),
+                    ms(step.gap.max_ms),
+                    step.gap.count
+                )?;
+            }
         }
         if self.mode == Mode::Ramp {
             match self.max_ok_rate {
@@ -259,10 +327,16 @@ impl fmt::Display for Report {
             )?;
         }
         if let Some(server) = &self.server {
+            let pids: Vec<String> = server.pids.iter().map(u32::to_string).collect();
+            let (label, sum) = if pids.len() == 1 {
+                ("pid", "")
+            } else {
+                ("pids", " (summed)")
+            };
             write!(
                 f,
-                "server pid {}: cpu {} s, rss {}, {} cpu s per 1k delivered",
-                server.pid,
+                "server {label} {}{sum}: cpu {} s, rss {}, {} cpu s per 1k delivered",
+                pids.join(", "),
                 seconds(server.cpu_seconds),
                 mib(server.rss_bytes),
                 server
@@ -273,6 +347,15 @@ impl fmt::Display for Report {
                 write!(f, " (read error: {error})")?;
             }
             writeln!(f)?;
+            for process in &server.per_pid {
+                writeln!(
+                    f,
+                    "  pid {}: cpu {} s, rss {}",
+                    process.pid,
+                    seconds(process.cpu_seconds),
+                    mib(process.rss_bytes)
+                )?;
+            }
         }
         if let Some(cpu) = self.bench_cpu_seconds {
             writeln!(f, "bench process cpu: {cpu:.2} s")?;
@@ -309,6 +392,8 @@ pub(crate) mod tests {
         Report {
             mode: Mode::Load,
             url_template: "ws://127.0.0.1:1999/bench-{room}".into(),
+            url_templates: vec!["ws://127.0.0.1:1999/bench-{room}".into()],
+            started_unix_ms: 1_700_000_000_000,
             room_prefix: "rabc".into(),
             rooms: 2,
             clients_per_room: 3,
@@ -326,9 +411,17 @@ pub(crate) mod tests {
                 delivered: 360,
                 missing: 0,
                 duplicates: 0,
+                out_of_order: 0,
                 delivered_per_second: 36.0,
                 fanout: latency.clone(),
                 echo: latency,
+                gap: Percentiles {
+                    count: 2,
+                    p50_ms: Some(310.5),
+                    p99_ms: Some(4210.0),
+                    max_ms: Some(4210.0),
+                },
+                room_gaps: None,
                 judged_p99_ms: Some(9.25),
                 unexpected_closes: 0,
                 send_failures: 0,
@@ -341,11 +434,12 @@ pub(crate) mod tests {
             max_ok_rate: None,
             idle: None,
             server: Some(ServerReport {
-                pid: 42,
+                pids: vec![42],
                 cpu_seconds: Some(0.5),
                 rss_bytes: Some(50 << 20),
                 cpu_seconds_per_1k_delivered: Some(1.3889),
                 read_error: None,
+                per_pid: Vec::new(),
             }),
             bench_cpu_seconds: Some(0.1),
             unmatched_deliveries: 0,
@@ -373,6 +467,7 @@ pub(crate) mod tests {
             "delivered_per_second",
             "fanout",
             "echo",
+            "gap",
             "errors",
             "server_cpu_seconds_per_1k_delivered",
             "ok",
@@ -381,6 +476,14 @@ pub(crate) mod tests {
         }
         assert_eq!(step["fanout"]["p50_ms"], 1.5);
         assert_eq!(json["server"]["rss_bytes"], 50 << 20);
+        assert_eq!(json["server"]["pids"], serde_json::json!([42]));
+        assert!(
+            json["server"].get("per_pid").is_none(),
+            "one pid: no breakdown"
+        );
+        assert_eq!(json["started_unix_ms"], 1_700_000_000_000u64);
+        assert_eq!(step["gap"]["p99_ms"], 4210.0);
+        assert!(step.get("room_gaps").is_none(), "only with --room-gaps");
         assert_eq!(json["errors"]["total"], 0);
         assert!(json["idle"].is_null());
         assert_eq!(json["ok"], true);
@@ -391,7 +494,11 @@ pub(crate) mod tests {
         let table = sample_report().to_string();
         assert!(table.contains("connect: 6/6"));
         assert!(table.contains("9.2") || table.contains("9.3"), "{table}");
-        assert!(table.contains("server pid 42"));
+        assert!(table.contains("server pid 42: cpu 0.50 s"), "{table}");
+        assert!(
+            table.contains("gap per room: p50 310.5 ms   p99 4210.0 ms"),
+            "{table}"
+        );
         assert!(table.ends_with("result: ok"));
         let mut idle = sample_report();
         idle.mode = Mode::Idle;
@@ -406,5 +513,61 @@ pub(crate) mod tests {
         let table = idle.to_string();
         assert!(table.contains("1024.0 KiB per connection"), "{table}");
         assert!(!table.contains("deliv/s"));
+    }
+
+    #[test]
+    fn cluster_report_lists_urls_pids_and_room_gaps() {
+        let mut report = sample_report();
+        report.url_templates = vec!["ws://a:1/{room}".into(), "ws://b:2/{room}".into()];
+        report.server = Some(ServerReport {
+            pids: vec![7, 8],
+            cpu_seconds: Some(1.5),
+            rss_bytes: Some(30 << 20),
+            cpu_seconds_per_1k_delivered: Some(4.1667),
+            read_error: None,
+            per_pid: vec![
+                PidReport {
+                    pid: 7,
+                    cpu_seconds: Some(1.0),
+                    rss_bytes: Some(20 << 20),
+                },
+                PidReport {
+                    pid: 8,
+                    cpu_seconds: Some(0.5),
+                    rss_bytes: Some(10 << 20),
+                },
+            ],
+        });
+        report.steps[0].room_gaps = Some(vec![RoomGap {
+            room: "rabc-0".into(),
+            delivery_frames: 180,
+            missing_deliveries: 0,
+            max_gap_ms: Some(4210.0),
+            gap_started_ms: Some(12_003.25),
+            last_delivery_ms: Some(40_100.0),
+        }]);
+        let table = report.to_string();
+        assert!(
+            table.contains("ws://a:1/{room} , ws://b:2/{room}"),
+            "{table}"
+        );
+        assert!(
+            table.contains("server pids 7, 8 (summed): cpu 1.50 s, rss 30.0 MiB"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  pid 8: cpu 0.50 s, rss 10.0 MiB"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json_line()).unwrap();
+        assert_eq!(json["url_templates"][1], "ws://b:2/{room}");
+        assert_eq!(json["server"]["pids"], serde_json::json!([7, 8]));
+        assert_eq!(json["server"]["cpu_seconds"], 1.5);
+        assert_eq!(json["server"]["per_pid"][0]["cpu_seconds"], 1.0);
+        let gap = &json["steps"][0]["room_gaps"][0];
+        assert_eq!(gap["room"], "rabc-0");
+        assert_eq!(gap["max_gap_ms"], 4210.0);
+        assert_eq!(gap["gap_started_ms"], 12_003.25);
+        assert_eq!(gap["last_delivery_ms"], 40_100.0);
     }
 }

@@ -157,8 +157,10 @@ pub(crate) enum Inbound {
     Update(Vec<(u64, Range<u32>)>),
     /// The server's SyncStep1, to be answered with SyncStep2.
     SyncStep1(StateVector),
-    /// The server's SyncStep2 (handshake done; its content is not counted).
-    SyncStep2,
+    /// The server's SyncStep2: the items of the document it carries, as
+    /// clock ranges per client (only counted after the handshake, when a
+    /// server re-syncs a session).
+    SyncStep2(Vec<(u64, Range<u32>)>),
     /// Awareness, auth and the rest: nothing to measure.
     Other,
     /// Not a y-sync message, or one message followed by more bytes, which
@@ -182,7 +184,10 @@ pub(crate) fn decode_inbound(frame: &[u8]) -> Inbound {
             Err(error) => Inbound::Invalid(format!("undecodable update: {error}")),
         },
         Message::Sync(SyncMessage::SyncStep1(state_vector)) => Inbound::SyncStep1(state_vector),
-        Message::Sync(SyncMessage::SyncStep2(_)) => Inbound::SyncStep2,
+        Message::Sync(SyncMessage::SyncStep2(update)) => match Update::decode_v1(&update) {
+            Ok(update) => Inbound::SyncStep2(inserted_ranges(&update)),
+            Err(error) => Inbound::Invalid(format!("undecodable SyncStep2: {error}")),
+        },
         _ => Inbound::Other,
     }
 }
@@ -267,10 +272,19 @@ mod tests {
     #[test]
     fn handshake_frames_are_recognised() {
         let source = UpdateSource::new(5, 0, 1);
-        assert_eq!(decode_inbound(&empty_step2()), Inbound::SyncStep2);
+        assert_eq!(decode_inbound(&empty_step2()), Inbound::SyncStep2(vec![]));
         assert_eq!(
             decode_inbound(&source.step2_for(&StateVector::default())),
-            Inbound::SyncStep2
+            Inbound::SyncStep2(vec![])
+        );
+        let mut writer = UpdateSource::new(6, 0, 1);
+        for _ in 0..3 {
+            writer.next_update();
+        }
+        assert_eq!(
+            decode_inbound(&writer.step2_for(&StateVector::default())),
+            Inbound::SyncStep2(vec![(6, 0..3)]),
+            "a whole document names every item, overwritten ones included"
         );
         let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
         assert_eq!(
