@@ -168,7 +168,7 @@ fn moved(before: &serde_json::Value, after: &serde_json::Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_clients_through_two_gateways_converge_and_slots_spread() {
-    let cluster = TestCluster::start(2, 3, 2);
+    let mut cluster = TestCluster::start(2, 3, 2);
     let slots = cluster.slots();
     let counts = slot_counts(&slots);
     assert_eq!(counts.len(), 3, "{counts:?}");
@@ -210,6 +210,15 @@ async fn npm_clients_through_two_gateways_converge_and_slots_spread() {
         "{located}"
     );
     assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
+
+    // SIGTERM on a gateway sends its clients elsewhere with 1012.
+    let client = YClient::connect(&cluster.url(1, room)).await.unwrap();
+    client.wait_synced(Duration::from_secs(5)).await.unwrap();
+    cluster.gateways[1].signal("TERM");
+    let closed = client.wait_closed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(closed.code, 1012, "{closed}");
+    let status = cluster.gateways[1].wait(Duration::from_secs(10));
+    assert!(status.success(), "gateway exited with {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
