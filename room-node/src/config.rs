@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use partyline_proto::NodeId;
 
+use crate::remote::RemoteStorage;
+
 /// Default for [`RoomNodeConfig::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`RoomNodeConfig::snapshot_interval`].
@@ -18,6 +20,12 @@ pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LINK_QUEUE: usize = 8192;
 /// Default for [`RoomNodeConfig::room_queue`].
 pub const DEFAULT_ROOM_QUEUE: usize = 1024;
+/// Default for [`RoomNodeConfig::snapshot_log_updates`].
+pub const DEFAULT_SNAPSHOT_LOG_UPDATES: u64 = 1000;
+/// Default for [`RoomNodeConfig::log_buffer_bytes`].
+pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
+/// Default for [`RoomNodeConfig::snapshots_kept`].
+pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
 /// Default for [`RoomNodeConfig::room_lock_timeout`].
 pub const DEFAULT_ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +42,19 @@ pub struct RoomNodeConfig {
     pub snapshot_interval: Duration,
     /// …or as soon as this many log bytes accumulated since the last one.
     pub snapshot_log_bytes: u64,
+    /// …or as soon as this many updates were logged since the last one
+    /// (bounds the log: it keeps at most about twice this many entries).
+    pub snapshot_log_updates: u64,
+    /// Remote storage (Redis log + snapshot store); `None` keeps rooms in
+    /// `data_dir`.
+    pub remote: Option<RemoteStorage>,
+    /// While the log is unreachable, updates wait (unacknowledged) up to
+    /// this many bytes per room; past it the room refuses writes (clients
+    /// get an auth message) until the log is back.
+    pub log_buffer_bytes: u64,
+    /// Snapshots kept per room (remote storage; at least 2, so a corrupt
+    /// newest one falls back to the previous).
+    pub snapshots_kept: usize,
     /// Log appends reach the page cache at once (enough for `kill -9`);
     /// they are fsynced this often (the window a power loss can take).
     pub fsync_interval: Duration,
@@ -60,6 +81,10 @@ impl RoomNodeConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
+            snapshot_log_updates: DEFAULT_SNAPSHOT_LOG_UPDATES,
+            remote: None,
+            log_buffer_bytes: DEFAULT_LOG_BUFFER_BYTES,
+            snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             link_queue: DEFAULT_LINK_QUEUE,
             room_queue: DEFAULT_ROOM_QUEUE,

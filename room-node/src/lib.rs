@@ -12,8 +12,10 @@ pub mod config;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;
+pub mod remote;
 pub mod room;
 pub mod service;
+pub mod storage;
 pub mod store;
 
 use std::sync::Arc;

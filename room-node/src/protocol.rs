@@ -68,6 +68,22 @@ pub struct Outcome {
 
 /// The auth reason sent to a read-only session that writes.
 pub const READ_ONLY_REASON: &str = "read-only: document updates are not accepted";
+/// The auth reason sent when the update log is unreachable and the room's
+/// hold buffer is full: the edit stays in the client and is asked for again
+/// once the log is back.
+pub const LOG_UNAVAILABLE_REASON: &str =
+    "storage unavailable: document updates are refused until it is back";
+
+/// Whether a session's document updates are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Updates are applied, logged and echoed.
+    ReadWrite,
+    /// The session may not write.
+    ReadOnly,
+    /// The room cannot log more updates right now.
+    LogUnavailable,
+}
 
 /// A room's document and awareness.
 pub struct SyncRoom {
@@ -107,7 +123,7 @@ impl SyncRoom {
     }
 
     /// Handles one binary frame from a session.
-    pub fn handle_frame(&mut self, frame: &[u8], writable: bool) -> Result<Outcome, ProtocolError> {
+    pub fn handle_frame(&mut self, frame: &[u8], access: Access) -> Result<Outcome, ProtocolError> {
         if frame.is_empty() {
             return Err(ProtocolError::Empty);
         }
@@ -122,7 +138,7 @@ impl SyncRoom {
                 outcome.reply.push(self.step2_for(&state_vector));
             }
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
-                self.apply_update(update, writable, &mut outcome)?;
+                self.apply_update(update, access, &mut outcome)?;
             }
             Message::Awareness(update) => self.apply_awareness(update, &mut outcome),
             Message::AwarenessQuery => outcome.reply.extend(self.awareness_snapshot()),
@@ -165,7 +181,7 @@ impl SyncRoom {
     fn apply_update(
         &mut self,
         bytes: Vec<u8>,
-        writable: bool,
+        access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
         let update = Update::decode_v1(&bytes)?;
@@ -174,11 +190,16 @@ impl SyncRoom {
         if update.is_empty() {
             return Ok(());
         }
-        if !writable {
+        let reason = match access {
+            Access::ReadWrite => None,
+            Access::ReadOnly => Some(READ_ONLY_REASON),
+            Access::LogUnavailable => Some(LOG_UNAVAILABLE_REASON),
+        };
+        if let Some(reason) = reason {
             outcome.write_denied = true;
             outcome
                 .reply
-                .push(encode(&Message::Auth(Some(READ_ONLY_REASON.to_owned()))));
+                .push(encode(&Message::Auth(Some(reason.to_owned()))));
             return Ok(());
         }
         self.doc().transact_mut().apply_update(update)?;
@@ -269,7 +290,7 @@ mod tests {
             Message::Sync(SyncMessage::SyncStep1(_))
         ));
         let peer = Peer::new(1);
-        let outcome = room.handle_frame(&peer.step1(), true).unwrap();
+        let outcome = room.handle_frame(&peer.step1(), Access::ReadWrite).unwrap();
         assert_eq!(outcome.reply.len(), 1);
         assert!(matches!(
             Message::decode_v1(&outcome.reply[0]).unwrap(),
@@ -282,7 +303,7 @@ mod tests {
         let mut room = SyncRoom::new(Doc::new());
         let writer = Peer::new(1);
         let frame = writer.insert("hello");
-        let outcome = room.handle_frame(&frame, true).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadWrite).unwrap();
         assert_eq!(outcome.log.len(), 1);
         let Message::Sync(SyncMessage::Update(sent)) = Message::decode_v1(&frame).unwrap() else {
             panic!("insert sends an update")
@@ -299,7 +320,10 @@ mod tests {
         );
         assert_eq!(outcome.broadcast.len(), 1, "echo goes to everyone");
         let late = Peer::new(2);
-        let reply = room.handle_frame(&late.step1(), true).unwrap().reply;
+        let reply = room
+            .handle_frame(&late.step1(), Access::ReadWrite)
+            .unwrap()
+            .reply;
         late.receive(&reply[0]);
         assert_eq!(late.text(), "hello");
     }
@@ -308,7 +332,9 @@ mod tests {
     fn read_only_writes_are_dropped_and_told() {
         let mut room = SyncRoom::new(Doc::new());
         let reader = Peer::new(3);
-        let outcome = room.handle_frame(&reader.insert("nope"), false).unwrap();
+        let outcome = room
+            .handle_frame(&reader.insert("nope"), Access::ReadOnly)
+            .unwrap();
         assert!(outcome.write_denied);
         assert!(outcome.log.is_empty() && outcome.broadcast.is_empty());
         assert!(matches!(
@@ -327,7 +353,7 @@ mod tests {
     fn empty_step2_is_not_a_write() {
         let mut room = SyncRoom::new(Doc::new());
         let frame = Message::Sync(SyncMessage::SyncStep2(Update::EMPTY_V1.to_vec())).encode_v1();
-        let outcome = room.handle_frame(&frame, false).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadOnly).unwrap();
         assert!(!outcome.write_denied && outcome.log.is_empty() && outcome.broadcast.is_empty());
     }
 
@@ -337,11 +363,11 @@ mod tests {
         let mut peer_awareness = Awareness::new(Doc::with_client_id(7));
         peer_awareness.set_local_state_raw(r#"{"user":"ann"}"#);
         let frame = Message::Awareness(peer_awareness.update().unwrap()).encode_v1();
-        let outcome = room.handle_frame(&frame, false).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadOnly).unwrap();
         assert_eq!(outcome.broadcast.len(), 1);
         assert_eq!(outcome.awareness_added, vec![ClientID::new(7)]);
         // A renewal with the same clock still echoes.
-        let again = room.handle_frame(&frame, false).unwrap();
+        let again = room.handle_frame(&frame, Access::ReadOnly).unwrap();
         assert_eq!(again.broadcast.len(), 1);
         assert_eq!(room.handshake().len(), 2, "snapshot follows step1");
         let removal = room.remove_awareness(&[ClientID::new(7)]).unwrap();
@@ -361,7 +387,7 @@ mod tests {
         let bad: [&[u8]; 5] = [&[], &[0x80], &[0, 2, 0xff, 0xff], &[9, 1, 1], &[3, 0]];
         for frame in bad {
             assert!(
-                room.handle_frame(frame, true).is_err(),
+                room.handle_frame(frame, Access::ReadWrite).is_err(),
                 "{frame:?} accepted"
             );
         }

@@ -29,18 +29,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
-use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, Transact, Update};
+use yrs::ClientID;
 
 use crate::config::RoomNodeConfig;
+use crate::protocol::Access;
 use crate::protocol::SyncRoom;
-use crate::store::{RoomFiles, RoomLock, StoreError, SyncQueue};
+use crate::storage::{self, AppendError, LoadError, RoomStorage};
+use crate::store::{RoomLock, SyncQueue};
 
 /// Identifies one gateway stream within this node.
 pub type LinkId = u64;
 
 /// Frames toward one gateway stream.
 pub type LinkSender = mpsc::Sender<Result<pb::NodeFrame, tonic::Status>>;
+
+/// How often a room retries an unreachable update log.
+const LOG_RETRY: Duration = Duration::from_millis(250);
 
 /// How many inputs one batch handles before committing.
 const MAX_BATCH: usize = 256;
@@ -133,7 +137,7 @@ pub enum ExitReason {
     Released,
     /// Storage failed; the room stopped before acknowledging anything
     /// it could not persist.
-    Failed(StoreError),
+    Failed(LoadError),
 }
 
 /// Starts loading `room` and returns its handle and actor future.
@@ -146,23 +150,26 @@ pub fn spawn_actor(
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
     let actor = async move {
-        let loaded = load(config.clone(), room.clone(), sync_queue).await;
-        match loaded {
-            Ok((doc, files, lock)) => {
+        match storage::load(&config, &room, sync_queue, epoch).await {
+            Ok(loaded) => {
                 RoomActor {
                     room,
                     config,
                     epoch,
                     cancel,
                     rx,
-                    sync: SyncRoom::new(doc),
-                    files,
-                    _lock: lock,
+                    sync: SyncRoom::new(loaded.doc),
+                    storage: loaded.storage,
+                    _lock: loaded.lock,
                     releasing: None,
                     links: HashMap::new(),
                     inbound: StreamMap::new(),
                     outbox: Vec::new(),
                     pending_log: Vec::new(),
+                    pending_bytes: 0,
+                    log_down_since: None,
+                    refused_writes: false,
+                    since_snapshot: Growth::default(),
                     dirty: false,
                 }
                 .run()
@@ -172,55 +179,6 @@ pub fn spawn_actor(
         }
     };
     (RoomHandle { tx }, actor)
-}
-
-/// Reads the room's snapshot and log tail into a fresh document, off the
-/// async workers (decoding a large document is CPU work), holding the
-/// room's lock first when the store is shared.
-async fn load(
-    config: Arc<RoomNodeConfig>,
-    room: RoomName,
-    sync_queue: SyncQueue,
-) -> Result<(Doc, RoomFiles, Option<RoomLock>), StoreError> {
-    let task = tokio::task::spawn_blocking(move || {
-        let lock = if config.room_locks {
-            let started = std::time::Instant::now();
-            let lock =
-                RoomLock::acquire(&config.data_dir, room.as_str(), config.room_lock_timeout)?;
-            tracing::debug!(room = %room, waited = ?started.elapsed(), "room lock acquired");
-            Some(lock)
-        } else {
-            None
-        };
-        let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str(), sync_queue)?;
-        for path in &loaded.corrupt_snapshots {
-            tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
-        }
-        if loaded.truncated_bytes > 0 {
-            tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
-        }
-        let doc = Doc::new();
-        {
-            let mut txn = doc.transact_mut();
-            for (index, bytes) in loaded.updates.iter().enumerate() {
-                let applied = Update::decode_v1(bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
-                if let Err(error) = applied {
-                    tracing::error!(room = %room, index, %error, "stored update could not be applied; skipped");
-                }
-            }
-        }
-        tracing::debug!(room = %room, updates = loaded.updates.len(), "room loaded");
-        Ok((doc, files, lock))
-    });
-    task.await.unwrap_or_else(|join| {
-        Err(StoreError::Io {
-            action: "load room",
-            path: Default::default(),
-            source: std::io::Error::other(join.to_string()),
-        })
-    })
 }
 
 /// One client session of a link.
@@ -252,7 +210,7 @@ struct RoomActor {
     cancel: CancellationToken,
     rx: mpsc::Receiver<RoomCommand>,
     sync: SyncRoom,
-    files: RoomFiles,
+    storage: RoomStorage,
     /// Held until the actor is gone, after its last snapshot.
     _lock: Option<RoomLock>,
     /// Set by `Release`: the epoch the room's slot moved away at.
@@ -263,8 +221,24 @@ struct RoomActor {
     inbound: StreamMap<LinkId, LinkEvents>,
     outbox: Vec<Out>,
     pending_log: Vec<Bytes>,
+    /// Bytes in `pending_log`.
+    pending_bytes: u64,
+    /// Set while the log refuses appends: the batch and its frames wait.
+    log_down_since: Option<Instant>,
+    /// Writes were refused while the log was down; once it is back every
+    /// session gets a SyncStep1 so clients send them again.
+    refused_writes: bool,
+    /// Log growth since the last snapshot (snapshot triggers).
+    since_snapshot: Growth,
     /// Updates logged since the last snapshot.
     dirty: bool,
+}
+
+/// Log growth since the last snapshot.
+#[derive(Debug, Default)]
+struct Growth {
+    bytes: u64,
+    updates: u64,
 }
 
 impl RoomActor {
@@ -296,6 +270,12 @@ impl RoomActor {
                     self.snapshot_if_dirty().await;
                     continue;
                 }
+                _ = tokio::time::sleep(LOG_RETRY), if self.log_down_since.is_some() => {
+                    if let Err(error) = self.commit().await {
+                        return ExitReason::Failed(LoadError::Local(error));
+                    }
+                    continue;
+                }
                 _ = &mut idle, if self.links.is_empty() => {
                     self.refuse_commands();
                     self.snapshot_if_dirty().await;
@@ -315,8 +295,8 @@ impl RoomActor {
                 }
                 handled += 1;
             }
-            if let Err(error) = self.commit() {
-                return ExitReason::Failed(error);
+            if let Err(error) = self.commit().await {
+                return ExitReason::Failed(LoadError::Local(error));
             }
             if let Some(epoch) = self.releasing {
                 return self.release(epoch).await;
@@ -325,7 +305,9 @@ impl RoomActor {
                 idle.as_mut()
                     .reset(Instant::now() + self.config.idle_timeout);
             }
-            if self.files.bytes_since_snapshot() >= self.config.snapshot_log_bytes {
+            if self.since_snapshot.bytes >= self.config.snapshot_log_bytes
+                || self.since_snapshot.updates >= self.config.snapshot_log_updates
+            {
                 self.snapshot_if_dirty().await;
             }
         }
@@ -468,7 +450,16 @@ impl RoomActor {
             }
             return;
         }
-        match self.sync.handle_frame(&message.payload, !session.read_only) {
+        let access = if session.read_only {
+            Access::ReadOnly
+        } else if self.log_down_since.is_some()
+            && self.pending_bytes >= self.config.log_buffer_bytes
+        {
+            Access::LogUnavailable
+        } else {
+            Access::ReadWrite
+        };
+        match self.sync.handle_frame(&message.payload, access) {
             Ok(outcome) => {
                 session
                     .awareness
@@ -477,11 +468,17 @@ impl RoomActor {
                     session.awareness.remove(client);
                 }
                 if outcome.write_denied {
-                    tracing::info!(room = %self.room, session = session_id, "write from a read-only session dropped");
+                    if access == Access::LogUnavailable {
+                        self.refused_writes = true;
+                        tracing::warn!(room = %self.room, session = session_id, "write refused: update log unreachable and the hold buffer is full");
+                    } else {
+                        tracing::info!(room = %self.room, session = session_id, "write from a read-only session dropped");
+                    }
                 }
                 if !outcome.log.is_empty() {
                     self.dirty = true;
                 }
+                self.pending_bytes += outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
                 self.pending_log.extend(outcome.log);
                 for payload in outcome.reply {
                     self.outbox
@@ -546,11 +543,38 @@ impl RoomActor {
         }
     }
 
-    /// Appends the batch's updates to the log, then sends its frames.
-    fn commit(&mut self) -> Result<(), StoreError> {
+    /// Appends the batch's updates to the log, then sends its frames. When
+    /// the log is unreachable the batch and its frames wait for the next
+    /// try (nothing is acknowledged before it is logged); only a local disk
+    /// error is fatal.
+    async fn commit(&mut self) -> Result<(), crate::store::StoreError> {
         if !self.pending_log.is_empty() {
-            self.files.append(&self.pending_log)?;
-            self.pending_log.clear();
+            match self.storage.append(&self.pending_log).await {
+                Ok(()) => {
+                    self.since_snapshot.updates += self.pending_log.len() as u64;
+                    self.since_snapshot.bytes += self.pending_bytes;
+                    self.pending_log.clear();
+                    self.pending_bytes = 0;
+                    if let Some(since) = self.log_down_since.take() {
+                        tracing::info!(room = %self.room, down_for = ?since.elapsed(), "update log reachable again; held updates logged and sent");
+                        if std::mem::take(&mut self.refused_writes) {
+                            // Refused writes are still in the clients' documents.
+                            self.outbox
+                                .push(Out::All(broadcast(self.sync.sync_step1())));
+                        }
+                    }
+                }
+                Err(AppendError::Failed(error)) => return Err(error),
+                Err(AppendError::Unavailable(error)) => {
+                    if self.log_down_since.is_none() {
+                        tracing::warn!(room = %self.room, %error, "update log unreachable; holding updates until it is back");
+                        self.log_down_since = Some(Instant::now());
+                    }
+                    return Ok(());
+                }
+            }
+        } else if self.log_down_since.take().is_some() {
+            tracing::info!(room = %self.room, "update log reachable again");
         }
         // Dropping a slow link removes awareness, which queues more frames.
         while !self.outbox.is_empty() {
@@ -587,21 +611,21 @@ impl RoomActor {
     /// completion even during shutdown: a half-written snapshot is never
     /// renamed into place, so cancellation could only lose the work.
     async fn snapshot_if_dirty(&mut self) {
-        if !self.dirty {
+        // Never snapshot state that holds updates the log does not have.
+        if !self.dirty || !self.pending_log.is_empty() {
             return;
         }
         let state = self.sync.encode_state();
-        let job = self.files.begin_snapshot(self.epoch, state);
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || job.write()).await {
-            Ok(Ok(())) => {
+        match self.storage.snapshot(self.epoch, state).await {
+            Ok(()) => {
                 self.dirty = false;
+                self.since_snapshot = Growth::default();
                 tracing::debug!(room = %self.room, took = ?started.elapsed(), "snapshot written");
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::error!(room = %self.room, %error, "snapshot failed; the log still holds every update")
             }
-            Err(error) => tracing::error!(room = %self.room, %error, "snapshot task failed"),
         }
     }
 }

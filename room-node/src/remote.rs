@@ -1,0 +1,571 @@
+//! Cluster storage: each room's update log is a Redis stream, its snapshots
+//! are objects in an object store (`s3://`, `gs://`, `az://`, `file://`,
+//! `memory://`) or values in Redis (`redis://`).
+//!
+//! ```text
+//! {prefix}:r:{room id}:log      stream; one entry per update, field `u`
+//! {prefix}:r:{room id}:snaps    list of "<covered log id> <snapshot name>", newest first
+//! {prefix}:r:{room id}:snap:{name}   snapshot bytes (redis:// snapshot store)
+//! {prefix}:slot:{slot}:epoch    highest slot-map epoch that claimed the slot
+//! rooms/{room id}/{name}        snapshot object (object stores)
+//! ```
+//!
+//! `room id` is the hex of the first 16 bytes of SHA-256(room), as on disk.
+//!
+//! Durability contract (DESIGN.md): an update is appended (XADD, one round
+//! trip per batch) before anything that contains it is broadcast. A
+//! snapshot is written under a name no other node or epoch can produce,
+//! then registered by a Lua script that first checks the slot's epoch in
+//! Redis: a node whose epoch is stale registers nothing, trims nothing and
+//! deletes nothing (fencing). Registering keeps the newest `keep` snapshots
+//! and trims the log only up to what the *previous* snapshot covered, so a
+//! corrupt newest snapshot is recovered from the one before plus the log.
+//! Appends are not fenced: Yjs updates commute and are idempotent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use partyline_proto::{slot_of, NodeId};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PLRSNAP\x01";
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Remote storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Redis refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    /// A newer epoch claimed the room's slot: this node must not write
+    /// snapshots or trim (it is a stale owner).
+    #[error("slot {slot} belongs to epoch {current}, newer than ours ({ours})")]
+    Fenced {
+        /// The room's slot.
+        slot: u16,
+        /// The epoch in Redis.
+        current: u64,
+        /// This node's epoch.
+        ours: u64,
+    },
+    /// A `--store` URL this build cannot use.
+    #[error(
+        "unsupported snapshot store {0:?}: use s3://, gs://, az://, file://, memory:// or redis://"
+    )]
+    UnsupportedStore(String),
+}
+
+/// Where snapshots go.
+#[derive(Clone)]
+pub enum SnapshotStore {
+    /// An object store (S3, GCS, Azure, local directory, memory).
+    Object(Arc<dyn ObjectStore>),
+    /// Values in the log's Redis.
+    Redis,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Object(store) => write!(f, "Object({store})"),
+            Self::Redis => f.write_str("Redis"),
+        }
+    }
+}
+
+impl SnapshotStore {
+    /// Parses a `--store` URL. Object store options (credentials, region,
+    /// endpoint) come from the usual environment variables, e.g.
+    /// `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`.
+    pub fn from_url(url: &str) -> Result<Self, RemoteError> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(Self::Redis);
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(path).map_err(|e| {
+                RemoteError::Object(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                })
+            })?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(path)?;
+            return Ok(Self::Object(Arc::new(store)));
+        }
+        if url.starts_with("memory://") {
+            return Ok(Self::Object(
+                Arc::new(object_store::memory::InMemory::new()),
+            ));
+        }
+        let parsed =
+            url::Url::parse(url).map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
+        let options = std::env::vars()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| {
+                k.starts_with("aws_") || k.starts_with("google_") || k.starts_with("azure_")
+            });
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(Self::Object(store))
+    }
+}
+
+/// A node's handle on cluster storage. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteStorage {
+    redis: ConnectionManager,
+    snapshots: SnapshotStore,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RemoteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStorage")
+            .field("snapshots", &self.snapshots)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    claim: Script,
+    register: Script,
+}
+
+/// Takes the slot for `epoch` unless a newer epoch holds it; returns the
+/// epoch that holds it afterwards.
+const CLAIM: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ours = tonumber(ARGV[1])
+if current > ours then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+return ours
+";
+
+/// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep.
+/// Fenced: a stale epoch changes nothing. Returns the names of the
+/// snapshots dropped from the list (to delete), or an error 'FENCED <epoch>'.
+const REGISTER: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. current)
+end
+local keep = tonumber(ARGV[3])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+local dropped = redis.call('LRANGE', KEYS[2], keep, -1)
+redis.call('LTRIM', KEYS[2], 0, keep - 1)
+local previous = redis.call('LINDEX', KEYS[2], 1)
+if previous then
+  local covered = string.match(previous, '^(%S+)')
+  if covered and covered ~= '0' then
+    redis.call('XTRIM', KEYS[3], 'MINID', covered)
+  end
+end
+return dropped
+";
+
+/// What loading a room found.
+#[derive(Debug, Default)]
+pub struct RemoteLoaded {
+    /// Snapshot state then log entries, to apply in order.
+    pub updates: Vec<Vec<u8>>,
+    /// Snapshots skipped because they were missing or corrupt.
+    pub corrupt_snapshots: Vec<String>,
+    /// How long the load took.
+    pub took: Duration,
+    /// Log entries read after the snapshot.
+    pub log_entries: usize,
+}
+
+/// One room's remote storage, owned by its actor.
+#[derive(Debug)]
+pub struct RemoteRoom {
+    storage: RemoteStorage,
+    room: String,
+    id: String,
+    node: NodeId,
+    epoch: u64,
+    /// Last log id appended or read: what a snapshot taken now covers.
+    last_id: String,
+    /// Snapshots kept by `register` (1 previous + the newest, at least).
+    keep: usize,
+}
+
+impl RemoteStorage {
+    /// Connects to Redis (`redis://host:port/db`) and the snapshot store.
+    /// The connection reconnects by itself after Redis restarts.
+    pub async fn connect(
+        redis_url: &str,
+        snapshots: SnapshotStore,
+        prefix: &str,
+    ) -> Result<Self, RemoteError> {
+        let client = redis::Client::open(redis_url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let redis = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            redis,
+            snapshots,
+            prefix: prefix.into(),
+            scripts: Arc::new(Scripts {
+                claim: Script::new(CLAIM),
+                register: Script::new(REGISTER),
+            }),
+        })
+    }
+
+    /// The Redis key of a room's log.
+    pub fn log_key(&self, room: &str) -> String {
+        format!("{}:r:{}:log", self.prefix, room_id(room))
+    }
+
+    fn snaps_key(&self, room: &str) -> String {
+        format!("{}:r:{}:snaps", self.prefix, room_id(room))
+    }
+
+    fn slot_key(&self, room: &str) -> String {
+        format!("{}:slot:{}:epoch", self.prefix, slot_of(room).get())
+    }
+
+    /// Claims `room`'s slot at `epoch` and reads the room: newest valid
+    /// snapshot, then the log after what it covers.
+    pub async fn open(
+        &self,
+        room: &str,
+        node: NodeId,
+        epoch: u64,
+        keep: usize,
+    ) -> Result<(RemoteRoom, RemoteLoaded), RemoteError> {
+        let started = Instant::now();
+        let mut redis = self.redis.clone();
+        if epoch > 0 {
+            let holder: u64 = self
+                .scripts
+                .claim
+                .key(self.slot_key(room))
+                .arg(epoch)
+                .invoke_async(&mut redis)
+                .await?;
+            if holder > epoch {
+                return Err(RemoteError::Fenced {
+                    slot: slot_of(room).get(),
+                    current: holder,
+                    ours: epoch,
+                });
+            }
+        }
+        let mut loaded = RemoteLoaded::default();
+        let entries: Vec<String> = redis.lrange(self.snaps_key(room), 0, -1).await?;
+        let mut covered = None;
+        for entry in entries {
+            let Some((id, name)) = entry.split_once(' ') else {
+                loaded.corrupt_snapshots.push(entry);
+                continue;
+            };
+            match self.read_snapshot(room, name).await {
+                Ok(Some(state)) => {
+                    loaded.updates.push(state);
+                    covered = Some(id.to_owned());
+                    break;
+                }
+                Ok(None) => loaded.corrupt_snapshots.push(name.to_owned()),
+                Err(error) => return Err(error),
+            }
+        }
+        let start = match &covered {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        let reply: redis::streams::StreamRangeReply =
+            redis.xrange(self.log_key(room), start, "+").await?;
+        let mut last_id = covered.unwrap_or_else(|| "0".to_owned());
+        for entry in reply.ids {
+            if let Some(redis::Value::BulkString(update)) = entry.map.get("u") {
+                loaded.updates.push(update.clone());
+                loaded.log_entries += 1;
+            }
+            last_id = entry.id;
+        }
+        loaded.took = started.elapsed();
+        Ok((
+            RemoteRoom {
+                storage: self.clone(),
+                room: room.to_owned(),
+                id: room_id(room),
+                node,
+                epoch,
+                last_id,
+                keep: keep.max(2),
+            },
+            loaded,
+        ))
+    }
+
+    /// A snapshot's state, `None` when it is missing or fails its checks.
+    async fn read_snapshot(&self, room: &str, name: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        let bytes: Option<Vec<u8>> = match &self.snapshots {
+            SnapshotStore::Object(store) => match store.get(&object_path(room, name)).await {
+                Ok(result) => Some(result.bytes().await?.to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(error) => return Err(error.into()),
+            },
+            SnapshotStore::Redis => {
+                let mut redis = self.redis.clone();
+                redis.get(self.snapshot_key(room, name)).await?
+            }
+        };
+        Ok(bytes.and_then(|bytes| decode_snapshot(&bytes, room)))
+    }
+
+    fn snapshot_key(&self, room: &str, name: &str) -> String {
+        format!("{}:r:{}:snap:{name}", self.prefix, room_id(room))
+    }
+}
+
+impl RemoteRoom {
+    /// Appends a batch of updates to the log in one round trip.
+    pub async fn append(&mut self, updates: &[Bytes]) -> Result<(), RemoteError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let key = self.storage.log_key(&self.room);
+        let mut pipe = redis::pipe();
+        for update in updates {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("u")
+                .arg(update.as_ref());
+        }
+        let mut redis = self.storage.redis.clone();
+        let ids: Vec<String> = pipe.query_async(&mut redis).await?;
+        if let Some(last) = ids.last() {
+            self.last_id = last.clone();
+        }
+        Ok(())
+    }
+
+    /// Writes `state` as a snapshot covering everything appended so far,
+    /// registers it (fenced), and deletes the snapshots that fell out.
+    pub async fn snapshot(&mut self, state: Vec<u8>) -> Result<(), RemoteError> {
+        let covered = self.last_id.clone();
+        // Unique per (covered, node, epoch): a stale node never overwrites.
+        let name = format!(
+            "snapshot-{covered}-{}-{}.bin",
+            sanitize(self.node.as_str()),
+            self.epoch
+        );
+        let bytes = encode_snapshot(&self.room, self.epoch, &covered, &state);
+        match &self.storage.snapshots {
+            SnapshotStore::Object(store) => {
+                store
+                    .put(&object_path(&self.room, &name), PutPayload::from(bytes))
+                    .await?;
+            }
+            SnapshotStore::Redis => {
+                let mut redis = self.storage.redis.clone();
+                let () = redis
+                    .set(self.storage.snapshot_key(&self.room, &name), bytes)
+                    .await?;
+            }
+        }
+        let mut redis = self.storage.redis.clone();
+        let registered: Result<Vec<String>, redis::RedisError> = self
+            .storage
+            .scripts
+            .register
+            .key(self.storage.slot_key(&self.room))
+            .key(self.storage.snaps_key(&self.room))
+            .key(self.storage.log_key(&self.room))
+            .arg(self.epoch)
+            .arg(format!("{covered} {name}"))
+            .arg(self.keep)
+            .invoke_async(&mut redis)
+            .await;
+        let dropped = match registered {
+            Ok(dropped) => dropped,
+            Err(error) => {
+                if let Some(current) = fenced_epoch(&error) {
+                    // Our blob is unreferenced; remove it (best effort).
+                    self.delete(&name).await;
+                    return Err(RemoteError::Fenced {
+                        slot: slot_of(&self.room).get(),
+                        current,
+                        ours: self.epoch,
+                    });
+                }
+                return Err(error.into());
+            }
+        };
+        for entry in dropped {
+            if let Some((_, old)) = entry.split_once(' ') {
+                self.delete(old).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) {
+        let result = match &self.storage.snapshots {
+            SnapshotStore::Object(store) => store
+                .delete(&object_path(&self.room, name))
+                .await
+                .map_err(RemoteError::from),
+            SnapshotStore::Redis => {
+                let mut redis = self.storage.redis.clone();
+                redis
+                    .del::<_, ()>(self.storage.snapshot_key(&self.room, name))
+                    .await
+                    .map_err(RemoteError::from)
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(room = %self.room, snapshot = name, %error, "cannot delete an old snapshot");
+        }
+    }
+
+    /// The room's id in keys and paths.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The epoch in a `FENCED <epoch>` script error.
+fn fenced_epoch(error: &redis::RedisError) -> Option<u64> {
+    let text = error.to_string();
+    let rest = &text[text.find("FENCED ")? + "FENCED ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+}
+
+/// Hex of the first 16 bytes of SHA-256(room): fixed-length, key-safe.
+pub fn room_id(room: &str) -> String {
+    Sha256::digest(room.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn object_path(room: &str, name: &str) -> ObjectPath {
+    ObjectPath::from(format!("rooms/{}/{name}", room_id(room)))
+}
+
+fn sanitize(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `magic | version u32 | epoch u64 | covered (u32 len + bytes) | room (u32
+/// len + bytes) | state (u32 len + bytes) | crc32 of everything before`.
+pub fn encode_snapshot(room: &str, epoch: u64, covered: &str, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(state.len() + room.len() + covered.len() + 40);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
+    for part in [covered.as_bytes(), room.as_bytes(), state] {
+        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The state of a snapshot of `room`, `None` when any check fails.
+pub fn decode_snapshot(bytes: &[u8], room: &str) -> Option<Vec<u8>> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return None;
+    }
+    let rest = body.strip_prefix(SNAPSHOT_MAGIC)?;
+    let (version, rest) = rest.split_at_checked(4)?;
+    if u32::from_le_bytes(version.try_into().ok()?) != SNAPSHOT_VERSION {
+        return None;
+    }
+    let (_epoch, mut rest) = rest.split_at_checked(8)?;
+    let mut parts = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let (len, tail) = rest.split_at_checked(4)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let (part, tail) = tail.split_at_checked(len)?;
+        parts.push(part);
+        rest = tail;
+    }
+    (rest.is_empty() && parts[1] == room.as_bytes()).then(|| parts[2].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_codec_round_trips_and_rejects_damage() {
+        let bytes = encode_snapshot("doc-1", 7, "1700000000000-3", b"state");
+        assert_eq!(
+            decode_snapshot(&bytes, "doc-1").as_deref(),
+            Some(&b"state"[..])
+        );
+        assert_eq!(decode_snapshot(&bytes, "doc-2"), None, "another room's");
+        let mut flipped = bytes.clone();
+        flipped[30] ^= 1;
+        assert_eq!(decode_snapshot(&flipped, "doc-1"), None, "bit flip");
+        assert_eq!(decode_snapshot(&bytes[..bytes.len() - 1], "doc-1"), None);
+        assert_eq!(decode_snapshot(&[], "doc-1"), None);
+    }
+
+    #[test]
+    fn fenced_errors_carry_the_epoch() {
+        let error = redis::RedisError::from((
+            redis::ErrorKind::Extension,
+            "script",
+            "FENCED 12".to_owned(),
+        ));
+        assert_eq!(fenced_epoch(&error), Some(12));
+    }
+
+    #[test]
+    fn store_urls_are_parsed_or_refused() {
+        assert!(matches!(
+            SnapshotStore::from_url("redis://127.0.0.1:6379"),
+            Ok(SnapshotStore::Redis)
+        ));
+        assert!(matches!(
+            SnapshotStore::from_url("memory://"),
+            Ok(SnapshotStore::Object(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        assert!(matches!(
+            SnapshotStore::from_url(&url),
+            Ok(SnapshotStore::Object(_))
+        ));
+        assert!(matches!(
+            SnapshotStore::from_url("ftp://x/y"),
+            Err(RemoteError::UnsupportedStore(_))
+        ));
+    }
+}

@@ -1,0 +1,172 @@
+//! A room's storage as its actor sees it: the embedded file store
+//! ([`crate::store`], `partyline dev` and shared-directory clusters) or
+//! remote storage ([`crate::remote`], Redis log + snapshot store). The actor
+//! appends before it broadcasts and snapshots on its triggers; this module
+//! hides which store does the work and sorts failures into "retry later"
+//! (Redis unreachable) and "stop the room" (a local disk error).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use partyline_proto::RoomName;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
+
+use crate::config::RoomNodeConfig;
+use crate::remote::{RemoteError, RemoteRoom};
+use crate::store::{RoomFiles, RoomLock, StoreError, SyncQueue};
+
+/// Where a room's log and snapshots live.
+#[derive(Debug)]
+pub enum RoomStorage {
+    /// Log files and snapshots in a directory.
+    Local(RoomFiles),
+    /// A Redis stream and a snapshot store.
+    Remote(RemoteRoom),
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The store cannot take writes now; hold the batch and retry.
+    #[error("log unavailable: {0}")]
+    Unavailable(RemoteError),
+    /// The room cannot persist at all; stop it.
+    #[error(transparent)]
+    Failed(StoreError),
+}
+
+/// A loaded room: its document, storage and (shared directories) lock.
+pub struct Loaded {
+    /// The document, with the snapshot and log applied.
+    pub doc: Doc,
+    /// The room's storage, ready for appends.
+    pub storage: RoomStorage,
+    /// Held while the room is loaded, when nodes share a directory.
+    pub lock: Option<RoomLock>,
+}
+
+/// Why a room could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Local files.
+    #[error(transparent)]
+    Local(#[from] StoreError),
+    /// Redis or the snapshot store.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// Loads `room`: newest valid snapshot plus the log after it.
+pub async fn load(
+    config: &RoomNodeConfig,
+    room: &RoomName,
+    sync_queue: SyncQueue,
+    epoch: u64,
+) -> Result<Loaded, LoadError> {
+    let (updates, storage, lock) = match &config.remote {
+        Some(remote) => {
+            let (storage, loaded) = remote
+                .open(
+                    room.as_str(),
+                    config.node_id.clone(),
+                    epoch,
+                    config.snapshots_kept,
+                )
+                .await?;
+            for name in &loaded.corrupt_snapshots {
+                tracing::error!(room = %room, snapshot = %name, "corrupt or missing snapshot skipped; loading the previous one and the log");
+            }
+            tracing::debug!(room = %room, log_entries = loaded.log_entries, fetch = ?loaded.took, "room read from remote storage");
+            (loaded.updates, RoomStorage::Remote(storage), None)
+        }
+        None => {
+            let config = config.clone();
+            let room = room.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                let lock = if config.room_locks {
+                    let started = Instant::now();
+                    let lock = RoomLock::acquire(
+                        &config.data_dir,
+                        room.as_str(),
+                        config.room_lock_timeout,
+                    )?;
+                    tracing::debug!(room = %room, waited = ?started.elapsed(), "room lock acquired");
+                    Some(lock)
+                } else {
+                    None
+                };
+                let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str(), sync_queue)?;
+                for path in &loaded.corrupt_snapshots {
+                    tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
+                }
+                if loaded.truncated_bytes > 0 {
+                    tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
+                }
+                Ok::<_, StoreError>((loaded.updates, RoomStorage::Local(files), lock))
+            });
+            task.await.map_err(|join| StoreError::Io {
+                action: "load room",
+                path: Default::default(),
+                source: std::io::Error::other(join.to_string()),
+            })??
+        }
+    };
+    let room_name = room.clone();
+    // Decoding a large document is CPU work: off the async workers.
+    let doc = tokio::task::spawn_blocking(move || apply_all(&room_name, &updates))
+        .await
+        .map_err(|join| StoreError::Io {
+            action: "decode room",
+            path: Default::default(),
+            source: std::io::Error::other(join.to_string()),
+        })?;
+    Ok(Loaded { doc, storage, lock })
+}
+
+/// A document with every stored update applied; undecodable ones are
+/// skipped and logged (the rest of the room still loads).
+fn apply_all(room: &RoomName, updates: &[Vec<u8>]) -> Doc {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for (index, bytes) in updates.iter().enumerate() {
+            let applied = Update::decode_v1(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
+            if let Err(error) = applied {
+                tracing::error!(room = %room, index, %error, "stored update could not be applied; skipped");
+            }
+        }
+    }
+    tracing::debug!(room = %room, updates = updates.len(), "room loaded");
+    doc
+}
+
+impl RoomStorage {
+    /// Appends a batch (one write or one round trip).
+    pub async fn append(&mut self, updates: &[Bytes]) -> Result<(), AppendError> {
+        match self {
+            Self::Local(files) => files.append(updates).map_err(AppendError::Failed),
+            Self::Remote(remote) => remote
+                .append(updates)
+                .await
+                .map_err(AppendError::Unavailable),
+        }
+    }
+
+    /// Writes a snapshot of `state` covering everything appended so far.
+    /// A failure leaves the log untouched (it still holds every update).
+    pub async fn snapshot(&mut self, epoch: u64, state: Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Local(files) => {
+                let job = files.begin_snapshot(epoch, state);
+                match tokio::task::spawn_blocking(move || job.write()).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(join) => Err(join.to_string()),
+                }
+            }
+            Self::Remote(remote) => remote.snapshot(state).await.map_err(|e| e.to_string()),
+        }
+    }
+}
