@@ -111,6 +111,13 @@ pub struct RoomNodeSection {
     /// …or once this many log bytes piled up since the last snapshot [default: 16777216].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_SNAPSHOT_LOG_BYTES")]
     pub snapshot_log_bytes: Option<u64>,
+    /// …or once this many updates were logged since the last snapshot [default: 1000].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_SNAPSHOT_LOG_UPDATES")]
+    pub snapshot_log_updates: Option<u64>,
+    /// While the update log is unreachable, hold up to this many bytes of
+    /// updates per room; past it writes are refused until it is back [default: 16777216].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_LOG_BUFFER_BYTES")]
+    pub log_buffer_bytes: Option<u64>,
     /// fsync room logs this often; appends reach the OS before any echo [default: 1s].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_FSYNC_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -200,6 +207,8 @@ impl RoomNodeSection {
             idle_timeout: or(self.idle_timeout, file.idle_timeout),
             snapshot_interval: or(self.snapshot_interval, file.snapshot_interval),
             snapshot_log_bytes: or(self.snapshot_log_bytes, file.snapshot_log_bytes),
+            snapshot_log_updates: or(self.snapshot_log_updates, file.snapshot_log_updates),
+            log_buffer_bytes: or(self.log_buffer_bytes, file.log_buffer_bytes),
             fsync_interval: or(self.fsync_interval, file.fsync_interval),
             link_queue: or(self.link_queue, file.link_queue),
             room_queue: or(self.room_queue, file.room_queue),
@@ -219,6 +228,12 @@ impl RoomNodeSection {
         set(&mut config.idle_timeout, self.idle_timeout);
         set(&mut config.snapshot_interval, self.snapshot_interval);
         set(&mut config.snapshot_log_bytes, self.snapshot_log_bytes);
+        set(&mut config.snapshot_log_updates, self.snapshot_log_updates);
+        set(&mut config.log_buffer_bytes, self.log_buffer_bytes);
+        anyhow::ensure!(
+            config.snapshot_log_updates > 0,
+            "room_node.snapshot_log_updates must be at least 1"
+        );
         set(&mut config.fsync_interval, self.fsync_interval);
         set(&mut config.link_queue, self.link_queue);
         set(&mut config.room_queue, self.room_queue);
@@ -256,10 +271,16 @@ pub struct NodeSection {
     /// with the host name for an unspecified address].
     #[arg(long, env = "PARTYLINE_NODE_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Where room logs and snapshots live, shared by every room node:
-    /// `file:///dir` [default: file://./.partyline].
+    /// Where snapshots (and, without --redis, logs) live, shared by every
+    /// room node: `file:///dir`; with --redis also `s3://bucket/prefix`,
+    /// `gs://…`, `az://…`, `memory://` or `redis://` [default: file://./.partyline,
+    /// redis:// with --redis].
     #[arg(long, env = "PARTYLINE_NODE_STORE")]
     pub store: Option<String>,
+    /// Redis for the rooms' update logs (one stream per room), e.g.
+    /// `redis://127.0.0.1:6379/0`. Without it logs are files in the store directory.
+    #[arg(long, env = "PARTYLINE_NODE_REDIS")]
+    pub redis: Option<String>,
     /// How often the node tells the coordinators it is alive [default: 1s].
     #[arg(long, env = "PARTYLINE_NODE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -290,6 +311,7 @@ impl NodeSection {
             grpc_listen: or(self.grpc_listen, file.grpc_listen),
             advertise: or(self.advertise, file.advertise),
             store: or(self.store, file.store),
+            redis: or(self.redis, file.redis),
             heartbeat_interval: or(self.heartbeat_interval, file.heartbeat_interval),
             drain_timeout: or(self.drain_timeout, file.drain_timeout),
             room_lock_timeout: or(self.room_lock_timeout, file.room_lock_timeout),
@@ -327,8 +349,8 @@ impl NodeSection {
         match url.strip_prefix("file://") {
             Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
             _ => anyhow::bail!(
-                "unsupported store {url:?}: a room node stores rooms in a shared directory, \
-                 written file:///path (object stores and Redis come with the storage backends)"
+                "unsupported store {url:?} without --redis: logs need a shared directory, \
+                 file:///path (object stores and redis:// hold snapshots of a --redis log)"
             ),
         }
     }

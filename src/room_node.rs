@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use partyline_coordinator::cluster::Cluster;
 use partyline_proto::{NodeId, NodeInfo};
+use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
 use partyline_room_node::Ownership;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,18 +44,32 @@ pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
         room_node.data_dir.is_none() || node.store.is_none(),
         "give the room store once: --store file:///dir or --data-dir, not both"
     );
-    if room_node.data_dir.is_none() {
+    if room_node.data_dir.is_none() && node.redis.is_none() {
         room_node.data_dir = Some(node.store_dir()?);
     }
     let node_id = NodeId::new(node.node_id());
     let mut config = room_node.build(node_id.clone())?;
-    // Nodes share the store: a room's files are locked while it is loaded.
-    config.room_locks = true;
+    if let Some(redis) = &node.redis {
+        // Logs in Redis, snapshots in the store; fencing in Redis replaces
+        // the shared directory's file locks.
+        let store = node.store.as_deref().unwrap_or("redis://");
+        let snapshots = SnapshotStore::from_url(store)?;
+        let remote = RemoteStorage::connect(redis, snapshots, &cluster_options.cluster)
+            .await
+            .with_context(|| format!("connect to redis {redis}"))?;
+        tracing::info!(%redis, %store, "rooms log to redis, snapshot to the store");
+        config.remote = Some(remote);
+    } else {
+        // Nodes share the directory: a room's files are locked while it is loaded.
+        config.room_locks = true;
+    }
     if let Some(timeout) = node.room_lock_timeout {
         config.room_lock_timeout = timeout;
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
+    if config.remote.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
+    }
 
     let listener = TcpListener::bind(node.grpc_listen())
         .await
@@ -87,7 +102,7 @@ pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
         }
     });
 
-    tracing::info!(node = %node_id, grpc = %info.grpc_url, store = %config.data_dir.display(), "room node started");
+    tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
     let server = tokio::spawn(partyline_room_node::run(
         listener,
         config,

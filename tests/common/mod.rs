@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod nats;
 pub mod process;
+pub mod redis_server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

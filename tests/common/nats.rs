@@ -144,7 +144,8 @@ fn at_least_2_10(binary: &std::path::Path) -> bool {
 }
 
 /// A port nobody listened on a moment ago.
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }

@@ -1,0 +1,315 @@
+//! Remote storage against a real `redis-server` (AOF on) and object stores:
+//! fencing of stale owners, falling back from a corrupt snapshot, and
+//! compaction bounds through a real gateway and room node.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use partyline_bench::client::YClient;
+use partyline_proto::{NodeId, NodeInfo, SlotMap};
+use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
+use redis::Commands;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// A Yjs update appending `text` to root text `t` of `doc`.
+fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
+    let t = doc.get_or_insert_text("t");
+    let before = doc.transact().state_vector();
+    {
+        let mut txn = doc.transact_mut();
+        let len = t.len(&txn);
+        t.insert(&mut txn, len, text);
+    }
+    doc.transact().encode_state_as_update_v1(&before).into()
+}
+
+fn text_of(updates: &[Vec<u8>]) -> String {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for update in updates {
+            txn.apply_update(Update::decode_v1(update).unwrap())
+                .unwrap();
+        }
+    }
+    let t = doc.get_or_insert_text("t");
+    let txn = doc.transact();
+    t.get_string(&txn)
+}
+
+async fn storage(redis: &RedisServer, snapshots: &std::path::Path) -> RemoteStorage {
+    let store = SnapshotStore::from_url(&format!("file://{}", snapshots.display())).unwrap();
+    RemoteStorage::connect(&redis.url(), store, "test")
+        .await
+        .unwrap()
+}
+
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for room in std::fs::read_dir(dir.join("rooms")).into_iter().flatten() {
+        for file in std::fs::read_dir(room.unwrap().path()).unwrap() {
+            names.push(file.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_stale_epoch_cannot_trim_register_or_delete() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&redis, dir.path()).await;
+    let mut conn = redis.connection();
+    let log = storage.log_key("doc-fenced");
+    let doc = Doc::new();
+
+    let (mut old, _) = storage
+        .open("doc-fenced", NodeId::new("a"), 1, 2)
+        .await
+        .unwrap();
+    old.append(&[edit(&doc, "one;")]).await.unwrap();
+    old.snapshot(
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    )
+    .await
+    .unwrap();
+    old.append(&[edit(&doc, "two;")]).await.unwrap();
+
+    // A newer owner claims the slot (the old one is paused, say).
+    let (mut new, loaded) = storage
+        .open("doc-fenced", NodeId::new("b"), 2, 2)
+        .await
+        .unwrap();
+    assert_eq!(text_of(&loaded.updates), "one;two;");
+    let snaps_before: Vec<String> = conn
+        .lrange("test:r:".to_owned() + new.id() + ":snaps", 0, -1)
+        .unwrap();
+    let files_before = snapshot_files(dir.path());
+    let log_before: usize = conn.xlen(&log).unwrap();
+
+    // The stale node's appends are harmless; its snapshot is refused and
+    // leaves no trace, and it trims nothing.
+    old.append(&[edit(&doc, "three;")]).await.unwrap();
+    let refused = old
+        .snapshot(
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(RemoteError::Fenced {
+                current: 2,
+                ours: 1,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let snaps_after: Vec<String> = conn
+        .lrange("test:r:".to_owned() + new.id() + ":snaps", 0, -1)
+        .unwrap();
+    assert_eq!(snaps_after, snaps_before, "snapshot list untouched");
+    assert_eq!(
+        snapshot_files(dir.path()),
+        files_before,
+        "no stale blob left"
+    );
+    let log_after: usize = conn.xlen(&log).unwrap();
+    assert_eq!(
+        log_after,
+        log_before + 1,
+        "nothing trimmed, the append kept"
+    );
+    assert!(matches!(
+        storage.open("doc-fenced", NodeId::new("a"), 1, 2).await,
+        Err(RemoteError::Fenced { .. })
+    ));
+
+    // The current owner compacts: two snapshots kept, the log trimmed to
+    // what the previous one covered.
+    let doc_b = Doc::new();
+    doc_b
+        .transact_mut()
+        .apply_update(
+            Update::decode_v1(
+                &doc.transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    for round in 0..3 {
+        new.append(&[edit(&doc_b, &format!("b{round};"))])
+            .await
+            .unwrap();
+        new.snapshot(
+            doc_b
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+        .await
+        .unwrap();
+    }
+    let snaps: Vec<String> = conn
+        .lrange("test:r:".to_owned() + new.id() + ":snaps", 0, -1)
+        .unwrap();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_eq!(snapshot_files(dir.path()).len(), 2);
+    let trimmed: usize = conn.xlen(&log).unwrap();
+    assert!(trimmed <= 2, "log holds {trimmed} entries after compaction");
+    let (_, reloaded) = storage
+        .open("doc-fenced", NodeId::new("c"), 3, 2)
+        .await
+        .unwrap();
+    assert_eq!(text_of(&reloaded.updates), "one;two;three;b0;b1;b2;");
+}
+
+#[tokio::test]
+async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_the_log() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&redis, dir.path()).await;
+    let doc = Doc::new();
+    let (mut room, _) = storage
+        .open("doc-corrupt", NodeId::new("a"), 1, 2)
+        .await
+        .unwrap();
+    let state = |doc: &Doc| {
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    room.append(&[edit(&doc, "first;")]).await.unwrap();
+    room.snapshot(state(&doc)).await.unwrap();
+    room.append(&[edit(&doc, "second;")]).await.unwrap();
+    room.snapshot(state(&doc)).await.unwrap();
+    room.append(&[edit(&doc, "tail;")]).await.unwrap();
+
+    // Damage the newest snapshot on disk.
+    let newest = {
+        let mut conn = redis.connection();
+        let entries: Vec<String> = conn
+            .lrange("test:r:".to_owned() + room.id() + ":snaps", 0, 0)
+            .unwrap();
+        entries[0].split_once(' ').unwrap().1.to_owned()
+    };
+    let path = dir.path().join("rooms").join(room.id()).join(&newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let (_, loaded) = storage
+        .open("doc-corrupt", NodeId::new("b"), 2, 2)
+        .await
+        .unwrap();
+    assert_eq!(loaded.corrupt_snapshots, vec![newest]);
+    assert_eq!(text_of(&loaded.updates), "first;second;tail;");
+}
+
+/// A room node and a gateway in-process over real gRPC, the node on remote
+/// storage.
+async fn serve(
+    storage: RemoteStorage,
+    tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
+) -> (String, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = Some(Arc::new(SlotMap::single(
+        1,
+        NodeInfo {
+            id: NodeId::new("n"),
+            grpc_url: format!("http://{}", grpc.local_addr().unwrap()),
+        },
+    )));
+    let (_map_tx, map_rx) = watch::channel(map);
+    let mut config = partyline_room_node::RoomNodeConfig::new(NodeId::new("n"), Default::default());
+    config.remote = Some(storage);
+    tune(&mut config);
+    tokio::spawn(partyline_room_node::run(
+        grpc,
+        config,
+        map_rx.clone(),
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(partyline_gateway::run(
+        listener,
+        partyline_gateway::GatewayConfig::new("g"),
+        map_rx,
+        shutdown.clone(),
+    ));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            drop(_map_tx);
+        }
+    });
+    (format!("ws://{addr}"), shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_the_log_and_the_snapshots() {
+    const UPDATES: usize = 100_000;
+    const MAX_UPDATES: u64 = 1_000;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&redis, dir.path()).await;
+    let log = storage.log_key("doc-compact");
+    let (url, shutdown) = serve(storage, |config| config.snapshot_log_updates = MAX_UPDATES).await;
+    let writer = YClient::connect(&format!("{url}/doc-compact"))
+        .await
+        .unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    let started = Instant::now();
+    for i in 0..UPDATES {
+        writer
+            .push_text("t", if i % 2 == 0 { "a" } else { "b" })
+            .await
+            .unwrap();
+    }
+    writer
+        .wait_until(Duration::from_secs(120), |doc| {
+            partyline_bench::client::text_of(doc, "t").len() == UPDATES
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "{UPDATES} updates sent and echoed in {:?}",
+        started.elapsed()
+    );
+    let mut conn = redis.connection();
+    let entries: usize = conn.xlen(&log).unwrap();
+    let snaps: Vec<String> = conn.lrange(log.replace(":log", ":snaps"), 0, -1).unwrap();
+    eprintln!("log entries {entries}, snapshots {}", snaps.len());
+    assert!(
+        entries as u64 <= 2 * MAX_UPDATES,
+        "log holds {entries} entries"
+    );
+    assert!(snaps.len() <= 2, "{snaps:?}");
+    assert!(snapshot_files(dir.path()).len() <= 2);
+
+    // Everything is still there for a new client.
+    let reader = YClient::connect(&format!("{url}/doc-compact"))
+        .await
+        .unwrap();
+    reader
+        .wait_until(Duration::from_secs(30), |doc| {
+            partyline_bench::client::text_of(doc, "t").len() == UPDATES
+        })
+        .await
+        .unwrap();
+    shutdown.cancel();
+}
