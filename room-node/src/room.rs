@@ -247,6 +247,10 @@ impl RoomActor {
         snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let idle = tokio::time::sleep(self.config.idle_timeout);
         tokio::pin!(idle);
+        // While the log is unreachable, appends are retried on this timer
+        // only, not on every batch.
+        let retry = tokio::time::sleep(LOG_RETRY);
+        tokio::pin!(retry);
         let cancel = self.cancel.clone();
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
@@ -270,8 +274,9 @@ impl RoomActor {
                     self.snapshot_if_dirty().await;
                     continue;
                 }
-                _ = tokio::time::sleep(LOG_RETRY), if self.log_down_since.is_some() => {
-                    if let Err(error) = self.commit().await {
+                _ = &mut retry, if self.log_down_since.is_some() => {
+                    retry.as_mut().reset(Instant::now() + LOG_RETRY);
+                    if let Err(error) = self.commit(true).await {
                         return ExitReason::Failed(LoadError::Local(error));
                     }
                     continue;
@@ -295,8 +300,12 @@ impl RoomActor {
                 }
                 handled += 1;
             }
-            if let Err(error) = self.commit().await {
+            let was_down = self.log_down_since.is_some();
+            if let Err(error) = self.commit(false).await {
                 return ExitReason::Failed(LoadError::Local(error));
+            }
+            if !was_down && self.log_down_since.is_some() {
+                retry.as_mut().reset(Instant::now() + LOG_RETRY);
             }
             if let Some(epoch) = self.releasing {
                 return self.release(epoch).await;
@@ -481,8 +490,15 @@ impl RoomActor {
                 self.pending_bytes += outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
                 self.pending_log.extend(outcome.log);
                 for payload in outcome.reply {
-                    self.outbox
-                        .push(Out::Link(link_id, deliver(session_id, payload)));
+                    let frame = deliver(session_id, payload);
+                    if access == Access::LogUnavailable {
+                        // Told at once: the held outbox waits for the log.
+                        if let Some(link) = self.links.get(&link_id) {
+                            let _ = link.tx.try_send(Ok(frame));
+                        }
+                    } else {
+                        self.outbox.push(Out::Link(link_id, frame));
+                    }
                 }
                 for payload in outcome.broadcast {
                     self.outbox.push(Out::All(broadcast(payload)));
@@ -547,7 +563,10 @@ impl RoomActor {
     /// the log is unreachable the batch and its frames wait for the next
     /// try (nothing is acknowledged before it is logged); only a local disk
     /// error is fatal.
-    async fn commit(&mut self) -> Result<(), crate::store::StoreError> {
+    async fn commit(&mut self, retrying: bool) -> Result<(), crate::store::StoreError> {
+        if self.log_down_since.is_some() && !retrying {
+            return Ok(());
+        }
         if !self.pending_log.is_empty() {
             match self.storage.append(&self.pending_log).await {
                 Ok(()) => {

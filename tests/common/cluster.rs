@@ -31,20 +31,38 @@ pub struct TestCluster {
     pub nodes: Vec<Partyline>,
     /// Gateway processes.
     pub gateways: Vec<Partyline>,
+    /// Extra flags of every room node (e.g. `--redis URL`).
+    node_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts NATS, then `coordinators`, `nodes` and `gateways`, and waits
     /// until the slot map covers every node.
     pub fn start(coordinators: usize, nodes: usize, gateways: usize) -> Self {
+        Self::start_with(coordinators, nodes, gateways, &[])
+    }
+
+    /// Like [`TestCluster::start`], with `node_args` added to every room
+    /// node's command line; `{dir}` in them becomes the cluster's temp dir.
+    pub fn start_with(
+        coordinators: usize,
+        nodes: usize,
+        gateways: usize,
+        node_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start();
+        let node_args = node_args
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
         let mut cluster = Self {
             dir,
             nats,
             coordinators: Vec::new(),
             nodes: Vec::new(),
             gateways: Vec::new(),
+            node_args,
         };
         for _ in 0..coordinators {
             cluster.add_coordinator();
@@ -109,6 +127,16 @@ impl TestCluster {
             "--drain-timeout".into(),
             "20s".into(),
         ];
+        let mut args = args;
+        if self.node_args.iter().any(|a| a == "--store") {
+            // The caller chose the store (e.g. snapshots of a Redis log).
+            let at = args
+                .iter()
+                .position(|a| a == "--store")
+                .expect("store flag");
+            args.drain(at..at + 2);
+        }
+        args.extend(self.node_args.iter().cloned());
         let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline room-node ");
         self.nodes.push(process);
         index

@@ -1,0 +1,201 @@
+//! The durability contract on cluster storage, with real processes: room
+//! nodes logging to a real `redis-server` (AOF) and snapshotting to a
+//! shared directory, killed and starved of Redis while clients write.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::TestCluster;
+use common::load::Load;
+use common::redis_server::RedisServer;
+use partyline_bench::client::{text_of, YClient};
+
+fn redis_args(redis: &RedisServer) -> Vec<String> {
+    vec![
+        "--redis".into(),
+        redis.url(),
+        "--store".into(),
+        "file://{dir}/snapshots".into(),
+    ]
+}
+
+fn start(redis: &RedisServer, nodes: usize, extra: &[&str]) -> TestCluster {
+    let args = redis_args(redis);
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    TestCluster::start_with(1, nodes, 1, &all)
+}
+
+fn chunks(text: &str) -> BTreeSet<String> {
+    text.split_terminator(';').map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_any_client_received() {
+    let redis = RedisServer::start();
+    let mut cluster = start(&redis, 2, &[]);
+    let room = "doc-durable";
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let client = YClient::connect(&cluster.url(0, room)).await.unwrap();
+        client.wait_synced(Duration::from_secs(10)).await.unwrap();
+        clients.push(Arc::new(client));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 1_000 {
+                    if client.push_text("t", &format!("c{i}-{n};")).await.is_err() {
+                        break;
+                    }
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let owner = cluster.admin(&["locate", room])["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let index: usize = owner.strip_prefix("node-").unwrap().parse().unwrap();
+    cluster.nodes[index].kill();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // What clients received from the server: every chunk some client other
+    // than its author holds (its author has it locally either way).
+    let mut received = BTreeSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        let own = format!("c{i}-");
+        let text = client.text("t").await.unwrap();
+        received.extend(chunks(&text).into_iter().filter(|c| !c.starts_with(&own)));
+    }
+    assert!(
+        received.len() > 100,
+        "only {} chunks written",
+        received.len()
+    );
+    drop(clients); // every client is gone
+
+    let newcomer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    let expected = received.clone();
+    let waited = newcomer
+        .wait_until(Duration::from_secs(20), move |doc| {
+            let have = chunks(&text_of(doc, "t"));
+            expected.iter().all(|c| have.contains(c))
+        })
+        .await;
+    if waited.is_err() {
+        let have = chunks(&newcomer.text("t").await.unwrap_or_default());
+        let missing: Vec<_> = received.difference(&have).take(5).collect();
+        panic!(
+            "{} of {} received chunks lost, e.g. {missing:?}",
+            received.difference(&have).count(),
+            received.len()
+        );
+    }
+    eprintln!(
+        "{} chunks clients had received survived the SIGKILL of {owner}",
+        received.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_load_loses_nothing_and_writes_resume() {
+    let mut redis = RedisServer::start();
+    let cluster = start(&redis, 1, &[]);
+    let load = Load::start(&cluster, "redis-restart", 4, 2, Duration::from_millis(30)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every chunk reaches every client, no socket closed.
+    load.finish().await;
+    let log = cluster.nodes[0].log();
+    assert!(
+        log.contains("update log unreachable"),
+        "the outage was not noticed"
+    );
+    assert!(
+        log.contains("update log reachable again"),
+        "no recovery logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_past_the_buffer_refuses_writes_visibly_and_loses_nothing() {
+    let mut redis = RedisServer::start();
+    let cluster = start(&redis, 1, &["--log-buffer-bytes", "200"]);
+    let room = "doc-starved";
+    let writer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    let reader = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    reader.wait_synced(Duration::from_secs(10)).await.unwrap();
+    writer.push_text("t", "before;").await.unwrap();
+    reader
+        .wait_for_text("t", "before;", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    redis.stop();
+    let mut written = vec!["before".to_owned()];
+    for n in 0..40 {
+        let chunk = format!("while-down-{n}");
+        writer.push_text("t", &format!("{chunk};")).await.unwrap();
+        written.push(chunk);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Past 200 held bytes the writer is told, and nothing unlogged leaks out.
+    let mut denied = None;
+    for _ in 0..100 {
+        denied = writer.stats().auth_denied;
+        if denied.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let denied = denied.expect("the writer was told its writes are refused");
+    assert!(denied.contains("storage unavailable"), "{denied}");
+    assert_eq!(
+        reader.text("t").await.unwrap(),
+        "before;",
+        "nothing unlogged was broadcast"
+    );
+
+    redis.restart();
+    let expected = written.clone();
+    reader
+        .wait_until(Duration::from_secs(20), move |doc| {
+            let have = chunks(&text_of(doc, "t"));
+            expected.iter().all(|c| have.contains(c))
+        })
+        .await
+        .expect("held and refused writes arrive once Redis is back");
+    assert!(writer.close_info().is_none() && reader.close_info().is_none());
+
+    // And they are in the log: a fresh room load sees them all.
+    drop((writer, reader));
+    let newcomer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    let expected = written;
+    newcomer
+        .wait_until(Duration::from_secs(20), move |doc| {
+            let have = chunks(&text_of(doc, "t"));
+            expected.iter().all(|c| have.contains(c))
+        })
+        .await
+        .unwrap();
+}
