@@ -364,6 +364,12 @@ impl RemoteRoom {
     /// Writes `state` as a snapshot covering everything appended so far,
     /// registers it (fenced), and deletes the snapshots that fell out.
     pub async fn snapshot(&mut self, state: Vec<u8>) -> Result<(), RemoteError> {
+        self.prepare_snapshot(state).write().await
+    }
+
+    /// A snapshot of `state` covering everything appended so far, to write
+    /// later (e.g. on another task while the room goes on).
+    pub fn prepare_snapshot(&self, state: Vec<u8>) -> RemoteSnapshot {
         let covered = self.last_id.clone();
         // Unique per (covered, node, epoch): a stale node never overwrites.
         let name = format!(
@@ -372,30 +378,78 @@ impl RemoteRoom {
             self.epoch
         );
         let bytes = encode_snapshot(&self.room, self.epoch, &covered, &state);
-        match &self.storage.snapshots {
+        RemoteSnapshot {
+            target: SnapshotTarget {
+                storage: self.storage.clone(),
+                room: self.room.clone(),
+            },
+            epoch: self.epoch,
+            keep: self.keep,
+            entry: format!("{covered} {name}"),
+            name,
+            bytes,
+        }
+    }
+
+    /// The room's id in keys and paths.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Where a room's snapshots go: enough to write and delete them.
+#[derive(Debug, Clone)]
+struct SnapshotTarget {
+    storage: RemoteStorage,
+    room: String,
+}
+
+/// A snapshot ready to be written; see [`RemoteRoom::prepare_snapshot`].
+#[derive(Debug)]
+pub struct RemoteSnapshot {
+    target: SnapshotTarget,
+    epoch: u64,
+    keep: usize,
+    name: String,
+    entry: String,
+    bytes: Vec<u8>,
+}
+
+impl RemoteSnapshot {
+    /// Stores the snapshot, registers it (fenced: a stale epoch registers,
+    /// trims and deletes nothing) and deletes the snapshots that fell out.
+    pub async fn write(self) -> Result<(), RemoteError> {
+        let Self {
+            target,
+            epoch,
+            keep,
+            name,
+            entry,
+            bytes,
+        } = self;
+        let storage = &target.storage;
+        let room = &target.room;
+        match &storage.snapshots {
             SnapshotStore::Object(store) => {
                 store
-                    .put(&object_path(&self.room, &name), PutPayload::from(bytes))
+                    .put(&object_path(room, &name), PutPayload::from(bytes))
                     .await?;
             }
             SnapshotStore::Redis => {
-                let mut redis = self.storage.redis.clone();
-                let () = redis
-                    .set(self.storage.snapshot_key(&self.room, &name), bytes)
-                    .await?;
+                let mut redis = storage.redis.clone();
+                let () = redis.set(storage.snapshot_key(room, &name), bytes).await?;
             }
         }
-        let mut redis = self.storage.redis.clone();
-        let registered: Result<Vec<String>, redis::RedisError> = self
-            .storage
+        let mut redis = storage.redis.clone();
+        let registered: Result<Vec<String>, redis::RedisError> = storage
             .scripts
             .register
-            .key(self.storage.slot_key(&self.room))
-            .key(self.storage.snaps_key(&self.room))
-            .key(self.storage.log_key(&self.room))
-            .arg(self.epoch)
-            .arg(format!("{covered} {name}"))
-            .arg(self.keep)
+            .key(storage.slot_key(room))
+            .key(storage.snaps_key(room))
+            .key(storage.log_key(room))
+            .arg(epoch)
+            .arg(entry)
+            .arg(keep)
             .invoke_async(&mut redis)
             .await;
         let dropped = match registered {
@@ -403,11 +457,11 @@ impl RemoteRoom {
             Err(error) => {
                 if let Some(current) = fenced_epoch(&error) {
                     // Our blob is unreferenced; remove it (best effort).
-                    self.delete(&name).await;
+                    target.delete(&name).await;
                     return Err(RemoteError::Fenced {
-                        slot: slot_of(&self.room).get(),
+                        slot: slot_of(room).get(),
                         current,
-                        ours: self.epoch,
+                        ours: epoch,
                     });
                 }
                 return Err(error.into());
@@ -415,12 +469,14 @@ impl RemoteRoom {
         };
         for entry in dropped {
             if let Some((_, old)) = entry.split_once(' ') {
-                self.delete(old).await;
+                target.delete(old).await;
             }
         }
         Ok(())
     }
+}
 
+impl SnapshotTarget {
     async fn delete(&self, name: &str) {
         let result = match &self.storage.snapshots {
             SnapshotStore::Object(store) => store
@@ -438,11 +494,6 @@ impl RemoteRoom {
         if let Err(error) = result {
             tracing::warn!(room = %self.room, snapshot = name, %error, "cannot delete an old snapshot");
         }
-    }
-
-    /// The room's id in keys and paths.
-    pub fn id(&self) -> &str {
-        &self.id
     }
 }
 

@@ -43,6 +43,15 @@ pub type LinkId = u64;
 /// Frames toward one gateway stream.
 pub type LinkSender = mpsc::Sender<Result<pb::NodeFrame, tonic::Status>>;
 
+/// First delay before retrying a failed snapshot; doubles up to
+/// [`SNAPSHOT_RETRY_MAX`].
+const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest delay between snapshot retries.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long unloading waits for a last snapshot; the log holds every
+/// update anyway.
+const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How often a room retries an unreachable update log.
 const LOG_RETRY: Duration = Duration::from_millis(250);
 
@@ -170,6 +179,10 @@ pub fn spawn_actor(
                     log_down_since: None,
                     refused_writes: false,
                     since_snapshot: Growth::default(),
+                    snapshot_task: None,
+                    snapshot_growth: Growth::default(),
+                    snapshot_retry: None,
+                    last_session_left: false,
                     dirty: false,
                 }
                 .run()
@@ -230,6 +243,14 @@ struct RoomActor {
     refused_writes: bool,
     /// Log growth since the last snapshot (snapshot triggers).
     since_snapshot: Growth,
+    /// The snapshot being written, on its own task.
+    snapshot_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    /// Growth the running snapshot covers, given back if it fails.
+    snapshot_growth: Growth,
+    /// After a failed snapshot: when to try again, and the current delay.
+    snapshot_retry: Option<(Instant, Duration)>,
+    /// The last session left during this batch: snapshot after it.
+    last_session_left: bool,
     /// Updates logged since the last snapshot.
     dirty: bool,
 }
@@ -259,19 +280,29 @@ impl RoomActor {
                 biased;
                 _ = &mut cancelled => {
                     self.rx.close();
-                    self.snapshot_if_dirty().await;
+                    self.final_snapshot().await;
                     return ExitReason::Shutdown;
                 }
                 command = self.rx.recv() => match command {
                     Some(command) => Input::Command(command),
                     None => {
-                        self.snapshot_if_dirty().await;
+                        self.final_snapshot().await;
                         return ExitReason::Idle;
                     }
                 },
                 Some((link, event)) = self.inbound.next(), if !self.inbound.is_empty() => Input::Link(link, event),
                 _ = snapshot_tick.tick() => {
-                    self.snapshot_if_dirty().await;
+                    self.start_snapshot();
+                    continue;
+                }
+                result = wait_for(&mut self.snapshot_task) => {
+                    self.snapshot_task = None;
+                    self.snapshot_finished(result);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.snapshot_retry.map_or_else(Instant::now, |(at, _)| at)),
+                    if self.snapshot_retry.is_some() && self.snapshot_task.is_none() => {
+                    self.start_snapshot();
                     continue;
                 }
                 _ = &mut retry, if self.log_down_since.is_some() => {
@@ -283,7 +314,7 @@ impl RoomActor {
                 }
                 _ = &mut idle, if self.links.is_empty() => {
                     self.refuse_commands();
-                    self.snapshot_if_dirty().await;
+                    self.final_snapshot().await;
                     return ExitReason::Idle;
                 }
             };
@@ -316,8 +347,9 @@ impl RoomActor {
             }
             if self.since_snapshot.bytes >= self.config.snapshot_log_bytes
                 || self.since_snapshot.updates >= self.config.snapshot_log_updates
+                || std::mem::take(&mut self.last_session_left)
             {
-                self.snapshot_if_dirty().await;
+                self.start_snapshot();
             }
         }
     }
@@ -351,7 +383,7 @@ impl RoomActor {
                 tracing::debug!(room = %self.room, link = link_id, "link full; it will re-sync as after a failure");
             }
         }
-        self.snapshot_if_dirty().await;
+        self.final_snapshot().await;
         tracing::debug!(room = %self.room, epoch, "room released to its new owner");
         ExitReason::Released
     }
@@ -536,18 +568,30 @@ impl RoomActor {
             return;
         };
         self.remove_awareness(session.awareness.into_iter().collect());
+        self.note_if_last_left();
+    }
+
+    /// The room just lost its last session: a snapshot trigger.
+    fn note_if_last_left(&mut self) {
+        if self.links.values().all(|link| link.sessions.is_empty()) {
+            self.last_session_left = true;
+        }
     }
 
     fn drop_link(&mut self, link_id: LinkId) {
         let Some(link) = self.links.remove(&link_id) else {
             return;
         };
+        let had_sessions = !link.sessions.is_empty();
         let clients = link
             .sessions
             .into_values()
             .flat_map(|s| s.awareness)
             .collect();
         self.remove_awareness(clients);
+        if had_sessions {
+            self.note_if_last_left();
+        }
     }
 
     fn remove_awareness(&mut self, clients: Vec<ClientID>) {
@@ -626,26 +670,93 @@ impl RoomActor {
         Ok(())
     }
 
-    /// Writes a snapshot when updates arrived since the last one. Runs to
-    /// completion even during shutdown: a half-written snapshot is never
-    /// renamed into place, so cancellation could only lose the work.
-    async fn snapshot_if_dirty(&mut self) {
+    /// Starts a snapshot on its own task when updates arrived since the
+    /// last one, none is running, and no failure asked to wait.
+    fn start_snapshot(&mut self) {
         // Never snapshot state that holds updates the log does not have.
+        if !self.dirty || !self.pending_log.is_empty() || self.snapshot_task.is_some() {
+            return;
+        }
+        if self
+            .snapshot_retry
+            .is_some_and(|(at, _)| Instant::now() < at)
+        {
+            return;
+        }
+        let state = self.sync.encode_state();
+        let work = self.storage.begin_snapshot(self.epoch, state);
+        self.dirty = false;
+        self.snapshot_growth = std::mem::take(&mut self.since_snapshot);
+        let started = Instant::now();
+        let room = self.room.clone();
+        self.snapshot_task = Some(tokio::spawn(async move {
+            let result = work.write().await;
+            tracing::debug!(room = %room, took = ?started.elapsed(), ok = result.is_ok(), "snapshot finished");
+            result
+        }));
+    }
+
+    /// Books a finished snapshot: a failure keeps the room dirty and
+    /// retries with a doubling delay (the log was not trimmed).
+    fn snapshot_finished(&mut self, result: Result<Result<(), String>, tokio::task::JoinError>) {
+        match result.map_err(|join| join.to_string()).and_then(|r| r) {
+            Ok(()) => {
+                if self.snapshot_retry.take().is_some() {
+                    tracing::info!(room = %self.room, "snapshot succeeded again");
+                }
+            }
+            Err(error) => {
+                self.dirty = true;
+                let covered = std::mem::take(&mut self.snapshot_growth);
+                self.since_snapshot.bytes += covered.bytes;
+                self.since_snapshot.updates += covered.updates;
+                let delay = self
+                    .snapshot_retry
+                    .map_or(SNAPSHOT_RETRY_MIN, |(_, delay)| {
+                        (delay * 2).min(SNAPSHOT_RETRY_MAX)
+                    });
+                self.snapshot_retry = Some((Instant::now() + delay, delay));
+                tracing::error!(room = %self.room, %error, retry_in = ?delay, "snapshot failed; the log still holds every update");
+            }
+        }
+    }
+
+    /// Before unloading: waits for a running snapshot, then writes a last
+    /// one if needed, each bounded by [`FINAL_SNAPSHOT_TIMEOUT`].
+    async fn final_snapshot(&mut self) {
+        if let Some(task) = self.snapshot_task.take() {
+            match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, task).await {
+                Ok(result) => self.snapshot_finished(result),
+                Err(_) => {
+                    tracing::warn!(room = %self.room, "snapshot still running at unload; the log holds every update");
+                    return;
+                }
+            }
+        }
         if !self.dirty || !self.pending_log.is_empty() {
             return;
         }
         let state = self.sync.encode_state();
-        let started = Instant::now();
-        match self.storage.snapshot(self.epoch, state).await {
-            Ok(()) => {
-                self.dirty = false;
-                self.since_snapshot = Growth::default();
-                tracing::debug!(room = %self.room, took = ?started.elapsed(), "snapshot written");
+        let work = self.storage.begin_snapshot(self.epoch, state);
+        match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await {
+            Ok(Ok(())) => self.dirty = false,
+            Ok(Err(error)) => {
+                tracing::error!(room = %self.room, %error, "last snapshot failed; the log still holds every update")
             }
-            Err(error) => {
-                tracing::error!(room = %self.room, %error, "snapshot failed; the log still holds every update")
+            Err(_) => {
+                tracing::warn!(room = %self.room, "last snapshot timed out; the log holds every update")
             }
         }
+    }
+}
+
+/// Waits for a task, or forever when there is none.
+async fn wait_for<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 

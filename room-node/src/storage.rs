@@ -155,18 +155,36 @@ impl RoomStorage {
         }
     }
 
-    /// Writes a snapshot of `state` covering everything appended so far.
-    /// A failure leaves the log untouched (it still holds every update).
-    pub async fn snapshot(&mut self, epoch: u64, state: Vec<u8>) -> Result<(), String> {
+    /// A snapshot of `state` covering everything appended so far, to be
+    /// written by [`SnapshotWork::write`] (on another task: a slow object
+    /// store must not hold up the room).
+    pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotWork {
         match self {
-            Self::Local(files) => {
-                let job = files.begin_snapshot(epoch, state);
-                match tokio::task::spawn_blocking(move || job.write()).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(join) => Err(join.to_string()),
-                }
-            }
-            Self::Remote(remote) => remote.snapshot(state).await.map_err(|e| e.to_string()),
+            Self::Local(files) => SnapshotWork::Local(files.begin_snapshot(epoch, state)),
+            Self::Remote(remote) => SnapshotWork::Remote(remote.prepare_snapshot(state)),
+        }
+    }
+}
+
+/// A snapshot on its way to storage.
+#[derive(Debug)]
+pub enum SnapshotWork {
+    /// Files: temp file, fsync, rename, trim.
+    Local(crate::store::SnapshotJob),
+    /// Object store or Redis, registered and trimmed by a fenced script.
+    Remote(crate::remote::RemoteSnapshot),
+}
+
+impl SnapshotWork {
+    /// Writes it. A failure leaves the log untouched (it still holds every
+    /// update).
+    pub async fn write(self) -> Result<(), String> {
+        match self {
+            Self::Local(job) => match tokio::task::spawn_blocking(move || job.write()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(join) => Err(join.to_string()),
+            },
+            Self::Remote(snapshot) => snapshot.write().await.map_err(|e| e.to_string()),
         }
     }
 }
