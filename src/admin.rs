@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use partyline_coordinator::admin;
 use partyline_coordinator::cluster::Cluster;
+use partyline_gateway::room_api;
 use serde::Serialize;
 
 use crate::config::{ClusterSection, FileConfig};
@@ -52,6 +53,24 @@ enum AdminCommand {
     /// Recompute the slot map over the live nodes now (gives joined nodes
     /// their share when `rebalance_on_join` is off).
     Rebalance,
+    /// Write a room's whole state to stdout as one Yjs update (v1), as
+    /// `Y.applyUpdate` reads it.
+    Export {
+        /// The room name.
+        room: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Apply a Yjs update (v1) read from stdin to a room, live: its clients
+    /// see it at once and it is logged like any edit.
+    Import {
+        /// The room name.
+        room: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// Runs one admin command.
@@ -117,6 +136,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let report = serde_json::json!({ "node": node, "draining": false });
             print(json, &report, || format!("{node} may own slots again\n"))
         }
+        AdminCommand::Export { room, timeout } => {
+            let (url, epoch) = owner(&cluster, &room).await?;
+            let update = room_api::export(&url, &room, epoch, timeout).await?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &update)?;
+            eprintln!("exported {} bytes of {room} from {url}", update.len());
+            Ok(())
+        }
+        AdminCommand::Import { room, timeout } => {
+            let mut update = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut update)
+                .context("read the update from stdin")?;
+            let (url, epoch) = owner(&cluster, &room).await?;
+            room_api::import(&url, &room, epoch, update.clone(), timeout).await?;
+            let report = serde_json::json!({ "room": room, "bytes": update.len(), "node": url });
+            print(json, &report, || {
+                format!("imported {} bytes into {room}\n", update.len())
+            })
+        }
         AdminCommand::Rebalance => {
             let report = admin::rebalance(&cluster).await?;
             print(json, &report, || {
@@ -127,6 +164,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The owner's gRPC URL of `room` and the map's epoch.
+async fn owner(cluster: &Cluster, room: &str) -> anyhow::Result<(String, u64)> {
+    let location = admin::locate(cluster, room).await?;
+    Ok((location.grpc_url, location.epoch))
 }
 
 fn print<T: Serialize>(

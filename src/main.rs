@@ -36,7 +36,7 @@ enum Command {
     RoomNode(room_node::RoomNodeArgs),
     /// A coordinator replica: leader election, membership, slot map.
     Coordinator(coordinator::CoordinatorArgs),
-    /// Operator commands: nodes, slots, locate, drain, undrain, rebalance.
+    /// Operator commands: nodes, slots, locate, drain, undrain, rebalance, export, import.
     Admin(admin::AdminArgs),
     /// Load-test any y-websocket server: N rooms × M clients × R updates/s.
     Bench(partyline_bench::BenchArgs),

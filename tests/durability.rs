@@ -199,3 +199,76 @@ async fn redis_down_past_the_buffer_refuses_writes_visibly_and_loses_nothing() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_is_read_by_yjs_and_import_reaches_live_clients() {
+    let redis = RedisServer::start();
+    let cluster = start(&redis, 1, &[]);
+    let writer = YClient::connect(&cluster.url(0, "doc-export"))
+        .await
+        .unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    writer.push_text("t", "exported; text;").await.unwrap();
+    writer
+        .wait_for_text("t", "exported; text;", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let admin = |args: &[&str], stdin: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"));
+        command
+            .args(["admin", "--nats", &cluster.nats.url()])
+            .args(args)
+            .env("PARTYLINE_LOG", "warn");
+        if let Some(path) = stdin {
+            command.stdin(std::fs::File::open(path).unwrap());
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "admin {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let exported = cluster.dir.path().join("doc-export.yjs");
+    std::fs::write(&exported, admin(&["export", "doc-export"], None)).unwrap();
+
+    // Real Yjs loads it with Y.applyUpdate.
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    let output = std::process::Command::new("node")
+        .current_dir(js)
+        .args([
+            "--input-type=module",
+            "-e",
+            "import * as Y from 'yjs'; import fs from 'node:fs'; const d = new Y.Doc(); \
+             Y.applyUpdate(d, fs.readFileSync(process.argv[1])); \
+             process.stdout.write(d.getText('t').toString())",
+        ])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "exported; text;");
+
+    // Import into another room while a client is in it: it sees the text.
+    let live = YClient::connect(&cluster.url(0, "doc-import"))
+        .await
+        .unwrap();
+    live.wait_synced(Duration::from_secs(10)).await.unwrap();
+    admin(&["import", "doc-import"], Some(&exported));
+    live.wait_for_text("t", "exported; text;", Duration::from_secs(5))
+        .await
+        .expect("the live client got the import");
+    // …and it is durable: the room's next load has it.
+    let late = YClient::connect(&cluster.url(0, "doc-import"))
+        .await
+        .unwrap();
+    late.wait_for_text("t", "exported; text;", Duration::from_secs(5))
+        .await
+        .unwrap();
+}

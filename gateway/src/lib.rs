@@ -14,6 +14,7 @@ pub mod batch;
 pub mod config;
 pub mod outbox;
 pub mod path;
+pub mod room_api;
 pub mod router;
 pub mod session;
 pub mod upstream;
