@@ -8,6 +8,7 @@ pub mod load;
 pub mod nats;
 pub mod process;
 pub mod redis_server;
+pub mod s3_server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
