@@ -7,6 +7,7 @@ use anyhow::Context;
 use partyline_coordinator::admin;
 use partyline_coordinator::cluster::Cluster;
 use partyline_gateway::room_api;
+use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
 use serde::Serialize;
 
 use crate::config::{ClusterSection, FileConfig};
@@ -22,6 +23,13 @@ pub struct AdminArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The rooms' Redis (for `history` and `fetch-version`), as room nodes use it.
+    #[arg(long, global = true, env = "PARTYLINE_NODE_REDIS")]
+    redis: Option<String>,
+    /// The snapshot store (for `history` and `fetch-version`), as room nodes use it
+    /// [default: redis://].
+    #[arg(long, global = true, env = "PARTYLINE_NODE_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -53,6 +61,19 @@ enum AdminCommand {
     /// Recompute the slot map over the live nodes now (gives joined nodes
     /// their share when `rebalance_on_join` is off).
     Rebalance,
+    /// List a room's stored snapshot versions, newest first (`history`
+    /// rooms keep many).
+    History {
+        /// The room name.
+        room: String,
+    },
+    /// Write one stored version of a room to stdout as a Yjs update (v1).
+    FetchVersion {
+        /// The room name.
+        room: String,
+        /// The version's name, from `history`.
+        version: String,
+    },
     /// Write a room's whole state to stdout as one Yjs update (v1), as
     /// `Y.applyUpdate` reads it.
     Export {
@@ -136,6 +157,36 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let report = serde_json::json!({ "node": node, "draining": false });
             print(json, &report, || format!("{node} may own slots again\n"))
         }
+        AdminCommand::History { room } => {
+            let storage = storage(
+                args.redis.as_deref(),
+                args.store.as_deref(),
+                &options.cluster,
+            )
+            .await?;
+            let versions = storage.versions(&room).await?;
+            print(json, &versions, || {
+                let mut out = format!("{:<64} {:>15}\n", "VERSION", "AT (unix ms)");
+                for version in &versions {
+                    out += &format!("{:<64} {:>15}\n", version.name, version.at_unix_ms);
+                }
+                out
+            })
+        }
+        AdminCommand::FetchVersion { room, version } => {
+            let storage = storage(
+                args.redis.as_deref(),
+                args.store.as_deref(),
+                &options.cluster,
+            )
+            .await?;
+            let state = storage
+                .fetch_version(&room, &version)
+                .await?
+                .with_context(|| format!("no valid version {version:?} of {room}"))?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &state)?;
+            Ok(())
+        }
         AdminCommand::Export { room, timeout } => {
             let (url, epoch) = owner(&cluster, &room).await?;
             let update = room_api::export(&url, &room, epoch, timeout).await?;
@@ -164,6 +215,19 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The rooms' remote storage, as room nodes open it.
+async fn storage(
+    redis: Option<&str>,
+    store: Option<&str>,
+    cluster: &str,
+) -> anyhow::Result<RemoteStorage> {
+    let redis = redis.context("--redis is needed to read stored versions")?;
+    let snapshots = SnapshotStore::from_url(store.unwrap_or("redis://"))?;
+    RemoteStorage::connect(redis, snapshots, cluster)
+        .await
+        .with_context(|| format!("connect to redis {redis}"))
 }
 
 /// The owner's gRPC URL of `room` and the map's epoch.

@@ -128,6 +128,26 @@ pub struct RoomNodeSection {
     /// Commands queued per room [default: 1024].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_ROOM_QUEUE")]
     pub room_queue: Option<usize>,
+    /// Persistence mode by room-name prefix, PREFIX=MODE with MODE one of
+    /// snapshot, history, ephemeral (e.g. `cursor-=ephemeral`); repeatable,
+    /// longest prefix wins [default: snapshot for every room].
+    #[arg(
+        long = "room-mode",
+        env = "PARTYLINE_ROOM_NODE_ROOM_MODES",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub room_mode: Vec<String>,
+    /// `[room_node.modes]` in the file: prefix = "mode".
+    #[arg(skip)]
+    pub modes: Option<std::collections::BTreeMap<String, String>>,
+    /// Snapshot versions a `history` room keeps [default: 50].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_VERSIONS")]
+    pub history_versions: Option<usize>,
+    /// …and how old they may get; the newest two always stay [default: no limit].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub history_max_age: Option<Duration>,
 }
 
 /// `a` where set, else `b`.
@@ -212,6 +232,14 @@ impl RoomNodeSection {
             fsync_interval: or(self.fsync_interval, file.fsync_interval),
             link_queue: or(self.link_queue, file.link_queue),
             room_queue: or(self.room_queue, file.room_queue),
+            room_mode: if self.room_mode.is_empty() {
+                file.room_mode
+            } else {
+                self.room_mode
+            },
+            modes: or(self.modes, file.modes),
+            history_versions: or(self.history_versions, file.history_versions),
+            history_max_age: or(self.history_max_age, file.history_max_age),
         }
     }
 
@@ -230,6 +258,29 @@ impl RoomNodeSection {
         set(&mut config.snapshot_log_bytes, self.snapshot_log_bytes);
         set(&mut config.snapshot_log_updates, self.snapshot_log_updates);
         set(&mut config.log_buffer_bytes, self.log_buffer_bytes);
+        set(&mut config.history_versions, self.history_versions);
+        config.history_max_age = self.history_max_age;
+        let file_modes = self
+            .modes
+            .iter()
+            .flatten()
+            .map(|(p, m)| (p.clone(), m.clone()));
+        let flag_modes = self.room_mode.iter().map(|pair| {
+            let (prefix, mode) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+            (prefix.to_owned(), mode.to_owned())
+        });
+        // Flags after the file: a prefix given twice takes the flag's mode.
+        for (prefix, mode) in file_modes.chain(flag_modes) {
+            let mode = mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("room mode for prefix {prefix:?}: {e}"))?;
+            config.modes.retain(|(p, _)| *p != prefix);
+            config.modes.push((prefix, mode));
+        }
+        anyhow::ensure!(
+            config.history_versions >= 2,
+            "room_node.history_versions must be at least 2"
+        );
         anyhow::ensure!(
             config.snapshot_log_updates > 0,
             "room_node.snapshot_log_updates must be at least 1"
@@ -488,6 +539,36 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.build("g".into()).is_err());
+    }
+
+    #[test]
+    fn room_modes_come_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[room_node.modes]\n\"doc-\" = \"history\"\n\"cursor-\" = \"ephemeral\"\n",
+        )
+        .unwrap();
+        let flags = RoomNodeSection {
+            room_mode: vec!["doc-=snapshot".into(), "doc-big-=history".into()],
+            ..Default::default()
+        };
+        let config = flags
+            .merge(file.room_node)
+            .build(partyline_proto::NodeId::new("n"))
+            .unwrap();
+        use partyline_room_node::RoomMode;
+        assert_eq!(config.mode_of("doc-1"), RoomMode::Snapshot, "the flag wins");
+        assert_eq!(
+            config.mode_of("doc-big-1"),
+            RoomMode::History,
+            "longest prefix"
+        );
+        assert_eq!(config.mode_of("cursor-1"), RoomMode::Ephemeral);
+        assert_eq!(config.mode_of("other"), RoomMode::Snapshot);
+        let bad = RoomNodeSection {
+            room_mode: vec!["doc-=forever".into()],
+            ..Default::default()
+        };
+        assert!(bad.build(partyline_proto::NodeId::new("n")).is_err());
     }
 
     #[test]

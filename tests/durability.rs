@@ -272,3 +272,127 @@ async fn export_is_read_by_yjs_and_import_reaches_live_clients() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
+    let redis = RedisServer::start();
+    let cluster = start(
+        &redis,
+        1,
+        &[
+            "--room-mode",
+            "doc-=history,cursor-=ephemeral",
+            "--snapshot-log-updates",
+            "5",
+        ],
+    );
+    let admin = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
+            .args([
+                "admin",
+                "--nats",
+                &cluster.nats.url(),
+                "--redis",
+                &redis.url(),
+            ])
+            .args([
+                "--store",
+                &format!("file://{}/snapshots", cluster.dir.path().display()),
+            ])
+            .args(args)
+            .env("PARTYLINE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "admin {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+
+    let writer = YClient::connect(&cluster.url(0, "doc-history"))
+        .await
+        .unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    let versions_now = || -> Vec<serde_json::Value> {
+        let listed: serde_json::Value =
+            serde_json::from_slice(&admin(&["history", "doc-history", "--json"])).unwrap();
+        listed.as_array().unwrap().clone()
+    };
+    // Rounds of 5 updates (the snapshot trigger), each waiting for its version.
+    let mut expected = String::new();
+    for round in 0..4 {
+        for n in 0..5 {
+            let chunk = format!("r{round}n{n};");
+            writer.push_text("t", &chunk).await.unwrap();
+            expected.push_str(&chunk);
+        }
+        writer
+            .wait_for_text("t", &expected, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while versions_now().len() < round + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no new version"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let versions = versions_now();
+    assert!(versions.len() >= 4, "{versions:?}");
+    let text_of_version = |name: &str| {
+        let state = admin(&["fetch-version", "doc-history", name]);
+        let doc = yrs::Doc::new();
+        {
+            use yrs::updates::decoder::Decode;
+            use yrs::Transact;
+            doc.transact_mut()
+                .apply_update(yrs::Update::decode_v1(&state).unwrap())
+                .unwrap();
+        }
+        text_of(&doc, "t")
+    };
+    let newest = text_of_version(versions[0]["name"].as_str().unwrap());
+    let oldest = text_of_version(versions.last().unwrap()["name"].as_str().unwrap());
+    assert!(expected.starts_with(&newest) && expected.starts_with(&oldest));
+    assert!(
+        oldest.len() < newest.len(),
+        "versions differ: {oldest:?} vs {newest:?}"
+    );
+
+    // An ephemeral room works but leaves nothing in Redis or the store.
+    let cursor = YClient::connect(&cluster.url(0, "cursor-board"))
+        .await
+        .unwrap();
+    cursor.wait_synced(Duration::from_secs(10)).await.unwrap();
+    for n in 0..20 {
+        cursor.push_text("t", &format!("c{n};")).await.unwrap();
+    }
+    cursor
+        .wait_until(Duration::from_secs(5), |doc| {
+            text_of(doc, "t").contains("c19;")
+        })
+        .await
+        .unwrap();
+    drop(cursor);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = partyline_room_node::remote::room_id("cursor-board");
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{id}*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "ephemeral room left {keys:?}");
+    assert!(
+        !cluster
+            .dir
+            .path()
+            .join("snapshots/rooms")
+            .join(&id)
+            .exists(),
+        "ephemeral room left snapshots"
+    );
+}

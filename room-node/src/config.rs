@@ -26,6 +26,8 @@ pub const DEFAULT_SNAPSHOT_LOG_UPDATES: u64 = 1000;
 pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 /// Default for [`RoomNodeConfig::snapshots_kept`].
 pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
+/// Default for [`RoomNodeConfig::history_versions`].
+pub const DEFAULT_HISTORY_VERSIONS: usize = 50;
 /// Default for [`RoomNodeConfig::room_lock_timeout`].
 pub const DEFAULT_ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +57,13 @@ pub struct RoomNodeConfig {
     /// Snapshots kept per room (remote storage; at least 2, so a corrupt
     /// newest one falls back to the previous).
     pub snapshots_kept: usize,
+    /// Persistence mode by room-name prefix (longest match wins); other
+    /// rooms are [`RoomMode::Snapshot`].
+    pub modes: Vec<(String, RoomMode)>,
+    /// Versions a `history` room keeps.
+    pub history_versions: usize,
+    /// …and how old they may get (the newest two always stay).
+    pub history_max_age: Option<Duration>,
     /// Log appends reach the page cache at once (enough for `kill -9`);
     /// they are fsynced this often (the window a power loss can take).
     pub fsync_interval: Duration,
@@ -72,7 +81,44 @@ pub struct RoomNodeConfig {
     pub room_lock_timeout: Duration,
 }
 
+/// How a room persists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomMode {
+    /// Log + the newest snapshots (the default).
+    Snapshot,
+    /// Log + every snapshot version up to `history_versions` /
+    /// `history_max_age`, listed and fetched with `partyline admin`
+    /// (remote storage only).
+    History,
+    /// Nothing stored: awareness and cursor rooms.
+    Ephemeral,
+}
+
+impl std::str::FromStr for RoomMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "snapshot" => Ok(Self::Snapshot),
+            "history" => Ok(Self::History),
+            "ephemeral" => Ok(Self::Ephemeral),
+            other => Err(format!(
+                "unknown room mode {other:?}: snapshot, history or ephemeral"
+            )),
+        }
+    }
+}
+
 impl RoomNodeConfig {
+    /// The mode of `room`: the longest matching prefix's, else snapshot.
+    pub fn mode_of(&self, room: &str) -> RoomMode {
+        self.modes
+            .iter()
+            .filter(|(prefix, _)| room.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(RoomMode::Snapshot, |(_, mode)| *mode)
+    }
+
     /// Defaults for a node with this id and data dir.
     pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
         Self {
@@ -85,6 +131,9 @@ impl RoomNodeConfig {
             remote: None,
             log_buffer_bytes: DEFAULT_LOG_BUFFER_BYTES,
             snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
+            modes: Vec::new(),
+            history_versions: DEFAULT_HISTORY_VERSIONS,
+            history_max_age: None,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             link_queue: DEFAULT_LINK_QUEUE,
             room_queue: DEFAULT_ROOM_QUEUE,

@@ -106,15 +106,55 @@ impl SnapshotStore {
         }
         let parsed =
             url::Url::parse(url).map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
-        let options = std::env::vars()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .filter(|(k, _)| {
-                k.starts_with("aws_") || k.starts_with("google_") || k.starts_with("azure_")
-            });
-        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+        let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&parsed)
             .map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
+        let options: Vec<(String, String)> = std::env::vars()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        // Bounded: an unreachable store fails a request in seconds (the
+        // room retries the snapshot later) instead of object_store's
+        // default of minutes.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+        };
+        let store: Arc<dyn ObjectStore> = match scheme {
+            object_store::ObjectStoreScheme::AmazonS3 => {
+                let mut builder = object_store::aws::AmazonS3Builder::new().with_url(url);
+                for (key, value) in &options {
+                    if let Ok(key) = key.parse() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                Arc::new(builder.with_retry(retry).build()?)
+            }
+            object_store::ObjectStoreScheme::GoogleCloudStorage => {
+                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::new().with_url(url);
+                for (key, value) in &options {
+                    if let Ok(key) = key.parse() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                Arc::new(builder.with_retry(retry).build()?)
+            }
+            object_store::ObjectStoreScheme::MicrosoftAzure => {
+                let mut builder = object_store::azure::MicrosoftAzureBuilder::new().with_url(url);
+                for (key, value) in &options {
+                    if let Ok(key) = key.parse() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                Arc::new(builder.with_retry(retry).build()?)
+            }
+            _ => return Err(RemoteError::UnsupportedStore(url.to_owned())),
+        };
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            Arc::from(store)
+            store
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
         };
@@ -155,9 +195,10 @@ redis.call('SET', KEYS[1], ARGV[1])
 return ours
 ";
 
-/// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep.
-/// Fenced: a stale epoch changes nothing. Returns the names of the
-/// snapshots dropped from the list (to delete), or an error 'FENCED <epoch>'.
+/// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep, max
+/// age in ms (0: none; the newest two always stay). Fenced: a stale epoch
+/// changes nothing. Returns the entries dropped from the list (to delete),
+/// or an error 'FENCED <epoch>'.
 const REGISTER: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
@@ -167,6 +208,19 @@ local keep = tonumber(ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[2])
 local dropped = redis.call('LRANGE', KEYS[2], keep, -1)
 redis.call('LTRIM', KEYS[2], 0, keep - 1)
+local max_age = tonumber(ARGV[4])
+if max_age > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local all = redis.call('LRANGE', KEYS[2], 2, -1)
+  for _, entry in ipairs(all) do
+    local ms = tonumber(string.match(entry, '^(%d+)%-'))
+    if ms and now - ms > max_age then
+      redis.call('LREM', KEYS[2], 1, entry)
+      table.insert(dropped, entry)
+    end
+  end
+end
 local previous = redis.call('LINDEX', KEYS[2], 1)
 if previous then
   local covered = string.match(previous, '^(%S+)')
@@ -176,6 +230,17 @@ if previous then
 end
 return dropped
 ";
+
+/// One stored snapshot of a room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Version {
+    /// Its name, to fetch it.
+    pub name: String,
+    /// The last log id it covers.
+    pub covered: String,
+    /// When that log entry was written (Unix ms).
+    pub at_unix_ms: u64,
+}
 
 /// What loading a room found.
 #[derive(Debug, Default)]
@@ -202,6 +267,8 @@ pub struct RemoteRoom {
     last_id: String,
     /// Snapshots kept by `register` (1 previous + the newest, at least).
     keep: usize,
+    /// Older snapshots than this are dropped too (history mode).
+    max_age: Option<Duration>,
 }
 
 impl RemoteStorage {
@@ -312,6 +379,7 @@ impl RemoteStorage {
                 epoch,
                 last_id,
                 keep: keep.max(2),
+                max_age: None,
             },
             loaded,
         ))
@@ -331,6 +399,34 @@ impl RemoteStorage {
             }
         };
         Ok(bytes.and_then(|bytes| decode_snapshot(&bytes, room)))
+    }
+
+    /// The snapshot versions of `room`, newest first (history mode keeps
+    /// many; other modes two).
+    pub async fn versions(&self, room: &str) -> Result<Vec<Version>, RemoteError> {
+        let mut redis = self.redis.clone();
+        let entries: Vec<String> = redis.lrange(self.snaps_key(room), 0, -1).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let (covered, name) = entry.split_once(' ')?;
+                Some(Version {
+                    name: name.to_owned(),
+                    covered: covered.to_owned(),
+                    at_unix_ms: covered.split('-').next()?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// One version's document state (a Yjs update v1), `None` when it is
+    /// gone or corrupt.
+    pub async fn fetch_version(
+        &self,
+        room: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
+        self.read_snapshot(room, name).await
     }
 
     fn snapshot_key(&self, room: &str, name: &str) -> String {
@@ -367,6 +463,12 @@ impl RemoteRoom {
         self.prepare_snapshot(state).write().await
     }
 
+    /// Also drops snapshots older than `max_age` (history mode).
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
     /// A snapshot of `state` covering everything appended so far, to write
     /// later (e.g. on another task while the room goes on).
     pub fn prepare_snapshot(&self, state: Vec<u8>) -> RemoteSnapshot {
@@ -385,6 +487,7 @@ impl RemoteRoom {
             },
             epoch: self.epoch,
             keep: self.keep,
+            max_age_ms: self.max_age.map_or(0, |age| age.as_millis() as u64),
             entry: format!("{covered} {name}"),
             name,
             bytes,
@@ -410,6 +513,7 @@ pub struct RemoteSnapshot {
     target: SnapshotTarget,
     epoch: u64,
     keep: usize,
+    max_age_ms: u64,
     name: String,
     entry: String,
     bytes: Vec<u8>,
@@ -423,6 +527,7 @@ impl RemoteSnapshot {
             target,
             epoch,
             keep,
+            max_age_ms,
             name,
             entry,
             bytes,
@@ -450,6 +555,7 @@ impl RemoteSnapshot {
             .arg(epoch)
             .arg(entry)
             .arg(keep)
+            .arg(max_age_ms)
             .invoke_async(&mut redis)
             .await;
         let dropped = match registered {

@@ -283,6 +283,16 @@ impl RoomActor {
                     self.final_snapshot().await;
                     return ExitReason::Shutdown;
                 }
+                // Before inputs: a busy room must still notice a finished
+                // snapshot, or the next one never starts.
+                result = wait_for(&mut self.snapshot_task) => {
+                    self.snapshot_task = None;
+                    self.snapshot_finished(result);
+                    if self.snapshot_due() {
+                        self.start_snapshot();
+                    }
+                    continue;
+                }
                 command = self.rx.recv() => match command {
                     Some(command) => Input::Command(command),
                     None => {
@@ -293,11 +303,6 @@ impl RoomActor {
                 Some((link, event)) = self.inbound.next(), if !self.inbound.is_empty() => Input::Link(link, event),
                 _ = snapshot_tick.tick() => {
                     self.start_snapshot();
-                    continue;
-                }
-                result = wait_for(&mut self.snapshot_task) => {
-                    self.snapshot_task = None;
-                    self.snapshot_finished(result);
                     continue;
                 }
                 _ = tokio::time::sleep_until(self.snapshot_retry.map_or_else(Instant::now, |(at, _)| at)),
@@ -345,10 +350,7 @@ impl RoomActor {
                 idle.as_mut()
                     .reset(Instant::now() + self.config.idle_timeout);
             }
-            if self.since_snapshot.bytes >= self.config.snapshot_log_bytes
-                || self.since_snapshot.updates >= self.config.snapshot_log_updates
-                || std::mem::take(&mut self.last_session_left)
-            {
+            if self.snapshot_due() || std::mem::take(&mut self.last_session_left) {
                 self.start_snapshot();
             }
         }
@@ -668,6 +670,12 @@ impl RoomActor {
             }
         }
         Ok(())
+    }
+
+    /// Whether the log grew enough since the last snapshot for another.
+    fn snapshot_due(&self) -> bool {
+        self.since_snapshot.bytes >= self.config.snapshot_log_bytes
+            || self.since_snapshot.updates >= self.config.snapshot_log_updates
     }
 
     /// Starts a snapshot on its own task when updates arrived since the

@@ -12,7 +12,7 @@ use partyline_proto::RoomName;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
 
-use crate::config::RoomNodeConfig;
+use crate::config::{RoomMode, RoomNodeConfig};
 use crate::remote::{RemoteError, RemoteRoom};
 use crate::store::{RoomFiles, RoomLock, StoreError, SyncQueue};
 
@@ -23,6 +23,8 @@ pub enum RoomStorage {
     Local(RoomFiles),
     /// A Redis stream and a snapshot store.
     Remote(RemoteRoom),
+    /// Nothing is stored (`ephemeral` rooms: awareness, cursors).
+    Ephemeral,
 }
 
 /// Why an append failed.
@@ -64,16 +66,25 @@ pub async fn load(
     sync_queue: SyncQueue,
     epoch: u64,
 ) -> Result<Loaded, LoadError> {
+    let mode = config.mode_of(room.as_str());
+    if mode == RoomMode::Ephemeral {
+        tracing::debug!(room = %room, updates = 0, "room loaded");
+        return Ok(Loaded {
+            doc: Doc::new(),
+            storage: RoomStorage::Ephemeral,
+            lock: None,
+        });
+    }
     let (updates, storage, lock) = match &config.remote {
         Some(remote) => {
+            let (keep, max_age) = match mode {
+                RoomMode::History => (config.history_versions, config.history_max_age),
+                _ => (config.snapshots_kept, None),
+            };
             let (storage, loaded) = remote
-                .open(
-                    room.as_str(),
-                    config.node_id.clone(),
-                    epoch,
-                    config.snapshots_kept,
-                )
+                .open(room.as_str(), config.node_id.clone(), epoch, keep)
                 .await?;
+            let storage = storage.with_max_age(max_age);
             for name in &loaded.corrupt_snapshots {
                 tracing::error!(room = %room, snapshot = %name, "corrupt or missing snapshot skipped; loading the previous one and the log");
             }
@@ -81,6 +92,9 @@ pub async fn load(
             (loaded.updates, RoomStorage::Remote(storage), None)
         }
         None => {
+            if mode == RoomMode::History {
+                tracing::warn!(room = %room, "history mode needs remote storage (--redis); keeping the newest snapshots only");
+            }
             let config = config.clone();
             let room = room.clone();
             let task = tokio::task::spawn_blocking(move || {
@@ -152,6 +166,7 @@ impl RoomStorage {
                 .append(updates)
                 .await
                 .map_err(AppendError::Unavailable),
+            Self::Ephemeral => Ok(()),
         }
     }
 
@@ -162,6 +177,7 @@ impl RoomStorage {
         match self {
             Self::Local(files) => SnapshotWork::Local(files.begin_snapshot(epoch, state)),
             Self::Remote(remote) => SnapshotWork::Remote(remote.prepare_snapshot(state)),
+            Self::Ephemeral => SnapshotWork::Nothing,
         }
     }
 }
@@ -173,6 +189,8 @@ pub enum SnapshotWork {
     Local(crate::store::SnapshotJob),
     /// Object store or Redis, registered and trimmed by a fenced script.
     Remote(crate::remote::RemoteSnapshot),
+    /// Ephemeral rooms store nothing.
+    Nothing,
 }
 
 impl SnapshotWork {
@@ -185,6 +203,7 @@ impl SnapshotWork {
                 Err(join) => Err(join.to_string()),
             },
             Self::Remote(snapshot) => snapshot.write().await.map_err(|e| e.to_string()),
+            Self::Nothing => Ok(()),
         }
     }
 }
