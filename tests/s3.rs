@@ -335,3 +335,85 @@ async fn an_s3_outage_fails_snapshots_in_bounded_time_and_trims_nothing_until_it
     assert_eq!(loaded.log_entries, 0);
     assert_eq!(text_of(&loaded.updates), "a;b;c;d;");
 }
+
+/// The whole room path during a 30 s S3 outage: sessions keep syncing, the
+/// log keeps everything (no trim while snapshots fail), and snapshots catch
+/// up by themselves after it, trimming the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_s3_outage_holds_up_no_session_and_snapshots_catch_up() {
+    const MAX_UPDATES: usize = 20;
+    let redis = RedisServer::start();
+    let mut s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let storage = connect(
+        &redis,
+        store_from_env(&s3, &format!("s3://{BUCKET}/outage")),
+    )
+    .await;
+    let room = "doc-s3-outage";
+    let log_key = storage.log_key(room);
+    let room_id = partyline_room_node::remote::room_id(room);
+    let (url, shutdown) = common::inproc::serve(storage, |config| {
+        config.snapshot_log_updates = MAX_UPDATES as u64;
+    })
+    .await;
+    let writer = partyline_bench::client::YClient::connect(&format!("{url}/{room}"))
+        .await
+        .unwrap();
+    let reader = partyline_bench::client::YClient::connect(&format!("{url}/{room}"))
+        .await
+        .unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    reader.wait_synced(Duration::from_secs(10)).await.unwrap();
+    let log_len = || -> usize { redis.connection().xlen(&log_key).unwrap() };
+    let mut n = 0;
+    let mut write_and_see = async |n: &mut usize| {
+        let chunk = format!("w{n};");
+        *n += 1;
+        writer.push_text("t", &chunk).await.unwrap();
+        reader
+            .wait_until(Duration::from_secs(2), move |doc| {
+                partyline_bench::client::text_of(doc, "t").contains(&chunk)
+            })
+            .await
+            .expect("a session stalled");
+    };
+    for _ in 0..50 {
+        write_and_see(&mut n).await;
+    }
+    assert!(
+        log_len() <= 2 * MAX_UPDATES + 1,
+        "compacted before the outage"
+    );
+    let list_before = snapshot_list(&redis, &room_id);
+
+    s3.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        write_and_see(&mut n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = log_len();
+    assert!(
+        during > 4 * MAX_UPDATES,
+        "the log was trimmed while snapshots failed: {during} entries"
+    );
+    assert_eq!(snapshot_list(&redis, &room_id), list_before);
+
+    s3.start_again();
+    let back = Instant::now();
+    let mut caught_up = None;
+    while back.elapsed() < Duration::from_secs(45) {
+        write_and_see(&mut n).await;
+        if snapshot_list(&redis, &room_id) != list_before && log_len() <= 2 * MAX_UPDATES + 1 {
+            caught_up = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = caught_up.expect("snapshots did not catch up after S3 came back");
+    eprintln!(
+        "{n} updates; log peaked at {during} entries during the outage; snapshots caught up {caught_up:?} after S3 returned"
+    );
+    shutdown.cancel();
+}

@@ -4,17 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use partyline_bench::client::YClient;
-use partyline_proto::{NodeId, NodeInfo, SlotMap};
+use partyline_proto::NodeId;
 use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
@@ -217,49 +213,6 @@ async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_the_log() 
     assert_eq!(text_of(&loaded.updates), "first;second;tail;");
 }
 
-/// A room node and a gateway in-process over real gRPC, the node on remote
-/// storage.
-async fn serve(
-    storage: RemoteStorage,
-    tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
-) -> (String, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let map = Some(Arc::new(SlotMap::single(
-        1,
-        NodeInfo {
-            id: NodeId::new("n"),
-            grpc_url: format!("http://{}", grpc.local_addr().unwrap()),
-        },
-    )));
-    let (_map_tx, map_rx) = watch::channel(map);
-    let mut config = partyline_room_node::RoomNodeConfig::new(NodeId::new("n"), Default::default());
-    config.remote = Some(storage);
-    tune(&mut config);
-    tokio::spawn(partyline_room_node::run(
-        grpc,
-        config,
-        map_rx.clone(),
-        shutdown.clone(),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(partyline_gateway::run(
-        listener,
-        partyline_gateway::GatewayConfig::new("g"),
-        map_rx,
-        shutdown.clone(),
-    ));
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            drop(_map_tx);
-        }
-    });
-    (format!("ws://{addr}"), shutdown)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_log_and_the_snapshots() {
     const UPDATES: usize = 100_000;
@@ -268,7 +221,8 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(&redis, dir.path()).await;
     let log = storage.log_key("doc-compact");
-    let (url, shutdown) = serve(storage, |config| config.snapshot_log_updates = MAX_UPDATES).await;
+    let (url, shutdown) =
+        common::inproc::serve(storage, |config| config.snapshot_log_updates = MAX_UPDATES).await;
     let writer = YClient::connect(&format!("{url}/doc-compact"))
         .await
         .unwrap();

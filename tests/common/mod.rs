@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod inproc;
 pub mod load;
 pub mod nats;
 pub mod process;

@@ -1,0 +1,54 @@
+//! A room node and a gateway in one test process over real gRPC on
+//! loopback, for storage tests that need the whole room path but not a
+//! cluster.
+
+use std::sync::Arc;
+
+use partyline_proto::{NodeId, NodeInfo, SlotMap};
+use partyline_room_node::remote::RemoteStorage;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A room node and a gateway in-process over real gRPC, the node on remote
+/// storage.
+pub async fn serve(
+    storage: RemoteStorage,
+    tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
+) -> (String, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let map = Some(Arc::new(SlotMap::single(
+        1,
+        NodeInfo {
+            id: NodeId::new("n"),
+            grpc_url: format!("http://{}", grpc.local_addr().unwrap()),
+        },
+    )));
+    let (_map_tx, map_rx) = watch::channel(map);
+    let mut config = partyline_room_node::RoomNodeConfig::new(NodeId::new("n"), Default::default());
+    config.remote = Some(storage);
+    tune(&mut config);
+    tokio::spawn(partyline_room_node::run(
+        grpc,
+        config,
+        map_rx.clone(),
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(partyline_gateway::run(
+        listener,
+        partyline_gateway::GatewayConfig::new("g"),
+        map_rx,
+        shutdown.clone(),
+    ));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            drop(_map_tx);
+        }
+    });
+    (format!("ws://{addr}"), shutdown)
+}
