@@ -367,7 +367,7 @@ async fn a_30_second_s3_outage_holds_up_no_session_and_snapshots_catch_up() {
     reader.wait_synced(Duration::from_secs(10)).await.unwrap();
     let log_len = || -> usize { redis.connection().xlen(&log_key).unwrap() };
     let mut n = 0;
-    let mut write_and_see = async |n: &mut usize| {
+    let write_and_see = async |n: &mut usize| {
         let chunk = format!("w{n};");
         *n += 1;
         writer.push_text("t", &chunk).await.unwrap();
