@@ -396,3 +396,85 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
         "ephemeral room left snapshots"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_stale_owner_cannot_trim_or_overwrite_after_it_wakes_up() {
+    let redis = RedisServer::start();
+    let mut cluster = start(&redis, 2, &["--snapshot-log-updates", "5"]);
+    let room = "doc-stale-owner";
+    let writer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    let mut written = Vec::new();
+    let write = |n: usize| format!("s{n};");
+    for n in 0..12 {
+        writer.push_text("t", &write(n)).await.unwrap();
+        written.push(write(n));
+    }
+    let all = written.concat();
+    writer
+        .wait_for_text("t", &all, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let located = cluster.admin(&["locate", room]);
+    let owner = located["node"].as_str().unwrap().to_owned();
+    let old_epoch = located["epoch"].as_u64().unwrap();
+    let index: usize = owner.strip_prefix("node-").unwrap().parse().unwrap();
+    let id = partyline_room_node::remote::room_id(room);
+    let snaps_key = format!("partyline:r:{id}:snaps");
+    let stale_marker = format!("-{owner}-{old_epoch}.bin");
+    let stale_entries = |redis: &RedisServer| -> usize {
+        let list: Vec<String> =
+            redis::Commands::lrange(&mut redis.connection(), &snaps_key, 0, -1).unwrap();
+        list.iter().filter(|e| e.ends_with(&stale_marker)).count()
+    };
+
+    // Pause the owner with updates it has not snapshotted yet.
+    cluster.nodes[index].signal("STOP");
+    // The cluster moves the room to the other node; writing goes on there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cluster.admin(&["locate", room])["node"].as_str() == Some(owner.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "the room never moved");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in 12..30 {
+        writer.push_text("t", &write(n)).await.unwrap();
+        written.push(write(n));
+    }
+    let all = written.concat();
+    let reader = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    reader
+        .wait_for_text("t", &all, Duration::from_secs(20))
+        .await
+        .expect("the room was served again by the other node");
+    let stale_before = stale_entries(&redis);
+    let log_before: usize =
+        redis::Commands::xlen(&mut redis.connection(), format!("partyline:r:{id}:log")).unwrap();
+
+    // Wake the stale owner: it learns the new map and releases the room;
+    // its last snapshot (epoch {old_epoch}) is fenced.
+    cluster.nodes[index].signal("CONT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !cluster.nodes[index].log().contains("newer than ours") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the woken owner never tried to write; log:\n{}",
+            cluster.nodes[index].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stale_entries(&redis),
+        stale_before,
+        "the stale owner registered a snapshot"
+    );
+    let log_after: usize =
+        redis::Commands::xlen(&mut redis.connection(), format!("partyline:r:{id}:log")).unwrap();
+    assert!(log_after >= log_before, "the stale owner trimmed the log");
+
+    // Content intact for a newcomer.
+    let newcomer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    newcomer
+        .wait_for_text("t", &all, Duration::from_secs(20))
+        .await
+        .expect("content intact");
+}
