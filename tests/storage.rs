@@ -234,16 +234,22 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
             .await
             .unwrap();
     }
-    writer
+    // A new client sees every update: the room node has them all.
+    let reader = YClient::connect(&format!("{url}/doc-compact"))
+        .await
+        .unwrap();
+    reader
         .wait_until(Duration::from_secs(120), |doc| {
             partyline_bench::client::text_of(doc, "t").len() == UPDATES
         })
         .await
         .unwrap();
     eprintln!(
-        "{UPDATES} updates sent and echoed in {:?}",
+        "{UPDATES} updates sent and stored in {:?}",
         started.elapsed()
     );
+    // Let the last snapshot triggered by the final updates finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = redis.connection();
     let entries: usize = conn.xlen(&log).unwrap();
     let snaps: Vec<String> = conn.lrange(log.replace(":log", ":snaps"), 0, -1).unwrap();
@@ -255,15 +261,21 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
     assert!(snaps.len() <= 2, "{snaps:?}");
     assert!(snapshot_files(dir.path()).len() <= 2);
 
-    // Everything is still there for a new client.
-    let reader = YClient::connect(&format!("{url}/doc-compact"))
+    // Cold load, as a node taking the room over would do it.
+    let cold = storage(&redis, dir.path()).await;
+    let started = Instant::now();
+    let (_, loaded) = cold
+        .open("doc-compact", NodeId::new("cold"), 2, 2)
         .await
         .unwrap();
-    reader
-        .wait_until(Duration::from_secs(30), |doc| {
-            partyline_bench::client::text_of(doc, "t").len() == UPDATES
-        })
-        .await
-        .unwrap();
+    let fetched = started.elapsed();
+    let text = text_of(&loaded.updates);
+    eprintln!(
+        "cold load of {UPDATES} updates: fetch {fetched:?} (snapshot + {} log entries), decode {:?}, total {:?}",
+        loaded.log_entries,
+        started.elapsed() - fetched,
+        started.elapsed()
+    );
+    assert_eq!(text.len(), UPDATES);
     shutdown.cancel();
 }
