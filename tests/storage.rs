@@ -262,7 +262,7 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
     assert!(snapshot_files(dir.path()).len() <= 2);
 
     // Cold load, as a node taking the room over would do it.
-    let cold = storage(&redis, dir.path()).await;
+    let cold = crate::storage(&redis, dir.path()).await;
     let started = Instant::now();
     let (_, loaded) = cold
         .open("doc-compact", NodeId::new("cold"), 2, 2)
