@@ -279,3 +279,40 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
     assert_eq!(text.len(), UPDATES);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn snapshots_can_live_in_redis_too() {
+    let redis = RedisServer::start();
+    let storage = RemoteStorage::connect(&redis.url(), SnapshotStore::Redis, "test")
+        .await
+        .unwrap();
+    let doc = Doc::new();
+    let state = |doc: &Doc| {
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    };
+    let (mut room, _) = storage
+        .open("doc-in-redis", NodeId::new("a"), 1, 2)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        room.append(&[edit(&doc, &format!("r{round};"))])
+            .await
+            .unwrap();
+        room.snapshot(state(&doc)).await.unwrap();
+    }
+    room.append(&[edit(&doc, "tail;")]).await.unwrap();
+    let mut conn = redis.connection();
+    let blobs: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("test:r:{}:snap:*", room.id()))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(blobs.len(), 2, "only the kept snapshots stay: {blobs:?}");
+    let (_, loaded) = storage
+        .open("doc-in-redis", NodeId::new("b"), 2, 2)
+        .await
+        .unwrap();
+    assert!(loaded.corrupt_snapshots.is_empty());
+    assert_eq!(loaded.log_entries, 1, "snapshot then the one later update");
+    assert_eq!(text_of(&loaded.updates), "r0;r1;r2;tail;");
+}
