@@ -5,6 +5,7 @@
 //! hides which store does the work and sorts failures into "retry later"
 //! (Redis unreachable) and "stop the room" (a local disk error).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,6 +16,19 @@ use yrs::{Doc, Transact, Update};
 use crate::config::{RoomMode, RoomNodeConfig};
 use crate::remote::{RemoteError, RemoteRoom};
 use crate::store::{RoomFiles, RoomLock, StoreError, SyncQueue};
+
+/// Corrupt or missing snapshots skipped by loads in this process, for
+/// logs now and metrics later.
+static CORRUPT_SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many corrupt or missing snapshots loads in this process skipped.
+pub fn corrupt_snapshots_total() -> u64 {
+    CORRUPT_SNAPSHOTS.load(Ordering::Relaxed)
+}
+
+fn count_corrupt() -> u64 {
+    CORRUPT_SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// Where a room's log and snapshots live.
 #[derive(Debug)]
@@ -86,7 +100,8 @@ pub async fn load(
                 .await?;
             let storage = storage.with_max_age(max_age);
             for name in &loaded.corrupt_snapshots {
-                tracing::error!(room = %room, snapshot = %name, "corrupt or missing snapshot skipped; loading the previous one and the log");
+                let total = count_corrupt();
+                tracing::error!(room = %room, snapshot = %name, total, "corrupt or missing snapshot skipped; loading the previous one and the log");
             }
             tracing::debug!(room = %room, log_entries = loaded.log_entries, fetch = ?loaded.took, "room read from remote storage");
             (loaded.updates, RoomStorage::Remote(storage), None)
@@ -112,7 +127,8 @@ pub async fn load(
                 };
                 let (files, loaded) = RoomFiles::open(&config.data_dir, room.as_str(), sync_queue)?;
                 for path in &loaded.corrupt_snapshots {
-                    tracing::error!(room = %room, path = %path.display(), "corrupt snapshot skipped; loading the previous one and the log");
+                    let total = count_corrupt();
+                    tracing::error!(room = %room, path = %path.display(), total, "corrupt snapshot skipped; loading the previous one and the log");
                 }
                 if loaded.truncated_bytes > 0 {
                     tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
@@ -205,5 +221,69 @@ impl SnapshotWork {
             Self::Remote(snapshot) => snapshot.write().await.map_err(|e| e.to_string()),
             Self::Nothing => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use partyline_proto::NodeId;
+    use yrs::{GetString, ReadTxn, StateVector, Text};
+
+    fn edit(doc: &Doc, text: &str) -> Bytes {
+        let t = doc.get_or_insert_text("t");
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            let len = t.len(&txn);
+            t.insert(&mut txn, len, text);
+        }
+        doc.transact().encode_state_as_update_v1(&before).into()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_counted_and_the_room_still_loads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RoomNodeConfig::new(NodeId::new("n"), dir.path().to_owned());
+        let room = RoomName::new("doc-counted").unwrap();
+        let doc = Doc::new();
+        let state = |doc: &Doc| {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        };
+        let mut loaded = load(&config, &room, SyncQueue::default(), 1).await.unwrap();
+        for text in ["a;", "b;"] {
+            loaded.storage.append(&[edit(&doc, text)]).await.unwrap();
+            loaded
+                .storage
+                .begin_snapshot(1, state(&doc))
+                .write()
+                .await
+                .unwrap();
+        }
+        loaded.storage.append(&[edit(&doc, "c;")]).await.unwrap();
+        drop(loaded);
+        let room_dir = RoomFiles::room_dir(dir.path(), room.as_str());
+        let newest = std::fs::read_dir(&room_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("snapshot-")
+            })
+            .max()
+            .unwrap();
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&newest, bytes).unwrap();
+
+        let before = corrupt_snapshots_total();
+        let loaded = load(&config, &room, SyncQueue::default(), 1).await.unwrap();
+        assert_eq!(corrupt_snapshots_total(), before + 1);
+        let t = loaded.doc.get_or_insert_text("t");
+        assert_eq!(t.get_string(&loaded.doc.transact()), "a;b;c;");
     }
 }
