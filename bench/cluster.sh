@@ -159,7 +159,7 @@ done
 admin slots --json >"$OUT/slots-before.json"
 gateway_urls=()
 for g in 1 2; do
-  start "gateway-$g" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0
+  start "gateway-$g" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0 --insecure-no-auth
 done
 for g in 1 2; do
   line=$(wait_for_line "$OUT/gateway-$g.out" "partyline gateway listening on ws://" 30 "gateway-$g")

@@ -36,6 +36,9 @@ pub struct FileConfig {
     /// `[coordinator]`.
     #[serde(default)]
     pub coordinator: CoordinatorSection,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthSection,
 }
 
 impl FileConfig {
@@ -305,6 +308,83 @@ impl RoomNodeSection {
             "room_node.fsync_interval must be positive"
         );
         Ok(config)
+    }
+}
+
+/// Client authorization: flags, env `PARTYLINE_AUTH_*`, or `[auth]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// How clients are authorized before the upgrade: `none` (everyone
+    /// writes; `partyline dev` or `--insecure-no-auth` only) or `jwt`
+    /// [default: none in dev; a cluster gateway requires a choice].
+    #[arg(long = "auth-mode", env = "PARTYLINE_AUTH_MODE")]
+    pub mode: Option<String>,
+    /// HS256 shared secret for `jwt`.
+    #[arg(long, env = "PARTYLINE_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for `jwt` (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    #[arg(long, env = "PARTYLINE_AUTH_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "PARTYLINE_AUTH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "PARTYLINE_AUTH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl AuthSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: AuthSection) -> Self {
+        Self {
+            mode: or(self.mode, file.mode),
+            jwt_secret: or(self.jwt_secret, file.jwt_secret),
+            jwt_public_key: or(self.jwt_public_key, file.jwt_public_key),
+            jwt_issuer: or(self.jwt_issuer, file.jwt_issuer),
+            jwt_audience: or(self.jwt_audience, file.jwt_audience),
+        }
+    }
+
+    /// The authorizer; `none` only when `allow_none` (dev, or the
+    /// operator said `--insecure-no-auth`).
+    pub fn build(&self, allow_none: bool) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
+        use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
+        match self.mode.as_deref() {
+            None | Some("none") => {
+                anyhow::ensure!(
+                    allow_none,
+                    "no client authorization configured: set --auth-mode jwt (with --jwt-secret or \
+                     --jwt-public-key), or pass --insecure-no-auth to let anyone open any room"
+                );
+                tracing::warn!("auth mode none: every client may open and edit every room");
+                Ok(Authorizer::None)
+            }
+            Some("jwt") => {
+                let mut jwt = match (&self.jwt_secret, &self.jwt_public_key) {
+                    (Some(secret), None) => JwtAuthorizer::with_secret(secret.as_bytes()),
+                    (None, Some(path)) => {
+                        let pem = std::fs::read(path)
+                            .with_context(|| format!("read jwt public key {}", path.display()))?;
+                        JwtAuthorizer::with_public_key(&pem)?
+                    }
+                    (Some(_), Some(_)) => {
+                        anyhow::bail!("give --jwt-secret or --jwt-public-key, not both")
+                    }
+                    (None, None) => {
+                        anyhow::bail!("--auth-mode jwt needs --jwt-secret or --jwt-public-key")
+                    }
+                };
+                if let Some(issuer) = &self.jwt_issuer {
+                    jwt = jwt.issuer(issuer);
+                }
+                if let Some(audience) = &self.jwt_audience {
+                    jwt = jwt.audience(audience);
+                }
+                Ok(Authorizer::Jwt(Box::new(jwt)))
+            }
+            Some(other) => anyhow::bail!("unknown auth mode {other:?}: none or jwt"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FileConfig, GatewaySection, RoomNodeSection};
+use crate::config::{AuthSection, FileConfig, GatewaySection, RoomNodeSection};
 use crate::CommonArgs;
 
 /// `partyline dev` flags.
@@ -22,6 +22,8 @@ pub struct DevArgs {
     gateway: GatewaySection,
     #[command(flatten)]
     room_node: RoomNodeSection,
+    #[command(flatten)]
+    auth: AuthSection,
 }
 
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
@@ -33,7 +35,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let node_id = NodeId::new("dev");
     let room_config = room_node.build(node_id.clone())?;
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
-    let gateway_config = gateway.build("dev".to_owned())?;
+    let mut gateway_config = gateway.build("dev".to_owned())?;
+    gateway_config.auth = args.auth.merge(file.auth).build(true)?;
 
     let grpc_listener = TcpListener::bind("127.0.0.1:0")
         .await

@@ -8,7 +8,7 @@ use partyline_proto::close;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{host_name, ClusterSection, FileConfig, GatewaySection};
+use crate::config::{host_name, AuthSection, ClusterSection, FileConfig, GatewaySection};
 use crate::CommonArgs;
 
 /// `partyline gateway` flags.
@@ -20,6 +20,11 @@ pub struct GatewayArgs {
     cluster: ClusterSection,
     #[command(flatten)]
     gateway: GatewaySection,
+    #[command(flatten)]
+    auth: AuthSection,
+    /// Let any client open and edit any room, without a token.
+    #[arg(long, env = "PARTYLINE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -29,6 +34,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cluster_options = args.cluster.merge(file.cluster).build();
     let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
     config.shutdown_close_code = close::SERVICE_RESTART;
+    config.auth = args.auth.merge(file.auth).build(args.insecure_no_auth)?;
 
     let shutdown = CancellationToken::new();
     let cluster = Cluster::connect(&cluster_options)

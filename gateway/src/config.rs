@@ -54,6 +54,8 @@ pub struct GatewayConfig {
     /// anyway (then the clients get the whole document, since nobody can
     /// tell what they are missing).
     pub release_grace: Duration,
+    /// Who may open which room (checked before the upgrade).
+    pub auth: crate::auth::Authorizer,
     /// Close code for client sockets when the gateway shuts down: 1001 for
     /// `partyline dev`, 1012 (service restart: reconnect elsewhere) in a
     /// cluster.
@@ -74,6 +76,7 @@ impl GatewayConfig {
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             release_grace: DEFAULT_RELEASE_GRACE,
+            auth: crate::auth::Authorizer::None,
             shutdown_close_code: partyline_proto::close::GOING_AWAY,
         }
     }

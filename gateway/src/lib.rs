@@ -10,6 +10,7 @@
 //! [`run`] serves until the shutdown token fires, then closes every client
 //! socket with 1001 and waits for the session tasks to finish.
 
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod outbox;
@@ -105,6 +106,7 @@ pub async fn run(
 async fn handle(
     State(shared): State<Arc<Shared>>,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let room_path = match path::parse(uri.path()) {
@@ -133,14 +135,29 @@ async fn handle(
         )
             .into_response();
     };
-    // Identity and permission come from the authorizer once there is one;
-    // until then every client is an anonymous writer.
+    let access = match shared
+        .config
+        .auth
+        .authorize(room_path.room.as_str(), uri.query(), &headers)
+    {
+        Ok(access) => access,
+        Err(refusal) => {
+            tracing::info!(room = %room_path.room, %refusal, "refused connection");
+            drop(permit);
+            return (refusal.status(), format!("{refusal}\n")).into_response();
+        }
+    };
     let grant = SessionGrant {
-        identity: String::new(),
-        read_only: false,
+        identity: access.identity,
+        read_only: access.read_only,
     };
     let config = &shared.config;
     let max = config.max_message_bytes;
+    // A token sent as a subprotocol must be echoed back as the chosen one.
+    let upgrade = match auth::protocol_token(&headers) {
+        Some(token) if config.auth.requires_token() => upgrade.protocols([token]),
+        _ => upgrade,
+    };
     let shared = shared.clone();
     upgrade
         .read_buffer_size(config.ws_read_buffer_bytes)

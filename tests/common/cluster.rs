@@ -152,6 +152,7 @@ impl TestCluster {
             self.nats.url(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--insecure-no-auth".into(),
         ];
         let process = Partyline::start(
             &args,

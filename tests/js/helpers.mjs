@@ -143,6 +143,15 @@ export class RawClient {
   send (data) { this.ws.send(data) }
 }
 
+// A JWT signed with HS256 (or an unsigned `alg: none` one), made by hand
+// so the tests depend on no JWT library.
+export const signJwt = (claims, secret, { alg = 'HS256' } = {}) => {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const head = `${part({ alg, typ: 'JWT' })}.${part(claims)}`
+  if (alg === 'none') return `${head}.`
+  return `${head}.${crypto.createHmac('sha256', secret).update(head).digest('base64url')}`
+}
+
 // Performs a WebSocket upgrade request by hand. Resolves { status, body, headers }; status 101
 // means the server accepted the upgrade (the socket is closed right away).
 export const upgradeRequest = (server, rawPath, { timeout = 5000 } = {}) => new Promise((resolve, reject) => {
@@ -181,9 +190,9 @@ export const upgradeRequest = (server, rawPath, { timeout = 5000 } = {}) => new 
 //   - opts.partylineOnly: skipped with t.skip('partyline only') against the reference server
 //   - opts.timeout (ms, default 60 s): hard deadline enforced by the wrapper
 //   - the server log tail printed on failure, every client destroyed afterwards
-export const useServer = () => {
+export const useServer = ({ extraArgs = [] } = {}) => {
   const ctx = { server: null, failed: false }
-  before(async () => { ctx.server = await startServer() })
+  before(async () => { ctx.server = await startServer({ extraArgs }) })
   after(async () => {
     if (!ctx.server) return
     try {

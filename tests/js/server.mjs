@@ -43,7 +43,8 @@ const tail = (file, lines = 60) => {
 }
 
 export class ServerUnderTest {
-  constructor ({ dataDir, tmpDir }) {
+  constructor ({ dataDir, tmpDir, extraArgs = [] }) {
+    this.extraArgs = extraArgs
     this.tmpDir = tmpDir
     this.dataDir = dataDir
     this.logPath = path.join(tmpDir, 'server.log')
@@ -84,7 +85,7 @@ export class ServerUnderTest {
     } else {
       cmd = PARTYLINE_BIN
       const extra = (process.env.PARTYLINE_EXTRA_ARGS || '').split(/\s+/).filter(Boolean)
-      args = ['dev', '--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir, ...extra]
+      args = ['dev', '--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir, ...extra, ...this.extraArgs]
       env = { ...process.env }
       matcher = (line) => { const m = LISTEN_RE.exec(line); return m ? m[1] : null }
     }
@@ -196,11 +197,12 @@ export class ServerUnderTest {
   }
 }
 
-export const startServer = async () => {
+// extraArgs: more `partyline dev` flags (ignored by the reference server).
+export const startServer = async ({ extraArgs = [] } = {}) => {
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'partyline-js-'))
   const dataDir = path.join(tmpDir, 'data')
   fs.mkdirSync(dataDir)
-  const server = new ServerUnderTest({ dataDir, tmpDir })
+  const server = new ServerUnderTest({ dataDir, tmpDir, extraArgs })
   try {
     await server.start()
   } catch (e) {

@@ -1,0 +1,371 @@
+//! Who may open a room, decided by the gateway before the WebSocket
+//! upgrade. The token comes from the `token` query parameter (what
+//! y-partykit's `params` and y-websocket's `params` send), an
+//! `Authorization: Bearer` header, or the `Sec-WebSocket-Protocol` header.
+//!
+//! `jwt` verifies a signed token (HS256 with a shared secret; RS256, ES256 or
+//! EdDSA with a PEM public key; `alg: none` and every other algorithm are
+//! refused) and reads a grant of rooms from its `rooms` claim: exact names
+//! or prefix patterns ending in `*`, each `"read"` or `"write"`; the exact
+//! name wins, then the longest pattern. `none` lets every client write,
+//! anonymously (only for `partyline dev` or with `--insecure-no-auth`).
+//!
+//! Decisions are made per connect: revocation is lazy, as PartyKit apps
+//! expect (an open session continues; the next connect is checked again).
+
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// How clients are authorized.
+#[derive(Clone, Default)]
+pub enum Authorizer {
+    /// Everyone may write, anonymously.
+    #[default]
+    None,
+    /// Signed tokens with a room grant.
+    Jwt(Box<JwtAuthorizer>),
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Jwt(jwt) => write!(f, "Jwt({:?})", jwt.validation.algorithms),
+        }
+    }
+}
+
+/// A session's identity and rights, as the room node enforces them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The token's `sub`, "" for anonymous.
+    pub identity: String,
+    /// The token's `name`, when given.
+    pub name: Option<String>,
+    /// Document updates are refused.
+    pub read_only: bool,
+}
+
+/// Why a client may not open a room; the HTTP answer before the upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No token where one is needed.
+    #[error("a token is required")]
+    Missing,
+    /// The token is malformed, badly signed, expired or of the wrong issuer.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// A valid token without a grant for this room.
+    #[error("the token grants no access to room {0}")]
+    Forbidden(String),
+}
+
+impl Refusal {
+    /// 401 for missing or bad tokens, 403 for a valid token without access.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// Why an authorizer could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The PEM key could not be read as any supported key type.
+    #[error("public key is not an RSA, EC (P-256) or Ed25519 PEM key: {0}")]
+    BadKey(String),
+    /// Neither a secret nor a key.
+    #[error("jwt auth needs a secret or a public key")]
+    NoKey,
+}
+
+/// JWT verification settings and keys.
+#[derive(Clone)]
+pub struct JwtAuthorizer {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The claims Partyline reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    name: Option<String>,
+    /// Room name or `prefix*` → "read" | "write".
+    #[serde(default)]
+    rooms: BTreeMap<String, Grant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Grant {
+    Read,
+    Write,
+}
+
+impl JwtAuthorizer {
+    /// Verifies HS256 tokens with `secret`.
+    pub fn with_secret(secret: &[u8]) -> Self {
+        Self::new(DecodingKey::from_secret(secret), vec![Algorithm::HS256])
+    }
+
+    /// Verifies tokens signed by the private half of `pem` (RSA → RS256,
+    /// EC P-256 → ES256, Ed25519 → EdDSA).
+    pub fn with_public_key(pem: &[u8]) -> Result<Self, AuthConfigError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::new(key, vec![Algorithm::RS256]));
+        }
+        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            return Ok(Self::new(key, vec![Algorithm::ES256]));
+        }
+        match DecodingKey::from_ed_pem(pem) {
+            Ok(key) => Ok(Self::new(key, vec![Algorithm::EdDSA])),
+            Err(error) => Err(AuthConfigError::BadKey(error.to_string())),
+        }
+    }
+
+    fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> Self {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self { key, validation }
+    }
+
+    /// Also requires this `iss`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self
+    }
+
+    /// Also requires this `aud`.
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self
+    }
+
+    fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|error| Refusal::Invalid(error.to_string()))?
+            .claims;
+        let grant = claims.rooms.get(room).copied().or_else(|| {
+            claims
+                .rooms
+                .iter()
+                .filter_map(|(pattern, grant)| {
+                    let prefix = pattern.strip_suffix('*')?;
+                    room.starts_with(prefix).then_some((prefix.len(), *grant))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, grant)| grant)
+        });
+        match grant {
+            Some(grant) => Ok(Access {
+                identity: claims.sub,
+                name: claims.name,
+                read_only: grant == Grant::Read,
+            }),
+            None => Err(Refusal::Forbidden(room.to_owned())),
+        }
+    }
+}
+
+impl Authorizer {
+    /// Decides whether this upgrade request may open `room`.
+    pub fn authorize(
+        &self,
+        room: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Access, Refusal> {
+        match self {
+            Self::None => Ok(Access {
+                identity: String::new(),
+                name: None,
+                read_only: false,
+            }),
+            Self::Jwt(jwt) => {
+                let token = token(query, headers).ok_or(Refusal::Missing)?;
+                jwt.authorize(&token, room)
+            }
+        }
+    }
+
+    /// Whether clients must present a token.
+    pub fn requires_token(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
+/// The client's token: `?token=`, `Authorization: Bearer`, or a
+/// `Sec-WebSocket-Protocol` entry shaped like a JWT.
+pub fn token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let from_query = query.and_then(|query| {
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key == "token").then(|| {
+                percent_encoding::percent_decode_str(&value.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    });
+    let from_bearer = || {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    };
+    from_query
+        .filter(|t| !t.is_empty())
+        .or_else(from_bearer)
+        .or_else(|| protocol_token(headers))
+}
+
+/// A JWT-shaped entry of `Sec-WebSocket-Protocol`; the gateway must echo
+/// it back as the chosen protocol or browsers drop the connection.
+pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    value
+        .split(',')
+        .map(str::trim)
+        .find(|entry| entry.matches('.').count() == 2)
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn query(token: &str) -> String {
+        format!("_pk=abc&token={token}")
+    }
+
+    #[test]
+    fn grants_exact_names_and_the_longest_prefix() {
+        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET)));
+        let token = sign(serde_json::json!({
+            "sub": "u1", "name": "Ada", "exp": now() + 60,
+            "rooms": {"doc-*": "read", "doc-mine-*": "write", "doc-shared": "write"}
+        }));
+        let q = query(&token);
+        let headers = HeaderMap::new();
+        let check = |room: &str| auth.authorize(room, Some(&q), &headers);
+        assert!(check("doc-1").unwrap().read_only);
+        assert!(!check("doc-mine-1").unwrap().read_only);
+        assert!(!check("doc-shared").unwrap().read_only);
+        assert_eq!(check("doc-1").unwrap().identity, "u1");
+        assert_eq!(check("doc-1").unwrap().name.as_deref(), Some("Ada"));
+        assert_eq!(
+            check("diagram-1"),
+            Err(Refusal::Forbidden("diagram-1".into()))
+        );
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_401() {
+        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).issuer("app")));
+        let headers = HeaderMap::new();
+        let rooms = serde_json::json!({"*": "write"});
+        let expired = sign(
+            serde_json::json!({"sub": "u", "exp": now() - 3600, "iss": "app", "rooms": rooms}),
+        );
+        let wrong_issuer = sign(
+            serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "other", "rooms": rooms}),
+        );
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms}),
+            &EncodingKey::from_secret(b"not-the-secret"),
+        )
+        .unwrap();
+        // alg "none": header {"alg":"none"}, no signature.
+        let none = format!(
+            "eyJhbGciOiJub25lIn0.{}.",
+            base64_url(
+                &serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms})
+                    .to_string()
+            )
+        );
+        for token in [expired, wrong_issuer, forged, none, "garbage".to_owned()] {
+            let refused = auth
+                .authorize("room", Some(&query(&token)), &headers)
+                .unwrap_err();
+            assert_eq!(
+                refused.status(),
+                StatusCode::UNAUTHORIZED,
+                "{token}: {refused}"
+            );
+        }
+        assert_eq!(
+            auth.authorize("room", Some("_pk=1"), &headers),
+            Err(Refusal::Missing)
+        );
+        let good =
+            sign(serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms}));
+        assert!(auth
+            .authorize("room", Some(&query(&good)), &headers)
+            .is_ok());
+    }
+
+    #[test]
+    fn the_token_comes_from_query_bearer_or_protocol() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            token(Some("token=a%2Eb.c"), &headers).as_deref(),
+            Some("a.b.c")
+        );
+        headers.insert(header::AUTHORIZATION, "Bearer x.y.z".parse().unwrap());
+        assert_eq!(token(None, &headers).as_deref(), Some("x.y.z"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "y-sync, p.q.r".parse().unwrap(),
+        );
+        assert_eq!(token(None, &headers).as_deref(), Some("p.q.r"));
+        assert_eq!(token(Some("_pk=1"), &HeaderMap::new()), None);
+    }
+
+    fn base64_url(text: &str) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let bytes = text.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
