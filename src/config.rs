@@ -316,7 +316,7 @@ impl RoomNodeSection {
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// How clients are authorized before the upgrade: `none` (everyone
-    /// writes; `partyline dev` or `--insecure-no-auth` only) or `jwt`
+    /// writes; `partyline dev` or `--insecure-no-auth` only), `jwt` or `webhook`
     /// [default: none in dev; a cluster gateway requires a choice].
     #[arg(long = "auth-mode", env = "PARTYLINE_AUTH_MODE")]
     pub mode: Option<String>,
@@ -332,6 +332,22 @@ pub struct AuthSection {
     /// Required `aud` claim.
     #[arg(long, env = "PARTYLINE_AUTH_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// The app's permission check for `webhook`: POSTed `{room, party,
+    /// token, params}`, answers `200 {"access": "write"|"read", "user": {"id", "name"}}`,
+    /// 401 or 403.
+    #[arg(long, env = "PARTYLINE_AUTH_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// How long the webhook may take; slower is refused (fail closed) [default: 2s].
+    #[arg(long, env = "PARTYLINE_AUTH_WEBHOOK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub webhook_timeout: Option<Duration>,
+    /// How long a webhook answer is reused for the same request [default: 30s].
+    #[arg(long, env = "PARTYLINE_AUTH_CACHE_TTL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
+    /// Webhook answers kept at most [default: 10000].
+    #[arg(long, env = "PARTYLINE_AUTH_CACHE_ENTRIES")]
+    pub cache_entries: Option<usize>,
 }
 
 impl AuthSection {
@@ -343,6 +359,10 @@ impl AuthSection {
             jwt_public_key: or(self.jwt_public_key, file.jwt_public_key),
             jwt_issuer: or(self.jwt_issuer, file.jwt_issuer),
             jwt_audience: or(self.jwt_audience, file.jwt_audience),
+            webhook_url: or(self.webhook_url, file.webhook_url),
+            webhook_timeout: or(self.webhook_timeout, file.webhook_timeout),
+            cache_ttl: or(self.cache_ttl, file.cache_ttl),
+            cache_entries: or(self.cache_entries, file.cache_entries),
         }
     }
 
@@ -383,7 +403,21 @@ impl AuthSection {
                 }
                 Ok(Authorizer::Jwt(Box::new(jwt)))
             }
-            Some(other) => anyhow::bail!("unknown auth mode {other:?}: none or jwt"),
+            Some("webhook") => {
+                let url = self
+                    .webhook_url
+                    .as_deref()
+                    .context("--auth-mode webhook needs --webhook-url")?;
+                Ok(Authorizer::Webhook(std::sync::Arc::new(
+                    partyline_gateway::auth::WebhookAuthorizer::new(
+                        url,
+                        self.webhook_timeout.unwrap_or(Duration::from_secs(2)),
+                        self.cache_ttl.unwrap_or(Duration::from_secs(30)),
+                        self.cache_entries.unwrap_or(10_000).max(1),
+                    ),
+                )))
+            }
+            Some(other) => anyhow::bail!("unknown auth mode {other:?}: none, jwt or webhook"),
         }
     }
 }

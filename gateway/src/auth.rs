@@ -13,7 +13,9 @@
 //! Decisions are made per connect: revocation is lazy, as PartyKit apps
 //! expect (an open session continues; the next connect is checked again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -27,6 +29,8 @@ pub enum Authorizer {
     None,
     /// Signed tokens with a room grant.
     Jwt(Box<JwtAuthorizer>),
+    /// The app's backend decides.
+    Webhook(Arc<WebhookAuthorizer>),
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -34,6 +38,7 @@ impl std::fmt::Debug for Authorizer {
         match self {
             Self::None => f.write_str("None"),
             Self::Jwt(jwt) => write!(f, "Jwt({:?})", jwt.validation.algorithms),
+            Self::Webhook(hook) => write!(f, "Webhook({})", hook.url),
         }
     }
 }
@@ -61,6 +66,10 @@ pub enum Refusal {
     /// A valid token without a grant for this room.
     #[error("the token grants no access to room {0}")]
     Forbidden(String),
+    /// The authorizer could not decide (webhook down, slow or erring):
+    /// refused, fail closed.
+    #[error("authorization unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -69,6 +78,7 @@ impl Refusal {
         match self {
             Self::Missing | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -179,10 +189,12 @@ impl JwtAuthorizer {
 }
 
 impl Authorizer {
-    /// Decides whether this upgrade request may open `room`.
-    pub fn authorize(
+    /// Decides whether this upgrade request may open `room` (of PartyKit
+    /// `party`, if any).
+    pub async fn authorize(
         &self,
         room: &str,
+        party: Option<&str>,
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Access, Refusal> {
@@ -196,6 +208,7 @@ impl Authorizer {
                 let token = token(query, headers).ok_or(Refusal::Missing)?;
                 jwt.authorize(&token, room)
             }
+            Self::Webhook(hook) => hook.authorize(room, party, query, headers).await,
         }
     }
 
@@ -203,6 +216,160 @@ impl Authorizer {
     pub fn requires_token(&self) -> bool {
         !matches!(self, Self::None)
     }
+}
+
+/// A webhook answer and when it came.
+type Cached = (Instant, Result<Access, Refusal>);
+
+/// Asks the app's backend, with a TTL cache of its answers.
+pub struct WebhookAuthorizer {
+    url: String,
+    client: reqwest::Client,
+    ttl: Duration,
+    max_entries: usize,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// What the webhook receives.
+#[derive(Debug, serde::Serialize)]
+struct WebhookRequest<'a> {
+    room: &'a str,
+    party: Option<&'a str>,
+    token: Option<String>,
+    params: BTreeMap<String, String>,
+}
+
+/// What a 200 from the webhook carries.
+#[derive(Debug, Deserialize)]
+struct WebhookAnswer {
+    access: Grant,
+    #[serde(default)]
+    user: Option<WebhookUser>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WebhookUser {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl WebhookAuthorizer {
+    /// Posts to `url`, waits at most `timeout`, caches answers for `ttl`
+    /// (up to `max_entries` of them).
+    pub fn new(url: &str, timeout: Duration, ttl: Duration, max_entries: usize) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Self {
+            url: url.to_owned(),
+            client,
+            ttl,
+            max_entries,
+            cache: Mutex::default(),
+        }
+    }
+
+    async fn authorize(
+        &self,
+        room: &str,
+        party: Option<&str>,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Access, Refusal> {
+        let request = WebhookRequest {
+            room,
+            party,
+            token: token(query, headers),
+            params: query_params(query),
+        };
+        // The request is the key: the same client asking again is answered
+        // from the cache until the TTL runs out.
+        let key = serde_json::to_string(&request).unwrap_or_default();
+        if let Some(answer) = self.cached(&key) {
+            return answer;
+        }
+        let answer = self.ask(&request).await;
+        if !matches!(answer, Err(Refusal::Unavailable(_))) {
+            self.remember(key, answer.clone());
+        }
+        answer
+    }
+
+    fn cached(&self, key: &str) -> Option<Result<Access, Refusal>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, answer) = cache.get(key)?;
+        (at.elapsed() < self.ttl).then(|| answer.clone())
+    }
+
+    fn remember(&self, key: String, answer: Result<Access, Refusal>) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= self.max_entries {
+            let ttl = self.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= self.max_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), answer));
+    }
+
+    async fn ask(&self, request: &WebhookRequest<'_>) -> Result<Access, Refusal> {
+        let unavailable = |why: String| {
+            tracing::warn!(url = %self.url, room = request.room, reason = %why, "auth webhook failed; refusing the client (fail closed)");
+            Refusal::Unavailable(why)
+        };
+        let response = self
+            .client
+            .post(&self.url)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match response.status() {
+            StatusCode::OK => {
+                let answer: WebhookAnswer = response
+                    .json()
+                    .await
+                    .map_err(|e| unavailable(format!("bad answer: {e}")))?;
+                let user = answer.user.unwrap_or(WebhookUser {
+                    id: String::new(),
+                    name: None,
+                });
+                Ok(Access {
+                    identity: user.id,
+                    name: user.name,
+                    read_only: answer.access == Grant::Read,
+                })
+            }
+            StatusCode::UNAUTHORIZED => {
+                Err(Refusal::Invalid("refused by the auth webhook".to_owned()))
+            }
+            StatusCode::FORBIDDEN => Err(Refusal::Forbidden(request.room.to_owned())),
+            other => Err(unavailable(format!("answered {other}"))),
+        }
+    }
+}
+
+/// The query's parameters, percent-decoded (later duplicates win).
+fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(&text.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value))
+        })
+        .collect()
 }
 
 /// The client's token: `?token=`, `Authorization: Bearer`, or a
@@ -278,7 +445,10 @@ mod tests {
         }));
         let q = query(&token);
         let headers = HeaderMap::new();
-        let check = |room: &str| auth.authorize(room, Some(&q), &headers);
+        let check = |room: &str| {
+            futures_util::FutureExt::now_or_never(auth.authorize(room, None, Some(&q), &headers))
+                .unwrap()
+        };
         assert!(check("doc-1").unwrap().read_only);
         assert!(!check("doc-mine-1").unwrap().read_only);
         assert!(!check("doc-shared").unwrap().read_only);
@@ -290,8 +460,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn bad_tokens_are_refused_with_401() {
+    #[tokio::test]
+    async fn bad_tokens_are_refused_with_401() {
         let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).issuer("app")));
         let headers = HeaderMap::new();
         let rooms = serde_json::json!({"*": "write"});
@@ -317,7 +487,8 @@ mod tests {
         );
         for token in [expired, wrong_issuer, forged, none, "garbage".to_owned()] {
             let refused = auth
-                .authorize("room", Some(&query(&token)), &headers)
+                .authorize("room", None, Some(&query(&token)), &headers)
+                .await
                 .unwrap_err();
             assert_eq!(
                 refused.status(),
@@ -326,13 +497,20 @@ mod tests {
             );
         }
         assert_eq!(
-            auth.authorize("room", Some("_pk=1"), &headers),
+            futures_util::FutureExt::now_or_never(auth.authorize(
+                "room",
+                None,
+                Some("_pk=1"),
+                &headers
+            ))
+            .unwrap(),
             Err(Refusal::Missing)
         );
         let good =
             sign(serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms}));
         assert!(auth
-            .authorize("room", Some(&query(&good)), &headers)
+            .authorize("room", None, Some(&query(&good)), &headers)
+            .await
             .is_ok());
     }
 

@@ -138,7 +138,13 @@ async fn handle(
     let access = match shared
         .config
         .auth
-        .authorize(room_path.room.as_str(), uri.query(), &headers)
+        .authorize(
+            room_path.room.as_str(),
+            room_path.party.as_deref(),
+            uri.query(),
+            &headers,
+        )
+        .await
     {
         Ok(access) => access,
         Err(refusal) => {
