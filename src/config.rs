@@ -326,6 +326,10 @@ pub struct AuthSection {
     /// PEM public key file for `jwt` (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
     #[arg(long, env = "PARTYLINE_AUTH_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// JWKS URL for `jwt` (the identity provider's keys; fetched again when a
+    /// token names an unknown `kid`, so key rotation needs no restart).
+    #[arg(long, env = "PARTYLINE_AUTH_JWKS_URL")]
+    pub jwks_url: Option<String>,
     /// Required `iss` claim.
     #[arg(long, env = "PARTYLINE_AUTH_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -357,6 +361,7 @@ impl AuthSection {
             mode: or(self.mode, file.mode),
             jwt_secret: or(self.jwt_secret, file.jwt_secret),
             jwt_public_key: or(self.jwt_public_key, file.jwt_public_key),
+            jwks_url: or(self.jwks_url, file.jwks_url),
             jwt_issuer: or(self.jwt_issuer, file.jwt_issuer),
             jwt_audience: or(self.jwt_audience, file.jwt_audience),
             webhook_url: or(self.webhook_url, file.webhook_url),
@@ -368,7 +373,10 @@ impl AuthSection {
 
     /// The authorizer; `none` only when `allow_none` (dev, or the
     /// operator said `--insecure-no-auth`).
-    pub fn build(&self, allow_none: bool) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
+    pub async fn build(
+        &self,
+        allow_none: bool,
+    ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
         use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
         match self.mode.as_deref() {
             None | Some("none") => {
@@ -381,19 +389,18 @@ impl AuthSection {
                 Ok(Authorizer::None)
             }
             Some("jwt") => {
-                let mut jwt = match (&self.jwt_secret, &self.jwt_public_key) {
-                    (Some(secret), None) => JwtAuthorizer::with_secret(secret.as_bytes()),
-                    (None, Some(path)) => {
+                let mut jwt = match (&self.jwt_secret, &self.jwt_public_key, &self.jwks_url) {
+                    (Some(secret), None, None) => JwtAuthorizer::with_secret(secret.as_bytes()),
+                    (None, Some(path), None) => {
                         let pem = std::fs::read(path)
                             .with_context(|| format!("read jwt public key {}", path.display()))?;
                         JwtAuthorizer::with_public_key(&pem)?
                     }
-                    (Some(_), Some(_)) => {
-                        anyhow::bail!("give --jwt-secret or --jwt-public-key, not both")
-                    }
-                    (None, None) => {
-                        anyhow::bail!("--auth-mode jwt needs --jwt-secret or --jwt-public-key")
-                    }
+                    (None, None, Some(url)) => JwtAuthorizer::with_jwks(url).await,
+                    (None, None, None) => anyhow::bail!(
+                        "--auth-mode jwt needs --jwt-secret, --jwt-public-key or --jwks-url"
+                    ),
+                    _ => anyhow::bail!("give one of --jwt-secret, --jwt-public-key, --jwks-url"),
                 };
                 if let Some(issuer) = &self.jwt_issuer {
                     jwt = jwt.issuer(issuer);

@@ -4,8 +4,9 @@
 //! `Authorization: Bearer` header, or the `Sec-WebSocket-Protocol` header.
 //!
 //! `jwt` verifies a signed token (HS256 with a shared secret; RS256, ES256 or
-//! EdDSA with a PEM public key; `alg: none` and every other algorithm are
-//! refused) and reads a grant of rooms from its `rooms` claim: exact names
+//! EdDSA with a PEM public key or the keys of a JWKS URL, fetched again when
+//! a token names an unknown `kid` so key rotation needs no restart; `alg:
+//! none` and every other algorithm are refused) and reads a grant of rooms from its `rooms` claim: exact names
 //! or prefix patterns ending in `*`, each `"read"` or `"write"`; the exact
 //! name wins, then the longest pattern. `none` lets every client write,
 //! anonymously (only for `partyline dev` or with `--insecure-no-auth`).
@@ -97,8 +98,120 @@ pub enum AuthConfigError {
 /// JWT verification settings and keys.
 #[derive(Clone)]
 pub struct JwtAuthorizer {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
+}
+
+/// Where verification keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// One configured key.
+    Static(DecodingKey),
+    /// A JWKS document, by `kid`.
+    Jwks(Arc<Jwks>),
+}
+
+/// A JWKS URL's keys, fetched at start and again when a token names a
+/// `kid` we do not know (at most once per `min_refresh`).
+pub struct Jwks {
+    url: String,
+    client: reqwest::Client,
+    keys: Mutex<HashMap<String, (DecodingKey, Algorithm)>>,
+    last_fetch: Mutex<Option<Instant>>,
+    min_refresh: Duration,
+}
+
+/// Algorithms a JWKS key may use (never `none`, never HMAC from a public document).
+const JWKS_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Jwks {
+    /// Keys from `url`, refreshed at most once per `min_refresh`.
+    pub fn new(url: &str, min_refresh: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: Mutex::default(),
+            last_fetch: Mutex::default(),
+            min_refresh,
+        }
+    }
+
+    fn lookup(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    /// The key for `kid`, fetching the document again if it is unknown.
+    async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), Refusal> {
+        if let Some(key) = self.lookup(kid) {
+            return Ok(key);
+        }
+        let due = {
+            let mut last = self
+                .last_fetch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = last.is_none_or(|at| at.elapsed() >= self.min_refresh);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(error) = self.fetch().await {
+                tracing::warn!(url = %self.url, %error, "cannot fetch the JWKS");
+            }
+        }
+        self.lookup(kid)
+            .ok_or_else(|| Refusal::Invalid(format!("unknown key id {kid:?}")))
+    }
+
+    async fn fetch(&self) -> Result<usize, String> {
+        let set: jsonwebtoken::jwk::JwkSet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let algorithm = jwk
+                .common
+                .key_algorithm
+                .and_then(|alg| alg.to_string().parse::<Algorithm>().ok());
+            let (Some(algorithm), Ok(key)) = (algorithm, DecodingKey::from_jwk(jwk)) else {
+                continue;
+            };
+            if JWKS_ALGORITHMS.contains(&algorithm) {
+                keys.insert(kid, (key, algorithm));
+            }
+        }
+        let count = keys.len();
+        *self.keys.lock().unwrap_or_else(PoisonError::into_inner) = keys;
+        tracing::info!(url = %self.url, keys = count, "JWKS fetched");
+        Ok(count)
+    }
 }
 
 /// The claims Partyline reads.
@@ -140,13 +253,32 @@ impl JwtAuthorizer {
         }
     }
 
+    /// Verifies tokens with the keys of a JWKS document (each token's
+    /// `kid` picks the key; RS*, PS256, ES256/384 and EdDSA only).
+    pub async fn with_jwks(url: &str) -> Self {
+        let jwks = Jwks::new(url, Duration::from_secs(1));
+        if let Err(error) = jwks.fetch().await {
+            // Not fatal: the first token with a kid fetches it again.
+            tracing::warn!(%url, %error, "cannot fetch the JWKS yet");
+        }
+        *jwks
+            .last_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        Self::with_keys(Keys::Jwks(Arc::new(jwks)), JWKS_ALGORITHMS.to_vec())
+    }
+
     fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> Self {
+        Self::with_keys(Keys::Static(key), algorithms)
+    }
+
+    fn with_keys(keys: Keys, algorithms: Vec<Algorithm>) -> Self {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
-        Self { key, validation }
+        Self { keys, validation }
     }
 
     /// Also requires this `iss`.
@@ -162,10 +294,24 @@ impl JwtAuthorizer {
         self
     }
 
-    fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|error| Refusal::Invalid(error.to_string()))?
-            .claims;
+    async fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
+        let invalid = |error: jsonwebtoken::errors::Error| Refusal::Invalid(error.to_string());
+        let claims = match &self.keys {
+            Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
+            Keys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| Refusal::Invalid("the token names no key id".to_owned()))?;
+                let (key, algorithm) = jwks.key(&kid).await?;
+                // The key's own algorithm, whatever the header claims.
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![algorithm];
+                jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            }
+        }
+        .map_err(invalid)?
+        .claims;
         let grant = claims.rooms.get(room).copied().or_else(|| {
             claims
                 .rooms
@@ -206,7 +352,7 @@ impl Authorizer {
             }),
             Self::Jwt(jwt) => {
                 let token = token(query, headers).ok_or(Refusal::Missing)?;
-                jwt.authorize(&token, room)
+                jwt.authorize(&token, room).await
             }
             Self::Webhook(hook) => hook.authorize(room, party, query, headers).await,
         }
