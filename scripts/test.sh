@@ -15,6 +15,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # Real Redis for the storage tests (Debian's 7.0 is fine).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Key pairs for the JWKS test.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from apt"
   apt-get update -qq

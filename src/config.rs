@@ -352,6 +352,11 @@ pub struct AuthSection {
     /// Webhook answers kept at most [default: 10000].
     #[arg(long, env = "PARTYLINE_AUTH_CACHE_ENTRIES")]
     pub cache_entries: Option<usize>,
+    /// Close sessions (1008) after this long, so a revoked grant stops
+    /// working within it [default: never; revocation applies at the next connect].
+    #[arg(long = "auth-max-session", env = "PARTYLINE_AUTH_MAX_SESSION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub max_session: Option<Duration>,
 }
 
 impl AuthSection {
@@ -368,6 +373,7 @@ impl AuthSection {
             webhook_timeout: or(self.webhook_timeout, file.webhook_timeout),
             cache_ttl: or(self.cache_ttl, file.cache_ttl),
             cache_entries: or(self.cache_entries, file.cache_entries),
+            max_session: or(self.max_session, file.max_session),
         }
     }
 

@@ -36,7 +36,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let room_config = room_node.build(node_id.clone())?;
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
     let mut gateway_config = gateway.build("dev".to_owned())?;
-    gateway_config.auth = args.auth.merge(file.auth).build(true).await?;
+    let auth = args.auth.merge(file.auth);
+    gateway_config.auth = auth.build(true).await?;
+    gateway_config.max_session = auth.max_session;
 
     let grpc_listener = TcpListener::bind("127.0.0.1:0")
         .await

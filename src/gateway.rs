@@ -34,11 +34,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cluster_options = args.cluster.merge(file.cluster).build();
     let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
     config.shutdown_close_code = close::SERVICE_RESTART;
-    config.auth = args
-        .auth
-        .merge(file.auth)
-        .build(args.insecure_no_auth)
-        .await?;
+    let auth = args.auth.merge(file.auth);
+    config.auth = auth.build(args.insecure_no_auth).await?;
+    config.max_session = auth.max_session;
 
     let shutdown = CancellationToken::new();
     let cluster = Cluster::connect(&cluster_options)

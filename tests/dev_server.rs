@@ -346,3 +346,19 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start() {
         second.stdout
     );
 }
+
+#[tokio::test]
+async fn auth_max_session_bounds_how_long_a_session_lasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&dir.path().join("data"), &["--auth-max-session", "1s"]);
+    let started = std::time::Instant::now();
+    let client = synced(&server, "doc-expiring").await;
+    let closed = client.wait_closed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(closed.code, 1008, "{closed}");
+    assert!(closed.reason.contains("expired"), "{closed}");
+    let lasted = started.elapsed();
+    assert!(
+        lasted >= Duration::from_secs(1) && lasted < Duration::from_secs(5),
+        "{lasted:?}"
+    );
+}

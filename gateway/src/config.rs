@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     pub release_grace: Duration,
     /// Who may open which room (checked before the upgrade).
     pub auth: crate::auth::Authorizer,
+    /// Sessions are closed (1008) after this long, so a revoked grant stops
+    /// working within it; `None` keeps them open (revocation is lazy).
+    pub max_session: Option<Duration>,
     /// Close code for client sockets when the gateway shuts down: 1001 for
     /// `partyline dev`, 1012 (service restart: reconnect elsewhere) in a
     /// cluster.
@@ -77,6 +80,7 @@ impl GatewayConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             release_grace: DEFAULT_RELEASE_GRACE,
             auth: crate::auth::Authorizer::None,
+            max_session: None,
             shutdown_close_code: partyline_proto::close::GOING_AWAY,
         }
     }

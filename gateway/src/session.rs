@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -70,6 +71,9 @@ async fn pump(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut frames = VecDeque::new();
+    // `max_session` bounds how long a revoked grant stays usable.
+    let expires = tokio::time::sleep(config.max_session.unwrap_or(Duration::MAX));
+    tokio::pin!(expires);
     // Registered once, not on every wake-up of the loop.
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
@@ -140,6 +144,10 @@ async fn pump(
                 if socket.send(Message::Ping(Bytes::new())).await.is_err() {
                     return None;
                 }
+            }
+            _ = &mut expires => {
+                tracing::debug!(room = %room, session = session_id, "session reached max_session; closing");
+                return Some(CloseReason::new(close::POLICY_VIOLATION, "session expired; reconnect to be authorized again"));
             }
             _ = &mut cancelled => {
                 return Some(CloseReason::new(config.shutdown_close_code, "server shutting down"));
