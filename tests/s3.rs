@@ -11,46 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::s3_server::S3Server;
+use common::yjs::{edit, state, text_of};
 use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig};
 use partyline_proto::NodeId;
 use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+use yrs::Doc;
 
 const BUCKET: &str = "snaps";
-
-/// A Yjs update appending `text` to root text `t` of `doc`.
-fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
-    let t = doc.get_or_insert_text("t");
-    let before = doc.transact().state_vector();
-    {
-        let mut txn = doc.transact_mut();
-        let len = t.len(&txn);
-        t.insert(&mut txn, len, text);
-    }
-    doc.transact().encode_state_as_update_v1(&before).into()
-}
-
-fn state(doc: &Doc) -> Vec<u8> {
-    doc.transact()
-        .encode_state_as_update_v1(&StateVector::default())
-}
-
-fn text_of(updates: &[Vec<u8>]) -> String {
-    let doc = Doc::new();
-    {
-        let mut txn = doc.transact_mut();
-        for update in updates {
-            txn.apply_update(Update::decode_v1(update).unwrap())
-                .unwrap();
-        }
-    }
-    let t = doc.get_or_insert_text("t");
-    let txn = doc.transact();
-    t.get_string(&txn)
-}
 
 /// `SnapshotStore::from_url(url)` pointed at `s3`. `from_url` takes the
 /// endpoint and credentials only from `AWS_*` environment variables, so

@@ -7,38 +7,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
+use common::yjs::{edit, text_of};
 use partyline_bench::client::YClient;
 use partyline_proto::NodeId;
 use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
-
-/// A Yjs update appending `text` to root text `t` of `doc`.
-fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
-    let t = doc.get_or_insert_text("t");
-    let before = doc.transact().state_vector();
-    {
-        let mut txn = doc.transact_mut();
-        let len = t.len(&txn);
-        t.insert(&mut txn, len, text);
-    }
-    doc.transact().encode_state_as_update_v1(&before).into()
-}
-
-fn text_of(updates: &[Vec<u8>]) -> String {
-    let doc = Doc::new();
-    {
-        let mut txn = doc.transact_mut();
-        for update in updates {
-            txn.apply_update(Update::decode_v1(update).unwrap())
-                .unwrap();
-        }
-    }
-    let t = doc.get_or_insert_text("t");
-    let txn = doc.transact();
-    t.get_string(&txn)
-}
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 async fn storage(redis: &RedisServer, snapshots: &std::path::Path) -> RemoteStorage {
     let store = SnapshotStore::from_url(&format!("file://{}", snapshots.display())).unwrap();

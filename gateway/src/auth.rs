@@ -521,16 +521,7 @@ fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
 /// The client's token: `?token=`, `Authorization: Bearer`, or a
 /// `Sec-WebSocket-Protocol` entry shaped like a JWT.
 pub fn token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    let from_query = query.and_then(|query| {
-        query.split('&').find_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            (key == "token").then(|| {
-                percent_encoding::percent_decode_str(&value.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-        })
-    });
+    let from_query = query_params(query).remove("token");
     let from_bearer = || {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;

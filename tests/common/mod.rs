@@ -10,6 +10,7 @@ pub mod nats;
 pub mod process;
 pub mod redis_server;
 pub mod s3_server;
+pub mod yjs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
