@@ -20,6 +20,9 @@ pub mod router;
 pub mod session;
 pub mod upstream;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

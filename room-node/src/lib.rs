@@ -18,6 +18,9 @@ pub mod service;
 pub mod storage;
 pub mod store;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::sync::Arc;
 
 use partyline_proto::pb::room_node_server::RoomNodeServer;

@@ -46,6 +46,17 @@ pub enum ProtocolError {
     /// The update decoded but yrs refused to integrate it.
     #[error("update rejected: {0}")]
     Update(#[from] yrs::error::UpdateError),
+    /// yrs panicked decoding the frame (its debug assertions reject some
+    /// values, e.g. client ids over 53 bits, by panicking).
+    #[error("undecodable message")]
+    DecodePanic,
+}
+
+/// Runs a yrs decoder, turning its panics into an error: decoding touches
+/// no room state, so nothing is left half-done.
+fn decode_guarded<T>(decode: impl FnOnce() -> T) -> Result<T, ProtocolError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .map_err(|_| ProtocolError::DecodePanic)
 }
 
 /// What handling one frame asks the room to do, in order.
@@ -127,9 +138,13 @@ impl SyncRoom {
         if frame.is_empty() {
             return Err(ProtocolError::Empty);
         }
-        let mut decoder = DecoderV1::from(frame);
-        let message = Message::decode(&mut decoder)?;
-        if decoder.read_u8().is_ok() {
+        let (message, trailing) = decode_guarded(|| {
+            let mut decoder = DecoderV1::from(frame);
+            let message = Message::decode(&mut decoder);
+            (message, decoder.read_u8().is_ok())
+        })?;
+        let message = message?;
+        if trailing {
             return Err(ProtocolError::TrailingBytes);
         }
         let mut outcome = Outcome::default();
@@ -184,7 +199,7 @@ impl SyncRoom {
         access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
-        let update = Update::decode_v1(&bytes)?;
+        let update = decode_guarded(|| Update::decode_v1(&bytes))??;
         // Clients answer our SyncStep1 with a Step2 that is usually empty;
         // it carries nothing to apply, log or echo, and is not a write.
         if update.is_empty() {
