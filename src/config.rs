@@ -144,6 +144,10 @@ pub struct RoomNodeSection {
     /// `[room_node.modes]` in the file: prefix = "mode".
     #[arg(skip)]
     pub modes: Option<std::collections::BTreeMap<String, String>>,
+    /// `[room_node.policies."prefix"]` in the file: limits by room-name
+    /// prefix (`""` for every other room).
+    #[arg(skip)]
+    pub policies: Option<std::collections::BTreeMap<String, PolicySection>>,
     /// Snapshot versions a `history` room keeps [default: 50].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_VERSIONS")]
     pub history_versions: Option<usize>,
@@ -151,6 +155,16 @@ pub struct RoomNodeSection {
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
+}
+
+/// One `[room_node.policies."prefix"]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Sessions open at once in one room; the next is closed with 1008.
+    pub max_sessions: Option<usize>,
+    /// Document size limit in bytes; growing updates past it are refused.
+    pub max_doc_bytes: Option<u64>,
 }
 
 /// `a` where set, else `b`.
@@ -241,6 +255,7 @@ impl RoomNodeSection {
                 self.room_mode
             },
             modes: or(self.modes, file.modes),
+            policies: or(self.policies, file.policies),
             history_versions: or(self.history_versions, file.history_versions),
             history_max_age: or(self.history_max_age, file.history_max_age),
         }
@@ -279,6 +294,15 @@ impl RoomNodeSection {
                 .map_err(|e| anyhow::anyhow!("room mode for prefix {prefix:?}: {e}"))?;
             config.modes.retain(|(p, _)| *p != prefix);
             config.modes.push((prefix, mode));
+        }
+        for (prefix, policy) in self.policies.iter().flatten() {
+            config.policies.push((
+                prefix.clone(),
+                partyline_room_node::RoomPolicy {
+                    max_sessions: policy.max_sessions,
+                    max_doc_bytes: policy.max_doc_bytes,
+                },
+            ));
         }
         anyhow::ensure!(
             config.history_versions >= 2,

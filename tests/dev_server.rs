@@ -362,3 +362,55 @@ async fn auth_max_session_bounds_how_long_a_session_lasts() {
         "{lasted:?}"
     );
 }
+
+#[tokio::test]
+async fn room_policies_cap_sessions_and_document_size_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("partyline.toml");
+    std::fs::write(
+        &config,
+        "[room_node.policies.\"small-\"]\nmax_sessions = 2\nmax_doc_bytes = 300\n",
+    )
+    .unwrap();
+    let server = DevServer::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+
+    // The session cap refuses the next client with a clear reason.
+    let first = synced(&server, "small-room").await;
+    let second = synced(&server, "small-room").await;
+    let third = YClient::connect(&server.url("small-room")).await.unwrap();
+    let closed = third.wait_closed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(closed.code, 1008, "{closed}");
+    assert!(closed.reason.contains("room is full"), "{closed}");
+    // Other prefixes are not capped.
+    let _others: Vec<YClient> =
+        futures_util::future::join_all((0..3).map(|_| synced(&server, "big-room"))).await;
+
+    // The size cap refuses growth and tells the writer; content stops.
+    for n in 0..40 {
+        first
+            .push_text("t", &format!("chunk-{n:03};"))
+            .await
+            .unwrap();
+    }
+    let mut denied = None;
+    for _ in 0..50 {
+        denied = first.stats().auth_denied;
+        if denied.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let denied = denied.expect("the writer was told");
+    assert!(denied.contains("document too large"), "{denied}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = second.text("t").await.unwrap();
+    assert!(
+        !seen.is_empty() && seen.len() < 40 * 10,
+        "{} bytes got through",
+        seen.len()
+    );
+    assert!(first.close_info().is_none(), "the writer stays connected");
+}

@@ -60,6 +60,9 @@ pub struct RoomNodeConfig {
     /// Persistence mode by room-name prefix (longest match wins); other
     /// rooms are [`RoomMode::Snapshot`].
     pub modes: Vec<(String, RoomMode)>,
+    /// Limits by room-name prefix (longest match wins; `""` is the
+    /// default for every other room).
+    pub policies: Vec<(String, RoomPolicy)>,
     /// Versions a `history` room keeps.
     pub history_versions: usize,
     /// …and how old they may get (the newest two always stay).
@@ -79,6 +82,16 @@ pub struct RoomNodeConfig {
     pub room_locks: bool,
     /// How long loading a room waits for another node to release its lock.
     pub room_lock_timeout: Duration,
+}
+
+/// Limits of the rooms whose names start with a prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// Sessions open at once; the next one is closed (1008, "room is full").
+    pub max_sessions: Option<usize>,
+    /// Document size (its stored state plus updates since); updates that
+    /// would grow it past this are refused and the client is told.
+    pub max_doc_bytes: Option<u64>,
 }
 
 /// How a room persists.
@@ -110,6 +123,15 @@ impl std::str::FromStr for RoomMode {
 }
 
 impl RoomNodeConfig {
+    /// The limits of `room`: the longest matching prefix's, else none.
+    pub fn policy_of(&self, room: &str) -> RoomPolicy {
+        self.policies
+            .iter()
+            .filter(|(prefix, _)| room.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or_else(RoomPolicy::default, |(_, policy)| *policy)
+    }
+
     /// The mode of `room`: the longest matching prefix's, else snapshot.
     pub fn mode_of(&self, room: &str) -> RoomMode {
         self.modes
@@ -132,6 +154,7 @@ impl RoomNodeConfig {
             log_buffer_bytes: DEFAULT_LOG_BUFFER_BYTES,
             snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
             modes: Vec::new(),
+            policies: Vec::new(),
             history_versions: DEFAULT_HISTORY_VERSIONS,
             history_max_age: None,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{RoomMode, RoomNodeConfig};
+pub use config::{RoomMode, RoomNodeConfig, RoomPolicy};
 pub use ownership::{Ownership, SlotMapWatch};
 
 /// gRPC messages carry whole y-sync frames; allow the gateway's largest.

@@ -85,6 +85,9 @@ pub const READ_ONLY_REASON: &str = "read-only: document updates are not accepted
 pub const LOG_UNAVAILABLE_REASON: &str =
     "storage unavailable: document updates are refused until it is back";
 
+/// The auth reason sent when the document is at its size limit.
+pub const DOCUMENT_FULL_REASON: &str = "document too large: updates that grow it are refused";
+
 /// Whether a session's document updates are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -94,6 +97,8 @@ pub enum Access {
     ReadOnly,
     /// The room cannot log more updates right now.
     LogUnavailable,
+    /// The document reached its size limit.
+    DocumentFull,
 }
 
 /// A room's document and awareness.
@@ -209,6 +214,7 @@ impl SyncRoom {
             Access::ReadWrite => None,
             Access::ReadOnly => Some(READ_ONLY_REASON),
             Access::LogUnavailable => Some(LOG_UNAVAILABLE_REASON),
+            Access::DocumentFull => Some(DOCUMENT_FULL_REASON),
         };
         if let Some(reason) = reason {
             outcome.write_denied = true;

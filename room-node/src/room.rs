@@ -161,13 +161,21 @@ pub fn spawn_actor(
     let actor = async move {
         match storage::load(&config, &room, sync_queue, epoch).await {
             Ok(loaded) => {
+                let policy = config.policy_of(room.as_str());
+                let sync = SyncRoom::new(loaded.doc);
+                // Sized once at load, and only when a limit needs it.
+                let doc_bytes = if policy.max_doc_bytes.is_some() {
+                    sync.encode_state().len() as u64
+                } else {
+                    0
+                };
                 RoomActor {
                     room,
                     config,
                     epoch,
                     cancel,
                     rx,
-                    sync: SyncRoom::new(loaded.doc),
+                    sync,
                     storage: loaded.storage,
                     _lock: loaded.lock,
                     releasing: None,
@@ -179,6 +187,8 @@ pub fn spawn_actor(
                     log_down_since: None,
                     refused_writes: false,
                     since_snapshot: Growth::default(),
+                    policy,
+                    doc_bytes,
                     snapshot_task: None,
                     snapshot_growth: Growth::default(),
                     snapshot_retry: None,
@@ -243,6 +253,10 @@ struct RoomActor {
     refused_writes: bool,
     /// Log growth since the last snapshot (snapshot triggers).
     since_snapshot: Growth,
+    /// This room's limits.
+    policy: crate::config::RoomPolicy,
+    /// Document size estimate: state at load plus every update since.
+    doc_bytes: u64,
     /// The snapshot being written, on its own task.
     snapshot_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
     /// Growth the running snapshot covers, given back if it fails.
@@ -438,10 +452,25 @@ impl RoomActor {
     fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
         match kind {
             gateway_frame::Kind::OpenSession(open) => {
+                let read_only = open.permission() == pb::Permission::ReadOnly;
+                let open_sessions: usize = self.links.values().map(|l| l.sessions.len()).sum();
+                if self
+                    .policy
+                    .max_sessions
+                    .is_some_and(|max| open_sessions >= max)
+                {
+                    let end = node_frame::Kind::EndSession(pb::EndSession {
+                        session_id: open.session_id,
+                        close_code: u32::from(close::POLICY_VIOLATION),
+                        reason: format!("room is full ({open_sessions} sessions)"),
+                    });
+                    self.outbox.push(Out::Link(link_id, frame(end)));
+                    tracing::info!(room = %self.room, sessions = open_sessions, "session refused: room is full");
+                    return;
+                }
                 let Some(link) = self.links.get_mut(&link_id) else {
                     return;
                 };
-                let read_only = open.permission() == pb::Permission::ReadOnly;
                 link.sessions.insert(
                     open.session_id,
                     Session {
@@ -499,6 +528,12 @@ impl RoomActor {
             && self.pending_bytes >= self.config.log_buffer_bytes
         {
             Access::LogUnavailable
+        } else if self
+            .policy
+            .max_doc_bytes
+            .is_some_and(|max| self.doc_bytes + message.payload.len() as u64 > max)
+        {
+            Access::DocumentFull
         } else {
             Access::ReadWrite
         };
@@ -514,6 +549,8 @@ impl RoomActor {
                     if access == Access::LogUnavailable {
                         self.refused_writes = true;
                         tracing::warn!(room = %self.room, session = session_id, "write refused: update log unreachable and the hold buffer is full");
+                    } else if access == Access::DocumentFull {
+                        tracing::info!(room = %self.room, session = session_id, bytes = self.doc_bytes, "write refused: document at max_doc_bytes");
                     } else {
                         tracing::info!(room = %self.room, session = session_id, "write from a read-only session dropped");
                     }
@@ -521,7 +558,9 @@ impl RoomActor {
                 if !outcome.log.is_empty() {
                     self.dirty = true;
                 }
-                self.pending_bytes += outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
+                let logged = outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
+                self.pending_bytes += logged;
+                self.doc_bytes += logged;
                 self.pending_log.extend(outcome.log);
                 for payload in outcome.reply {
                     let frame = deliver(session_id, payload);
