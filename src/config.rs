@@ -165,6 +165,10 @@ pub struct PolicySection {
     pub max_sessions: Option<usize>,
     /// Document size limit in bytes; growing updates past it are refused.
     pub max_doc_bytes: Option<u64>,
+    /// Relay one session's awareness at most once per this window (latest
+    /// wins), e.g. `"100ms"` for cursor floods.
+    #[serde(default, with = "humantime_serde")]
+    pub awareness_throttle: Option<Duration>,
 }
 
 /// `a` where set, else `b`.
@@ -301,6 +305,7 @@ impl RoomNodeSection {
                 partyline_room_node::RoomPolicy {
                     max_sessions: policy.max_sessions,
                     max_doc_bytes: policy.max_doc_bytes,
+                    awareness_throttle: policy.awareness_throttle,
                 },
             ));
         }

@@ -414,3 +414,45 @@ async fn room_policies_cap_sessions_and_document_size_by_prefix() {
     );
     assert!(first.close_info().is_none(), "the writer stays connected");
 }
+
+#[tokio::test]
+async fn an_awareness_flood_is_relayed_at_most_once_per_throttle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("partyline.toml");
+    std::fs::write(
+        &config,
+        "[room_node.policies.\"cursor-\"]\nawareness_throttle = \"100ms\"\n",
+    )
+    .unwrap();
+    let server = DevServer::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let flooder = synced(&server, "cursor-board").await;
+    let watcher = synced(&server, "cursor-board").await;
+    let before = watcher.stats().awareness_received;
+    let started = std::time::Instant::now();
+    // 1,000 cursor moves, as fast as 1 ms apart allows.
+    for x in 0..1000 {
+        flooder
+            .set_awareness(&serde_json::json!({ "x": x }))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let id = flooder.client_id();
+    watcher
+        .wait_awareness(Duration::from_secs(5), move |states| {
+            states.get(&id).is_some_and(|state| state["x"] == 999)
+        })
+        .await
+        .expect("the latest state wins");
+    let elapsed = started.elapsed();
+    let relayed = watcher.stats().awareness_received - before;
+    let windows = elapsed.as_millis() as u64 / 100 + 2;
+    eprintln!("{relayed} awareness messages relayed for 1000 updates in {elapsed:?}");
+    assert!(
+        relayed <= windows,
+        "{relayed} relayed in {elapsed:?}: more than one per 100 ms window"
+    );
+}

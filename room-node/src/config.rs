@@ -92,6 +92,9 @@ pub struct RoomPolicy {
     /// Document size (its stored state plus updates since); updates that
     /// would grow it past this are refused and the client is told.
     pub max_doc_bytes: Option<u64>,
+    /// Awareness from one session is relayed at most once per this window;
+    /// updates in between are coalesced, the latest wins (cursor floods).
+    pub awareness_throttle: Option<Duration>,
 }
 
 /// How a room persists.

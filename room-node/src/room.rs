@@ -189,6 +189,8 @@ pub fn spawn_actor(
                     since_snapshot: Growth::default(),
                     policy,
                     doc_bytes,
+                    awareness_sent: HashMap::new(),
+                    awareness_held: HashMap::new(),
                     snapshot_task: None,
                     snapshot_growth: Growth::default(),
                     snapshot_retry: None,
@@ -257,6 +259,10 @@ struct RoomActor {
     policy: crate::config::RoomPolicy,
     /// Document size estimate: state at load plus every update since.
     doc_bytes: u64,
+    /// Awareness throttle: when each session's awareness last went out,
+    /// and its latest held-back one.
+    awareness_sent: HashMap<(LinkId, u64), Instant>,
+    awareness_held: HashMap<(LinkId, u64), Bytes>,
     /// The snapshot being written, on its own task.
     snapshot_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
     /// Growth the running snapshot covers, given back if it fails.
@@ -290,6 +296,8 @@ impl RoomActor {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
+            let awareness_waiting = !self.awareness_held.is_empty();
+            let awareness_flush_at = self.next_awareness_flush();
             let first = tokio::select! {
                 biased;
                 _ = &mut cancelled => {
@@ -322,6 +330,13 @@ impl RoomActor {
                 _ = tokio::time::sleep_until(self.snapshot_retry.map_or_else(Instant::now, |(at, _)| at)),
                     if self.snapshot_retry.is_some() && self.snapshot_task.is_none() => {
                     self.start_snapshot();
+                    continue;
+                }
+                _ = tokio::time::sleep_until(awareness_flush_at), if awareness_waiting => {
+                    self.flush_awareness();
+                    if let Err(error) = self.commit(false).await {
+                        return ExitReason::Failed(LoadError::Local(error));
+                    }
                     continue;
                 }
                 _ = &mut retry, if self.log_down_since.is_some() => {
@@ -573,8 +588,14 @@ impl RoomActor {
                         self.outbox.push(Out::Link(link_id, frame));
                     }
                 }
+                let is_awareness = message.payload.first() == Some(&1);
                 for payload in outcome.broadcast {
-                    self.outbox.push(Out::All(broadcast(payload)));
+                    match self.policy.awareness_throttle {
+                        Some(window) if is_awareness => {
+                            self.throttle_awareness((link_id, session_id), payload, window)
+                        }
+                        _ => self.outbox.push(Out::All(broadcast(payload))),
+                    }
                 }
             }
             Err(error) => {
@@ -585,6 +606,54 @@ impl RoomActor {
                     close::PROTOCOL_ERROR,
                     &error.to_string(),
                 );
+            }
+        }
+    }
+
+    /// Relays a session's awareness now, or holds it (latest wins) until
+    /// its window since the last relay has passed.
+    fn throttle_awareness(&mut self, key: (LinkId, u64), payload: Bytes, window: Duration) {
+        let now = Instant::now();
+        match self.awareness_sent.get(&key) {
+            Some(&sent) if now < sent + window => {
+                self.awareness_held.insert(key, payload);
+            }
+            _ => {
+                self.awareness_sent.insert(key, now);
+                self.outbox.push(Out::All(broadcast(payload)));
+            }
+        }
+    }
+
+    /// When the earliest held awareness may go out.
+    fn next_awareness_flush(&self) -> Instant {
+        let window = self.policy.awareness_throttle.unwrap_or_default();
+        self.awareness_held
+            .keys()
+            .filter_map(|key| self.awareness_sent.get(key))
+            .map(|&sent| sent + window)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Relays every held awareness whose window has passed.
+    fn flush_awareness(&mut self) {
+        let window = self.policy.awareness_throttle.unwrap_or_default();
+        let now = Instant::now();
+        let due: Vec<(LinkId, u64)> = self
+            .awareness_held
+            .keys()
+            .filter(|key| {
+                self.awareness_sent
+                    .get(key)
+                    .is_none_or(|&sent| now >= sent + window)
+            })
+            .copied()
+            .collect();
+        for key in due {
+            if let Some(payload) = self.awareness_held.remove(&key) {
+                self.awareness_sent.insert(key, now);
+                self.outbox.push(Out::All(broadcast(payload)));
             }
         }
     }
@@ -609,6 +678,8 @@ impl RoomActor {
             return;
         };
         self.remove_awareness(session.awareness.into_iter().collect());
+        self.awareness_sent.remove(&(link_id, session_id));
+        self.awareness_held.remove(&(link_id, session_id));
         self.note_if_last_left();
     }
 
