@@ -98,13 +98,10 @@ enum AdminCommand {
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let options = args.cluster.merge(file.cluster).build();
-    let cluster = tokio::time::timeout(Duration::from_secs(5), Cluster::connect(&options))
-        .await
-        .context("NATS did not answer within 5s")?
-        .context("connect to NATS")?;
     let json = args.json;
     match args.command {
         AdminCommand::Nodes => {
+            let cluster = connect(&options).await?;
             let report = admin::nodes(&cluster).await?;
             print(json, &report, || {
                 let mut out = format!(
@@ -121,6 +118,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
         AdminCommand::Slots => {
+            let cluster = connect(&options).await?;
             let slots = admin::slots(&cluster).await?;
             print(json, &slots, || {
                 let mut out = format!(
@@ -134,6 +132,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
         AdminCommand::Locate { room } => {
+            let cluster = connect(&options).await?;
             let location = admin::locate(&cluster, &room).await?;
             print(json, &location, || {
                 format!(
@@ -143,6 +142,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
         AdminCommand::Drain { node, wait } => {
+            let cluster = connect(&options).await?;
             let wait = (!wait.is_zero()).then_some(wait);
             let report = admin::drain(&cluster, &node, wait).await?;
             print(json, &report, || {
@@ -153,6 +153,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
         AdminCommand::Undrain { node } => {
+            let cluster = connect(&options).await?;
             admin::undrain(&cluster, &node).await?;
             let report = serde_json::json!({ "node": node, "draining": false });
             print(json, &report, || format!("{node} may own slots again\n"))
@@ -188,6 +189,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Export { room, timeout } => {
+            let cluster = connect(&options).await?;
             let (url, epoch) = owner(&cluster, &room).await?;
             let update = room_api::export(&url, &room, epoch, timeout).await?;
             std::io::Write::write_all(&mut std::io::stdout().lock(), &update)?;
@@ -195,6 +197,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Import { room, timeout } => {
+            let cluster = connect(&options).await?;
             let mut update = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut update)
                 .context("read the update from stdin")?;
@@ -206,6 +209,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
         AdminCommand::Rebalance => {
+            let cluster = connect(&options).await?;
             let report = admin::rebalance(&cluster).await?;
             print(json, &report, || {
                 format!(
@@ -215,6 +219,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The cluster's NATS; only the commands that ask it connect, so reading
+/// stored versions works while NATS is down.
+async fn connect(
+    options: &partyline_coordinator::cluster::ClusterOptions,
+) -> anyhow::Result<Cluster> {
+    tokio::time::timeout(Duration::from_secs(5), Cluster::connect(options))
+        .await
+        .context("NATS did not answer within 5s")?
+        .context("connect to NATS")
 }
 
 /// The rooms' remote storage, as room nodes open it.

@@ -431,7 +431,7 @@ impl AuthSection {
                             .with_context(|| format!("read jwt public key {}", path.display()))?;
                         JwtAuthorizer::with_public_key(&pem)?
                     }
-                    (None, None, Some(url)) => JwtAuthorizer::with_jwks(url).await,
+                    (None, None, Some(url)) => JwtAuthorizer::with_jwks(url).await?,
                     (None, None, None) => anyhow::bail!(
                         "--auth-mode jwt needs --jwt-secret, --jwt-public-key or --jwks-url"
                     ),
@@ -456,7 +456,7 @@ impl AuthSection {
                         self.webhook_timeout.unwrap_or(Duration::from_secs(2)),
                         self.cache_ttl.unwrap_or(Duration::from_secs(30)),
                         self.cache_entries.unwrap_or(10_000).max(1),
-                    ),
+                    )?,
                 )))
             }
             Some(other) => anyhow::bail!("unknown auth mode {other:?}: none, jwt or webhook"),

@@ -640,15 +640,7 @@ pub(crate) fn is_valid_node_key(node: &NodeId) -> bool {
 mod tests {
     use super::*;
     use crate::placement::assign;
-
-    fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
-        ids.iter()
-            .map(|id| NodeInfo {
-                id: NodeId::new(*id),
-                grpc_url: format!("http://{id}:7001"),
-            })
-            .collect()
-    }
+    use crate::placement::tests::nodes;
 
     #[test]
     fn slot_map_round_trips_through_json() {

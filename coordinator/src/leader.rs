@@ -548,15 +548,7 @@ fn warm_up(config: &CoordinatorConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
-        ids.iter()
-            .map(|id| NodeInfo {
-                id: NodeId::new(*id),
-                grpc_url: format!("http://{id}:7001"),
-            })
-            .collect()
-    }
+    use crate::placement::tests::nodes;
 
     fn owner_of(map: &SlotMap, slot: Slot) -> &str {
         map.owner(slot).id.as_str()

@@ -50,11 +50,12 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use partyline_proto::{NodeId, Slot};
 
-    fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
+    /// Nodes with these ids, as tests across the crate build them.
+    pub(crate) fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
         ids.iter()
             .map(|id| NodeInfo {
                 id: NodeId::new(*id),

@@ -93,6 +93,19 @@ pub enum AuthConfigError {
     /// Neither a secret nor a key.
     #[error("jwt auth needs a secret or a public key")]
     NoKey,
+    /// The HTTP client for a webhook or JWKS URL could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// An HTTP client that gives up after `timeout`; without one a hung
+/// webhook or JWKS server would hold connects forever.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, AuthConfigError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| AuthConfigError::Http(e.to_string()))
 }
 
 /// JWT verification settings and keys.
@@ -134,17 +147,14 @@ const JWKS_ALGORITHMS: &[Algorithm] = &[
 
 impl Jwks {
     /// Keys from `url`, refreshed at most once per `min_refresh`.
-    pub fn new(url: &str, min_refresh: Duration) -> Self {
-        Self {
+    pub fn new(url: &str, min_refresh: Duration) -> Result<Self, AuthConfigError> {
+        Ok(Self {
             url: url.to_owned(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            client: http_client(Duration::from_secs(5))?,
             keys: Mutex::default(),
             last_fetch: Mutex::default(),
             min_refresh,
-        }
+        })
     }
 
     fn lookup(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
@@ -255,8 +265,8 @@ impl JwtAuthorizer {
 
     /// Verifies tokens with the keys of a JWKS document (each token's
     /// `kid` picks the key; RS*, PS256, ES256/384 and EdDSA only).
-    pub async fn with_jwks(url: &str) -> Self {
-        let jwks = Jwks::new(url, Duration::from_secs(1));
+    pub async fn with_jwks(url: &str) -> Result<Self, AuthConfigError> {
+        let jwks = Jwks::new(url, Duration::from_secs(1))?;
         if let Err(error) = jwks.fetch().await {
             // Not fatal: the first token with a kid fetches it again.
             tracing::warn!(%url, %error, "cannot fetch the JWKS yet");
@@ -265,7 +275,10 @@ impl JwtAuthorizer {
             .last_fetch
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
-        Self::with_keys(Keys::Jwks(Arc::new(jwks)), JWKS_ALGORITHMS.to_vec())
+        Ok(Self::with_keys(
+            Keys::Jwks(Arc::new(jwks)),
+            JWKS_ALGORITHMS.to_vec(),
+        ))
     }
 
     fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> Self {
@@ -404,19 +417,19 @@ struct WebhookUser {
 impl WebhookAuthorizer {
     /// Posts to `url`, waits at most `timeout`, caches answers for `ttl`
     /// (up to `max_entries` of them).
-    pub fn new(url: &str, timeout: Duration, ttl: Duration, max_entries: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .unwrap_or_default();
-        Self {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        ttl: Duration,
+        max_entries: usize,
+    ) -> Result<Self, AuthConfigError> {
+        Ok(Self {
             url: url.to_owned(),
-            client,
+            client: http_client(timeout)?,
             ttl,
             max_entries,
             cache: Mutex::default(),
-        }
+        })
     }
 
     async fn authorize(

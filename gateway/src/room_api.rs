@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_client::RoomNodeClient};
+use partyline_proto::pb::{self, gateway_frame, node_frame};
 use partyline_proto::SYNC_STEP1_EMPTY;
+
+use crate::upstream::{open_room_stream, OpenError};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -18,8 +19,6 @@ use yrs::updates::encoder::Encode;
 
 /// Session id of the one-off session within its own stream.
 const SESSION: u64 = 1;
-/// gRPC messages carry whole documents.
-const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Why a one-off room session failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,50 +68,27 @@ impl OneOff {
             .connect()
             .await
             .map_err(|e| node_error(e.to_string()))?;
-        let (to_node, rx) = mpsc::channel(16);
-        for kind in [
-            gateway_frame::Kind::Attach(pb::Attach {
-                room: room.to_owned(),
-                epoch,
-                gateway_id: id.to_owned(),
-            }),
-            gateway_frame::Kind::OpenSession(pb::OpenSession {
-                session_id: SESSION,
-                identity: id.to_owned(),
-                permission: pb::Permission::ReadWrite as i32,
-            }),
-        ] {
-            to_node
-                .try_send(pb::GatewayFrame { kind: Some(kind) })
-                .map_err(|e| node_error(e.to_string()))?;
-        }
-        let mut client = RoomNodeClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let mut from_node = client
-            .open_room(ReceiverStream::new(rx))
-            .await
-            .map_err(|status| node_error(status.to_string()))?
-            .into_inner();
-        match from_node
-            .message()
-            .await
-            .map_err(|s| node_error(s.to_string()))?
-        {
-            Some(pb::NodeFrame {
-                kind: Some(node_frame::Kind::Attached(_)),
-            }) => Ok(Self {
+        let attach = pb::Attach {
+            room: room.to_owned(),
+            epoch,
+            gateway_id: id.to_owned(),
+        };
+        let open = gateway_frame::Kind::OpenSession(pb::OpenSession {
+            session_id: SESSION,
+            identity: id.to_owned(),
+            permission: pb::Permission::ReadWrite as i32,
+        });
+        match open_room_stream(channel, attach, vec![open], 16).await {
+            Ok((to_node, from_node)) => Ok(Self {
                 url: url.to_owned(),
                 to_node,
                 from_node,
             }),
-            Some(pb::NodeFrame {
-                kind: Some(node_frame::Kind::NotOwner(not_owner)),
-            }) => Err(RoomApiError::NotOwner {
+            Err(OpenError::NotOwner(epoch)) => Err(RoomApiError::NotOwner {
                 url: url.to_owned(),
-                epoch: not_owner.epoch,
+                epoch,
             }),
-            other => Err(node_error(format!("unexpected first frame {other:?}"))),
+            Err(OpenError::Failed(message)) => Err(node_error(message)),
         }
     }
 

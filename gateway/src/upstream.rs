@@ -499,44 +499,22 @@ impl UpstreamActor {
             .router
             .route(&self.room)
             .map_err(|e| ConnectError::Failed(e.to_string()))?;
-        let (to_node, rx) = mpsc::channel(UPSTREAM_QUEUE);
-        let attach = gateway_frame::Kind::Attach(pb::Attach {
+        let attach = pb::Attach {
             room: self.room.as_str().to_owned(),
             epoch: route.epoch,
             gateway_id: self.config.gateway_id.clone(),
-        });
-        to_node
-            .try_send(pb::GatewayFrame { kind: Some(attach) })
-            .map_err(|e| ConnectError::Failed(e.to_string()))?;
-        let mut client = RoomNodeClient::new(route.channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let mut from_node = client
-            .open_room(ReceiverStream::new(rx))
-            .await
-            .map_err(|status| ConnectError::Failed(status.to_string()))?
-            .into_inner();
-        match from_node
-            .message()
-            .await
-            .map_err(|s| ConnectError::Failed(s.to_string()))?
-        {
-            Some(pb::NodeFrame {
-                kind: Some(node_frame::Kind::Attached(_)),
-            }) => Ok(Connection {
+        };
+        match open_room_stream(route.channel, attach, Vec::new(), UPSTREAM_QUEUE).await {
+            Ok((to_node, from_node)) => Ok(Connection {
                 to_node,
                 from_node,
                 url: route.url,
             }),
-            Some(pb::NodeFrame {
-                kind: Some(node_frame::Kind::NotOwner(not_owner)),
-            }) => Err(ConnectError::NotOwner {
+            Err(OpenError::NotOwner(epoch)) => Err(ConnectError::NotOwner {
                 url: route.url,
-                epoch: not_owner.epoch,
+                epoch,
             }),
-            other => Err(ConnectError::Failed(format!(
-                "unexpected first frame {other:?}"
-            ))),
+            Err(OpenError::Failed(error)) => Err(ConnectError::Failed(error)),
         }
     }
 
@@ -695,6 +673,55 @@ impl UpstreamActor {
             }
         }
         None
+    }
+}
+
+/// Why a room stream could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The node does not own the room at this epoch of its own.
+    NotOwner(u64),
+    /// Unreachable, refused or broken.
+    Failed(String),
+}
+
+/// Opens an `OpenRoom` stream on `channel`: `attach`, then `then` (e.g. a
+/// session to open), and waits for the node's `Attached`. The one way any
+/// gateway code reaches a room.
+pub async fn open_room_stream(
+    channel: tonic::transport::Channel,
+    attach: pb::Attach,
+    then: Vec<gateway_frame::Kind>,
+    queue: usize,
+) -> Result<(mpsc::Sender<pb::GatewayFrame>, Streaming<pb::NodeFrame>), OpenError> {
+    let (to_node, rx) = mpsc::channel(queue.max(1 + then.len()));
+    for kind in std::iter::once(gateway_frame::Kind::Attach(attach)).chain(then) {
+        to_node
+            .try_send(pb::GatewayFrame { kind: Some(kind) })
+            .map_err(|e| OpenError::Failed(e.to_string()))?;
+    }
+    let mut client = RoomNodeClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let mut from_node = client
+        .open_room(ReceiverStream::new(rx))
+        .await
+        .map_err(|status| OpenError::Failed(status.to_string()))?
+        .into_inner();
+    match from_node
+        .message()
+        .await
+        .map_err(|s| OpenError::Failed(s.to_string()))?
+    {
+        Some(pb::NodeFrame {
+            kind: Some(node_frame::Kind::Attached(_)),
+        }) => Ok((to_node, from_node)),
+        Some(pb::NodeFrame {
+            kind: Some(node_frame::Kind::NotOwner(not_owner)),
+        }) => Err(OpenError::NotOwner(not_owner.epoch)),
+        other => Err(OpenError::Failed(format!(
+            "unexpected first frame {other:?}"
+        ))),
     }
 }
 

@@ -123,33 +123,26 @@ impl SnapshotStore {
             max_retries: 3,
             retry_timeout: Duration::from_secs(10),
         };
+        // The three cloud builders share one shape: the URL, every option
+        // their config keys know, the bounded retry.
+        macro_rules! cloud {
+            ($builder:ty) => {{
+                let mut builder = <$builder>::new().with_url(url);
+                for (key, value) in &options {
+                    if let Ok(key) = key.parse() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                Arc::new(builder.with_retry(retry).build()?) as Arc<dyn ObjectStore>
+            }};
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
-            object_store::ObjectStoreScheme::AmazonS3 => {
-                let mut builder = object_store::aws::AmazonS3Builder::new().with_url(url);
-                for (key, value) in &options {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                Arc::new(builder.with_retry(retry).build()?)
-            }
+            object_store::ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder),
             object_store::ObjectStoreScheme::GoogleCloudStorage => {
-                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::new().with_url(url);
-                for (key, value) in &options {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                Arc::new(builder.with_retry(retry).build()?)
+                cloud!(object_store::gcp::GoogleCloudStorageBuilder)
             }
             object_store::ObjectStoreScheme::MicrosoftAzure => {
-                let mut builder = object_store::azure::MicrosoftAzureBuilder::new().with_url(url);
-                for (key, value) in &options {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                Arc::new(builder.with_retry(retry).build()?)
+                cloud!(object_store::azure::MicrosoftAzureBuilder)
             }
             _ => return Err(RemoteError::UnsupportedStore(url.to_owned())),
         };

@@ -296,7 +296,7 @@ impl RoomActor {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let awareness_waiting = !self.awareness_held.is_empty();
+            // Only rooms holding throttled awareness pay for the timer.
             let awareness_flush_at = self.next_awareness_flush();
             let first = tokio::select! {
                 biased;
@@ -332,7 +332,7 @@ impl RoomActor {
                     self.start_snapshot();
                     continue;
                 }
-                _ = tokio::time::sleep_until(awareness_flush_at), if awareness_waiting => {
+                _ = tokio::time::sleep_until(awareness_flush_at.unwrap_or_else(Instant::now)), if awareness_flush_at.is_some() => {
                     self.flush_awareness();
                     if let Err(error) = self.commit(false).await {
                         return ExitReason::Failed(LoadError::Local(error));
@@ -625,15 +625,19 @@ impl RoomActor {
         }
     }
 
-    /// When the earliest held awareness may go out.
-    fn next_awareness_flush(&self) -> Instant {
+    /// When the earliest held awareness may go out; `None` when none is held.
+    fn next_awareness_flush(&self) -> Option<Instant> {
+        if self.awareness_held.is_empty() {
+            return None;
+        }
         let window = self.policy.awareness_throttle.unwrap_or_default();
-        self.awareness_held
+        let earliest = self
+            .awareness_held
             .keys()
             .filter_map(|key| self.awareness_sent.get(key))
             .map(|&sent| sent + window)
-            .min()
-            .unwrap_or_else(Instant::now)
+            .min();
+        Some(earliest.unwrap_or_else(Instant::now))
     }
 
     /// Relays every held awareness whose window has passed.

@@ -209,7 +209,6 @@ pub struct RoomFiles {
     segment: u64,
     log: Option<Arc<LogFile>>,
     sync_queue: SyncQueue,
-    bytes_since_snapshot: u64,
 }
 
 impl RoomFiles {
@@ -262,7 +261,6 @@ impl RoomFiles {
             segment,
             log: None,
             sync_queue,
-            bytes_since_snapshot: 0,
         };
         Ok((files, loaded))
     }
@@ -300,13 +298,7 @@ impl RoomFiles {
                 .map_err(io_err("append to log", &path))?;
             self.sync_queue.push(log);
         }
-        self.bytes_since_snapshot += buf.len() as u64;
         Ok(())
-    }
-
-    /// Log bytes written since the last snapshot.
-    pub fn bytes_since_snapshot(&self) -> u64 {
-        self.bytes_since_snapshot
     }
 
     /// Starts a snapshot: closes the current segment so later appends go to
@@ -315,7 +307,6 @@ impl RoomFiles {
         let covered = self.segment;
         let log = self.log.take();
         self.segment += 1;
-        self.bytes_since_snapshot = 0;
         SnapshotJob {
             dir: self.dir.clone(),
             header: SnapshotHeader {
