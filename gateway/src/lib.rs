@@ -1,9 +1,11 @@
 //! Partyline gateway: the stateless WebSocket edge.
 //!
-//! Owns HTTP + WebSocket handling ([`session`]), URL → room parsing
-//! ([`path`]), y-partykit chunk reassembly ([`batch`]), routing rooms to
-//! their owner with the slot map ([`router`]) and the one-stream-per-room
-//! upstreams to room nodes ([`upstream`]). It holds no document state and
+//! Owns the HTTP server ([`server`]), the WebSocket handshake
+//! ([`upgrade`]) and sessions ([`session`], writing through
+//! [`client_socket`]), URL → room parsing ([`path`]), y-partykit chunk
+//! reassembly ([`batch`]), routing rooms to their owner with the slot map
+//! ([`router`]) and the one-stream-per-room upstreams to room nodes
+//! ([`upstream`]). It holds no document state and
 //! never touches storage: everything it knows can be rebuilt from the slot
 //! map and the room nodes.
 //!
@@ -12,12 +14,14 @@
 
 pub mod auth;
 pub mod batch;
+pub mod client_socket;
 pub mod config;
-pub mod outbox;
 pub mod path;
 pub mod room_api;
 pub mod router;
+pub mod server;
 pub mod session;
+pub mod upgrade;
 pub mod upstream;
 
 #[cfg(test)]
@@ -26,11 +30,9 @@ mod fuzz_tests;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +62,7 @@ impl Shared {
 /// Gateway failures that stop it.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// Accepting connections failed.
+    /// The server could not run.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -90,28 +92,15 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(config_connections)),
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
-    // Without TCP_NODELAY a small frame waits behind the client's delayed
-    // ACK of the previous one: tens of milliseconds of fan-out latency.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a client socket");
-        }
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    server::serve(listener, app, shutdown, tracker.clone()).await;
     tracker.close();
     tracker.wait().await;
-    Ok(result?)
+    Ok(())
 }
 
 /// Every path is a room path: validate the room, then upgrade.
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: axum::http::HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+    let uri = request.uri().clone();
     let room_path = match path::parse(uri.path()) {
         Ok(room_path) => room_path,
         Err(error) => {
@@ -119,13 +108,11 @@ async fn handle(
             return (StatusCode::BAD_REQUEST, format!("bad room name: {error}\n")).into_response();
         }
     };
-    let Ok(upgrade) = upgrade else {
-        return (
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a Yjs WebSocket endpoint; connect with a y-websocket or y-partykit provider\n",
-        )
-            .into_response();
+    let upgrade = match upgrade::Upgrade::from_request(&mut request) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return refusal.into_response(),
     };
+    let headers = request.headers();
     // Admission control: past the limit, refuse before the upgrade so the
     // client's reconnect backoff spreads the load instead of the server
     // holding sockets it cannot serve.
@@ -145,7 +132,7 @@ async fn handle(
             room_path.room.as_str(),
             room_path.party.as_deref(),
             uri.query(),
-            &headers,
+            headers,
         )
         .await
     {
@@ -160,24 +147,21 @@ async fn handle(
         identity: access.identity,
         read_only: access.read_only,
     };
-    let config = &shared.config;
-    let max = config.max_message_bytes;
     // A token sent as a subprotocol must be echoed back as the chosen one.
-    let upgrade = match auth::protocol_token(&headers) {
-        Some(token) if config.auth.requires_token() => upgrade.protocols([token]),
+    let upgrade = match auth::protocol_token(headers) {
+        Some(token) if shared.config.auth.requires_token() => upgrade.protocol(&token),
         _ => upgrade,
     };
-    let shared = shared.clone();
-    upgrade
-        .read_buffer_size(config.ws_read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let sessions = shared.sessions.clone();
-            sessions.track_future(async move {
-                session::serve(socket, room_path.room, grant, shared).await;
-                drop(permit);
-            })
-        })
+    let (response, upgrading) = upgrade.accept();
+    let sessions = shared.sessions.clone();
+    sessions.spawn(async move {
+        match upgrading.socket().await {
+            Ok((stream, read_buf)) => {
+                session::serve(stream, read_buf, room_path.room, grant, shared).await;
+            }
+            Err(error) => tracing::debug!(room = %room_path.room, %error, "upgrade failed"),
+        }
+        drop(permit);
+    });
+    response
 }

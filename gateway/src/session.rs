@@ -1,5 +1,6 @@
 //! One client WebSocket: a task that reads the client's frames into the
-//! room's upstream and writes the room's frames out.
+//! room's upstream, pings the client, and writes out whatever the room's
+//! frames could not write directly ([`crate::client_socket`]).
 //!
 //! Binary frames are y-sync messages, passed through whole (the room node
 //! decodes them). Text frames are side protocols: `y-pk-batch#` markers
@@ -9,37 +10,58 @@
 //! socket silent for `dead_after`. On exit the room is told, so the
 //! client's awareness is removed.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use partyline_proto::{close, RoomName};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
-use crate::outbox::Outbox;
-use crate::upstream::{CloseReason, SessionGrant, ToClient, UpstreamHandle};
+use crate::client_socket::{ClientIo, ClientSocket};
+use crate::upstream::{CloseReason, SessionGrant, UpstreamHandle};
 use crate::Shared;
 
 /// How long a closing socket keeps reading for the client's close reply.
-const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
-/// Runs a client session until either side closes.
+type Socket = WebSocketStream<ClientIo>;
+
+/// Runs a client session on an upgraded socket until either side closes.
+/// `read_buf` holds bytes read past the HTTP request.
 pub async fn serve(
-    mut socket: WebSocket,
+    stream: TcpStream,
+    read_buf: Bytes,
     room: RoomName,
     grant: SessionGrant,
     shared: Arc<Shared>,
 ) {
+    let config = &shared.config;
     let session_id = shared.next_session_id();
-    let outbox = Outbox::new(shared.config.session_queue);
+    let (read, write) = stream.into_split();
+    let out = Arc::new(ClientSocket::new(write, config.session_queue));
+    let max = config.max_message_bytes;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let mut socket = WebSocketStream::from_partially_read(
+        ClientIo::new(read, out.clone()),
+        read_buf.to_vec(),
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let upstream = tokio::select! {
-        opened = shared.upstreams.open(&room, session_id, grant, &outbox) => opened,
-        _ = shared.cancel.cancelled() => Err(CloseReason::new(shared.config.shutdown_close_code, "gateway shutting down")),
+        opened = shared.upstreams.open(&room, session_id, grant, &out) => opened,
+        _ = shared.cancel.cancelled() => Err(CloseReason::new(config.shutdown_close_code, "gateway shutting down")),
     };
     let upstream = match upstream {
         Ok(upstream) => upstream,
@@ -48,7 +70,7 @@ pub async fn serve(
             return;
         }
     };
-    let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &outbox).await;
+    let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &out).await;
     upstream.close(session_id).await;
     if let Some(reason) = reason {
         send_close(&mut socket, &reason).await;
@@ -58,19 +80,18 @@ pub async fn serve(
 /// Moves frames both ways; returns how to close, or `None` when the client
 /// is already gone.
 async fn pump(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     room: &RoomName,
     session_id: u64,
     upstream: &UpstreamHandle,
     shared: &Shared,
-    outbox: &Outbox,
+    out: &ClientSocket,
 ) -> Option<CloseReason> {
     let config = &shared.config;
     let mut reassembler = Reassembler::new(config.max_message_bytes);
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut frames = VecDeque::new();
     // `max_session` bounds how long a revoked grant stays usable.
     let expires = tokio::time::sleep(config.max_session.unwrap_or(Duration::MAX));
     tokio::pin!(expires);
@@ -78,20 +99,22 @@ async fn pump(
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
     loop {
-        // Busiest branch first: a wake-up for outbound frames polls nothing
-        // else. Shutdown is last; it also empties every outbox.
         tokio::select! {
             biased;
-            close = outbox.drain(&mut frames) => {
-                // Frames the room queued before it ended the session go out first.
-                if write_all(socket, &mut frames).await.is_err() {
-                    return None;
+            // The room's frames went straight into the socket; this wakes
+            // only for what the kernel would not take, or to close.
+            () = out.woken() => {
+                // A client that takes none of our bytes for `dead_after` is
+                // as dead as one that sends nothing.
+                match tokio::time::timeout(config.dead_after, out.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return None,
                 }
-                if close.is_some() {
-                    return close;
+                if let Some(reason) = out.take_close() {
+                    return Some(reason);
                 }
             }
-            message = socket.recv() => {
+            message = socket.next() => {
                 last_heard = Instant::now();
                 let message = match message {
                     Some(Ok(message)) => message,
@@ -117,7 +140,7 @@ async fn pump(
                         return Some(CloseReason::new(close::UNSUPPORTED_DATA, "unsupported text message"));
                     }
                     Message::Close(_) => return None,
-                    Message::Ping(_) | Message::Pong(_) => Ok(None),
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
                 };
                 match forward {
                     Ok(Some((payload, text))) => {
@@ -141,7 +164,8 @@ async fn pump(
                     tracing::debug!(room = %room, session = session_id, "socket silent too long; closing");
                     return None;
                 }
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                // Queued behind the room's frames, flushed by `woken`.
+                if socket.feed(Message::Ping(Bytes::new())).await.is_err() {
                     return None;
                 }
             }
@@ -156,63 +180,38 @@ async fn pump(
     }
 }
 
-/// Writes every drained frame, then flushes once.
-async fn write_all(
-    socket: &mut WebSocket,
-    frames: &mut VecDeque<ToClient>,
-) -> Result<(), axum::Error> {
-    for frame in frames.drain(..) {
-        if let Some(message) = to_message(frame) {
-            socket.feed(message).await?;
-        }
-    }
-    socket.flush().await
-}
-
-/// Text payloads were text frames from a client, so they are UTF-8; one
-/// that is not is dropped rather than sent in a frame the client misreads.
-fn to_message(frame: ToClient) -> Option<Message> {
-    if frame.text {
-        Utf8Bytes::try_from(frame.payload).ok().map(Message::Text)
-    } else {
-        Some(Message::Binary(frame.payload))
-    }
-}
-
 /// tungstenite refuses an over-limit frame or message with a capacity
 /// error; the client gets 1009 for it.
-fn too_big(error: &axum::Error) -> Option<CloseReason> {
-    let source = std::error::Error::source(error)?;
-    matches!(
-        source.downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
-    .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
+fn too_big(error: &tungstenite::Error) -> Option<CloseReason> {
+    matches!(error, tungstenite::Error::Capacity(_))
+        .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
 }
 
-async fn send_close(socket: &mut WebSocket, reason: &CloseReason) {
+/// Sends the close frame after everything queued, then reads until the
+/// client's reply. Bounded by [`CLOSE_DRAIN`] in all.
+async fn send_close(socket: &mut Socket, reason: &CloseReason) {
     let mut text = reason.reason.clone();
     // A close frame's reason must fit in 123 bytes.
     while text.len() > 123 {
         text.pop();
     }
     let frame = CloseFrame {
-        code: reason.code,
+        code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from(text),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    // Closing a socket with unread input makes the kernel send RST, and a
-    // client that gets the RST before it reads our close frame sees 1006
-    // instead of the code. Read (and drop) what the client still sends
-    // until its close reply, end of stream, or a short deadline.
-    let drain = async {
-        while let Some(Ok(message)) = socket.recv().await {
+    let close = async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        // Closing a socket with unread input makes the kernel send RST, and
+        // a client that gets the RST before it reads our close frame sees
+        // 1006 instead of the code. Read (and drop) what the client still
+        // sends until its close reply or end of stream.
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    let _ = tokio::time::timeout(CLOSE_DRAIN, close).await;
 }

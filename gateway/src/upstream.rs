@@ -26,23 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 
+use crate::client_socket::{ClientSocket, Frame};
 use crate::config::GatewayConfig;
-use crate::outbox::Outbox;
 use crate::router::Router;
 
 /// gRPC messages carry whole client messages; match the room node.
 const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 /// Frames buffered from local sessions toward the room node.
 const UPSTREAM_QUEUE: usize = 1024;
-
-/// A frame for a client socket.
-#[derive(Debug, Clone)]
-pub struct ToClient {
-    /// The bytes of one WebSocket message.
-    pub payload: Bytes,
-    /// Binary (y-sync) or text (side protocol).
-    pub text: bool,
-}
 
 /// Why the gateway closes a client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +76,7 @@ enum UpstreamCommand {
     Open {
         session_id: u64,
         grant: SessionGrant,
-        outbox: Outbox,
+        socket: Arc<ClientSocket>,
         reply: oneshot::Sender<OpenReply>,
     },
     Client {
@@ -175,7 +166,7 @@ impl Upstreams {
         room: &RoomName,
         session_id: u64,
         grant: SessionGrant,
-        outbox: &Outbox,
+        socket: &Arc<ClientSocket>,
     ) -> Result<UpstreamHandle, CloseReason> {
         loop {
             let handle = self.get_or_spawn(room);
@@ -183,7 +174,7 @@ impl Upstreams {
             let command = UpstreamCommand::Open {
                 session_id,
                 grant: grant.clone(),
-                outbox: outbox.clone(),
+                socket: socket.clone(),
                 reply: reply_tx,
             };
             // A closed channel or a `Retry` means the stream was lingering
@@ -269,7 +260,7 @@ enum ConnectError {
 /// A local session as the upstream keeps it: enough to re-open it on
 /// another node without the client noticing.
 struct LocalSession {
-    outbox: Outbox,
+    socket: Arc<ClientSocket>,
     grant: SessionGrant,
     /// The client's last awareness message, re-sent after a move so the new
     /// owner knows the client's awareness (and removes it on close).
@@ -354,7 +345,7 @@ impl UpstreamActor {
     /// Closes every session and refuses the ones still waiting.
     fn close_all(&mut self, reason: &CloseReason) {
         for (_, session) in self.sessions.drain() {
-            session.outbox.close(reason.clone());
+            session.socket.close(reason.clone());
         }
         self.rx.close();
         while let Ok(command) = self.rx.try_recv() {
@@ -559,14 +550,14 @@ impl UpstreamActor {
             UpstreamCommand::Open {
                 session_id,
                 grant,
-                outbox,
+                socket,
                 reply,
             } => {
                 let frame = open_session(session_id, &grant);
                 self.sessions.insert(
                     session_id,
                     LocalSession {
-                        outbox,
+                        socket,
                         grant,
                         awareness: None,
                     },
@@ -612,27 +603,24 @@ impl UpstreamActor {
             node_frame::Kind::Deliver(deliver) => {
                 let text = deliver.kind() == pb::FrameKind::Text;
                 if let Some(session) = self.sessions.get(&deliver.session_id) {
-                    let message = ToClient {
-                        payload: deliver.payload,
-                        text,
-                    };
-                    if session.outbox.push(message).is_err() {
-                        slow.push(deliver.session_id);
+                    if let Some(frame) = Frame::encode(&deliver.payload, text) {
+                        if session.socket.send(&frame).is_err() {
+                            slow.push(deliver.session_id);
+                        }
                     }
                 }
             }
             node_frame::Kind::Broadcast(broadcast) => {
                 let text = broadcast.kind() == pb::FrameKind::Text;
                 let except = broadcast.has_except.then_some(broadcast.except_session);
+                // Encoded once: every client gets the same bytes, written
+                // straight into its socket.
+                let frame = Frame::encode(&broadcast.payload, text)?;
                 for (&session_id, session) in &self.sessions {
                     if Some(session_id) == except {
                         continue;
                     }
-                    let message = ToClient {
-                        payload: broadcast.payload.clone(),
-                        text,
-                    };
-                    if session.outbox.push(message).is_err() {
+                    if session.socket.send(&frame).is_err() {
                         slow.push(session_id);
                     }
                 }
@@ -640,7 +628,7 @@ impl UpstreamActor {
             node_frame::Kind::EndSession(end) => {
                 if let Some(session) = self.sessions.remove(&end.session_id) {
                     let code = u16::try_from(end.close_code).unwrap_or(close::INTERNAL_ERROR);
-                    session.outbox.close(CloseReason::new(code, end.reason));
+                    session.socket.close(CloseReason::new(code, end.reason));
                 }
             }
             node_frame::Kind::Released(released) => {
@@ -660,7 +648,7 @@ impl UpstreamActor {
             if let Some(session) = self.sessions.remove(&session_id) {
                 tracing::info!(room = %self.room, session = session_id, "client too slow; closing it");
                 session
-                    .outbox
+                    .socket
                     .close(CloseReason::new(close::POLICY_VIOLATION, "client too slow"));
                 let frame = gateway_frame::Kind::CloseSession(pb::CloseSession { session_id });
                 if to_node

@@ -1,0 +1,433 @@
+//! A client socket's write side, shared by its session task and its room's
+//! upstream actor.
+//!
+//! Frames from the room are written straight into the socket by the
+//! upstream actor that receives them — one non-blocking `write` per client,
+//! no task wake-up, and the WebSocket frame encoded once per broadcast
+//! however many clients get it. Only when the kernel's send buffer is full
+//! does a frame wait in the socket's queue; then the session task, woken
+//! once, writes the queue out as the socket drains. A client whose queue
+//! reaches `capacity` frames is too slow and is closed (1008) rather than
+//! slowing the room. The queue allocates nothing while the socket keeps up,
+//! so an idle socket costs only this struct.
+//!
+//! The session task's WebSocket (tungstenite, for reading and for control
+//! frames: pong, ping, close) writes through the same queue via
+//! [`ClientIo`], so every byte leaves in order and frames never interleave.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+use crate::upstream::CloseReason;
+
+/// A drained queue larger than this is freed rather than kept, so a burst
+/// does not pin memory on an idle socket.
+const KEEP_CAPACITY: usize = 16;
+/// Queued frames handed to one vectored write.
+const WRITE_BATCH: usize = 64;
+
+/// One encoded server-to-client WebSocket frame (unmasked, so the same
+/// bytes go to every client).
+#[derive(Debug, Clone)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Encodes one binary (y-sync) or text (side protocol) message as a
+    /// single final frame. A text payload that is not UTF-8 gives `None`:
+    /// it came from a client's text frame, and a frame the client would
+    /// misread is worse than none.
+    pub fn encode(payload: &[u8], text: bool) -> Option<Self> {
+        if text && std::str::from_utf8(payload).is_err() {
+            return None;
+        }
+        let opcode = if text { Data::Text } else { Data::Binary };
+        let header = FrameHeader {
+            opcode: OpCode::Data(opcode),
+            ..FrameHeader::default()
+        };
+        let length = payload.len() as u64;
+        let mut buffer = Vec::with_capacity(header.len(length) + payload.len());
+        // Writing into a Vec cannot fail.
+        header
+            .format(length, &mut buffer)
+            .expect("frame header into a Vec");
+        buffer.extend_from_slice(payload);
+        Some(Self(Bytes::from(buffer)))
+    }
+
+    /// The frame's bytes on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The socket's queue was full: the client is too slow and should be
+/// closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes the kernel did not take yet, in order; the first may be
+    /// partly written (`offset`).
+    queue: VecDeque<Bytes>,
+    offset: usize,
+    /// Set once: the session should close after what is queued.
+    close: Option<CloseReason>,
+    /// A write failed: the client is gone, nothing more is written.
+    failed: bool,
+}
+
+/// The write side of one client socket; share it with `Arc`.
+#[derive(Debug)]
+pub struct ClientSocket {
+    stream: OwnedWriteHalf,
+    state: Mutex<State>,
+    /// Wakes the session task: frames are queued or a close was asked for.
+    wake: Notify,
+    capacity: usize,
+}
+
+impl ClientSocket {
+    /// A socket that queues at most `capacity` frames behind the kernel.
+    pub fn new(stream: OwnedWriteHalf, capacity: usize) -> Self {
+        Self {
+            stream,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A queue of bytes cannot be left torn by a panic elsewhere.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one frame now if the kernel takes it, else queues it for the
+    /// session task. `Err(Full)` when the client is too far behind.
+    pub fn send(&self, frame: &Frame) -> Result<(), Full> {
+        let mut state = self.state();
+        if state.close.is_some() || state.failed {
+            return Ok(());
+        }
+        if !state.queue.is_empty() {
+            if state.queue.len() >= self.capacity {
+                return Err(Full);
+            }
+            state.queue.push_back(frame.0.clone());
+            return Ok(());
+        }
+        self.write_now(&mut state, &frame.0);
+        Ok(())
+    }
+
+    /// Writes `bytes` with an empty queue, queueing what the kernel does
+    /// not take and waking the session task for it. The lock is held so no
+    /// other writer can slip in between.
+    fn write_now(&self, state: &mut State, bytes: &Bytes) {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.stream.try_write(&bytes[written..]) {
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    state.queue.push_back(bytes.clone());
+                    state.offset = written;
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    state.failed = true;
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Asks the session to close after the frames already queued. The
+    /// first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        self.state().close.get_or_insert(reason);
+        self.wake.notify_one();
+    }
+
+    /// Waits until frames are queued, a close was asked for or a write
+    /// failed. Cancel safe.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The close reason asked for, taken once.
+    pub fn take_close(&self) -> Option<CloseReason> {
+        self.state().close.take()
+    }
+
+    /// Writes the queue out, waiting for the socket to drain as needed.
+    /// `Err` when the client is gone.
+    pub async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            {
+                let mut state = self.state();
+                if state.failed {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                if state.queue.is_empty() {
+                    if state.queue.capacity() > KEEP_CAPACITY {
+                        state.queue = VecDeque::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                match self.write_queued(&mut state) {
+                    Ok(()) => continue,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => {
+                        state.failed = true;
+                        state.queue.clear();
+                        return Poll::Ready(Err(error));
+                    }
+                }
+            }
+            // Lock released: the upstream keeps queueing while we wait.
+            if self.stream.as_ref().poll_write_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// One vectored write of the queue's head; drops what the kernel took.
+    fn write_queued(&self, state: &mut State) -> io::Result<()> {
+        let written = {
+            let mut slices = Vec::with_capacity(state.queue.len().min(WRITE_BATCH));
+            for (i, bytes) in state.queue.iter().take(WRITE_BATCH).enumerate() {
+                let start = if i == 0 { state.offset } else { 0 };
+                slices.push(IoSlice::new(&bytes[start..]));
+            }
+            self.stream.try_write_vectored(&slices)?
+        };
+        let mut left = written;
+        while let Some(front) = state.queue.front() {
+            let remaining = front.len() - state.offset;
+            if left < remaining {
+                state.offset += left;
+                break;
+            }
+            left -= remaining;
+            state.offset = 0;
+            state.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Control frames from the session's WebSocket: queued behind whatever
+    /// is waiting, never refused (they are few and small).
+    fn write_control(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state();
+        if state.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let bytes = Bytes::copy_from_slice(bytes);
+        if state.queue.is_empty() {
+            self.write_now(&mut state, &bytes);
+        } else {
+            state.queue.push_back(bytes);
+        }
+        Ok(())
+    }
+}
+
+/// The byte stream under the session's WebSocket: reads from the socket,
+/// writes through the shared [`ClientSocket`].
+#[derive(Debug)]
+pub struct ClientIo {
+    read: OwnedReadHalf,
+    socket: Arc<ClientSocket>,
+}
+
+impl ClientIo {
+    /// Joins the read half and the shared write side.
+    pub fn new(read: OwnedReadHalf, socket: Arc<ClientSocket>) -> Self {
+        Self { read, socket }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.socket.write_control(buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected loopback pair: the server side split, the client whole.
+    async fn pair(capacity: usize) -> (Arc<ClientSocket>, OwnedReadHalf, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (read, write) = accepted.unwrap().0.into_split();
+        (
+            Arc::new(ClientSocket::new(write, capacity)),
+            read,
+            client.unwrap(),
+        )
+    }
+
+    /// The first frame in `bytes`: its header, payload, and what follows.
+    fn next_frame(bytes: &[u8]) -> (FrameHeader, &[u8], &[u8]) {
+        let mut cursor = Cursor::new(bytes);
+        let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        let start = cursor.position() as usize;
+        let end = start + length as usize;
+        (header, &bytes[start..end], &bytes[end..])
+    }
+
+    fn parse(bytes: &[u8]) -> (FrameHeader, &[u8]) {
+        let (header, payload, rest) = next_frame(bytes);
+        assert!(rest.is_empty(), "length field");
+        (header, payload)
+    }
+
+    #[test]
+    fn frames_are_encoded_as_tungstenite_reads_them() {
+        // Every length encoding: 7-bit, 16-bit and 64-bit.
+        for length in [0, 125, 126, 65_535, 65_536] {
+            let payload: Vec<u8> = (0..length).map(|i| i as u8).collect();
+            let frame = Frame::encode(&payload, false).unwrap();
+            let (header, body) = parse(frame.as_bytes());
+            assert!(header.is_final);
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+            assert!(header.mask.is_none(), "server frames are not masked");
+            assert_eq!(body, &payload[..]);
+        }
+        let text = Frame::encode(b"__YPS:{}", true).unwrap();
+        assert_eq!(parse(text.as_bytes()).0.opcode, OpCode::Data(Data::Text));
+        assert!(Frame::encode(&[0xff, 0xfe], true).is_none(), "not UTF-8");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_fills_the_queue_and_gets_every_byte_in_order_once_it_reads() {
+        const CAPACITY: usize = 4;
+        let (socket, _read, mut client) = pair(CAPACITY).await;
+        // Frames of 256 KiB, each filled with its sequence number, until
+        // the kernel's buffers and then the queue are full.
+        let mut sent = 0u8;
+        loop {
+            let frame = Frame::encode(&vec![sent; 256 * 1024], false).unwrap();
+            match socket.send(&frame) {
+                Ok(()) => sent += 1,
+                Err(Full) => break,
+            }
+            assert!(sent < 200, "a client that never reads must fill the queue");
+        }
+        assert_eq!(socket.state().queue.len(), CAPACITY);
+        // A control frame queues behind the data, never refused.
+        socket.write_control(b"control").unwrap();
+
+        let flusher = {
+            let socket = socket.clone();
+            tokio::spawn(async move { socket.flush().await })
+        };
+        let mut received = Vec::new();
+        let expected = sent as usize * (256 * 1024 + 10) + b"control".len();
+        while received.len() < expected {
+            let mut chunk = vec![0; 64 * 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "socket closed early");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        flusher.await.unwrap().unwrap();
+        let mut rest = &received[..];
+        for n in 0..sent {
+            let (header, body, next) = next_frame(rest);
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+            assert_eq!(body.len(), 256 * 1024);
+            assert!(
+                body.iter().all(|&b| b == n),
+                "frame {n} out of order or torn"
+            );
+            rest = next;
+        }
+        assert_eq!(rest, b"control");
+        assert!(socket.state().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_wakes_the_session_and_the_first_reason_wins() {
+        let (socket, _read, _client) = pair(8).await;
+        socket.close(CloseReason::new(1008, "slow"));
+        socket.close(CloseReason::new(1000, "later reasons lose"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), socket.woken())
+            .await
+            .expect("woken by close");
+        assert_eq!(socket.take_close(), Some(CloseReason::new(1008, "slow")));
+        // Frames after a close are dropped, not refused.
+        let frame = Frame::encode(b"late", false).unwrap();
+        assert_eq!(socket.send(&frame), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_vanished_client_fails_the_flush() {
+        let (socket, _read, client) = pair(8).await;
+        drop(client);
+        let frame = Frame::encode(&vec![1; 64 * 1024], false).unwrap();
+        // The first writes may still land in the kernel; a reset peer fails
+        // one soon after.
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let _ = socket.send(&frame);
+                if socket.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "writes to a closed peer must fail");
+    }
+}
