@@ -37,7 +37,7 @@ type Socket = WebSocketStream<ClientIo>;
 /// `read_buf` holds bytes read past the HTTP request.
 pub async fn serve(
     stream: TcpStream,
-    read_buf: Bytes,
+    read_buf: Vec<u8>,
     room: RoomName,
     grant: SessionGrant,
     shared: Arc<Shared>,
@@ -54,7 +54,7 @@ pub async fn serve(
         .max_frame_size(Some(max));
     let mut socket = WebSocketStream::from_partially_read(
         ClientIo::new(read, out.clone()),
-        read_buf.to_vec(),
+        read_buf,
         Role::Server,
         Some(ws_config),
     )

@@ -5,7 +5,6 @@
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -137,12 +136,14 @@ pub enum UpgradeFailed {
 }
 
 impl Upgrading {
-    /// The client's socket and any bytes hyper read past the request.
-    pub async fn socket(self) -> Result<(TcpStream, Bytes), UpgradeFailed> {
+    /// The client's socket and any bytes hyper read past the request
+    /// (copied out: hyper's `Bytes` would pin its whole read buffer for the
+    /// life of the session).
+    pub async fn socket(self) -> Result<(TcpStream, Vec<u8>), UpgradeFailed> {
         let upgraded = self.0.await?;
         let parts = upgraded
             .downcast::<TokioIo<TcpStream>>()
             .map_err(|_| UpgradeFailed::NotTcp)?;
-        Ok((parts.io.into_inner(), parts.read_buf))
+        Ok((parts.io.into_inner(), parts.read_buf.to_vec()))
     }
 }
