@@ -94,6 +94,14 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_RELEASE_GRACE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub release_grace: Option<Duration>,
+    /// Bearer key of the HTTP API under /v1/ (separate from client tokens)
+    /// [default: none, the API answers 403].
+    #[arg(long, env = "PARTYLINE_GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// How long an HTTP API call waits for the room's owner [default: 10s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_API_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub api_timeout: Option<Duration>,
 }
 
 /// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
@@ -193,6 +201,8 @@ impl GatewaySection {
             ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
             max_connections: or(self.max_connections, file.max_connections),
             release_grace: or(self.release_grace, file.release_grace),
+            api_key: or(self.api_key, file.api_key),
+            api_timeout: or(self.api_timeout, file.api_timeout),
         }
     }
 
@@ -220,6 +230,14 @@ impl GatewaySection {
         set(&mut config.ws_read_buffer_bytes, self.ws_read_buffer_bytes);
         set(&mut config.max_connections, self.max_connections);
         set(&mut config.release_grace, self.release_grace);
+        set(&mut config.api_timeout, self.api_timeout);
+        if let Some(key) = &self.api_key {
+            anyhow::ensure!(
+                key.len() >= 16,
+                "gateway.api_key must be at least 16 characters"
+            );
+            config.api_key = Some(key.clone());
+        }
         anyhow::ensure!(
             config.session_queue > 0,
             "gateway.session_queue must be at least 1"

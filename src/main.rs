@@ -32,13 +32,13 @@ struct Cli {
 enum Command {
     /// Gateway + room node in one process with local directory storage: no
     /// Redis, NATS or S3 needed.
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// A stateless WebSocket gateway of a cluster: routes rooms to their
     /// owners by the slot map in NATS.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// A room node of a cluster: serves the rooms whose slots it owns,
     /// heartbeats over NATS, drains on SIGTERM.
-    RoomNode(room_node::RoomNodeArgs),
+    RoomNode(Box<room_node::RoomNodeArgs>),
     /// A coordinator replica: leader election, membership, slot map.
     Coordinator(coordinator::CoordinatorArgs),
     /// Operator commands: nodes, slots, locate, drain, undrain, rebalance, export, import.
@@ -65,9 +65,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Gateway(args) => gateway::run(args).await,
-            Command::RoomNode(args) => room_node::run(args).await,
+            Command::Dev(args) => dev::run(*args).await,
+            Command::Gateway(args) => gateway::run(*args).await,
+            Command::RoomNode(args) => room_node::run(*args).await,
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Admin(args) => admin::run(args).await,
             Command::Bench(args) => {

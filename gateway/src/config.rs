@@ -18,6 +18,8 @@ pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
 pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 512;
+/// Default for [`GatewayConfig::api_timeout`].
+pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`GatewayConfig::release_grace`].
 pub const DEFAULT_RELEASE_GRACE: Duration = Duration::from_secs(2);
 
@@ -59,6 +61,10 @@ pub struct GatewayConfig {
     /// Sessions are closed (1008) after this long, so a revoked grant stops
     /// working within it; `None` keeps them open (revocation is lazy).
     pub max_session: Option<Duration>,
+    /// Bearer key of the HTTP API (`/v1/…`); `None` disables the API.
+    pub api_key: Option<String>,
+    /// How long an HTTP API call may wait for the room's owner.
+    pub api_timeout: Duration,
     /// Close code for client sockets when the gateway shuts down: 1001 for
     /// `partyline dev`, 1012 (service restart: reconnect elsewhere) in a
     /// cluster.
@@ -81,6 +87,8 @@ impl GatewayConfig {
             release_grace: DEFAULT_RELEASE_GRACE,
             auth: crate::auth::Authorizer::None,
             max_session: None,
+            api_key: None,
+            api_timeout: DEFAULT_API_TIMEOUT,
             shutdown_close_code: partyline_proto::close::GOING_AWAY,
         }
     }

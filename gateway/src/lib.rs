@@ -16,6 +16,7 @@ pub mod auth;
 pub mod batch;
 pub mod client_socket;
 pub mod config;
+pub mod http_api;
 pub mod path;
 pub mod room_api;
 pub mod router;
@@ -51,6 +52,8 @@ pub struct Shared {
     next_session_id: AtomicU64,
     /// One permit per open client socket (`max_connections`).
     connections: Arc<Semaphore>,
+    /// The HTTP API (`/v1/…`, requests that are not upgrades).
+    api: axum::Router,
 }
 
 impl Shared {
@@ -78,18 +81,20 @@ pub async fn run(
     let config_connections = config.max_connections;
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
+    let router = router::Router::new(slot_map);
+    let api = http_api::router(
+        room_api::RoomApi::new(router.clone(), config.api_timeout),
+        config.api_key.clone(),
+        config.max_message_bytes,
+    );
     let shared = Arc::new(Shared {
-        upstreams: Upstreams::new(
-            router::Router::new(slot_map),
-            config.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        ),
+        upstreams: Upstreams::new(router, config.clone(), tracker.clone(), shutdown.clone()),
         config,
         sessions: tracker.clone(),
         cancel: shutdown.clone(),
         next_session_id: AtomicU64::new(1),
         connections: Arc::new(Semaphore::new(config_connections)),
+        api,
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
     server::serve(listener, app, shutdown, tracker.clone()).await;
@@ -98,8 +103,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Every path is a room path: validate the room, then upgrade.
-async fn handle(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+/// WebSocket upgrades are rooms, whatever the path; other requests to
+/// `/v1/…` are the HTTP API.
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if request.uri().path().starts_with("/v1/") && !upgrade::is_upgrade(request.headers()) {
+        let mut api = shared.api.clone();
+        return tower_service::Service::call(&mut api, request)
+            .await
+            .unwrap_or_else(|never| match never {});
+    }
+    open_room(shared, request).await
+}
+
+/// Validates the room, authorizes the client, then upgrades.
+async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     let uri = request.uri().clone();
     let room_path = match path::parse(uri.path()) {
         Ok(room_path) => room_path,

@@ -1,29 +1,43 @@
-//! One-off sessions on a room, for operators and backends rather than
-//! browsers: read a room's whole state (export) or apply an update to it
-//! (import), through the room's owner over the same gRPC stream gateways
-//! use — so a live room's clients see an import at once and it is logged
-//! like any edit.
+//! Server-side calls on rooms, for backends and operators rather than
+//! browsers: the HTTP API ([`crate::http_api`]) and `partyline admin`.
+//!
+//! Each call is a unary RPC to the room's owner (`RoomInfo`, `RoomState`,
+//! `ApplyUpdate`, `DeleteRoom`, `WarmRoom`; `ListRooms` to any node). The
+//! owner applies an update like a client edit — logged, then broadcast to
+//! every session — so a live room's clients see it at once. A node that no
+//! longer owns the room answers with its epoch; [`RoomApi`] then waits for
+//! a slot map at least that new and asks the new owner, as the upstream
+//! streams do.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use partyline_proto::pb::{self, gateway_frame, node_frame};
-use partyline_proto::SYNC_STEP1_EMPTY;
+use partyline_proto::pb::{self, room_node_client::RoomNodeClient};
+use partyline_proto::{RoomName, EPOCH_METADATA};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
-use crate::upstream::{open_room_stream, OpenError};
-use tokio::sync::mpsc;
-use tonic::Streaming;
-use yrs::sync::{Message, SyncMessage};
-use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
+use crate::router::Router;
 
-/// Session id of the one-off session within its own stream.
-const SESSION: u64 = 1;
+/// gRPC messages carry whole documents; match the room node.
+const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+/// Pause between tries while a room's owner is unreachable.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Why a one-off room session failed.
+/// Why a server-side call on a room failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomApiError {
-    /// The owner could not be reached or refused the stream.
+    /// The room has no stored state and is not loaded.
+    #[error("room not found")]
+    NotFound,
+    /// The request is wrong (a bad update, a bad room name).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The room's policy refuses it (document too large).
+    #[error("{0}")]
+    Refused(String),
+    /// The owner could not be reached, refused the call or failed.
     #[error("room node {url}: {message}")]
     Node {
         /// The node's gRPC URL.
@@ -31,132 +45,239 @@ pub enum RoomApiError {
         /// What happened.
         message: String,
     },
-    /// The node does not own the room at its epoch (the map moved).
-    #[error("{url} does not own the room at epoch {epoch}; retry")]
-    NotOwner {
-        /// The node's gRPC URL.
-        url: String,
-        /// The node's epoch.
-        epoch: u64,
-    },
-    /// No answer in time.
-    #[error("no answer from the room within {0:?}")]
+    /// No owner answered in time (the map is moving or a node is down).
+    #[error("no answer from the room's owner within {0:?}")]
     Timeout(Duration),
-    /// The bytes given are not a Yjs update.
-    #[error("not a Yjs update (v1): {0}")]
-    BadUpdate(String),
-    /// The room ended the session.
-    #[error("room closed the session: {0}")]
-    Ended(String),
 }
 
-/// A one-off session on `room` at its owner `url`.
-struct OneOff {
-    url: String,
-    to_node: mpsc::Sender<pb::GatewayFrame>,
-    from_node: Streaming<pb::NodeFrame>,
-}
-
-impl OneOff {
-    async fn open(url: &str, room: &str, epoch: u64, id: &str) -> Result<Self, RoomApiError> {
-        let node_error = |message: String| RoomApiError::Node {
-            url: url.to_owned(),
-            message,
-        };
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| node_error(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| node_error(e.to_string()))?;
-        let attach = pb::Attach {
-            room: room.to_owned(),
-            epoch,
-            gateway_id: id.to_owned(),
-        };
-        let open = gateway_frame::Kind::OpenSession(pb::OpenSession {
-            session_id: SESSION,
-            identity: id.to_owned(),
-            permission: pb::Permission::ReadWrite as i32,
-        });
-        match open_room_stream(channel, attach, vec![open], 16).await {
-            Ok((to_node, from_node)) => Ok(Self {
+impl RoomApiError {
+    fn from_status(url: &str, status: Status) -> Self {
+        match status.code() {
+            Code::NotFound => Self::NotFound,
+            Code::InvalidArgument => Self::BadRequest(status.message().to_owned()),
+            Code::ResourceExhausted => Self::Refused(status.message().to_owned()),
+            _ => Self::Node {
                 url: url.to_owned(),
-                to_node,
-                from_node,
-            }),
-            Err(OpenError::NotOwner(epoch)) => Err(RoomApiError::NotOwner {
-                url: url.to_owned(),
-                epoch,
-            }),
-            Err(OpenError::Failed(message)) => Err(node_error(message)),
+                message: status.message().to_owned(),
+            },
         }
     }
+}
 
-    async fn send(&self, payload: Bytes) -> Result<(), RoomApiError> {
-        let kind = gateway_frame::Kind::ClientMessage(pb::ClientMessage {
-            session_id: SESSION,
-            payload,
-            kind: pb::FrameKind::Binary as i32,
-        });
-        self.to_node
-            .send(pb::GatewayFrame { kind: Some(kind) })
-            .await
-            .map_err(|_| RoomApiError::Ended("stream closed".to_owned()))
+/// The epoch a node sent with a NOT_OWNER answer.
+fn not_owner_epoch(status: &Status) -> Option<u64> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    status
+        .metadata()
+        .get(EPOCH_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn client(channel: Channel) -> RoomNodeClient<Channel> {
+    RoomNodeClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE)
+}
+
+/// Server-side calls routed by the gateway's slot map.
+#[derive(Clone)]
+pub struct RoomApi {
+    router: Router,
+    timeout: Duration,
+}
+
+impl RoomApi {
+    /// Calls routed with `router`, each given up after `timeout`.
+    pub fn new(router: Router, timeout: Duration) -> Self {
+        Self { router, timeout }
     }
 
-    /// The next y-sync message for this session (deliveries and
-    /// broadcasts alike).
-    async fn next_message(&mut self) -> Result<Message, RoomApiError> {
+    /// Runs `call` on `room`'s owner, re-routing on NOT_OWNER and retrying
+    /// an unreachable owner until the timeout. Returns the answer and the
+    /// owner's URL.
+    async fn on_owner<T, F, Fut>(
+        &self,
+        room: &RoomName,
+        call: F,
+    ) -> Result<(T, String), RoomApiError>
+    where
+        F: Fn(RoomNodeClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut maps = self.router.subscribe();
+        let mut min_epoch = 0;
         loop {
-            let frame = self
-                .from_node
-                .message()
-                .await
-                .map_err(|status| RoomApiError::Node {
-                    url: self.url.clone(),
-                    message: status.to_string(),
-                })?
-                .ok_or_else(|| RoomApiError::Ended("stream ended".to_owned()))?;
-            let payload = match frame.kind {
-                Some(node_frame::Kind::Deliver(deliver)) => deliver.payload,
-                Some(node_frame::Kind::Broadcast(broadcast)) => broadcast.payload,
-                Some(node_frame::Kind::EndSession(end)) => {
-                    return Err(RoomApiError::Ended(end.reason))
+            let mut last_error = None;
+            if self.router.epoch() >= min_epoch {
+                let route = self.router.route(room).map_err(|e| RoomApiError::Node {
+                    url: String::new(),
+                    message: e.to_string(),
+                })?;
+                match tokio::time::timeout_at(deadline, call(client(route.channel), route.epoch))
+                    .await
+                {
+                    Err(_) => return Err(RoomApiError::Timeout(self.timeout)),
+                    Ok(Ok(answer)) => return Ok((answer, route.url)),
+                    Ok(Err(status)) => match not_owner_epoch(&status) {
+                        // A node ahead of our map: wait for the map.
+                        Some(epoch) if epoch > self.router.epoch() => min_epoch = epoch,
+                        // A node behind it catches up by itself.
+                        Some(_) => {}
+                        // Unreachable, or the room is (un)loading: retry.
+                        None if status.code() == Code::Unavailable => {
+                            last_error = Some(RoomApiError::from_status(&route.url, status));
+                        }
+                        None => return Err(RoomApiError::from_status(&route.url, status)),
+                    },
                 }
-                Some(node_frame::Kind::Released(_)) => {
-                    return Err(RoomApiError::Ended("the room moved; retry".to_owned()))
+            }
+            if Instant::now() >= deadline {
+                return Err(last_error.unwrap_or(RoomApiError::Timeout(self.timeout)));
+            }
+            // A new map may name a live owner: it ends the pause early.
+            let pause = (Instant::now() + RETRY_PAUSE).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(pause) => {}
+                changed = maps.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(pause).await;
+                    }
                 }
-                _ => continue,
-            };
-            if let Ok(message) = Message::decode_v1(&payload) {
-                return Ok(message);
             }
         }
     }
+
+    /// The room's figures, and its owner's URL.
+    pub async fn info(&self, room: &RoomName) -> Result<(pb::RoomInfoReply, String), RoomApiError> {
+        self.on_owner(room, |mut node, epoch| async move {
+            let request = pb::RoomRequest {
+                room: room.as_str().to_owned(),
+                epoch,
+            };
+            node.room_info(request).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// The room's state: one Yjs update v1, or JSON of its top-level types.
+    pub async fn state(&self, room: &RoomName, json: bool) -> Result<Bytes, RoomApiError> {
+        let format = if json {
+            pb::StateFormat::Json
+        } else {
+            pb::StateFormat::UpdateV1
+        };
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::RoomStateRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    format: format as i32,
+                };
+                node.room_state(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.state)
+    }
+
+    /// Applies a Yjs update v1; returns once the room logged it (and sent
+    /// it to every session).
+    pub async fn apply(&self, room: &RoomName, update: Bytes) -> Result<(), RoomApiError> {
+        self.on_owner(room, |mut node, epoch| {
+            let request = pb::ApplyUpdateRequest {
+                room: room.as_str().to_owned(),
+                epoch,
+                update: update.clone(),
+            };
+            async move { node.apply_update(request).await.map(|_| ()) }
+        })
+        .await
+        .map(|((), _)| ())
+    }
+
+    /// Closes the room's sessions and deletes its log and snapshots;
+    /// `false` when there was nothing to delete.
+    pub async fn delete(&self, room: &RoomName) -> Result<bool, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::RoomRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                };
+                node.delete_room(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.existed)
+    }
+
+    /// Loads the room on its owner; `true` when it was loaded already.
+    pub async fn warm(&self, room: &RoomName) -> Result<(bool, String), RoomApiError> {
+        let (reply, url) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::RoomRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                };
+                node.warm_room(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok((reply.was_loaded, url))
+    }
+
+    /// Rooms with stored state whose names start with `prefix`, after
+    /// `after`, at most `limit`; and whether more follow. Any node answers
+    /// for the whole (shared) storage.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool), RoomApiError> {
+        // Any room name routes to some live node.
+        let anchor = RoomName::new(if prefix.is_empty() { "-" } else { prefix })
+            .map_err(|e| RoomApiError::BadRequest(e.to_string()))?;
+        let (reply, _) = self
+            .on_owner(&anchor, |mut node, _| async move {
+                let request = pb::ListRoomsRequest {
+                    prefix: prefix.to_owned(),
+                    after: after.to_owned(),
+                    limit,
+                };
+                node.list_rooms(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok((reply.rooms, reply.more))
+    }
 }
 
-/// The room's whole state as one Yjs update (v1), as `Y.applyUpdate` reads it.
+/// A room's whole state as one Yjs update (v1), as `Y.applyUpdate` reads
+/// it, from the node at `url` (`partyline admin export`).
 pub async fn export(
     url: &str,
     room: &str,
     epoch: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, RoomApiError> {
-    tokio::time::timeout(timeout, async {
-        let mut session = OneOff::open(url, room, epoch, "admin-export").await?;
-        session.send(Bytes::from_static(SYNC_STEP1_EMPTY)).await?;
-        loop {
-            if let Message::Sync(SyncMessage::SyncStep2(update)) = session.next_message().await? {
-                return Ok(update);
-            }
-        }
-    })
-    .await
-    .map_err(|_| RoomApiError::Timeout(timeout))?
+    let mut node = connect(url).await?;
+    let request = pb::RoomStateRequest {
+        room: room.to_owned(),
+        epoch,
+        format: pb::StateFormat::UpdateV1 as i32,
+    };
+    match tokio::time::timeout(timeout, node.room_state(request)).await {
+        Err(_) => Err(RoomApiError::Timeout(timeout)),
+        Ok(Err(status)) => Err(RoomApiError::from_status(url, status)),
+        Ok(Ok(reply)) => Ok(reply.into_inner().state.to_vec()),
+    }
 }
 
-/// Applies a Yjs update (v1) to the room; returns once the room has logged
-/// and broadcast it (its echo came back).
+/// Applies a Yjs update (v1) to the room at `url`; returns once the room
+/// has logged and broadcast it (`partyline admin import`).
 pub async fn import(
     url: &str,
     room: &str,
@@ -164,24 +285,28 @@ pub async fn import(
     update: Vec<u8>,
     timeout: Duration,
 ) -> Result<(), RoomApiError> {
-    let decoded =
-        yrs::Update::decode_v1(&update).map_err(|e| RoomApiError::BadUpdate(e.to_string()))?;
-    // Nothing to apply, so the room would echo nothing.
-    if decoded.is_empty() {
-        return Ok(());
+    let mut node = connect(url).await?;
+    let request = pb::ApplyUpdateRequest {
+        room: room.to_owned(),
+        epoch,
+        update: update.into(),
+    };
+    match tokio::time::timeout(timeout, node.apply_update(request)).await {
+        Err(_) => Err(RoomApiError::Timeout(timeout)),
+        Ok(Err(status)) => Err(RoomApiError::from_status(url, status)),
+        Ok(Ok(_)) => Ok(()),
     }
-    let message = Message::Sync(SyncMessage::Update(update.clone())).encode_v1();
-    tokio::time::timeout(timeout, async {
-        let mut session = OneOff::open(url, room, epoch, "admin-import").await?;
-        session.send(message.into()).await?;
-        loop {
-            match session.next_message().await? {
-                Message::Sync(SyncMessage::Update(echo)) if echo == update => return Ok(()),
-                Message::Auth(Some(reason)) => return Err(RoomApiError::Ended(reason)),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .map_err(|_| RoomApiError::Timeout(timeout))?
+}
+
+async fn connect(url: &str) -> Result<RoomNodeClient<Channel>, RoomApiError> {
+    let node_error = |message: String| RoomApiError::Node {
+        url: url.to_owned(),
+        message,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| node_error(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| node_error(e.to_string()))?;
+    Ok(client(channel))
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use partyline_proto::{close, RoomName};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -30,6 +31,9 @@ use crate::Shared;
 
 /// How long a closing socket keeps reading for the client's close reply.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// While draining raw bytes at close, this long without any means the
+/// client has sent everything.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 type Socket = WebSocketStream<ClientIo>;
 
@@ -207,8 +211,21 @@ async fn send_close(socket: &mut Socket, reason: &CloseReason) {
         // a client that gets the RST before it reads our close frame sees
         // 1006 instead of the code. Read (and drop) what the client still
         // sends until its close reply or end of stream.
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(_)) => {}
+                // tungstenite reads no further after an error (e.g. the
+                // rest of an oversized frame is still unread): drain the
+                // raw bytes until the client goes quiet.
+                Some(Err(_)) => break,
+            }
+        }
+        let mut sink = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(DRAIN_QUIET, socket.get_mut().read(&mut sink)).await
+        {
+            if n == 0 {
                 break;
             }
         }

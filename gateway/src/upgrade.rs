@@ -67,14 +67,18 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|part| part.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether a request asks for a WebSocket (`Connection: upgrade` and
+/// `Upgrade: websocket`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket")
+}
+
 impl Upgrade {
     /// Checks the handshake headers and takes hyper's upgrade handle.
     pub fn from_request<B>(request: &mut Request<B>) -> Result<Self, NotWebSocket> {
         let headers = request.headers();
-        if request.method() != Method::GET
-            || !has_token(headers, header::CONNECTION, "upgrade")
-            || !has_token(headers, header::UPGRADE, "websocket")
-        {
+        if request.method() != Method::GET || !is_upgrade(headers) {
             return Err(NotWebSocket::NotUpgrade);
         }
         if headers

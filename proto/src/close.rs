@@ -22,3 +22,6 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const TRY_AGAIN_LATER: u16 = 1013;
 /// A read-only session kept writing.
 pub const READ_ONLY: u16 = 4403;
+/// The room was deleted through the server API. y-websocket 3 does not
+/// reconnect after a 44xx code, so its document is not uploaded again.
+pub const ROOM_DELETED: u16 = 4404;

@@ -23,5 +23,10 @@ pub mod pb {
 /// can tell what the clients already have.
 pub const SYNC_STEP1_EMPTY: &[u8] = &[0, 0, 1, 0];
 
+/// gRPC metadata key of the epoch a room node knows, on a
+/// FAILED_PRECONDITION answer to a server-API call for a room it does not
+/// own.
+pub const EPOCH_METADATA: &str = "partyline-epoch";
+
 pub use room::{RoomName, RoomNameError};
 pub use slot::{slot_of, NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};

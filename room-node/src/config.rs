@@ -110,6 +110,17 @@ pub enum RoomMode {
     Ephemeral,
 }
 
+impl RoomMode {
+    /// Its name in config and the server API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::History => "history",
+            Self::Ephemeral => "ephemeral",
+        }
+    }
+}
+
 impl std::str::FromStr for RoomMode {
     type Err = String;
 

@@ -13,6 +13,7 @@ pub mod ownership;
 pub mod protocol;
 pub mod registry;
 pub mod remote;
+pub mod render;
 pub mod room;
 pub mod service;
 pub mod storage;

@@ -36,6 +36,21 @@ pub enum AttachError {
     NotOwner(u64),
 }
 
+/// Why a server-API call on a room failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The room's slot is not this node's at `epoch`.
+    #[error("not the owner of the room at epoch {0}")]
+    NotOwner(u64),
+    /// The room has no stored state and is not loaded.
+    #[error("room {0} not found")]
+    NotFound(RoomName),
+    /// The room kept failing to load or unloading past the deadline, or
+    /// its storage could not be asked.
+    #[error("room {0} is unavailable: {1}")]
+    Unavailable(RoomName, String),
+}
+
 struct Entry {
     handle: RoomHandle,
     generation: u64,
@@ -129,6 +144,71 @@ impl Registry {
         }
     }
 
+    /// Rooms with stored state (see [`crate::storage::list_rooms`]).
+    pub async fn list_rooms(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), crate::storage::LoadError> {
+        crate::storage::list_rooms(&self.config, prefix, after, limit).await
+    }
+
+    /// Persistence mode of `room` by its name.
+    pub fn mode_of(&self, room: &RoomName) -> crate::config::RoomMode {
+        self.config.mode_of(room.as_str())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &partyline_proto::NodeId {
+        &self.config.node_id
+    }
+
+    /// Whether `room` is in memory.
+    pub fn is_loaded(&self, room: &RoomName) -> bool {
+        self.lock().contains_key(room)
+    }
+
+    /// Asks `room`'s actor something (server API), loading the room first
+    /// if needed. With `create` false, a room that is neither loaded nor
+    /// stored is `NotFound` rather than loaded empty. Retries while the
+    /// room unloads, like [`Self::attach`].
+    pub async fn call<T>(
+        &self,
+        room: &RoomName,
+        create: bool,
+        command: impl Fn(oneshot::Sender<T>) -> RoomCommand,
+    ) -> Result<T, CallError> {
+        let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
+        loop {
+            let epoch = self.ownership.check(room).map_err(CallError::NotOwner)?;
+            if !create && !self.is_loaded(room) {
+                let stored = crate::storage::has_state(&self.config, room)
+                    .await
+                    .map_err(|e| CallError::Unavailable(room.clone(), e.to_string()))?;
+                if !stored {
+                    return Err(CallError::NotFound(room.clone()));
+                }
+            }
+            let handle = self.get_or_spawn(room, epoch);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            // A closed channel or a dropped reply: the actor was unloading
+            // (or failed); try a fresh one.
+            if handle.send(command(reply_tx)).await.is_ok() {
+                if let Ok(answer) = reply_rx.await {
+                    return Ok(answer);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline || self.cancel.is_cancelled() {
+                return Err(CallError::Unavailable(
+                    room.clone(),
+                    "the room did not answer".to_owned(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Releases every live room whose slot the current map gives to
     /// another node (see [`RoomCommand::Release`]); returns how many.
     pub async fn release_unowned(&self) -> usize {
@@ -190,6 +270,7 @@ impl Registry {
                 Ok(ExitReason::Released) => {
                     tracing::debug!(room = %room, "room handed to its new owner")
                 }
+                Ok(ExitReason::Deleted) => tracing::debug!(room = %room, "deleted room unloaded"),
                 Ok(ExitReason::Failed(error)) => {
                     tracing::error!(room = %room, %error, "room failed")
                 }

@@ -176,6 +176,7 @@ impl std::fmt::Debug for RemoteStorage {
 struct Scripts {
     claim: Script,
     register: Script,
+    delete: Script,
 }
 
 /// Takes the slot for `epoch` unless a newer epoch holds it; returns the
@@ -224,6 +225,20 @@ end
 return dropped
 ";
 
+/// KEYS: slot epoch, snapshot list, log, room index. ARGV: epoch, room.
+/// Fenced like REGISTER. Returns the snapshot entries (their blobs to
+/// delete) and deletes the list, the log and the index entry.
+const DELETE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. current)
+end
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return entries
+";
+
 /// One stored snapshot of a room.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Version {
@@ -258,6 +273,8 @@ pub struct RemoteRoom {
     epoch: u64,
     /// Last log id appended or read: what a snapshot taken now covers.
     last_id: String,
+    /// Whether the room's name is known to be in the room index.
+    indexed: bool,
     /// Snapshots kept by `register` (1 previous + the newest, at least).
     keep: usize,
     /// Older snapshots than this are dropped too (history mode).
@@ -286,6 +303,7 @@ impl RemoteStorage {
             scripts: Arc::new(Scripts {
                 claim: Script::new(CLAIM),
                 register: Script::new(REGISTER),
+                delete: Script::new(DELETE),
             }),
         })
     }
@@ -293,6 +311,58 @@ impl RemoteStorage {
     /// The Redis key of a room's log.
     pub fn log_key(&self, room: &str) -> String {
         format!("{}:r:{}:log", self.prefix, room_id(room))
+    }
+
+    /// The sorted set of every room name with stored state (all scores 0,
+    /// so names list in byte order: `ZRANGE … BYLEX`).
+    fn index_key(&self) -> String {
+        format!("{}:rooms", self.prefix)
+    }
+
+    /// Whether `room` has a log or snapshots.
+    pub async fn has_state(&self, room: &str) -> Result<bool, RemoteError> {
+        let mut redis = self.redis.clone();
+        let count: u64 = redis
+            .exists(&[self.log_key(room), self.snaps_key(room)])
+            .await?;
+        Ok(count > 0)
+    }
+
+    /// Names of rooms with stored state that start with `prefix` and sort
+    /// after `after`, in byte order, at most `limit`, and whether more
+    /// follow.
+    pub async fn list_rooms(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), RemoteError> {
+        let mut min = Vec::with_capacity(after.len().max(prefix.len()) + 1);
+        if after >= prefix {
+            min.push(b'(');
+            min.extend_from_slice(after.as_bytes());
+        } else {
+            min.push(b'[');
+            min.extend_from_slice(prefix.as_bytes());
+        }
+        // 0xff never occurs in UTF-8, so it bounds every name with the prefix.
+        let mut max = vec![b'['];
+        max.extend_from_slice(prefix.as_bytes());
+        max.push(0xff);
+        let mut redis = self.redis.clone();
+        let mut names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.index_key())
+            .arg(min)
+            .arg(max)
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 1)
+            .query_async(&mut redis)
+            .await?;
+        let more = names.len() > limit;
+        names.truncate(limit);
+        Ok((names, more))
     }
 
     fn snaps_key(&self, room: &str) -> String {
@@ -371,6 +441,7 @@ impl RemoteStorage {
                 node,
                 epoch,
                 last_id,
+                indexed: false,
                 keep: keep.max(2),
                 max_age: None,
             },
@@ -442,10 +513,63 @@ impl RemoteRoom {
                 .arg("u")
                 .arg(update.as_ref());
         }
+        if !self.indexed {
+            // Once per load, in the same round trip: the index lists rooms
+            // for the server API.
+            pipe.cmd("ZADD")
+                .arg(self.storage.index_key())
+                .arg(0)
+                .arg(&self.room)
+                .ignore();
+        }
         let mut redis = self.storage.redis.clone();
         let ids: Vec<String> = pipe.query_async(&mut redis).await?;
+        self.indexed = true;
         if let Some(last) = ids.last() {
             self.last_id = last.clone();
+        }
+        Ok(())
+    }
+
+    /// Deletes the room's log, snapshots and index entry. Fenced: a node
+    /// whose epoch is stale deletes nothing.
+    pub async fn delete(&mut self) -> Result<(), RemoteError> {
+        let storage = &self.storage;
+        let mut redis = storage.redis.clone();
+        let deleted: Result<Vec<String>, redis::RedisError> = storage
+            .scripts
+            .delete
+            .key(storage.slot_key(&self.room))
+            .key(storage.snaps_key(&self.room))
+            .key(storage.log_key(&self.room))
+            .key(storage.index_key())
+            .arg(self.epoch)
+            .arg(&self.room)
+            .invoke_async(&mut redis)
+            .await;
+        let entries = match deleted {
+            Ok(entries) => entries,
+            Err(error) => {
+                return Err(match fenced_epoch(&error) {
+                    Some(current) => RemoteError::Fenced {
+                        slot: slot_of(&self.room).get(),
+                        current,
+                        ours: self.epoch,
+                    },
+                    None => error.into(),
+                })
+            }
+        };
+        self.indexed = false;
+        self.last_id = "0".to_owned();
+        let target = SnapshotTarget {
+            storage: storage.clone(),
+            room: self.room.clone(),
+        };
+        for entry in entries {
+            if let Some((_, name)) = entry.split_once(' ') {
+                target.delete(name).await;
+            }
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ use crate::protocol::Access;
 use crate::protocol::SyncRoom;
 use crate::storage::{self, AppendError, LoadError, RoomStorage};
 use crate::store::{RoomLock, SyncQueue};
+use yrs::updates::decoder::Decode;
 
 /// Identifies one gateway stream within this node.
 pub type LinkId = u64;
@@ -83,9 +84,65 @@ pub enum RoomCommand {
         /// The epoch that moved the slot away.
         epoch: u64,
     },
+    /// Server API: the room's figures.
+    Info {
+        /// Where the answer goes.
+        reply: oneshot::Sender<RoomInfo>,
+    },
+    /// Server API: the room's whole state as one Yjs update v1, or as JSON
+    /// of its top-level types.
+    State {
+        /// JSON instead of the update.
+        json: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// Server API: applies a Yjs update v1 like a client edit (logged, then
+    /// broadcast to every session); answered once it is in the log.
+    Apply {
+        /// The update.
+        update: Vec<u8>,
+        /// `Ok` once logged.
+        reply: oneshot::Sender<Result<(), ApplyError>>,
+    },
+    /// Server API: ends every session (close 4404), deletes the room's log
+    /// and snapshots, and unloads the room.
+    Delete {
+        /// `Ok` once deleted.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
     Panic,
+}
+
+/// A room's figures for the server API.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    /// Client sessions, over all gateways.
+    pub sessions: usize,
+    /// Gateway streams attached.
+    pub gateways: usize,
+    /// Size of the state as one Yjs update v1.
+    pub doc_bytes: u64,
+    /// When this node last wrote a snapshot of the room, if it did.
+    pub last_snapshot: Option<std::time::SystemTime>,
+    /// Updates logged since the last snapshot.
+    pub updates_since_snapshot: u64,
+}
+
+/// Why a server-side update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The bytes are not a Yjs update v1.
+    #[error("not a Yjs update (v1): {0}")]
+    BadUpdate(String),
+    /// The room's policy caps the document's size.
+    #[error("document too large (max_doc_bytes)")]
+    DocumentFull,
+    /// The update log is unreachable and the room's hold buffer is full.
+    #[error("storage unavailable")]
+    StorageUnavailable,
 }
 
 /// A link the room did not take, given back to retry on a fresh actor.
@@ -147,6 +204,8 @@ pub enum ExitReason {
     /// Storage failed; the room stopped before acknowledging anything
     /// it could not persist.
     Failed(LoadError),
+    /// Deleted through the server API.
+    Deleted,
 }
 
 /// Starts loading `room` and returns its handle and actor future.
@@ -196,6 +255,9 @@ pub fn spawn_actor(
                     snapshot_retry: None,
                     last_session_left: false,
                     dirty: false,
+                    applied: Vec::new(),
+                    deleting: None,
+                    last_snapshot: None,
                 }
                 .run()
                 .await
@@ -273,6 +335,12 @@ struct RoomActor {
     last_session_left: bool,
     /// Updates logged since the last snapshot.
     dirty: bool,
+    /// Server-side updates of this batch, answered once it is logged.
+    applied: Vec<oneshot::Sender<Result<(), ApplyError>>>,
+    /// Set by `Delete`: delete once the batch is committed.
+    deleting: Option<oneshot::Sender<Result<(), String>>>,
+    /// When this node last wrote a snapshot of the room.
+    last_snapshot: Option<std::time::SystemTime>,
 }
 
 /// Log growth since the last snapshot.
@@ -375,6 +443,9 @@ impl RoomActor {
             if let Some(epoch) = self.releasing {
                 return self.release(epoch).await;
             }
+            if let Some(reply) = self.deleting.take() {
+                return self.delete(reply).await;
+            }
             if self.links.is_empty() {
                 idle.as_mut()
                     .reset(Instant::now() + self.config.idle_timeout);
@@ -419,6 +490,94 @@ impl RoomActor {
         ExitReason::Released
     }
 
+    /// Deletes the room: every session is ended with 4404 (after every
+    /// frame already queued for it), a running snapshot is waited for so
+    /// it cannot write after the delete, then the log and snapshots go.
+    async fn delete(mut self, reply: oneshot::Sender<Result<(), String>>) -> ExitReason {
+        self.refuse_commands();
+        for (_, link) in self.links.drain() {
+            for &session_id in link.sessions.keys() {
+                let end = frame(node_frame::Kind::EndSession(pb::EndSession {
+                    session_id,
+                    close_code: u32::from(close::ROOM_DELETED),
+                    reason: "room deleted".to_owned(),
+                }));
+                let _ = link.tx.try_send(Ok(end));
+            }
+        }
+        if let Some(task) = self.snapshot_task.take() {
+            let _ = tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, task).await;
+        }
+        let storage = std::mem::replace(&mut self.storage, RoomStorage::Ephemeral);
+        let result = storage.delete().await;
+        match &result {
+            Ok(()) => tracing::info!(room = %self.room, "room deleted"),
+            Err(error) => tracing::error!(room = %self.room, %error, "deleting the room failed"),
+        }
+        let _ = reply.send(result);
+        ExitReason::Deleted
+    }
+
+    /// The room's figures for the server API.
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            sessions: self.links.values().map(|l| l.sessions.len()).sum(),
+            gateways: self.links.len(),
+            doc_bytes: self.sync.encode_state().len() as u64,
+            last_snapshot: self.last_snapshot,
+            updates_since_snapshot: self.since_snapshot.updates + self.snapshot_growth.updates,
+        }
+    }
+
+    /// A server-side update: applied, logged and broadcast like a client's
+    /// (the room's size policy and log-outage refusals apply too).
+    fn apply(&mut self, update: Vec<u8>, reply: oneshot::Sender<Result<(), ApplyError>>) {
+        if let Err(error) = yrs::Update::decode_v1(&update) {
+            let _ = reply.send(Err(ApplyError::BadUpdate(error.to_string())));
+            return;
+        }
+        let access = if self.log_down_since.is_some()
+            && self.pending_bytes >= self.config.log_buffer_bytes
+        {
+            Access::LogUnavailable
+        } else if self
+            .policy
+            .max_doc_bytes
+            .is_some_and(|max| self.doc_bytes + update.len() as u64 > max)
+        {
+            Access::DocumentFull
+        } else {
+            Access::ReadWrite
+        };
+        let message = crate::protocol::encode(&yrs::sync::Message::Sync(
+            yrs::sync::SyncMessage::Update(update),
+        ));
+        match self.sync.handle_frame(&message, access) {
+            Ok(outcome) if outcome.write_denied => {
+                let _ = reply.send(Err(match access {
+                    Access::DocumentFull => ApplyError::DocumentFull,
+                    _ => ApplyError::StorageUnavailable,
+                }));
+            }
+            Ok(outcome) => {
+                let logged = outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
+                if !outcome.log.is_empty() {
+                    self.dirty = true;
+                }
+                self.pending_bytes += logged;
+                self.doc_bytes += logged;
+                self.pending_log.extend(outcome.log);
+                for payload in outcome.broadcast {
+                    self.outbox.push(Out::All(broadcast(payload)));
+                }
+                self.applied.push(reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(ApplyError::BadUpdate(error.to_string())));
+            }
+        }
+    }
+
     /// A link event that is ready now, without waiting. Polls with the
     /// task's own waker (a no-op waker would leave the streams unable to
     /// wake the actor later).
@@ -457,6 +616,26 @@ impl RoomActor {
                 let _ = reply.send(Ok(()));
             }
             Input::Command(RoomCommand::Release { epoch }) => self.releasing = Some(epoch),
+            Input::Command(RoomCommand::Info { reply }) => {
+                let _ = reply.send(self.info());
+            }
+            Input::Command(RoomCommand::State { json, reply }) => {
+                let state = if json {
+                    crate::render::doc_to_json(self.sync.doc())
+                        .to_string()
+                        .into_bytes()
+                } else {
+                    self.sync.encode_state()
+                };
+                let _ = reply.send(state);
+            }
+            Input::Command(RoomCommand::Apply { update, reply }) => self.apply(update, reply),
+            Input::Command(RoomCommand::Delete { reply }) => {
+                // A second delete in the batch waits for the first one.
+                if let Some(earlier) = self.deleting.replace(reply) {
+                    let _ = earlier.send(Ok(()));
+                }
+            }
             #[cfg(test)]
             Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
             Input::Link(link, LinkEvent::Frame(frame)) => self.handle_frame(link, frame),
@@ -783,6 +962,9 @@ impl RoomActor {
                 self.drop_link(link_id);
             }
         }
+        for reply in self.applied.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
         Ok(())
     }
 
@@ -823,6 +1005,8 @@ impl RoomActor {
     fn snapshot_finished(&mut self, result: Result<Result<(), String>, tokio::task::JoinError>) {
         match result.map_err(|join| join.to_string()).and_then(|r| r) {
             Ok(()) => {
+                self.last_snapshot = Some(std::time::SystemTime::now());
+                self.snapshot_growth = Growth::default();
                 if self.snapshot_retry.take().is_some() {
                     tracing::info!(room = %self.room, "snapshot succeeded again");
                 }
@@ -861,7 +1045,10 @@ impl RoomActor {
         let state = self.sync.encode_state();
         let work = self.storage.begin_snapshot(self.epoch, state);
         match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await {
-            Ok(Ok(())) => self.dirty = false,
+            Ok(Ok(())) => {
+                self.dirty = false;
+                self.last_snapshot = Some(std::time::SystemTime::now());
+            }
             Ok(Err(error)) => {
                 tracing::error!(room = %self.room, %error, "last snapshot failed; the log still holds every update")
             }

@@ -5,16 +5,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_server::RoomNode};
-use partyline_proto::RoomName;
+use partyline_proto::{RoomName, EPOCH_METADATA};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ownership::Ownership;
-use crate::registry::{AttachError, Registry};
+use crate::registry::{AttachError, CallError, Registry};
+use crate::room::{ApplyError, RoomCommand};
 
 /// How long a new stream may take to send its `Attach` frame.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most room names one `ListRooms` answer carries.
+const LIST_LIMIT_MAX: usize = 1000;
+
+fn room_name(room: String) -> Result<RoomName, Status> {
+    RoomName::new(room).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A server-API failure as gRPC: NOT_OWNER is FAILED_PRECONDITION with the
+/// node's epoch in the metadata.
+fn call_status(error: CallError) -> Status {
+    match error {
+        CallError::NotOwner(epoch) => {
+            let mut status = Status::failed_precondition(error.to_string());
+            if let Ok(value) = epoch.to_string().parse() {
+                status.metadata_mut().insert(EPOCH_METADATA, value);
+            }
+            status
+        }
+        CallError::NotFound(_) => Status::not_found(error.to_string()),
+        CallError::Unavailable(..) => Status::unavailable(error.to_string()),
+    }
+}
 
 /// The gRPC face of a room node.
 pub struct RoomNodeService {
@@ -82,5 +105,118 @@ impl RoomNode for RoomNodeService {
         }
         tracing::debug!(room = %room, link, gateway = %attach.gateway_id, "gateway stream attached");
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn room_info(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RoomInfoReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let was_loaded = self.registry.is_loaded(&room);
+        let info = self
+            .registry
+            .call(&room, false, |reply| RoomCommand::Info { reply })
+            .await
+            .map_err(call_status)?;
+        let unix_ms = |at: std::time::SystemTime| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        Ok(Response::new(pb::RoomInfoReply {
+            node_id: self.registry.node_id().to_string(),
+            epoch: self.ownership.check(&room).unwrap_or_default(),
+            loaded: was_loaded,
+            sessions: info.sessions as u32,
+            gateways: info.gateways as u32,
+            doc_bytes: info.doc_bytes,
+            last_snapshot_unix_ms: info.last_snapshot.map_or(0, unix_ms),
+            updates_since_snapshot: info.updates_since_snapshot,
+            mode: self.registry.mode_of(&room).as_str().to_owned(),
+        }))
+    }
+
+    async fn room_state(
+        &self,
+        request: Request<pb::RoomStateRequest>,
+    ) -> Result<Response<pb::RoomStateReply>, Status> {
+        let request = request.into_inner();
+        let json = request.format() == pb::StateFormat::Json;
+        let room = room_name(request.room)?;
+        let state = self
+            .registry
+            .call(&room, false, |reply| RoomCommand::State { json, reply })
+            .await
+            .map_err(call_status)?;
+        Ok(Response::new(pb::RoomStateReply {
+            state: state.into(),
+        }))
+    }
+
+    async fn apply_update(
+        &self,
+        request: Request<pb::ApplyUpdateRequest>,
+    ) -> Result<Response<pb::ApplyUpdateReply>, Status> {
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let update = request.update.to_vec();
+        self.registry
+            .call(&room, true, |reply| RoomCommand::Apply {
+                update: update.clone(),
+                reply,
+            })
+            .await
+            .map_err(call_status)?
+            .map_err(|error| match error {
+                ApplyError::BadUpdate(_) => Status::invalid_argument(error.to_string()),
+                ApplyError::DocumentFull => Status::resource_exhausted(error.to_string()),
+                ApplyError::StorageUnavailable => Status::unavailable(error.to_string()),
+            })?;
+        Ok(Response::new(pb::ApplyUpdateReply {}))
+    }
+
+    async fn delete_room(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::DeleteRoomReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        match self
+            .registry
+            .call(&room, false, |reply| RoomCommand::Delete { reply })
+            .await
+        {
+            Ok(Ok(())) => Ok(Response::new(pb::DeleteRoomReply { existed: true })),
+            Ok(Err(error)) => Err(Status::unavailable(format!("delete failed: {error}"))),
+            Err(CallError::NotFound(_)) => {
+                Ok(Response::new(pb::DeleteRoomReply { existed: false }))
+            }
+            Err(error) => Err(call_status(error)),
+        }
+    }
+
+    async fn warm_room(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::WarmRoomReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let was_loaded = self.registry.is_loaded(&room);
+        self.registry
+            .call(&room, true, |reply| RoomCommand::Info { reply })
+            .await
+            .map_err(call_status)?;
+        Ok(Response::new(pb::WarmRoomReply { was_loaded }))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<pb::ListRoomsRequest>,
+    ) -> Result<Response<pb::ListRoomsReply>, Status> {
+        let request = request.into_inner();
+        let limit = (request.limit as usize).clamp(1, LIST_LIMIT_MAX);
+        let (rooms, more) = self
+            .registry
+            .list_rooms(&request.prefix, &request.after, limit)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ListRoomsReply { rooms, more }))
     }
 }

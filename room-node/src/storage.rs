@@ -60,6 +60,8 @@ pub struct Loaded {
     pub storage: RoomStorage,
     /// Held while the room is loaded, when nodes share a directory.
     pub lock: Option<RoomLock>,
+    /// Whether anything was stored for the room (a new room has nothing).
+    pub stored: bool,
 }
 
 /// Why a room could not be loaded.
@@ -87,6 +89,7 @@ pub async fn load(
             doc: Doc::new(),
             storage: RoomStorage::Ephemeral,
             lock: None,
+            stored: false,
         });
     }
     let (updates, storage, lock) = match &config.remote {
@@ -142,6 +145,7 @@ pub async fn load(
             })??
         }
     };
+    let stored = !updates.is_empty();
     let room_name = room.clone();
     // Decoding a large document is CPU work: off the async workers.
     let doc = tokio::task::spawn_blocking(move || apply_all(&room_name, &updates))
@@ -151,7 +155,62 @@ pub async fn load(
             path: Default::default(),
             source: std::io::Error::other(join.to_string()),
         })?;
-    Ok(Loaded { doc, storage, lock })
+    Ok(Loaded {
+        doc,
+        storage,
+        lock,
+        stored,
+    })
+}
+
+/// Runs blocking store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    action: &'static str,
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| StoreError::Io {
+            action,
+            path: Default::default(),
+            source: std::io::Error::other(join.to_string()),
+        })?
+}
+
+/// Whether `room` has stored state (a log or snapshots), without loading
+/// it.
+pub async fn has_state(config: &RoomNodeConfig, room: &RoomName) -> Result<bool, LoadError> {
+    if config.mode_of(room.as_str()) == RoomMode::Ephemeral {
+        return Ok(false);
+    }
+    match &config.remote {
+        Some(remote) => Ok(remote.has_state(room.as_str()).await?),
+        None => {
+            let (dir, room) = (config.data_dir.clone(), room.as_str().to_owned());
+            Ok(blocking("look for room", move || RoomFiles::has_state(&dir, &room)).await?)
+        }
+    }
+}
+
+/// Names of rooms with stored state starting with `prefix`, after
+/// `after`, in order, at most `limit`, and whether more follow.
+pub async fn list_rooms(
+    config: &RoomNodeConfig,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<String>, bool), LoadError> {
+    match &config.remote {
+        Some(remote) => Ok(remote.list_rooms(prefix, after, limit).await?),
+        None => {
+            let dir = config.data_dir.clone();
+            let (prefix, after) = (prefix.to_owned(), after.to_owned());
+            Ok(blocking("list rooms", move || {
+                RoomFiles::list_rooms(&dir, &prefix, &after, limit)
+            })
+            .await?)
+        }
+    }
 }
 
 /// A document with every stored update applied; undecodable ones are
@@ -182,6 +241,17 @@ impl RoomStorage {
                 .append(updates)
                 .await
                 .map_err(AppendError::Unavailable),
+            Self::Ephemeral => Ok(()),
+        }
+    }
+
+    /// Deletes the room's log and snapshots (fenced on remote storage).
+    pub async fn delete(self) -> Result<(), String> {
+        match self {
+            Self::Local(mut files) => blocking("delete room", move || files.delete())
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Remote(mut remote) => remote.delete().await.map_err(|e| e.to_string()),
             Self::Ephemeral => Ok(()),
         }
     }

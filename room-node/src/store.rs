@@ -319,6 +319,71 @@ impl RoomFiles {
         }
     }
 
+    /// Deletes the room's log and snapshots (blocking I/O). The `lock`
+    /// file of shared directories stays: another node may be waiting on
+    /// it, and a new file would let two holders in.
+    pub fn delete(&mut self) -> Result<(), StoreError> {
+        self.log = None;
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("list room dir", &self.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("list room dir", &self.dir))?;
+            if entry.file_name() == "lock" {
+                continue;
+            }
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_err("delete room file", &path))?;
+        }
+        // Fails while a lock file stays; the directory is then kept.
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+
+    /// Whether `room` has a log or a snapshot under `data_dir` (blocking).
+    pub fn has_state(data_dir: &Path, room: &str) -> Result<bool, StoreError> {
+        let (snapshots, segments) = list(&Self::room_dir(data_dir, room))?;
+        Ok(!snapshots.is_empty() || !segments.is_empty())
+    }
+
+    /// Names of rooms with stored state under `data_dir` that start with
+    /// `prefix` and sort after `after`, in order, at most `limit` of them,
+    /// and whether more follow (blocking; reads every room's name file).
+    pub fn list_rooms(
+        data_dir: &Path,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let rooms = data_dir.join("rooms");
+        let entries = match fs::read_dir(&rooms) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+            Err(e) => return Err(io_err("list rooms", &rooms)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let dir = entry.map_err(io_err("list rooms", &rooms))?.path();
+            // The name file is written with the room's first append.
+            let Ok(name) = fs::read_to_string(dir.join("room")) else {
+                continue;
+            };
+            if !name.starts_with(prefix) || name.as_str() <= after {
+                continue;
+            }
+            let (snapshots, segments) = list(&dir)?;
+            if !snapshots.is_empty() || !segments.is_empty() {
+                names.push(name);
+            }
+        }
+        names.sort_unstable();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        Ok((names, more))
+    }
+
     fn create_dir(&self) -> Result<(), StoreError> {
         fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
         let name_path = self.dir.join("room");

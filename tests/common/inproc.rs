@@ -16,6 +16,28 @@ pub async fn serve(
     storage: RemoteStorage,
     tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
 ) -> (String, CancellationToken) {
+    let (url, _, shutdown) =
+        serve_gateway(storage, partyline_gateway::GatewayConfig::new("g"), tune).await;
+    (url, shutdown)
+}
+
+/// [`serve`] with the gateway's HTTP API on `api_key`; also returns the
+/// gateway's address.
+pub async fn serve_with_api(
+    storage: RemoteStorage,
+    api_key: &str,
+    tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
+) -> (String, std::net::SocketAddr, CancellationToken) {
+    let mut gateway = partyline_gateway::GatewayConfig::new("g");
+    gateway.api_key = Some(api_key.to_owned());
+    serve_gateway(storage, gateway, tune).await
+}
+
+async fn serve_gateway(
+    storage: RemoteStorage,
+    gateway: partyline_gateway::GatewayConfig,
+    tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
+) -> (String, std::net::SocketAddr, CancellationToken) {
     let shutdown = CancellationToken::new();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let map = Some(Arc::new(SlotMap::single(
@@ -39,7 +61,7 @@ pub async fn serve(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(partyline_gateway::run(
         listener,
-        partyline_gateway::GatewayConfig::new("g"),
+        gateway,
         map_rx,
         shutdown.clone(),
     ));
@@ -50,5 +72,5 @@ pub async fn serve(
             drop(_map_tx);
         }
     });
-    (format!("ws://{addr}"), shutdown)
+    (format!("ws://{addr}"), addr, shutdown)
 }

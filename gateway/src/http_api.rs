@@ -1,0 +1,245 @@
+//! The gateway's HTTP API for an app's backend (docs/api.md): read a
+//! room's figures and state, write to it, delete it, list rooms, warm a
+//! room before its first client. Served under `/v1/` on the WebSocket
+//! port for requests that are not WebSocket upgrades (an upgrade to
+//! `/v1/…` is still a room), behind a bearer API key that is separate from
+//! client tokens. `GET /v1/openapi.json` describes it and needs no key.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use partyline_proto::{slot_of, RoomName};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::room_api::{RoomApi, RoomApiError};
+
+/// The OpenAPI 3.0 document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Default and largest page of `GET /v1/rooms`.
+const PAGE_DEFAULT: u32 = 100;
+const PAGE_MAX: u32 = 1000;
+
+/// What the API handlers share.
+struct Api {
+    rooms: RoomApi,
+    key: Option<String>,
+}
+
+/// The `/v1` routes. `key` is the bearer API key; without one every route
+/// but the OpenAPI document answers 403. Updates up to `max_update_bytes`
+/// are accepted.
+pub fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usize) -> axum::Router {
+    let api = Arc::new(Api { rooms, key });
+    let protected = axum::Router::new()
+        .route("/v1/rooms", get(list))
+        .route("/v1/rooms/{room}", get(info).delete(delete))
+        .route("/v1/rooms/{room}/state", get(state))
+        .route("/v1/rooms/{room}/update", post(update))
+        .route("/v1/rooms/{room}/warm", post(warm))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_key))
+        .layer(DefaultBodyLimit::max(max_update_bytes));
+    axum::Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .merge(protected)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route") })
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+impl IntoResponse for RoomApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Refused(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        error(status, self)
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about
+/// how much of a guessed key was right.
+fn same_key(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+async fn require_key(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &api.key else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the HTTP API is disabled: set gateway.api_key (--api-key)",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_key(given.trim().as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A room name from the path (percent-decoded by the router).
+fn room(name: String) -> Result<RoomName, RoomApiError> {
+    RoomName::new(name).map_err(|e| RoomApiError::BadRequest(format!("bad room name: {e}")))
+}
+
+type Answer = Result<Response, RoomApiError>;
+
+async fn info(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let (info, url) = api.rooms.info(&room).await?;
+    Ok(Json(json!({
+        "room": room.as_str(),
+        "slot": slot_of(room.as_str()).get(),
+        "owner": { "node_id": info.node_id, "url": url },
+        "epoch": info.epoch,
+        "loaded": info.loaded,
+        "sessions": info.sessions,
+        "gateways": info.gateways,
+        "doc_bytes": info.doc_bytes,
+        "last_snapshot_unix_ms": (info.last_snapshot_unix_ms > 0).then_some(info.last_snapshot_unix_ms),
+        "updates_since_snapshot": info.updates_since_snapshot,
+        "mode": info.mode,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StateQuery {
+    format: Option<String>,
+}
+
+async fn state(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Query(query): Query<StateQuery>,
+) -> Answer {
+    let room = room(name)?;
+    let (json, content_type) = match query.format.as_deref() {
+        None | Some("update") => (false, "application/octet-stream"),
+        Some("json") => (true, "application/json"),
+        Some(other) => {
+            return Err(RoomApiError::BadRequest(format!(
+                "unknown format {other:?}: update or json"
+            )))
+        }
+    };
+    let state = api.rooms.state(&room, json).await?;
+    Ok(([(header::CONTENT_TYPE, content_type)], state).into_response())
+}
+
+async fn update(State(api): State<Arc<Api>>, Path(name): Path<String>, body: Bytes) -> Answer {
+    let room = room(name)?;
+    if body.is_empty() {
+        return Err(RoomApiError::BadRequest(
+            "empty body: send a Yjs update v1".to_owned(),
+        ));
+    }
+    api.rooms.apply(&room, body).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let existed = api.rooms.delete(&room).await?;
+    Ok(Json(json!({ "room": room.as_str(), "deleted": existed })).into_response())
+}
+
+async fn warm(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let (was_loaded, url) = api.rooms.warm(&room).await?;
+    Ok(Json(json!({
+        "room": room.as_str(),
+        "was_loaded": was_loaded,
+        "owner": { "url": url },
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    cursor: String,
+    limit: Option<u32>,
+}
+
+async fn list(State(api): State<Arc<Api>>, Query(query): Query<ListQuery>) -> Answer {
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(RoomApiError::BadRequest(format!(
+            "limit must be 1 to {PAGE_MAX}"
+        )));
+    }
+    let (rooms, more) = api.rooms.list(&query.prefix, &query.cursor, limit).await?;
+    let next = more.then(|| rooms.last().cloned()).flatten();
+    Ok(Json(json!({ "rooms": rooms, "next_cursor": next })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"secret", b"secret"));
+        assert!(!same_key(b"secreT", b"secret"));
+        assert!(!same_key(b"secret1", b"secret"));
+        assert!(!same_key(b"", b"secret"));
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for path in [
+            "/v1/rooms",
+            "/v1/rooms/{room}",
+            "/v1/rooms/{room}/state",
+            "/v1/rooms/{room}/update",
+            "/v1/rooms/{room}/warm",
+            "/v1/openapi.json",
+        ] {
+            assert!(paths.contains_key(path), "{path} missing");
+        }
+    }
+}
