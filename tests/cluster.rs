@@ -88,6 +88,22 @@ async fn npm_clients_through_two_gateways_converge_and_slots_spread() {
         Some(serving.as_str()),
         "{located}"
     );
+    // The HTTP API answers through either gateway, from the room's owner,
+    // and lists the room from the shared store.
+    for gateway in 0..2 {
+        let (status, info) = cluster.api_get(gateway, &format!("/v1/rooms/{room}")).await;
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["owner"]["node_id"], located["node"], "{info}");
+        let (status, state) = cluster
+            .api_get(gateway, &format!("/v1/rooms/{room}/state?format=json"))
+            .await;
+        assert_eq!(status, 200, "{state}");
+        assert!(state.as_object().is_some_and(|o| !o.is_empty()), "{state}");
+        let (_, listed) = cluster
+            .api_get(gateway, "/v1/rooms?prefix=doc-cluster-")
+            .await;
+        assert_eq!(listed["rooms"], serde_json::json!([room]), "{listed}");
+    }
     assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
 
     // SIGTERM on a gateway sends its clients elsewhere with 1012.

@@ -16,6 +16,9 @@ pub const DEAD_AFTER: &str = "3s";
 /// Leader lease of test coordinators (the default).
 pub const LEASE: &str = "3s";
 
+/// Bearer key of every test gateway's HTTP API.
+pub const API_KEY: &str = "cluster-test-api-key";
+
 /// Log filter of every process: room loads and releases are visible.
 const LOG: &str = "info,partyline_room_node=debug";
 
@@ -153,6 +156,8 @@ impl TestCluster {
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--insecure-no-auth".into(),
+            "--api-key".into(),
+            API_KEY.into(),
         ];
         let process = Partyline::start(
             &args,
@@ -167,6 +172,22 @@ impl TestCluster {
     /// The y-websocket URL of `room` through gateway `index`.
     pub fn url(&self, gateway: usize, room: &str) -> String {
         format!("ws://{}/{}", self.gateways[gateway].ready, room)
+    }
+
+    /// `GET path` on gateway `index`'s HTTP API: status and JSON body.
+    pub async fn api_get(&self, gateway: usize, path: &str) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{path}", self.gateways[gateway].ready);
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("gateway API reachable");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Runs `partyline admin --nats URL ARGS --json` and parses its output.
