@@ -39,6 +39,9 @@ pub struct FileConfig {
     /// `[auth]`.
     #[serde(default)]
     pub auth: AuthSection,
+    /// `[webhooks]`.
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
 }
 
 impl FileConfig {
@@ -163,6 +166,103 @@ pub struct RoomNodeSection {
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
+}
+
+/// Webhooks to the app's backend, run by room nodes: flags, env
+/// `PARTYLINE_WEBHOOKS_*`, or `[webhooks]` (docs/webhooks.md).
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// POST each room's state here (JSON: room, base64 Yjs update, top-level
+    /// types) after it changed, debounced [default: no callback].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Key of the callbacks' `X-Partyline-Signature` (HMAC-SHA256 of
+    /// "<t>.<body>") [default: unsigned].
+    #[arg(
+        long,
+        env = "PARTYLINE_WEBHOOKS_CALLBACK_SECRET",
+        hide_env_values = true
+    )]
+    pub callback_secret: Option<String>,
+    /// A callback waits for the room to be quiet this long… [default: 2s].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_DEBOUNCE_WAIT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub debounce_wait: Option<Duration>,
+    /// …but no longer than this after the first unsent change [default: 10s].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_DEBOUNCE_MAX_WAIT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub debounce_max_wait: Option<Duration>,
+    /// How long one callback request may take [default: 5s].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub callback_timeout: Option<Duration>,
+    /// Retries of a failed callback, 1 s, 2 s, 4 s … apart [default: 5].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_RETRIES")]
+    pub callback_retries: Option<u32>,
+    /// Ask this URL (POST {"room"}) for a new room's first content: 200 with
+    /// a Yjs update, or 204/404 to start empty [default: new rooms start empty].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_LOAD_URL")]
+    pub load_url: Option<String>,
+    /// How long the initial-content request may take [default: 5s].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_LOAD_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub load_timeout: Option<Duration>,
+}
+
+impl WebhooksSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: WebhooksSection) -> Self {
+        Self {
+            callback_url: or(self.callback_url, file.callback_url),
+            callback_secret: or(self.callback_secret, file.callback_secret),
+            debounce_wait: or(self.debounce_wait, file.debounce_wait),
+            debounce_max_wait: or(self.debounce_max_wait, file.debounce_max_wait),
+            callback_timeout: or(self.callback_timeout, file.callback_timeout),
+            callback_retries: or(self.callback_retries, file.callback_retries),
+            load_url: or(self.load_url, file.load_url),
+            load_timeout: or(self.load_timeout, file.load_timeout),
+        }
+    }
+
+    /// The room node's hooks; `None` when neither URL is set.
+    pub fn build(&self) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
+        use partyline_room_node::hooks::{Hooks, HooksConfig};
+        if self.callback_url.is_none() && self.load_url.is_none() {
+            return Ok(None);
+        }
+        let mut config = HooksConfig {
+            callback_url: self.callback_url.clone(),
+            callback_secret: self.callback_secret.clone(),
+            load_url: self.load_url.clone(),
+            ..HooksConfig::default()
+        };
+        set(&mut config.debounce_wait, self.debounce_wait);
+        set(&mut config.debounce_max_wait, self.debounce_max_wait);
+        set(&mut config.callback_timeout, self.callback_timeout);
+        set(&mut config.callback_retries, self.callback_retries);
+        set(&mut config.load_timeout, self.load_timeout);
+        for url in [&config.callback_url, &config.load_url]
+            .into_iter()
+            .flatten()
+        {
+            let parsed = url::Url::parse(url).with_context(|| format!("webhook url {url:?}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https"),
+                "webhook url {url:?} must be http or https"
+            );
+        }
+        anyhow::ensure!(
+            config.debounce_max_wait >= config.debounce_wait,
+            "webhooks.debounce_max_wait must be at least webhooks.debounce_wait"
+        );
+        if config.callback_url.is_some() && config.callback_secret.is_none() {
+            tracing::warn!(
+                "state callbacks are unsigned: set --callback-secret so the app can verify them"
+            );
+        }
+        Ok(Some(Hooks::new(config)?))
+    }
 }
 
 /// One `[room_node.policies."prefix"]` table.

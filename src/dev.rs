@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthSection, FileConfig, GatewaySection, RoomNodeSection};
+use crate::config::{AuthSection, FileConfig, GatewaySection, RoomNodeSection, WebhooksSection};
 use crate::CommonArgs;
 
 /// `partyline dev` flags.
@@ -24,6 +24,8 @@ pub struct DevArgs {
     room_node: RoomNodeSection,
     #[command(flatten)]
     auth: AuthSection,
+    #[command(flatten)]
+    webhooks: WebhooksSection,
 }
 
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
@@ -33,7 +35,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let gateway = args.gateway.merge(file.gateway);
     let room_node = args.room_node.merge(file.room_node);
     let node_id = NodeId::new("dev");
-    let room_config = room_node.build(node_id.clone())?;
+    let mut room_config = room_node.build(node_id.clone())?;
+    room_config.hooks = args.webhooks.merge(file.webhooks).build()?;
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
     let mut gateway_config = gateway.build("dev".to_owned())?;
     let auth = args.auth.merge(file.auth);

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ClusterSection, FileConfig, NodeSection, RoomNodeSection, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HEARTBEAT_INTERVAL,
+    ClusterSection, FileConfig, NodeSection, RoomNodeSection, WebhooksSection,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
 };
 use crate::CommonArgs;
 
@@ -31,6 +31,8 @@ pub struct RoomNodeArgs {
     cluster: ClusterSection,
     #[command(flatten)]
     room_node: RoomNodeSection,
+    #[command(flatten)]
+    webhooks: WebhooksSection,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains (see the module doc).
@@ -49,6 +51,7 @@ pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
     }
     let node_id = NodeId::new(node.node_id());
     let mut config = room_node.build(node_id.clone())?;
+    config.hooks = args.webhooks.merge(file.webhooks).build()?;
     if let Some(redis) = &node.redis {
         // Logs in Redis, snapshots in the store; fencing in Redis replaces
         // the shared directory's file locks.

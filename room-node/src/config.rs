@@ -82,6 +82,9 @@ pub struct RoomNodeConfig {
     pub room_locks: bool,
     /// How long loading a room waits for another node to release its lock.
     pub room_lock_timeout: Duration,
+    /// Webhooks to the app (state callback, initial content); `None` when
+    /// neither URL is configured.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 /// Limits of the rooms whose names start with a prefix.
@@ -176,6 +179,7 @@ impl RoomNodeConfig {
             room_queue: DEFAULT_ROOM_QUEUE,
             room_locks: false,
             room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
+            hooks: None,
         }
     }
 }

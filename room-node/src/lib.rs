@@ -9,6 +9,7 @@
 //! waits for every room to write its final snapshot.
 
 pub mod config;
+pub mod hooks;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;

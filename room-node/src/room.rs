@@ -218,7 +218,7 @@ pub fn spawn_actor(
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
     let actor = async move {
-        match storage::load(&config, &room, sync_queue, epoch).await {
+        match load_with_initial_content(&config, &room, sync_queue, epoch).await {
             Ok(loaded) => {
                 let policy = config.policy_of(room.as_str());
                 let sync = SyncRoom::new(loaded.doc);
@@ -258,6 +258,8 @@ pub fn spawn_actor(
                     applied: Vec::new(),
                     deleting: None,
                     last_snapshot: None,
+                    callback_due: None,
+                    callback_task: None,
                 }
                 .run()
                 .await
@@ -266,6 +268,47 @@ pub fn spawn_actor(
         }
     };
     (RoomHandle { tx }, actor)
+}
+
+/// Loads `room`; a room with nothing stored asks the initial-content hook
+/// (when configured) and logs its answer as the room's first update, so
+/// the hook is asked once per room.
+async fn load_with_initial_content(
+    config: &RoomNodeConfig,
+    room: &RoomName,
+    sync_queue: SyncQueue,
+    epoch: u64,
+) -> Result<storage::Loaded, LoadError> {
+    let mut loaded = storage::load(config, room, sync_queue, epoch).await?;
+    let Some(hooks) = &config.hooks else {
+        return Ok(loaded);
+    };
+    if loaded.stored || config.mode_of(room.as_str()) == crate::config::RoomMode::Ephemeral {
+        return Ok(loaded);
+    }
+    if let Some(update) = hooks.initial_content(room.as_str()).await? {
+        let decoded =
+            yrs::Update::decode_v1(&update).map_err(|e| crate::hooks::HookError::NotAnUpdate {
+                url: hooks.config().load_url.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+        use yrs::Transact;
+        if let Err(error) = loaded.doc.transact_mut().apply_update(decoded) {
+            return Err(crate::hooks::HookError::NotAnUpdate {
+                url: hooks.config().load_url.clone().unwrap_or_default(),
+                reason: error.to_string(),
+            }
+            .into());
+        }
+        match loaded.storage.append(&[Bytes::from(update)]).await {
+            Ok(()) => {}
+            Err(AppendError::Failed(error)) => return Err(error.into()),
+            Err(AppendError::Unavailable(error)) => return Err(error.into()),
+        }
+        loaded.stored = true;
+        tracing::info!(room = %room, "new room filled from load_url");
+    }
+    Ok(loaded)
 }
 
 /// One client session of a link.
@@ -341,6 +384,10 @@ struct RoomActor {
     deleting: Option<oneshot::Sender<Result<(), String>>>,
     /// When this node last wrote a snapshot of the room.
     last_snapshot: Option<std::time::SystemTime>,
+    /// Changes not sent to the state callback yet, and when to send them.
+    callback_due: Option<crate::hooks::Debounce>,
+    /// The state callback in flight (retries included).
+    callback_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Log growth since the last snapshot.
@@ -366,11 +413,18 @@ impl RoomActor {
         loop {
             // Only rooms holding throttled awareness pay for the timer.
             let awareness_flush_at = self.next_awareness_flush();
+            // One callback at a time: the next waits for the one in flight.
+            let callback_at = match (&self.callback_due, &self.config.hooks) {
+                (Some(debounce), Some(hooks)) if self.callback_task.is_none() => {
+                    Some(debounce.due(hooks.config()))
+                }
+                _ => None,
+            };
             let first = tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     self.rx.close();
-                    self.final_snapshot().await;
+                    self.unload().await;
                     return ExitReason::Shutdown;
                 }
                 // Before inputs: a busy room must still notice a finished
@@ -386,7 +440,7 @@ impl RoomActor {
                 command = self.rx.recv() => match command {
                     Some(command) => Input::Command(command),
                     None => {
-                        self.final_snapshot().await;
+                        self.unload().await;
                         return ExitReason::Idle;
                     }
                 },
@@ -416,8 +470,16 @@ impl RoomActor {
                 }
                 _ = &mut idle, if self.links.is_empty() => {
                     self.refuse_commands();
-                    self.final_snapshot().await;
+                    self.unload().await;
                     return ExitReason::Idle;
+                }
+                _ = wait_for(&mut self.callback_task) => {
+                    self.callback_task = None;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(callback_at.unwrap_or_else(Instant::now)), if callback_at.is_some() => {
+                    self.start_callback();
+                    continue;
                 }
             };
             self.handle(first);
@@ -485,7 +547,7 @@ impl RoomActor {
                 tracing::debug!(room = %self.room, link = link_id, "link full; it will re-sync as after a failure");
             }
         }
-        self.final_snapshot().await;
+        self.unload().await;
         tracing::debug!(room = %self.room, epoch, "room released to its new owner");
         ExitReason::Released
     }
@@ -909,6 +971,7 @@ impl RoomActor {
         if !self.pending_log.is_empty() {
             match self.storage.append(&self.pending_log).await {
                 Ok(()) => {
+                    self.note_change();
                     self.since_snapshot.updates += self.pending_log.len() as u64;
                     self.since_snapshot.bytes += self.pending_bytes;
                     self.pending_log.clear();
@@ -966,6 +1029,55 @@ impl RoomActor {
             let _ = reply.send(Ok(()));
         }
         Ok(())
+    }
+
+    /// Logged changes start (or extend) the state callback's debounce.
+    fn note_change(&mut self) {
+        if !self.config.hooks.as_ref().is_some_and(|h| h.has_callback()) {
+            return;
+        }
+        let now = Instant::now();
+        match &mut self.callback_due {
+            Some(debounce) => debounce.touch(now),
+            None => self.callback_due = Some(crate::hooks::Debounce::new(now)),
+        }
+    }
+
+    /// Sends the room's state to the callback on its own task (retries
+    /// included); changes after this point wait for the next one.
+    fn start_callback(&mut self) {
+        let Some(hooks) = self.config.hooks.clone() else {
+            return;
+        };
+        self.callback_due = None;
+        let state = self.sync.encode_state();
+        let json = crate::render::doc_to_json(self.sync.doc());
+        let room = self.room.clone();
+        self.callback_task = Some(tokio::spawn(async move {
+            match hooks.send_state(room.as_str(), &state, json).await {
+                Ok(()) => tracing::debug!(room = %room, bytes = state.len(), "state callback sent"),
+                Err(error) => {
+                    tracing::error!(room = %room, %error, "state callback failed after its retries; the next change sends the state again")
+                }
+            }
+        }));
+    }
+
+    /// Before the room leaves memory: the last snapshot, and the state
+    /// callback if changes are unsent (once, bounded by its timeout; a
+    /// callback already in flight goes on by itself).
+    async fn unload(&mut self) {
+        self.final_snapshot().await;
+        if self.callback_due.is_none() || self.callback_task.is_some() {
+            return;
+        }
+        self.start_callback();
+        if let (Some(task), Some(hooks)) = (self.callback_task.take(), &self.config.hooks) {
+            let limit = hooks.config().callback_timeout;
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!(room = %self.room, "last state callback still running at unload; it goes on in the background");
+            }
+        }
     }
 
     /// Whether the log grew enough since the last snapshot for another.

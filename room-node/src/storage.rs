@@ -73,6 +73,9 @@ pub enum LoadError {
     /// Redis or the snapshot store.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// The initial-content hook (`load_url`) failed.
+    #[error("initial content: {0}")]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 /// Loads `room`: newest valid snapshot plus the log after it.

@@ -1,0 +1,340 @@
+//! Webhooks against a small HTTP server in the test, through `partyline
+//! dev`: the debounced state callback (latest state within
+//! `debounce_max_wait` during continuous edits, HMAC signature checked
+//! here with its own HMAC, a failing receiver retried) and the
+//! initial-content hook (`load_url`, asked once per new room).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use base64::Engine;
+use common::DevServer;
+use hmac::{Hmac, Mac};
+use partyline_bench::client::YClient;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
+
+const SECRET: &str = "callback-test-secret";
+const API_KEY: &str = "webhook-test-api-key";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One callback as the app received it.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    body: serde_json::Value,
+    signature: String,
+    raw: Bytes,
+    answered: u16,
+}
+
+#[derive(Default)]
+struct App {
+    callbacks: Mutex<Vec<Received>>,
+    /// Answer 500 to this many callbacks first.
+    fail_first: Mutex<usize>,
+    loads: Mutex<HashMap<String, usize>>,
+}
+
+async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    let status = {
+        let mut fail = app.fail_first.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        }
+    };
+    app.callbacks.lock().unwrap().push(Received {
+        at: Instant::now(),
+        body: serde_json::from_slice(&raw).unwrap_or_default(),
+        signature: headers
+            .get("x-partyline-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        raw,
+        answered: status.as_u16(),
+    });
+    status
+}
+
+/// `load_url`: a template for rooms named `doc-template-*`, nothing for
+/// the others.
+async fn load(State(app): State<Arc<App>>, body: Bytes) -> axum::response::Response {
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let room = request["room"].as_str().unwrap_or_default().to_owned();
+    *app.loads.lock().unwrap().entry(room.clone()).or_default() += 1;
+    if !room.starts_with("doc-template-") {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        txn.get_or_insert_text("t").insert(&mut txn, 0, "template;");
+    }
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    (StatusCode::OK, update).into_response()
+}
+
+async fn serve_app(app: Arc<App>) -> String {
+    let router = axum::Router::new()
+        .route("/callback", axum::routing::post(callback))
+        .route("/load", axum::routing::post(load))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+/// Checks `t=<unix>,v1=<hex>` against HMAC-SHA256("<t>.<body>").
+fn signature_verifies(header: &str, body: &[u8]) -> bool {
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    expected == v1
+}
+
+/// Root text `t` of the callback's base64 state.
+fn text_of_callback(body: &serde_json::Value) -> String {
+    let state = base64::engine::general_purpose::STANDARD
+        .decode(body["state"].as_str().expect("state"))
+        .expect("base64 state");
+    let doc = Doc::new();
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&state).unwrap())
+        .unwrap();
+    let text = doc.get_or_insert_text("t");
+    let txn = doc.transact();
+    text.get_string(&txn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_bring_the_latest_state_within_max_wait_signed() {
+    let app = Arc::new(App::default());
+    let base = serve_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--callback-url",
+            &format!("{base}/callback"),
+            "--callback-secret",
+            SECRET,
+            "--debounce-wait",
+            "300ms",
+            "--debounce-max-wait",
+            "1s",
+        ],
+    );
+    let client = YClient::connect(&server.url("doc-callback")).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+
+    // Continuous edits for 4 s, never quiet for the 300 ms debounce: only
+    // debounce_max_wait makes callbacks go out.
+    let started = Instant::now();
+    let mut edits = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        client.push_text("t", &format!("{edits};")).await.unwrap();
+        edits += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let final_text = client.text("t").await.unwrap();
+    let stopped = Instant::now();
+    // The final state goes out (by max_wait, or the quiet after the last
+    // edit).
+    let deadline = stopped + WAIT;
+    loop {
+        let last = app.callbacks.lock().unwrap().last().cloned();
+        if last.is_some_and(|r| text_of_callback(&r.body) == final_text) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "final state never called back: {:?} vs {final_text}",
+            app.callbacks
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| (
+                    r.at.duration_since(started),
+                    text_of_callback(&r.body).len()
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = app.callbacks.lock().unwrap().clone();
+    let during: Vec<&Received> = received.iter().filter(|r| r.at <= stopped).collect();
+    eprintln!(
+        "{edits} edits in 4 s; {} callbacks during them, {} in all",
+        during.len(),
+        received.len()
+    );
+    // Without max_wait no callback would go out while edits keep coming
+    // every 100 ms (debounce 300 ms). With it: one per second, each no more
+    // than max_wait (plus scheduling slack on a loaded CI machine) after
+    // the previous one.
+    assert!(
+        during.len() >= 3,
+        "{} callbacks during 4 s of edits",
+        during.len()
+    );
+    let mut previous = started;
+    let mut longest = Duration::ZERO;
+    for callback in &during {
+        longest = longest.max(callback.at - previous);
+        previous = callback.at;
+    }
+    eprintln!("longest gap between callbacks during edits: {longest:?}");
+    assert!(longest < Duration::from_secs(2), "callback gap {longest:?}");
+    for callback in &received {
+        assert_eq!(callback.answered, 200);
+        assert_eq!(callback.body["room"], "doc-callback");
+        assert!(
+            signature_verifies(&callback.signature, &callback.raw),
+            "bad signature {:?}",
+            callback.signature
+        );
+        // The JSON rendering matches the state it came with.
+        assert_eq!(
+            callback.body["data"]["t"].as_str().unwrap(),
+            text_of_callback(&callback.body)
+        );
+        // A tampered body does not verify.
+        let mut tampered = callback.raw.to_vec();
+        tampered[0] ^= 1;
+        assert!(!signature_verifies(&callback.signature, &tampered));
+    }
+    // Each callback carries the state as it was then: texts only grow.
+    for pair in received.windows(2) {
+        assert!(text_of_callback(&pair[1].body).starts_with(&text_of_callback(&pair[0].body)));
+    }
+    server.assert_no_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_is_retried_until_it_takes_the_state() {
+    let app = Arc::new(App::default());
+    *app.fail_first.lock().unwrap() = 2;
+    let base = serve_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--callback-url",
+            &format!("{base}/callback"),
+            "--callback-secret",
+            SECRET,
+            "--debounce-wait",
+            "100ms",
+        ],
+    );
+    let client = YClient::connect(&server.url("doc-retry")).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client.push_text("t", "must-arrive;").await.unwrap();
+    // 500, retry after 1 s: 500, retry after 2 s: 200.
+    let deadline = Instant::now() + WAIT;
+    while !app
+        .callbacks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.answered == 200)
+    {
+        assert!(Instant::now() < deadline, "the state never got through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = app.callbacks.lock().unwrap().clone();
+    let answers: Vec<u16> = received.iter().map(|r| r.answered).collect();
+    assert_eq!(answers, [500, 500, 200]);
+    let gaps: Vec<Duration> = received.windows(2).map(|p| p[1].at - p[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(900), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(1900), "{gaps:?}");
+    for callback in &received {
+        assert_eq!(text_of_callback(&callback.body), "must-arrive;");
+        assert!(signature_verifies(&callback.signature, &callback.raw));
+    }
+    assert!(server.log().contains("state callback failed; retrying"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_url_fills_a_new_room_once() {
+    let app = Arc::new(App::default());
+    let base = serve_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--load-url",
+            &format!("{base}/load"),
+            "--idle-timeout",
+            "200ms",
+            "--upstream-linger",
+            "100ms",
+            "--api-key",
+            API_KEY,
+        ],
+    );
+    let room = "doc-template-1";
+    let first = YClient::connect(&server.url(room)).await.unwrap();
+    first.wait_synced(WAIT).await.unwrap();
+    assert_eq!(first.text("t").await.unwrap(), "template;");
+    first.push_text("t", "edited;").await.unwrap();
+    let second = YClient::connect(&server.url(room)).await.unwrap();
+    second
+        .wait_for_text("t", "template;edited;", WAIT)
+        .await
+        .unwrap();
+    // Unloaded and loaded again: the content is stored, the hook not asked.
+    first.close(WAIT).await.unwrap();
+    second.close(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let info: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/rooms/{room}", server.addr))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["loaded"], false, "the room did not unload: {info}");
+    let again = YClient::connect(&server.url(room)).await.unwrap();
+    again
+        .wait_for_text("t", "template;edited;", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(app.loads.lock().unwrap().get(room), Some(&1));
+
+    // A 204 starts the room empty.
+    let plain = YClient::connect(&server.url("doc-plain")).await.unwrap();
+    plain.wait_synced(WAIT).await.unwrap();
+    assert_eq!(plain.text("t").await.unwrap(), "");
+    assert_eq!(app.loads.lock().unwrap().get("doc-plain"), Some(&1));
+    server.assert_no_errors();
+}
