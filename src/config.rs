@@ -159,6 +159,15 @@ pub struct RoomNodeSection {
     /// prefix (`""` for every other room).
     #[arg(skip)]
     pub policies: Option<std::collections::BTreeMap<String, PolicySection>>,
+    /// Refuse rooms whose names match no `[room_node.policies."prefix"]`
+    /// table (sessions closed with 4400, API writes 403) [default: false].
+    #[arg(
+        long,
+        env = "PARTYLINE_ROOM_NODE_REFUSE_UNLISTED_ROOMS",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub refuse_unlisted_rooms: Option<bool>,
     /// Snapshot versions a `history` room keeps [default: 50].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_VERSIONS")]
     pub history_versions: Option<usize>,
@@ -277,6 +286,16 @@ pub struct PolicySection {
     /// wins), e.g. `"100ms"` for cursor floods.
     #[serde(default, with = "humantime_serde")]
     pub awareness_throttle: Option<Duration>,
+    /// Largest client message in bytes; a larger one closes the session
+    /// with 1009.
+    pub max_frame_bytes: Option<usize>,
+    /// Unload the room this long after its last client left, instead of
+    /// `idle_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Persistence mode (snapshot, history, ephemeral), as in
+    /// `[room_node.modes]`.
+    pub mode: Option<String>,
 }
 
 /// `a` where set, else `b`.
@@ -379,6 +398,7 @@ impl RoomNodeSection {
             modes: or(self.modes, file.modes),
             policies: or(self.policies, file.policies),
             history_versions: or(self.history_versions, file.history_versions),
+            refuse_unlisted_rooms: or(self.refuse_unlisted_rooms, file.refuse_unlisted_rooms),
             history_max_age: or(self.history_max_age, file.history_max_age),
         }
     }
@@ -400,11 +420,17 @@ impl RoomNodeSection {
         set(&mut config.log_buffer_bytes, self.log_buffer_bytes);
         set(&mut config.history_versions, self.history_versions);
         config.history_max_age = self.history_max_age;
+        let policy_modes = self
+            .policies
+            .iter()
+            .flatten()
+            .filter_map(|(p, policy)| Some((p.clone(), policy.mode.clone()?)));
         let file_modes = self
             .modes
             .iter()
             .flatten()
-            .map(|(p, m)| (p.clone(), m.clone()));
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .chain(policy_modes);
         let flag_modes = self.room_mode.iter().map(|pair| {
             let (prefix, mode) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
             (prefix.to_owned(), mode.to_owned())
@@ -424,9 +450,16 @@ impl RoomNodeSection {
                     max_sessions: policy.max_sessions,
                     max_doc_bytes: policy.max_doc_bytes,
                     awareness_throttle: policy.awareness_throttle,
+                    max_frame_bytes: policy.max_frame_bytes,
+                    idle_timeout: policy.idle_timeout,
                 },
             ));
         }
+        config.refuse_unlisted_rooms = self.refuse_unlisted_rooms.unwrap_or(false);
+        anyhow::ensure!(
+            !config.refuse_unlisted_rooms || !config.policies.is_empty(),
+            "room_node.refuse_unlisted_rooms needs at least one [room_node.policies.\"prefix\"] table"
+        );
         anyhow::ensure!(
             config.history_versions >= 2,
             "room_node.history_versions must be at least 2"

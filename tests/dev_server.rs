@@ -415,6 +415,104 @@ async fn room_policies_cap_sessions_and_document_size_by_prefix() {
     assert!(first.close_info().is_none(), "the writer stays connected");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_policies_set_frame_size_idle_time_and_mode_and_can_refuse_unlisted_rooms() {
+    const KEY: &str = "policy-test-api-key";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("partyline.toml");
+    std::fs::write(
+        &config,
+        r#"
+[room_node]
+refuse_unlisted_rooms = true
+
+[room_node.policies."doc-"]
+max_frame_bytes = 4096
+
+[room_node.policies."fast-"]
+idle_timeout = "100ms"
+
+[room_node.policies."tmp-"]
+mode = "ephemeral"
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = DevServer::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--api-key",
+            KEY,
+            "--upstream-linger",
+            "100ms",
+        ],
+    );
+    let http = reqwest::Client::new();
+    let api = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("http://{}{path}", server.addr))
+            .bearer_auth(KEY)
+    };
+
+    // A name no policy lists is refused, on the socket and through the API.
+    let stranger = YClient::connect(&server.url("other-room")).await.unwrap();
+    let closed = stranger.wait_closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, 4400, "{closed}");
+    assert!(closed.reason.contains("no room policy"), "{closed}");
+    let refused = api(reqwest::Method::POST, "/v1/rooms/other-room/warm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // max_frame_bytes: a large update closes only its sender (1009).
+    let writer = synced(&server, "doc-1").await;
+    let watcher = synced(&server, "doc-1").await;
+    writer.push_text("t", "small;").await.unwrap();
+    watcher.wait_for_text("t", "small;", WAIT).await.unwrap();
+    writer.push_text("t", &"x".repeat(10_000)).await.unwrap();
+    let closed = writer.wait_closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, 1009, "{closed}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(watcher.text("t").await.unwrap(), "small;");
+    assert!(watcher.close_info().is_none());
+
+    // idle_timeout by prefix: fast- unloads within a second, doc- does not.
+    for room in ["fast-1", "doc-2"] {
+        let client = synced(&server, room).await;
+        client.push_text("t", "x").await.unwrap();
+        client.close(WAIT).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (room, loaded) in [("fast-1", false), ("doc-2", true)] {
+        let info: serde_json::Value = api(reqwest::Method::GET, &format!("/v1/rooms/{room}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["loaded"], loaded, "{room}: {info}");
+    }
+
+    // mode by policy: tmp- rooms store nothing.
+    let a = synced(&server, "tmp-1").await;
+    let b = synced(&server, "tmp-1").await;
+    a.push_text("t", "passing;").await.unwrap();
+    b.wait_for_text("t", "passing;", WAIT).await.unwrap();
+    let info: serde_json::Value = api(reqwest::Method::GET, "/v1/rooms/tmp-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["mode"], "ephemeral", "{info}");
+    assert!(!partyline_room_node::store::RoomFiles::room_dir(&data, "tmp-1").exists());
+    server.assert_no_errors();
+}
+
 #[tokio::test]
 async fn an_awareness_flood_is_relayed_at_most_once_per_throttle_window() {
     let dir = tempfile::tempdir().unwrap();

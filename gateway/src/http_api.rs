@@ -63,6 +63,7 @@ impl IntoResponse for RoomApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Refused(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotAllowed(_) => StatusCode::FORBIDDEN,
             Self::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };

@@ -37,6 +37,9 @@ pub enum RoomApiError {
     /// The room's policy refuses it (document too large).
     #[error("{0}")]
     Refused(String),
+    /// No room policy allows the room's name.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The owner could not be reached, refused the call or failed.
     #[error("room node {url}: {message}")]
     Node {
@@ -56,6 +59,7 @@ impl RoomApiError {
             Code::NotFound => Self::NotFound,
             Code::InvalidArgument => Self::BadRequest(status.message().to_owned()),
             Code::ResourceExhausted => Self::Refused(status.message().to_owned()),
+            Code::PermissionDenied => Self::NotAllowed(status.message().to_owned()),
             _ => Self::Node {
                 url: url.to_owned(),
                 message: status.message().to_owned(),

@@ -25,3 +25,6 @@ pub const READ_ONLY: u16 = 4403;
 /// The room was deleted through the server API. y-websocket 3 does not
 /// reconnect after a 44xx code, so its document is not uploaded again.
 pub const ROOM_DELETED: u16 = 4404;
+/// The room's name matches no room policy and the node refuses such rooms
+/// (`refuse_unlisted_rooms`). A 44xx code: y-websocket 3 does not retry.
+pub const ROOM_NOT_ALLOWED: u16 = 4400;

@@ -63,6 +63,9 @@ pub struct RoomNodeConfig {
     /// Limits by room-name prefix (longest match wins; `""` is the
     /// default for every other room).
     pub policies: Vec<(String, RoomPolicy)>,
+    /// Refuse rooms whose names match no policy prefix (a `""` policy
+    /// matches every name).
+    pub refuse_unlisted_rooms: bool,
     /// Versions a `history` room keeps.
     pub history_versions: usize,
     /// …and how old they may get (the newest two always stay).
@@ -98,6 +101,12 @@ pub struct RoomPolicy {
     /// Awareness from one session is relayed at most once per this window;
     /// updates in between are coalesced, the latest wins (cursor floods).
     pub awareness_throttle: Option<Duration>,
+    /// Largest client message in the room; a larger one closes the session
+    /// with 1009 (the gateway's `max_message_bytes` caps every room).
+    pub max_frame_bytes: Option<usize>,
+    /// The room unloads this long after its last gateway left, instead of
+    /// the node's `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// How a room persists.
@@ -149,6 +158,16 @@ impl RoomNodeConfig {
             .map_or_else(RoomPolicy::default, |(_, policy)| *policy)
     }
 
+    /// Whether `room` may be opened: any name, unless
+    /// `refuse_unlisted_rooms` asks for a matching policy.
+    pub fn allows(&self, room: &str) -> bool {
+        !self.refuse_unlisted_rooms
+            || self
+                .policies
+                .iter()
+                .any(|(prefix, _)| room.starts_with(prefix.as_str()))
+    }
+
     /// The mode of `room`: the longest matching prefix's, else snapshot.
     pub fn mode_of(&self, room: &str) -> RoomMode {
         self.modes
@@ -180,6 +199,7 @@ impl RoomNodeConfig {
             room_locks: false,
             room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
             hooks: None,
+            refuse_unlisted_rooms: false,
         }
     }
 }

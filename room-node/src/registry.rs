@@ -45,6 +45,9 @@ pub enum CallError {
     /// The room has no stored state and is not loaded.
     #[error("room {0} not found")]
     NotFound(RoomName),
+    /// No room policy matches the name and the node refuses such rooms.
+    #[error("room {0} is not allowed: no room policy matches its name")]
+    NotAllowed(RoomName),
     /// The room kept failing to load or unloading past the deadline, or
     /// its storage could not be asked.
     #[error("room {0} is unavailable: {1}")]
@@ -182,6 +185,9 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
         loop {
             let epoch = self.ownership.check(room).map_err(CallError::NotOwner)?;
+            if create && !self.config.allows(room.as_str()) {
+                return Err(CallError::NotAllowed(room.clone()));
+            }
             if !create && !self.is_loaded(room) {
                 let stored = crate::storage::has_state(&self.config, room)
                     .await

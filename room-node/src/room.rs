@@ -401,7 +401,8 @@ impl RoomActor {
     async fn run(mut self) -> ExitReason {
         let mut snapshot_tick = tokio::time::interval(self.config.snapshot_interval);
         snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let idle = tokio::time::sleep(self.config.idle_timeout);
+        let idle_timeout = self.policy.idle_timeout.unwrap_or(self.config.idle_timeout);
+        let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
         // While the log is unreachable, appends are retried on this timer
         // only, not on every batch.
@@ -509,8 +510,7 @@ impl RoomActor {
                 return self.delete(reply).await;
             }
             if self.links.is_empty() {
-                idle.as_mut()
-                    .reset(Instant::now() + self.config.idle_timeout);
+                idle.as_mut().reset(Instant::now() + idle_timeout);
             }
             if self.snapshot_due() || std::mem::take(&mut self.last_session_left) {
                 self.start_snapshot();
@@ -708,6 +708,16 @@ impl RoomActor {
     fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
         match kind {
             gateway_frame::Kind::OpenSession(open) => {
+                if !self.config.allows(self.room.as_str()) {
+                    let end = node_frame::Kind::EndSession(pb::EndSession {
+                        session_id: open.session_id,
+                        close_code: u32::from(close::ROOM_NOT_ALLOWED),
+                        reason: "no room policy matches this room name".to_owned(),
+                    });
+                    self.outbox.push(Out::Link(link_id, frame(end)));
+                    tracing::info!(room = %self.room, "session refused: no room policy matches the name");
+                    return;
+                }
                 let read_only = open.permission() == pb::Permission::ReadOnly;
                 let open_sessions: usize = self.links.values().map(|l| l.sessions.len()).sum();
                 if self
@@ -758,6 +768,20 @@ impl RoomActor {
         else {
             return;
         };
+        if self
+            .policy
+            .max_frame_bytes
+            .is_some_and(|max| message.payload.len() > max)
+        {
+            tracing::info!(room = %self.room, session = session_id, bytes = message.payload.len(), "message over the room's max_frame_bytes; closing session");
+            self.end_session(
+                link_id,
+                session_id,
+                close::MESSAGE_TOO_BIG,
+                "message over the room's size limit",
+            );
+            return;
+        }
         if message.kind() == pb::FrameKind::Text {
             if message.payload.starts_with(b"__YPS:") {
                 self.outbox.push(Out::All(frame(node_frame::Kind::Broadcast(

@@ -35,6 +35,7 @@ fn call_status(error: CallError) -> Status {
             status
         }
         CallError::NotFound(_) => Status::not_found(error.to_string()),
+        CallError::NotAllowed(_) => Status::permission_denied(error.to_string()),
         CallError::Unavailable(..) => Status::unavailable(error.to_string()),
     }
 }
