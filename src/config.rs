@@ -97,6 +97,22 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_RELEASE_GRACE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub release_grace: Option<Duration>,
+    /// Connection attempts per client address per second, refused with HTTP
+    /// 429 past it; 0 turns it off (behind a load balancer every client
+    /// shares its address) [default: 0].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_CONNECTS_PER_IP")]
+    pub max_connects_per_ip: Option<u32>,
+    /// Open sockets per client address, refused with HTTP 429 past it; 0
+    /// turns it off [default: 0].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_SOCKETS_PER_IP")]
+    pub max_sockets_per_ip: Option<u32>,
+    /// Messages per second one session may send on average; past it the
+    /// session is closed with 1008; 0 turns it off [default: 200].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_MESSAGES_PER_SECOND")]
+    pub max_messages_per_second: Option<u32>,
+    /// …and at once [default: 1000].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
     /// Bearer key of the HTTP API under /v1/ (separate from client tokens)
     /// [default: none, the API answers 403].
     #[arg(long, env = "PARTYLINE_GATEWAY_API_KEY", hide_env_values = true)]
@@ -320,6 +336,10 @@ impl GatewaySection {
             ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
             max_connections: or(self.max_connections, file.max_connections),
             release_grace: or(self.release_grace, file.release_grace),
+            max_connects_per_ip: or(self.max_connects_per_ip, file.max_connects_per_ip),
+            max_sockets_per_ip: or(self.max_sockets_per_ip, file.max_sockets_per_ip),
+            max_messages_per_second: or(self.max_messages_per_second, file.max_messages_per_second),
+            message_burst: or(self.message_burst, file.message_burst),
             api_key: or(self.api_key, file.api_key),
             api_timeout: or(self.api_timeout, file.api_timeout),
         }
@@ -350,6 +370,19 @@ impl GatewaySection {
         set(&mut config.max_connections, self.max_connections);
         set(&mut config.release_grace, self.release_grace);
         set(&mut config.api_timeout, self.api_timeout);
+        set(
+            &mut config.limits.max_connects_per_ip,
+            self.max_connects_per_ip,
+        );
+        set(
+            &mut config.limits.max_sockets_per_ip,
+            self.max_sockets_per_ip,
+        );
+        set(
+            &mut config.limits.max_messages_per_second,
+            self.max_messages_per_second,
+        );
+        set(&mut config.limits.message_burst, self.message_burst);
         if let Some(key) = &self.api_key {
             anyhow::ensure!(
                 key.len() >= 16,

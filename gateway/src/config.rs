@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// Sessions are closed (1008) after this long, so a revoked grant stops
     /// working within it; `None` keeps them open (revocation is lazy).
     pub max_session: Option<Duration>,
+    /// Abuse limits: connection attempts and sockets per client address,
+    /// messages per second per session.
+    pub limits: crate::limits::LimitsConfig,
     /// Bearer key of the HTTP API (`/v1/…`); `None` disables the API.
     pub api_key: Option<String>,
     /// How long an HTTP API call may wait for the room's owner.
@@ -87,6 +90,7 @@ impl GatewayConfig {
             release_grace: DEFAULT_RELEASE_GRACE,
             auth: crate::auth::Authorizer::None,
             max_session: None,
+            limits: crate::limits::LimitsConfig::default(),
             api_key: None,
             api_timeout: DEFAULT_API_TIMEOUT,
             shutdown_close_code: partyline_proto::close::GOING_AWAY,

@@ -17,6 +17,7 @@ pub mod batch;
 pub mod client_socket;
 pub mod config;
 pub mod http_api;
+pub mod limits;
 pub mod path;
 pub mod room_api;
 pub mod router;
@@ -54,6 +55,8 @@ pub struct Shared {
     connections: Arc<Semaphore>,
     /// The HTTP API (`/v1/…`, requests that are not upgrades).
     api: axum::Router,
+    /// Abuse limits and their refusal counts.
+    limits: Arc<limits::Limits>,
 }
 
 impl Shared {
@@ -79,6 +82,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let config_connections = config.max_connections;
+    let config_limits = config.limits;
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     let router = router::Router::new(slot_map);
@@ -95,6 +99,7 @@ pub async fn run(
         next_session_id: AtomicU64::new(1),
         connections: Arc::new(Semaphore::new(config_connections)),
         api,
+        limits: limits::Limits::new(config_limits),
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
     server::serve(listener, app, shutdown, tracker.clone()).await;
@@ -128,6 +133,32 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     let upgrade = match upgrade::Upgrade::from_request(&mut request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal.into_response(),
+    };
+    // Per-address limits come before anything that costs (auth may ask the
+    // app's webhook).
+    let admitted = match request.extensions().get::<server::PeerAddr>() {
+        Some(peer) => match shared.limits.admit(peer.0.ip()) {
+            Ok(admitted) => Some(admitted),
+            Err(refused) => {
+                let refusals = &shared.limits.refused;
+                tracing::info!(
+                    room = %room_path.room,
+                    peer = %peer.0.ip(),
+                    %refused,
+                    connect_rate_total = refusals.connect_rate.load(std::sync::atomic::Ordering::Relaxed),
+                    sockets_total = refusals.sockets.load(std::sync::atomic::Ordering::Relaxed),
+                    "refused connection: per-address limit"
+                );
+                let retry = shared.limits.retry_after().as_secs().to_string();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry)],
+                    format!("{refused}\n"),
+                )
+                    .into_response();
+            }
+        },
+        None => None,
     };
     let headers = request.headers();
     // Admission control: past the limit, refuse before the upgrade so the
@@ -179,6 +210,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
             Err(error) => tracing::debug!(room = %room_path.room, %error, "upgrade failed"),
         }
         drop(permit);
+        drop(admitted);
     });
     response
 }

@@ -96,6 +96,7 @@ async fn pump(
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut message_rate = shared.limits.message_bucket();
     // `max_session` bounds how long a revoked grant stays usable.
     let expires = tokio::time::sleep(config.max_session.unwrap_or(Duration::MAX));
     tokio::pin!(expires);
@@ -128,6 +129,13 @@ async fn pump(
                     }
                     None => return None,
                 };
+                if matches!(message, Message::Binary(_) | Message::Text(_))
+                    && message_rate.as_mut().is_some_and(|rate| !rate.allow())
+                {
+                    let total = shared.limits.count_message_rate();
+                    tracing::info!(room = %room, session = session_id, total, "session over its message rate; closing");
+                    return Some(CloseReason::new(close::POLICY_VIOLATION, "message rate over the limit"));
+                }
                 let forward = match message {
                     Message::Binary(data) if reassembler.is_open() => {
                         reassembler.chunk(&data).map(|()| None)

@@ -1,0 +1,108 @@
+//! Abuse limits through `partyline dev`: connection attempts per address
+//! per second and sockets per address are refused with HTTP 429 before the
+//! upgrade; a session flooding messages is closed with 1008 while the rest
+//! of its room goes on; every refusal is counted in the log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::DevServer;
+use partyline_bench::client::{ClientError, YClient};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn refused_status(url: &str) -> u16 {
+    match YClient::connect(url).await {
+        Ok(_) => panic!("{url} was accepted"),
+        Err(ClientError::Rejected { status, .. }) => status,
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_attempts_per_address_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--max-connects-per-ip", "5"]);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(YClient::connect(&server.url("doc-rate")).await.unwrap());
+    }
+    assert_eq!(refused_status(&server.url("doc-rate")).await, 429);
+    // The budget refills at 5 a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = YClient::connect(&server.url("doc-rate")).await.unwrap();
+    late.wait_synced(WAIT).await.unwrap();
+    for client in &clients {
+        assert!(client.close_info().is_none(), "admitted clients stay open");
+    }
+    assert!(
+        server.log().contains("connect_rate_total=1"),
+        "the refusal is counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_per_address_are_capped_and_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--max-sockets-per-ip", "3"]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = YClient::connect(&server.url("doc-sockets")).await.unwrap();
+        client.wait_synced(WAIT).await.unwrap();
+        clients.push(client);
+    }
+    assert_eq!(refused_status(&server.url("doc-sockets")).await, 429);
+    // Closing one frees its place.
+    clients.pop().unwrap().close(WAIT).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let replacement = loop {
+        match YClient::connect(&server.url("doc-sockets")).await {
+            Ok(client) => break client,
+            Err(ClientError::Rejected { status: 429, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("no place freed: {other}"),
+        }
+    };
+    replacement.wait_synced(WAIT).await.unwrap();
+    assert!(server.log().contains("sockets_total=1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_session_is_closed_and_its_room_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &["--max-messages-per-second", "20", "--message-burst", "20"],
+    );
+    let calm = YClient::connect(&server.url("doc-flood")).await.unwrap();
+    calm.wait_synced(WAIT).await.unwrap();
+    let flooder = YClient::connect(&server.url("doc-flood")).await.unwrap();
+    flooder.wait_synced(WAIT).await.unwrap();
+    // Well inside the budget: a handful of edits go through.
+    for i in 0..5 {
+        flooder.push_text("t", &format!("{i};")).await.unwrap();
+    }
+    calm.wait_for_text("t", "0;1;2;3;4;", WAIT).await.unwrap();
+    // Then 200 messages at once.
+    for i in 0..200 {
+        if flooder.push_text("t", &format!("f{i};")).await.is_err() {
+            break;
+        }
+    }
+    let closed = flooder.wait_closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, 1008, "{closed}");
+    assert!(closed.reason.contains("message rate"), "{closed}");
+    // The calm client is untouched and the room still takes its edits.
+    calm.push_text("t", "calm;").await.unwrap();
+    let after = YClient::connect(&server.url("doc-flood")).await.unwrap();
+    after
+        .wait_until(WAIT, |doc| {
+            partyline_bench::client::text_of(doc, "t").ends_with("calm;")
+        })
+        .await
+        .unwrap();
+    assert!(calm.close_info().is_none());
+    assert!(server.log().contains("session over its message rate"));
+}
