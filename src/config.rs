@@ -107,10 +107,10 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_MAX_SOCKETS_PER_IP")]
     pub max_sockets_per_ip: Option<u32>,
     /// Messages per second one session may send on average; past it the
-    /// session is closed with 1008; 0 turns it off [default: 200].
+    /// session is closed with 1008; 0 turns it off [default: 500].
     #[arg(long, env = "PARTYLINE_GATEWAY_MAX_MESSAGES_PER_SECOND")]
     pub max_messages_per_second: Option<u32>,
-    /// …and at once [default: 1000].
+    /// …and at once [default: 5000].
     #[arg(long, env = "PARTYLINE_GATEWAY_MESSAGE_BURST")]
     pub message_burst: Option<u32>,
     /// Bearer key of the HTTP API under /v1/ (separate from client tokens)

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Default for [`LimitsConfig::max_messages_per_second`].
-pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 200;
+pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 500;
 /// Default for [`LimitsConfig::message_burst`].
-pub const DEFAULT_MESSAGE_BURST: u32 = 1000;
+pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
 /// Addresses tracked before idle ones are swept out.
 const SWEEP_AT: usize = 10_000;
 
