@@ -16,8 +16,10 @@ pub async fn serve(
     storage: RemoteStorage,
     tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
 ) -> (String, CancellationToken) {
-    let (url, _, shutdown) =
-        serve_gateway(storage, partyline_gateway::GatewayConfig::new("g"), tune).await;
+    let mut gateway = partyline_gateway::GatewayConfig::new("g");
+    // Storage tests push updates as fast as the room takes them.
+    gateway.limits.max_messages_per_second = 0;
+    let (url, _, shutdown) = serve_gateway(storage, gateway, tune).await;
     (url, shutdown)
 }
 
