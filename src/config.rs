@@ -42,6 +42,9 @@ pub struct FileConfig {
     /// `[webhooks]`.
     #[serde(default)]
     pub webhooks: WebhooksSection,
+    /// `[telemetry]`.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
 
 impl FileConfig {
@@ -191,6 +194,45 @@ pub struct RoomNodeSection {
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
+}
+
+/// Metrics, health and traces of a serving role: flags, env
+/// `PARTYLINE_TELEMETRY_*`, or `[telemetry]` (docs/operations.md).
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address
+    /// [default: not served].
+    #[arg(long, env = "PARTYLINE_TELEMETRY_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+    /// Export traces and metrics over OTLP/gRPC to this collector, e.g.
+    /// http://otel-collector:4317 [default: no export].
+    #[arg(long, env = "PARTYLINE_TELEMETRY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of client frames that start a trace (0 to 1) [default: 0.05].
+    #[arg(long, env = "PARTYLINE_TELEMETRY_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+}
+
+impl TelemetrySection {
+    /// Flags/env over file.
+    pub fn merge(self, file: TelemetrySection) -> Self {
+        Self {
+            ops_listen: or(self.ops_listen, file.ops_listen),
+            otlp_endpoint: or(self.otlp_endpoint, file.otlp_endpoint),
+            trace_sample_ratio: or(self.trace_sample_ratio, file.trace_sample_ratio),
+        }
+    }
+
+    /// The sample ratio, checked.
+    pub fn sample_ratio(&self) -> anyhow::Result<f64> {
+        let ratio = self.trace_sample_ratio.unwrap_or(0.05);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&ratio),
+            "telemetry.trace_sample_ratio must be between 0 and 1"
+        );
+        Ok(ratio)
+    }
 }
 
 /// Webhooks to the app's backend, run by room nodes: flags, env

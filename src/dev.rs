@@ -19,6 +19,8 @@ pub struct DevArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
+    telemetry: crate::config::TelemetrySection,
+    #[command(flatten)]
     gateway: GatewaySection,
     #[command(flatten)]
     room_node: RoomNodeSection,
@@ -28,9 +30,17 @@ pub struct DevArgs {
     webhooks: WebhooksSection,
 }
 
+impl DevArgs {
+    /// `[telemetry]` from the config file, under the flags.
+    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
+        let file = FileConfig::load(self.common.config.as_deref())?;
+        Ok(self.telemetry.clone().merge(file.telemetry))
+    }
+}
+
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let gateway = args.gateway.merge(file.gateway);
     let room_node = args.room_node.merge(file.room_node);
@@ -42,6 +52,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let auth = args.auth.merge(file.auth);
     gateway_config.auth = auth.build(true).await?;
     gateway_config.max_session = auth.max_session;
+    gateway_config.trace_frames = serving.traces;
 
     let grpc_listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -63,6 +74,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
 
+    let ready = {
+        let (config, map) = (room_config.clone(), map_rx.clone());
+        crate::ops::readiness(move || {
+            let (config, map) = (config.clone(), map.clone());
+            async move { partyline_room_node::check_ready(&config, &map).await }
+        })
+    };
+    serving.start_ops(ready, shutdown.clone()).await?;
     tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,

@@ -17,6 +17,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
+    telemetry: crate::config::TelemetrySection,
+    #[command(flatten)]
     cluster: ClusterSection,
     #[command(flatten)]
     gateway: GatewaySection,
@@ -27,8 +29,16 @@ pub struct GatewayArgs {
     insecure_no_auth: bool,
 }
 
+impl GatewayArgs {
+    /// `[telemetry]` from the config file, under the flags.
+    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
+        let file = FileConfig::load(self.common.config.as_deref())?;
+        Ok(self.telemetry.clone().merge(file.telemetry))
+    }
+}
+
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+pub async fn run(args: GatewayArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let gateway = args.gateway.merge(file.gateway);
     let cluster_options = args.cluster.merge(file.cluster).build();
@@ -37,6 +47,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let auth = args.auth.merge(file.auth);
     config.auth = auth.build(args.insecure_no_auth).await?;
     config.max_session = auth.max_session;
+    config.trace_frames = serving.traces;
 
     let shutdown = CancellationToken::new();
     let cluster = Cluster::connect(&cluster_options)
@@ -48,6 +59,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bind gateway on {}", gateway.listen()))?;
     let addr = listener.local_addr()?;
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
+    let ready = {
+        let map = slot_map.clone();
+        crate::ops::readiness(move || {
+            let has_map = map.borrow().is_some();
+            async move {
+                has_map
+                    .then_some(())
+                    .ok_or_else(|| "no slot map yet".to_owned())
+            }
+        })
+    };
+    serving.start_ops(ready, shutdown.clone()).await?;
     tracing::info!(%addr, epoch = slot_map.borrow().as_ref().map(|m| m.epoch()), "gateway started");
     // Tests and scripts wait for this exact line on stdout.
     println!("partyline gateway listening on ws://{addr}");

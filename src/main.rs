@@ -7,7 +7,9 @@ mod config;
 mod coordinator;
 mod dev;
 mod gateway;
+mod ops;
 mod room_node;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -57,7 +59,6 @@ pub struct CommonArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.worker_threads {
         runtime.worker_threads(threads.get());
@@ -65,12 +66,40 @@ fn main() -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(*args).await,
-            Command::Gateway(args) => gateway::run(*args).await,
-            Command::RoomNode(args) => room_node::run(*args).await,
-            Command::Coordinator(args) => coordinator::run(args).await,
-            Command::Admin(args) => admin::run(args).await,
+            Command::Dev(args) => {
+                let settings = args.telemetry_settings()?;
+                telemetry::serve("partyline-dev", settings, |serving| {
+                    dev::run(*args, serving)
+                })
+                .await
+            }
+            Command::Gateway(args) => {
+                let settings = args.telemetry_settings()?;
+                telemetry::serve("partyline-gateway", settings, |serving| {
+                    gateway::run(*args, serving)
+                })
+                .await
+            }
+            Command::RoomNode(args) => {
+                let settings = args.telemetry_settings()?;
+                telemetry::serve("partyline-room-node", settings, |serving| {
+                    room_node::run(*args, serving)
+                })
+                .await
+            }
+            Command::Coordinator(args) => {
+                let settings = args.telemetry_settings()?;
+                telemetry::serve("partyline-coordinator", settings, |serving| {
+                    coordinator::run(args, serving)
+                })
+                .await
+            }
+            Command::Admin(args) => {
+                telemetry::init_logging();
+                admin::run(args).await
+            }
             Command::Bench(args) => {
+                telemetry::init_logging();
                 let report = partyline_bench::run(args).await?;
                 // The table is for people, the JSON line for scripts.
                 eprintln!("{report}");
@@ -79,17 +108,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARTYLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for people; log files and pipes get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.

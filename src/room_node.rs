@@ -26,6 +26,8 @@ pub struct RoomNodeArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
+    telemetry: crate::config::TelemetrySection,
+    #[command(flatten)]
     node: NodeSection,
     #[command(flatten)]
     cluster: ClusterSection,
@@ -35,8 +37,16 @@ pub struct RoomNodeArgs {
     webhooks: WebhooksSection,
 }
 
+impl RoomNodeArgs {
+    /// `[telemetry]` from the config file, under the flags.
+    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
+        let file = FileConfig::load(self.common.config.as_deref())?;
+        Ok(self.telemetry.clone().merge(file.telemetry))
+    }
+}
+
 /// Runs until SIGTERM/SIGINT, then drains (see the module doc).
-pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
+pub async fn run(args: RoomNodeArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let node = args.node.merge(file.node);
     let cluster_options = args.cluster.merge(file.cluster).build();
@@ -105,6 +115,14 @@ pub async fn run(args: RoomNodeArgs) -> anyhow::Result<()> {
         }
     });
 
+    let ready = {
+        let (config, map) = (config.clone(), slot_map.clone());
+        crate::ops::readiness(move || {
+            let (config, map) = (config.clone(), map.clone());
+            async move { partyline_room_node::check_ready(&config, &map).await }
+        })
+    };
+    serving.start_ops(ready, background.clone()).await?;
     tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
     let server = tokio::spawn(partyline_room_node::run(
         listener,

@@ -84,8 +84,10 @@ pub async fn campaign(
         }
         info!(coordinator = %candidate, "acquired the leader lease");
         leading.send_replace(true);
+        crate::telemetry::set_leading(true);
         let outcome = hold(&store, &value, lease, revision, sent, &shutdown).await;
         leading.send_replace(false);
+        crate::telemetry::set_leading(false);
         match outcome {
             Held::Shutdown(revision) => {
                 release(&store, revision, &candidate).await;

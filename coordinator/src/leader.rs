@@ -370,6 +370,9 @@ impl State {
         match self.cluster.read_slot_map().await {
             Ok(map) => {
                 self.current = map.map(|(map, revision)| (Arc::new(map), revision));
+                if let Some((map, _)) = &self.current {
+                    crate::telemetry::set_map(map.epoch(), map.nodes().len());
+                }
                 Ok(())
             }
             Err(err) => Err(err.to_string()),
@@ -451,6 +454,10 @@ impl State {
                     epoch: next.epoch(),
                     moved_slots: moved,
                 };
+                crate::telemetry::set_map(next.epoch(), next.nodes().len());
+                crate::telemetry::metrics()
+                    .slot_moves
+                    .add(moved as u64, &[]);
                 self.current = Some((Arc::new(next), revision));
                 Ok(report)
             }

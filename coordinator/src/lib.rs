@@ -19,6 +19,7 @@ pub mod election;
 pub mod leader;
 pub mod membership;
 pub mod placement;
+pub mod telemetry;
 
 use std::time::Duration;
 

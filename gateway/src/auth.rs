@@ -74,6 +74,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The refusal as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "token_missing",
+            Self::Invalid(_) => "token_invalid",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unavailable(_) => "auth_unavailable",
+        }
+    }
+
     /// 401 for missing or bad tokens, 403 for a valid token without access.
     pub fn status(&self) -> StatusCode {
         match self {

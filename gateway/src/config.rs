@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// Abuse limits: connection attempts and sockets per client address,
     /// messages per second per session.
     pub limits: crate::limits::LimitsConfig,
+    /// Start a span per client frame and send its context to the room node
+    /// (on when traces are exported).
+    pub trace_frames: bool,
     /// Bearer key of the HTTP API (`/v1/…`); `None` disables the API.
     pub api_key: Option<String>,
     /// How long an HTTP API call may wait for the room's owner.
@@ -91,6 +94,7 @@ impl GatewayConfig {
             auth: crate::auth::Authorizer::None,
             max_session: None,
             limits: crate::limits::LimitsConfig::default(),
+            trace_frames: false,
             api_key: None,
             api_timeout: DEFAULT_API_TIMEOUT,
             shutdown_close_code: partyline_proto::close::GOING_AWAY,

@@ -23,6 +23,7 @@ pub mod room_api;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod telemetry;
 pub mod upgrade;
 pub mod upstream;
 
@@ -57,6 +58,8 @@ pub struct Shared {
     api: axum::Router,
     /// Abuse limits and their refusal counts.
     limits: Arc<limits::Limits>,
+    /// For `/readyz`: a gateway is ready once it has a slot map.
+    router: router::Router,
 }
 
 impl Shared {
@@ -85,6 +88,7 @@ pub async fn run(
     let config_limits = config.limits;
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
+    telemetry::observe_epoch(slot_map.clone());
     let router = router::Router::new(slot_map);
     let api = http_api::router(
         room_api::RoomApi::new(router.clone(), config.api_timeout),
@@ -92,7 +96,13 @@ pub async fn run(
         config.max_message_bytes,
     );
     let shared = Arc::new(Shared {
-        upstreams: Upstreams::new(router, config.clone(), tracker.clone(), shutdown.clone()),
+        upstreams: Upstreams::new(
+            router.clone(),
+            config.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ),
+        router,
         config,
         sessions: tracker.clone(),
         cancel: shutdown.clone(),
@@ -111,7 +121,24 @@ pub async fn run(
 /// WebSocket upgrades are rooms, whatever the path; other requests to
 /// `/v1/…` are the HTTP API.
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    if request.uri().path().starts_with("/v1/") && !upgrade::is_upgrade(request.headers()) {
+    let plain_http = !upgrade::is_upgrade(request.headers());
+    match request.uri().path() {
+        // Load balancer probes on the client port.
+        "/healthz" if plain_http => return (StatusCode::OK, "ok\n").into_response(),
+        "/readyz" if plain_http => {
+            return if shared.router.has_map() {
+                (StatusCode::OK, "ready\n").into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no slot map yet\n",
+                )
+                    .into_response()
+            };
+        }
+        _ => {}
+    }
+    if request.uri().path().starts_with("/v1/") && plain_http {
         let mut api = shared.api.clone();
         return tower_service::Service::call(&mut api, request)
             .await
@@ -126,6 +153,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     let room_path = match path::parse(uri.path()) {
         Ok(room_path) => room_path,
         Err(error) => {
+            telemetry::refuse("bad_room_name");
             tracing::info!(path = uri.path(), %error, "refused bad room name");
             return (StatusCode::BAD_REQUEST, format!("bad room name: {error}\n")).into_response();
         }
@@ -140,6 +168,10 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
         Some(peer) => match shared.limits.admit(peer.0.ip()) {
             Ok(admitted) => Some(admitted),
             Err(refused) => {
+                telemetry::refuse(match refused {
+                    limits::Refused::ConnectRate => "connect_rate",
+                    limits::Refused::Sockets => "sockets_per_ip",
+                });
                 let refusals = &shared.limits.refused;
                 tracing::info!(
                     room = %room_path.room,
@@ -165,6 +197,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     // client's reconnect backoff spreads the load instead of the server
     // holding sockets it cannot serve.
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        telemetry::refuse("max_connections");
         tracing::info!(room = %room_path.room, "refused connection: gateway at max_connections");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +219,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     {
         Ok(access) => access,
         Err(refusal) => {
+            telemetry::refuse(refusal.reason());
             tracing::info!(room = %room_path.room, %refusal, "refused connection");
             drop(permit);
             return (refusal.status(), format!("{refusal}\n")).into_response();

@@ -57,6 +57,11 @@ impl Router {
         }
     }
 
+    /// Whether a slot map has arrived.
+    pub fn has_map(&self) -> bool {
+        self.slot_map.borrow().is_some()
+    }
+
     /// The current map's epoch (0 before the first map).
     pub fn epoch(&self) -> u64 {
         self.slot_map.borrow().as_ref().map_or(0, |map| map.epoch())

@@ -74,7 +74,15 @@ pub async fn serve(
             return;
         }
     };
+    let metrics = crate::telemetry::metrics();
+    metrics.connections.add(1, &[]);
     let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &out).await;
+    metrics.connections.add(-1, &[]);
+    if let Some(reason) = &reason {
+        if let Some(label) = refusal_label(reason.code) {
+            crate::telemetry::refuse(label);
+        }
+    }
     upstream.close(session_id).await;
     if let Some(reason) = reason {
         send_close(&mut socket, &reason).await;
@@ -156,7 +164,14 @@ async fn pump(
                 };
                 match forward {
                     Ok(Some((payload, text))) => {
-                        if upstream.client_frame(session_id, payload, text).await.is_err() {
+                        let kind = crate::telemetry::frame_kind(&payload, text);
+                        crate::telemetry::metrics().frames_in.add(1, &[opentelemetry::KeyValue::new("kind", kind)]);
+                        let traceparent = if config.trace_frames {
+                            crate::telemetry::frame_traceparent(room.as_str(), session_id, kind, payload.len())
+                        } else {
+                            String::new()
+                        };
+                        if upstream.client_frame(session_id, payload, text, traceparent).await.is_err() {
                             return Some(CloseReason::new(close::INTERNAL_ERROR, "room unavailable"));
                         }
                     }
@@ -189,6 +204,18 @@ async fn pump(
                 return Some(CloseReason::new(config.shutdown_close_code, "server shutting down"));
             }
         }
+    }
+}
+
+/// The metrics label of a close the gateway decided on (the room node's
+/// own refusals are counted there).
+fn refusal_label(code: u16) -> Option<&'static str> {
+    match code {
+        close::PROTOCOL_ERROR => Some("protocol_error"),
+        close::UNSUPPORTED_DATA => Some("unsupported_text"),
+        close::MESSAGE_TOO_BIG => Some("too_big"),
+        close::POLICY_VIOLATION => Some("policy"),
+        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry::KeyValue;
 use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_client::RoomNodeClient};
 use partyline_proto::{close, RoomName, SYNC_STEP1_EMPTY};
 use tokio::sync::{mpsc, oneshot};
@@ -83,6 +84,7 @@ enum UpstreamCommand {
         session_id: u64,
         payload: Bytes,
         text: bool,
+        traceparent: String,
     },
     Close {
         session_id: u64,
@@ -107,12 +109,14 @@ impl UpstreamHandle {
         session_id: u64,
         payload: Bytes,
         text: bool,
+        traceparent: String,
     ) -> Result<(), UpstreamGone> {
         self.tx
             .send(UpstreamCommand::Client {
                 session_id,
                 payload,
                 text,
+                traceparent,
             })
             .await
             .map_err(|_| UpstreamGone)
@@ -228,7 +232,10 @@ impl Upstreams {
         let upstreams = self.clone();
         let room = room.clone();
         self.tracker.spawn(async move {
+            let upstreams_open = &crate::telemetry::metrics().upstreams;
+            upstreams_open.add(1, &[]);
             actor.run().await;
+            upstreams_open.add(-1, &[]);
             let mut rooms = upstreams
                 .rooms
                 .lock()
@@ -305,6 +312,7 @@ impl UpstreamActor {
                     self.close_all(&reason);
                     return;
                 }
+                crate::telemetry::metrics().reroutes.add(1, &[]);
                 tracing::info!(room = %self.room, owner = %connection.url, sessions = self.sessions.len(), "room re-opened on its new owner");
             }
             match self.serve(connection).await {
@@ -569,6 +577,7 @@ impl UpstreamActor {
                 session_id,
                 payload,
                 text,
+                traceparent,
             } => {
                 let Some(session) = self.sessions.get_mut(&session_id) else {
                     return Ok(());
@@ -577,7 +586,11 @@ impl UpstreamActor {
                 if !text && payload.first() == Some(&1) {
                     session.awareness = Some(payload.clone());
                 }
-                client_message(session_id, payload, text)
+                let mut frame = client_message(session_id, payload, text);
+                if let gateway_frame::Kind::ClientMessage(message) = &mut frame {
+                    message.traceparent = traceparent;
+                }
+                frame
             }
             UpstreamCommand::Close { session_id } => {
                 if self.sessions.remove(&session_id).is_none() {
@@ -599,11 +612,14 @@ impl UpstreamActor {
         to_node: &mpsc::Sender<pb::GatewayFrame>,
     ) -> Option<StreamEnd> {
         let mut slow = Vec::new();
+        let metrics = crate::telemetry::metrics();
         match frame.kind? {
             node_frame::Kind::Deliver(deliver) => {
                 let text = deliver.kind() == pb::FrameKind::Text;
                 if let Some(session) = self.sessions.get(&deliver.session_id) {
                     if let Some(frame) = Frame::encode(&deliver.payload, text) {
+                        let kind = crate::telemetry::frame_kind(&deliver.payload, text);
+                        metrics.frames_out.add(1, &[KeyValue::new("kind", kind)]);
                         if session.socket.send(&frame).is_err() {
                             slow.push(deliver.session_id);
                         }
@@ -611,19 +627,25 @@ impl UpstreamActor {
                 }
             }
             node_frame::Kind::Broadcast(broadcast) => {
+                let started = Instant::now();
                 let text = broadcast.kind() == pb::FrameKind::Text;
                 let except = broadcast.has_except.then_some(broadcast.except_session);
                 // Encoded once: every client gets the same bytes, written
                 // straight into its socket.
                 let frame = Frame::encode(&broadcast.payload, text)?;
+                let mut sent = 0;
                 for (&session_id, session) in &self.sessions {
                     if Some(session_id) == except {
                         continue;
                     }
+                    sent += 1;
                     if session.socket.send(&frame).is_err() {
                         slow.push(session_id);
                     }
                 }
+                let kind = crate::telemetry::frame_kind(&broadcast.payload, text);
+                metrics.frames_out.add(sent, &[KeyValue::new("kind", kind)]);
+                metrics.fanout.record(started.elapsed().as_secs_f64(), &[]);
             }
             node_frame::Kind::EndSession(end) => {
                 if let Some(session) = self.sessions.remove(&end.session_id) {
@@ -646,6 +668,7 @@ impl UpstreamActor {
         }
         for session_id in slow {
             if let Some(session) = self.sessions.remove(&session_id) {
+                crate::telemetry::refuse("too_slow");
                 tracing::info!(room = %self.room, session = session_id, "client too slow; closing it");
                 session
                     .socket
@@ -740,6 +763,7 @@ fn client_message(session_id: u64, payload: Bytes, text: bool) -> gateway_frame:
         session_id,
         payload,
         kind: frame_kind(text) as i32,
+        traceparent: String::new(),
     })
 }
 

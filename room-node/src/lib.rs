@@ -19,6 +19,7 @@ pub mod room;
 pub mod service;
 pub mod storage;
 pub mod store;
+pub mod telemetry;
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -62,6 +63,7 @@ pub async fn run(
         config.fsync_interval,
         shutdown.clone(),
     ));
+    telemetry::observe_epoch(slot_map.clone());
     let ownership = Ownership::new(config.node_id.clone(), slot_map);
     let registry = registry::Registry::new(
         config.clone(),
@@ -101,6 +103,20 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     Ok(result?)
+}
+
+/// Whether this node can serve rooms: the slot map lists it, and its
+/// storage answers (Redis `PING`, or the data directory is there). For
+/// `/readyz`.
+pub async fn check_ready(config: &RoomNodeConfig, slot_map: &SlotMapWatch) -> Result<(), String> {
+    let listed = slot_map
+        .borrow()
+        .as_ref()
+        .is_some_and(|map| map.nodes().iter().any(|node| node.id == config.node_id));
+    if !listed {
+        return Err("not in the slot map yet".to_owned());
+    }
+    storage::check_reachable(config).await
 }
 
 /// Releases the rooms each new slot map moves away from this node.

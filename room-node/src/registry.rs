@@ -343,6 +343,7 @@ mod tests {
                 session_id,
                 payload: message.encode_v1().into(),
                 kind: pb::FrameKind::Binary as i32,
+                traceparent: String::new(),
             }))
             .await;
         }

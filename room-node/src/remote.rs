@@ -319,6 +319,13 @@ impl RemoteStorage {
         format!("{}:rooms", self.prefix)
     }
 
+    /// Asks Redis for a `PONG` (readiness).
+    pub async fn ping(&self) -> Result<(), RemoteError> {
+        let mut redis = self.redis.clone();
+        let _: String = redis::cmd("PING").query_async(&mut redis).await?;
+        Ok(())
+    }
+
     /// Whether `room` has a log or snapshots.
     pub async fn has_state(&self, room: &str) -> Result<bool, RemoteError> {
         let mut redis = self.redis.clone();

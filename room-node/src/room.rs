@@ -218,8 +218,18 @@ pub fn spawn_actor(
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
     let actor = async move {
-        match load_with_initial_content(&config, &room, sync_queue, epoch).await {
+        let metrics = crate::telemetry::metrics();
+        let started = Instant::now();
+        let loaded = load_with_initial_content(&config, &room, sync_queue, epoch).await;
+        metrics
+            .room_loads
+            .add(1, &crate::telemetry::result(loaded.is_ok()));
+        match loaded {
             Ok(loaded) => {
+                metrics
+                    .load_duration
+                    .record(started.elapsed().as_secs_f64(), &[]);
+                metrics.rooms_loaded.add(1, &[]);
                 let policy = config.policy_of(room.as_str());
                 let sync = SyncRoom::new(loaded.doc);
                 // Sized once at load, and only when a limit needs it.
@@ -260,6 +270,7 @@ pub fn spawn_actor(
                     last_snapshot: None,
                     callback_due: None,
                     callback_task: None,
+                    open_sessions: 0,
                 }
                 .run()
                 .await
@@ -388,6 +399,17 @@ struct RoomActor {
     callback_due: Option<crate::hooks::Debounce>,
     /// The state callback in flight (retries included).
     callback_task: Option<tokio::task::JoinHandle<()>>,
+    /// Sessions open in the room (the sessions gauge gets them back when
+    /// the actor goes, however it goes).
+    open_sessions: i64,
+}
+
+impl Drop for RoomActor {
+    fn drop(&mut self) {
+        let metrics = crate::telemetry::metrics();
+        metrics.rooms_loaded.add(-1, &[]);
+        metrics.sessions.add(-self.open_sessions, &[]);
+    }
 }
 
 /// Log growth since the last snapshot.
@@ -483,6 +505,7 @@ impl RoomActor {
                     continue;
                 }
             };
+            let batch_started = Instant::now();
             self.handle(first);
             // Group commit: take whatever else is ready before the log write.
             let mut handled = 1;
@@ -500,6 +523,9 @@ impl RoomActor {
             if let Err(error) = self.commit(false).await {
                 return ExitReason::Failed(LoadError::Local(error));
             }
+            crate::telemetry::metrics()
+                .batch_duration
+                .record(batch_started.elapsed().as_secs_f64(), &[]);
             if !was_down && self.log_down_since.is_some() {
                 retry.as_mut().reset(Instant::now() + LOG_RETRY);
             }
@@ -537,6 +563,7 @@ impl RoomActor {
     /// queued for it), its stream ends, and the state is snapshotted before
     /// the room's lock is let go.
     async fn release(mut self, epoch: u64) -> ExitReason {
+        crate::telemetry::metrics().releases.add(1, &[]);
         self.refuse_commands();
         let released = frame(node_frame::Kind::Released(pb::Released {
             epoch,
@@ -715,6 +742,7 @@ impl RoomActor {
                         reason: "no room policy matches this room name".to_owned(),
                     });
                     self.outbox.push(Out::Link(link_id, frame(end)));
+                    crate::telemetry::refuse("not_allowed");
                     tracing::info!(room = %self.room, "session refused: no room policy matches the name");
                     return;
                 }
@@ -731,19 +759,24 @@ impl RoomActor {
                         reason: format!("room is full ({open_sessions} sessions)"),
                     });
                     self.outbox.push(Out::Link(link_id, frame(end)));
+                    crate::telemetry::refuse("room_full");
                     tracing::info!(room = %self.room, sessions = open_sessions, "session refused: room is full");
                     return;
                 }
                 let Some(link) = self.links.get_mut(&link_id) else {
                     return;
                 };
-                link.sessions.insert(
+                let replaced = link.sessions.insert(
                     open.session_id,
                     Session {
                         read_only,
                         awareness: HashSet::new(),
                     },
                 );
+                if replaced.is_none() {
+                    self.open_sessions += 1;
+                    crate::telemetry::metrics().sessions.add(1, &[]);
+                }
                 for payload in self.sync.handshake() {
                     self.outbox
                         .push(Out::Link(link_id, deliver(open.session_id, payload)));
@@ -761,6 +794,8 @@ impl RoomActor {
 
     fn handle_message(&mut self, link_id: LinkId, message: pb::ClientMessage) {
         let session_id = message.session_id;
+        let _span =
+            crate::telemetry::frame_span(&message.traceparent, self.room.as_str(), session_id);
         let Some(session) = self
             .links
             .get_mut(&link_id)
@@ -773,6 +808,7 @@ impl RoomActor {
             .max_frame_bytes
             .is_some_and(|max| message.payload.len() > max)
         {
+            crate::telemetry::refuse("frame_too_big");
             tracing::info!(room = %self.room, session = session_id, bytes = message.payload.len(), "message over the room's max_frame_bytes; closing session");
             self.end_session(
                 link_id,
@@ -826,6 +862,11 @@ impl RoomActor {
                     session.awareness.remove(client);
                 }
                 if outcome.write_denied {
+                    crate::telemetry::refuse(match access {
+                        Access::LogUnavailable => "log_unavailable",
+                        Access::DocumentFull => "document_full",
+                        _ => "read_only",
+                    });
                     if access == Access::LogUnavailable {
                         self.refused_writes = true;
                         tracing::warn!(room = %self.room, session = session_id, "write refused: update log unreachable and the hold buffer is full");
@@ -864,6 +905,7 @@ impl RoomActor {
                 }
             }
             Err(error) => {
+                crate::telemetry::refuse("protocol_error");
                 tracing::info!(room = %self.room, session = session_id, %error, "malformed frame; closing session");
                 self.end_session(
                     link_id,
@@ -946,6 +988,8 @@ impl RoomActor {
         else {
             return;
         };
+        self.open_sessions -= 1;
+        crate::telemetry::metrics().sessions.add(-1, &[]);
         self.remove_awareness(session.awareness.into_iter().collect());
         self.awareness_sent.remove(&(link_id, session_id));
         self.awareness_held.remove(&(link_id, session_id));
@@ -964,6 +1008,9 @@ impl RoomActor {
             return;
         };
         let had_sessions = !link.sessions.is_empty();
+        let dropped = link.sessions.len() as i64;
+        self.open_sessions -= dropped;
+        crate::telemetry::metrics().sessions.add(-dropped, &[]);
         let clients = link
             .sessions
             .into_values()
@@ -993,7 +1040,16 @@ impl RoomActor {
             return Ok(());
         }
         if !self.pending_log.is_empty() {
-            match self.storage.append(&self.pending_log).await {
+            let started = Instant::now();
+            let appended = self.storage.append(&self.pending_log).await;
+            let metrics = crate::telemetry::metrics();
+            match &appended {
+                Ok(()) => metrics
+                    .append_duration
+                    .record(started.elapsed().as_secs_f64(), &[]),
+                Err(_) => metrics.append_failures.add(1, &[]),
+            }
+            match appended {
                 Ok(()) => {
                     self.note_change();
                     self.since_snapshot.updates += self.pending_log.len() as u64;
@@ -1124,6 +1180,7 @@ impl RoomActor {
             return;
         }
         let state = self.sync.encode_state();
+        let bytes = state.len() as u64;
         let work = self.storage.begin_snapshot(self.epoch, state);
         self.dirty = false;
         self.snapshot_growth = std::mem::take(&mut self.since_snapshot);
@@ -1131,6 +1188,7 @@ impl RoomActor {
         let room = self.room.clone();
         self.snapshot_task = Some(tokio::spawn(async move {
             let result = work.write().await;
+            record_snapshot(started, bytes, result.is_ok());
             tracing::debug!(room = %room, took = ?started.elapsed(), ok = result.is_ok(), "snapshot finished");
             result
         }));
@@ -1179,8 +1237,12 @@ impl RoomActor {
             return;
         }
         let state = self.sync.encode_state();
+        let bytes = state.len() as u64;
         let work = self.storage.begin_snapshot(self.epoch, state);
-        match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await {
+        let started = Instant::now();
+        let written = tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await;
+        record_snapshot(started, bytes, matches!(written, Ok(Ok(()))));
+        match written {
             Ok(Ok(())) => {
                 self.dirty = false;
                 self.last_snapshot = Some(std::time::SystemTime::now());
@@ -1192,6 +1254,18 @@ impl RoomActor {
                 tracing::warn!(room = %self.room, "last snapshot timed out; the log holds every update")
             }
         }
+    }
+}
+
+/// Books one snapshot in the metrics.
+fn record_snapshot(started: Instant, bytes: u64, ok: bool) {
+    let metrics = crate::telemetry::metrics();
+    metrics.snapshots.add(1, &crate::telemetry::result(ok));
+    if ok {
+        metrics
+            .snapshot_duration
+            .record(started.elapsed().as_secs_f64(), &[]);
+        metrics.snapshot_bytes.record(bytes, &[]);
     }
 }
 

@@ -27,6 +27,7 @@ pub fn corrupt_snapshots_total() -> u64 {
 }
 
 fn count_corrupt() -> u64 {
+    crate::telemetry::metrics().corrupt_snapshots.add(1, &[]);
     CORRUPT_SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
@@ -178,6 +179,23 @@ async fn blocking<T: Send + 'static>(
             path: Default::default(),
             source: std::io::Error::other(join.to_string()),
         })?
+}
+
+/// Whether the node's storage answers within a second: Redis `PING`, or
+/// the data directory is there.
+pub async fn check_reachable(config: &RoomNodeConfig) -> Result<(), String> {
+    let check = async {
+        match &config.remote {
+            Some(remote) => remote.ping().await.map_err(|e| format!("redis: {e}")),
+            None => tokio::fs::metadata(&config.data_dir)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("data dir {}: {e}", config.data_dir.display())),
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), check)
+        .await
+        .map_err(|_| "storage did not answer within 1 s".to_owned())?
 }
 
 /// Whether `room` has stored state (a log or snapshots), without loading

@@ -36,6 +36,11 @@ pub struct TestCluster {
     pub gateways: Vec<Partyline>,
     /// Extra flags of every room node (e.g. `--redis URL`).
     node_args: Vec<String>,
+    /// Extra flags of every process (e.g. `--otlp-endpoint URL`).
+    all_args: Vec<String>,
+    /// The `--ops-listen` port of each process, by name (`node-0`,
+    /// `gateway-1`, `coordinator-0`).
+    pub ops_ports: std::collections::HashMap<String, u16>,
 }
 
 impl TestCluster {
@@ -53,6 +58,18 @@ impl TestCluster {
         gateways: usize,
         node_args: &[&str],
     ) -> Self {
+        Self::start_with_all(coordinators, nodes, gateways, node_args, &[])
+    }
+
+    /// Like [`TestCluster::start_with`], with `all_args` added to every
+    /// process's command line.
+    pub fn start_with_all(
+        coordinators: usize,
+        nodes: usize,
+        gateways: usize,
+        node_args: &[&str],
+        all_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = NatsServer::start();
         let node_args = node_args
@@ -66,6 +83,8 @@ impl TestCluster {
             nodes: Vec::new(),
             gateways: Vec::new(),
             node_args,
+            all_args: all_args.iter().map(|a| a.to_string()).collect(),
+            ops_ports: Default::default(),
         };
         for _ in 0..coordinators {
             cluster.add_coordinator();
@@ -106,6 +125,7 @@ impl TestCluster {
             "--lease".into(),
             LEASE.into(),
         ];
+        let args = self.with_common_args(&name, args);
         let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline coordinator ");
         self.coordinators.push(process);
         index
@@ -140,6 +160,7 @@ impl TestCluster {
             args.drain(at..at + 2);
         }
         args.extend(self.node_args.iter().cloned());
+        let args = self.with_common_args(&name, args);
         let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline room-node ");
         self.nodes.push(process);
         index
@@ -159,6 +180,7 @@ impl TestCluster {
             "--api-key".into(),
             API_KEY.into(),
         ];
+        let args = self.with_common_args(&name, args);
         let process = Partyline::start(
             &args,
             LOG,
@@ -167,6 +189,31 @@ impl TestCluster {
         );
         self.gateways.push(process);
         index
+    }
+
+    /// `args` plus the flags every process gets: `all_args` and an ops
+    /// endpoint on a free port (kept in `ops_ports` under `name`).
+    fn with_common_args(&mut self, name: &str, mut args: Vec<String>) -> Vec<String> {
+        let port = *self
+            .ops_ports
+            .entry(name.to_owned())
+            .or_insert_with(super::nats::free_port);
+        args.push("--ops-listen".into());
+        args.push(format!("127.0.0.1:{port}"));
+        args.extend(self.all_args.iter().cloned());
+        args
+    }
+
+    /// `GET path` on process `name`'s ops endpoint: status and body.
+    pub async fn ops_get(&self, name: &str, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.ops_ports[name]);
+        match reqwest::get(url).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(error) => (0, error.to_string()),
+        }
     }
 
     /// The y-websocket URL of `room` through gateway `index`.
