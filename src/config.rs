@@ -219,7 +219,9 @@ impl TelemetrySection {
     pub fn merge(self, file: TelemetrySection) -> Self {
         Self {
             ops_listen: or(self.ops_listen, file.ops_listen),
-            otlp_endpoint: or(self.otlp_endpoint, file.otlp_endpoint),
+            // An empty value (e.g. an unset variable in a compose file) is none.
+            otlp_endpoint: or(self.otlp_endpoint, file.otlp_endpoint)
+                .filter(|endpoint| !endpoint.is_empty()),
             trace_sample_ratio: or(self.trace_sample_ratio, file.trace_sample_ratio),
         }
     }

@@ -380,7 +380,7 @@ struct RoomActor {
     awareness_sent: HashMap<(LinkId, u64), Instant>,
     awareness_held: HashMap<(LinkId, u64), Bytes>,
     /// The snapshot being written, on its own task.
-    snapshot_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    snapshot_task: Option<tokio::task::JoinHandle<Result<(), storage::SnapshotError>>>,
     /// Growth the running snapshot covers, given back if it fails.
     snapshot_growth: Growth,
     /// After a failed snapshot: when to try again, and the current delay.
@@ -1196,8 +1196,18 @@ impl RoomActor {
 
     /// Books a finished snapshot: a failure keeps the room dirty and
     /// retries with a doubling delay (the log was not trimmed).
-    fn snapshot_finished(&mut self, result: Result<Result<(), String>, tokio::task::JoinError>) {
-        match result.map_err(|join| join.to_string()).and_then(|r| r) {
+    fn snapshot_finished(
+        &mut self,
+        result: Result<Result<(), storage::SnapshotError>, tokio::task::JoinError>,
+    ) {
+        let result = result.unwrap_or_else(|join| Err(storage::SnapshotError::from(join)));
+        match result {
+            Err(error) if error.fenced => {
+                // Retrying cannot help: the slot moved on. The map will
+                // move the room; its new owner read the log.
+                self.snapshot_growth = Growth::default();
+                tracing::info!(room = %self.room, %error, "snapshot refused: a newer owner holds the room's slot (the log has every update)");
+            }
             Ok(()) => {
                 self.last_snapshot = Some(std::time::SystemTime::now());
                 self.snapshot_growth = Growth::default();
@@ -1246,6 +1256,11 @@ impl RoomActor {
             Ok(Ok(())) => {
                 self.dirty = false;
                 self.last_snapshot = Some(std::time::SystemTime::now());
+            }
+            Ok(Err(error)) if error.fenced => {
+                // The usual end of a planned move on shared Redis storage:
+                // the new owner loaded (and claimed the slot) first.
+                tracing::info!(room = %self.room, %error, "last snapshot left to the room's new owner (the log has every update)")
             }
             Ok(Err(error)) => {
                 tracing::error!(room = %self.room, %error, "last snapshot failed; the log still holds every update")

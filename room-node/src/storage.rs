@@ -289,6 +289,31 @@ impl RoomStorage {
     }
 }
 
+/// Why a snapshot was not stored. The log still holds every update.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SnapshotError {
+    /// A newer owner holds the room's slot: this node's snapshot was
+    /// refused, as it must be (its load reads every update from the log).
+    pub fenced: bool,
+    message: String,
+}
+
+impl From<tokio::task::JoinError> for SnapshotError {
+    fn from(join: tokio::task::JoinError) -> Self {
+        Self::other(join)
+    }
+}
+
+impl SnapshotError {
+    fn other(message: impl ToString) -> Self {
+        Self {
+            fenced: false,
+            message: message.to_string(),
+        }
+    }
+}
+
 /// A snapshot on its way to storage.
 #[derive(Debug)]
 pub enum SnapshotWork {
@@ -303,13 +328,16 @@ pub enum SnapshotWork {
 impl SnapshotWork {
     /// Writes it. A failure leaves the log untouched (it still holds every
     /// update).
-    pub async fn write(self) -> Result<(), String> {
+    pub async fn write(self) -> Result<(), SnapshotError> {
         match self {
             Self::Local(job) => match tokio::task::spawn_blocking(move || job.write()).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(join) => Err(join.to_string()),
+                Ok(result) => result.map_err(SnapshotError::other),
+                Err(join) => Err(SnapshotError::other(join)),
             },
-            Self::Remote(snapshot) => snapshot.write().await.map_err(|e| e.to_string()),
+            Self::Remote(snapshot) => snapshot.write().await.map_err(|error| SnapshotError {
+                fenced: matches!(error, RemoteError::Fenced { .. }),
+                message: error.to_string(),
+            }),
             Self::Nothing => Ok(()),
         }
     }

@@ -22,6 +22,42 @@ pub const API_KEY: &str = "cluster-test-api-key";
 /// Log filter of every process: room loads and releases are visible.
 const LOG: &str = "info,partyline_room_node=debug";
 
+fn admin_output(nats: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
+        .args(["admin", "--nats", nats])
+        .args(args)
+        .arg("--json")
+        .env("PARTYLINE_LOG", "warn")
+        .output()
+        .expect("run partyline admin")
+}
+
+/// [`admin`], `None` when the command fails (e.g. no map yet).
+pub fn try_admin(nats: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let output = admin_output(nats, args);
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).ok())
+        .flatten()
+}
+
+/// Runs `partyline admin --nats NATS ARGS --json` and parses its output.
+pub fn admin(nats: &str, args: &[&str]) -> serde_json::Value {
+    let output = admin_output(nats, args);
+    assert!(
+        output.status.success(),
+        "partyline admin {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "admin {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 /// A running cluster. Processes are killed when it is dropped.
 pub struct TestCluster {
     /// Holds the store and the logs.
@@ -239,24 +275,7 @@ impl TestCluster {
 
     /// Runs `partyline admin --nats URL ARGS --json` and parses its output.
     pub fn admin(&self, args: &[&str]) -> serde_json::Value {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
-            .args(["admin", "--nats", &self.nats.url()])
-            .args(args)
-            .arg("--json")
-            .env("PARTYLINE_LOG", "warn")
-            .output()
-            .expect("run partyline admin");
-        assert!(
-            output.status.success(),
-            "partyline admin {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
-                "admin {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+        admin(&self.nats.url(), args)
     }
 
     /// The current slot map as `admin slots` reports it.

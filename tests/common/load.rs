@@ -29,12 +29,24 @@ impl Load {
         clients: usize,
         every: Duration,
     ) -> Self {
+        let gateways: Vec<String> = cluster.gateways.iter().map(|g| g.ready.clone()).collect();
+        Self::start_at(&gateways, prefix, rooms, clients, every).await
+    }
+
+    /// [`Load::start`] through the gateways at `gateways` (`host:port`).
+    pub async fn start_at(
+        gateways: &[String],
+        prefix: &str,
+        rooms: usize,
+        clients: usize,
+        every: Duration,
+    ) -> Self {
         let rooms: Vec<String> = (0..rooms).map(|i| format!("{prefix}-{i}")).collect();
         let mut all = Vec::new();
         for (r, room) in rooms.iter().enumerate() {
             for c in 0..clients {
-                let gateway = c % cluster.gateways.len();
-                let client = YClient::connect(&cluster.url(gateway, room))
+                let gateway = &gateways[c % gateways.len()];
+                let client = YClient::connect(&format!("ws://{gateway}/{room}"))
                     .await
                     .expect("connect");
                 client

@@ -22,6 +22,17 @@ impl Partyline {
     /// appended to `log_path`, and waits for a stdout line starting with
     /// `ready_prefix`.
     pub fn start(args: &[String], log_filter: &str, log_path: &Path, ready_prefix: &str) -> Self {
+        Self::start_with_env(args, &[], log_filter, log_path, ready_prefix)
+    }
+
+    /// [`Partyline::start`] with `env` added to the process environment.
+    pub fn start_with_env(
+        args: &[String],
+        env: &[(String, String)],
+        log_filter: &str,
+        log_path: &Path,
+        ready_prefix: &str,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -29,6 +40,7 @@ impl Partyline {
             .expect("open process log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_partyline"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PARTYLINE_LOG", log_filter)
             .stdout(Stdio::piped())
             .stderr(log)

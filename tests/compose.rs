@@ -1,0 +1,283 @@
+//! docker-compose.yml, run as local processes: the file is rendered by
+//! `docker-compose config` (anchors, merges and `${…}` resolved), and every
+//! Partyline service is started with its own command and environment, as
+//! many replicas as the file says, against a real nats-server (JetStream),
+//! redis-server (AOF) and S3 API in place of the nats, redis and minio
+//! containers. Container host names become `--node-id`s; the only other
+//! changes are the addresses of those dependencies and loopback ports, and
+//! the test checks that nothing else in the file names a container.
+//!
+//! Then it rolls every room node (SIGTERM, which drains; start again with
+//! the same id) under a write load through both gateways: no client socket
+//! may close and no update may be lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{owning_nodes, try_admin};
+use common::load::Load;
+use common::nats::{free_port, NatsServer};
+use common::process::Partyline;
+use common::redis_server::RedisServer;
+use common::s3_server::{self, S3Server};
+
+/// `docker-compose config` of the repository's file, as JSON.
+fn rendered_compose() -> serde_json::Value {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rendered = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config"])
+        .current_dir(root)
+        .env_remove("PARTYLINE_OTLP_ENDPOINT")
+        .env_remove("PARTYLINE_API_KEY")
+        .output()
+        .expect("run docker-compose (scripts/test.sh installs it)");
+    assert!(
+        rendered.status.success(),
+        "docker-compose config failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    // docker-compose is Python and brings PyYAML to the system Python.
+    let mut python = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&rendered.stdout)
+        .unwrap();
+    let json = python.wait_with_output().unwrap();
+    assert!(json.status.success());
+    serde_json::from_slice(&json.stdout).expect("compose as JSON")
+}
+
+/// One Partyline service of the file, its values mapped onto this machine.
+struct Service {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    replicas: usize,
+}
+
+/// Where the file's containers are here.
+struct Local {
+    nats: String,
+    redis: String,
+    s3: String,
+}
+
+impl Local {
+    fn map(&self, value: &str) -> String {
+        match value {
+            "nats://nats:4222" => self.nats.clone(),
+            "redis://redis:6379/0" => self.redis.clone(),
+            "http://minio:9000" => self.s3.clone(),
+            // MinIO's root user and password are the S3 server's keys.
+            "partyline" => s3_server::ACCESS_KEY.to_owned(),
+            "partyline-secret" => s3_server::SECRET_KEY.to_owned(),
+            // Container ports become free loopback ports.
+            "0.0.0.0:7001" | "0.0.0.0:1999" => "127.0.0.1:0".to_owned(),
+            "0.0.0.0:9464" => format!("127.0.0.1:{}", free_port()),
+            other => {
+                for host in ["nats:", "redis:", "minio:", "0.0.0.0"] {
+                    assert!(
+                        !other.contains(host),
+                        "{other:?} names a container this test does not map"
+                    );
+                }
+                other.to_owned()
+            }
+        }
+    }
+
+    fn service(&self, compose: &serde_json::Value, name: &str) -> Service {
+        let service = &compose["services"][name];
+        assert_eq!(service["image"], "partyline:local", "{name} runs the image");
+        let args = service["command"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has a command list"))
+            .iter()
+            .map(|arg| self.map(arg.as_str().unwrap()))
+            .collect();
+        let env = service["environment"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.as_str() != "PARTYLINE_LOG")
+            .map(|(key, value)| (key.clone(), self.map(value.as_str().unwrap_or_default())))
+            .collect();
+        let replicas = service["deploy"]["replicas"].as_u64().unwrap_or(1) as usize;
+        Service {
+            args,
+            env,
+            replicas,
+        }
+    }
+}
+
+/// The `--ops-listen` address in `args`.
+fn ops_address(args: &[String]) -> String {
+    let at = args.iter().position(|a| a == "--ops-listen").unwrap();
+    args[at + 1].clone()
+}
+
+/// One replica's command line: its own ops port (each container has its
+/// own network namespace) and `extra` flags.
+fn replica(args: &[String], extra: &[String]) -> Vec<String> {
+    let mut args = args.to_vec();
+    let at = args.iter().position(|a| a == "--ops-listen").unwrap();
+    args[at + 1] = format!("127.0.0.1:{}", free_port());
+    args.extend(extra.iter().cloned());
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_node() {
+    let compose = rendered_compose();
+    // The dependencies the file declares, here as real servers.
+    for (name, image) in [
+        ("nats", "nats:"),
+        ("redis", "redis:"),
+        ("minio", "minio/minio:"),
+    ] {
+        let declared = compose["services"][name]["image"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(declared.starts_with(image), "{name}: {declared}");
+    }
+    assert!(compose["services"]["nats"]["command"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("-js")));
+    assert!(compose["services"]["redis"]["command"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("--appendonly")));
+    let bucket_init = compose["services"]["minio-init"]["command"].to_string();
+    assert!(bucket_init.contains("mc mb") && bucket_init.contains("local/partyline"));
+
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    s3.create_bucket("partyline");
+    let local = Local {
+        nats: nats.url(),
+        redis: redis.url(),
+        s3: s3.endpoint(),
+    };
+    let coordinator = local.service(&compose, "coordinator");
+    let room_node = local.service(&compose, "room-node");
+    let gateway = local.service(&compose, "gateway");
+    assert_eq!(
+        (coordinator.replicas, room_node.replicas, gateway.replicas),
+        (2, 3, 2)
+    );
+    let logs = tempfile::tempdir().unwrap();
+    let log = |name: &str| logs.path().join(format!("{name}.log"));
+    const LOG: &str = "info";
+
+    let _coordinators: Vec<Partyline> = (0..coordinator.replicas)
+        .map(|i| {
+            Partyline::start_with_env(
+                &replica(&coordinator.args, &[]),
+                &coordinator.env,
+                LOG,
+                &log(&format!("coordinator-{i}")),
+                "partyline coordinator ",
+            )
+        })
+        .collect();
+    // Each container has its own host name, the default node id.
+    let node_args: Vec<Vec<String>> = (0..room_node.replicas)
+        .map(|i| {
+            replica(
+                &room_node.args,
+                &["--node-id".to_owned(), format!("room-node-{i}")],
+            )
+        })
+        .collect();
+    let start_node = |i: usize| {
+        Partyline::start_with_env(
+            &node_args[i],
+            &room_node.env,
+            LOG,
+            &log(&format!("room-node-{i}")),
+            "partyline room-node ",
+        )
+    };
+    let mut nodes: Vec<Partyline> = (0..room_node.replicas).map(start_node).collect();
+    let wait_for_all_nodes = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let slots = try_admin(&nats.url(), &["slots"]).unwrap_or_default();
+            if owning_nodes(&slots) == room_node.replicas {
+                return slots;
+            }
+            assert!(Instant::now() < deadline, "{what}: slots {slots}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for_all_nodes("start");
+    let gateways: Vec<Partyline> = (0..gateway.replicas)
+        .map(|i| {
+            Partyline::start_with_env(
+                &replica(&gateway.args, &[]),
+                &gateway.env,
+                LOG,
+                &log(&format!("gateway-{i}")),
+                "partyline gateway listening on ws://",
+            )
+        })
+        .collect();
+    let gateway_addrs: Vec<String> = gateways.iter().map(|g| g.ready.clone()).collect();
+
+    let load = Load::start_at(&gateway_addrs, "compose", 6, 2, Duration::from_millis(40)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rolled = BTreeMap::new();
+    for i in 0..room_node.replicas {
+        let started = Instant::now();
+        let status = nodes[i].terminate(Duration::from_secs(40));
+        assert!(status.success(), "room-node-{i} exited with {status}");
+        nodes[i] = start_node(i);
+        let ops = ops_address(&node_args[i]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = reqwest::get(format!("http://{ops}/readyz")).await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "room-node-{i} never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::task::block_in_place(|| wait_for_all_nodes("after a restart"));
+        rolled.insert(format!("room-node-{i}"), started.elapsed());
+    }
+    eprintln!("rolled every room node: {rolled:?}");
+    load.finish().await;
+    for (name, process) in nodes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("room-node-{i}"), p))
+        .chain(
+            gateways
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("gateway-{i}"), p)),
+        )
+    {
+        assert!(
+            process.errors().is_empty(),
+            "{name}: {:?}",
+            process.errors()
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! The deployment files, checked offline (no Docker engine, no Kubernetes
+//! cluster here): `docker-compose config` of docker-compose.yml, `kubectl
+//! kustomize` of each overlay with the output validated against the
+//! Kubernetes schemas (`kubernetes-validate --strict`), the Dockerfile
+//! linted by hadolint, and the properties the docs promise read back from
+//! the rendered files. (tests/compose.rs runs the compose topology.)
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `program args` in the repository; its stdout, or a panic with
+/// everything it said.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} not runnable ({e}); scripts/test.sh installs it"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// The YAML documents of `text`, as JSON (through the Python that
+/// docker-compose brings along).
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut python = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn docker_compose_config_validates() {
+    run(
+        "docker-compose",
+        &["-f", "docker-compose.yml", "config", "-q"],
+    );
+    let profiles = run(
+        "docker-compose",
+        &["-f", "docker-compose.yml", "config", "--profiles"],
+    );
+    assert!(profiles.lines().any(|p| p == "observability"), "{profiles}");
+}
+
+#[test]
+fn kustomize_overlays_render_and_validate_against_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    for overlay in ["dev", "prod"] {
+        let rendered = run(
+            "kubectl",
+            &["kustomize", &format!("deploy/k8s/overlays/{overlay}")],
+        );
+        let file = dir.path().join(format!("{overlay}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        run(
+            "kubernetes-validate",
+            &["--strict", "--quiet", file.to_str().unwrap()],
+        );
+        let docs = documents(&rendered);
+
+        let gateway = find(&docs, "Deployment", "gateway");
+        let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        find(&docs, "Service", "gateway");
+        find(&docs, "HorizontalPodAutoscaler", "gateway");
+        find(&docs, "PodDisruptionBudget", "gateway");
+
+        let nodes = find(&docs, "StatefulSet", "room-node");
+        let pod = &nodes["spec"]["template"]["spec"];
+        let pre_stop = pod["containers"][0]["lifecycle"]["preStop"].to_string();
+        assert!(pre_stop.contains("admin drain"), "{pre_stop}");
+        // Long enough for the drain (30 s by default) to hand every room off.
+        assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+
+        let coordinators = find(&docs, "Deployment", "coordinator");
+        assert_eq!(coordinators["spec"]["replicas"], 2);
+        let monitor = find(&docs, "ServiceMonitor", "partyline");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+        let config = find(&docs, "ConfigMap", "partyline");
+        assert_eq!(
+            config["data"]["PARTYLINE_TELEMETRY_OPS_LISTEN"],
+            "0.0.0.0:9464"
+        );
+        if overlay == "dev" {
+            // The dev overlay brings NATS, Redis and an S3-compatible store.
+            for name in ["nats", "redis", "minio"] {
+                find(&docs, "Deployment", name);
+                find(&docs, "Service", name);
+            }
+            find(&docs, "Job", "minio-bucket");
+            find(&docs, "Secret", "partyline");
+        } else {
+            assert_eq!(nodes["spec"]["replicas"], 5);
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_runs_as_non_root() {
+    run("hadolint", &["deploy/Dockerfile"]);
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| line.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "multi-stage: {stages:?}");
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    let runtime = dockerfile
+        .split("AS runtime")
+        .nth(1)
+        .expect("runtime stage");
+    let user = runtime
+        .lines()
+        .find_map(|line| line.strip_prefix("USER "))
+        .expect("USER in the runtime stage");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "{user}"
+    );
+    assert!(runtime.contains("COPY --from=build"));
+}
