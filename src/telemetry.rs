@@ -10,12 +10,15 @@ use anyhow::Context;
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// Label sets kept per instrument (more fold into one overflow series).
+const MAX_LABEL_SETS: usize = 64;
 
 /// How often metrics are pushed to the OTLP endpoint.
 const OTLP_METRICS_INTERVAL: Duration = Duration::from_secs(10);
@@ -68,7 +71,15 @@ impl Telemetry {
             .context("build the Prometheus exporter")?;
         let mut meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
-            .with_reader(prometheus);
+            .with_reader(prometheus)
+            // Labels are a few reasons and kinds; the SDK's default room
+            // for 2,000 label sets per instrument costs megabytes.
+            .with_view(|_: &Instrument| {
+                Stream::builder()
+                    .with_cardinality_limit(MAX_LABEL_SETS)
+                    .build()
+                    .ok()
+            });
         let mut tracers = None;
         if let Some(endpoint) = otlp_endpoint {
             let metrics = opentelemetry_otlp::MetricExporter::builder()

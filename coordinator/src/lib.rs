@@ -130,6 +130,7 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     config.validate()?;
     let id = config.effective_id();
+    telemetry::metrics();
     tracing::info!(coordinator = %id, cluster = cluster.name(), "coordinator starting");
     let (leading_tx, leading_rx) = watch::channel(false);
     // The election outlives a failed leader loop only until this fires.

@@ -89,6 +89,9 @@ pub async fn run(
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     telemetry::observe_epoch(slot_map.clone());
+    // Instruments made now, not on the first client (their memory belongs
+    // to the process, not to whoever connects first).
+    telemetry::metrics();
     let router = router::Router::new(slot_map);
     let api = http_api::router(
         room_api::RoomApi::new(router.clone(), config.api_timeout),

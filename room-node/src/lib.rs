@@ -64,6 +64,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     telemetry::observe_epoch(slot_map.clone());
+    telemetry::metrics();
     let ownership = Ownership::new(config.node_id.clone(), slot_map);
     let registry = registry::Registry::new(
         config.clone(),
