@@ -111,15 +111,21 @@ impl UpstreamHandle {
         text: bool,
         traceparent: String,
     ) -> Result<(), UpstreamGone> {
-        self.tx
-            .send(UpstreamCommand::Client {
-                session_id,
-                payload,
-                text,
-                traceparent,
-            })
-            .await
-            .map_err(|_| UpstreamGone)
+        let command = UpstreamCommand::Client {
+            session_id,
+            payload,
+            text,
+            traceparent,
+        };
+        // Waiting for queue space is rare; its future is boxed so it does
+        // not sit in every session's future.
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.tx.send(command))
+                .await
+                .map_err(|_| UpstreamGone),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(UpstreamGone),
+        }
     }
 
     /// Tells the room the session left.
@@ -582,9 +588,11 @@ impl UpstreamActor {
                 let Some(session) = self.sessions.get_mut(&session_id) else {
                     return Ok(());
                 };
-                // y-sync message type 1 is awareness.
+                // y-sync message type 1 is awareness. Copied: the payload
+                // may share the socket's read buffer, which a kept slice
+                // would pin for the life of the session.
                 if !text && payload.first() == Some(&1) {
-                    session.awareness = Some(payload.clone());
+                    session.awareness = Some(Bytes::copy_from_slice(&payload));
                 }
                 let mut frame = client_message(session_id, payload, text);
                 if let gateway_frame::Kind::ClientMessage(message) = &mut frame {

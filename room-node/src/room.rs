@@ -220,7 +220,9 @@ pub fn spawn_actor(
     let actor = async move {
         let metrics = crate::telemetry::metrics();
         let started = Instant::now();
-        let loaded = load_with_initial_content(&config, &room, sync_queue, epoch).await;
+        // Rare states are boxed: a future is as large as its largest
+        // state, and every live room holds one.
+        let loaded = Box::pin(load_with_initial_content(&config, &room, sync_queue, epoch)).await;
         metrics
             .room_loads
             .add(1, &crate::telemetry::result(loaded.is_ok()));
@@ -447,7 +449,7 @@ impl RoomActor {
                 biased;
                 _ = &mut cancelled => {
                     self.rx.close();
-                    self.unload().await;
+                    Box::pin(self.unload()).await;
                     return ExitReason::Shutdown;
                 }
                 // Before inputs: a busy room must still notice a finished
@@ -463,7 +465,7 @@ impl RoomActor {
                 command = self.rx.recv() => match command {
                     Some(command) => Input::Command(command),
                     None => {
-                        self.unload().await;
+                        Box::pin(self.unload()).await;
                         return ExitReason::Idle;
                     }
                 },
@@ -493,7 +495,7 @@ impl RoomActor {
                 }
                 _ = &mut idle, if self.links.is_empty() => {
                     self.refuse_commands();
-                    self.unload().await;
+                    Box::pin(self.unload()).await;
                     return ExitReason::Idle;
                 }
                 _ = wait_for(&mut self.callback_task) => {
@@ -530,10 +532,10 @@ impl RoomActor {
                 retry.as_mut().reset(Instant::now() + LOG_RETRY);
             }
             if let Some(epoch) = self.releasing {
-                return self.release(epoch).await;
+                return Box::pin(self.release(epoch)).await;
             }
             if let Some(reply) = self.deleting.take() {
-                return self.delete(reply).await;
+                return Box::pin(self.delete(reply)).await;
             }
             if self.links.is_empty() {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
@@ -1318,3 +1320,27 @@ fn broadcast(payload: Bytes) -> pb::NodeFrame {
 /// How long [`crate::registry::Registry::attach`] keeps retrying a room
 /// that is unloading or failing to load.
 pub const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    /// Every live room holds its actor's future, so its size is memory per
+    /// room; rare states (load, unload, release, delete) are boxed to keep
+    /// it near the actor's own size.
+    #[test]
+    fn a_room_actor_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::sync::Arc::new(crate::config::RoomNodeConfig::new(
+            partyline_proto::NodeId::new("n"),
+            dir.path().to_owned(),
+        ));
+        let (_handle, actor) = super::spawn_actor(
+            partyline_proto::RoomName::new("x").unwrap(),
+            config,
+            crate::store::SyncQueue::default(),
+            0,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&actor);
+        assert!(size <= 4096, "a room actor future takes {size} bytes");
+    }
+}
