@@ -5,9 +5,12 @@
 //! [`client_socket`]), URL → room parsing ([`path`]), y-partykit chunk
 //! reassembly ([`batch`]), routing rooms to their owner with the slot map
 //! ([`router`]) and the one-stream-per-room upstreams to room nodes
-//! ([`upstream`]). It holds no document state and
-//! never touches storage: everything it knows can be rebuilt from the slot
-//! map and the room nodes.
+//! ([`upstream`]); client authorization ([`auth`]), abuse limits
+//! ([`limits`]), the HTTP API for backends ([`http_api`], calling room
+//! nodes through [`room_api`]) and its metrics ([`telemetry`]). It holds no
+//! document state and never touches storage: everything it knows can be
+//! rebuilt from the slot map and the room nodes; the HTTP API's reads and
+//! writes are done by the room's owner.
 //!
 //! [`run`] serves until the shutdown token fires, then closes every client
 //! socket with 1001 and waits for the session tasks to finish.

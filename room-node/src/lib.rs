@@ -1,9 +1,12 @@
 //! Partyline room node: serves the live rooms whose slots it owns.
 //!
-//! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]), the
-//! embedded persistence ([`store`]) and the ownership check on every gateway
-//! stream ([`service`]). It never speaks WebSocket (the gateway does) and
-//! never decides placement (the coordinator does).
+//! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]),
+//! persistence ([`storage`] over the embedded [`store`] or [`remote`] Redis
+//! and object storage), the ownership check on every gateway stream and
+//! the server-API calls ([`service`]), the app's webhooks ([`hooks`]),
+//! JSON rendering of documents ([`render`]) and its metrics
+//! ([`telemetry`]). It never speaks WebSocket (the gateway does) and never
+//! decides placement (the coordinator does).
 //!
 //! [`run`] serves gRPC on a listener until the shutdown token fires, then
 //! waits for every room to write its final snapshot.
