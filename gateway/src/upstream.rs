@@ -1,7 +1,7 @@
 //! Upstream streams: one gRPC `OpenRoom` stream per (gateway, room),
 //! shared by every local client session of that room.
 //!
-//! An [`UpstreamActor`] owns the stream and the room's local sessions. It
+//! An upstream actor owns the stream and the room's local sessions. It
 //! forwards client frames up, and copies each frame the room node sends
 //! down to the sessions it is meant for — a room broadcast crosses the
 //! gateway ↔ node link once, however many local clients the room has.

@@ -18,7 +18,7 @@
 //! record at the end of the newest segment (a crash mid-write) is cut off.
 //!
 //! Sync I/O: callers run the heavy calls ([`RoomFiles::open`],
-//! [`RoomFiles::write_snapshot`]) on the blocking pool.
+//! [`SnapshotJob::write`], [`RoomFiles::delete`]) on the blocking pool.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
