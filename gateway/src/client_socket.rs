@@ -87,6 +87,8 @@ struct State {
     close: Option<CloseReason>,
     /// A write failed: the client is gone, nothing more is written.
     failed: bool,
+    /// Queued bytes the kernel took so far (progress while draining).
+    drained: u64,
 }
 
 /// The write side of one client socket; share it with `Arc`.
@@ -181,6 +183,20 @@ impl ClientSocket {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
+    /// [`Self::flush`], giving up (`TimedOut`) only when the client takes
+    /// none of the queued bytes for `stall`: a slow link downloading a large
+    /// document keeps going as long as it makes progress.
+    pub async fn flush_while_progressing(&self, stall: std::time::Duration) -> io::Result<()> {
+        loop {
+            let before = self.state().drained;
+            match tokio::time::timeout(stall, self.flush()).await {
+                Ok(result) => return result,
+                Err(_) if self.state().drained != before => {}
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+        }
+    }
+
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             {
@@ -222,6 +238,7 @@ impl ClientSocket {
             }
             self.stream.try_write_vectored(&slices)?
         };
+        state.drained += written as u64;
         let mut left = written;
         while let Some(front) = state.queue.front() {
             let remaining = front.len() - state.offset;
@@ -395,6 +412,42 @@ mod tests {
         }
         assert_eq!(rest, b"control");
         assert!(socket.state().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_flushed_as_long_as_it_makes_progress() {
+        const FRAMES: usize = 64;
+        let (socket, _read, mut client) = pair(FRAMES).await;
+        let frame = Frame::encode(&vec![7; 256 * 1024], false).unwrap();
+        for _ in 0..FRAMES {
+            socket.send(&frame).unwrap();
+        }
+        // 16 MiB at about 5 MiB/s, far more than the kernel's buffers hold:
+        // the flush takes longer than the 1 s stall limit, never stalling.
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut chunk = vec![0; 128 * 1024];
+            while total < FRAMES * (256 * 1024 + 10) {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                total += client.read(&mut chunk).await.unwrap();
+            }
+            client
+        });
+        let stall = std::time::Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        socket.flush_while_progressing(stall).await.unwrap();
+        assert!(
+            started.elapsed() > stall,
+            "the flush outlasted the stall limit"
+        );
+        let client = reader.await.unwrap();
+        // A reader that stops: the flush gives up after the stall limit.
+        for _ in 0..FRAMES {
+            socket.send(&frame).unwrap();
+        }
+        let error = socket.flush_while_progressing(stall).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     #[tokio::test]

@@ -122,11 +122,12 @@ async fn pump(
             // only for what the kernel would not take, or to close.
             () = out.woken() => {
                 // A client that takes none of our bytes for `dead_after` is
-                // as dead as one that sends nothing.
-                match Box::pin(tokio::time::timeout(config.dead_after, out.flush())).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return None,
+                // as dead as one that sends nothing; one that takes them,
+                // however slowly, is alive.
+                if Box::pin(out.flush_while_progressing(config.dead_after)).await.is_err() {
+                    return None;
                 }
+                last_heard = Instant::now();
                 if let Some(reason) = out.take_close() {
                     return Some(reason);
                 }

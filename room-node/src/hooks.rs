@@ -146,10 +146,13 @@ impl Hooks {
             200 => {
                 let body = response.bytes().await.map_err(request_error)?;
                 use yrs::updates::decoder::Decode;
-                yrs::Update::decode_v1(&body).map_err(|e| HookError::NotAnUpdate {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+                crate::update_check::check_update(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| yrs::Update::decode_v1(&body).map_err(|e| e.to_string()))
+                    .map_err(|reason| HookError::NotAnUpdate {
+                        url: url.clone(),
+                        reason,
+                    })?;
                 Ok(Some(body.to_vec()))
             }
             status => Err(HookError::Status {

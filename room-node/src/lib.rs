@@ -23,6 +23,7 @@ pub mod service;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod update_check;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -50,6 +50,9 @@ pub enum ProtocolError {
     /// values, e.g. client ids over 53 bits, by panicking).
     #[error("undecodable message")]
     DecodePanic,
+    /// The update nests values deeper than yrs can decode safely.
+    #[error("update refused: {0}")]
+    UnsafeUpdate(#[from] crate::update_check::UpdateCheckError),
 }
 
 /// Runs a yrs decoder, turning its panics into an error: decoding touches
@@ -204,6 +207,10 @@ impl SyncRoom {
         access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
+        // Before yrs: its decoder recurses into nested values, and a deep
+        // enough update would overflow the stack (aborting the process,
+        // which no panic guard catches).
+        crate::update_check::check_update(&bytes)?;
         let update = decode_guarded(|| Update::decode_v1(&bytes))??;
         // Clients answer our SyncStep1 with a Step2 that is usually empty;
         // it carries nothing to apply, log or echo, and is not a write.

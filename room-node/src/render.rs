@@ -5,38 +5,118 @@
 //! asks for them by type (Yjs works the same way); their type is inferred
 //! from their content as yrs does it: keyed entries → map, a sequence of
 //! strings → text, any other sequence → array (XML nodes render as XML
-//! strings). An empty type renders as `null`.
+//! strings). An empty type renders as `null`; types nested deeper than
+//! [`MAX_DEPTH`] render as `null` too (the walk recurses, and a client can
+//! nest types without bound).
 
 use serde_json::{Map, Value};
-use yrs::types::{AsPrelim, ToJson};
-use yrs::Number;
+use yrs::types::xml::{Xml, XmlFragment, XmlOut};
+use yrs::types::AsPrelim;
 use yrs::{
-    Any, ArrayRef, Doc, GetString, In, MapRef, Out, ReadTxn, TextRef, Transact, XmlElementRef,
-    XmlTextRef,
+    Any, ArrayRef, Doc, GetString, In, MapRef, Number, Out, ReadTxn, TextRef, Transact,
+    XmlElementRef, XmlTextRef,
 };
+
+/// Deepest nesting of shared types (and values) rendered; deeper ones are
+/// `null`. The walk recurses, and a client can nest types without bound.
+pub const MAX_DEPTH: usize = 64;
 
 /// `{name: content}` for every top-level type of `doc`.
 pub fn doc_to_json(doc: &Doc) -> Value {
     let txn = doc.transact();
     let mut object = Map::new();
     for (name, value) in txn.root_refs() {
-        let any = match value {
-            Out::UndefinedRef(branch) => match value.as_prelim(&txn) {
-                In::Map(_) => MapRef::from(branch).to_json(&txn),
-                In::Array(_) => ArrayRef::from(branch).to_json(&txn),
-                In::Text(_) => Any::from(TextRef::from(branch).get_string(&txn)),
-                In::XmlText(_) => Any::from(XmlTextRef::from(branch).get_string(&txn)),
-                In::XmlElement(_) => Any::from(XmlElementRef::from(branch).get_string(&txn)),
-                _ => Any::Null,
-            },
-            typed => typed.to_json(&txn),
-        };
-        object.insert(name.to_owned(), any_to_json(&any));
+        object.insert(name.to_owned(), render(value, &txn, 1));
     }
     Value::Object(object)
 }
 
-fn any_to_json(any: &Any) -> Value {
+/// One value, its nested types rendered `depth` levels down.
+fn render<T: ReadTxn>(value: Out, txn: &T, depth: usize) -> Value {
+    if depth > MAX_DEPTH {
+        return Value::Null;
+    }
+    match value {
+        Out::Any(any) => any_to_json(&any, depth),
+        Out::YText(text) => Value::String(text.get_string(txn)),
+        Out::YMap(map) => render_map(&map, txn, depth),
+        Out::YArray(array) => render_array(&array, txn, depth),
+        Out::YXmlText(text) => Value::String(text.get_string(txn)),
+        Out::YXmlElement(element) => Value::String(xml(XmlOut::Element(element), txn, depth)),
+        Out::YXmlFragment(fragment) => Value::String(xml(XmlOut::Fragment(fragment), txn, depth)),
+        Out::YDoc(doc) => serde_json::json!({ "guid": doc.guid().to_string() }),
+        Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim(txn) {
+            In::Map(_) => render_map(&MapRef::from(branch), txn, depth),
+            In::Array(_) => render_array(&ArrayRef::from(branch), txn, depth),
+            In::Text(_) => Value::String(TextRef::from(branch).get_string(txn)),
+            In::XmlText(_) => Value::String(XmlTextRef::from(branch).get_string(txn)),
+            In::XmlElement(_) => Value::String(xml(
+                XmlOut::Element(XmlElementRef::from(branch)),
+                txn,
+                depth,
+            )),
+            _ => Value::Null,
+        },
+        #[allow(unreachable_patterns)]
+        _ => Value::Null,
+    }
+}
+
+fn render_map<T: ReadTxn>(map: &MapRef, txn: &T, depth: usize) -> Value {
+    use yrs::Map as _;
+    Value::Object(
+        map.iter(txn)
+            .map(|(key, value)| (key.to_owned(), render(value, txn, depth + 1)))
+            .collect(),
+    )
+}
+
+fn render_array<T: ReadTxn>(array: &ArrayRef, txn: &T, depth: usize) -> Value {
+    use yrs::Array as _;
+    Value::Array(
+        array
+            .iter(txn)
+            .map(|value| render(value, txn, depth + 1))
+            .collect(),
+    )
+}
+
+/// An XML node as XML text, children at most [`MAX_DEPTH`] levels down.
+fn xml<T: ReadTxn>(node: XmlOut, txn: &T, depth: usize) -> String {
+    if depth > MAX_DEPTH {
+        return String::new();
+    }
+    match node {
+        XmlOut::Text(text) => text.get_string(txn),
+        XmlOut::Fragment(fragment) => fragment
+            .children(txn)
+            .map(|child| xml(child, txn, depth + 1))
+            .collect(),
+        XmlOut::Element(element) => {
+            let tag = element.tag().to_string();
+            let mut out = format!("<{tag}");
+            let mut attributes: Vec<(String, String)> = element
+                .attributes(txn)
+                .map(|(key, value)| (key.to_owned(), value.to_string(txn)))
+                .collect();
+            attributes.sort();
+            for (key, value) in attributes {
+                out.push_str(&format!(" {key}=\"{value}\""));
+            }
+            out.push('>');
+            for child in element.children(txn) {
+                out.push_str(&xml(child, txn, depth + 1));
+            }
+            out.push_str(&format!("</{tag}>"));
+            out
+        }
+    }
+}
+
+fn any_to_json(any: &Any, depth: usize) -> Value {
+    if depth > 2 * MAX_DEPTH + crate::update_check::MAX_ANY_DEPTH {
+        return Value::Null;
+    }
     match any {
         Any::Null | Any::Undefined => Value::Null,
         Any::Bool(b) => Value::Bool(*b),
@@ -47,11 +127,13 @@ fn any_to_json(any: &Any) -> Value {
         Any::String(s) => Value::String(s.to_string()),
         // Binary content has no JSON form; base64 would be a guess.
         Any::Buffer(_) => Value::Null,
-        Any::Array(items) => Value::Array(items.iter().map(any_to_json).collect()),
+        Any::Array(items) => {
+            Value::Array(items.iter().map(|a| any_to_json(a, depth + 1)).collect())
+        }
         Any::Map(entries) => Value::Object(
             entries
                 .iter()
-                .map(|(k, v)| (k.clone(), any_to_json(v)))
+                .map(|(k, v)| (k.clone(), any_to_json(v, depth + 1)))
                 .collect(),
         ),
     }
@@ -94,5 +176,26 @@ mod tests {
             })
         );
         assert_eq!(doc_to_json(&Doc::new()), serde_json::json!({}));
+    }
+
+    #[test]
+    fn deeply_nested_types_render_to_a_bounded_depth() {
+        let doc = Doc::new();
+        {
+            let mut txn = doc.transact_mut();
+            let mut map = txn.get_or_insert_map("m");
+            for _ in 0..5_000 {
+                map = map.insert(&mut txn, "child", yrs::MapPrelim::default());
+            }
+        }
+        let json = doc_to_json(&doc);
+        let mut depth = 0;
+        let mut node = &json["m"];
+        while let Some(child) = node.get("child") {
+            depth += 1;
+            node = child;
+        }
+        assert_eq!(depth, MAX_DEPTH, "nesting stops at the cap");
+        assert!(node.is_null());
     }
 }

@@ -623,8 +623,11 @@ impl RoomActor {
     /// A server-side update: applied, logged and broadcast like a client's
     /// (the room's size policy and log-outage refusals apply too).
     fn apply(&mut self, update: Vec<u8>, reply: oneshot::Sender<Result<(), ApplyError>>) {
-        if let Err(error) = yrs::Update::decode_v1(&update) {
-            let _ = reply.send(Err(ApplyError::BadUpdate(error.to_string())));
+        let checked = crate::update_check::check_update(&update)
+            .map_err(|e| e.to_string())
+            .and_then(|()| yrs::Update::decode_v1(&update).map_err(|e| e.to_string()));
+        if let Err(error) = checked {
+            let _ = reply.send(Err(ApplyError::BadUpdate(error)));
             return;
         }
         let access = if self.log_down_since.is_some()
