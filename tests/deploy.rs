@@ -106,6 +106,8 @@ fn kustomize_overlays_render_and_validate_against_the_kubernetes_schemas() {
 
         let coordinators = find(&docs, "Deployment", "coordinator");
         assert_eq!(coordinators["spec"]["replicas"], 2);
+        let policy = find(&docs, "NetworkPolicy", "room-node-grpc");
+        assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 7001);
         let monitor = find(&docs, "ServiceMonitor", "partyline");
         assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
         let config = find(&docs, "ConfigMap", "partyline");

@@ -230,9 +230,13 @@ async fn callbacks_bring_the_latest_state_within_max_wait_signed() {
         tampered[0] ^= 1;
         assert!(!signature_verifies(&callback.signature, &tampered));
     }
-    // Each callback carries the state as it was then: texts only grow.
+    // Each callback carries the state as it was then: texts only grow, and
+    // so does the version an app orders them by.
     for pair in received.windows(2) {
         assert!(text_of_callback(&pair[1].body).starts_with(&text_of_callback(&pair[0].body)));
+        let taken = |r: &Received| r.body["taken_unix_ms"].as_u64().expect("taken_unix_ms");
+        assert!(taken(&pair[1]) >= taken(&pair[0]));
+        assert_eq!(pair[1].body["epoch"], pair[0].body["epoch"]);
     }
     server.assert_no_errors();
 }

@@ -94,10 +94,13 @@ async fn require_key(
             "the HTTP API is disabled: set gateway.api_key (--api-key)",
         );
     };
+    // The scheme is case-insensitive (RFC 7235); the key is not.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
     match given {
         Some(given) if same_key(given.trim().as_bytes(), expected.as_bytes()) => {
             next.run(request).await

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 500;
 /// Default for [`LimitsConfig::message_burst`].
 pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
-/// Addresses tracked before idle ones are swept out.
+/// Addresses tracked before idle ones are swept out…
 const SWEEP_AT: usize = 10_000;
+/// …at most this often (a sweep walks every address under the lock).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The limits; 0 turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +113,33 @@ struct Address {
     sockets: u32,
 }
 
+/// Per-address state, and when idle addresses were last swept out.
+#[derive(Debug)]
+struct Addresses {
+    by_ip: HashMap<IpAddr, Address>,
+    swept: Instant,
+}
+
+/// The key an address is limited under: IPv4 addresses alone, IPv6 by
+/// their /64 (one host usually holds a whole /64).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The gateway's limits and what they refused. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Limits {
     config: LimitsConfig,
-    addresses: Mutex<HashMap<IpAddr, Address>>,
+    addresses: Mutex<Addresses>,
     /// Counted refusals.
     pub refused: Refusals,
 }
@@ -133,7 +157,7 @@ impl Drop for Admitted {
             return;
         };
         let mut addresses = limits.addresses();
-        if let Some(address) = addresses.get_mut(&ip) {
+        if let Some(address) = addresses.by_ip.get_mut(&ip) {
             address.sockets = address.sockets.saturating_sub(1);
         }
     }
@@ -144,7 +168,10 @@ impl Limits {
     pub fn new(config: LimitsConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
-            addresses: Mutex::default(),
+            addresses: Mutex::new(Addresses {
+                by_ip: HashMap::new(),
+                swept: Instant::now(),
+            }),
             refused: Refusals::default(),
         })
     }
@@ -154,7 +181,7 @@ impl Limits {
         &self.config
     }
 
-    fn addresses(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Address>> {
+    fn addresses(&self) -> std::sync::MutexGuard<'_, Addresses> {
         // Counters only; a panic elsewhere cannot leave them torn.
         self.addresses
             .lock()
@@ -167,6 +194,7 @@ impl Limits {
     }
 
     fn admit_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refused> {
+        let ip = limit_key(ip);
         let LimitsConfig {
             max_connects_per_ip: rate,
             max_sockets_per_ip: max_sockets,
@@ -176,10 +204,15 @@ impl Limits {
             return Ok(Admitted { counted: None });
         }
         let mut addresses = self.addresses();
-        if addresses.len() >= SWEEP_AT {
-            addresses.retain(|_, a| a.sockets > 0 || !a.attempts.is_full(rate, rate, now));
+        if addresses.by_ip.len() >= SWEEP_AT
+            && now.saturating_duration_since(addresses.swept) >= SWEEP_EVERY
+        {
+            addresses.swept = now;
+            addresses
+                .by_ip
+                .retain(|_, a| a.sockets > 0 || !a.attempts.is_full(rate, rate, now));
         }
-        let address = addresses.entry(ip).or_insert_with(|| Address {
+        let address = addresses.by_ip.entry(ip).or_insert_with(|| Address {
             attempts: Bucket::full(rate),
             sockets: 0,
         });
@@ -274,6 +307,25 @@ mod tests {
         );
         assert_eq!(limits.refused.connect_rate.load(Ordering::Relaxed), 2);
         drop(admitted);
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64_prefix() {
+        let limits = Limits::new(LimitsConfig {
+            max_sockets_per_ip: 1,
+            ..LimitsConfig::default()
+        });
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(b).unwrap_err(), Refused::Sockets);
+        assert!(limits.admit(other).is_ok());
+        // IPv4-mapped addresses count as their IPv4 address.
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let _v4 = limits.admit(v4).unwrap();
+        assert_eq!(limits.admit(mapped).unwrap_err(), Refused::Sockets);
     }
 
     #[test]

@@ -97,6 +97,17 @@ pub enum HookError {
     },
 }
 
+/// Which state a callback carries, so the app can keep the newest when two
+/// race (a retry from the node that gave the room away, say): the higher
+/// `(epoch, taken)` is newer.
+#[derive(Debug, Clone, Copy)]
+pub struct StateVersion {
+    /// Slot-map epoch of the node that took the state.
+    pub epoch: u64,
+    /// When the state was taken.
+    pub taken: SystemTime,
+}
+
 /// The webhooks of a node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hooks {
@@ -170,12 +181,19 @@ impl Hooks {
         room: &str,
         state: &[u8],
         json: serde_json::Value,
+        version: StateVersion,
     ) -> Result<(), HookError> {
         let Some(url) = &self.config.callback_url else {
             return Ok(());
         };
+        let taken_unix_ms = version
+            .taken
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let body = serde_json::to_vec(&serde_json::json!({
             "room": room,
+            "epoch": version.epoch,
+            "taken_unix_ms": taken_unix_ms,
             "state": base64::engine::general_purpose::STANDARD.encode(state),
             "data": json,
         }))

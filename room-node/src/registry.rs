@@ -120,6 +120,17 @@ impl Registry {
                     return Err(AttachError::NotOwner(current));
                 }
             };
+            if !self.config.allows(room.as_str()) {
+                // Refused without loading the room (or asking load_url).
+                self.tracker.spawn(refuse_link(
+                    tx,
+                    inbound,
+                    self.config.node_id.to_string(),
+                    epoch,
+                    self.cancel.clone(),
+                ));
+                return Ok(());
+            }
             let handle = self.get_or_spawn(room, epoch);
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = RoomCommand::AttachLink {
@@ -291,6 +302,54 @@ impl Registry {
             }
         });
         handle
+    }
+}
+
+/// Serves a stream for a room no policy allows: attached, then every
+/// session it opens is ended with 4400 at once.
+async fn refuse_link(
+    tx: LinkSender,
+    mut inbound: LinkInbound,
+    node_id: String,
+    epoch: u64,
+    cancel: CancellationToken,
+) {
+    use tokio_stream::StreamExt;
+    let attached = node_frame::Kind::Attached(pb::Attached { epoch, node_id });
+    if tx
+        .send(Ok(pb::NodeFrame {
+            kind: Some(attached),
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let frame = tokio::select! {
+            frame = inbound.next() => frame,
+            _ = cancel.cancelled() => return,
+        };
+        let Some(Ok(frame)) = frame else { return };
+        if let Some(pb::gateway_frame::Kind::OpenSession(open)) = frame.kind {
+            crate::telemetry::refuse("not_allowed");
+            tracing::info!(
+                session = open.session_id,
+                "session refused: no room policy matches the room's name"
+            );
+            let end = node_frame::Kind::EndSession(pb::EndSession {
+                session_id: open.session_id,
+                close_code: u32::from(partyline_proto::close::ROOM_NOT_ALLOWED),
+                reason: "no room policy matches this room name".to_owned(),
+            });
+            if tx
+                .send(Ok(pb::NodeFrame { kind: Some(end) }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 

@@ -268,7 +268,7 @@ pub fn spawn_actor(
                     last_session_left: false,
                     dirty: false,
                     applied: Vec::new(),
-                    deleting: None,
+                    deleting: Vec::new(),
                     last_snapshot: None,
                     callback_due: None,
                     callback_task: None,
@@ -394,7 +394,7 @@ struct RoomActor {
     /// Server-side updates of this batch, answered once it is logged.
     applied: Vec<oneshot::Sender<Result<(), ApplyError>>>,
     /// Set by `Delete`: delete once the batch is committed.
-    deleting: Option<oneshot::Sender<Result<(), String>>>,
+    deleting: Vec<oneshot::Sender<Result<(), String>>>,
     /// When this node last wrote a snapshot of the room.
     last_snapshot: Option<std::time::SystemTime>,
     /// Changes not sent to the state callback yet, and when to send them.
@@ -534,8 +534,11 @@ impl RoomActor {
             if let Some(epoch) = self.releasing {
                 return Box::pin(self.release(epoch)).await;
             }
-            if let Some(reply) = self.deleting.take() {
-                return Box::pin(self.delete(reply)).await;
+            if !self.deleting.is_empty() {
+                let replies = std::mem::take(&mut self.deleting);
+                if let Some(exit) = Box::pin(self.delete(replies)).await {
+                    return exit;
+                }
             }
             if self.links.is_empty() {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
@@ -543,6 +546,7 @@ impl RoomActor {
             if self.snapshot_due() || std::mem::take(&mut self.last_session_left) {
                 self.start_snapshot();
             }
+            self.callback_if_due();
         }
     }
 
@@ -584,8 +588,33 @@ impl RoomActor {
     /// Deletes the room: every session is ended with 4404 (after every
     /// frame already queued for it), a running snapshot is waited for so
     /// it cannot write after the delete, then the log and snapshots go.
-    async fn delete(mut self, reply: oneshot::Sender<Result<(), String>>) -> ExitReason {
+    async fn delete(
+        &mut self,
+        replies: Vec<oneshot::Sender<Result<(), String>>>,
+    ) -> Option<ExitReason> {
+        // A snapshot still being written would register after the delete
+        // (it is of this epoch, so not fenced): wait for it, or refuse.
+        if let Some(task) = self.snapshot_task.as_mut() {
+            match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, task).await {
+                Ok(result) => {
+                    self.snapshot_task = None;
+                    self.snapshot_finished(result);
+                }
+                Err(_) => {
+                    tracing::warn!(room = %self.room, "delete refused: a snapshot is still being written");
+                    for reply in replies {
+                        let _ = reply.send(Err(
+                            "a snapshot of the room is still being written; try again".to_owned(),
+                        ));
+                    }
+                    return None;
+                }
+            }
+        }
         self.refuse_commands();
+        // Every session is told, waiting a little for a full link: a
+        // gateway that misses it would re-open the room and its clients
+        // would upload their documents into the deleted room.
         for (_, link) in self.links.drain() {
             for &session_id in link.sessions.keys() {
                 let end = frame(node_frame::Kind::EndSession(pb::EndSession {
@@ -593,11 +622,12 @@ impl RoomActor {
                     close_code: u32::from(close::ROOM_DELETED),
                     reason: "room deleted".to_owned(),
                 }));
-                let _ = link.tx.try_send(Ok(end));
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(1), link.tx.send(Ok(end))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(room = %self.room, session = session_id, "could not tell a session its room was deleted");
+                }
             }
-        }
-        if let Some(task) = self.snapshot_task.take() {
-            let _ = tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, task).await;
         }
         let storage = std::mem::replace(&mut self.storage, RoomStorage::Ephemeral);
         let result = storage.delete().await;
@@ -605,8 +635,10 @@ impl RoomActor {
             Ok(()) => tracing::info!(room = %self.room, "room deleted"),
             Err(error) => tracing::error!(room = %self.room, %error, "deleting the room failed"),
         }
-        let _ = reply.send(result);
-        ExitReason::Deleted
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+        Some(ExitReason::Deleted)
     }
 
     /// The room's figures for the server API.
@@ -724,12 +756,8 @@ impl RoomActor {
                 let _ = reply.send(state);
             }
             Input::Command(RoomCommand::Apply { update, reply }) => self.apply(update, reply),
-            Input::Command(RoomCommand::Delete { reply }) => {
-                // A second delete in the batch waits for the first one.
-                if let Some(earlier) = self.deleting.replace(reply) {
-                    let _ = earlier.send(Ok(()));
-                }
-            }
+            // Every delete of the batch gets the one delete's result.
+            Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
             #[cfg(test)]
             Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
             Input::Link(link, LinkEvent::Frame(frame)) => self.handle_frame(link, frame),
@@ -740,17 +768,6 @@ impl RoomActor {
     fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
         match kind {
             gateway_frame::Kind::OpenSession(open) => {
-                if !self.config.allows(self.room.as_str()) {
-                    let end = node_frame::Kind::EndSession(pb::EndSession {
-                        session_id: open.session_id,
-                        close_code: u32::from(close::ROOM_NOT_ALLOWED),
-                        reason: "no room policy matches this room name".to_owned(),
-                    });
-                    self.outbox.push(Out::Link(link_id, frame(end)));
-                    crate::telemetry::refuse("not_allowed");
-                    tracing::info!(room = %self.room, "session refused: no room policy matches the name");
-                    return;
-                }
                 let read_only = open.permission() == pb::Permission::ReadOnly;
                 let open_sessions: usize = self.links.values().map(|l| l.sessions.len()).sum();
                 if self
@@ -1118,7 +1135,10 @@ impl RoomActor {
 
     /// Logged changes start (or extend) the state callback's debounce.
     fn note_change(&mut self) {
-        if !self.config.hooks.as_ref().is_some_and(|h| h.has_callback()) {
+        // Ephemeral rooms store nothing, and call back nothing either.
+        if !self.config.hooks.as_ref().is_some_and(|h| h.has_callback())
+            || matches!(self.storage, RoomStorage::Ephemeral)
+        {
             return;
         }
         let now = Instant::now();
@@ -1138,8 +1158,12 @@ impl RoomActor {
         let state = self.sync.encode_state();
         let json = crate::render::doc_to_json(self.sync.doc());
         let room = self.room.clone();
+        let version = crate::hooks::StateVersion {
+            epoch: self.epoch,
+            taken: std::time::SystemTime::now(),
+        };
         self.callback_task = Some(tokio::spawn(async move {
-            match hooks.send_state(room.as_str(), &state, json).await {
+            match hooks.send_state(room.as_str(), &state, json, version).await {
                 Ok(()) => tracing::debug!(room = %room, bytes = state.len(), "state callback sent"),
                 Err(error) => {
                     tracing::error!(room = %room, %error, "state callback failed after its retries; the next change sends the state again")
@@ -1149,19 +1173,43 @@ impl RoomActor {
     }
 
     /// Before the room leaves memory: the last snapshot, and the state
-    /// callback if changes are unsent (once, bounded by its timeout; a
-    /// callback already in flight goes on by itself).
+    /// callback if changes are unsent: after a callback already in flight
+    /// (its state is older), each bounded by the callback timeout.
     async fn unload(&mut self) {
         self.final_snapshot().await;
-        if self.callback_due.is_none() || self.callback_task.is_some() {
+        let Some(limit) = self
+            .config
+            .hooks
+            .as_ref()
+            .map(|hooks| hooks.config().callback_timeout)
+        else {
+            return;
+        };
+        if let Some(task) = self.callback_task.take() {
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!(room = %self.room, "a state callback is still running at unload; it goes on in the background");
+            }
+        }
+        if self.callback_due.is_none() {
             return;
         }
         self.start_callback();
-        if let (Some(task), Some(hooks)) = (self.callback_task.take(), &self.config.hooks) {
-            let limit = hooks.config().callback_timeout;
+        if let Some(task) = self.callback_task.take() {
             if tokio::time::timeout(limit, task).await.is_err() {
                 tracing::warn!(room = %self.room, "last state callback still running at unload; it goes on in the background");
             }
+        }
+    }
+
+    /// Starts the state callback when it is due and none is in flight; a
+    /// busy room whose inputs never leave the select idle still gets it.
+    fn callback_if_due(&mut self) {
+        let due = match (&self.callback_due, &self.config.hooks) {
+            (Some(debounce), Some(hooks)) => debounce.due(hooks.config()),
+            _ => return,
+        };
+        if self.callback_task.is_none() && Instant::now() >= due {
+            self.start_callback();
         }
     }
 
