@@ -360,10 +360,12 @@ async fn a_30_second_s3_outage_holds_up_no_session_and_snapshots_catch_up() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let list_before = snapshot_list(&redis, &room_id);
-
     s3.stop();
     let outage = Instant::now();
+    // A snapshot whose upload finished just before the stop registers a
+    // moment later; the list is taken once that had time to happen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list_before = snapshot_list(&redis, &room_id);
     while outage.elapsed() < Duration::from_secs(30) {
         write_and_see(&mut n).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
