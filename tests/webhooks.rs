@@ -317,17 +317,26 @@ async fn load_url_fills_a_new_room_once() {
     // Unloaded and loaded again: the content is stored, the hook not asked.
     first.close(WAIT).await.unwrap();
     second.close(WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let info: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/v1/rooms/{room}", server.addr))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(info["loaded"], false, "the room did not unload: {info}");
+    // Each look loads the room again (it unloads 300 ms later), so look
+    // once a second until one finds it unloaded.
+    let mut unloaded = false;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let info: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{}/v1/rooms/{room}", server.addr))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if info["loaded"] == false {
+            unloaded = true;
+            break;
+        }
+    }
+    assert!(unloaded, "the room never unloaded");
     let again = YClient::connect(&server.url(room)).await.unwrap();
     again
         .wait_for_text("t", "template;edited;", WAIT)
