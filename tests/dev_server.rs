@@ -484,17 +484,28 @@ mode = "ephemeral"
         client.push_text("t", "x").await.unwrap();
         client.close(WAIT).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (room, loaded) in [("fast-1", false), ("doc-2", true)] {
-        let info: serde_json::Value = api(reqwest::Method::GET, &format!("/v1/rooms/{room}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(info["loaded"], loaded, "{room}: {info}");
+    let loaded = |room: &'static str| {
+        let request = api(reqwest::Method::GET, &format!("/v1/rooms/{room}"));
+        async move {
+            let info: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            info["loaded"].as_bool().unwrap()
+        }
+    };
+    // Each look loads the room again (fast- unloads 200 ms later): look once
+    // a second, for at most 10 s, well inside doc-'s 30 s idle timeout.
+    let mut fast_unloaded = false;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !loaded("fast-1").await {
+            fast_unloaded = true;
+            break;
+        }
     }
+    assert!(fast_unloaded, "fast-1 never unloaded");
+    assert!(
+        loaded("doc-2").await,
+        "doc-2 unloaded before its idle timeout"
+    );
 
     // mode by policy: tmp- rooms store nothing.
     let a = synced(&server, "tmp-1").await;
