@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use partyline_coordinator::admin;
 use partyline_coordinator::cluster::Cluster;
-use partyline_gateway::room_api;
+use partyline_gateway::room_api::RoomApi;
+use partyline_gateway::router::Router;
+use partyline_proto::RoomName;
 use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
 use serde::Serialize;
 
@@ -189,23 +191,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Export { room, timeout } => {
-            let cluster = connect(&options).await?;
-            let (url, epoch) = owner(&cluster, &room).await?;
-            let update = room_api::export(&url, &room, epoch, timeout).await?;
+            let name = room_name(&room)?;
+            let rooms = room_api(&options, timeout).await?;
+            let (update, url) = rooms.state(&name, false).await?;
             std::io::Write::write_all(&mut std::io::stdout().lock(), &update)?;
             eprintln!("exported {} bytes of {room} from {url}", update.len());
             Ok(())
         }
         AdminCommand::Import { room, timeout } => {
-            let cluster = connect(&options).await?;
+            let name = room_name(&room)?;
+            let rooms = room_api(&options, timeout).await?;
             let mut update = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut update)
                 .context("read the update from stdin")?;
-            let (url, epoch) = owner(&cluster, &room).await?;
-            room_api::import(&url, &room, epoch, update.clone(), timeout).await?;
-            let report = serde_json::json!({ "room": room, "bytes": update.len(), "node": url });
+            let bytes = update.len();
+            let url = rooms.apply(&name, update.into()).await?;
+            let report = serde_json::json!({ "room": room, "bytes": bytes, "node": url });
             print(json, &report, || {
-                format!("imported {} bytes into {room}\n", update.len())
+                format!("imported {bytes} bytes into {room}\n")
             })
         }
         AdminCommand::Rebalance => {
@@ -245,10 +248,22 @@ async fn storage(
         .with_context(|| format!("connect to redis {redis}"))
 }
 
-/// The owner's gRPC URL of `room` and the map's epoch.
-async fn owner(cluster: &Cluster, room: &str) -> anyhow::Result<(String, u64)> {
-    let location = admin::locate(cluster, room).await?;
-    Ok((location.grpc_url, location.epoch))
+/// Calls on rooms routed by the cluster's slot map, as a gateway's HTTP
+/// API makes them: re-routed when the room moves mid-call.
+async fn room_api(
+    options: &partyline_coordinator::cluster::ClusterOptions,
+    timeout: Duration,
+) -> anyhow::Result<RoomApi> {
+    let cluster = connect(options).await?;
+    // Followed for the life of the command.
+    let slot_map = cluster
+        .watch_slot_map(tokio_util::sync::CancellationToken::new())
+        .await?;
+    Ok(RoomApi::new(Router::new(slot_map), timeout))
+}
+
+fn room_name(room: &str) -> anyhow::Result<RoomName> {
+    RoomName::new(room).with_context(|| format!("bad room name {room:?}"))
 }
 
 fn print<T: Serialize>(

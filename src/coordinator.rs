@@ -7,32 +7,25 @@ use partyline_coordinator::cluster::Cluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterSection, CoordinatorSection, FileConfig};
-use crate::CommonArgs;
+use crate::ServeArgs;
 
 /// `partyline coordinator` flags.
 #[derive(Debug, clap::Args)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    telemetry: crate::config::TelemetrySection,
+    pub(crate) serve: ServeArgs,
     #[command(flatten)]
     cluster: ClusterSection,
     #[command(flatten)]
     coordinator: CoordinatorSection,
 }
 
-impl CoordinatorArgs {
-    /// `[telemetry]` from the config file, under the flags.
-    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
-        let file = FileConfig::load(self.common.config.as_deref())?;
-        Ok(self.telemetry.clone().merge(file.telemetry))
-    }
-}
-
 /// Runs until SIGTERM/SIGINT (a leader hands its lease back on the way out).
-pub async fn run(args: CoordinatorArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
-    let file = FileConfig::load(args.common.config.as_deref())?;
+pub async fn run(
+    args: CoordinatorArgs,
+    file: FileConfig,
+    serving: crate::telemetry::Serving,
+) -> anyhow::Result<()> {
     let cluster_options = args.cluster.merge(file.cluster).build();
     let config = args.coordinator.merge(file.coordinator).build()?;
     let shutdown = CancellationToken::new();

@@ -11,15 +11,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthSection, FileConfig, GatewaySection, RoomNodeSection, WebhooksSection};
-use crate::CommonArgs;
+use crate::ServeArgs;
 
 /// `partyline dev` flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    telemetry: crate::config::TelemetrySection,
+    pub(crate) serve: ServeArgs,
     #[command(flatten)]
     gateway: GatewaySection,
     #[command(flatten)]
@@ -30,18 +28,13 @@ pub struct DevArgs {
     webhooks: WebhooksSection,
 }
 
-impl DevArgs {
-    /// `[telemetry]` from the config file, under the flags.
-    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
-        let file = FileConfig::load(self.common.config.as_deref())?;
-        Ok(self.telemetry.clone().merge(file.telemetry))
-    }
-}
-
 /// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
-pub async fn run(args: DevArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
-    let file = FileConfig::load(args.common.config.as_deref())?;
+pub async fn run(
+    args: DevArgs,
+    file: FileConfig,
+    serving: crate::telemetry::Serving,
+) -> anyhow::Result<()> {
     let gateway = args.gateway.merge(file.gateway);
     let room_node = args.room_node.merge(file.room_node);
     let node_id = NodeId::new("dev");
@@ -74,13 +67,7 @@ pub async fn run(args: DevArgs, serving: crate::telemetry::Serving) -> anyhow::R
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
 
-    let ready = {
-        let (config, map) = (room_config.clone(), map_rx.clone());
-        crate::ops::readiness(move || {
-            let (config, map) = (config.clone(), map.clone());
-            async move { partyline_room_node::check_ready(&config, &map).await }
-        })
-    };
+    let ready = crate::ops::room_node_readiness(&room_config, &map_rx);
     serving.start_ops(ready, shutdown.clone()).await?;
     tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
     let room_node = tokio::spawn(partyline_room_node::run(

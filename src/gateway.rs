@@ -9,15 +9,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{host_name, AuthSection, ClusterSection, FileConfig, GatewaySection};
-use crate::CommonArgs;
+use crate::ServeArgs;
 
 /// `partyline gateway` flags.
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    telemetry: crate::config::TelemetrySection,
+    pub(crate) serve: ServeArgs,
     #[command(flatten)]
     cluster: ClusterSection,
     #[command(flatten)]
@@ -29,17 +27,12 @@ pub struct GatewayArgs {
     insecure_no_auth: bool,
 }
 
-impl GatewayArgs {
-    /// `[telemetry]` from the config file, under the flags.
-    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
-        let file = FileConfig::load(self.common.config.as_deref())?;
-        Ok(self.telemetry.clone().merge(file.telemetry))
-    }
-}
-
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(args: GatewayArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
-    let file = FileConfig::load(args.common.config.as_deref())?;
+pub async fn run(
+    args: GatewayArgs,
+    file: FileConfig,
+    serving: crate::telemetry::Serving,
+) -> anyhow::Result<()> {
     let gateway = args.gateway.merge(file.gateway);
     let cluster_options = args.cluster.merge(file.cluster).build();
     let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;

@@ -49,12 +49,34 @@ enum Command {
     Bench(partyline_bench::BenchArgs),
 }
 
-/// Arguments every serving role shares.
+/// The config file flag, for every command that reads one.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
     /// TOML config file; env vars and flags override it.
     #[arg(long, env = "PARTYLINE_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Arguments every serving role shares.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    telemetry: config::TelemetrySection,
+}
+
+impl ServeArgs {
+    /// Reads the config file, once: the role's sections, and `[telemetry]`
+    /// under the flags.
+    fn load(&self) -> anyhow::Result<(config::FileConfig, config::TelemetrySection)> {
+        let mut file = config::FileConfig::load(self.common.config.as_deref())?;
+        let telemetry = self
+            .telemetry
+            .clone()
+            .merge(std::mem::take(&mut file.telemetry));
+        Ok((file, telemetry))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,30 +89,30 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => {
-                let settings = args.telemetry_settings()?;
+                let (file, settings) = args.serve.load()?;
                 telemetry::serve("partyline-dev", settings, |serving| {
-                    dev::run(*args, serving)
+                    dev::run(*args, file, serving)
                 })
                 .await
             }
             Command::Gateway(args) => {
-                let settings = args.telemetry_settings()?;
+                let (file, settings) = args.serve.load()?;
                 telemetry::serve("partyline-gateway", settings, |serving| {
-                    gateway::run(*args, serving)
+                    gateway::run(*args, file, serving)
                 })
                 .await
             }
             Command::RoomNode(args) => {
-                let settings = args.telemetry_settings()?;
+                let (file, settings) = args.serve.load()?;
                 telemetry::serve("partyline-room-node", settings, |serving| {
-                    room_node::run(*args, serving)
+                    room_node::run(*args, file, serving)
                 })
                 .await
             }
             Command::Coordinator(args) => {
-                let settings = args.telemetry_settings()?;
+                let (file, settings) = args.serve.load()?;
                 telemetry::serve("partyline-coordinator", settings, |serving| {
-                    coordinator::run(args, serving)
+                    coordinator::run(args, file, serving)
                 })
                 .await
             }

@@ -29,6 +29,18 @@ where
     Arc::new(move || Box::pin(check()))
 }
 
+/// A room node's readiness ([`partyline_room_node::check_ready`]).
+pub fn room_node_readiness(
+    config: &partyline_room_node::RoomNodeConfig,
+    slot_map: &partyline_room_node::SlotMapWatch,
+) -> Readiness {
+    let (config, slot_map) = (config.clone(), slot_map.clone());
+    readiness(move || {
+        let (config, slot_map) = (config.clone(), slot_map.clone());
+        async move { partyline_room_node::check_ready(&config, &slot_map).await }
+    })
+}
+
 struct Ops {
     registry: prometheus::Registry,
     ready: Readiness,

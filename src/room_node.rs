@@ -18,15 +18,13 @@ use crate::config::{
     ClusterSection, FileConfig, NodeSection, RoomNodeSection, WebhooksSection,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
 };
-use crate::CommonArgs;
+use crate::ServeArgs;
 
 /// `partyline room-node` flags.
 #[derive(Debug, clap::Args)]
 pub struct RoomNodeArgs {
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    telemetry: crate::config::TelemetrySection,
+    pub(crate) serve: ServeArgs,
     #[command(flatten)]
     node: NodeSection,
     #[command(flatten)]
@@ -37,17 +35,12 @@ pub struct RoomNodeArgs {
     webhooks: WebhooksSection,
 }
 
-impl RoomNodeArgs {
-    /// `[telemetry]` from the config file, under the flags.
-    pub fn telemetry_settings(&self) -> anyhow::Result<crate::config::TelemetrySection> {
-        let file = FileConfig::load(self.common.config.as_deref())?;
-        Ok(self.telemetry.clone().merge(file.telemetry))
-    }
-}
-
 /// Runs until SIGTERM/SIGINT, then drains (see the module doc).
-pub async fn run(args: RoomNodeArgs, serving: crate::telemetry::Serving) -> anyhow::Result<()> {
-    let file = FileConfig::load(args.common.config.as_deref())?;
+pub async fn run(
+    args: RoomNodeArgs,
+    file: FileConfig,
+    serving: crate::telemetry::Serving,
+) -> anyhow::Result<()> {
     let node = args.node.merge(file.node);
     let cluster_options = args.cluster.merge(file.cluster).build();
     let mut room_node = args.room_node.merge(file.room_node);
@@ -115,13 +108,7 @@ pub async fn run(args: RoomNodeArgs, serving: crate::telemetry::Serving) -> anyh
         }
     });
 
-    let ready = {
-        let (config, map) = (config.clone(), slot_map.clone());
-        crate::ops::readiness(move || {
-            let (config, map) = (config.clone(), map.clone());
-            async move { partyline_room_node::check_ready(&config, &map).await }
-        })
-    };
+    let ready = crate::ops::room_node_readiness(&config, &slot_map);
     serving.start_ops(ready, background.clone()).await?;
     tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
     let server = tokio::spawn(partyline_room_node::run(

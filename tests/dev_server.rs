@@ -484,26 +484,14 @@ mode = "ephemeral"
         client.push_text("t", "x").await.unwrap();
         client.close(WAIT).await.unwrap();
     }
-    let loaded = |room: &'static str| {
-        let request = api(reqwest::Method::GET, &format!("/v1/rooms/{room}"));
-        async move {
-            let info: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            info["loaded"].as_bool().unwrap()
-        }
-    };
-    // Each look loads the room again (fast- unloads 200 ms later): look once
-    // a second, for at most 10 s, well inside doc-'s 30 s idle timeout.
-    let mut fast_unloaded = false;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if !loaded("fast-1").await {
-            fast_unloaded = true;
-            break;
-        }
-    }
-    assert!(fast_unloaded, "fast-1 never unloaded");
+    // fast- unloads 200 ms after a look: at most 10 looks, well inside
+    // doc-'s 30 s idle timeout.
     assert!(
-        loaded("doc-2").await,
+        server.saw_unloaded(KEY, "fast-1", 10).await,
+        "fast-1 never unloaded"
+    );
+    assert!(
+        server.room_loaded(KEY, "doc-2").await,
         "doc-2 unloaded before its idle timeout"
     );
 
@@ -512,13 +500,7 @@ mode = "ephemeral"
     let b = synced(&server, "tmp-1").await;
     a.push_text("t", "passing;").await.unwrap();
     b.wait_for_text("t", "passing;", WAIT).await.unwrap();
-    let info: serde_json::Value = api(reqwest::Method::GET, "/v1/rooms/tmp-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = server.room_info(KEY, "tmp-1").await;
     assert_eq!(info["mode"], "ephemeral", "{info}");
     assert!(!partyline_room_node::store::RoomFiles::room_dir(&data, "tmp-1").exists());
     server.assert_no_errors();

@@ -119,6 +119,15 @@ fn signature_verifies(header: &str, body: &[u8]) -> bool {
     expected == v1
 }
 
+/// `partyline dev` sending signed callbacks to `base`; `extra` sets the
+/// debounce.
+fn start_calling_back(dir: &std::path::Path, base: &str, extra: &[&str]) -> DevServer {
+    let url = format!("{base}/callback");
+    let mut args = vec!["--callback-url", &url, "--callback-secret", SECRET];
+    args.extend_from_slice(extra);
+    DevServer::start(dir, &args)
+}
+
 /// Root text `t` of the callback's base64 state.
 fn text_of_callback(body: &serde_json::Value) -> String {
     let state = base64::engine::general_purpose::STANDARD
@@ -138,18 +147,10 @@ async fn callbacks_bring_the_latest_state_within_max_wait_signed() {
     let app = Arc::new(App::default());
     let base = serve_app(app.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = DevServer::start(
+    let server = start_calling_back(
         dir.path(),
-        &[
-            "--callback-url",
-            &format!("{base}/callback"),
-            "--callback-secret",
-            SECRET,
-            "--debounce-wait",
-            "300ms",
-            "--debounce-max-wait",
-            "1s",
-        ],
+        &base,
+        &["--debounce-wait", "300ms", "--debounce-max-wait", "1s"],
     );
     let client = YClient::connect(&server.url("doc-callback")).await.unwrap();
     client.wait_synced(WAIT).await.unwrap();
@@ -247,17 +248,7 @@ async fn a_failing_receiver_is_retried_until_it_takes_the_state() {
     *app.fail_first.lock().unwrap() = 2;
     let base = serve_app(app.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = DevServer::start(
-        dir.path(),
-        &[
-            "--callback-url",
-            &format!("{base}/callback"),
-            "--callback-secret",
-            SECRET,
-            "--debounce-wait",
-            "100ms",
-        ],
-    );
+    let server = start_calling_back(dir.path(), &base, &["--debounce-wait", "100ms"]);
     let client = YClient::connect(&server.url("doc-retry")).await.unwrap();
     client.wait_synced(WAIT).await.unwrap();
     client.push_text("t", "must-arrive;").await.unwrap();
@@ -317,26 +308,11 @@ async fn load_url_fills_a_new_room_once() {
     // Unloaded and loaded again: the content is stored, the hook not asked.
     first.close(WAIT).await.unwrap();
     second.close(WAIT).await.unwrap();
-    // Each look loads the room again (it unloads 300 ms later), so look
-    // once a second until one finds it unloaded.
-    let mut unloaded = false;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let info: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{}/v1/rooms/{room}", server.addr))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if info["loaded"] == false {
-            unloaded = true;
-            break;
-        }
-    }
-    assert!(unloaded, "the room never unloaded");
+    // It unloads 300 ms after each look.
+    assert!(
+        server.saw_unloaded(API_KEY, room, 10).await,
+        "the room never unloaded"
+    );
     let again = YClient::connect(&server.url(room)).await.unwrap();
     again
         .wait_for_text("t", "template;edited;", WAIT)

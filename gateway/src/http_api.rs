@@ -166,7 +166,7 @@ async fn state(
             )))
         }
     };
-    let state = api.rooms.state(&room, json).await?;
+    let (state, _) = api.rooms.state(&room, json).await?;
     Ok(([(header::CONTENT_TYPE, content_type)], state).into_response())
 }
 

@@ -169,14 +169,19 @@ impl RoomApi {
         .await
     }
 
-    /// The room's state: one Yjs update v1, or JSON of its top-level types.
-    pub async fn state(&self, room: &RoomName, json: bool) -> Result<Bytes, RoomApiError> {
+    /// The room's state (one Yjs update v1, or JSON of its top-level
+    /// types), and its owner's URL.
+    pub async fn state(
+        &self,
+        room: &RoomName,
+        json: bool,
+    ) -> Result<(Bytes, String), RoomApiError> {
         let format = if json {
             pb::StateFormat::Json
         } else {
             pb::StateFormat::UpdateV1
         };
-        let (reply, _) = self
+        let (reply, url) = self
             .on_owner(room, |mut node, epoch| async move {
                 let request = pb::RoomStateRequest {
                     room: room.as_str().to_owned(),
@@ -186,12 +191,12 @@ impl RoomApi {
                 node.room_state(request).await.map(|r| r.into_inner())
             })
             .await?;
-        Ok(reply.state)
+        Ok((reply.state, url))
     }
 
-    /// Applies a Yjs update v1; returns once the room logged it (and sent
-    /// it to every session).
-    pub async fn apply(&self, room: &RoomName, update: Bytes) -> Result<(), RoomApiError> {
+    /// Applies a Yjs update v1; returns the owner's URL once the room
+    /// logged it (and sent it to every session).
+    pub async fn apply(&self, room: &RoomName, update: Bytes) -> Result<String, RoomApiError> {
         self.on_owner(room, |mut node, epoch| {
             let request = pb::ApplyUpdateRequest {
                 room: room.as_str().to_owned(),
@@ -201,7 +206,7 @@ impl RoomApi {
             async move { node.apply_update(request).await.map(|_| ()) }
         })
         .await
-        .map(|((), _)| ())
+        .map(|((), url)| url)
     }
 
     /// Closes the room's sessions and deletes its log and snapshots;
@@ -257,60 +262,4 @@ impl RoomApi {
             .await?;
         Ok((reply.rooms, reply.more))
     }
-}
-
-/// A room's whole state as one Yjs update (v1), as `Y.applyUpdate` reads
-/// it, from the node at `url` (`partyline admin export`).
-pub async fn export(
-    url: &str,
-    room: &str,
-    epoch: u64,
-    timeout: Duration,
-) -> Result<Vec<u8>, RoomApiError> {
-    let mut node = connect(url).await?;
-    let request = pb::RoomStateRequest {
-        room: room.to_owned(),
-        epoch,
-        format: pb::StateFormat::UpdateV1 as i32,
-    };
-    match tokio::time::timeout(timeout, node.room_state(request)).await {
-        Err(_) => Err(RoomApiError::Timeout(timeout)),
-        Ok(Err(status)) => Err(RoomApiError::from_status(url, status)),
-        Ok(Ok(reply)) => Ok(reply.into_inner().state.to_vec()),
-    }
-}
-
-/// Applies a Yjs update (v1) to the room at `url`; returns once the room
-/// has logged and broadcast it (`partyline admin import`).
-pub async fn import(
-    url: &str,
-    room: &str,
-    epoch: u64,
-    update: Vec<u8>,
-    timeout: Duration,
-) -> Result<(), RoomApiError> {
-    let mut node = connect(url).await?;
-    let request = pb::ApplyUpdateRequest {
-        room: room.to_owned(),
-        epoch,
-        update: update.into(),
-    };
-    match tokio::time::timeout(timeout, node.apply_update(request)).await {
-        Err(_) => Err(RoomApiError::Timeout(timeout)),
-        Ok(Err(status)) => Err(RoomApiError::from_status(url, status)),
-        Ok(Ok(_)) => Ok(()),
-    }
-}
-
-async fn connect(url: &str) -> Result<RoomNodeClient<Channel>, RoomApiError> {
-    let node_error = |message: String| RoomApiError::Node {
-        url: url.to_owned(),
-        message,
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| node_error(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| node_error(e.to_string()))?;
-    Ok(client(channel))
 }

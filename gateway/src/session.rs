@@ -80,11 +80,6 @@ pub async fn serve(
     metrics.connections.add(1, &[]);
     let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &out).await;
     metrics.connections.add(-1, &[]);
-    if let Some(reason) = &reason {
-        if let Some(label) = refusal_label(reason.code) {
-            crate::telemetry::refuse(label);
-        }
-    }
     Box::pin(upstream.close(session_id)).await;
     if let Some(reason) = reason {
         Box::pin(send_close(&mut socket, &reason)).await;
@@ -147,6 +142,7 @@ async fn pump(
                 {
                     let total = shared.limits.count_message_rate();
                     tracing::info!(room = %room, session = session_id, total, "session over its message rate; closing");
+                    crate::telemetry::refuse("message_rate");
                     return Some(CloseReason::new(close::POLICY_VIOLATION, "message rate over the limit"));
                 }
                 let forward = match message {
@@ -162,6 +158,7 @@ async fn pump(
                     }
                     Message::Text(_) => {
                         tracing::info!(room = %room, session = session_id, "unsupported text frame");
+                        crate::telemetry::refuse("unsupported_text");
                         return Some(CloseReason::new(close::UNSUPPORTED_DATA, "unsupported text message"));
                     }
                     Message::Close(_) => return None,
@@ -183,10 +180,11 @@ async fn pump(
                     Ok(None) => {}
                     Err(error) => {
                         tracing::info!(room = %room, session = session_id, %error, "bad y-pk-batch");
-                        let code = match error {
-                            BatchError::TooLarge(_) => close::MESSAGE_TOO_BIG,
-                            _ => close::PROTOCOL_ERROR,
+                        let (code, label) = match error {
+                            BatchError::TooLarge(_) => (close::MESSAGE_TOO_BIG, "too_big"),
+                            _ => (close::PROTOCOL_ERROR, "protocol_error"),
                         };
+                        crate::telemetry::refuse(label);
                         return Some(CloseReason::new(code, error.to_string()));
                     }
                 }
@@ -203,6 +201,7 @@ async fn pump(
             }
             _ = async { expires.as_mut().expect("guarded").await }, if expires.is_some() => {
                 tracing::debug!(room = %room, session = session_id, "session reached max_session; closing");
+                crate::telemetry::refuse("session_expired");
                 return Some(CloseReason::new(close::POLICY_VIOLATION, "session expired; reconnect to be authorized again"));
             }
             _ = &mut cancelled => {
@@ -212,23 +211,17 @@ async fn pump(
     }
 }
 
-/// The metrics label of a close the gateway decided on (the room node's
-/// own refusals are counted there).
-fn refusal_label(code: u16) -> Option<&'static str> {
-    match code {
-        close::PROTOCOL_ERROR => Some("protocol_error"),
-        close::UNSUPPORTED_DATA => Some("unsupported_text"),
-        close::MESSAGE_TOO_BIG => Some("too_big"),
-        close::POLICY_VIOLATION => Some("policy"),
-        _ => None,
-    }
-}
-
 /// tungstenite refuses an over-limit frame or message with a capacity
 /// error; the client gets 1009 for it.
 fn too_big(error: &tungstenite::Error) -> Option<CloseReason> {
-    matches!(error, tungstenite::Error::Capacity(_))
-        .then(|| CloseReason::new(close::MESSAGE_TOO_BIG, "message over the size limit"))
+    if !matches!(error, tungstenite::Error::Capacity(_)) {
+        return None;
+    }
+    crate::telemetry::refuse("too_big");
+    Some(CloseReason::new(
+        close::MESSAGE_TOO_BIG,
+        "message over the size limit",
+    ))
 }
 
 /// Sends the close frame after everything queued, then reads until the

@@ -535,9 +535,19 @@ impl UpstreamActor {
         for (&session_id, session) in &self.sessions {
             let mut frames = vec![open_session(session_id, &session.grant)];
             if let Some(awareness) = &session.awareness {
-                frames.push(client_message(session_id, awareness.clone(), false));
+                frames.push(client_message(
+                    session_id,
+                    awareness.clone(),
+                    false,
+                    String::new(),
+                ));
             }
-            frames.push(client_message(session_id, resync.clone(), false));
+            frames.push(client_message(
+                session_id,
+                resync.clone(),
+                false,
+                String::new(),
+            ));
             for kind in frames {
                 if connection
                     .to_node
@@ -594,11 +604,7 @@ impl UpstreamActor {
                 if !text && payload.first() == Some(&1) {
                     session.awareness = Some(Bytes::copy_from_slice(&payload));
                 }
-                let mut frame = client_message(session_id, payload, text);
-                if let gateway_frame::Kind::ClientMessage(message) = &mut frame {
-                    message.traceparent = traceparent;
-                }
-                frame
+                client_message(session_id, payload, text, traceparent)
             }
             UpstreamCommand::Close { session_id } => {
                 if self.sessions.remove(&session_id).is_none() {
@@ -766,12 +772,17 @@ fn open_session(session_id: u64, grant: &SessionGrant) -> gateway_frame::Kind {
     })
 }
 
-fn client_message(session_id: u64, payload: Bytes, text: bool) -> gateway_frame::Kind {
+fn client_message(
+    session_id: u64,
+    payload: Bytes,
+    text: bool,
+    traceparent: String,
+) -> gateway_frame::Kind {
     gateway_frame::Kind::ClientMessage(pb::ClientMessage {
         session_id,
         payload,
         kind: frame_kind(text) as i32,
-        traceparent: String::new(),
+        traceparent,
     })
 }
 

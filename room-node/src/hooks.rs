@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -108,6 +109,14 @@ pub struct StateVersion {
     pub taken: SystemTime,
 }
 
+/// A room's first content from `load_url`, checked and decoded once.
+pub struct InitialContent {
+    /// The body as received: the update to log.
+    pub body: Bytes,
+    /// The same update, decoded, to apply.
+    pub update: yrs::Update,
+}
+
 /// The webhooks of a node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hooks {
@@ -134,9 +143,9 @@ impl Hooks {
         self.config.callback_url.is_some()
     }
 
-    /// Asks `load_url` for `room`'s first content: `Some(update)` on 200,
-    /// `None` on 204 or 404 (start empty).
-    pub async fn initial_content(&self, room: &str) -> Result<Option<Vec<u8>>, HookError> {
+    /// Asks `load_url` for `room`'s first content: `Some` on 200, `None` on
+    /// 204 or 404 (start empty).
+    pub async fn initial_content(&self, room: &str) -> Result<Option<InitialContent>, HookError> {
         let Some(url) = &self.config.load_url else {
             return Ok(None);
         };
@@ -156,15 +165,13 @@ impl Hooks {
             204 | 404 => Ok(None),
             200 => {
                 let body = response.bytes().await.map_err(request_error)?;
-                use yrs::updates::decoder::Decode;
-                crate::update_check::check_update(&body)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| yrs::Update::decode_v1(&body).map_err(|e| e.to_string()))
-                    .map_err(|reason| HookError::NotAnUpdate {
+                let update = crate::protocol::decode_update(&body).map_err(|error| {
+                    HookError::NotAnUpdate {
                         url: url.clone(),
-                        reason,
-                    })?;
-                Ok(Some(body.to_vec()))
+                        reason: error.to_string(),
+                    }
+                })?;
+                Ok(Some(InitialContent { body, update }))
             }
             status => Err(HookError::Status {
                 url: url.clone(),

@@ -62,6 +62,14 @@ fn decode_guarded<T>(decode: impl FnOnce() -> T) -> Result<T, ProtocolError> {
         .map_err(|_| ProtocolError::DecodePanic)
 }
 
+/// Decodes a Yjs update v1 from outside (a client, the HTTP API, a hook)
+/// without risking the process: nesting checked before yrs recurses into
+/// it, and yrs's panics turned into an error.
+pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
+    crate::update_check::check_update(bytes)?;
+    Ok(decode_guarded(|| Update::decode_v1(bytes))??)
+}
+
 /// What handling one frame asks the room to do, in order.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -207,11 +215,7 @@ impl SyncRoom {
         access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
-        // Before yrs: its decoder recurses into nested values, and a deep
-        // enough update would overflow the stack (aborting the process,
-        // which no panic guard catches).
-        crate::update_check::check_update(&bytes)?;
-        let update = decode_guarded(|| Update::decode_v1(&bytes))??;
+        let update = decode_update(&bytes)?;
         // Clients answer our SyncStep1 with a Step2 that is usually empty;
         // it carries nothing to apply, log or echo, and is not a write.
         if update.is_empty() {

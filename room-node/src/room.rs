@@ -36,7 +36,6 @@ use crate::protocol::Access;
 use crate::protocol::SyncRoom;
 use crate::storage::{self, AppendError, LoadError, RoomStorage};
 use crate::store::{RoomLock, SyncQueue};
-use yrs::updates::decoder::Decode;
 
 /// Identifies one gateway stream within this node.
 pub type LinkId = u64;
@@ -299,21 +298,16 @@ async fn load_with_initial_content(
     if loaded.stored || config.mode_of(room.as_str()) == crate::config::RoomMode::Ephemeral {
         return Ok(loaded);
     }
-    if let Some(update) = hooks.initial_content(room.as_str()).await? {
-        let decoded =
-            yrs::Update::decode_v1(&update).map_err(|e| crate::hooks::HookError::NotAnUpdate {
-                url: hooks.config().load_url.clone().unwrap_or_default(),
-                reason: e.to_string(),
-            })?;
+    if let Some(content) = hooks.initial_content(room.as_str()).await? {
         use yrs::Transact;
-        if let Err(error) = loaded.doc.transact_mut().apply_update(decoded) {
+        if let Err(error) = loaded.doc.transact_mut().apply_update(content.update) {
             return Err(crate::hooks::HookError::NotAnUpdate {
                 url: hooks.config().load_url.clone().unwrap_or_default(),
                 reason: error.to_string(),
             }
             .into());
         }
-        match loaded.storage.append(&[Bytes::from(update)]).await {
+        match loaded.storage.append(&[content.body]).await {
             Ok(()) => {}
             Err(AppendError::Failed(error)) => return Err(error.into()),
             Err(AppendError::Unavailable(error)) => return Err(error.into()),
@@ -652,29 +646,27 @@ impl RoomActor {
         }
     }
 
-    /// A server-side update: applied, logged and broadcast like a client's
-    /// (the room's size policy and log-outage refusals apply too).
-    fn apply(&mut self, update: Vec<u8>, reply: oneshot::Sender<Result<(), ApplyError>>) {
-        let checked = crate::update_check::check_update(&update)
-            .map_err(|e| e.to_string())
-            .and_then(|()| yrs::Update::decode_v1(&update).map_err(|e| e.to_string()));
-        if let Err(error) = checked {
-            let _ = reply.send(Err(ApplyError::BadUpdate(error)));
-            return;
-        }
-        let access = if self.log_down_since.is_some()
-            && self.pending_bytes >= self.config.log_buffer_bytes
-        {
+    /// What a write of `bytes` may do now: refused while the log is down
+    /// and the hold buffer full, or past the room's `max_doc_bytes`.
+    fn write_access(&self, bytes: usize) -> Access {
+        if self.log_down_since.is_some() && self.pending_bytes >= self.config.log_buffer_bytes {
             Access::LogUnavailable
         } else if self
             .policy
             .max_doc_bytes
-            .is_some_and(|max| self.doc_bytes + update.len() as u64 > max)
+            .is_some_and(|max| self.doc_bytes + bytes as u64 > max)
         {
             Access::DocumentFull
         } else {
             Access::ReadWrite
-        };
+        }
+    }
+
+    /// A server-side update: applied, logged and broadcast like a client's
+    /// (the room's size policy and log-outage refusals apply too).
+    fn apply(&mut self, update: Vec<u8>, reply: oneshot::Sender<Result<(), ApplyError>>) {
+        // Checked and decoded once, by the sync handler, as a client's is.
+        let access = self.write_access(update.len());
         let message = crate::protocol::encode(&yrs::sync::Message::Sync(
             yrs::sync::SyncMessage::Update(update),
         ));
@@ -818,6 +810,8 @@ impl RoomActor {
         let session_id = message.session_id;
         let _span =
             crate::telemetry::frame_span(&message.traceparent, self.room.as_str(), session_id);
+        // Before the session is borrowed from `self`.
+        let room_access = self.write_access(message.payload.len());
         let Some(session) = self
             .links
             .get_mut(&link_id)
@@ -862,18 +856,8 @@ impl RoomActor {
         }
         let access = if session.read_only {
             Access::ReadOnly
-        } else if self.log_down_since.is_some()
-            && self.pending_bytes >= self.config.log_buffer_bytes
-        {
-            Access::LogUnavailable
-        } else if self
-            .policy
-            .max_doc_bytes
-            .is_some_and(|max| self.doc_bytes + message.payload.len() as u64 > max)
-        {
-            Access::DocumentFull
         } else {
-            Access::ReadWrite
+            room_access
         };
         match self.sync.handle_frame(&message.payload, access) {
             Ok(outcome) => {

@@ -67,6 +67,41 @@ impl DevServer {
         self.process.log()
     }
 
+    /// `GET /v1/rooms/{room}` with the API key `key`.
+    pub async fn room_info(&self, key: &str, room: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("http://{}/v1/rooms/{room}", self.addr))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Whether `room` is loaded, from the HTTP API with `key`. Asking
+    /// loads the room when it is not.
+    pub async fn room_loaded(&self, key: &str, room: &str) -> bool {
+        let info = self.room_info(key, room).await;
+        info["loaded"]
+            .as_bool()
+            .expect("`loaded` in the room's info")
+    }
+
+    /// Whether `room` was seen unloaded within `looks` looks a second
+    /// apart: each look loads it again, so they must lie further apart than
+    /// the room's idle timeout.
+    pub async fn saw_unloaded(&self, key: &str, room: &str, looks: u32) -> bool {
+        for _ in 0..looks {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !self.room_loaded(key, room).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Fails the test when the server logged an ERROR line.
     pub fn assert_no_errors(&self) {
         let errors = self.process.errors();
