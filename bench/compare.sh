@@ -86,10 +86,12 @@ def load(s, t):
         return {"error": str(e)}
 def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
+def share(part, whole):
+    return part / whole if isinstance(part, (int, float)) and whole else None
 def fmt(v, spec):
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 print()
-print(f"{'scenario':8} {'server':10} {'p99 ms':>8} {'cpu s/1k':>9} {'deliv/s':>9} {'errors':>7} {'rss/conn KiB':>13} {'max ok rate':>12}")
+print(f"{'scenario':8} {'server':10} {'p99 ms':>8} {'cpu s/1k':>9} {'kernel':>7} {'deliv/s':>9} {'errors':>7} {'rss/conn KiB':>13} {'max ok rate':>12}")
 for s in scenarios:
     rows = {}
     for t in ("partyline", "peer"):
@@ -100,16 +102,17 @@ for s in scenarios:
         row = {
             "p99": step.get("judged_p99_ms"),
             "cpu": step.get("server_cpu_seconds_per_1k_delivered"),
+            "sys": share(step.get("server_system_cpu_seconds"), step.get("server_cpu_seconds")),
             "dps": step.get("delivered_per_second"),
             "err": (r.get("errors") or {}).get("total"),
             "rss": rss / 1024 if isinstance(rss, (int, float)) else None,
             "max": r.get("max_ok_rate"),
         }
         rows[t] = row
-        print(f"{s:8} {t:10} {fmt(row['p99'], '8.2f')} {fmt(row['cpu'], '9.4f')} {fmt(row['dps'], '9.0f')} "
+        print(f"{s:8} {t:10} {fmt(row['p99'], '8.2f')} {fmt(row['cpu'], '9.4f')} {fmt(row['sys'], '7.0%')} {fmt(row['dps'], '9.0f')} "
               f"{fmt(row['err'], '7d')} {fmt(row['rss'], '13.1f')} {fmt(row['max'], '12.1f')}")
     a, b = rows["partyline"], rows["peer"]
-    print(f"{s:8} {'ratio':10} {ratio(a['p99'], b['p99']):>8} {ratio(a['cpu'], b['cpu']):>9} {'':>9} {'':>7} "
+    print(f"{s:8} {'ratio':10} {ratio(a['p99'], b['p99']):>8} {ratio(a['cpu'], b['cpu']):>9} {'':>7} {'':>9} {'':>7} "
           f"{ratio(a['rss'], b['rss']):>13} {ratio(a['max'], b['max']):>12}")
 print(f"\nraw results: {out}")
 PY

@@ -185,6 +185,7 @@ impl ServerSample {
     fn total(&self) -> ProcSample {
         ProcSample {
             cpu_seconds: self.0.iter().map(|sample| sample.cpu_seconds).sum(),
+            system_seconds: self.0.iter().map(|sample| sample.system_seconds).sum(),
             rss_bytes: self.0.iter().map(|sample| sample.rss_bytes).sum(),
         }
     }
@@ -479,6 +480,9 @@ fn step_report(
     let server_cpu_seconds = server_before
         .zip(server_after)
         .map(|(before, after)| round(after.cpu_seconds - before.cpu_seconds, 3));
+    let server_system_cpu_seconds = server_before
+        .zip(server_after)
+        .map(|(before, after)| round(after.system_seconds - before.system_seconds, 3));
     StepReport {
         gap: gaps::summarize(&stats.gaps.snapshot()),
         room_gaps: None,
@@ -501,6 +505,7 @@ fn step_report(
         server_cpu_seconds,
         server_cpu_seconds_per_1k_delivered: server_cpu_seconds
             .and_then(|cpu| per_thousand(cpu, delivered)),
+        server_system_cpu_seconds,
         ok: errors == 0 && delivered > 0 && judged_p99_ms.is_some_and(|p99| p99 <= target_ms),
     }
 }
@@ -585,6 +590,7 @@ mod tests {
     fn sample(cpu_seconds: f64) -> Option<ProcSample> {
         Some(ProcSample {
             cpu_seconds,
+            system_seconds: cpu_seconds / 4.0,
             rss_bytes: 1 << 20,
         })
     }
@@ -620,6 +626,7 @@ mod tests {
         );
         assert!((report.server_cpu_seconds.unwrap() - 0.6).abs() < 1e-9);
         assert!((report.server_cpu_seconds_per_1k_delivered.unwrap() - 20.0).abs() < 1e-6);
+        assert!((report.server_system_cpu_seconds.unwrap() - 0.15).abs() < 1e-9);
 
         stats.expected.store(32, Ordering::Relaxed);
         let short = step_report(&stats, 2.0, Duration::from_secs(5), target, None, None);

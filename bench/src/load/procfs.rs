@@ -1,7 +1,8 @@
 //! Reads a process's CPU time and resident memory from Linux `/proc`.
 //!
 //! Used to measure the server under load (`--server-pid`) and the bench
-//! itself. CPU time is `utime + stime` from `/proc/PID/stat`, in clock ticks
+//! itself. CPU time is `utime + stime` from `/proc/PID/stat` (with `stime`,
+//! the kernel's share, also kept on its own), in clock ticks
 //! converted with `USER_HZ` = 100, the value Linux exposes to user space on
 //! x86 and arm64 whatever the kernel's internal HZ. RSS is `VmRSS` from
 //! `/proc/PID/status`. On other systems every read fails with an I/O error,
@@ -17,6 +18,8 @@ const USER_HZ: f64 = 100.0;
 pub(crate) struct ProcSample {
     /// User + system CPU time, in seconds.
     pub cpu_seconds: f64,
+    /// System (kernel) CPU time alone, in seconds.
+    pub system_seconds: f64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
 }
@@ -25,10 +28,11 @@ pub(crate) struct ProcSample {
 pub(crate) fn sample(pid: u32) -> io::Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let cpu_ticks = parse_cpu_ticks(&stat).ok_or_else(|| malformed("stat", pid))?;
+    let ticks = parse_cpu_ticks(&stat).ok_or_else(|| malformed("stat", pid))?;
     let rss_bytes = parse_rss_bytes(&status).ok_or_else(|| malformed("status", pid))?;
     Ok(ProcSample {
-        cpu_seconds: cpu_ticks as f64 / USER_HZ,
+        cpu_seconds: (ticks.user + ticks.system) as f64 / USER_HZ,
+        system_seconds: ticks.system as f64 / USER_HZ,
         rss_bytes,
     })
 }
@@ -46,16 +50,23 @@ fn malformed(file: &str, pid: u32) -> io::Error {
     )
 }
 
-/// `utime + stime` (fields 14 and 15). The command name (field 2) is in
+/// A process's CPU time in clock ticks.
+#[derive(Debug, PartialEq)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+/// `utime` and `stime` (fields 14 and 15). The command name (field 2) is in
 /// parentheses and may itself contain spaces and `)`, so fields are counted
 /// from the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_cpu_ticks(stat: &str) -> Option<CpuTicks> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace();
     // after the name: field 3 (state) is index 0, so field N is index N - 3
-    let utime: u64 = fields.nth(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user: u64 = fields.nth(14 - 3)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(CpuTicks { user, system })
 }
 
 /// `VmRSS:   1234 kB` → bytes.
@@ -88,7 +99,13 @@ mod tests {
     fn parses_stat_with_awkward_command_name() {
         let stat = "8975 (my (odd) cmd) R 8930 8930 2324 0 -1 4194304 100 0 0 0 \
                     250 75 0 0 20 0 1 0 67690 3133440 390 18446744073709551615";
-        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(
+            parse_cpu_ticks(stat),
+            Some(CpuTicks {
+                user: 250,
+                system: 75
+            })
+        );
         assert_eq!(parse_cpu_ticks("garbage"), None);
         assert_eq!(parse_cpu_ticks("1 (x) R 1 2"), None);
     }
@@ -130,6 +147,7 @@ mod tests {
         std::hint::black_box(x);
         let after = sample(pid).unwrap();
         assert!(after.cpu_seconds >= before.cpu_seconds);
+        assert!(after.system_seconds <= after.cpu_seconds);
         assert!(open_files_limit().is_some_and(|limit| limit > 0));
     }
 

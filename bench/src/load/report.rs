@@ -118,6 +118,9 @@ pub struct StepReport {
     pub server_cpu_seconds: Option<f64>,
     /// Server CPU seconds per 1,000 deliveries.
     pub server_cpu_seconds_per_1k_delivered: Option<f64>,
+    /// The kernel's share of `server_cpu_seconds` (`stime`): system calls,
+    /// and on loopback most of the receivers' TCP path too.
+    pub server_system_cpu_seconds: Option<f64>,
     /// No errors and p99 within the target.
     pub ok: bool,
 }
@@ -259,7 +262,7 @@ impl fmt::Display for Report {
         if !self.steps.is_empty() {
             writeln!(
                 f,
-                "{:>6} {:>9} {:>11} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>4}",
+                "{:>6} {:>9} {:>11} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>4}",
                 "rate",
                 "sent",
                 "expected",
@@ -272,13 +275,14 @@ impl fmt::Display for Report {
                 "echo99",
                 "errors",
                 "cpu s",
+                "sys s",
                 "cpu s/1k",
                 "ok"
             )?;
             for step in &self.steps {
                 writeln!(
                     f,
-                    "{:>6} {:>9} {:>11} {:>11} {:>8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>4}",
+                    "{:>6} {:>9} {:>11} {:>11} {:>8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>4}",
                     step.rate,
                     step.sent,
                     step.expected_deliveries,
@@ -291,6 +295,7 @@ impl fmt::Display for Report {
                     ms(step.echo.p99_ms),
                     step.errors,
                     seconds(step.server_cpu_seconds),
+                    seconds(step.server_system_cpu_seconds),
                     step.server_cpu_seconds_per_1k_delivered
                         .map_or_else(|| "-".into(), |value| format!("{value:.4}")),
                     if step.ok { "yes" } else { "NO" }
@@ -429,6 +434,7 @@ pub(crate) mod tests {
                 errors: 0,
                 server_cpu_seconds: Some(0.5),
                 server_cpu_seconds_per_1k_delivered: Some(1.3889),
+                server_system_cpu_seconds: Some(0.2),
                 ok: true,
             }],
             max_ok_rate: None,
@@ -470,6 +476,7 @@ pub(crate) mod tests {
             "gap",
             "errors",
             "server_cpu_seconds_per_1k_delivered",
+            "server_system_cpu_seconds",
             "ok",
         ] {
             assert!(step.get(key).is_some(), "step has {key}");
