@@ -38,9 +38,8 @@ for part in "$@"; do
   esac
 done
 
-cargo build --release --locked --bin partyline >&2
-bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
-partyline="$bin_dir/release/partyline"
+# shellcheck source=bench/common.sh
+. bench/common.sh
 OUT=${OUT:-$bin_dir/bench/cluster-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
@@ -55,7 +54,6 @@ fi
 [ -n "$nats_bin" ] || { echo "no nats-server: set NATS_SERVER_BIN or put it on PATH" >&2; exit 1; }
 
 log() { echo "[cluster.sh $(date +%T)] $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
 cpu_ticks() { sed -E 's/.*\) //' "/proc/$1/stat" | awk '{print $12 + $13}'; } # utime + stime
 

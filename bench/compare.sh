@@ -11,25 +11,19 @@
 # Raw JSON lines are kept in $OUT (default target/bench/<timestamp>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 DURATION=${DURATION:-30s}
 STEP=${STEP:-10s}
 RAMP_MAX=${RAMP_MAX:-12}
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(S1 S2 S3 S4)
 
-cargo build --release --locked --bin partyline >&2
-bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
-partyline="$bin_dir/release/partyline"
-if [ ! -d tests/js/node_modules/@y/websocket-server ]; then
-  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) >&2
-fi
-peer_js="$root/tests/js/node_modules/@y/websocket-server/src/server.js"
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need_peer
 OUT=${OUT:-$bin_dir/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 server_pid=""
 start_server() { # $1 = partyline|peer ; sets server_pid and url

@@ -7,11 +7,9 @@
 #   bench/connect-auth.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin partyline >&2
-bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
-partyline="$bin_dir/release/partyline"
+# shellcheck source=bench/common.sh
+. bench/common.sh
 secret=bench-secret-0123456789
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 data=$(mktemp -d)
 trap 'rm -rf "$data"; kill ${hook_pid:-} 2>/dev/null || true' EXIT
 

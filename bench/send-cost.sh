@@ -18,16 +18,11 @@ cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(partyline peer)
 
-cargo build --release --locked --bin partyline >&2
-bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
-partyline="$bin_dir/release/partyline"
-if [ ! -d tests/js/node_modules/@y/websocket-server ]; then
-  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) >&2
-fi
-peer_js="$PWD/tests/js/node_modules/@y/websocket-server/src/server.js"
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need_peer
 OUT=${OUT:-$bin_dir/bench/send-cost-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 for target in "${targets[@]}"; do
   port=$(free_port)
