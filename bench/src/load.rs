@@ -36,7 +36,7 @@ mod args;
 mod connection;
 mod gaps;
 mod histogram;
-mod procfs;
+pub mod procfs;
 mod report;
 mod sendlog;
 

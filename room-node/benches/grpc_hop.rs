@@ -11,6 +11,9 @@
 //! system, from `/proc/self/stat`) per 1,000 round trips, and the same per
 //! 1,000 S1 deliveries (each update reaches 10 clients).
 //!
+//! It runs only under `cargo bench` (which passes `--bench`), so
+//! `cargo test --all-targets` does not spend 40 s on it.
+//!
 //!   cargo bench -p partyline-room-node --bench grpc_hop
 //!   ROOMS=100 SECONDS=20 WORKERS=2 cargo bench -p partyline-room-node --bench grpc_hop
 
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use partyline_bench::load::procfs::{self, ProcSample};
 use partyline_proto::pb::{
     self, gateway_frame, node_frame,
     room_node_client::RoomNodeClient,
@@ -27,6 +31,7 @@ use partyline_proto::pb::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Deliveries per update in S1 (10 clients per room).
@@ -42,8 +47,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; with a filter that is not ours, skip.
-    if std::env::args().skip(1).any(|arg| arg == "--list") {
+    if !std::env::args().skip(1).any(|arg| arg == "--bench") {
         return;
     }
     let rooms: u64 = env_or("ROOMS", 100);
@@ -55,10 +59,10 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let addr = start_echo_node().await;
+        let channel = connect(start_echo_node().await).await;
         let run = Duration::from_secs(seconds);
         let pacing = measure(rooms, run, None).await;
-        let hop = measure(rooms, run, Some(addr)).await;
+        let hop = measure(rooms, run, Some(&channel)).await;
         let hop_cpu = hop.cpu_seconds - pacing.cpu_seconds;
         let per_1k = hop_cpu / (hop.round_trips as f64 / 1000.0);
         println!(
@@ -89,21 +93,21 @@ struct Cost {
     system_seconds: f64,
 }
 
-/// Paces `rooms` streams at one frame per [`SEND_EVERY`] for `run`, through
-/// the node at `node` or (None) without sending anything.
-async fn measure(rooms: u64, run: Duration, node: Option<SocketAddr>) -> Cost {
+/// Paces `rooms` streams at one frame per [`SEND_EVERY`] for `run`, over
+/// `node` or (None) without sending anything.
+async fn measure(rooms: u64, run: Duration, node: Option<&Channel>) -> Cost {
     let done = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
     for room in 0..rooms {
         let link = match node {
-            Some(addr) => Some(open_stream(addr, room).await),
+            Some(channel) => Some(open_stream(channel.clone(), room).await),
             None => None,
         };
         streams.push(link);
     }
     // Settle the connection and every stream before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (user, system) = cpu_ticks();
+    let before = own_cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (room, link) in streams.into_iter().enumerate() {
@@ -132,31 +136,28 @@ async fn measure(rooms: u64, run: Duration, node: Option<SocketAddr>) -> Cost {
     for task in tasks {
         task.await.expect("stream task");
     }
-    let (user_after, system_after) = cpu_ticks();
+    let after = own_cpu();
     Cost {
         round_trips: done.load(Ordering::Relaxed),
-        cpu_seconds: ((user_after + system_after) - (user + system)) as f64 / 100.0,
-        system_seconds: (system_after - system) as f64 / 100.0,
+        cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+        system_seconds: after.system_seconds - before.system_seconds,
     }
 }
 
 type Link = (mpsc::Sender<pb::GatewayFrame>, Streaming<pb::NodeFrame>);
 
-/// Opens one `OpenRoom` stream (attach, then wait for attached).
-async fn open_stream(addr: SocketAddr, room: u64) -> Link {
-    static CHANNEL: tokio::sync::OnceCell<tonic::transport::Channel> =
-        tokio::sync::OnceCell::const_new();
-    let channel = CHANNEL
-        .get_or_init(|| async {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect")
-        })
+/// One HTTP/2 connection to the node, as a gateway keeps per room node.
+async fn connect(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
         .await
-        .clone();
+        .expect("connect")
+}
+
+/// Opens one `OpenRoom` stream (attach, then wait for attached).
+async fn open_stream(channel: Channel, room: u64) -> Link {
     let (tx, rx) = mpsc::channel(64);
     tx.send(pb::GatewayFrame {
         kind: Some(gateway_frame::Kind::Attach(pb::Attach {
@@ -299,15 +300,7 @@ async fn start_echo_node() -> SocketAddr {
     addr
 }
 
-/// This process's (utime, stime) in clock ticks (USER_HZ = 100).
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let after_name = &stat[stat.rfind(')').expect("stat format") + 1..];
-    let mut fields = after_name.split_whitespace();
-    let user = fields
-        .nth(14 - 3)
-        .and_then(|f| f.parse().ok())
-        .expect("utime");
-    let system = fields.next().and_then(|f| f.parse().ok()).expect("stime");
-    (user, system)
+/// This process's CPU time so far.
+fn own_cpu() -> ProcSample {
+    procfs::sample(std::process::id()).expect("/proc/self is readable")
 }

@@ -1,8 +1,9 @@
 //! Reads a process's CPU time and resident memory from Linux `/proc`.
 //!
-//! Used to measure the server under load (`--server-pid`) and the bench
-//! itself. CPU time is `utime + stime` from `/proc/PID/stat` (with `stime`,
-//! the kernel's share, also kept on its own), in clock ticks
+//! Used to measure the server under load (`--server-pid`), the bench
+//! itself, and room-node's `grpc_hop` benchmark. CPU time is `utime +
+//! stime` from `/proc/PID/stat` (with `stime`, the kernel's share, also
+//! kept on its own), in clock ticks
 //! converted with `USER_HZ` = 100, the value Linux exposes to user space on
 //! x86 and arm64 whatever the kernel's internal HZ. RSS is `VmRSS` from
 //! `/proc/PID/status`. On other systems every read fails with an I/O error,
@@ -15,7 +16,7 @@ const USER_HZ: f64 = 100.0;
 
 /// One reading of a process's counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ProcSample {
+pub struct ProcSample {
     /// User + system CPU time, in seconds.
     pub cpu_seconds: f64,
     /// System (kernel) CPU time alone, in seconds.
@@ -25,7 +26,7 @@ pub(crate) struct ProcSample {
 }
 
 /// Reads the counters of process `pid`.
-pub(crate) fn sample(pid: u32) -> io::Result<ProcSample> {
+pub fn sample(pid: u32) -> io::Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let ticks = parse_cpu_ticks(&stat).ok_or_else(|| malformed("stat", pid))?;
