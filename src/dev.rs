@@ -100,9 +100,7 @@ pub async fn run(
         },
     );
     gateway_result.context("gateway task")?.context("gateway")?;
-    room_node_result
-        .context("room node task")?
-        .context("room node")?;
+    room_node_result.context("room node task")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -132,7 +132,7 @@ pub async fn run(
     }
     let result = server.await;
     background.cancel();
-    result.context("room node task")?.context("room node")?;
+    result.context("room node task")?;
     tracing::info!(node = %node_id, "stopped");
     Ok(())
 }

@@ -547,3 +547,31 @@ async fn an_awareness_flood_is_relayed_at_most_once_per_throttle_window() {
         "{relayed} relayed in {elapsed:?}: more than one per 100 ms window"
     );
 }
+
+/// The gateway multiplexes every room it serves from a node over one
+/// HTTP/2 connection, so the node must not cap concurrent streams (hyper's
+/// default is 200): the rooms past that would never sync.
+#[tokio::test]
+async fn more_rooms_than_http2_default_stream_limit_all_sync_over_one_link() {
+    const ROOMS: usize = 260;
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &[]);
+    let mut clients = Vec::with_capacity(ROOMS);
+    for i in 0..ROOMS {
+        let client = synced(&server, &format!("many-{i}")).await;
+        client
+            .push_text("t", &format!("room {i}"))
+            .await
+            .expect("edit");
+        clients.push(client);
+    }
+    // Every stream still relays: a second client of the last rooms sees
+    // the edit made there.
+    for i in ROOMS - 5..ROOMS {
+        let reader = synced(&server, &format!("many-{i}")).await;
+        reader
+            .wait_for_text("t", &format!("room {i}"), WAIT)
+            .await
+            .expect("the room's edit");
+    }
+}

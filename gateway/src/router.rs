@@ -99,6 +99,7 @@ impl Router {
                         source,
                     })?
                     .tcp_nodelay(true)
+                    .executor(partyline_proto::rt::Executor)
                     .connect_lazy();
                 channels.insert(url.clone(), channel.clone());
                 channel

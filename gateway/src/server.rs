@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::http::Request;
 use hyper::body::Incoming;
@@ -21,10 +20,6 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// After a failed `accept` (e.g. out of file descriptors), wait this long
-/// before the next one instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Serves `app` on `listener` until `shutdown`; connections are spawned on
 /// `tracker` and finish their current request gracefully on shutdown.
 pub async fn serve(
@@ -33,24 +28,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        // Without TCP_NODELAY a small frame waits behind the client's
-        // delayed ACK of the previous one: tens of milliseconds of fan-out
-        // latency.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a client socket");
-        }
+    while let Some((stream, peer)) = partyline_proto::rt::accept(&listener, &shutdown).await {
         let app = app.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {

@@ -3,12 +3,15 @@
 //! room → slot hashing, the slot map every process routes with, and the
 //! WebSocket close codes both roles must agree on.
 //!
-//! This crate holds no I/O and no runtime state; every role depends on it and
-//! it depends on no role.
+//! `rt` is the runtime glue every role's servers and gRPC clients share:
+//! how hyper's HTTP/2 tasks are spawned, and the accept step. Apart from
+//! that this crate holds no I/O and no runtime state; every role depends on
+//! it and it depends on no role.
 
 pub mod close;
 pub mod codec;
 pub mod room;
+pub mod rt;
 pub mod slot;
 
 /// Generated protobuf messages and tonic client/server for `partyline.v1`.

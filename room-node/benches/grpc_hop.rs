@@ -29,8 +29,10 @@ use partyline_proto::pb::{
     room_node_server::{RoomNode, RoomNodeServer},
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -151,6 +153,7 @@ async fn connect(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true)
+        .executor(partyline_proto::rt::Executor)
         .connect()
         .await
         .expect("connect")
@@ -285,18 +288,17 @@ fn not_benched() -> Status {
     Status::unimplemented("only OpenRoom is part of this benchmark")
 }
 
-/// Serves [`EchoNode`] on a free loopback port, as the room node serves.
+/// Serves [`EchoNode`] on a free loopback port with the room node's server.
 async fn start_echo_node() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(RoomNodeServer::new(EchoNode))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(partyline_room_node::grpc::serve(
+        listener,
+        Routes::new(RoomNodeServer::new(EchoNode)),
+        CancellationToken::new(),
+    ));
     addr
 }
 

@@ -12,6 +12,7 @@
 //! waits for every room to write its final snapshot.
 
 pub mod config;
+pub mod grpc;
 pub mod hooks;
 pub mod ownership;
 pub mod protocol;
@@ -41,14 +42,6 @@ pub use ownership::{Ownership, SlotMapWatch};
 /// gRPC messages carry whole y-sync frames; allow the gateway's largest.
 const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Room node failures that stop it.
-#[derive(Debug, thiserror::Error)]
-pub enum RoomNodeError {
-    /// The gRPC server failed.
-    #[error("grpc server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Serves the room node on `listener` until `shutdown` is cancelled,
 /// releasing rooms as the slot map moves them away. The caller holds the
 /// [`store::DataDirLock`] of `config.data_dir`, or sets
@@ -58,7 +51,7 @@ pub async fn run(
     config: RoomNodeConfig,
     slot_map: SlotMapWatch,
     shutdown: CancellationToken,
-) -> Result<(), RoomNodeError> {
+) {
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     let sync_queue = store::SyncQueue::default();
@@ -86,28 +79,9 @@ pub async fn run(
     let server = RoomNodeServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    // Nagle would hold each small response frame behind the gateway's
-    // delayed ACK; tonic's own nodelay setting does not reach sockets
-    // accepted from a listener we pass in.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |stream| {
-            if let Ok(stream) = &stream {
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY on a gateway stream");
-                }
-            }
-            stream
-        },
-    );
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(server)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-        .await;
+    grpc::serve(listener, tonic::service::Routes::new(server), shutdown).await;
     tracker.close();
     tracker.wait().await;
-    Ok(result?)
 }
 
 /// Whether this node can serve rooms: the slot map lists it, and its
