@@ -25,8 +25,15 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30s}
 FAILOVER_DURATION=${FAILOVER_DURATION:-30s}
 KILL_AFTER=${KILL_AFTER:-10}
+SPREAD=${SPREAD:-client}
 VICTIM=${VICTIM:-node-2}
 export PARTYLINE_LOG=${PARTYLINE_LOG:-info}
+# Worker threads of the cluster's processes and of dev, each left to the
+# binary's default (one per core) when unset.
+cluster_env=(env)
+[ -n "${CLUSTER_WORKER_THREADS:-}" ] && cluster_env+=(PARTYLINE_WORKER_THREADS="$CLUSTER_WORKER_THREADS")
+dev_env=(env)
+[ -n "${DEV_WORKER_THREADS:-}" ] && dev_env+=(PARTYLINE_WORKER_THREADS="$DEV_WORKER_THREADS")
 run_s1=0
 run_failover=0
 [ $# -eq 0 ] && set -- s1 failover
@@ -124,13 +131,13 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 for c in c1 c2; do
-  start "coordinator-$c" "$partyline" coordinator --nats "$nats_url" --coordinator-id "$c"
+  start "coordinator-$c" "${cluster_env[@]}" "$partyline" coordinator --nats "$nats_url" --coordinator-id "$c"
 done
 for c in c1 c2; do
   wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
 done
 for n in 1 2 3; do
-  start "node-$n" "$partyline" room-node --nats "$nats_url" --node-id "node-$n" \
+  start "node-$n" "${cluster_env[@]}" "$partyline" room-node --nats "$nats_url" --node-id "node-$n" \
     --grpc-listen 127.0.0.1:0 --store "file://$store"
 done
 for n in 1 2 3; do
@@ -157,7 +164,7 @@ done
 admin slots --json >"$OUT/slots-before.json"
 gateway_urls=()
 for g in 1 2; do
-  start "gateway-$g" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0 --insecure-no-auth
+  start "gateway-$g" "${cluster_env[@]}" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0 --insecure-no-auth
 done
 for g in 1 2; do
   line=$(wait_for_line "$OUT/gateway-$g.out" "partyline gateway listening on ws://" 30 "gateway-$g")
@@ -172,7 +179,7 @@ log "cluster up: epoch $(python3 -c 'import json,sys; print(json.load(open(sys.a
   for name in "${cluster_names[@]}"; do echo "$name pid ${pid_of[$name]}"; done
 } | tee "$OUT/pids.txt" >&2
 
-url_args=()
+url_args=(--spread "$SPREAD")
 for url in "${gateway_urls[@]}"; do url_args+=(--url "$url"); done
 pid_args=()
 for pid in "${cluster_pids[@]}"; do pid_args+=(--server-pid "$pid"); done
@@ -189,7 +196,7 @@ grep -v ' INFO ' "$OUT/s1-cluster.txt" | tail -n 20 >&2
 
 dev_port=$(free_port)
 mkdir -p "$OUT/dev-data"
-start dev "$partyline" dev --listen "127.0.0.1:$dev_port" --data-dir "$OUT/dev-data"
+start dev "${dev_env[@]}" "$partyline" dev --listen "127.0.0.1:$dev_port" --data-dir "$OUT/dev-data"
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$dev_port") 2>/dev/null && break
   sleep 0.1

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-pub use args::{BenchArgs, Mode};
+pub use args::{BenchArgs, Mode, Spread};
 pub use histogram::Percentiles;
 pub use report::{
     ConnectReport, ErrorCounts, IdleReport, PidReport, Report, RoomGap, ServerReport, StepReport,
@@ -430,6 +430,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         mode: plan.mode,
         url_template: plan.url_templates[0].clone(),
         url_templates: plan.url_templates.clone(),
+        spread: plan.spread,
         started_unix_ms,
         room_prefix: plan.room_prefix.clone(),
         rooms: plan.rooms,

@@ -40,11 +40,19 @@ const SPARE_FILES: u64 = 64;
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct BenchArgs {
     /// WebSocket URL template; `{room}` becomes `<room-prefix>-<room index>`.
-    /// Repeat to spread connections over several servers (gateways):
-    /// connection k (room r, client c, k = r × clients + c) uses URL
-    /// number k mod (number of URLs), so one room's clients are spread too.
+    /// Repeat to spread connections over several servers (gateways); see
+    /// --spread.
     #[arg(long, env = "PARTYLINE_BENCH_URL", default_value = DEFAULT_URL)]
     pub url: Vec<String>,
+
+    /// How connections are spread over several --url: `client` gives
+    /// connection k (room r, client c, k = r × clients + c) URL number
+    /// k mod (number of URLs), so every room's clients are split over the
+    /// servers, as behind a round-robin load balancer; `room` gives all of
+    /// room r's clients URL number r mod (number of URLs), as behind a load
+    /// balancer that hashes the request path.
+    #[arg(long, env = "PARTYLINE_BENCH_SPREAD", value_enum, default_value_t = Spread::Client)]
+    pub spread: Spread,
 
     /// Rooms to open.
     #[arg(long, env = "PARTYLINE_BENCH_ROOMS", default_value_t = DEFAULT_ROOMS)]
@@ -127,6 +135,7 @@ impl Default for BenchArgs {
             |text: &str| humantime::parse_duration(text).expect("default durations parse");
         Self {
             url: vec![DEFAULT_URL.into()],
+            spread: Spread::Client,
             rooms: DEFAULT_ROOMS,
             clients: DEFAULT_CLIENTS,
             rate: DEFAULT_RATE,
@@ -161,6 +170,16 @@ pub enum Mode {
     Idle,
 }
 
+/// How connections are spread over several URL templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Connection k uses template k mod n: a room's clients are split.
+    Client,
+    /// Room r's clients all use template r mod n.
+    Room,
+}
+
 /// One sending step: a rate held for a duration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Step {
@@ -172,9 +191,9 @@ pub(crate) struct Step {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub mode: Mode,
-    /// One or more `--url` templates; connection `k` uses number
-    /// `k % len`.
+    /// One or more `--url` templates, chosen per connection by `spread`.
     pub url_templates: Vec<String>,
+    pub spread: Spread,
     pub room_prefix: String,
     pub rooms: usize,
     pub clients: usize,
@@ -203,11 +222,16 @@ impl Plan {
         self.rooms * self.clients
     }
 
-    /// The URL connection `index` opens: its room in template number
-    /// `index % templates`.
+    /// The URL connection `index` opens: its room, in the template that
+    /// `spread` picks.
     pub fn connection_url(&self, index: usize) -> String {
-        let template = &self.url_templates[index % self.url_templates.len()];
-        room_url(template, &self.room_prefix, index / self.clients)
+        let room = index / self.clients;
+        let pick = match self.spread {
+            Spread::Client => index,
+            Spread::Room => room,
+        };
+        let template = &self.url_templates[pick % self.url_templates.len()];
+        room_url(template, &self.room_prefix, room)
     }
 
     /// The name of room `room`.
@@ -310,6 +334,7 @@ impl BenchArgs {
         Ok(Plan {
             mode,
             url_templates: self.url.clone(),
+            spread: self.spread,
             room_prefix,
             rooms: self.rooms,
             clients: self.clients,
@@ -463,14 +488,14 @@ mod tests {
         assert_eq!(parsed.url, vec!["ws://a:1/{room}", "ws://b:2/x/{room}"]);
         assert_eq!(parsed.server_pid, vec![7, 8, 9]);
         assert!(parsed.room_gaps);
-        let plan = BenchArgs {
+        assert_eq!(parsed.spread, Spread::Client);
+        let plan_args = BenchArgs {
             room_prefix: Some("p".into()),
             rooms: 3,
             clients: 3,
             ..parsed
-        }
-        .plan()
-        .unwrap();
+        };
+        let plan = plan_args.clone().plan().unwrap();
         assert_eq!(plan.server_pids, vec![7, 8, 9]);
         // connection k = room × clients + client uses url[k % 2]
         let urls: Vec<String> = (0..9).map(|k| plan.connection_url(k)).collect();
@@ -485,6 +510,28 @@ mod tests {
                 "ws://b:2/x/p-1",
                 "ws://a:1/p-2",
                 "ws://b:2/x/p-2",
+                "ws://a:1/p-2",
+            ]
+        );
+        // --spread room: all of room r's clients use url[r % 2]
+        let plan = BenchArgs {
+            spread: Spread::Room,
+            ..plan_args.clone()
+        }
+        .plan()
+        .unwrap();
+        let urls: Vec<String> = (0..9).map(|k| plan.connection_url(k)).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "ws://a:1/p-0",
+                "ws://a:1/p-0",
+                "ws://a:1/p-0",
+                "ws://b:2/x/p-1",
+                "ws://b:2/x/p-1",
+                "ws://b:2/x/p-1",
+                "ws://a:1/p-2",
+                "ws://a:1/p-2",
                 "ws://a:1/p-2",
             ]
         );

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::args::Mode;
+use super::args::{Mode, Spread};
 use super::histogram::Percentiles;
 
 /// Everything a run measured.
@@ -17,8 +17,10 @@ pub struct Report {
     pub mode: Mode,
     /// The first `--url` template.
     pub url_template: String,
-    /// Every `--url` template; connection k used number k mod their count.
+    /// Every `--url` template.
     pub url_templates: Vec<String>,
+    /// How connections were spread over the templates (`--spread`).
+    pub spread: Spread,
     /// Wall-clock time of the run's time zero, ms since the Unix epoch: every
     /// time in the report (`gap_started_ms`, `last_delivery_ms`) counts from
     /// it, so a script can place its own events (a killed node) on the same
@@ -242,11 +244,16 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "partyline bench ({mode}): {} rooms × {} clients, rooms {}-N at {}",
+            "partyline bench ({mode}): {} rooms × {} clients, rooms {}-N at {}{}",
             self.rooms,
             self.clients_per_room,
             self.room_prefix,
-            self.url_templates.join(" , ")
+            self.url_templates.join(" , "),
+            match (self.url_templates.len() > 1, self.spread) {
+                (false, _) => "",
+                (true, Spread::Client) => " (each room's clients split over them)",
+                (true, Spread::Room) => " (each room on one of them)",
+            }
         )?;
         let connect = &self.connect;
         writeln!(
@@ -398,6 +405,7 @@ pub(crate) mod tests {
             mode: Mode::Load,
             url_template: "ws://127.0.0.1:1999/bench-{room}".into(),
             url_templates: vec!["ws://127.0.0.1:1999/bench-{room}".into()],
+            spread: Spread::Client,
             started_unix_ms: 1_700_000_000_000,
             room_prefix: "rabc".into(),
             rooms: 2,
