@@ -51,6 +51,13 @@ pub async fn accept(
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
+                // A connection the peer reset before we took it is its
+                // problem; running out of descriptors or memory is ours,
+                // and lasts, so back off instead of spinning.
+                Err(error) if is_per_connection(&error) => {
+                    tracing::debug!(%error, "a connection went away before it was accepted");
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -64,6 +71,15 @@ pub async fn accept(
         }
         return Some((stream, peer));
     }
+}
+
+/// An `accept` error that concerns only the connection being accepted.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
 }
 
 /// Spawns futures on the current tokio runtime inside [`PollAgain`]; give
@@ -232,6 +248,17 @@ mod tests {
         assert!(poll_once(&mut future, &wakes).is_pending());
         assert_eq!(future.future.polls, MAX_POLLS);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_out_of_resources_accept_errors_back_off() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_per_connection(&Error::from(
+            ErrorKind::ConnectionAborted
+        )));
+        assert!(is_per_connection(&Error::from(ErrorKind::ConnectionReset)));
+        // EMFILE: out of file descriptors.
+        assert!(!is_per_connection(&Error::from_raw_os_error(24)));
     }
 
     #[tokio::test]
