@@ -3,7 +3,8 @@
 //! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]),
 //! persistence ([`storage`] over the embedded [`store`] or [`remote`] Redis
 //! and object storage), the ownership check on every gateway stream and
-//! the server-API calls ([`service`]), the app's webhooks ([`hooks`]),
+//! the server-API calls ([`service`]) and the gRPC server that carries
+//! them ([`grpc`]), the app's webhooks ([`hooks`]),
 //! JSON rendering of documents ([`render`]) and its metrics
 //! ([`telemetry`]). It never speaks WebSocket (the gateway does) and never
 //! decides placement (the coordinator does).
