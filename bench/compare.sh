@@ -24,7 +24,6 @@ OUT=${OUT:-$bin_dir/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
 
-
 server_pid=""
 start_server() { # $1 = partyline|peer ; sets server_pid and url
   local port

@@ -20,10 +20,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +112,7 @@ struct Shared {
     /// `IDLE`, `POLLING`, or `WOKEN` (woken during the current poll).
     state: AtomicU8,
     /// The task's own waker, for wakes that come while it is not polled.
-    outer: Mutex<Option<Waker>>,
+    outer: AtomicWaker,
 }
 
 impl Wake for Shared {
@@ -126,12 +127,7 @@ impl Wake for Shared {
         {
             // The running poll will poll again.
             Ok(_) | Err(WOKEN) => {}
-            Err(_) => {
-                let outer = self.outer.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(waker) = outer.as_ref() {
-                    waker.wake_by_ref();
-                }
-            }
+            Err(_) => self.outer.wake(),
         }
     }
 }
@@ -141,7 +137,7 @@ impl<F: Future> PollAgain<F> {
     pub fn new(future: F) -> Self {
         let shared = Arc::new(Shared {
             state: AtomicU8::new(IDLE),
-            outer: Mutex::new(None),
+            outer: AtomicWaker::new(),
         });
         Self {
             future: Box::pin(future),
@@ -155,16 +151,7 @@ impl<F: Future> Future for PollAgain<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        {
-            let mut outer = self
-                .shared
-                .outer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !outer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *outer = Some(cx.waker().clone());
-            }
-        }
+        self.shared.outer.register(cx.waker());
         let this = &mut *self;
         let mut inner = Context::from_waker(&this.waker);
         for _ in 0..MAX_POLLS {
