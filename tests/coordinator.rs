@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
+use futures_util::StreamExt;
 use partyline_coordinator::cluster::LEADER_KEY;
 use partyline_coordinator::leader::moved_slots;
 use partyline_coordinator::{admin, election, Cluster, ClusterOptions, CoordinatorConfig};
@@ -363,6 +364,79 @@ async fn exactly_one_candidate_leads_at_a_time() {
         for (_, shutdown, _) in candidates.values() {
             shutdown.cancel();
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_stops() {
+    bounded(async {
+        let nats = NatsServer::start();
+        let admin = connect(&nats).await;
+        // Every write to the lease key, refused or not, as core NATS sees it:
+        // its payload is the writer's id.
+        let subject = format!("$KV.{}.{LEADER_KEY}", admin.leader_bucket());
+        let mut writes = admin.client().subscribe(subject).await.unwrap();
+        admin.client().flush().await.unwrap();
+        let campaign = |id: &str| {
+            let id = id.to_owned();
+            let nats_url = nats.url();
+            async move {
+                let cluster = Cluster::connect(&ClusterOptions {
+                    nats_url,
+                    cluster: "partyline".to_owned(),
+                })
+                .await
+                .expect("connect");
+                let (tx, rx) = watch::channel(false);
+                let shutdown = CancellationToken::new();
+                let task = tokio::spawn(election::campaign(cluster, id, LEASE, tx, shutdown));
+                (rx, task)
+            }
+        };
+        let (leading_1, task_1) = campaign("q1").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !*leading_1.borrow() {
+            assert!(Instant::now() < deadline, "q1 never leads");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (leading_2, task_2) = campaign("q2").await;
+        // q2 tries until it has seen a renewal: at most one renewal period.
+        tokio::time::sleep(LEASE).await;
+        while tokio::time::timeout(Duration::ZERO, writes.next())
+            .await
+            .is_ok()
+        {}
+
+        let window = LEASE * 3;
+        let mut by_writer = BTreeMap::<String, usize>::new();
+        let end = tokio::time::Instant::now() + window;
+        while let Ok(Some(message)) = tokio::time::timeout_at(end, writes.next()).await {
+            let writer = String::from_utf8_lossy(&message.payload).into_owned();
+            *by_writer.entry(writer).or_default() += 1;
+        }
+        eprintln!("writes to the lease key over {window:?}: {by_writer:?}");
+        let renewals = by_writer.get("q1").copied().unwrap_or(0);
+        let attempts = by_writer.get("q2").copied().unwrap_or(0);
+        // The leader renews every lease/3; a polling standby would have
+        // tried 12 times in this window.
+        assert!(renewals >= 6, "only {renewals} renewals seen");
+        assert!(attempts <= 2, "the standby tried {attempts} times");
+        assert!(!*leading_2.borrow());
+
+        // The leader dies without releasing: the standby wakes up and takes
+        // the key soon after it expires.
+        task_1.abort();
+        let died = Instant::now();
+        let deadline = died + Duration::from_secs(5);
+        while !*leading_2.borrow() {
+            assert!(Instant::now() < deadline, "q2 never took over");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let takeover = died.elapsed();
+        eprintln!("takeover by a quiet standby (lease {LEASE:?}): {takeover:?}");
+        assert!(takeover < LEASE * 2, "took {takeover:?}");
+        task_2.abort();
     })
     .await;
 }

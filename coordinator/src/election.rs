@@ -4,7 +4,8 @@
 //! succeeds only when the key is absent, deleted, or expired by the bucket's
 //! `max_age` = the lease), renews it every lease/3 with a compare-and-set
 //! `update`, and stops leading as soon as a renewal is refused or no renewal
-//! succeeded for a whole lease. Standbys retry `create` every 250 ms. On
+//! succeeded for a whole lease. Standbys watch the key and retry `create`
+//! every 250 ms only once the holder's renewals stop. On
 //! graceful shutdown the leader deletes the key, but only if it still holds
 //! it, so a standby takes over at once.
 //!
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, LEADER_KEY};
 
-/// How often a standby tries to take the lease.
+/// How often a standby tries to take the lease once the holder's renewals
+/// stopped (or while it cannot watch them).
 pub const STANDBY_RETRY: Duration = Duration::from_millis(250);
 
 /// Retry delay after a renewal failed for a reason other than losing the key.
@@ -60,7 +63,7 @@ pub async fn campaign(
     loop {
         let (mut revision, mut sent) = tokio::select! {
             () = shutdown.cancelled() => return,
-            acquired = acquire(&store, &value) => acquired,
+            acquired = acquire(&store, &value, lease) => acquired,
         };
         if sent.elapsed() >= lease / 3 {
             // A slow create (queued through a NATS outage, typically) may
@@ -100,15 +103,62 @@ pub async fn campaign(
 
 /// Retries `create` until it succeeds; returns the revision and when the
 /// winning request was sent.
-async fn acquire(store: &kv::Store, value: &Bytes) -> (u64, Instant) {
+///
+/// A standby that tried every [`STANDBY_RETRY`] while a healthy leader held
+/// the key cost both it and nats-server a refused write four times a
+/// second for nothing. So it watches the key instead: while the holder's
+/// renewals (every lease/3) keep arriving, the key cannot expire and the
+/// standby stays quiet; it goes back to trying every [`STANDBY_RETRY`] once
+/// no renewal was seen for half a lease (the key then expires within
+/// another half), and at once when the key is deleted. Without a watch
+/// (NATS trouble) it simply keeps trying.
+async fn acquire(store: &kv::Store, value: &Bytes, lease: Duration) -> (u64, Instant) {
+    let mut watch: Option<kv::Watch> = None;
+    let mut quiet_until = Instant::now();
     loop {
-        let sent = Instant::now();
-        match store.create(LEADER_KEY, value.clone()).await {
-            Ok(revision) => return (revision, sent),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(err) => debug!(error = %err, "leader lease create failed"),
+        if Instant::now() >= quiet_until {
+            let sent = Instant::now();
+            match store.create(LEADER_KEY, value.clone()).await {
+                Ok(revision) => return (revision, sent),
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(err) => debug!(error = %err, "leader lease create failed"),
+            }
         }
-        sleep(STANDBY_RETRY).await;
+        if watch.is_none() {
+            match store.watch(LEADER_KEY).await {
+                Ok(started) => watch = Some(started),
+                Err(err) => debug!(error = %err, "cannot watch the leader lease; polling it"),
+            }
+        }
+        let next_try = quiet_until.max(Instant::now() + STANDBY_RETRY);
+        let event = tokio::select! {
+            () = sleep_until(next_try) => continue,
+            event = next_event(&mut watch) => event,
+        };
+        match event {
+            Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                quiet_until = Instant::now() + lease / 2;
+            }
+            // Deleted or purged: the holder let go; take it now.
+            Some(Ok(_)) => quiet_until = Instant::now(),
+            Some(Err(err)) => {
+                debug!(error = %err, "leader lease watch failed; polling it");
+                watch = None;
+                quiet_until = Instant::now();
+            }
+            None => {
+                watch = None;
+                quiet_until = Instant::now();
+            }
+        }
+    }
+}
+
+/// The next change of the watched key; pending forever without a watch.
+async fn next_event(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
     }
 }
 
