@@ -116,18 +116,22 @@ async fn acquire(store: &kv::Store, value: &Bytes, lease: Duration) -> (u64, Ins
     let mut watch: Option<kv::Watch> = None;
     let mut quiet_until = Instant::now();
     loop {
+        // Only a refusal proves JetStream answers; while it does not, a
+        // watch request would just hold up the next try.
+        let mut answered = false;
         if Instant::now() >= quiet_until {
             let sent = Instant::now();
             match store.create(LEADER_KEY, value.clone()).await {
                 Ok(revision) => return (revision, sent),
-                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => answered = true,
                 Err(err) => debug!(error = %err, "leader lease create failed"),
             }
         }
-        if watch.is_none() {
-            match store.watch(LEADER_KEY).await {
-                Ok(started) => watch = Some(started),
-                Err(err) => debug!(error = %err, "cannot watch the leader lease; polling it"),
+        if watch.is_none() && answered {
+            match tokio::time::timeout(STANDBY_RETRY, store.watch(LEADER_KEY)).await {
+                Ok(Ok(started)) => watch = Some(started),
+                Ok(Err(err)) => debug!(error = %err, "cannot watch the leader lease; polling it"),
+                Err(_) => debug!("watching the leader lease timed out; polling it"),
             }
         }
         let next_try = quiet_until.max(Instant::now() + STANDBY_RETRY);
