@@ -370,6 +370,9 @@ async fn exactly_one_candidate_leads_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_stops() {
+    // Longer than LEASE, so renewals (every lease/3) have room to be late
+    // on a busy machine before the standby's quiet half-lease runs out.
+    const QUIET_LEASE: Duration = Duration::from_secs(2);
     bounded(async {
         let nats = NatsServer::start();
         let admin = connect(&nats).await;
@@ -390,7 +393,7 @@ async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_st
                 .expect("connect");
                 let (tx, rx) = watch::channel(false);
                 let shutdown = CancellationToken::new();
-                let task = tokio::spawn(election::campaign(cluster, id, LEASE, tx, shutdown));
+                let task = tokio::spawn(election::campaign(cluster, id, QUIET_LEASE, tx, shutdown));
                 (rx, task)
             }
         };
@@ -402,13 +405,13 @@ async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_st
         }
         let (leading_2, task_2) = campaign("q2").await;
         // q2 tries until it has seen a renewal: at most one renewal period.
-        tokio::time::sleep(LEASE).await;
+        tokio::time::sleep(QUIET_LEASE).await;
         while tokio::time::timeout(Duration::ZERO, writes.next())
             .await
             .is_ok()
         {}
 
-        let window = LEASE * 3;
+        let window = QUIET_LEASE * 2;
         let mut by_writer = BTreeMap::<String, usize>::new();
         let end = tokio::time::Instant::now() + window;
         while let Ok(Some(message)) = tokio::time::timeout_at(end, writes.next()).await {
@@ -419,9 +422,10 @@ async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_st
         let renewals = by_writer.get("q1").copied().unwrap_or(0);
         let attempts = by_writer.get("q2").copied().unwrap_or(0);
         // The leader renews every lease/3; a polling standby would have
-        // tried 12 times in this window.
-        assert!(renewals >= 6, "only {renewals} renewals seen");
-        assert!(attempts <= 2, "the standby tried {attempts} times");
+        // tried 16 times in this window. A renewal late by more than a
+        // sixth of the lease (a loaded machine) costs one or two tries.
+        assert!(renewals >= 4, "only {renewals} renewals seen");
+        assert!(attempts <= 4, "the standby tried {attempts} times");
         assert!(!*leading_2.borrow());
 
         // The leader dies without releasing: the standby wakes up and takes
@@ -434,8 +438,8 @@ async fn a_standby_stays_quiet_while_the_leader_renews_and_takes_over_when_it_st
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let takeover = died.elapsed();
-        eprintln!("takeover by a quiet standby (lease {LEASE:?}): {takeover:?}");
-        assert!(takeover < LEASE * 2, "took {takeover:?}");
+        eprintln!("takeover by a quiet standby (lease {QUIET_LEASE:?}): {takeover:?}");
+        assert!(takeover < QUIET_LEASE * 2, "took {takeover:?}");
         task_2.abort();
     })
     .await;
