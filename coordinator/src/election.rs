@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, LEADER_KEY};
+use crate::next_of;
 
 /// How often a standby tries to take the lease once the holder's renewals
 /// stopped (or while it cannot watch them).
@@ -137,7 +137,7 @@ async fn acquire(store: &kv::Store, value: &Bytes, lease: Duration) -> (u64, Ins
         let next_try = quiet_until.max(Instant::now() + STANDBY_RETRY);
         let event = tokio::select! {
             () = sleep_until(next_try) => continue,
-            event = next_event(&mut watch) => event,
+            event = next_of(&mut watch) => event,
         };
         match event {
             Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
@@ -155,14 +155,6 @@ async fn acquire(store: &kv::Store, value: &Bytes, lease: Duration) -> (u64, Ins
                 quiet_until = Instant::now();
             }
         }
-    }
-}
-
-/// The next change of the watched key; pending forever without a watch.
-async fn next_event(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
-    match watch {
-        Some(watch) => watch.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use async_nats::{Message, Subscriber};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use partyline_proto::{NodeId, NodeInfo, Slot, SlotMap, SLOTS};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -27,7 +27,7 @@ use crate::cluster::{
 };
 use crate::membership::{Membership, Observed};
 use crate::placement::assign;
-use crate::{CoordinatorConfig, CoordinatorError};
+use crate::{next_of, CoordinatorConfig, CoordinatorError};
 
 /// How often the leader re-evaluates the map.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -191,14 +191,6 @@ impl LeaderStreams {
             Ok(subscriber) => self.rebalance = Some(subscriber),
             Err(err) => warn!(error = %err, "cannot serve admin rebalance"),
         }
-    }
-}
-
-/// The next item of an optional stream; pending forever when absent.
-async fn next_of<S: Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
-    match stream {
-        Some(stream) => stream.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -30,6 +30,19 @@ use tokio_util::sync::CancellationToken;
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Heartbeat};
 pub use placement::assign;
 
+/// The next item of an optional stream (a subscription or KV watch that
+/// may not exist right now); pending forever when absent, so a `select!`
+/// branch on it simply never fires.
+pub(crate) async fn next_of<S>(stream: &mut Option<S>) -> Option<S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    match stream {
+        Some(stream) => futures_util::StreamExt::next(stream).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A coordinator's settings (`[coordinator]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use partyline_proto::{RoomName, SlotMap};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The slot map as the gateway sees it; `None` until the first one.
 pub type SlotMapWatch = watch::Receiver<Option<Arc<SlotMap>>>;
@@ -93,13 +93,11 @@ impl Router {
         let channel = match channels.get(&url) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(url.clone())
+                let channel = partyline_proto::rt::endpoint(url.clone())
                     .map_err(|source| RouteError::BadUrl {
                         url: url.clone(),
                         source,
                     })?
-                    .tcp_nodelay(true)
-                    .executor(partyline_proto::rt::Executor)
                     .connect_lazy();
                 channels.insert(url.clone(), channel.clone());
                 channel

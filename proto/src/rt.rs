@@ -14,7 +14,8 @@
 //! tasks and threads go to tokio as before.
 //!
 //! [`accept`] is the accept step every server of Partyline shares (the
-//! gateway's HTTP server, the room node's gRPC server).
+//! gateway's HTTP server, the room node's gRPC server); [`endpoint`] is how
+//! a gateway (or a benchmark in its place) dials a room node.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -94,8 +95,27 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::spawn(PollAgain::new(future));
+        spawn(future);
     }
+}
+
+/// Spawns `future` on the current tokio runtime inside [`PollAgain`]: for
+/// tasks that move gRPC messages (hyper's, and a server's connections).
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(PollAgain::new(future))
+}
+
+/// A gRPC client endpoint to a room node at `url`, set up as every caller
+/// of the link needs it: TCP_NODELAY (a small frame must not wait behind a
+/// delayed ACK) and hyper's tasks spawned through [`Executor`].
+pub fn endpoint(url: String) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url)?
+        .tcp_nodelay(true)
+        .executor(Executor))
 }
 
 /// A future that absorbs wakes it gets while it is being polled by polling

@@ -150,10 +150,8 @@ type Link = (mpsc::Sender<pb::GatewayFrame>, Streaming<pb::NodeFrame>);
 
 /// One HTTP/2 connection to the node, as a gateway keeps per room node.
 async fn connect(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    partyline_proto::rt::endpoint(format!("http://{addr}"))
         .expect("endpoint")
-        .tcp_nodelay(true)
-        .executor(partyline_proto::rt::Executor)
         .connect()
         .await
         .expect("connect")

@@ -13,7 +13,7 @@ use std::io;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use partyline_proto::rt::{self, Executor, PollAgain};
+use partyline_proto::rt::{self, Executor};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -34,11 +34,11 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Cancellation
             TokioIo::new(stream),
             TowerToHyperService::new(routes.clone()),
         ));
-        tokio::spawn(PollAgain::new(async move {
+        rt::spawn(async move {
             if let Err(error) = connection.await {
                 log_connection_error(&error);
             }
-        }));
+        });
     }
     // Refuse new connections at once rather than leave them hanging
     // while the open ones finish.
