@@ -18,8 +18,10 @@
 #   DURATION=10s FAILOVER_DURATION=20s bench/cluster.sh
 #
 # Env: DURATION (S1 sending time per round and server, 20s), ROUNDS (3),
-# SPREAD (client: a room's clients alternate gateways; room: all of a
-# room's clients on one gateway), FAILOVER_DURATION (30s), KILL_AFTER
+# SPREAD (room: all of a room's clients on one gateway, as the path-hashing
+# proxy of docs/operations.md "Load balancing" and deploy/compose route
+# them; client: a room's clients alternate gateways, as a round-robin
+# balancer would), FAILOVER_DURATION (30s), KILL_AFTER
 # (seconds of sending before the kill, 10), VICTIM (node id to kill, node-2),
 # PARTYLINE_LOG (log level of every server process, info), NATS_SERVER_BIN,
 # OUT (where JSON lines and logs go; default target/bench/cluster-<time>/).
@@ -29,7 +31,7 @@ DURATION=${DURATION:-20s}
 ROUNDS=${ROUNDS:-3}
 FAILOVER_DURATION=${FAILOVER_DURATION:-30s}
 KILL_AFTER=${KILL_AFTER:-10}
-SPREAD=${SPREAD:-client}
+SPREAD=${SPREAD:-room}
 VICTIM=${VICTIM:-node-2}
 export PARTYLINE_LOG=${PARTYLINE_LOG:-info}
 # Worker threads of the cluster's processes and of dev, each left to the
