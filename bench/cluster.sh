@@ -203,17 +203,20 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 echo "dev pid ${pid_of[dev]}" >>"$OUT/pids.txt"
+s1_round() { # ROUND NAME DESCRIPTION BENCH-ARGS... -> $OUT/s1-NAME-ROUND.{json,txt}
+  local round=$1 name=$2 what=$3
+  shift 3
+  log "S1 round $round/$ROUNDS on $what; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$partyline" bench "$@" --rooms 100 --clients 10 --rate 1 --duration "$DURATION" \
+    --room-prefix "s1-r$round" >"$OUT/s1-$name-$round.json" 2>"$OUT/s1-$name-$round.txt" || true
+  grep -v ' INFO ' "$OUT/s1-$name-$round.txt" | tail -n 12 >&2
+}
 nats_ticks=$(cpu_ticks "${pid_of[nats]}")
 for round in $(seq "$ROUNDS"); do
-  s1=(--rooms 100 --clients 10 --rate 1 --duration "$DURATION" --room-prefix "s1-r$round")
-  log "S1 round $round/$ROUNDS on the cluster (2 gateways; cpu/rss summed over the 7 partyline processes, nats-server excluded); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$partyline" bench "${url_args[@]}" "${pid_args[@]}" "${s1[@]}" \
-    >"$OUT/s1-cluster-$round.json" 2>"$OUT/s1-cluster-$round.txt" || true
-  grep -v ' INFO ' "$OUT/s1-cluster-$round.txt" | tail -n 12 >&2
-  log "S1 round $round/$ROUNDS on partyline dev (one process); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$partyline" bench --url "ws://127.0.0.1:$dev_port/{room}" --server-pid "${pid_of[dev]}" "${s1[@]}" \
-    >"$OUT/s1-dev-$round.json" 2>"$OUT/s1-dev-$round.txt" || true
-  grep -v ' INFO ' "$OUT/s1-dev-$round.txt" | tail -n 12 >&2
+  s1_round "$round" cluster "the cluster (2 gateways; cpu/rss summed over the 7 partyline processes, nats-server excluded)" \
+    "${url_args[@]}" "${pid_args[@]}"
+  s1_round "$round" dev "partyline dev (one process)" \
+    --url "ws://127.0.0.1:$dev_port/{room}" --server-pid "${pid_of[dev]}"
 done
 echo "$(($(cpu_ticks "${pid_of[nats]}") - nats_ticks))" >"$OUT/s1-nats-ticks"
 kill -TERM "${pid_of[dev]}" 2>/dev/null || true
