@@ -29,8 +29,14 @@ use crate::membership::{Membership, Observed};
 use crate::placement::assign;
 use crate::{next_of, CoordinatorConfig, CoordinatorError};
 
-/// How often the leader re-evaluates the map.
-pub const TICK: Duration = Duration::from_millis(250);
+/// How soon a failed resync or map write is tried again.
+pub const RETRY: Duration = Duration::from_millis(250);
+
+/// Longest a coordinator sleeps with nothing due. The loop otherwise wakes
+/// only for what can change the map (a node's deadline passing, a join, a
+/// drain mark, the end of warm-up, a retry), so this is a backstop: a
+/// change no event announced is still acted on within it.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// How the next map treats the current owners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +112,15 @@ pub async fn run(
     let mut connects = cluster.connections();
     let mut state = State::new(cluster, id, config);
     let mut streams = LeaderStreams::default();
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Re-armed each turn to the state's next deadline: a fixed 250 ms tick
+    // woke both coordinators four times a second for nothing, and noticed
+    // a dead node up to a tick late.
+    let wake = tokio::time::sleep_until(state.next_wake(Instant::now()));
+    tokio::pin!(wake);
     let mut leading_open = true;
     let mut connects_open = true;
     loop {
+        wake.as_mut().reset(state.next_wake(Instant::now()));
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
             message = heartbeats.next() => match message {
@@ -129,7 +139,7 @@ pub async fn run(
                 connects_open = changed.is_ok();
                 Event::Reconnected
             }
-            _ = ticker.tick() => Event::Tick,
+            () = &mut wake => Event::Tick,
             request = next_of(&mut streams.nodes) => Event::NodesRequest(request),
             request = next_of(&mut streams.rebalance) => Event::RebalanceRequest(request),
             entry = next_of(&mut streams.drains) => Event::Drain(entry),
@@ -209,6 +219,10 @@ struct State {
     /// No map change before this: until then we may not have heard every
     /// live node yet (fresh start, or NATS just came back).
     warm_at: Instant,
+    /// Something that may change the map happened since the last look.
+    evaluate: bool,
+    /// A resync or map write failed; try again at this instant.
+    retry_at: Option<Instant>,
 }
 
 impl State {
@@ -224,7 +238,38 @@ impl State {
             leading: false,
             needs_resync: false,
             warm_at,
+            evaluate: false,
+            retry_at: None,
         }
+    }
+
+    /// When the loop must next run [`State::tick`] if no event comes first.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let backstop = now + RECHECK;
+        if !self.cluster.is_connected() {
+            // Frozen: nothing expires and nothing is written until the
+            // reconnect event.
+            return backstop;
+        }
+        let mut wake = backstop;
+        if let Some(expiry) = self.membership.next_expiry() {
+            wake = wake.min(expiry.into());
+        }
+        if self.leading {
+            if self.evaluate {
+                return now;
+            }
+            if self.needs_resync {
+                wake = wake.min(self.retry_at.unwrap_or(now));
+            }
+            if let Some(retry) = self.retry_at {
+                wake = wake.min(retry);
+            }
+            if self.warm_at > now {
+                wake = wake.min(self.warm_at);
+            }
+        }
+        wake
     }
 
     fn heartbeat(&mut self, message: &Message) {
@@ -235,10 +280,13 @@ impl State {
                 return;
             }
         };
-        match self
+        let observed = self
             .membership
-            .observe(&heartbeat, Instant::now().into_std())
-        {
+            .observe(&heartbeat, Instant::now().into_std());
+        if observed != Observed::Unchanged {
+            self.evaluate = true;
+        }
+        match observed {
             Observed::Joined if self.leading => info!(
                 coordinator = %self.id,
                 node = %heartbeat.id,
@@ -284,6 +332,8 @@ impl State {
     }
 
     async fn tick(&mut self, streams: &mut LeaderStreams) {
+        self.evaluate = false;
+        self.retry_at = None;
         if !self.cluster.is_connected() {
             // Frozen: silence now says nothing about the nodes.
             return;
@@ -291,6 +341,7 @@ impl State {
         if self.leading && self.needs_resync {
             if let Err(err) = self.resync(streams).await {
                 debug!(coordinator = %self.id, error = %err, "resync failed; retrying");
+                self.retry_at = Some(Instant::now() + RETRY);
                 return;
             }
         }
@@ -312,6 +363,7 @@ impl State {
         };
         if let Err(err) = self.publish(mode).await {
             debug!(coordinator = %self.id, error = %err, "slot map not published");
+            self.retry_at = Some(Instant::now() + RETRY);
         }
     }
 
@@ -382,6 +434,7 @@ impl State {
         };
         if changed {
             info!(coordinator = %self.id, %node, draining = self.drains.contains(&node), "drain mark changed");
+            self.evaluate = true;
         }
     }
 

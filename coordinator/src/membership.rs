@@ -124,6 +124,15 @@ impl Membership {
         dead
     }
 
+    /// When the next node expires if it stays silent: the earliest
+    /// `last_seen + dead_after`, or `None` with no node known.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.members
+            .values()
+            .map(|member| member.last_seen + self.dead_after)
+            .min()
+    }
+
     /// Counts every known node as heard at `now` (or later, if already so).
     ///
     /// Called after a NATS reconnect and on becoming leader: whatever we
@@ -213,6 +222,8 @@ mod tests {
             Observed::Unchanged
         );
         assert_eq!(ids(&members.live_nodes()), ["a", "b"]);
+        // "b", silent since t0, is the next to expire.
+        assert_eq!(members.next_expiry(), Some(t0 + DEAD_AFTER));
 
         assert!(members.expire(t0 + Duration::from_millis(2999)).is_empty());
         assert_eq!(
@@ -220,9 +231,14 @@ mod tests {
             [NodeId::new("b")]
         );
         assert_eq!(ids(&members.live_nodes()), ["a"]);
+        assert_eq!(
+            members.next_expiry(),
+            Some(t0 + Duration::from_secs(2) + DEAD_AFTER)
+        );
         assert!(members.expire(t0 + Duration::from_millis(4999)).is_empty());
         assert_eq!(members.expire(t0 + Duration::from_secs(5)).len(), 1);
         assert!(members.is_empty());
+        assert_eq!(members.next_expiry(), None);
     }
 
     #[test]
