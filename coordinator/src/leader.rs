@@ -32,10 +32,14 @@ use crate::{next_of, CoordinatorConfig, CoordinatorError};
 /// How soon a failed resync or map write is tried again.
 pub const RETRY: Duration = Duration::from_millis(250);
 
+/// How long the leader gathers changes (joins, drain marks) before it
+/// places slots, so nodes started together get one new epoch, not one each.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
 /// Longest a coordinator sleeps with nothing due. The loop otherwise wakes
-/// only for what can change the map (a node's deadline passing, a join, a
-/// drain mark, the end of warm-up, a retry), so this is a backstop: a
-/// change no event announced is still acted on within it.
+/// only for what can change the map (a node's deadline passing, a join or
+/// drain mark once [`SETTLE`]d, the end of warm-up, a retry), so this is a
+/// backstop: a change no event announced is still acted on within it.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// How the next map treats the current owners.
@@ -219,8 +223,9 @@ struct State {
     /// No map change before this: until then we may not have heard every
     /// live node yet (fresh start, or NATS just came back).
     warm_at: Instant,
-    /// Something that may change the map happened since the last look.
-    evaluate: bool,
+    /// Something that may change the map happened since the last look;
+    /// look at this instant.
+    evaluate_at: Option<Instant>,
     /// A resync or map write failed; try again at this instant.
     retry_at: Option<Instant>,
 }
@@ -238,7 +243,7 @@ impl State {
             leading: false,
             needs_resync: false,
             warm_at,
-            evaluate: false,
+            evaluate_at: None,
             retry_at: None,
         }
     }
@@ -251,25 +256,23 @@ impl State {
             // reconnect event.
             return backstop;
         }
-        let mut wake = backstop;
-        if let Some(expiry) = self.membership.next_expiry() {
-            wake = wake.min(expiry.into());
-        }
-        if self.leading {
-            if self.evaluate {
-                return now;
-            }
-            if self.needs_resync {
-                wake = wake.min(self.retry_at.unwrap_or(now));
-            }
-            if let Some(retry) = self.retry_at {
-                wake = wake.min(retry);
-            }
-            if self.warm_at > now {
-                wake = wake.min(self.warm_at);
-            }
-        }
-        wake
+        let expiry = self.membership.next_expiry().map(Instant::from);
+        let leader_due = if self.leading {
+            [
+                self.evaluate_at,
+                self.retry_at,
+                // A resync not tried yet (a failed one sets `retry_at`).
+                (self.needs_resync && self.retry_at.is_none()).then_some(now),
+                (self.warm_at > now).then_some(self.warm_at),
+            ]
+        } else {
+            [None; 4]
+        };
+        leader_due
+            .into_iter()
+            .chain([expiry])
+            .flatten()
+            .fold(backstop, Instant::min)
     }
 
     fn heartbeat(&mut self, message: &Message) {
@@ -284,7 +287,7 @@ impl State {
             .membership
             .observe(&heartbeat, Instant::now().into_std());
         if observed != Observed::Unchanged {
-            self.evaluate = true;
+            self.changed();
         }
         match observed {
             Observed::Joined if self.leading => info!(
@@ -331,8 +334,14 @@ impl State {
         self.needs_resync = self.leading;
     }
 
+    /// Something the map depends on changed: look again once it settled.
+    fn changed(&mut self) {
+        self.evaluate_at
+            .get_or_insert_with(|| Instant::now() + SETTLE);
+    }
+
     async fn tick(&mut self, streams: &mut LeaderStreams) {
-        self.evaluate = false;
+        self.evaluate_at = None;
         self.retry_at = None;
         if !self.cluster.is_connected() {
             // Frozen: silence now says nothing about the nodes.
@@ -434,7 +443,7 @@ impl State {
         };
         if changed {
             info!(coordinator = %self.id, %node, draining = self.drains.contains(&node), "drain mark changed");
-            self.evaluate = true;
+            self.changed();
         }
     }
 
