@@ -89,6 +89,50 @@ async fn bad_input_closes_only_the_offending_socket() {
     server.assert_no_errors();
 }
 
+/// A client still sending an oversized message when the server refuses it
+/// must get the 1009 close frame, not a connection reset: the server reads
+/// and drops the rest before it closes the socket.
+#[tokio::test]
+async fn an_oversized_message_still_on_its_way_gets_1009_not_a_reset() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--max-message-bytes", "65536"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("too-big"))
+        .await
+        .expect("connect");
+    // One masked binary frame declaring 200,000 bytes (a zero mask leaves
+    // the payload as is), written by hand in two halves.
+    const LEN: usize = 200_000;
+    let mut first = vec![0x82, 0x80 | 127];
+    first.extend_from_slice(&(LEN as u64).to_be_bytes());
+    first.extend_from_slice(&[0; 4]);
+    first.extend_from_slice(&[0; LEN / 2]);
+    let raw = ws.get_mut();
+    raw.write_all(&first).await.expect("first half");
+    // The server refuses the frame from its header, long before this.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.write_all(&[0; LEN / 2])
+        .await
+        .expect("second half: the server reset the connection instead of reading it");
+    raw.flush().await.expect("flush");
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {} // the server's handshake frames
+                other => panic!("no close frame but {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(close, Some(1009));
+    server.assert_no_errors();
+}
+
 fn http_get_status(addr: std::net::SocketAddr, path: &str) -> u16 {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use partyline_proto::{close, RoomName};
 use tokio::io::AsyncReadExt;
@@ -244,13 +245,15 @@ async fn send_close(socket: &mut Socket, reason: &CloseReason) {
         // a client that gets the RST before it reads our close frame sees
         // 1006 instead of the code. Read (and drop) what the client still
         // sends until its close reply or end of stream.
-        loop {
+        //
+        // After a read error (an oversized frame's header, a protocol
+        // error) the stream is fused and yields nothing more although the
+        // rest of the client's frame may still be on its way: drain the
+        // raw bytes then, until the client goes quiet.
+        while !socket.is_terminated() {
             match socket.next().await {
                 Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => {}
-                // tungstenite reads no further after an error (e.g. the
-                // rest of an oversized frame is still unread): drain the
-                // raw bytes until the client goes quiet.
                 Some(Err(_)) => break,
             }
         }
