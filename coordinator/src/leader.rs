@@ -36,10 +36,11 @@ pub const RETRY: Duration = Duration::from_millis(250);
 /// places slots, so nodes started together get one new epoch, not one each.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Longest a coordinator sleeps with nothing due. The loop otherwise wakes
-/// only for what can change the map (a node's deadline passing, a join or
-/// drain mark once [`SETTLE`]d, the end of warm-up, a retry), so this is a
-/// backstop: a change no event announced is still acted on within it.
+/// Longest time between two looks at the map, however many events come in
+/// between. The loop otherwise looks only when something can change the
+/// map (a node's deadline passing, a join or drain mark once [`SETTLE`]d,
+/// the end of warm-up, a retry), so this is a backstop: a change no event
+/// announced is still acted on within it.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// How the next map treats the current owners.
@@ -228,11 +229,18 @@ struct State {
     evaluate_at: Option<Instant>,
     /// A resync or map write failed; try again at this instant.
     retry_at: Option<Instant>,
+    /// A tick stopped at the warm-up: look again once `warm_at` passed,
+    /// even if an event kept the loop busy right then.
+    warm_pending: bool,
+    /// When [`State::tick`] last ran; the [`RECHECK`] backstop counts from
+    /// it, not from the last event (heartbeats come more often than that).
+    last_tick: Instant,
 }
 
 impl State {
     fn new(cluster: Cluster, id: String, config: CoordinatorConfig) -> Self {
-        let warm_at = Instant::now() + warm_up(&config);
+        let now = Instant::now();
+        let warm_at = now + warm_up(&config);
         Self {
             membership: Membership::new(config.dead_after),
             cluster,
@@ -245,34 +253,24 @@ impl State {
             warm_at,
             evaluate_at: None,
             retry_at: None,
+            warm_pending: true,
+            last_tick: now,
         }
     }
 
     /// When the loop must next run [`State::tick`] if no event comes first.
     fn next_wake(&self, now: Instant) -> Instant {
-        let backstop = now + RECHECK;
-        if !self.cluster.is_connected() {
-            // Frozen: nothing expires and nothing is written until the
-            // reconnect event.
-            return backstop;
+        Due {
+            connected: self.cluster.is_connected(),
+            leading: self.leading,
+            needs_resync: self.needs_resync,
+            expiry: self.membership.next_expiry().map(Instant::from),
+            evaluate_at: self.evaluate_at,
+            retry_at: self.retry_at,
+            warm_at: self.warm_pending.then_some(self.warm_at),
+            last_tick: self.last_tick,
         }
-        let expiry = self.membership.next_expiry().map(Instant::from);
-        let leader_due = if self.leading {
-            [
-                self.evaluate_at,
-                self.retry_at,
-                // A resync not tried yet (a failed one sets `retry_at`).
-                (self.needs_resync && self.retry_at.is_none()).then_some(now),
-                (self.warm_at > now).then_some(self.warm_at),
-            ]
-        } else {
-            [None; 4]
-        };
-        leader_due
-            .into_iter()
-            .chain([expiry])
-            .flatten()
-            .fold(backstop, Instant::min)
+        .next_wake(now)
     }
 
     fn heartbeat(&mut self, message: &Message) {
@@ -330,6 +328,7 @@ impl State {
         let grace = RECONNECT_DELAY_MAX + self.config.heartbeat_interval;
         self.membership.reset_clocks((now + grace).into_std());
         self.warm_at = self.warm_at.max(now + warm_up(&self.config));
+        self.warm_pending = true;
         // The server may have lost our watch consumer; re-read everything.
         self.needs_resync = self.leading;
     }
@@ -343,6 +342,7 @@ impl State {
     async fn tick(&mut self, streams: &mut LeaderStreams) {
         self.evaluate_at = None;
         self.retry_at = None;
+        self.last_tick = Instant::now();
         if !self.cluster.is_connected() {
             // Frozen: silence now says nothing about the nodes.
             return;
@@ -363,8 +363,10 @@ impl State {
             info!(coordinator = %self.id, %node, "node expired: no heartbeat within dead_after");
         }
         if now < self.warm_at {
+            self.warm_pending = true;
             return;
         }
+        self.warm_pending = false;
         let mode = if self.config.rebalance_on_join {
             Mode::Rebalance
         } else {
@@ -582,7 +584,12 @@ impl State {
                         info!(coordinator = %self.id, epoch = report.epoch, moved_slots = report.moved_slots, "rebalanced on request");
                         Reply::Done(report)
                     }
-                    Err(error) => Reply::Failed { error },
+                    Err(error) => {
+                        // The tick tries again (a conflict re-read the map,
+                        // which may need a sticky correction of its own).
+                        self.retry_at = Some(Instant::now() + RETRY);
+                        Reply::Failed { error }
+                    }
                 }
             }
         };
@@ -600,6 +607,44 @@ impl State {
     }
 }
 
+/// What a coordinator's loop waits for; [`Due::next_wake`] picks the
+/// earliest. Separate from [`State`] so the choice is tested without NATS.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    connected: bool,
+    leading: bool,
+    needs_resync: bool,
+    /// When the next node expires if it stays silent.
+    expiry: Option<Instant>,
+    evaluate_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    /// The end of warm-up, while a tick still waits for it.
+    warm_at: Option<Instant>,
+    last_tick: Instant,
+}
+
+impl Due {
+    fn next_wake(&self, now: Instant) -> Instant {
+        let backstop = self.last_tick + RECHECK;
+        if !self.connected {
+            // Frozen: nothing expires and nothing is written until the
+            // reconnect event.
+            return backstop;
+        }
+        let due = if !self.leading {
+            [self.expiry, None, None, None]
+        } else if self.needs_resync {
+            // A tick does nothing else until the resync succeeds, so no
+            // other deadline (an overdue node, a passed warm-up) may make
+            // it retry sooner than `retry_at`.
+            [Some(self.retry_at.unwrap_or(now)), None, None, None]
+        } else {
+            [self.expiry, self.evaluate_at, self.retry_at, self.warm_at]
+        };
+        due.into_iter().flatten().fold(backstop, Instant::min)
+    }
+}
+
 /// How long a view must have been listening before the leader acts on it:
 /// long enough for every live node to have sent one heartbeat.
 fn warm_up(config: &CoordinatorConfig) -> Duration {
@@ -610,6 +655,75 @@ fn warm_up(config: &CoordinatorConfig) -> Duration {
 mod tests {
     use super::*;
     use crate::placement::tests::nodes;
+
+    fn idle_leader(last_tick: Instant) -> Due {
+        Due {
+            connected: true,
+            leading: true,
+            needs_resync: false,
+            expiry: None,
+            evaluate_at: None,
+            retry_at: None,
+            warm_at: None,
+            last_tick,
+        }
+    }
+
+    #[test]
+    fn the_backstop_counts_from_the_last_tick_not_from_the_last_event() {
+        let t0 = Instant::now();
+        let due = idle_leader(t0);
+        assert_eq!(due.next_wake(t0), t0 + RECHECK);
+        // Heartbeats every 0.4 s must not push it out.
+        assert_eq!(due.next_wake(t0 + RECHECK * 2), t0 + RECHECK);
+    }
+
+    #[test]
+    fn a_failed_resync_waits_for_its_retry_even_with_a_node_overdue() {
+        let t0 = Instant::now();
+        let mut due = idle_leader(t0);
+        due.expiry = Some(t0 - Duration::from_secs(1));
+        due.warm_at = Some(t0 - Duration::from_secs(1));
+        due.needs_resync = true;
+        // Not tried yet: at once.
+        assert_eq!(due.next_wake(t0), t0);
+        due.retry_at = Some(t0 + RETRY);
+        assert_eq!(due.next_wake(t0), t0 + RETRY);
+        // Once resynced, the overdue node is handled at once.
+        due.needs_resync = false;
+        due.retry_at = None;
+        assert_eq!(due.next_wake(t0), t0 - Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_passed_warm_up_still_wakes_the_leader() {
+        let t0 = Instant::now();
+        let mut due = idle_leader(t0);
+        due.warm_at = Some(t0 + Duration::from_millis(1500));
+        assert_eq!(due.next_wake(t0), t0 + RECHECK);
+        due.last_tick = t0 + RECHECK;
+        assert_eq!(
+            due.next_wake(t0 + RECHECK),
+            t0 + Duration::from_millis(1500)
+        );
+        // An event kept the loop busy past it: still due, now.
+        let late = t0 + Duration::from_secs(2);
+        assert_eq!(due.next_wake(late), t0 + Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn standbys_wait_only_for_expiries_and_a_frozen_view_for_nothing() {
+        let t0 = Instant::now();
+        let mut due = idle_leader(t0);
+        due.leading = false;
+        due.evaluate_at = Some(t0);
+        due.retry_at = Some(t0);
+        due.expiry = Some(t0 + Duration::from_millis(300));
+        assert_eq!(due.next_wake(t0), t0 + Duration::from_millis(300));
+        due.connected = false;
+        due.leading = true;
+        assert_eq!(due.next_wake(t0), t0 + RECHECK);
+    }
 
     fn owner_of(map: &SlotMap, slot: Slot) -> &str {
         map.owner(slot).id.as_str()
