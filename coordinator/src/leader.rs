@@ -222,16 +222,15 @@ struct State {
     /// Map and drain marks must be re-read before acting.
     needs_resync: bool,
     /// No map change before this: until then we may not have heard every
-    /// live node yet (fresh start, or NATS just came back).
-    warm_at: Instant,
+    /// live node yet (fresh start, or NATS just came back). `None` once a
+    /// tick has looked after it, so a warm-up that passed while an event
+    /// kept the loop busy is still due.
+    warm_until: Option<Instant>,
     /// Something that may change the map happened since the last look;
     /// look at this instant.
     evaluate_at: Option<Instant>,
     /// A resync or map write failed; try again at this instant.
     retry_at: Option<Instant>,
-    /// A tick stopped at the warm-up: look again once `warm_at` passed,
-    /// even if an event kept the loop busy right then.
-    warm_pending: bool,
     /// When [`State::tick`] last ran; the [`RECHECK`] backstop counts from
     /// it, not from the last event (heartbeats come more often than that).
     last_tick: Instant,
@@ -240,7 +239,8 @@ struct State {
 impl State {
     fn new(cluster: Cluster, id: String, config: CoordinatorConfig) -> Self {
         let now = Instant::now();
-        let warm_at = now + warm_up(&config);
+        let warm_until = Some(now + warm_up(&config));
+
         Self {
             membership: Membership::new(config.dead_after),
             cluster,
@@ -250,10 +250,9 @@ impl State {
             current: None,
             leading: false,
             needs_resync: false,
-            warm_at,
+            warm_until,
             evaluate_at: None,
             retry_at: None,
-            warm_pending: true,
             last_tick: now,
         }
     }
@@ -267,7 +266,7 @@ impl State {
             expiry: self.membership.next_expiry().map(Instant::from),
             evaluate_at: self.evaluate_at,
             retry_at: self.retry_at,
-            warm_at: self.warm_pending.then_some(self.warm_at),
+            warm_until: self.warm_until,
             last_tick: self.last_tick,
         }
         .next_wake(now)
@@ -327,8 +326,8 @@ impl State {
         // after us, and then need a heartbeat interval to speak up.
         let grace = RECONNECT_DELAY_MAX + self.config.heartbeat_interval;
         self.membership.reset_clocks((now + grace).into_std());
-        self.warm_at = self.warm_at.max(now + warm_up(&self.config));
-        self.warm_pending = true;
+        let warm = now + warm_up(&self.config);
+        self.warm_until = Some(self.warm_until.map_or(warm, |until| until.max(warm)));
         // The server may have lost our watch consumer; re-read everything.
         self.needs_resync = self.leading;
     }
@@ -362,11 +361,12 @@ impl State {
         for node in &removed {
             info!(coordinator = %self.id, %node, "node expired: no heartbeat within dead_after");
         }
-        if now < self.warm_at {
-            self.warm_pending = true;
-            return;
+        if let Some(until) = self.warm_until {
+            if now < until {
+                return;
+            }
+            self.warm_until = None;
         }
-        self.warm_pending = false;
         let mode = if self.config.rebalance_on_join {
             Mode::Rebalance
         } else {
@@ -574,7 +574,7 @@ impl State {
                     debug!(coordinator = %self.id, error = %err, "resync failed");
                 }
             }
-            if self.needs_resync || Instant::now() < self.warm_at {
+            if self.needs_resync || self.warm_until.is_some_and(|until| Instant::now() < until) {
                 Reply::Failed {
                     error: "the leader is still gathering heartbeats; retry in a moment".to_owned(),
                 }
@@ -619,7 +619,7 @@ struct Due {
     evaluate_at: Option<Instant>,
     retry_at: Option<Instant>,
     /// The end of warm-up, while a tick still waits for it.
-    warm_at: Option<Instant>,
+    warm_until: Option<Instant>,
     last_tick: Instant,
 }
 
@@ -639,7 +639,12 @@ impl Due {
             // it retry sooner than `retry_at`.
             [Some(self.retry_at.unwrap_or(now)), None, None, None]
         } else {
-            [self.expiry, self.evaluate_at, self.retry_at, self.warm_at]
+            [
+                self.expiry,
+                self.evaluate_at,
+                self.retry_at,
+                self.warm_until,
+            ]
         };
         due.into_iter().flatten().fold(backstop, Instant::min)
     }
@@ -664,7 +669,7 @@ mod tests {
             expiry: None,
             evaluate_at: None,
             retry_at: None,
-            warm_at: None,
+            warm_until: None,
             last_tick,
         }
     }
@@ -683,7 +688,7 @@ mod tests {
         let t0 = Instant::now();
         let mut due = idle_leader(t0);
         due.expiry = Some(t0 - Duration::from_secs(1));
-        due.warm_at = Some(t0 - Duration::from_secs(1));
+        due.warm_until = Some(t0 - Duration::from_secs(1));
         due.needs_resync = true;
         // Not tried yet: at once.
         assert_eq!(due.next_wake(t0), t0);
@@ -699,7 +704,7 @@ mod tests {
     fn a_passed_warm_up_still_wakes_the_leader() {
         let t0 = Instant::now();
         let mut due = idle_leader(t0);
-        due.warm_at = Some(t0 + Duration::from_millis(1500));
+        due.warm_until = Some(t0 + Duration::from_millis(1500));
         assert_eq!(due.next_wake(t0), t0 + RECHECK);
         due.last_tick = t0 + RECHECK;
         assert_eq!(
