@@ -161,6 +161,19 @@ pub struct RoomNodeSection {
     /// Commands queued per room [default: 1024].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_ROOM_QUEUE")]
     pub room_queue: Option<usize>,
+    /// Deepest nesting of shared types a document may reach (a top-level
+    /// type is 1); an update nesting deeper is refused and its session
+    /// closed with 1002 [default: 256].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_TYPE_DEPTH")]
+    pub max_type_depth: Option<u16>,
+    /// Awareness client ids one session may speak for; entries for more
+    /// are dropped [default: 8].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_AWARENESS_MAX_CLIENTS")]
+    pub awareness_max_clients: Option<usize>,
+    /// Bytes of awareness state one session may hold; entries past it are
+    /// dropped [default: 65536].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_AWARENESS_MAX_BYTES")]
+    pub awareness_max_bytes: Option<usize>,
     /// Persistence mode by room-name prefix, PREFIX=MODE with MODE one of
     /// snapshot, history, ephemeral (e.g. `cursor-=ephemeral`); repeatable,
     /// longest prefix wins [default: snapshot for every room].
@@ -356,6 +369,9 @@ pub struct PolicySection {
     /// Persistence mode (snapshot, history, ephemeral), as in
     /// `[room_node.modes]`.
     pub mode: Option<String>,
+    /// Relay `__YPS:` custom messages from read-only sessions too
+    /// (default false).
+    pub read_only_custom_messages: Option<bool>,
 }
 
 /// `a` where set, else `b`.
@@ -467,6 +483,9 @@ impl RoomNodeSection {
             fsync_interval: or(self.fsync_interval, file.fsync_interval),
             link_queue: or(self.link_queue, file.link_queue),
             room_queue: or(self.room_queue, file.room_queue),
+            max_type_depth: or(self.max_type_depth, file.max_type_depth),
+            awareness_max_clients: or(self.awareness_max_clients, file.awareness_max_clients),
+            awareness_max_bytes: or(self.awareness_max_bytes, file.awareness_max_bytes),
             room_mode: if self.room_mode.is_empty() {
                 file.room_mode
             } else {
@@ -529,6 +548,7 @@ impl RoomNodeSection {
                     awareness_throttle: policy.awareness_throttle,
                     max_frame_bytes: policy.max_frame_bytes,
                     idle_timeout: policy.idle_timeout,
+                    read_only_custom_messages: policy.read_only_custom_messages.unwrap_or(false),
                 },
             ));
         }
@@ -548,6 +568,19 @@ impl RoomNodeSection {
         set(&mut config.fsync_interval, self.fsync_interval);
         set(&mut config.link_queue, self.link_queue);
         set(&mut config.room_queue, self.room_queue);
+        set(&mut config.limits.max_type_depth, self.max_type_depth);
+        set(
+            &mut config.limits.awareness_max_clients,
+            self.awareness_max_clients,
+        );
+        set(
+            &mut config.limits.awareness_max_bytes,
+            self.awareness_max_bytes,
+        );
+        anyhow::ensure!(
+            config.limits.max_type_depth >= 2,
+            "room_node.max_type_depth (--max-type-depth) must be at least 2"
+        );
         anyhow::ensure!(
             config.link_queue > 0,
             "room_node.link_queue must be at least 1"

@@ -80,6 +80,9 @@ impl ServeArgs {
     }
 }
 
+/// Stack of every runtime thread (the default is 2 MiB).
+const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -89,6 +92,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = cli.worker_threads.map(|n| n.get()).or(default_threads) {
         runtime.worker_threads(threads);
     }
+    // Room actors run yrs, which recurses once per level of nested shared
+    // types when it deletes or renders a subtree. The rooms refuse nesting
+    // past `--max-type-depth` (256, well inside 2 MiB even in debug
+    // builds); a 4x larger stack is the margin behind that check. Pages
+    // are committed only when touched, so resident memory does not grow.
+    runtime.thread_stack_size(WORKER_STACK_BYTES);
     let runtime = runtime.enable_all().build()?;
     // `block_on` polls its future on this (non-worker) thread, so every
     // event for a role's main loop would cost a cross-thread wake-up; as a

@@ -88,6 +88,9 @@ pub struct RoomNodeConfig {
     /// Webhooks to the app (state callback, initial content); `None` when
     /// neither URL is configured.
     pub hooks: Option<crate::hooks::Hooks>,
+    /// What a room takes from its sessions: type nesting, awareness ids
+    /// and bytes per session.
+    pub limits: crate::protocol::SyncLimits,
 }
 
 /// Limits of the rooms whose names start with a prefix.
@@ -107,6 +110,10 @@ pub struct RoomPolicy {
     /// The room unloads this long after its last gateway left, instead of
     /// the node's `idle_timeout`.
     pub idle_timeout: Option<Duration>,
+    /// Relay y-partyserver custom messages (`__YPS:`) from read-only
+    /// sessions too; off by default, so a viewer cannot message every
+    /// client of the app.
+    pub read_only_custom_messages: bool,
 }
 
 /// How a room persists.
@@ -199,6 +206,7 @@ impl RoomNodeConfig {
             room_locks: false,
             room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
             hooks: None,
+            limits: crate::protocol::SyncLimits::default(),
             refuse_unlisted_rooms: false,
         }
     }

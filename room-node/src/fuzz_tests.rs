@@ -7,7 +7,10 @@ use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
-use crate::protocol::{Access, SyncRoom};
+use crate::protocol::{Access, SessionKey, SyncRoom};
+
+/// The one session the generated frames come from.
+const PEER: SessionKey = (0, 1);
 
 /// xorshift64*: enough randomness for inputs, no dependency.
 struct Rng(u64);
@@ -87,7 +90,7 @@ fn state_of(room: &SyncRoom) -> Vec<u8> {
 
 fn check(room: &mut SyncRoom, frame: &[u8], access: Access) {
     let before = state_of(room);
-    if room.handle_frame(frame, access).is_err() {
+    if room.handle_frame(frame, access, PEER).is_err() {
         assert_eq!(
             state_of(room),
             before,
@@ -128,5 +131,5 @@ fn mutated_valid_frames_never_panic_and_refusals_change_nothing() {
     }
     // The room still serves a client normally afterwards.
     let hello = seeds[0].clone();
-    assert!(room.handle_frame(&hello, Access::ReadWrite).is_ok());
+    assert!(room.handle_frame(&hello, Access::ReadWrite, PEER).is_ok());
 }

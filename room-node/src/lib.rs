@@ -13,6 +13,7 @@
 //! waits for every room to write its final snapshot.
 
 pub mod config;
+pub mod depth;
 pub mod grpc;
 pub mod hooks;
 pub mod ownership;

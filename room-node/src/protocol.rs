@@ -15,17 +15,29 @@
 //!             broadcast
 //! ```
 //!
+//! Hostile input is bounded here: an update that would nest shared types
+//! deeper than [`SyncLimits::max_type_depth`] is refused before yrs sees
+//! it ([`crate::depth`]); an awareness client id belongs to the session
+//! that announced it first, so no session can rewrite or erase another's
+//! presence, and a session speaks for at most
+//! [`SyncLimits::awareness_max_clients`] ids and
+//! [`SyncLimits::awareness_max_bytes`] of state.
+//!
 //! [`SyncRoom`] owns the document and awareness and turns one inbound frame
 //! into an [`Outcome`]: frames to send and updates to log. The room actor
 //! decides when the outcome leaves (after the log append), so this module
 //! never sees a socket, a clock or a file.
 
 use bytes::Bytes;
+use std::collections::HashMap;
 use yrs::encoding::read::Read;
 use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
+
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::depth::{DepthError, DepthIndex};
 
 /// Why a client frame was refused. The session is closed with
 /// [`partyline_proto::close::PROTOCOL_ERROR`]; the room is unchanged.
@@ -53,6 +65,48 @@ pub enum ProtocolError {
     /// The update nests values deeper than yrs can decode safely.
     #[error("update refused: {0}")]
     UnsafeUpdate(#[from] crate::update_check::UpdateCheckError),
+    /// Applying the update would nest shared types too deep, or it builds
+    /// on content the room does not have.
+    #[error("update refused: {0}")]
+    Depth(#[from] DepthError),
+}
+
+/// Identifies a session within its room (the actor's link and session id).
+pub type SessionKey = (u64, u64);
+
+/// Default for [`SyncLimits::awareness_max_clients`].
+pub const DEFAULT_AWARENESS_MAX_CLIENTS: usize = 8;
+/// Default for [`SyncLimits::awareness_max_bytes`].
+pub const DEFAULT_AWARENESS_MAX_BYTES: usize = 64 * 1024;
+
+/// What one room takes from its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// Deepest nesting of shared types (a top-level type is 1).
+    pub max_type_depth: u16,
+    /// Awareness client ids one session may speak for.
+    pub awareness_max_clients: usize,
+    /// Bytes of awareness state (JSON) one session may hold.
+    pub awareness_max_bytes: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            max_type_depth: crate::depth::DEFAULT_MAX_TYPE_DEPTH,
+            awareness_max_clients: DEFAULT_AWARENESS_MAX_CLIENTS,
+            awareness_max_bytes: DEFAULT_AWARENESS_MAX_BYTES,
+        }
+    }
+}
+
+/// The awareness a session speaks for.
+#[derive(Debug, Default)]
+struct Presence {
+    /// Bytes of state per owned client id.
+    states: HashMap<ClientID, usize>,
+    /// Their sum.
+    bytes: usize,
 }
 
 /// Runs a yrs decoder, turning its panics into an error: decoding touches
@@ -80,10 +134,9 @@ pub struct Outcome {
     /// Document updates (Yjs update v1) to append to the log before any
     /// frame of this outcome leaves.
     pub log: Vec<Bytes>,
-    /// Awareness client ids the session now speaks for.
-    pub awareness_added: Vec<ClientID>,
-    /// Awareness client ids the session announced gone.
-    pub awareness_removed: Vec<ClientID>,
+    /// Awareness entries dropped: another session owns the id, or the
+    /// session is over its awareness limits.
+    pub awareness_dropped: usize,
     /// A read-only session tried to write; the update was dropped.
     pub write_denied: bool,
 }
@@ -115,14 +168,51 @@ pub enum Access {
 /// A room's document and awareness.
 pub struct SyncRoom {
     awareness: Awareness,
+    limits: SyncLimits,
+    /// Parent depth of every item, for the nesting limit.
+    depth: DepthIndex,
+    /// Which session owns each awareness client id.
+    owners: HashMap<ClientID, SessionKey>,
+    /// What each session speaks for.
+    presence: HashMap<SessionKey, Presence>,
 }
 
 impl SyncRoom {
-    /// A room over an already-loaded document.
+    /// A room over an empty or already-loaded document, default limits.
     pub fn new(doc: Doc) -> Self {
-        Self {
+        Self::with_limits(doc, SyncLimits::default()).0
+    }
+
+    /// A room over an already-loaded document, and the size of its state
+    /// (measured anyway to index its depths). A document stored before the
+    /// depth limit loads as it is; its deepest nesting is returned too.
+    pub fn with_limits(doc: Doc, limits: SyncLimits) -> (Self, Loaded) {
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut blocks = Vec::new();
+        let indexed = crate::update_check::scan_update(&state, |block| blocks.push(block))
+            .ok()
+            .and_then(|()| DepthIndex::of_state(&blocks).ok());
+        // Our own encoding always scans; if yrs ever wrote something the
+        // scan cannot read, every update would be refused as depending on
+        // unknown content, so say so loudly.
+        let (depth, deepest) = indexed.unwrap_or_else(|| {
+            tracing::error!("document state not indexable; its updates will be refused");
+            (DepthIndex::new(), 0)
+        });
+        let room = Self {
             awareness: Awareness::new(doc),
-        }
+            limits,
+            depth,
+            owners: HashMap::new(),
+            presence: HashMap::new(),
+        };
+        let loaded = Loaded {
+            state_bytes: state.len() as u64,
+            deepest_type: deepest,
+        };
+        (room, loaded)
     }
 
     /// The document.
@@ -149,8 +239,13 @@ impl SyncRoom {
         (!update.clients.is_empty()).then(|| encode(&Message::Awareness(update)))
     }
 
-    /// Handles one binary frame from a session.
-    pub fn handle_frame(&mut self, frame: &[u8], access: Access) -> Result<Outcome, ProtocolError> {
+    /// Handles one binary frame from `session`.
+    pub fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        access: Access,
+        session: SessionKey,
+    ) -> Result<Outcome, ProtocolError> {
         if frame.is_empty() {
             return Err(ProtocolError::Empty);
         }
@@ -171,7 +266,7 @@ impl SyncRoom {
             Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
                 self.apply_update(update, access, &mut outcome)?;
             }
-            Message::Awareness(update) => self.apply_awareness(update, &mut outcome),
+            Message::Awareness(update) => self.apply_awareness(update, session, &mut outcome),
             Message::AwarenessQuery => outcome.reply.extend(self.awareness_snapshot()),
             // Clients only ever receive auth messages; one sent to us is
             // harmless and ignored, as y-websocket's server does.
@@ -181,17 +276,35 @@ impl SyncRoom {
         Ok(outcome)
     }
 
-    /// Removes the awareness states a closed session spoke for and returns
-    /// the removal to broadcast to the remaining sessions.
-    pub fn remove_awareness(&mut self, clients: &[ClientID]) -> Option<Bytes> {
-        for &client in clients {
-            self.awareness.remove_state(client);
+    /// Removes the awareness states the closed `sessions` spoke for (and
+    /// no other) and returns the removal to broadcast to the others.
+    pub fn end_sessions(
+        &mut self,
+        sessions: impl IntoIterator<Item = SessionKey>,
+    ) -> Option<Bytes> {
+        let mut clients = Vec::new();
+        for session in sessions {
+            if let Some(presence) = self.presence.remove(&session) {
+                clients.extend(presence.states.into_keys());
+            }
+        }
+        if clients.is_empty() {
+            return None;
+        }
+        for client in &clients {
+            self.owners.remove(client);
+            self.awareness.remove_state(*client);
         }
         let update = self
             .awareness
             .update_with_clients(clients.iter().copied())
             .ok()?;
         (!update.clients.is_empty()).then(|| encode(&Message::Awareness(update)))
+    }
+
+    /// Awareness client ids `session` speaks for.
+    pub fn presence_of(&self, session: SessionKey) -> usize {
+        self.presence.get(&session).map_or(0, |p| p.states.len())
     }
 
     /// The whole document as one Yjs update v1.
@@ -215,7 +328,9 @@ impl SyncRoom {
         access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
-        let update = decode_update(&bytes)?;
+        let mut blocks = Vec::new();
+        crate::update_check::scan_update(&bytes, |block| blocks.push(block))?;
+        let update = decode_guarded(|| Update::decode_v1(&bytes))??;
         // Clients answer our SyncStep1 with a Step2 that is usually empty;
         // it carries nothing to apply, log or echo, and is not a write.
         if update.is_empty() {
@@ -234,7 +349,12 @@ impl SyncRoom {
                 .push(encode(&Message::Auth(Some(reason.to_owned()))));
             return Ok(());
         }
-        self.doc().transact_mut().apply_update(update)?;
+        let checked = self.depth.check(&blocks, self.limits.max_type_depth)?;
+        let applied = self.doc().transact_mut().apply_update(update);
+        // Recorded even if yrs refused part of it: an item it did take must
+        // stay known, and one it did not is only a stale entry.
+        self.depth.record(checked);
+        applied?;
         // The echo is `[sync, update, varint len, update…]`: encode it once
         // and log its tail, rather than copying the update a second time.
         let update_len = bytes.len();
@@ -244,13 +364,55 @@ impl SyncRoom {
         Ok(())
     }
 
-    fn apply_awareness(&mut self, update: AwarenessUpdate, outcome: &mut Outcome) {
-        for (&client, entry) in &update.clients {
-            if entry.json.as_ref() == "null" {
-                outcome.awareness_removed.push(client);
-            } else {
-                outcome.awareness_added.push(client);
+    /// Applies and echoes the entries `session` may speak for: ids it
+    /// owns, or new ones within its limits. The rest is dropped.
+    fn apply_awareness(
+        &mut self,
+        mut update: AwarenessUpdate,
+        session: SessionKey,
+        outcome: &mut Outcome,
+    ) {
+        let before = update.clients.len();
+        let presence = self.presence.entry(session).or_default();
+        let limits = self.limits;
+        let owners = &mut self.owners;
+        let mut gone = Vec::new();
+        update.clients.retain(|&client, entry| {
+            match owners.get(&client) {
+                Some(owner) if *owner != session => return false,
+                Some(_) => {}
+                None => {
+                    if presence.states.len() >= limits.awareness_max_clients {
+                        return false;
+                    }
+                }
             }
+            let removal = entry.json.as_ref() == "null";
+            let old = presence.states.get(&client).copied().unwrap_or(0);
+            let new = if removal { 0 } else { entry.json.len() };
+            if presence.bytes - old + new > limits.awareness_max_bytes {
+                return false;
+            }
+            presence.bytes = presence.bytes - old + new;
+            if removal {
+                // Gone from the room once applied; the id is free again.
+                presence.states.remove(&client);
+                gone.push(client);
+            } else {
+                presence.states.insert(client, new);
+                owners.insert(client, session);
+            }
+            true
+        });
+        for client in gone {
+            owners.remove(&client);
+        }
+        if presence.states.is_empty() {
+            self.presence.remove(&session);
+        }
+        outcome.awareness_dropped = before - update.clients.len();
+        if update.clients.is_empty() {
+            return;
         }
         let echo = encode(&Message::Awareness(update.clone()));
         // Stale clocks are ignored by `apply_update`; that is not an error,
@@ -258,6 +420,15 @@ impl SyncRoom {
         let _ = self.awareness.apply_update(update);
         outcome.broadcast.push(echo);
     }
+}
+
+/// What [`SyncRoom::with_limits`] learnt of the loaded document.
+#[derive(Debug, Clone, Copy)]
+pub struct Loaded {
+    /// Bytes of its whole state as one update.
+    pub state_bytes: u64,
+    /// Its deepest shared type (a top-level type is 1).
+    pub deepest_type: u16,
 }
 
 /// Encodes one y-sync message as one frame.
@@ -269,6 +440,9 @@ pub fn encode(message: &Message) -> Bytes {
 mod tests {
     use super::*;
     use yrs::{GetString, Text};
+
+    /// The session every single-session test speaks as.
+    const PEER: SessionKey = (0, 1);
 
     /// A client peer: a doc that speaks y-sync to the room.
     struct Peer {
@@ -322,7 +496,9 @@ mod tests {
             Message::Sync(SyncMessage::SyncStep1(_))
         ));
         let peer = Peer::new(1);
-        let outcome = room.handle_frame(&peer.step1(), Access::ReadWrite).unwrap();
+        let outcome = room
+            .handle_frame(&peer.step1(), Access::ReadWrite, PEER)
+            .unwrap();
         assert_eq!(outcome.reply.len(), 1);
         assert!(matches!(
             Message::decode_v1(&outcome.reply[0]).unwrap(),
@@ -335,7 +511,7 @@ mod tests {
         let mut room = SyncRoom::new(Doc::new());
         let writer = Peer::new(1);
         let frame = writer.insert("hello");
-        let outcome = room.handle_frame(&frame, Access::ReadWrite).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
         assert_eq!(outcome.log.len(), 1);
         let Message::Sync(SyncMessage::Update(sent)) = Message::decode_v1(&frame).unwrap() else {
             panic!("insert sends an update")
@@ -353,7 +529,7 @@ mod tests {
         assert_eq!(outcome.broadcast.len(), 1, "echo goes to everyone");
         let late = Peer::new(2);
         let reply = room
-            .handle_frame(&late.step1(), Access::ReadWrite)
+            .handle_frame(&late.step1(), Access::ReadWrite, PEER)
             .unwrap()
             .reply;
         late.receive(&reply[0]);
@@ -365,7 +541,7 @@ mod tests {
         let mut room = SyncRoom::new(Doc::new());
         let reader = Peer::new(3);
         let outcome = room
-            .handle_frame(&reader.insert("nope"), Access::ReadOnly)
+            .handle_frame(&reader.insert("nope"), Access::ReadOnly, PEER)
             .unwrap();
         assert!(outcome.write_denied);
         assert!(outcome.log.is_empty() && outcome.broadcast.is_empty());
@@ -385,7 +561,7 @@ mod tests {
     fn empty_step2_is_not_a_write() {
         let mut room = SyncRoom::new(Doc::new());
         let frame = Message::Sync(SyncMessage::SyncStep2(Update::EMPTY_V1.to_vec())).encode_v1();
-        let outcome = room.handle_frame(&frame, Access::ReadOnly).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadOnly, PEER).unwrap();
         assert!(!outcome.write_denied && outcome.log.is_empty() && outcome.broadcast.is_empty());
     }
 
@@ -395,14 +571,14 @@ mod tests {
         let mut peer_awareness = Awareness::new(Doc::with_client_id(7));
         peer_awareness.set_local_state_raw(r#"{"user":"ann"}"#);
         let frame = Message::Awareness(peer_awareness.update().unwrap()).encode_v1();
-        let outcome = room.handle_frame(&frame, Access::ReadOnly).unwrap();
+        let outcome = room.handle_frame(&frame, Access::ReadOnly, PEER).unwrap();
         assert_eq!(outcome.broadcast.len(), 1);
-        assert_eq!(outcome.awareness_added, vec![ClientID::new(7)]);
+        assert_eq!(room.presence_of(PEER), 1);
         // A renewal with the same clock still echoes.
-        let again = room.handle_frame(&frame, Access::ReadOnly).unwrap();
+        let again = room.handle_frame(&frame, Access::ReadOnly, PEER).unwrap();
         assert_eq!(again.broadcast.len(), 1);
         assert_eq!(room.handshake().len(), 2, "snapshot follows step1");
-        let removal = room.remove_awareness(&[ClientID::new(7)]).unwrap();
+        let removal = room.end_sessions([PEER]).unwrap();
         match Message::decode_v1(&removal).unwrap() {
             Message::Awareness(update) => {
                 assert_eq!(update.clients[&ClientID::new(7)].json.as_ref(), "null")
@@ -412,6 +588,147 @@ mod tests {
         assert!(room.awareness_snapshot().is_none());
     }
 
+    /// An awareness frame setting `state` for `client` (clock `clock`).
+    fn presence(client: u64, clock: u32, state: &str) -> Vec<u8> {
+        let mut update = AwarenessUpdate {
+            clients: Default::default(),
+        };
+        update.clients.insert(
+            ClientID::new(client),
+            yrs::sync::awareness::AwarenessUpdateEntry {
+                clock,
+                json: state.into(),
+            },
+        );
+        Message::Awareness(update).encode_v1()
+    }
+
+    fn state_of(room: &SyncRoom, client: u64) -> Option<String> {
+        let snapshot = room.awareness_snapshot()?;
+        let Message::Awareness(update) = Message::decode_v1(&snapshot).unwrap() else {
+            panic!("awareness snapshot")
+        };
+        update
+            .clients
+            .get(&ClientID::new(client))
+            .map(|e| e.json.to_string())
+    }
+
+    #[test]
+    fn awareness_belongs_to_the_session_that_announced_it() {
+        const VICTIM: SessionKey = (1, 1);
+        const ATTACKER: SessionKey = (2, 9);
+        let mut room = SyncRoom::new(Doc::new());
+        let ours = room
+            .handle_frame(
+                &presence(7, 1, r#"{"user":"ann"}"#),
+                Access::ReadWrite,
+                VICTIM,
+            )
+            .unwrap();
+        assert_eq!(ours.broadcast.len(), 1);
+        // Another session rewriting or erasing id 7 changes nothing and
+        // sends nothing.
+        for spoof in [
+            presence(7, 5, r#"{"user":"mallory"}"#),
+            presence(7, 6, "null"),
+        ] {
+            let outcome = room
+                .handle_frame(&spoof, Access::ReadOnly, ATTACKER)
+                .unwrap();
+            assert!(outcome.broadcast.is_empty());
+            assert_eq!(outcome.awareness_dropped, 1);
+        }
+        assert_eq!(state_of(&room, 7).as_deref(), Some(r#"{"user":"ann"}"#));
+        // The attacker's own id is fine; closing it removes only that id.
+        room.handle_frame(&presence(99, 1, "{}"), Access::ReadOnly, ATTACKER)
+            .unwrap();
+        let removal = room.end_sessions([ATTACKER]).unwrap();
+        let Message::Awareness(update) = Message::decode_v1(&removal).unwrap() else {
+            panic!("awareness removal")
+        };
+        assert_eq!(
+            update.clients.keys().copied().collect::<Vec<_>>(),
+            vec![ClientID::new(99)]
+        );
+        assert_eq!(state_of(&room, 7).as_deref(), Some(r#"{"user":"ann"}"#));
+        // Once the owner closes, the id is free for whoever comes next.
+        room.end_sessions([VICTIM]).unwrap();
+        let retaken = room
+            .handle_frame(
+                &presence(7, 8, r#"{"user":"ann again"}"#),
+                Access::ReadWrite,
+                ATTACKER,
+            )
+            .unwrap();
+        assert_eq!(retaken.broadcast.len(), 1);
+    }
+
+    #[test]
+    fn a_session_speaks_for_a_bounded_number_of_ids_and_bytes() {
+        let limits = SyncLimits {
+            awareness_max_clients: 2,
+            awareness_max_bytes: 100,
+            ..SyncLimits::default()
+        };
+        let (mut room, _) = SyncRoom::with_limits(Doc::new(), limits);
+        for client in 1..=2 {
+            room.handle_frame(&presence(client, 1, "{}"), Access::ReadOnly, PEER)
+                .unwrap();
+        }
+        let third = room
+            .handle_frame(&presence(3, 1, "{}"), Access::ReadOnly, PEER)
+            .unwrap();
+        assert_eq!(third.awareness_dropped, 1);
+        assert_eq!(room.presence_of(PEER), 2);
+        let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(200));
+        let refused = room
+            .handle_frame(&presence(1, 2, &big), Access::ReadOnly, PEER)
+            .unwrap();
+        assert_eq!(refused.awareness_dropped, 1);
+        assert_eq!(state_of(&room, 1).as_deref(), Some("{}"));
+        // Announcing an id gone frees its place.
+        room.handle_frame(&presence(2, 2, "null"), Access::ReadOnly, PEER)
+            .unwrap();
+        let now = room
+            .handle_frame(&presence(3, 1, "{}"), Access::ReadOnly, PEER)
+            .unwrap();
+        assert_eq!(now.awareness_dropped, 0);
+    }
+
+    #[test]
+    fn an_update_nesting_types_past_the_limit_is_refused_and_the_room_still_writes() {
+        let limits = SyncLimits {
+            max_type_depth: 8,
+            ..SyncLimits::default()
+        };
+        let (mut room, _) = SyncRoom::with_limits(Doc::new(), limits);
+        let writer = Doc::with_client_id(1);
+        let mut parent = writer.get_or_insert_map("m");
+        let mut last = None;
+        for _ in 0..10 {
+            let mut txn = writer.transact_mut();
+            parent = yrs::Map::insert(&parent, &mut txn, "k", yrs::MapPrelim::default());
+            last = Some(Message::Sync(SyncMessage::Update(txn.encode_update_v1())).encode_v1());
+            drop(txn);
+            let result = room.handle_frame(last.as_ref().unwrap(), Access::ReadWrite, PEER);
+            if result.is_err() {
+                break;
+            }
+        }
+        // Depths 2..=8 went in, the map at 9 did not.
+        let refused = room.handle_frame(last.as_ref().unwrap(), Access::ReadWrite, PEER);
+        assert!(matches!(
+            refused,
+            Err(ProtocolError::Depth(DepthError::TooDeep(8)))
+        ));
+        let other = Peer::new(2);
+        let outcome = room
+            .handle_frame(&other.insert("still writable"), Access::ReadWrite, PEER)
+            .unwrap();
+        assert_eq!(outcome.log.len(), 1);
+    }
+
     #[test]
     fn bad_frames_are_refused_without_changing_the_doc() {
         let mut room = SyncRoom::new(Doc::new());
@@ -419,7 +736,7 @@ mod tests {
         let bad: [&[u8]; 5] = [&[], &[0x80], &[0, 2, 0xff, 0xff], &[9, 1, 1], &[3, 0]];
         for frame in bad {
             assert!(
-                room.handle_frame(frame, Access::ReadWrite).is_err(),
+                room.handle_frame(frame, Access::ReadWrite, PEER).is_err(),
                 "{frame:?} accepted"
             );
         }

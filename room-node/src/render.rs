@@ -6,15 +6,17 @@
 //! from their content as yrs does it: keyed entries → map, a sequence of
 //! strings → text, any other sequence → array (XML nodes render as XML
 //! strings). An empty type renders as `null`; types nested deeper than
-//! [`MAX_DEPTH`] render as `null` too (the walk recurses, and a client can
-//! nest types without bound).
+//! [`MAX_DEPTH`] render as `null` too.
+//!
+//! Client content never goes through yrs's own recursive conversions
+//! (`as_prelim`, `to_json`, `Out::to_string` of a type): they have no depth
+//! limit. This walk recurses on our side only, with the depth budget.
 
 use serde_json::{Map, Value};
 use yrs::types::xml::{Xml, XmlFragment, XmlOut};
-use yrs::types::AsPrelim;
 use yrs::{
-    Any, ArrayRef, Doc, GetString, In, MapRef, Number, Out, ReadTxn, TextRef, Transact,
-    XmlElementRef, XmlTextRef,
+    Any, ArrayRef, Doc, GetString, MapRef, Number, Out, ReadTxn, TextRef, Transact, XmlElementRef,
+    XmlTextRef,
 };
 
 /// Deepest nesting of shared types (and values) rendered; deeper ones are
@@ -45,20 +47,47 @@ fn render<T: ReadTxn>(value: Out, txn: &T, depth: usize) -> Value {
         Out::YXmlElement(element) => Value::String(xml(XmlOut::Element(element), txn, depth)),
         Out::YXmlFragment(fragment) => Value::String(xml(XmlOut::Fragment(fragment), txn, depth)),
         Out::YDoc(doc) => serde_json::json!({ "guid": doc.guid().to_string() }),
-        Out::UndefinedRef(branch) => match Out::UndefinedRef(branch).as_prelim(txn) {
-            In::Map(_) => render_map(&MapRef::from(branch), txn, depth),
-            In::Array(_) => render_array(&ArrayRef::from(branch), txn, depth),
-            In::Text(_) => Value::String(TextRef::from(branch).get_string(txn)),
-            In::XmlText(_) => Value::String(XmlTextRef::from(branch).get_string(txn)),
-            In::XmlElement(_) => Value::String(xml(
+        Out::UndefinedRef(branch) => match infer(branch, txn) {
+            Inferred::Map => render_map(&MapRef::from(branch), txn, depth),
+            Inferred::Array => render_array(&ArrayRef::from(branch), txn, depth),
+            Inferred::Text => Value::String(TextRef::from(branch).get_string(txn)),
+            Inferred::XmlText => Value::String(XmlTextRef::from(branch).get_string(txn)),
+            Inferred::XmlElement => Value::String(xml(
                 XmlOut::Element(XmlElementRef::from(branch)),
                 txn,
                 depth,
             )),
-            _ => Value::Null,
+            Inferred::Empty => Value::Null,
         },
         #[allow(unreachable_patterns)]
         _ => Value::Null,
+    }
+}
+
+/// What an untyped branch holds, judged as yrs's `as_prelim` judges it
+/// (keyed entries, a sequence, text-like content) but by looking at the
+/// branch itself, not by converting its whole subtree.
+enum Inferred {
+    Map,
+    Array,
+    Text,
+    XmlText,
+    XmlElement,
+    Empty,
+}
+
+fn infer<T: ReadTxn>(branch: yrs::branch::BranchPtr, txn: &T) -> Inferred {
+    use yrs::{Array as _, Map as _};
+    let has_map = MapRef::from(branch).len(txn) > 0;
+    let text = TextRef::from(branch).get_string(txn);
+    let has_list = ArrayRef::from(branch).len(txn) > 0;
+    match (has_map, has_list, !text.is_empty()) {
+        (false, _, true) => Inferred::Text,
+        (true, _, true) => Inferred::XmlText,
+        (true, false, false) => Inferred::Map,
+        (false, true, false) => Inferred::Array,
+        (true, true, false) => Inferred::XmlElement,
+        (false, false, false) => Inferred::Empty,
     }
 }
 
@@ -97,7 +126,7 @@ fn xml<T: ReadTxn>(node: XmlOut, txn: &T, depth: usize) -> String {
             let mut out = format!("<{tag}");
             let mut attributes: Vec<(String, String)> = element
                 .attributes(txn)
-                .map(|(key, value)| (key.to_owned(), value.to_string(txn)))
+                .map(|(key, value)| (key.to_owned(), attribute(value, txn, depth)))
                 .collect();
             attributes.sort();
             for (key, value) in attributes {
@@ -110,6 +139,16 @@ fn xml<T: ReadTxn>(node: XmlOut, txn: &T, depth: usize) -> String {
             out.push_str(&format!("</{tag}>"));
             out
         }
+    }
+}
+
+/// An attribute's text: plain values as they print, a shared type as
+/// its JSON (never yrs's recursive `to_string`).
+fn attribute<T: ReadTxn>(value: Out, txn: &T, depth: usize) -> String {
+    match value {
+        Out::Any(Any::String(s)) => s.to_string(),
+        Out::Any(any) => any_to_json(&any, depth).to_string(),
+        other => render(other, txn, depth + 1).to_string(),
     }
 }
 
@@ -144,6 +183,43 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Array, Map as _, StateVector, Text, Update, WriteTxn};
+
+    #[test]
+    fn a_deep_untyped_document_renders_on_a_small_stack() {
+        // 3,000 nested maps arrive untyped (as on a server); yrs's own
+        // type inference would convert the whole subtree recursively.
+        let writer = Doc::new();
+        {
+            let mut txn = writer.transact_mut();
+            let mut parent = txn.get_or_insert_map("m");
+            for _ in 0..3_000 {
+                parent = parent.insert(&mut txn, "k", yrs::MapPrelim::default());
+            }
+            parent.insert(&mut txn, "leaf", "x");
+        }
+        let update = writer
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let server = Doc::new();
+        server
+            .transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+        let json = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || doc_to_json(&server))
+            .unwrap()
+            .join()
+            .expect("rendered without overflowing");
+        let mut level = &json["m"];
+        let mut depth = 1;
+        while let Some(next) = level.get("k") {
+            level = next;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_DEPTH + 1, "cut at the depth budget");
+        assert!(level.is_null());
+    }
 
     #[test]
     fn untyped_top_level_types_render_by_their_content() {

@@ -16,7 +16,7 @@
 //! only; the registry logs it and the links' streams end, which closes that
 //! room's sessions and nothing else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -29,11 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
-use yrs::ClientID;
 
 use crate::config::RoomNodeConfig;
-use crate::protocol::Access;
-use crate::protocol::SyncRoom;
+use crate::protocol::{Access, SessionKey, SyncRoom};
 use crate::storage::{self, AppendError, LoadError, RoomStorage};
 use crate::store::{RoomLock, SyncQueue};
 
@@ -232,13 +230,12 @@ pub fn spawn_actor(
                     .record(started.elapsed().as_secs_f64(), &[]);
                 metrics.rooms_loaded.add(1, &[]);
                 let policy = config.policy_of(room.as_str());
-                let sync = SyncRoom::new(loaded.doc);
-                // Sized once at load, and only when a limit needs it.
-                let doc_bytes = if policy.max_doc_bytes.is_some() {
-                    sync.encode_state().len() as u64
-                } else {
-                    0
-                };
+                let (sync, measured) = SyncRoom::with_limits(loaded.doc, config.limits);
+                if measured.deepest_type > config.limits.max_type_depth {
+                    // Stored before the limit existed: served as it is.
+                    tracing::warn!(room = %room, depth = measured.deepest_type, limit = config.limits.max_type_depth, "document nests shared types past the limit");
+                }
+                let doc_bytes = measured.state_bytes;
                 RoomActor {
                     room,
                     config,
@@ -318,13 +315,16 @@ async fn load_with_initial_content(
     Ok(loaded)
 }
 
-/// One client session of a link.
+/// One client session of a link (its awareness is the [`SyncRoom`]'s to
+/// track, by [`SessionKey`]).
 #[derive(Debug, Default)]
 struct Session {
     read_only: bool,
-    /// Awareness client ids this session announced; removed when it closes.
-    awareness: HashSet<ClientID>,
 }
+
+/// The session key server-API updates are handled under (they carry no
+/// awareness).
+const SERVER_SESSION: SessionKey = (u64::MAX, u64::MAX);
 
 /// One gateway stream and its sessions.
 struct Link {
@@ -670,7 +670,7 @@ impl RoomActor {
         let message = crate::protocol::encode(&yrs::sync::Message::Sync(
             yrs::sync::SyncMessage::Update(update),
         ));
-        match self.sync.handle_frame(&message, access) {
+        match self.sync.handle_frame(&message, access, SERVER_SESSION) {
             Ok(outcome) if outcome.write_denied => {
                 let _ = reply.send(Err(match access {
                     Access::DocumentFull => ApplyError::DocumentFull,
@@ -780,13 +780,7 @@ impl RoomActor {
                 let Some(link) = self.links.get_mut(&link_id) else {
                     return;
                 };
-                let replaced = link.sessions.insert(
-                    open.session_id,
-                    Session {
-                        read_only,
-                        awareness: HashSet::new(),
-                    },
-                );
+                let replaced = link.sessions.insert(open.session_id, Session { read_only });
                 if replaced.is_none() {
                     self.open_sessions += 1;
                     crate::telemetry::metrics().sessions.add(1, &[]);
@@ -835,7 +829,14 @@ impl RoomActor {
             return;
         }
         if message.kind() == pb::FrameKind::Text {
-            if message.payload.starts_with(b"__YPS:") {
+            if message.payload.starts_with(b"__YPS:")
+                && session.read_only
+                && !self.policy.read_only_custom_messages
+            {
+                // A viewer could otherwise speak to every app client.
+                crate::telemetry::refuse("read_only_custom_message");
+                tracing::debug!(room = %self.room, session = session_id, "custom message from a read-only session dropped");
+            } else if message.payload.starts_with(b"__YPS:") {
                 self.outbox.push(Out::All(frame(node_frame::Kind::Broadcast(
                     pb::Broadcast {
                         payload: message.payload,
@@ -859,13 +860,14 @@ impl RoomActor {
         } else {
             room_access
         };
-        match self.sync.handle_frame(&message.payload, access) {
+        match self
+            .sync
+            .handle_frame(&message.payload, access, (link_id, session_id))
+        {
             Ok(outcome) => {
-                session
-                    .awareness
-                    .extend(outcome.awareness_added.iter().copied());
-                for client in &outcome.awareness_removed {
-                    session.awareness.remove(client);
+                if outcome.awareness_dropped > 0 {
+                    crate::telemetry::refuse("awareness_not_taken");
+                    tracing::debug!(room = %self.room, session = session_id, dropped = outcome.awareness_dropped, "awareness entries of other sessions' ids or over the session's limits dropped");
                 }
                 if outcome.write_denied {
                     crate::telemetry::refuse(match access {
@@ -987,7 +989,7 @@ impl RoomActor {
     }
 
     fn close_session(&mut self, link_id: LinkId, session_id: u64) {
-        let Some(session) = self
+        let Some(_) = self
             .links
             .get_mut(&link_id)
             .and_then(|link| link.sessions.remove(&session_id))
@@ -996,7 +998,7 @@ impl RoomActor {
         };
         self.open_sessions -= 1;
         crate::telemetry::metrics().sessions.add(-1, &[]);
-        self.remove_awareness(session.awareness.into_iter().collect());
+        self.end_awareness([(link_id, session_id)]);
         self.awareness_sent.remove(&(link_id, session_id));
         self.awareness_held.remove(&(link_id, session_id));
         self.note_if_last_left();
@@ -1017,22 +1019,15 @@ impl RoomActor {
         let dropped = link.sessions.len() as i64;
         self.open_sessions -= dropped;
         crate::telemetry::metrics().sessions.add(-dropped, &[]);
-        let clients = link
-            .sessions
-            .into_values()
-            .flat_map(|s| s.awareness)
-            .collect();
-        self.remove_awareness(clients);
+        self.end_awareness(link.sessions.into_keys().map(|session| (link_id, session)));
         if had_sessions {
             self.note_if_last_left();
         }
     }
 
-    fn remove_awareness(&mut self, clients: Vec<ClientID>) {
-        if clients.is_empty() {
-            return;
-        }
-        if let Some(payload) = self.sync.remove_awareness(&clients) {
+    /// Removes what closed sessions spoke for, telling the others.
+    fn end_awareness(&mut self, sessions: impl IntoIterator<Item = SessionKey>) {
+        if let Some(payload) = self.sync.end_sessions(sessions) {
             self.outbox.push(Out::All(broadcast(payload)));
         }
     }

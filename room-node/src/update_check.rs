@@ -5,6 +5,10 @@
 //! This walks the update the way yrs reads it, without recursion, and
 //! refuses one whose `Any` values nest deeper than [`MAX_ANY_DEPTH`]
 //! (Yjs documents nest a handful of levels; JSON's own parsers stop at 128).
+//!
+//! The same walk lists the update's blocks ([`BlockRef`]: id range, where
+//! its parent comes from, whether it creates a shared type) so that
+//! [`crate::depth`] can bound how deep shared types nest once applied.
 
 use yrs::encoding::read::{Cursor, Read};
 
@@ -40,6 +44,42 @@ pub enum UpdateCheckError {
     /// The bytes are not a Yjs update v1.
     #[error("malformed update: {0}")]
     Malformed(#[from] yrs::encoding::read::Error),
+    /// An item kind yrs does not know (it would refuse the update too).
+    #[error("malformed update: unknown content kind {0}")]
+    UnknownContent(u8),
+}
+
+/// An item's id: (client, clock).
+pub type Id = (u64, u32);
+
+/// Where a block's parent type is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentRef {
+    /// A top-level type (named by a string).
+    Root,
+    /// The shared type created by the item with this id.
+    Type(Id),
+    /// The parent of this neighbour (left origin, else right origin).
+    SameAs(Id),
+    /// No parent: a garbage-collected range or a skip.
+    Detached,
+}
+
+/// One block of an update: what the depth check needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// The block's client.
+    pub client: u64,
+    /// Its first clock.
+    pub clock: u32,
+    /// How many clocks it spans.
+    pub len: u32,
+    /// Where its parent comes from.
+    pub parent: ParentRef,
+    /// It creates a shared type (its children nest one level deeper).
+    pub is_type: bool,
+    /// A skip: clocks the update does not carry.
+    pub is_skip: bool,
 }
 
 /// Checks that `update` can be given to yrs: every `Any` it holds nests at
@@ -47,74 +87,102 @@ pub enum UpdateCheckError {
 /// Reads the encoding itself (the field order of yrs's `DecoderV1`), not
 /// through yrs, whose id decoding asserts on client ids over 53 bits.
 pub fn check_update(update: &[u8]) -> Result<(), UpdateCheckError> {
+    scan_update(update, |_| {})
+}
+
+/// [`check_update`], handing every block to `visit` in update order.
+pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(), UpdateCheckError> {
     let mut reader = Cursor::new(update);
     let clients: u32 = reader.read_var()?;
     for _ in 0..clients {
         let blocks: u32 = reader.read_var()?;
-        let _client: u64 = reader.read_var()?;
-        let _clock: u32 = reader.read_var()?;
+        let client: u64 = reader.read_var()?;
+        let mut clock: u32 = reader.read_var()?;
         for _ in 0..blocks {
-            check_block(&mut reader)?;
+            let Some(mut block) = read_block(&mut reader)? else {
+                continue;
+            };
+            block.client = client;
+            block.clock = clock;
+            // Malformed clocks make yrs refuse the update; never overflow.
+            clock = clock.saturating_add(block.len);
+            visit(block);
         }
     }
     // The delete set that follows holds only numbers.
     Ok(())
 }
 
-/// Reads past an id (client, clock).
-fn skip_id(reader: &mut Cursor) -> Result<(), UpdateCheckError> {
-    let _client: u64 = reader.read_var()?;
-    let _clock: u32 = reader.read_var()?;
-    Ok(())
+/// Reads an id (client, clock).
+fn read_id(reader: &mut Cursor) -> Result<Id, UpdateCheckError> {
+    let client: u64 = reader.read_var()?;
+    let clock: u32 = reader.read_var()?;
+    Ok((client, clock))
 }
 
-fn check_block(reader: &mut Cursor) -> Result<(), UpdateCheckError> {
+/// Reads one block; `None` for an empty item, which yrs drops without
+/// advancing the clock. Client and clock are the caller's to fill in.
+fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError> {
     let info = reader.read_u8()?;
-    match info {
-        SKIP | GC => {
-            let _len: u32 = reader.read_var()?;
-            return Ok(());
-        }
-        _ => {}
+    let mut block = BlockRef {
+        client: 0,
+        clock: 0,
+        len: 0,
+        parent: ParentRef::Detached,
+        is_type: false,
+        is_skip: info == SKIP,
+    };
+    if info == SKIP || info == GC {
+        block.len = reader.read_var()?;
+        return Ok((block.len > 0).then_some(block));
     }
-    if info & HAS_ORIGIN != 0 {
-        skip_id(reader)?;
-    }
-    if info & HAS_RIGHT_ORIGIN != 0 {
-        skip_id(reader)?;
-    }
-    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
-        let parent_info: u32 = reader.read_var()?;
-        if parent_info == 1 {
-            reader.read_string()?;
-        } else {
-            skip_id(reader)?;
+    let origin = (info & HAS_ORIGIN != 0)
+        .then(|| read_id(reader))
+        .transpose()?;
+    let right_origin = (info & HAS_RIGHT_ORIGIN != 0)
+        .then(|| read_id(reader))
+        .transpose()?;
+    block.parent = match origin.or(right_origin) {
+        Some(neighbour) => ParentRef::SameAs(neighbour),
+        None => {
+            let parent_info: u32 = reader.read_var()?;
+            let parent = if parent_info == 1 {
+                reader.read_string()?;
+                ParentRef::Root
+            } else {
+                ParentRef::Type(read_id(reader)?)
+            };
+            if info & HAS_PARENT_SUB != 0 {
+                reader.read_string()?;
+            }
+            parent
         }
-        if info & HAS_PARENT_SUB != 0 {
-            reader.read_string()?;
-        }
-    }
-    match info & 0b1111 {
-        DELETED => {
-            let _len: u32 = reader.read_var()?;
-        }
+    };
+    block.len = match info & 0b1111 {
+        DELETED => reader.read_var()?,
         JSON => {
             // One string more than the length says, as yrs reads it.
             let len: u32 = reader.read_var()?;
             for _ in 0..=len {
                 reader.read_string()?;
             }
+            len.saturating_add(1)
         }
         BINARY => {
             reader.read_buf()?;
+            1
         }
+        // Clocks count UTF-16 code units, as in Yjs.
+        STRING => reader.read_string()?.encode_utf16().count() as u32,
         // JSON text, parsed by serde_json, which has its own depth limit.
-        STRING | EMBED => {
+        EMBED => {
             reader.read_string()?;
+            1
         }
         FORMAT => {
             reader.read_string()?;
             reader.read_string()?;
+            1
         }
         TYPE => {
             // An element carries its tag name.
@@ -122,21 +190,25 @@ fn check_block(reader: &mut Cursor) -> Result<(), UpdateCheckError> {
             if type_ref == TYPE_XML_ELEMENT {
                 reader.read_string()?;
             }
+            block.is_type = true;
+            1
         }
         ANY => {
             let len: u32 = reader.read_var()?;
             for _ in 0..len {
                 skip_any(reader)?;
             }
+            len
         }
         DOC => {
             reader.read_string()?;
             skip_any(reader)?;
+            1
         }
-        // Unknown kinds: yrs refuses them itself.
-        _ => {}
-    }
-    Ok(())
+        // The rest of the update cannot be read past an unknown kind.
+        kind => return Err(UpdateCheckError::UnknownContent(kind)),
+    };
+    Ok((block.len > 0).then_some(block))
 }
 
 /// One level of `Any` nesting being skipped.
@@ -254,7 +326,7 @@ mod tests {
             crate::protocol::Access::ReadWrite,
             crate::protocol::Access::ReadOnly,
         ] {
-            let refused = room.handle_frame(&frame, access);
+            let refused = room.handle_frame(&frame, access, (0, 1));
             assert!(matches!(
                 refused,
                 Err(crate::protocol::ProtocolError::UnsafeUpdate(_))

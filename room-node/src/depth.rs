@@ -1,0 +1,429 @@
+//! How deep a room's shared types nest, kept per item id so an update is
+//! refused *before* it is applied when it would nest types deeper than the
+//! room's limit.
+//!
+//! Why: yrs deletes a shared type's subtree recursively while integrating
+//! (an overwritten map key, a deleted array element) and renders it
+//! recursively, so a few thousand nested `Y.Map`s overflow a thread's stack
+//! and abort the whole process. A bound on the update alone is not enough:
+//! an update may add one level under a type that is already deep, so the
+//! check must know the depth of every item already in the document.
+//!
+//! The index maps every integrated item id to the depth of its parent
+//! type (top-level types are depth 1), as runs of clocks per client: a
+//! client's consecutive items usually share a parent depth, so a document
+//! typed in one place costs one run per client. An update's blocks name
+//! their parent either directly (a top-level name or the id of the item
+//! that created the type) or through a neighbour (left or right origin:
+//! same parent), so resolving a block may follow a chain through the
+//! update; it is followed with an explicit stack, never recursion.
+//!
+//! An update that depends on an item neither the document nor the update
+//! holds is refused: yrs would keep it pending and integrate it later,
+//! after a depth that cannot be known now. Stock clients never send one
+//! to a server that has everything they saw.
+
+use std::collections::HashMap;
+
+use crate::update_check::{BlockRef, Id, ParentRef};
+
+/// Default for [`crate::RoomNodeConfig::max_type_depth`]: far beyond any
+/// editor's schema (ProseMirror documents nest tens of levels), far inside
+/// what yrs's recursion survives on a 2 MiB stack.
+pub const DEFAULT_MAX_TYPE_DEPTH: u16 = 256;
+
+/// Depth of a parent that is no type: garbage-collected or unknown
+/// content, whose children yrs drops.
+const DETACHED: u16 = 0;
+
+/// Why an update was refused by the depth check.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DepthError {
+    /// Applying it would nest shared types deeper than the limit.
+    #[error("shared types nested deeper than {0} levels")]
+    TooDeep(u16),
+    /// It builds on content the room does not have.
+    #[error("update depends on content the room does not have")]
+    MissingDependency,
+    /// Its blocks name each other as parents in a circle.
+    #[error("malformed update: circular parent references")]
+    Circular,
+}
+
+/// Depth of the parent of each item of one client, as runs.
+#[derive(Debug, Default)]
+struct ClientRuns {
+    /// Clocks `[0, end)` are integrated.
+    end: u32,
+    /// Run starts, ascending; run `i` covers `[starts[i], starts[i+1])`.
+    starts: Vec<u32>,
+    /// Parent depth of run `i`.
+    depths: Vec<u16>,
+}
+
+impl ClientRuns {
+    fn depth_at(&self, clock: u32) -> Option<u16> {
+        if clock >= self.end {
+            return None;
+        }
+        let run = self.starts.partition_point(|&start| start <= clock);
+        // Clocks below the first run are a client's items the index never
+        // saw (a document older than the index): unknown.
+        run.checked_sub(1).map(|run| self.depths[run])
+    }
+
+    fn push(&mut self, start: u32, end: u32, depth: u16) {
+        if end <= self.end {
+            return;
+        }
+        let start = start.max(self.end);
+        if self.depths.last() != Some(&depth) || self.starts.is_empty() {
+            self.starts.push(start);
+            self.depths.push(depth);
+        }
+        self.end = end;
+    }
+}
+
+/// The parent depth of every item of a document.
+#[derive(Debug, Default)]
+pub struct DepthIndex {
+    clients: HashMap<u64, ClientRuns>,
+}
+
+/// An update's new blocks with their parent depths, to record once the
+/// update is applied.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// (client, start, end, parent depth).
+    runs: Vec<(u64, u32, u32, u16)>,
+    /// Deepest type the update creates.
+    pub deepest: u16,
+}
+
+/// Resolution state of one block of an update.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unresolved,
+    InProgress,
+    Done(u16),
+}
+
+impl DepthIndex {
+    /// An index of an empty document.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of a document whose whole state is `state` (a Yjs update
+    /// v1 from `encode_state_as_update_v1`), and the deepest type in it.
+    /// Not limited: a document stored before the limit still loads.
+    pub fn of_state(blocks: &[BlockRef]) -> Result<(Self, u16), DepthError> {
+        let mut index = Self::new();
+        let checked = index.check(blocks, u16::MAX)?;
+        let deepest = checked.deepest;
+        index.record(checked);
+        Ok((index, deepest))
+    }
+
+    /// Resolves the parent depth of every block of an update, refusing it
+    /// when a type would nest deeper than `max_depth`.
+    pub fn check(&self, blocks: &[BlockRef], max_depth: u16) -> Result<Checked, DepthError> {
+        // Blocks of each client in clock order, for lookups by id.
+        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, block) in blocks.iter().enumerate() {
+            by_client.entry(block.client).or_default().push(i);
+        }
+        for list in by_client.values_mut() {
+            list.sort_by_key(|&i| blocks[i].clock);
+        }
+        let mut state = vec![State::Unresolved; blocks.len()];
+        let mut checked = Checked::default();
+        let mut stack = Vec::new();
+        for root in 0..blocks.len() {
+            stack.push(root);
+            while let Some(&i) = stack.last() {
+                if let State::Done(_) = state[i] {
+                    stack.pop();
+                    continue;
+                }
+                state[i] = State::InProgress;
+                let block = &blocks[i];
+                let (target, plus) = match block.parent {
+                    ParentRef::Root => (Target::Known(1), 0),
+                    ParentRef::Detached => (Target::Known(DETACHED), 0),
+                    ParentRef::SameAs(id) => (self.find(id, blocks, &by_client)?, 0),
+                    ParentRef::Type(id) => (self.find(id, blocks, &by_client)?, 1),
+                };
+                let parent_of_target = match target {
+                    Target::Known(depth) => depth,
+                    Target::Block(j) => match state[j] {
+                        State::Done(depth) => depth,
+                        State::InProgress => return Err(DepthError::Circular),
+                        State::Unresolved => {
+                            stack.push(j);
+                            continue;
+                        }
+                    },
+                };
+                let depth = if parent_of_target == DETACHED {
+                    DETACHED
+                } else {
+                    parent_of_target.saturating_add(plus)
+                };
+                if block.is_type && depth != DETACHED {
+                    let type_depth = depth.saturating_add(1);
+                    if type_depth > max_depth {
+                        return Err(DepthError::TooDeep(max_depth));
+                    }
+                    checked.deepest = checked.deepest.max(type_depth);
+                }
+                state[i] = State::Done(depth);
+                stack.pop();
+            }
+        }
+        // Every client's blocks must continue where the document ends:
+        // a gap is content yrs would hold back as pending.
+        for (client, list) in &by_client {
+            let known = self.clients.get(client);
+            let mut end = known.map_or(0, |runs| runs.end);
+            let mut last_depth = known.and_then(|runs| runs.depth_at(end.wrapping_sub(1)));
+            for &i in list {
+                let block = &blocks[i];
+                let block_end = block.clock.saturating_add(block.len);
+                if block.clock > end {
+                    return Err(DepthError::MissingDependency);
+                }
+                if !block.is_skip && block_end > end {
+                    let State::Done(declared) = state[i] else {
+                        unreachable!("every block was resolved above");
+                    };
+                    // yrs integrates only the new part of a block that
+                    // overlaps what it has, with the item before it as
+                    // origin: the same parent as that item.
+                    let depth = match last_depth {
+                        Some(depth) if block.clock < end => depth,
+                        _ => declared,
+                    };
+                    checked.runs.push((*client, block.clock, block_end, depth));
+                    end = block_end;
+                    last_depth = Some(depth);
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Records an applied update's blocks.
+    pub fn record(&mut self, checked: Checked) {
+        for (client, start, end, depth) in checked.runs {
+            self.clients
+                .entry(client)
+                .or_default()
+                .push(start, end, depth);
+        }
+    }
+
+    /// Runs the index holds (its memory is about 6 bytes each).
+    pub fn runs(&self) -> usize {
+        self.clients.values().map(|c| c.starts.len()).sum()
+    }
+
+    /// Where the item `id` is: in the document (its parent depth known) or
+    /// in the update. The document wins: yrs ignores what it already has.
+    fn find(
+        &self,
+        (client, clock): Id,
+        blocks: &[BlockRef],
+        by_client: &HashMap<u64, Vec<usize>>,
+    ) -> Result<Target, DepthError> {
+        if let Some(runs) = self.clients.get(&client) {
+            if clock < runs.end {
+                return Ok(Target::Known(runs.depth_at(clock).unwrap_or(DETACHED)));
+            }
+        }
+        let list = by_client
+            .get(&client)
+            .ok_or(DepthError::MissingDependency)?;
+        let after = list.partition_point(|&i| blocks[i].clock <= clock);
+        let i = *list[..after].last().ok_or(DepthError::MissingDependency)?;
+        let block = &blocks[i];
+        if clock >= block.clock.saturating_add(block.len) || block.is_skip {
+            return Err(DepthError::MissingDependency);
+        }
+        Ok(Target::Block(i))
+    }
+}
+
+/// What an id resolved to.
+enum Target {
+    /// A parent depth already known.
+    Known(u16),
+    /// A block of the update, resolved on demand.
+    Block(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update_check::scan_update;
+    use yrs::{Doc, Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact, WriteTxn};
+
+    fn blocks(update: &[u8]) -> Vec<BlockRef> {
+        let mut out = Vec::new();
+        scan_update(update, |b| out.push(b)).unwrap();
+        out
+    }
+
+    /// `depth` maps nested under the root map "m", one update per level,
+    /// each from the same doc (so each names its parent by id).
+    fn nested_updates(doc: &Doc, depth: usize) -> (Vec<Vec<u8>>, MapRef) {
+        let mut parent = doc.get_or_insert_map("m");
+        let mut updates = Vec::new();
+        for _ in 1..depth {
+            let (update, child) = nest_under(doc, &parent);
+            updates.push(update);
+            parent = child;
+        }
+        (updates, parent)
+    }
+
+    /// One map more under `parent`, and the update that adds it.
+    fn nest_under(doc: &Doc, parent: &MapRef) -> (Vec<u8>, MapRef) {
+        let mut txn = doc.transact_mut();
+        let child = parent.insert(&mut txn, "k", MapPrelim::default());
+        (txn.encode_update_v1(), child)
+    }
+
+    #[test]
+    fn depth_counts_across_updates_and_the_limit_holds() {
+        let doc = Doc::with_client_id(1);
+        let (updates, deepest) = nested_updates(&doc, 10);
+        let mut index = DepthIndex::new();
+        for (level, update) in updates.iter().enumerate() {
+            let checked = index.check(&blocks(update), 10).unwrap();
+            // The n-th update creates the map at depth n + 2 (root is 1).
+            assert_eq!(checked.deepest as usize, level + 2);
+            index.record(checked);
+        }
+        // One more level under the deepest map is over a limit of 10,
+        // though the update alone holds a single type.
+        let (more, _) = nest_under(&doc, &deepest);
+        assert_eq!(
+            index.check(&blocks(&more), 10).unwrap_err(),
+            DepthError::TooDeep(10)
+        );
+        assert!(index.check(&blocks(&more), 11).is_ok());
+    }
+
+    #[test]
+    fn a_whole_state_is_measured_in_one_update_and_chains_resolve() {
+        let doc = Doc::with_client_id(7);
+        nested_updates(&doc, 300);
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let (_, deepest) = DepthIndex::of_state(&blocks(&state)).unwrap();
+        assert_eq!(deepest, 300);
+        assert_eq!(
+            DepthIndex::new()
+                .check(&blocks(&state), DEFAULT_MAX_TYPE_DEPTH)
+                .unwrap_err(),
+            DepthError::TooDeep(DEFAULT_MAX_TYPE_DEPTH)
+        );
+    }
+
+    #[test]
+    fn text_typed_in_one_place_is_one_run_and_origins_find_their_parent() {
+        let doc = Doc::with_client_id(3);
+        let text = doc.get_or_insert_text("t");
+        let mut index = DepthIndex::new();
+        for i in 0..100 {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, i, "x");
+            let update = txn.encode_update_v1();
+            drop(txn);
+            let checked = index.check(&blocks(&update), 4).unwrap();
+            index.record(checked);
+        }
+        assert_eq!(index.runs(), 1);
+    }
+
+    #[test]
+    fn an_update_out_of_order_is_refused_not_left_pending() {
+        let doc = Doc::with_client_id(5);
+        let (updates, _) = nested_updates(&doc, 4);
+        let index = DepthIndex::new();
+        assert_eq!(
+            index.check(&blocks(&updates[1]), 256).unwrap_err(),
+            DepthError::MissingDependency
+        );
+        // Re-sending what the document has is fine (nothing new).
+        let mut index = DepthIndex::new();
+        let checked = index.check(&blocks(&updates[0]), 256).unwrap();
+        index.record(checked);
+        let again = index.check(&blocks(&updates[0]), 256).unwrap();
+        assert!(again.runs.is_empty());
+    }
+
+    #[test]
+    fn circular_references_are_malformed() {
+        let a = BlockRef {
+            client: 1,
+            clock: 0,
+            len: 1,
+            parent: ParentRef::SameAs((2, 0)),
+            is_type: false,
+            is_skip: false,
+        };
+        let b = BlockRef {
+            client: 2,
+            parent: ParentRef::SameAs((1, 0)),
+            ..a
+        };
+        assert_eq!(
+            DepthIndex::new().check(&[a, b], 256).unwrap_err(),
+            DepthError::Circular
+        );
+    }
+
+    #[test]
+    fn every_kind_of_content_keeps_clocks_in_step_with_yrs() {
+        // Items after multi-clock content (UTF-16 text, Any arrays, JSON,
+        // deletions) must still be found by id.
+        let doc = Doc::with_client_id(9);
+        {
+            let mut txn = doc.transact_mut();
+            let text = txn.get_or_insert_text("t");
+            text.insert(&mut txn, 0, "héllo 😀 wörld");
+            text.remove_range(&mut txn, 0, 1);
+            let array = txn.get_or_insert_array("a");
+            yrs::Array::insert_range(&array, &mut txn, 0, [1, 2, 3]);
+            let map = txn.get_or_insert_map("m");
+            map.insert(&mut txn, "x", MapPrelim::default());
+        }
+        let first = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let (mut index, _) = DepthIndex::of_state(&blocks(&first)).unwrap();
+        let sv = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            let text = txn.get_or_insert_text("t");
+            text.insert(&mut txn, 0, "!");
+            let map = txn.get_or_insert_map("m");
+            let Some(yrs::Out::YMap(inner)) = map.get(&txn, "x") else {
+                panic!("nested map");
+            };
+            inner.insert(&mut txn, "y", MapPrelim::default());
+        }
+        let next = doc.transact().encode_state_as_update_v1(&sv);
+        let checked = index.check(&blocks(&next), 256).unwrap();
+        assert_eq!(checked.deepest, 3);
+        index.record(checked);
+        assert_eq!(
+            index.clients[&9].end,
+            doc.transact().state_vector().get(&yrs::ClientID::new(9))
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Hostile clients with a valid grant, against `partyline dev`: none of
+//! them takes the process down or touches another user's presence.
+//!
+//! - Shared types nested past the room's limit are refused before they are
+//!   applied (the writer is closed with 1002 and told why), and a document
+//!   nested just inside it can be overwritten, rendered as JSON and sent to
+//!   the state callback with the process still serving.
+//! - An awareness client id belongs to the session that announced it: a
+//!   spoofed update changes nothing for the victim, and the attacker's
+//!   close removes only its own ids.
+//! - y-partyserver custom messages (`__YPS:`) from read-only sessions are
+//!   not relayed.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use common::DevServer;
+use partyline_bench::client::YClient;
+use yrs::{Doc, Map, MapPrelim, MapRef, WriteTxn};
+
+const WAIT: Duration = Duration::from_secs(15);
+const KEY: &str = "hostile-test-api-key-0123456789";
+
+/// Nests `levels` maps under the root map `m`, key `k` at every level,
+/// in one transaction.
+fn nest(txn: &mut yrs::TransactionMut<'_>, levels: usize) {
+    let mut parent: MapRef = txn.get_or_insert_map("m");
+    for _ in 0..levels {
+        parent = parent.insert(txn, "k", MapPrelim::default());
+    }
+}
+
+/// The state callbacks the app received, raw.
+#[derive(Default)]
+struct App {
+    callbacks: Mutex<Vec<Bytes>>,
+}
+
+async fn callback(State(app): State<Arc<App>>, body: Bytes) -> StatusCode {
+    app.callbacks.lock().unwrap().push(body);
+    StatusCode::OK
+}
+
+async fn serve_app(app: Arc<App>) -> String {
+    let router = axum::Router::new()
+        .route("/callback", axum::routing::post(callback))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+async fn state_json(server: &DevServer, room: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/rooms/{room}/state?format=json",
+            server.addr
+        ))
+        .bearer_auth(KEY)
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("state request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_nested_past_the_limit_are_refused_and_the_process_keeps_serving() {
+    let app = Arc::new(App::default());
+    let base = serve_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let callback_url = format!("{base}/callback");
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--api-key",
+            KEY,
+            "--callback-url",
+            &callback_url,
+            "--debounce-wait",
+            "100ms",
+            "--debounce-max-wait",
+            "300ms",
+        ],
+    );
+    let url = server.url("doc-deep");
+
+    // 8,000 levels in one ~95 KB update: yrs would recurse that deep on
+    // overwrite or render. Refused before it is applied.
+    let attacker = YClient::connect(&url).await.unwrap();
+    attacker.wait_synced(WAIT).await.unwrap();
+    let _ = attacker.edit(|txn| nest(txn, 8_000)).await;
+    let closed = attacker.wait_closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, 1002, "{closed}");
+    assert!(closed.reason.contains("nested deeper than 256"), "{closed}");
+
+    // Just inside the limit (root map 1 + 250 levels): accepted, then
+    // overwritten at the top by a higher client id (yrs deletes the whole
+    // subtree recursively), rendered as JSON and called back.
+    let builder = YClient::connect_with_doc(&url, Doc::with_client_id(1))
+        .await
+        .unwrap();
+    builder.wait_synced(WAIT).await.unwrap();
+    builder.edit(|txn| nest(txn, 250)).await.unwrap();
+    let (status, json) = state_json(&server, "doc-deep").await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json.starts_with(r#"{"m":{"k":{"k":"#), "{json:.100}");
+    let overwriter = YClient::connect_with_doc(&url, Doc::with_client_id(u32::MAX as u64))
+        .await
+        .unwrap();
+    overwriter.wait_synced(WAIT).await.unwrap();
+    overwriter.map_set("m", "k", "flat").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while builder.map_json("m").await.unwrap()["k"] != "flat" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "overwrite not echoed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, json) = state_json(&server, "doc-deep").await;
+    assert_eq!((status, json.as_str()), (200, r#"{"m":{"k":"flat"}}"#));
+
+    // The process served all of it, and still does.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.callbacks.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no state callback");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = YClient::connect(&url).await.unwrap();
+    fresh.wait_synced(WAIT).await.unwrap();
+    assert_eq!(fresh.map_json("m").await.unwrap()["k"], "flat");
+    assert!(builder.close_info().is_none() && overwriter.close_info().is_none());
+    assert!(server.log().contains("nested deeper than 256"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_presence_changes_nothing_and_a_close_removes_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &[]);
+    let url = server.url("doc-presence");
+    let victim = YClient::connect(&url).await.unwrap();
+    victim.wait_synced(WAIT).await.unwrap();
+    victim
+        .set_awareness(&serde_json::json!({"user": "ann"}))
+        .await
+        .unwrap();
+    let victim_id = victim.client_id();
+    let watcher = YClient::connect(&url).await.unwrap();
+    watcher.wait_synced(WAIT).await.unwrap();
+    watcher
+        .wait_awareness(WAIT, move |states| states.get(&victim_id).is_some())
+        .await
+        .unwrap();
+
+    // The attacker speaks for the victim's id, with a higher clock: a
+    // rename, then a removal.
+    let attacker = YClient::connect(&url).await.unwrap();
+    attacker.wait_synced(WAIT).await.unwrap();
+    attacker
+        .set_awareness(&serde_json::json!({"user": "mallory"}))
+        .await
+        .unwrap();
+    let attacker_id = attacker.client_id();
+    for (clock, state) in [(1_000, r#"{"user":"pwned"}"#), (1_001, "null")] {
+        let mut update = yrs::sync::AwarenessUpdate {
+            clients: Default::default(),
+        };
+        update.clients.insert(
+            yrs::ClientID::new(victim_id),
+            yrs::sync::awareness::AwarenessUpdateEntry {
+                clock,
+                json: state.into(),
+            },
+        );
+        let frame =
+            yrs::updates::encoder::Encode::encode_v1(&yrs::sync::Message::Awareness(update));
+        attacker.send_binary(frame).await.unwrap();
+    }
+    watcher
+        .wait_awareness(WAIT, move |states| states.get(&attacker_id).is_some())
+        .await
+        .unwrap();
+    // A later renewal from the victim goes through as usual; the watcher
+    // still sees "ann", never "pwned", and the victim is still there.
+    victim
+        .set_awareness(&serde_json::json!({"user": "ann", "n": 2}))
+        .await
+        .unwrap();
+    watcher
+        .wait_awareness(WAIT, move |states| {
+            states.get(&victim_id).is_some_and(|s| s["n"] == 2)
+        })
+        .await
+        .unwrap();
+    let seen = watcher.awareness_states().await.unwrap();
+    assert_eq!(seen[&victim_id]["user"], "ann", "{seen:?}");
+
+    // The attacker leaves: only its own id goes.
+    attacker.close(WAIT).await.unwrap();
+    watcher
+        .wait_awareness(WAIT, move |states| !states.contains_key(&attacker_id))
+        .await
+        .unwrap();
+    let seen = watcher.awareness_states().await.unwrap();
+    assert_eq!(seen[&victim_id]["user"], "ann", "{seen:?}");
+    assert!(victim.close_info().is_none());
+}
