@@ -213,3 +213,48 @@ async fn a_spoofed_presence_changes_nothing_and_a_close_removes_only_its_own() {
     assert_eq!(seen[&victim_id]["user"], "ann", "{seen:?}");
     assert!(victim.close_info().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_messages_from_read_only_sessions_are_not_relayed() {
+    const SECRET: &str = "hostile-clients-test-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &["--auth-mode", "jwt", "--jwt-secret", SECRET]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let url = |grant: &str| {
+        let claims = serde_json::json!({"sub": grant, "exp": exp, "rooms": {"doc-yps": grant}});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        server.url(&format!("doc-yps?token={token}"))
+    };
+    let viewer = YClient::connect(&url("read")).await.unwrap();
+    let writer = YClient::connect(&url("write")).await.unwrap();
+    let observer = YClient::connect(&url("write")).await.unwrap();
+    for client in [&viewer, &writer, &observer] {
+        client.wait_synced(WAIT).await.unwrap();
+    }
+    // Each sender's awareness follows its custom message on the same
+    // socket, so once the observer sees the awareness, the message before
+    // it has been relayed or dropped.
+    for (sender, relayed) in [(&viewer, 0), (&writer, 1)] {
+        sender.send_text("__YPS:{\"hello\":1}").await.unwrap();
+        sender
+            .set_awareness(&serde_json::json!({"n": 1}))
+            .await
+            .unwrap();
+        let id = sender.client_id();
+        observer
+            .wait_awareness(WAIT, move |states| states.contains_key(&id))
+            .await
+            .unwrap();
+        assert_eq!(observer.stats().text_frames_ignored, relayed);
+    }
+    assert!(viewer.close_info().is_none());
+}
