@@ -81,6 +81,10 @@ pub struct GatewaySection {
     /// Frames queued toward one client before it is closed as too slow (1008) [default: 1024].
     #[arg(long, env = "PARTYLINE_GATEWAY_SESSION_QUEUE")]
     pub session_queue: Option<usize>,
+    /// Bytes queued toward one client, besides one sync answer (the
+    /// document it asked for), before it is closed as too slow (1008) [default: 4194304].
+    #[arg(long, env = "PARTYLINE_GATEWAY_SESSION_QUEUE_BYTES")]
+    pub session_queue_bytes: Option<usize>,
     /// How long a room's upstream stream outlives its last local client [default: 5s].
     #[arg(long, env = "PARTYLINE_GATEWAY_UPSTREAM_LINGER", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -166,6 +170,11 @@ pub struct RoomNodeSection {
     /// closed with 1002 [default: 256].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_TYPE_DEPTH")]
     pub max_type_depth: Option<u16>,
+    /// A session's SyncStep1 or QueryAwareness is answered at most once
+    /// per this interval; repeats are dropped [default: 1s].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_MIN_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub min_resync_interval: Option<Duration>,
     /// Awareness client ids one session may speak for; entries for more
     /// are dropped [default: 8].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_AWARENESS_MAX_CLIENTS")]
@@ -388,6 +397,7 @@ impl GatewaySection {
             ping_interval: or(self.ping_interval, file.ping_interval),
             dead_after: or(self.dead_after, file.dead_after),
             session_queue: or(self.session_queue, file.session_queue),
+            session_queue_bytes: or(self.session_queue_bytes, file.session_queue_bytes),
             upstream_linger: or(self.upstream_linger, file.upstream_linger),
             owner_unreachable_timeout: or(
                 self.owner_unreachable_timeout,
@@ -421,6 +431,7 @@ impl GatewaySection {
         set(&mut config.ping_interval, self.ping_interval);
         set(&mut config.dead_after, self.dead_after);
         set(&mut config.session_queue, self.session_queue);
+        set(&mut config.session_queue_bytes, self.session_queue_bytes);
         set(&mut config.upstream_linger, self.upstream_linger);
         set(
             &mut config.owner_unreachable_timeout,
@@ -455,6 +466,10 @@ impl GatewaySection {
             "gateway.session_queue must be at least 1"
         );
         anyhow::ensure!(
+            config.session_queue_bytes >= 64 * 1024,
+            "gateway.session_queue_bytes (--session-queue-bytes) must be at least 65536"
+        );
+        anyhow::ensure!(
             config.max_message_bytes > 0,
             "gateway.max_message_bytes must be at least 1"
         );
@@ -484,6 +499,7 @@ impl RoomNodeSection {
             link_queue: or(self.link_queue, file.link_queue),
             room_queue: or(self.room_queue, file.room_queue),
             max_type_depth: or(self.max_type_depth, file.max_type_depth),
+            min_resync_interval: or(self.min_resync_interval, file.min_resync_interval),
             awareness_max_clients: or(self.awareness_max_clients, file.awareness_max_clients),
             awareness_max_bytes: or(self.awareness_max_bytes, file.awareness_max_bytes),
             room_mode: if self.room_mode.is_empty() {
@@ -569,6 +585,7 @@ impl RoomNodeSection {
         set(&mut config.link_queue, self.link_queue);
         set(&mut config.room_queue, self.room_queue);
         set(&mut config.limits.max_type_depth, self.max_type_depth);
+        set(&mut config.min_resync_interval, self.min_resync_interval);
         set(
             &mut config.limits.awareness_max_clients,
             self.awareness_max_clients,

@@ -258,3 +258,79 @@ async fn custom_messages_from_read_only_sessions_are_not_relayed() {
     }
     assert!(viewer.close_info().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_costs_one_document_not_one_per_request() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(dir.path(), &[]);
+    let url = server.url("doc-amplify");
+    // A 1 MiB document.
+    let writer = YClient::connect(&url).await.unwrap();
+    writer.wait_synced(WAIT).await.unwrap();
+    for i in 0..16 {
+        writer
+            .push_text("t", &format!("{i:x}").repeat(64 * 1024))
+            .await
+            .unwrap();
+    }
+    let check = YClient::connect(&url).await.unwrap();
+    check
+        .wait_until(WAIT, |doc| {
+            partyline_bench::client::text_of(doc, "t").len() >= 16 * 64 * 1024
+        })
+        .await
+        .unwrap();
+    let before = server.rss_bytes();
+
+    // 300 four-byte SyncStep1 frames from a socket that never reads: each
+    // would be answered with the whole document.
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        if socket.send(Ws::binary(vec![0u8, 0, 1, 0])).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = server.rss_bytes();
+    // Once it reads, it finds at most one answer (and is perhaps closed as
+    // too slow, 1008): the repeats were dropped, not queued.
+    let mut received = 0usize;
+    let mut closed = None;
+    loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+            Ok(Some(Ok(Ws::Close(frame)))) => {
+                closed = frame;
+                break;
+            }
+            Ok(Some(Ok(other))) => received += other.len(),
+            Ok(_) | Err(_) => break,
+        }
+    }
+    if let Some(close) = closed {
+        assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    }
+    assert!(
+        received < 2 * 1024 * 1024 + 64 * 1024,
+        "{received} bytes sent to a client that asked 300 times"
+    );
+    let growth = during.saturating_sub(before);
+    eprintln!(
+        "RSS before {} MiB, while ignored {} MiB; {received} bytes sent",
+        before >> 20,
+        during >> 20
+    );
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {} MiB for one client",
+        growth / (1024 * 1024)
+    );
+    // The writer was never disturbed.
+    writer.push_text("t", "still").await.unwrap();
+    assert!(writer.close_info().is_none());
+}

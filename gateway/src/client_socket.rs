@@ -7,8 +7,13 @@
 //! however many clients get it. Only when the kernel's send buffer is full
 //! does a frame wait in the socket's queue; then the session task, woken
 //! once, writes the queue out as the socket drains. A client whose queue
-//! reaches `capacity` frames is too slow and is closed (1008) rather than
-//! slowing the room. The queue allocates nothing while the socket keeps up,
+//! reaches `capacity` frames, or `max_bytes` of frames other than a sync
+//! answer, is too slow and is closed (1008) rather than slowing the room.
+//! A sync answer (SyncStep2: the document, possibly large) may wait on
+//! top of that budget, but only one: a client that asks again while its
+//! previous answer is still queued is not reading, and is closed — so a
+//! socket that never reads costs one document plus `max_bytes`, never
+//! requests × document. The queue allocates nothing while the socket keeps up,
 //! so an idle socket costs only this struct.
 //!
 //! The session task's WebSocket (tungstenite, for reading and for control
@@ -40,7 +45,11 @@ const WRITE_BATCH: usize = 64;
 /// One encoded server-to-client WebSocket frame (unmasked, so the same
 /// bytes go to every client).
 #[derive(Debug, Clone)]
-pub struct Frame(Bytes);
+pub struct Frame {
+    bytes: Bytes,
+    /// A SyncStep2: the answer to a client's SyncStep1.
+    answer: bool,
+}
 
 impl Frame {
     /// Encodes one binary (y-sync) or text (side protocol) message as a
@@ -63,13 +72,24 @@ impl Frame {
             .format(length, &mut buffer)
             .expect("frame header into a Vec");
         buffer.extend_from_slice(payload);
-        Some(Self(Bytes::from(buffer)))
+        Some(Self {
+            bytes: Bytes::from(buffer),
+            answer: !text && payload.starts_with(&[0, 1]),
+        })
     }
 
     /// The frame's bytes on the wire.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
+}
+
+/// One queued chunk of bytes.
+#[derive(Debug)]
+struct Queued {
+    bytes: Bytes,
+    /// A sync answer: not counted in `State::bytes`.
+    answer: bool,
 }
 
 /// The socket's queue was full: the client is too slow and should be
@@ -81,8 +101,12 @@ pub struct Full;
 struct State {
     /// Bytes the kernel did not take yet, in order; the first may be
     /// partly written (`offset`).
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Queued>,
     offset: usize,
+    /// Bytes queued in frames other than sync answers.
+    bytes: usize,
+    /// Sync answers queued (0 or 1).
+    answers: usize,
     /// Set once: the session should close after what is queued.
     close: Option<CloseReason>,
     /// A write failed: the client is gone, nothing more is written.
@@ -99,17 +123,26 @@ pub struct ClientSocket {
     /// Wakes the session task: frames are queued or a close was asked for.
     wake: Notify,
     capacity: usize,
+    max_bytes: usize,
 }
 
 impl ClientSocket {
-    /// A socket that queues at most `capacity` frames behind the kernel.
+    /// A socket that queues at most `capacity` frames behind the kernel
+    /// (and no byte limit until [`Self::max_bytes`]).
     pub fn new(stream: OwnedWriteHalf, capacity: usize) -> Self {
         Self {
             stream,
             state: Mutex::default(),
             wake: Notify::new(),
             capacity,
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// Also queues at most `max_bytes` of frames other than one sync answer.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -125,26 +158,31 @@ impl ClientSocket {
             return Ok(());
         }
         if !state.queue.is_empty() {
-            if state.queue.len() >= self.capacity {
+            let over = if frame.answer {
+                state.answers > 0
+            } else {
+                state.bytes + frame.bytes.len() > self.max_bytes
+            };
+            if over || state.queue.len() >= self.capacity {
                 return Err(Full);
             }
-            state.queue.push_back(frame.0.clone());
+            state.push(frame.bytes.clone(), frame.answer);
             return Ok(());
         }
-        self.write_now(&mut state, &frame.0);
+        self.write_now(&mut state, &frame.bytes, frame.answer);
         Ok(())
     }
 
     /// Writes `bytes` with an empty queue, queueing what the kernel does
     /// not take and waking the session task for it. The lock is held so no
     /// other writer can slip in between.
-    fn write_now(&self, state: &mut State, bytes: &Bytes) {
+    fn write_now(&self, state: &mut State, bytes: &Bytes, answer: bool) {
         let mut written = 0;
         while written < bytes.len() {
             match self.stream.try_write(&bytes[written..]) {
                 Ok(n) => written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    state.queue.push_back(bytes.clone());
+                    state.push(bytes.clone(), answer);
                     state.offset = written;
                     self.wake.notify_one();
                     return;
@@ -217,6 +255,8 @@ impl ClientSocket {
                     Err(error) => {
                         state.failed = true;
                         state.queue.clear();
+                        state.bytes = 0;
+                        state.answers = 0;
                         return Poll::Ready(Err(error));
                     }
                 }
@@ -232,23 +272,23 @@ impl ClientSocket {
     fn write_queued(&self, state: &mut State) -> io::Result<()> {
         let written = {
             let mut slices = Vec::with_capacity(state.queue.len().min(WRITE_BATCH));
-            for (i, bytes) in state.queue.iter().take(WRITE_BATCH).enumerate() {
+            for (i, queued) in state.queue.iter().take(WRITE_BATCH).enumerate() {
                 let start = if i == 0 { state.offset } else { 0 };
-                slices.push(IoSlice::new(&bytes[start..]));
+                slices.push(IoSlice::new(&queued.bytes[start..]));
             }
             self.stream.try_write_vectored(&slices)?
         };
         state.drained += written as u64;
         let mut left = written;
         while let Some(front) = state.queue.front() {
-            let remaining = front.len() - state.offset;
+            let remaining = front.bytes.len() - state.offset;
             if left < remaining {
                 state.offset += left;
                 break;
             }
             left -= remaining;
             state.offset = 0;
-            state.queue.pop_front();
+            state.pop();
         }
         Ok(())
     }
@@ -262,11 +302,32 @@ impl ClientSocket {
         }
         let bytes = Bytes::copy_from_slice(bytes);
         if state.queue.is_empty() {
-            self.write_now(&mut state, &bytes);
+            self.write_now(&mut state, &bytes, false);
         } else {
-            state.queue.push_back(bytes);
+            state.push(bytes, false);
         }
         Ok(())
+    }
+}
+
+impl State {
+    fn push(&mut self, bytes: Bytes, answer: bool) {
+        if answer {
+            self.answers += 1;
+        } else {
+            self.bytes += bytes.len();
+        }
+        self.queue.push_back(Queued { bytes, answer });
+    }
+
+    fn pop(&mut self) {
+        if let Some(queued) = self.queue.pop_front() {
+            if queued.answer {
+                self.answers -= 1;
+            } else {
+                self.bytes -= queued.bytes.len();
+            }
+        }
     }
 }
 
@@ -365,6 +426,46 @@ mod tests {
         let text = Frame::encode(b"__YPS:{}", true).unwrap();
         assert_eq!(parse(text.as_bytes()).0.opcode, OpCode::Data(Data::Text));
         assert!(Frame::encode(&[0xff, 0xfe], true).is_none(), "not UTF-8");
+    }
+
+    /// Sends frames until the kernel stops taking them, so the next
+    /// frame queues.
+    fn fill_the_kernel(socket: &ClientSocket) {
+        let filler = Frame::encode(&vec![0; 64 * 1024], false).unwrap();
+        for _ in 0..1_000 {
+            socket.send(&filler).unwrap();
+            if !socket.state().queue.is_empty() {
+                return;
+            }
+        }
+        panic!("the kernel took 64 MB from a client that never reads");
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_and_one_sync_answer_may_wait_on_top() {
+        let (socket, _read, _client) = pair(100_000).await;
+        let socket = Arc::new(Arc::into_inner(socket).unwrap().max_bytes(1024 * 1024));
+        fill_the_kernel(&socket);
+        // A document of 4 MiB (over the byte budget) still queues: it is
+        // the answer the client asked for.
+        let mut step2 = vec![0, 1];
+        step2.resize(4 * 1024 * 1024, 7);
+        let answer = Frame::encode(&step2, false).unwrap();
+        socket.send(&answer).unwrap();
+        // Asking again before reading it: refused.
+        assert_eq!(socket.send(&answer), Err(Full));
+        // Other frames fill the budget, then are refused.
+        let mut small = vec![0, 2];
+        small.resize(1000, 1);
+        let update = Frame::encode(&small, false).unwrap();
+        let mut queued = 0;
+        while socket.send(&update).is_ok() {
+            queued += 1;
+            assert!(queued < 10_000, "the byte budget never bit");
+        }
+        let state = socket.state();
+        assert!(state.bytes <= 1024 * 1024 && state.bytes > 1024 * 1024 - 1010);
+        assert_eq!(state.answers, 1);
     }
 
     #[tokio::test]

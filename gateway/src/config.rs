@@ -10,6 +10,8 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// Default for [`GatewayConfig::session_queue`].
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
+/// Default for [`GatewayConfig::session_queue_bytes`].
+pub const DEFAULT_SESSION_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Default for [`GatewayConfig::upstream_linger`].
 pub const DEFAULT_UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 /// Default for [`GatewayConfig::owner_unreachable_timeout`].
@@ -39,6 +41,10 @@ pub struct GatewayConfig {
     /// Frames buffered toward one client; a client that falls further
     /// behind is closed with 1008 so the room never waits for it.
     pub session_queue: usize,
+    /// Bytes buffered toward one client besides one sync answer; past it
+    /// the client is closed with 1008 (a socket that never reads costs one
+    /// document plus this, however often it asks).
+    pub session_queue_bytes: usize,
     /// How long a room's upstream stream stays open after its last local
     /// session left (reconnects within it reuse the stream).
     pub upstream_linger: Duration,
@@ -86,6 +92,7 @@ impl GatewayConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             dead_after: DEFAULT_DEAD_AFTER,
             session_queue: DEFAULT_SESSION_QUEUE,
+            session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
             upstream_linger: DEFAULT_UPSTREAM_LINGER,
             owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,

@@ -50,7 +50,9 @@ pub async fn serve(
     let config = &shared.config;
     let session_id = shared.next_session_id();
     let (read, write) = stream.into_split();
-    let out = Arc::new(ClientSocket::new(write, config.session_queue));
+    let out = Arc::new(
+        ClientSocket::new(write, config.session_queue).max_bytes(config.session_queue_bytes),
+    );
     let max = config.max_message_bytes;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)

@@ -28,6 +28,8 @@ pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
 /// Default for [`RoomNodeConfig::history_versions`].
 pub const DEFAULT_HISTORY_VERSIONS: usize = 50;
+/// Default for [`RoomNodeConfig::min_resync_interval`].
+pub const DEFAULT_MIN_RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Default for [`RoomNodeConfig::room_lock_timeout`].
 pub const DEFAULT_ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,6 +93,10 @@ pub struct RoomNodeConfig {
     /// What a room takes from its sessions: type nesting, awareness ids
     /// and bytes per session.
     pub limits: crate::protocol::SyncLimits,
+    /// A session's SyncStep1 (or QueryAwareness) is answered at most once
+    /// per this interval; repeats are dropped (each answer may be the
+    /// whole document).
+    pub min_resync_interval: Duration,
 }
 
 /// Limits of the rooms whose names start with a prefix.
@@ -207,6 +213,7 @@ impl RoomNodeConfig {
             room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
             hooks: None,
             limits: crate::protocol::SyncLimits::default(),
+            min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
             refuse_unlisted_rooms: false,
         }
     }

@@ -320,6 +320,11 @@ async fn load_with_initial_content(
 #[derive(Debug, Default)]
 struct Session {
     read_only: bool,
+    /// When this session's last SyncStep1 / QueryAwareness was answered:
+    /// each answer may be the whole document (or every presence), so a
+    /// client asking in a loop gets at most one per `min_resync_interval`.
+    answered_sync: Option<Instant>,
+    answered_awareness: Option<Instant>,
 }
 
 /// The session key server-API updates are handled under (they carry no
@@ -780,7 +785,13 @@ impl RoomActor {
                 let Some(link) = self.links.get_mut(&link_id) else {
                     return;
                 };
-                let replaced = link.sessions.insert(open.session_id, Session { read_only });
+                let replaced = link.sessions.insert(
+                    open.session_id,
+                    Session {
+                        read_only,
+                        ..Session::default()
+                    },
+                );
                 if replaced.is_none() {
                     self.open_sessions += 1;
                     crate::telemetry::metrics().sessions.add(1, &[]);
@@ -854,6 +865,22 @@ impl RoomActor {
                 );
             }
             return;
+        }
+        let answered = match message.payload.as_ref() {
+            [0, 0, ..] => Some(&mut session.answered_sync),
+            [3, ..] => Some(&mut session.answered_awareness),
+            _ => None,
+        };
+        if let Some(answered) = answered {
+            let now = Instant::now();
+            if answered.is_some_and(|at| now < at + self.config.min_resync_interval) {
+                // Already answered: everything since reaches the session
+                // as broadcasts, so dropping the repeat loses nothing.
+                crate::telemetry::refuse("repeated_sync_request");
+                tracing::debug!(room = %self.room, session = session_id, "repeated sync request inside min_resync_interval dropped");
+                return;
+            }
+            *answered = Some(now);
         }
         let access = if session.read_only {
             Access::ReadOnly

@@ -19,6 +19,17 @@ use std::time::Duration;
 
 use process::Partyline;
 
+/// Connects to `url`: the client, or the HTTP status that refused the
+/// upgrade (any other failure fails the test).
+pub async fn status_of(url: &str) -> Result<partyline_bench::client::YClient, u16> {
+    use partyline_bench::client::{ClientError, YClient};
+    match YClient::connect(url).await {
+        Ok(client) => Ok(client),
+        Err(ClientError::Rejected { status, .. }) => Err(status),
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
 /// A running `partyline dev`.
 pub struct DevServer {
     process: Partyline,
@@ -55,6 +66,23 @@ impl DevServer {
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         self.process.terminate(Duration::from_secs(20))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Resident memory of the process, from `/proc`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
     }
 
     /// Sends SIGKILL and waits for the exit.
