@@ -325,3 +325,37 @@ async fn delete_leaves_nothing_in_redis_or_the_snapshot_store() {
     assert_eq!(keeper.text("t").await.unwrap(), "kept;");
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_names_with_control_characters_get_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(&dir.path().join("data"), &["--api-key", KEY]);
+    let api = Api::new(server.addr);
+    for name in ["doc%0Aforged%20line", "doc%7F", "doc%C2%85", "doc%09tab"] {
+        assert_eq!(
+            common::status_of(&server.url(name)).await.err(),
+            Some(400),
+            "upgrade to {name}"
+        );
+        for (method, path) in [
+            (reqwest::Method::GET, format!("/v1/rooms/{name}")),
+            (reqwest::Method::POST, format!("/v1/rooms/{name}/update")),
+            (reqwest::Method::DELETE, format!("/v1/rooms/{name}")),
+        ] {
+            let body = (method == reqwest::Method::POST).then(|| text_update("x"));
+            let (status, body) = api.call(method.clone(), &path, Some(KEY), body).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{method} {path}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    // The refusal is logged escaped: no raw newline from a client.
+    let log = server.log();
+    assert!(!log.contains("doc\nforged"), "{log}");
+    let fine = YClient::connect(&server.url("doc%20fine")).await.unwrap();
+    fine.wait_synced(WAIT).await.unwrap();
+    server.assert_no_errors();
+}

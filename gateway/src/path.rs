@@ -39,7 +39,7 @@ pub fn parse(path: &str) -> Result<RoomPath, RoomNameError> {
             let room = if party == DEFAULT_PARTY {
                 room
             } else {
-                RoomName::new(format!("parties/{party}/{room}"))?
+                RoomName::new(format!("parties/{party}/{}", room.as_str()))?
             };
             return Ok(RoomPath {
                 party: Some(party),
@@ -111,5 +111,10 @@ mod tests {
             Err(RoomNameError::TooLong(300))
         );
         assert_eq!(parse("/%ff%fe"), Err(RoomNameError::NotUtf8));
+        assert_eq!(parse("/a%0Ab"), Err(RoomNameError::ControlCharacter('\n')));
+        assert_eq!(
+            parse("/parties/main/a%7F"),
+            Err(RoomNameError::ControlCharacter('\u{7f}'))
+        );
     }
 }

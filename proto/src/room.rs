@@ -1,8 +1,14 @@
 //! Room names: the validated, percent-decoded name a client asked for.
 //!
-//! Rules (DESIGN.md "Paths"): UTF-8, 1..=256 bytes after percent-decoding.
-//! Any other character is allowed, `/` included, because y-websocket takes
-//! the whole rest of the URL path as the room.
+//! Rules (DESIGN.md "Paths"): UTF-8, 1..=256 bytes after percent-decoding,
+//! no control characters (C0, DEL, C1: they forge log lines and break
+//! terminals and key-value tools). Any other character is allowed, `/`
+//! included, because y-websocket takes the whole rest of the URL path as
+//! the room.
+//!
+//! `Display` is for logs and escapes what is not printable (format
+//! characters such as bidi overrides, line separators, quotes and
+//! backslashes as in `{:?}`); the name itself is [`RoomName::as_str`].
 
 use std::fmt;
 
@@ -21,6 +27,9 @@ pub enum RoomNameError {
     /// Percent-decoding produced bytes that are not UTF-8.
     #[error("room name is not valid UTF-8 after percent-decoding")]
     NotUtf8,
+    /// A control character (C0, DEL or C1), e.g. a newline.
+    #[error("room name contains the control character {0:?}")]
+    ControlCharacter(char),
     /// A PartyKit party name with `/` in it.
     #[error("party name must not contain '/'")]
     PartySlash,
@@ -40,6 +49,9 @@ impl RoomName {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(RoomNameError::TooLong(name.len()));
         }
+        if let Some(control) = name.chars().find(|c| c.is_control()) {
+            return Err(RoomNameError::ControlCharacter(control));
+        }
         Ok(Self(name))
     }
 
@@ -57,7 +69,7 @@ impl RoomName {
 
 impl fmt::Display for RoomName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}", self.0.escape_debug())
     }
 }
 
@@ -70,6 +82,20 @@ mod tests {
         assert!(RoomName::new("doc-abc123").is_ok());
         assert!(RoomName::new("a/b/c").is_ok());
         assert!(RoomName::new("x".repeat(MAX_ROOM_NAME_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn refuses_control_characters_and_escapes_the_rest_in_display() {
+        for name in ["a\nb", "a\rb", "\0", "a\u{7f}", "a\u{85}b", "a\u{9f}"] {
+            assert!(
+                matches!(RoomName::new(name), Err(RoomNameError::ControlCharacter(_))),
+                "{name:?}"
+            );
+        }
+        let spoof = RoomName::new("a\u{202e}b\u{2028}c").unwrap();
+        assert_eq!(spoof.to_string(), "a\\u{202e}b\\u{2028}c");
+        assert_eq!(spoof.as_str(), "a\u{202e}b\u{2028}c");
+        assert_eq!(RoomName::new("doc ✓/1").unwrap().to_string(), "doc ✓/1");
     }
 
     #[test]
