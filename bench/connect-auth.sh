@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
-secret=bench-secret-0123456789
+secret=bench-secret-0123456789abcdef0123456789
 data=$(mktemp -d)
 trap 'rm -rf "$data"; kill ${hook_pid:-} 2>/dev/null || true' EXIT
 

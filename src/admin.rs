@@ -99,7 +99,7 @@ enum AdminCommand {
 /// Runs one admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let options = args.cluster.merge(file.cluster).build();
+    let options = args.cluster.merge(file.cluster).build()?;
     let json = args.json;
     match args.command {
         AdminCommand::Nodes => {
@@ -242,7 +242,10 @@ async fn storage(
     cluster: &str,
 ) -> anyhow::Result<RemoteStorage> {
     let redis = redis.context("--redis is needed to read stored versions")?;
-    let snapshots = SnapshotStore::from_url(store.unwrap_or("redis://"))?;
+    crate::config::check_redis(redis)?;
+    let store = store.unwrap_or("redis://");
+    crate::config::check_store(store)?;
+    let snapshots = SnapshotStore::from_url(store).with_context(|| format!("--store {store:?}"))?;
     RemoteStorage::connect(redis, snapshots, cluster)
         .await
         .with_context(|| format!("connect to redis {redis}"))

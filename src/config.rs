@@ -12,6 +12,56 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 
+/// Schemes of an HTTP endpoint setting (webhooks, JWKS, OTLP, `--advertise`).
+const HTTP_SCHEMES: &[&str] = &["http", "https"];
+/// Schemes `--nats` takes (async-nats; a bare `host:port` means `nats://`).
+const NATS_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
+/// Schemes `--redis` takes (the redis crate's).
+const REDIS_SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix", "valkey", "valkeys"];
+/// Schemes `--store` takes: a directory, memory, Redis, or an object store
+/// (object_store's own URL forms).
+const STORE_SCHEMES: &[&str] = &[
+    "file", "memory", "redis", "rediss", "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss",
+    "http", "https",
+];
+
+/// Checks `value` of the setting `flag` as a URL with one of `schemes`
+/// (and a host when `needs_host`). Every address is checked at start-up so
+/// that a typo stops the process there with the flag's name, instead of
+/// surfacing later as "unreachable" far from its cause.
+pub fn check_url(
+    flag: &str,
+    value: &str,
+    schemes: &[&str],
+    needs_host: bool,
+) -> anyhow::Result<url::Url> {
+    let expected = schemes
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // `127.0.0.1:7001` fails to parse and `host:7001` parses with the
+    // scheme `host`: either way a missing scheme, the usual mistake.
+    let hint = if value.contains("://") {
+        String::new()
+    } else {
+        format!(" (did you mean {}://{value}?)", schemes[0])
+    };
+    let parsed = url::Url::parse(value).map_err(|error| {
+        anyhow::anyhow!("{flag} {value:?} is not a URL ({error}); expected {expected}{hint}")
+    })?;
+    anyhow::ensure!(
+        schemes.contains(&parsed.scheme()),
+        "{flag} {value:?} has the scheme {:?}; expected {expected}{hint}",
+        parsed.scheme()
+    );
+    anyhow::ensure!(
+        !needs_host || parsed.host_str().is_some_and(|host| !host.is_empty()),
+        "{flag} {value:?} names no host"
+    );
+    Ok(parsed)
+}
+
 /// Default gateway address: PartyKit's default port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1999";
 /// Default data directory of `partyline dev`.
@@ -70,6 +120,15 @@ pub struct GatewaySection {
     /// larger closes the socket with 1009 [default: 16777216].
     #[arg(long, env = "PARTYLINE_GATEWAY_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// A y-pk-batch (y-partykit's chunked message) not finished this long
+    /// after its start marker closes the socket with 1008 [default: 30s].
+    #[arg(long, env = "PARTYLINE_GATEWAY_BATCH_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub batch_timeout: Option<Duration>,
+    /// Longest query string of a room URL in bytes; longer gets HTTP 414
+    /// before the upgrade and before any auth webhook call [default: 8192].
+    #[arg(long, env = "PARTYLINE_GATEWAY_MAX_QUERY_BYTES")]
+    pub max_query_bytes: Option<usize>,
     /// How often client sockets are pinged [default: 10s].
     #[arg(long, env = "PARTYLINE_GATEWAY_PING_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -248,6 +307,14 @@ impl TelemetrySection {
         }
     }
 
+    /// Checks the OTLP endpoint, naming the flag when it is bad.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            check_url("--otlp-endpoint", endpoint, HTTP_SCHEMES, true)?;
+        }
+        Ok(())
+    }
+
     /// The sample ratio, checked.
     pub fn sample_ratio(&self) -> anyhow::Result<f64> {
         let ratio = self.trace_sample_ratio.unwrap_or(0.05);
@@ -316,9 +383,23 @@ impl WebhooksSection {
         }
     }
 
+    /// Checks the URLs, naming the flag of a bad one.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (flag, url) in [
+            ("--callback-url", &self.callback_url),
+            ("--load-url", &self.load_url),
+        ] {
+            if let Some(url) = url {
+                check_url(flag, url, HTTP_SCHEMES, true)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The room node's hooks; `None` when neither URL is set.
     pub fn build(&self) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
         use partyline_room_node::hooks::{Hooks, HooksConfig};
+        self.check()?;
         if self.callback_url.is_none() && self.load_url.is_none() {
             return Ok(None);
         }
@@ -333,16 +414,6 @@ impl WebhooksSection {
         set(&mut config.callback_timeout, self.callback_timeout);
         set(&mut config.callback_retries, self.callback_retries);
         set(&mut config.load_timeout, self.load_timeout);
-        for url in [&config.callback_url, &config.load_url]
-            .into_iter()
-            .flatten()
-        {
-            let parsed = url::Url::parse(url).with_context(|| format!("webhook url {url:?}"))?;
-            anyhow::ensure!(
-                matches!(parsed.scheme(), "http" | "https"),
-                "webhook url {url:?} must be http or https"
-            );
-        }
         anyhow::ensure!(
             config.debounce_max_wait >= config.debounce_wait,
             "webhooks.debounce_max_wait must be at least webhooks.debounce_wait"
@@ -394,6 +465,8 @@ impl GatewaySection {
         Self {
             listen: or(self.listen, file.listen),
             max_message_bytes: or(self.max_message_bytes, file.max_message_bytes),
+            batch_timeout: or(self.batch_timeout, file.batch_timeout),
+            max_query_bytes: or(self.max_query_bytes, file.max_query_bytes),
             ping_interval: or(self.ping_interval, file.ping_interval),
             dead_after: or(self.dead_after, file.dead_after),
             session_queue: or(self.session_queue, file.session_queue),
@@ -428,6 +501,8 @@ impl GatewaySection {
     pub fn build(&self, gateway_id: String) -> anyhow::Result<partyline_gateway::GatewayConfig> {
         let mut config = partyline_gateway::GatewayConfig::new(gateway_id);
         set(&mut config.max_message_bytes, self.max_message_bytes);
+        set(&mut config.batch_timeout, self.batch_timeout);
+        set(&mut config.max_query_bytes, self.max_query_bytes);
         set(&mut config.ping_interval, self.ping_interval);
         set(&mut config.dead_after, self.dead_after);
         set(&mut config.session_queue, self.session_queue);
@@ -472,6 +547,14 @@ impl GatewaySection {
         anyhow::ensure!(
             config.max_message_bytes > 0,
             "gateway.max_message_bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            !config.batch_timeout.is_zero(),
+            "gateway.batch_timeout must be positive"
+        );
+        anyhow::ensure!(
+            config.max_query_bytes > 0,
+            "gateway.max_query_bytes must be at least 1"
         );
         anyhow::ensure!(
             !config.ping_interval.is_zero(),
@@ -627,7 +710,8 @@ pub struct AuthSection {
     /// [default: none in dev; a cluster gateway requires a choice].
     #[arg(long = "auth-mode", env = "PARTYLINE_AUTH_MODE")]
     pub mode: Option<String>,
-    /// HS256 shared secret for `jwt`.
+    /// HS256 shared secret for `jwt`, at least 32 bytes (shorter ones, the
+    /// empty one included, refuse to start).
     #[arg(long, env = "PARTYLINE_AUTH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// PEM public key file for `jwt` (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
@@ -640,7 +724,7 @@ pub struct AuthSection {
     /// Required `iss` claim.
     #[arg(long, env = "PARTYLINE_AUTH_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
+    /// Required `aud` claim [default: none; then tokens that carry an `aud` are refused].
     #[arg(long, env = "PARTYLINE_AUTH_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// The app's permission check for `webhook`: POSTed `{room, party,
@@ -691,6 +775,14 @@ impl AuthSection {
         allow_none: bool,
     ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
         use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
+        for (flag, url) in [
+            ("--jwks-url", &self.jwks_url),
+            ("--webhook-url", &self.webhook_url),
+        ] {
+            if let Some(url) = url {
+                check_url(flag, url, HTTP_SCHEMES, true)?;
+            }
+        }
         match self.mode.as_deref() {
             None | Some("none") => {
                 anyhow::ensure!(
@@ -703,7 +795,8 @@ impl AuthSection {
             }
             Some("jwt") => {
                 let mut jwt = match (&self.jwt_secret, &self.jwt_public_key, &self.jwks_url) {
-                    (Some(secret), None, None) => JwtAuthorizer::with_secret(secret.as_bytes()),
+                    (Some(secret), None, None) => JwtAuthorizer::with_secret(secret.as_bytes())
+                        .context("--jwt-secret (PARTYLINE_AUTH_JWT_SECRET, [auth] jwt_secret)")?,
                     (None, Some(path), None) => {
                         let pem = std::fs::read(path)
                             .with_context(|| format!("read jwt public key {}", path.display()))?;
@@ -803,6 +896,22 @@ impl NodeSection {
         }
     }
 
+    /// Checks `--advertise`, `--redis` and `--store`, naming the flag of a
+    /// bad one. `--advertise` must be a URL: a bare `host:port` is refused
+    /// rather than guessed, since gateways dial exactly what is published.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(advertise) = &self.advertise {
+            check_url("--advertise", advertise, HTTP_SCHEMES, true)?;
+        }
+        if let Some(redis) = &self.redis {
+            check_redis(redis)?;
+        }
+        if let Some(store) = &self.store {
+            check_store(store)?;
+        }
+        Ok(())
+    }
+
     /// The node id: the flag, else the host name.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(host_name)
@@ -834,11 +943,26 @@ impl NodeSection {
         match url.strip_prefix("file://") {
             Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
             _ => anyhow::bail!(
-                "unsupported store {url:?} without --redis: logs need a shared directory, \
+                "--store {url:?} is not supported without --redis: logs need a shared directory, \
                  file:///path (object stores and redis:// hold snapshots of a --redis log)"
             ),
         }
     }
+}
+
+/// Checks a `--redis` URL (room nodes and `partyline admin`).
+pub fn check_redis(url: &str) -> anyhow::Result<()> {
+    let parsed = check_url("--redis", url, REDIS_SCHEMES, false)?;
+    if matches!(parsed.scheme(), "redis" | "rediss" | "valkey" | "valkeys") {
+        check_url("--redis", url, REDIS_SCHEMES, true)?;
+    }
+    Ok(())
+}
+
+/// Checks a `--store` URL (room nodes and `partyline admin`); the store
+/// itself says later whether it can reach the place.
+pub fn check_store(url: &str) -> anyhow::Result<()> {
+    check_url("--store", url, STORE_SCHEMES, false).map(drop)
 }
 
 /// The machine's host name (`/proc/sys/kernel/hostname`), the default node
@@ -873,12 +997,25 @@ impl ClusterSection {
         }
     }
 
-    /// Typed options.
-    pub fn build(&self) -> partyline_coordinator::cluster::ClusterOptions {
+    /// Typed options; each `--nats` entry is checked as async-nats will
+    /// read it (`host:port` alone means `nats://host:port`).
+    pub fn build(&self) -> anyhow::Result<partyline_coordinator::cluster::ClusterOptions> {
+        if let Some(nats) = &self.nats {
+            anyhow::ensure!(!nats.trim().is_empty(), "--nats is empty");
+            for entry in nats.split(',').map(str::trim) {
+                let url = if entry.contains("://") {
+                    entry.to_owned()
+                } else {
+                    format!("nats://{entry}")
+                };
+                check_url("--nats", &url, NATS_SCHEMES, true)
+                    .with_context(|| format!("--nats entry {entry:?}"))?;
+            }
+        }
         let mut options = partyline_coordinator::cluster::ClusterOptions::default();
         set(&mut options.nats_url, self.nats.clone());
         set(&mut options.cluster, self.name.clone());
-        options
+        Ok(options)
     }
 }
 
@@ -1016,7 +1153,8 @@ mod tests {
             ..Default::default()
         }
         .merge(file.cluster)
-        .build();
+        .build()
+        .unwrap();
         assert_eq!(cluster.nats_url, "nats://10.0.0.1:4222");
         assert_eq!(cluster.cluster, "blue");
         let node = NodeSection::default().merge(file.node);

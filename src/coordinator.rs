@@ -26,7 +26,7 @@ pub async fn run(
     file: FileConfig,
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
-    let cluster_options = args.cluster.merge(file.cluster).build();
+    let cluster_options = args.cluster.merge(file.cluster).build()?;
     let config = args.coordinator.merge(file.coordinator).build()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));

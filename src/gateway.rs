@@ -34,7 +34,7 @@ pub async fn run(
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
     let gateway = args.gateway.merge(file.gateway);
-    let cluster_options = args.cluster.merge(file.cluster).build();
+    let cluster_options = args.cluster.merge(file.cluster).build()?;
     let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
     config.shutdown_close_code = close::SERVICE_RESTART;
     let auth = args.auth.merge(file.auth);

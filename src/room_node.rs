@@ -42,7 +42,8 @@ pub async fn run(
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
     let node = args.node.merge(file.node);
-    let cluster_options = args.cluster.merge(file.cluster).build();
+    node.check()?;
+    let cluster_options = args.cluster.merge(file.cluster).build()?;
     let mut room_node = args.room_node.merge(file.room_node);
     // `--data-dir DIR` is the same as `--store file://DIR`.
     anyhow::ensure!(
@@ -59,7 +60,8 @@ pub async fn run(
         // Logs in Redis, snapshots in the store; fencing in Redis replaces
         // the shared directory's file locks.
         let store = node.store.as_deref().unwrap_or("redis://");
-        let snapshots = SnapshotStore::from_url(store)?;
+        let snapshots =
+            SnapshotStore::from_url(store).with_context(|| format!("--store {store:?}"))?;
         let remote = RemoteStorage::connect(redis, snapshots, &cluster_options.cluster)
             .await
             .with_context(|| format!("connect to redis {redis}"))?;

@@ -190,6 +190,7 @@ where
     F: FnOnce(Serving) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    settings.check()?;
     let telemetry = Telemetry::init(
         service,
         settings.otlp_endpoint.as_deref(),

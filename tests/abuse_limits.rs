@@ -1,7 +1,8 @@
 //! Abuse limits through `partyline dev`: connection attempts per address
 //! per second and sockets per address are refused with HTTP 429 before the
 //! upgrade; a session flooding messages is closed with 1008 while the rest
-//! of its room goes on; every refusal is counted in the log.
+//! of its room goes on; a `y-pk-batch` left half-sent is closed with 1008
+//! at its deadline; every refusal is counted in the log.
 
 mod common;
 
@@ -118,4 +119,35 @@ async fn a_flooding_session_is_closed_and_its_room_goes_on() {
     calm.wait_for_text("t", &expected, WAIT).await.unwrap();
     assert!(calm.close_info().is_none());
     assert!(server.log().contains("session over its message rate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_batch_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &["--batch-timeout", "1s", "--ping-interval", "200ms"],
+    );
+    let client = YClient::connect(&server.url("doc-batch")).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    client
+        .send_text(r#"y-pk-batch#{"id":"b1","type":"start","size":2000000,"count":2}"#)
+        .await
+        .unwrap();
+    client.send_binary(vec![0; 1_000_000]).await.unwrap();
+    let started = Instant::now();
+    // The client keeps answering pings, so only the deadline can close it
+    // (--dead-after is 30 s).
+    let closed = client.wait_closed(WAIT).await.unwrap();
+    assert_eq!(closed.code, 1008, "{closed}");
+    assert!(closed.reason.contains("y-pk-batch"), "{closed}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.log().contains("y-pk-batch not completed in time"));
+    // The room is unharmed.
+    let after = YClient::connect(&server.url("doc-batch")).await.unwrap();
+    after.wait_synced(WAIT).await.unwrap();
 }

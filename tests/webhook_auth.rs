@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use common::status_of;
 use common::DevServer;
-use partyline_bench::client::{ClientError, YClient};
 
 type Counts = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -43,16 +43,9 @@ async fn check(State(counts): State<Counts>, body: String) -> axum::response::Re
     }
 }
 
-async fn status_of(url: &str) -> Result<YClient, u16> {
-    match YClient::connect(url).await {
-        Ok(client) => Ok(client),
-        Err(ClientError::Rejected { status, .. }) => Err(status),
-        Err(other) => panic!("unexpected error {other}"),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_webhook_decides_fails_closed_and_is_cached() {
+/// The app's check on a loopback port, and `partyline dev` asking it with
+/// `extra_args`; the temp dir must outlive the server.
+async fn with_webhook(extra_args: &[&str]) -> (DevServer, Counts, tempfile::TempDir) {
     let counts: Counts = Arc::default();
     let app = axum::Router::new()
         .route("/auth", axum::routing::post(check))
@@ -60,21 +53,17 @@ async fn the_webhook_decides_fails_closed_and_is_cached() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/auth", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-
     let dir = tempfile::tempdir().unwrap();
-    let server = DevServer::start(
-        &dir.path().join("data"),
-        &[
-            "--auth-mode",
-            "webhook",
-            "--webhook-url",
-            &hook,
-            "--webhook-timeout",
-            "500ms",
-            "--cache-ttl",
-            "60s",
-        ],
-    );
+    let mut args = vec!["--auth-mode", "webhook", "--webhook-url", &hook];
+    args.extend_from_slice(extra_args);
+    let server = DevServer::start(&dir.path().join("data"), &args);
+    (server, counts, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_decides_fails_closed_and_is_cached() {
+    let (server, counts, _dir) =
+        with_webhook(&["--webhook-timeout", "500ms", "--cache-ttl", "60s"]).await;
     let url = |token: &str| server.url(&format!("doc-hook?_pk=x&token={token}"));
 
     let writer = status_of(&url("allow-write")).await.expect("allowed");
@@ -122,5 +111,36 @@ async fn the_webhook_decides_fails_closed_and_is_cached() {
     assert_eq!(counts["allow-write"], 1, "{counts:?}");
     assert_eq!(counts["deny"], 1, "{counts:?}");
     assert_eq!(counts["boom"], 2, "failures are not cached: {counts:?}");
+    server.assert_no_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_ignores_the_connection_id_and_long_queries_are_refused_unasked() {
+    let (server, counts, _dir) =
+        with_webhook(&["--cache-ttl", "60s", "--max-query-bytes", "1024"]).await;
+    // y-partykit sends a fresh `_pk` on every connect: still one webhook call.
+    for pk in ["a1", "b2", "c3"] {
+        let client = status_of(&server.url(&format!("doc-pk?_pk={pk}&token=allow-write")))
+            .await
+            .expect("allowed");
+        client.wait_synced(Duration::from_secs(5)).await.unwrap();
+    }
+    // A query over the cap is refused before the webhook is asked.
+    let junk = "j".repeat(2000);
+    let long = server.url(&format!("doc-pk?token=allow-read&junk={junk}"));
+    assert_eq!(status_of(&long).await.err(), Some(414));
+    // Within the cap, other params are a different request (the webhook
+    // sees them), asked once each.
+    for _ in 0..2 {
+        status_of(&server.url("doc-pk?_pk=z&token=allow-read&junk=1"))
+            .await
+            .expect("allowed to read");
+    }
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.get("allow-write"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("allow-read"), Some(&1), "{counts:?}");
+    assert!(server
+        .log()
+        .contains("refused query string over max_query_bytes"));
     server.assert_no_errors();
 }

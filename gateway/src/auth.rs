@@ -11,6 +11,12 @@
 //! name wins, then the longest pattern. `none` lets every client write,
 //! anonymously (only for `partyline dev` or with `--insecure-no-auth`).
 //!
+//! Beyond the signature a token must pass `exp` and `nbf` (both with
+//! [`LEEWAY_SECS`] of clock skew), carry no `crit` header (we implement no
+//! extension, so RFC 7515 §4.1.11 says refuse), and carry an `aud` only
+//! when an audience is configured, and then that one: a token minted for
+//! another service must not open rooms here.
+//!
 //! Decisions are made per connect: revocation is lazy, as PartyKit apps
 //! expect (an open session continues; the next connect is checked again).
 
@@ -21,6 +27,18 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
+/// as long as the hash (256 bits); a shorter one can be guessed offline
+/// from any token a client holds.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Longest JOSE header segment read, in bytes of base64url: ours are a few
+/// dozen; this only stops a client making the gateway decode a huge one.
+const MAX_HEADER_SEGMENT_BYTES: usize = 4096;
 
 /// How clients are authorized.
 #[derive(Clone, Default)]
@@ -103,6 +121,9 @@ pub enum AuthConfigError {
     /// Neither a secret nor a key.
     #[error("jwt auth needs a secret or a public key")]
     NoKey,
+    /// An HS256 secret shorter than [`MIN_SECRET_BYTES`].
+    #[error("the HS256 secret is {0} bytes; at least {MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)")]
+    ShortSecret(usize),
     /// The HTTP client for a webhook or JWKS URL could not be built.
     #[error("http client: {0}")]
     Http(String),
@@ -243,6 +264,11 @@ struct Claims {
     /// Room name or `prefix*` → "read" | "write".
     #[serde(default)]
     rooms: BTreeMap<String, Grant>,
+    /// Only whether it is there: jsonwebtoken checks its value when an
+    /// audience is configured, but lets an `aud` of an unexpected type
+    /// through when none is.
+    #[serde(default)]
+    aud: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -253,9 +279,15 @@ enum Grant {
 }
 
 impl JwtAuthorizer {
-    /// Verifies HS256 tokens with `secret`.
-    pub fn with_secret(secret: &[u8]) -> Self {
-        Self::new(DecodingKey::from_secret(secret), vec![Algorithm::HS256])
+    /// Verifies HS256 tokens with `secret` (at least [`MIN_SECRET_BYTES`]).
+    pub fn with_secret(secret: &[u8]) -> Result<Self, AuthConfigError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthConfigError::ShortSecret(secret.len()));
+        }
+        Ok(Self::new(
+            DecodingKey::from_secret(secret),
+            vec![Algorithm::HS256],
+        ))
     }
 
     /// Verifies tokens signed by the private half of `pem` (RSA → RS256,
@@ -298,9 +330,11 @@ impl JwtAuthorizer {
     fn with_keys(keys: Keys, algorithms: Vec<Algorithm>) -> Self {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
-        validation.validate_aud = false;
+        // `validate_aud` stays on with no audience set: jsonwebtoken then
+        // refuses any token that names one.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Self { keys, validation }
     }
 
@@ -313,12 +347,16 @@ impl JwtAuthorizer {
     /// Also requires this `aud`.
     pub fn audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
-        self.validation.validate_aud = true;
+        // Without this a token with no `aud` at all would pass.
+        self.validation
+            .required_spec_claims
+            .insert("aud".to_owned());
         self
     }
 
     async fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
         let invalid = |error: jsonwebtoken::errors::Error| Refusal::Invalid(error.to_string());
+        refuse_critical_header(token)?;
         let claims = match &self.keys {
             Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
             Keys::Jwks(jwks) => {
@@ -335,6 +373,11 @@ impl JwtAuthorizer {
         }
         .map_err(invalid)?
         .claims;
+        if claims.aud.is_some() && self.validation.aud.is_none() {
+            return Err(Refusal::Invalid(
+                "the token names an audience and this server is configured with none".to_owned(),
+            ));
+        }
         let grant = claims.rooms.get(room).copied().or_else(|| {
             claims
                 .rooms
@@ -355,6 +398,34 @@ impl JwtAuthorizer {
             None => Err(Refusal::Forbidden(room.to_owned())),
         }
     }
+}
+
+/// Refuses a token whose JOSE header carries `crit`. Read from the raw
+/// header JSON, not jsonwebtoken's parsed `Header`, which would take
+/// `"crit": null` for no `crit` at all.
+fn refuse_critical_header(token: &str) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    let malformed = |why: &str| Refusal::Invalid(format!("malformed token header: {why}"));
+    let segment = token
+        .split('.')
+        .next()
+        .filter(|_| token.split('.').count() == 3)
+        .ok_or_else(|| malformed("not three segments"))?;
+    if segment.len() > MAX_HEADER_SEGMENT_BYTES {
+        return Err(malformed("too long"));
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| malformed("not base64url"))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| malformed("not a JSON object"))?;
+    if header.contains_key("crit") {
+        return Err(Refusal::Invalid(
+            "the token header has critical extensions (crit), none of which this server implements"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 impl Authorizer {
@@ -390,13 +461,23 @@ impl Authorizer {
 /// A webhook answer and when it came.
 type Cached = (Instant, Result<Access, Refusal>);
 
+/// The query parameter y-partykit fills with a fresh connection id on every
+/// connect. It is sent to the webhook but left out of the cache key, or no
+/// PartyKit client would ever be answered from the cache; so the webhook's
+/// answer must not depend on it.
+pub const CONNECTION_ID_PARAM: &str = "_pk";
+
+/// SHA-256 of a webhook request without [`CONNECTION_ID_PARAM`]: a cache
+/// entry costs 32 bytes of key however long the token and params were.
+type CacheKey = [u8; 32];
+
 /// Asks the app's backend, with a TTL cache of its answers.
 pub struct WebhookAuthorizer {
     url: String,
     client: reqwest::Client,
     ttl: Duration,
     max_entries: usize,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
 /// What the webhook receives.
@@ -455,9 +536,11 @@ impl WebhookAuthorizer {
             token: token(query, headers),
             params: query_params(query),
         };
-        // The request is the key: the same client asking again is answered
-        // from the cache until the TTL runs out.
-        let key = serde_json::to_string(&request).unwrap_or_default();
+        // The same client asking again is answered from the cache until the
+        // TTL runs out. Junk params make new keys (the webhook sees every
+        // param, so they may change its answer); the gateway's query size
+        // cap and `max_entries` bound what that costs.
+        let key = cache_key(&request);
         if let Some(answer) = self.cached(&key) {
             return answer;
         }
@@ -468,13 +551,13 @@ impl WebhookAuthorizer {
         answer
     }
 
-    fn cached(&self, key: &str) -> Option<Result<Access, Refusal>> {
+    fn cached(&self, key: &CacheKey) -> Option<Result<Access, Refusal>> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let (at, answer) = cache.get(key)?;
         (at.elapsed() < self.ttl).then(|| answer.clone())
     }
 
-    fn remember(&self, key: String, answer: Result<Access, Refusal>) {
+    fn remember(&self, key: CacheKey, answer: Result<Access, Refusal>) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= self.max_entries {
             let ttl = self.ttl;
@@ -521,6 +604,20 @@ impl WebhookAuthorizer {
             other => Err(unavailable(format!("answered {other}"))),
         }
     }
+}
+
+/// What a cached answer is filed under (see [`CacheKey`]). JSON keeps the
+/// fields apart, so no two different requests share a pre-image.
+fn cache_key(request: &WebhookRequest<'_>) -> CacheKey {
+    use sha2::{Digest, Sha256};
+    let params: BTreeMap<&str, &str> = request
+        .params
+        .iter()
+        .filter(|(key, _)| key.as_str() != CONNECTION_ID_PARAM)
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let fields = (request.room, request.party, &request.token, params);
+    Sha256::digest(serde_json::to_vec(&fields).unwrap_or_default()).into()
 }
 
 /// The query's parameters, percent-decoded (later duplicates win).
@@ -574,7 +671,7 @@ mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
 
-    const SECRET: &[u8] = b"test-secret";
+    const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 
     fn sign(claims: serde_json::Value) -> String {
         jsonwebtoken::encode(
@@ -598,7 +695,7 @@ mod tests {
 
     #[test]
     fn grants_exact_names_and_the_longest_prefix() {
-        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET)));
+        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).unwrap()));
         let token = sign(serde_json::json!({
             "sub": "u1", "name": "Ada", "exp": now() + 60,
             "rooms": {"doc-*": "read", "doc-mine-*": "write", "doc-shared": "write"}
@@ -622,7 +719,9 @@ mod tests {
 
     #[tokio::test]
     async fn bad_tokens_are_refused_with_401() {
-        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).issuer("app")));
+        let auth = Authorizer::Jwt(Box::new(
+            JwtAuthorizer::with_secret(SECRET).unwrap().issuer("app"),
+        ));
         let headers = HeaderMap::new();
         let rooms = serde_json::json!({"*": "write"});
         let expired = sign(
@@ -645,7 +744,34 @@ mod tests {
                     .to_string()
             )
         );
-        for token in [expired, wrong_issuer, forged, none, "garbage".to_owned()] {
+        let not_yet = sign(serde_json::json!({
+            "sub": "u", "exp": now() + 7200, "nbf": now() + 3600, "iss": "app", "rooms": rooms
+        }));
+        let mut critical_header = Header::new(Algorithm::HS256);
+        critical_header.crit = Some(vec!["exp".to_owned()]);
+        let critical = jsonwebtoken::encode(
+            &critical_header,
+            &serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let other_audience = sign(serde_json::json!({
+            "sub": "u", "exp": now() + 60, "iss": "app", "aud": "billing", "rooms": rooms
+        }));
+        let odd_audience = sign(serde_json::json!({
+            "sub": "u", "exp": now() + 60, "iss": "app", "aud": 7, "rooms": rooms
+        }));
+        for token in [
+            expired,
+            wrong_issuer,
+            forged,
+            none,
+            not_yet,
+            critical,
+            other_audience,
+            odd_audience,
+            "garbage".to_owned(),
+        ] {
             let refused = auth
                 .authorize("room", None, Some(&query(&token)), &headers)
                 .await
@@ -672,6 +798,70 @@ mod tests {
             .authorize("room", None, Some(&query(&good)), &headers)
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn audiences_and_nbf_within_the_leeway() {
+        let rooms = serde_json::json!({"*": "write"});
+        let headers = HeaderMap::new();
+        let for_us =
+            sign(serde_json::json!({"sub": "u", "exp": now() + 60, "aud": "docs", "rooms": rooms}));
+        let no_aud = sign(serde_json::json!({"sub": "u", "exp": now() + 60, "rooms": rooms}));
+        let just_started = sign(serde_json::json!({
+            "sub": "u", "exp": now() + 60, "nbf": now() + LEEWAY_SECS - 2, "rooms": rooms
+        }));
+        let with_audience = Authorizer::Jwt(Box::new(
+            JwtAuthorizer::with_secret(SECRET).unwrap().audience("docs"),
+        ));
+        let without = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).unwrap()));
+        let check = |auth: &Authorizer, token: &str| {
+            let query = query(token);
+            let auth = auth.clone();
+            let headers = headers.clone();
+            async move { auth.authorize("room", None, Some(&query), &headers).await }
+        };
+        assert!(check(&with_audience, &for_us).await.is_ok());
+        assert!(
+            check(&with_audience, &no_aud).await.is_err(),
+            "an audience is configured, so it is required"
+        );
+        assert!(check(&without, &no_aud).await.is_ok());
+        assert!(check(&without, &for_us).await.is_err());
+        assert!(
+            check(&without, &just_started).await.is_ok(),
+            "nbf has the leeway"
+        );
+    }
+
+    #[test]
+    fn cache_keys_ignore_only_the_connection_id() {
+        let request = |room, query: &str| WebhookRequest {
+            room,
+            party: Some("main"),
+            token: token(Some(query), &HeaderMap::new()),
+            params: query_params(Some(query)),
+        };
+        let key = |room, query: &str| cache_key(&request(room, query));
+        assert_eq!(key("r", "_pk=1&token=t"), key("r", "_pk=2&token=t"));
+        assert_ne!(key("r", "token=t"), key("r", "token=u"));
+        assert_ne!(key("r", "token=t"), key("s", "token=t"));
+        assert_ne!(key("r", "token=t&a=1"), key("r", "token=t&a=2"));
+        assert_ne!(
+            key("r", "a=1&b=2"),
+            key("r", "a=1%26b%3D2"),
+            "params stay apart"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        for secret in [&b""[..], b"short", &[b'x'; MIN_SECRET_BYTES - 1]] {
+            assert!(matches!(
+                JwtAuthorizer::with_secret(secret),
+                Err(AuthConfigError::ShortSecret(len)) if len == secret.len()
+            ));
+        }
+        assert!(JwtAuthorizer::with_secret(&[b'x'; MIN_SECRET_BYTES]).is_ok());
     }
 
     #[test]

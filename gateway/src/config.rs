@@ -22,6 +22,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 512;
 /// Default for [`GatewayConfig::api_timeout`].
 pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`GatewayConfig::batch_timeout`]: a 16 MiB batch needs
+/// about 4.5 Mbit/s of upload to finish in it.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`GatewayConfig::max_query_bytes`]: room for a large JWT
+/// and PartyKit's `_pk`, like common servers' 8 KiB request-line limit.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Default for [`GatewayConfig::release_grace`].
 pub const DEFAULT_RELEASE_GRACE: Duration = Duration::from_secs(2);
 
@@ -33,6 +39,13 @@ pub struct GatewayConfig {
     /// Largest client message, as one frame or as a reassembled
     /// `y-pk-batch`; larger ones close the socket with 1009.
     pub max_message_bytes: usize,
+    /// A `y-pk-batch` not finished this long after its start marker closes
+    /// the socket with 1008, so a half-sent batch cannot hold its buffer
+    /// for as long as the client answers pings.
+    pub batch_timeout: Duration,
+    /// Longest query string of a room URL; longer gets HTTP 414 before the
+    /// upgrade and before any authorizer (webhook) is asked.
+    pub max_query_bytes: usize,
     /// How often the gateway pings each client socket.
     pub ping_interval: Duration,
     /// A socket that sent nothing (not even a pong) for this long is closed
@@ -89,6 +102,8 @@ impl GatewayConfig {
         Self {
             gateway_id: gateway_id.into(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,
             dead_after: DEFAULT_DEAD_AFTER,
             session_queue: DEFAULT_SESSION_QUEUE,

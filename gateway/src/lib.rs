@@ -164,6 +164,24 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
             return (StatusCode::BAD_REQUEST, format!("bad room name: {error}\n")).into_response();
         }
     };
+    // Before anything reads the query (auth, the webhook): a client must not
+    // make the gateway parse, hash or forward an unbounded one.
+    if let Some(query) = uri
+        .query()
+        .filter(|q| q.len() > shared.config.max_query_bytes)
+    {
+        telemetry::refuse("query_too_long");
+        tracing::info!(room = %room_path.room, bytes = query.len(), "refused query string over max_query_bytes");
+        return (
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "query string of {} bytes; the limit is {}\n",
+                query.len(),
+                shared.config.max_query_bytes
+            ),
+        )
+            .into_response();
+    }
     let upgrade = match upgrade::Upgrade::from_request(&mut request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal.into_response(),

@@ -4,7 +4,8 @@
 //!
 //! Binary frames are y-sync messages, passed through whole (the room node
 //! decodes them). Text frames are side protocols: `y-pk-batch#` markers
-//! bracket chunks that are joined here into one message, `__YPS:` messages
+//! bracket chunks that are joined here into one message (closed with 1008
+//! unless the end marker comes within `batch_timeout`), `__YPS:` messages
 //! are relayed to the room's other sessions, anything else closes the
 //! socket with 1003. The gateway pings every `ping_interval` and closes a
 //! socket silent for `dead_after`. On exit the room is told, so the
@@ -110,6 +111,9 @@ async fn pump(
     let mut expires = config
         .max_session
         .map(|after| Box::pin(tokio::time::sleep(after)));
+    // Armed by a batch's start marker, dropped when it ends. Boxed and only
+    // while a batch is open, like `expires`.
+    let mut batch_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     // Registered once, not on every wake-up of the loop.
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
@@ -167,6 +171,11 @@ async fn pump(
                     Message::Close(_) => return None,
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
                 };
+                match (reassembler.is_open(), batch_deadline.is_some()) {
+                    (true, false) => batch_deadline = Some(Box::pin(tokio::time::sleep(config.batch_timeout))),
+                    (false, true) => batch_deadline = None,
+                    _ => {}
+                }
                 match forward {
                     Ok(Some((payload, text))) => {
                         let kind = crate::telemetry::frame_kind(&payload, text);
@@ -206,6 +215,12 @@ async fn pump(
                 tracing::debug!(room = %room, session = session_id, "session reached max_session; closing");
                 crate::telemetry::refuse("session_expired");
                 return Some(CloseReason::new(close::POLICY_VIOLATION, "session expired; reconnect to be authorized again"));
+            }
+            _ = async { batch_deadline.as_mut().expect("guarded").await }, if batch_deadline.is_some() => {
+                // Returning drops the reassembler and the chunks it holds.
+                tracing::info!(room = %room, session = session_id, timeout = ?config.batch_timeout, "y-pk-batch not completed in time; closing");
+                crate::telemetry::refuse("batch_timeout");
+                return Some(CloseReason::new(close::POLICY_VIOLATION, "y-pk-batch not completed in time"));
             }
             _ = &mut cancelled => {
                 return Some(CloseReason::new(config.shutdown_close_code, "server shutting down"));

@@ -148,3 +148,48 @@ impl Drop for Partyline {
         }
     }
 }
+
+/// What a `partyline` run that is expected to stop on its own left behind.
+pub struct Exited {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// Everything it wrote to stdout (a readiness line means it served).
+    pub stdout: String,
+}
+
+/// Runs `partyline ARGS` and waits up to `timeout` for it to exit by
+/// itself; a process still running then is killed and the test fails, so a
+/// check that should refuse to start cannot hang the suite by serving.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Exited {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_partyline"))
+        .args(args)
+        .env("PARTYLINE_LOG", "info")
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn partyline");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "partyline {args:?} still ran after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        status,
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+    }
+}

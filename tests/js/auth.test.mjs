@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { useServer, uniqueRoom, waitFor, waitSynced, sleep, signJwt, upgradeRequest } from './helpers.mjs'
 
-const SECRET = 'js-test-secret'
+const SECRET = 'js-test-secret-of-at-least-32-bytes'
 const ctx = useServer({ extraArgs: ['--auth-mode', 'jwt', '--jwt-secret', SECRET] })
 const now = () => Math.floor(Date.now() / 1000)
 const token = (rooms, extra = {}) => signJwt({ sub: 'user', exp: now() + 600, rooms, ...extra }, SECRET)

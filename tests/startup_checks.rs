@@ -1,0 +1,134 @@
+//! Bad addresses and URLs stop `partyline` at start-up, before it serves or
+//! dials anything, with a message naming the setting: `--advertise` without
+//! a scheme (a gateway would dial it as is and only log "room owner
+//! unreachable"), and each other address or URL setting of each role.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::run_to_exit;
+
+/// A NATS URL nothing listens on: a role that got past its checks would
+/// fail (or wait) here instead, without naming the bad flag.
+const NO_NATS: &str = "nats://127.0.0.1:1";
+
+/// Runs `partyline ARGS` and checks that it exits non-zero, names `flag`
+/// on stderr, and never printed a readiness line.
+fn refuses(args: &[&str], flag: &str) {
+    let exited = run_to_exit(args, Duration::from_secs(30));
+    assert!(!exited.status.success(), "{args:?} was accepted");
+    assert!(
+        exited.stderr.contains(flag),
+        "{args:?}: stderr does not name {flag}:\n{}",
+        exited.stderr
+    );
+    assert!(
+        !exited.stdout.contains("listening") && !exited.stdout.contains("serving"),
+        "{args:?} served: {}",
+        exited.stdout
+    );
+}
+
+#[test]
+fn a_room_node_refuses_an_advertise_address_without_a_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().display());
+    let node = |extra: &[&str]| {
+        let mut args = vec![
+            "room-node",
+            "--nats",
+            NO_NATS,
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--store",
+            &store,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str], flag: &str| {
+        let args = node(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refuses(&args, flag);
+    };
+    run(&["--advertise", "127.0.0.1:7001"], "--advertise");
+    run(&["--advertise", "room-node-1:7001"], "--advertise");
+    run(&["--advertise", "ftp://room-node-1:7001"], "--advertise");
+    run(&["--redis", "127.0.0.1:6379"], "--redis");
+    run(&["--callback-url", "example.com/hook"], "--callback-url");
+    run(&["--load-url", "file:///etc/passwd"], "--load-url");
+    run(&["--grpc-listen", "127.0.0.1"], "--grpc-listen");
+}
+
+#[test]
+fn every_role_names_its_bad_address_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let dev = |extra: &[&str], flag: &str| {
+        let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--data-dir", &data];
+        args.extend_from_slice(extra);
+        refuses(&args, flag);
+    };
+    dev(&["--callback-url", "not a url"], "--callback-url");
+    dev(
+        &[
+            "--auth-mode",
+            "webhook",
+            "--webhook-url",
+            "localhost:8080/auth",
+        ],
+        "--webhook-url",
+    );
+    dev(
+        &["--auth-mode", "jwt", "--jwks-url", "idp.example/jwks.json"],
+        "--jwks-url",
+    );
+    dev(
+        &["--otlp-endpoint", "otel-collector:4317"],
+        "--otlp-endpoint",
+    );
+    dev(&["--ops-listen", "nope"], "--ops-listen");
+    refuses(
+        &["dev", "--listen", "127.0.0.1", "--data-dir", &data],
+        "--listen",
+    );
+
+    refuses(
+        &["coordinator", "--nats", "http://127.0.0.1:4222"],
+        "--nats",
+    );
+    refuses(
+        &[
+            "gateway",
+            "--nats",
+            "nats://",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "--nats",
+    );
+    refuses(
+        &[
+            "gateway",
+            "--nats",
+            &format!("{NO_NATS},tls://"),
+            "--insecure-no-auth",
+        ],
+        "--nats",
+    );
+    refuses(
+        &[
+            "room-node",
+            "--nats",
+            NO_NATS,
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--store",
+            "bucket/rooms",
+        ],
+        "--store",
+    );
+    refuses(&["admin", "--nats", "ftp://x", "slots"], "--nats");
+}
