@@ -19,9 +19,11 @@
 //! update; it is followed with an explicit stack, never recursion.
 //!
 //! An update that depends on an item neither the document nor the update
-//! holds is refused: yrs would keep it pending and integrate it later,
-//! after a depth that cannot be known now. Stock clients never send one
-//! to a server that has everything they saw.
+//! holds is not taken: yrs would keep it pending and integrate it later,
+//! at a depth that cannot be known now. Stock clients send one only when
+//! the room lost an unacknowledged edit it follows (a failover); the room
+//! then asks the client for everything it lacks, in one self-contained
+//! update ([`crate::protocol`]).
 
 use std::collections::HashMap;
 
@@ -350,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_out_of_order_is_refused_not_left_pending() {
+    fn an_update_out_of_order_is_not_taken_rather_than_left_pending() {
         let doc = Doc::with_client_id(5);
         let (updates, _) = nested_updates(&doc, 4);
         let index = DepthIndex::new();

@@ -139,6 +139,11 @@ pub struct Outcome {
     pub awareness_dropped: usize,
     /// A read-only session tried to write; the update was dropped.
     pub write_denied: bool,
+    /// The update built on content the room does not have (a failover
+    /// lost an unacknowledged edit it follows); it was dropped and the
+    /// session was sent a SyncStep1, so its client sends everything the
+    /// room lacks in one self-contained SyncStep2.
+    pub missing_dependency: bool,
 }
 
 /// The auth reason sent to a read-only session that writes.
@@ -349,7 +354,18 @@ impl SyncRoom {
                 .push(encode(&Message::Auth(Some(reason.to_owned()))));
             return Ok(());
         }
-        let checked = self.depth.check(&blocks, self.limits.max_type_depth)?;
+        let checked = match self.depth.check(&blocks, self.limits.max_type_depth) {
+            Ok(checked) => checked,
+            // yrs would hold it back as pending and integrate it later at
+            // a depth nobody checked; asking for everything instead loses
+            // nothing (the client keeps its edits until they are echoed).
+            Err(DepthError::MissingDependency) => {
+                outcome.missing_dependency = true;
+                outcome.reply.push(self.sync_step1());
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
         let applied = self.doc().transact_mut().apply_update(update);
         // Recorded even if yrs refused part of it: an item it did take must
         // stay known, and one it did not is only a stale entry.
@@ -727,6 +743,31 @@ mod tests {
             .handle_frame(&other.insert("still writable"), Access::ReadWrite, PEER)
             .unwrap();
         assert_eq!(outcome.log.len(), 1);
+    }
+
+    #[test]
+    fn an_update_following_one_the_room_lost_asks_for_everything_instead_of_pending() {
+        let mut room = SyncRoom::new(Doc::new());
+        let writer = Peer::new(4);
+        let _lost = writer.insert("first ");
+        let follows = writer.insert("second");
+        let outcome = room
+            .handle_frame(&follows, Access::ReadWrite, PEER)
+            .unwrap();
+        assert!(outcome.missing_dependency && outcome.log.is_empty());
+        assert!(outcome.broadcast.is_empty(), "not echoed: not taken");
+        let Message::Sync(SyncMessage::SyncStep1(room_sv)) =
+            Message::decode_v1(&outcome.reply[0]).unwrap()
+        else {
+            panic!("a SyncStep1 for the client")
+        };
+        // The client answers with everything the room lacks.
+        let diff = writer.doc.transact().encode_state_as_update_v1(&room_sv);
+        let step2 = Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1();
+        let outcome = room.handle_frame(&step2, Access::ReadWrite, PEER).unwrap();
+        assert!(!outcome.missing_dependency && outcome.log.len() == 1);
+        let text = room.doc().get_or_insert_text("t");
+        assert_eq!(text.get_string(&room.doc().transact()), "first second");
     }
 
     #[test]

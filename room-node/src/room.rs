@@ -676,6 +676,11 @@ impl RoomActor {
             yrs::sync::SyncMessage::Update(update),
         ));
         match self.sync.handle_frame(&message, access, SERVER_SESSION) {
+            Ok(outcome) if outcome.missing_dependency => {
+                let _ = reply.send(Err(ApplyError::BadUpdate(
+                    "update depends on content the room does not have".to_owned(),
+                )));
+            }
             Ok(outcome) if outcome.write_denied => {
                 let _ = reply.send(Err(match access {
                     Access::DocumentFull => ApplyError::DocumentFull,
@@ -892,6 +897,10 @@ impl RoomActor {
             .handle_frame(&message.payload, access, (link_id, session_id))
         {
             Ok(outcome) => {
+                if outcome.missing_dependency {
+                    crate::telemetry::refuse("missing_dependency");
+                    tracing::debug!(room = %self.room, session = session_id, "update builds on content the room does not have; asked the client for everything");
+                }
                 if outcome.awareness_dropped > 0 {
                     crate::telemetry::refuse("awareness_not_taken");
                     tracing::debug!(room = %self.room, session = session_id, dropped = outcome.awareness_dropped, "awareness entries of other sessions' ids or over the session's limits dropped");
