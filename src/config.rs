@@ -141,7 +141,8 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_SESSION_QUEUE")]
     pub session_queue: Option<usize>,
     /// Bytes queued toward one client, besides one sync answer (the
-    /// document it asked for), before it is closed as too slow (1008) [default: 4194304].
+    /// document it asked for), before it is closed as too slow (1008); at
+    /// least --max-message-bytes [default: 33554432].
     #[arg(long, env = "PARTYLINE_GATEWAY_SESSION_QUEUE_BYTES")]
     pub session_queue_bytes: Option<usize>,
     /// How long a room's upstream stream outlives its last local client [default: 5s].
@@ -152,6 +153,11 @@ pub struct GatewaySection {
     #[arg(long, env = "PARTYLINE_GATEWAY_OWNER_UNREACHABLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub owner_unreachable_timeout: Option<Duration>,
+    /// Room streams that fail this many times in a row, each within 10 s of
+    /// opening, close the room's clients with 1011 "room cannot be served"
+    /// instead of re-opening it again (re-opens back off 100 ms → 2 s) [default: 5].
+    #[arg(long, env = "PARTYLINE_GATEWAY_ROOM_REOPEN_ATTEMPTS")]
+    pub room_reopen_attempts: Option<u32>,
     /// WebSocket read buffer per socket in bytes [default: 512].
     #[arg(long, env = "PARTYLINE_GATEWAY_WS_READ_BUFFER_BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
@@ -229,6 +235,10 @@ pub struct RoomNodeSection {
     /// closed with 1002 [default: 256].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_TYPE_DEPTH")]
     pub max_type_depth: Option<u16>,
+    /// Largest document a room holds (its policy's `max_doc_bytes` wins);
+    /// updates growing it past this are refused and the writer is told [default: 268435456].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_DOC_BYTES")]
+    pub max_doc_bytes: Option<u64>,
     /// A session's SyncStep1 or QueryAwareness is answered at most once
     /// per this interval; repeats are dropped [default: 1s].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MIN_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]
@@ -476,6 +486,7 @@ impl GatewaySection {
                 self.owner_unreachable_timeout,
                 file.owner_unreachable_timeout,
             ),
+            room_reopen_attempts: or(self.room_reopen_attempts, file.room_reopen_attempts),
             ws_read_buffer_bytes: or(self.ws_read_buffer_bytes, file.ws_read_buffer_bytes),
             max_connections: or(self.max_connections, file.max_connections),
             release_grace: or(self.release_grace, file.release_grace),
@@ -511,6 +522,11 @@ impl GatewaySection {
         set(
             &mut config.owner_unreachable_timeout,
             self.owner_unreachable_timeout,
+        );
+        set(&mut config.room_reopen_attempts, self.room_reopen_attempts);
+        anyhow::ensure!(
+            config.room_reopen_attempts >= 1,
+            "gateway.room_reopen_attempts (--room-reopen-attempts) must be at least 1"
         );
         set(&mut config.ws_read_buffer_bytes, self.ws_read_buffer_bytes);
         set(&mut config.max_connections, self.max_connections);
@@ -549,6 +565,11 @@ impl GatewaySection {
             "gateway.max_message_bytes must be at least 1"
         );
         anyhow::ensure!(
+            config.session_queue_bytes >= config.max_message_bytes,
+            "gateway.session_queue_bytes (--session-queue-bytes) must be at least gateway.max_message_bytes ({}): an edit of the largest size must fit",
+            config.max_message_bytes
+        );
+        anyhow::ensure!(
             !config.batch_timeout.is_zero(),
             "gateway.batch_timeout must be positive"
         );
@@ -583,6 +604,7 @@ impl RoomNodeSection {
             room_queue: or(self.room_queue, file.room_queue),
             max_type_depth: or(self.max_type_depth, file.max_type_depth),
             min_resync_interval: or(self.min_resync_interval, file.min_resync_interval),
+            max_doc_bytes: or(self.max_doc_bytes, file.max_doc_bytes),
             awareness_max_clients: or(self.awareness_max_clients, file.awareness_max_clients),
             awareness_max_bytes: or(self.awareness_max_bytes, file.awareness_max_bytes),
             room_mode: if self.room_mode.is_empty() {
@@ -669,6 +691,20 @@ impl RoomNodeSection {
         set(&mut config.room_queue, self.room_queue);
         set(&mut config.limits.max_type_depth, self.max_type_depth);
         set(&mut config.min_resync_interval, self.min_resync_interval);
+        set(&mut config.max_doc_bytes, self.max_doc_bytes);
+        // The server API moves whole documents in one gRPC message.
+        let largest_doc = config
+            .policies
+            .iter()
+            .filter_map(|(_, policy)| policy.max_doc_bytes)
+            .chain([config.max_doc_bytes])
+            .max()
+            .unwrap_or(0);
+        anyhow::ensure!(
+            largest_doc <= partyline_proto::chunk::MAX_UNARY_MESSAGE as u64 / 2,
+            "room_node.max_doc_bytes (--max-doc-bytes, or a policy's max_doc_bytes) must be at most {} bytes",
+            partyline_proto::chunk::MAX_UNARY_MESSAGE / 2
+        );
         set(
             &mut config.limits.awareness_max_clients,
             self.awareness_max_clients,

@@ -167,9 +167,13 @@ impl YClient {
     /// Like [`YClient::connect`], over an existing document (its client id
     /// is the awareness id; pre-existing content is offered in the handshake).
     pub async fn connect_with_doc(url: &str, doc: Doc) -> Result<Self, ClientError> {
+        // No message size cap: browsers have none, and a large document's
+        // SyncStep2 is one message (Node's `ws` stops at 100 MiB).
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
-            .write_buffer_size(0);
+            .write_buffer_size(0)
+            .max_message_size(None)
+            .max_frame_size(None);
         let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
         let (socket, _response) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => {

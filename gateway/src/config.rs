@@ -11,11 +11,13 @@ pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// Default for [`GatewayConfig::session_queue`].
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
 /// Default for [`GatewayConfig::session_queue_bytes`].
-pub const DEFAULT_SESSION_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_SESSION_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Default for [`GatewayConfig::upstream_linger`].
 pub const DEFAULT_UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 /// Default for [`GatewayConfig::owner_unreachable_timeout`].
 pub const DEFAULT_OWNER_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`GatewayConfig::room_reopen_attempts`].
+pub const DEFAULT_ROOM_REOPEN_ATTEMPTS: u32 = 5;
 /// Default for [`GatewayConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default for [`GatewayConfig::ws_read_buffer_bytes`].
@@ -64,6 +66,10 @@ pub struct GatewayConfig {
     /// How long a client waits while its room's owner cannot be reached
     /// before it is closed with 1013.
     pub owner_unreachable_timeout: Duration,
+    /// A room whose stream fails this many times in a row, each soon after
+    /// opening, is given up: its clients are closed with 1011 instead of
+    /// a re-open loop.
+    pub room_reopen_attempts: u32,
     /// Per-socket WebSocket read buffer. tungstenite's default is 128 KiB
     /// per socket; larger frames still arrive, the buffer just grows for
     /// them.
@@ -110,6 +116,7 @@ impl GatewayConfig {
             session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
             upstream_linger: DEFAULT_UPSTREAM_LINGER,
             owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
+            room_reopen_attempts: DEFAULT_ROOM_REOPEN_ATTEMPTS,
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             release_grace: DEFAULT_RELEASE_GRACE,

@@ -20,8 +20,6 @@ use tonic::{Code, Status};
 
 use crate::router::Router;
 
-/// gRPC messages carry whole documents; match the room node.
-const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 /// Pause between tries while a room's owner is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -84,8 +82,8 @@ fn not_owner_epoch(status: &Status) -> Option<u64> {
 
 fn client(channel: Channel) -> RoomNodeClient<Channel> {
     RoomNodeClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE)
+        .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
+        .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
 }
 
 /// Server-side calls routed by the gateway's slot map.

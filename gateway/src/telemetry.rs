@@ -33,6 +33,8 @@ pub struct Metrics {
     pub upstreams: UpDownCounter<i64>,
     /// Rooms re-opened on another node (moves and failures).
     pub reroutes: Counter<u64>,
+    /// Room streams that failed (ended or broke without a planned move).
+    pub stream_failures: Counter<u64>,
 }
 
 /// The instruments, created on first use from the global meter provider.
@@ -75,6 +77,10 @@ pub fn metrics() -> &'static Metrics {
             reroutes: meter
                 .u64_counter("partyline.gateway.reroutes")
                 .with_description("Rooms re-opened on a new owner (moves, failures)")
+                .build(),
+            stream_failures: meter
+                .u64_counter("partyline.gateway.room_stream_failures")
+                .with_description("Room streams that failed without a planned move")
                 .build(),
         }
     })

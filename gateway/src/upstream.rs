@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use opentelemetry::KeyValue;
+use partyline_proto::chunk::{split, Joiner, MAX_STREAM_MESSAGE, MAX_UNARY_MESSAGE};
 use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_client::RoomNodeClient};
 use partyline_proto::{close, RoomName, SYNC_STEP1_EMPTY};
 use tokio::sync::{mpsc, oneshot};
@@ -31,10 +32,18 @@ use crate::client_socket::{ClientSocket, Frame};
 use crate::config::GatewayConfig;
 use crate::router::Router;
 
-/// gRPC messages carry whole client messages; match the room node.
-const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 /// Frames buffered from local sessions toward the room node.
 const UPSTREAM_QUEUE: usize = 1024;
+/// A stream that lived this long was serving: its failure starts a new
+/// count of failures in a row.
+const STABLE_STREAM: Duration = Duration::from_secs(10);
+/// First pause before re-opening a room whose stream failed; doubles per
+/// failure in a row up to [`REOPEN_BACKOFF_MAX`].
+const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause before re-opening a failed room.
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A WebSocket close reason fits in 123 bytes.
+const MAX_CLOSE_REASON: usize = 120;
 
 /// Why the gateway closes a client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +295,12 @@ enum StreamEnd {
     Close(CloseReason),
     /// The room moves (or its node failed): re-open it on the owner at
     /// `min_epoch` or newer and send each session `resync` as its SyncStep1.
-    Move { min_epoch: u64, resync: Bytes },
+    /// `failed` says why, when the stream broke rather than moved.
+    Move {
+        min_epoch: u64,
+        resync: Bytes,
+        failed: Option<String>,
+    },
     /// No sessions for `upstream_linger`.
     Idle,
 }
@@ -304,6 +318,8 @@ impl UpstreamActor {
     async fn run(mut self) {
         let mut min_epoch = 0;
         let mut resync: Option<Bytes> = None;
+        // Streams that failed in a row, each soon after it opened.
+        let mut failures = 0u32;
         loop {
             let connection = match self.connect(min_epoch).await {
                 Ok(connection) => connection,
@@ -313,15 +329,19 @@ impl UpstreamActor {
                     return;
                 }
             };
-            if let Some(resync) = resync.take() {
-                if let Err(reason) = self.reopen_sessions(&connection, &resync).await {
-                    self.close_all(&reason);
-                    return;
-                }
-                crate::telemetry::metrics().reroutes.add(1, &[]);
-                tracing::info!(room = %self.room, owner = %connection.url, sessions = self.sessions.len(), "room re-opened on its new owner");
-            }
-            match self.serve(connection).await {
+            let opened = Instant::now();
+            let end = match resync.take() {
+                Some(resync) => match self.reopen_sessions(&connection, &resync).await {
+                    Ok(()) => {
+                        crate::telemetry::metrics().reroutes.add(1, &[]);
+                        tracing::info!(room = %self.room, owner = %connection.url, sessions = self.sessions.len(), "room re-opened on its new owner");
+                        self.serve(connection).await
+                    }
+                    Err(reason) => failed_stream(reason.reason),
+                },
+                None => self.serve(connection).await,
+            };
+            match end {
                 StreamEnd::Close(reason) => {
                     self.close_all(&reason);
                     return;
@@ -330,19 +350,97 @@ impl UpstreamActor {
                     self.retire();
                     return;
                 }
-                StreamEnd::Move { .. } if self.sessions.is_empty() => {
+                StreamEnd::Move { .. } if !self.take_waiting_opens() => {
                     self.retire();
                     return;
                 }
                 StreamEnd::Move {
                     min_epoch: epoch,
                     resync: bytes,
+                    failed,
                 } => {
                     min_epoch = epoch;
                     resync = Some(bytes);
+                    let Some(why) = failed else {
+                        failures = 0;
+                        continue;
+                    };
+                    failures = if opened.elapsed() < STABLE_STREAM {
+                        failures + 1
+                    } else {
+                        1
+                    };
+                    if !self.back_off(failures, &why).await {
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// After a stream failure (`failures` quick ones in a row): waits
+    /// before the next re-open, or gives the room up — closes its clients
+    /// with 1011 — and returns `false`. Clients wait meanwhile (nothing is
+    /// lost); a room that fails at once must not become a hot loop.
+    async fn back_off(&mut self, failures: u32, why: &str) -> bool {
+        crate::telemetry::metrics().stream_failures.add(1, &[]);
+        if failures >= self.config.room_reopen_attempts {
+            crate::telemetry::refuse("room_unservable");
+            tracing::error!(room = %self.room, failures, reason = %why, "room stream keeps failing; closing its clients");
+            let mut reason = format!("room cannot be served: {why}");
+            truncate_at_char(&mut reason, MAX_CLOSE_REASON);
+            self.close_all(&CloseReason::new(close::INTERNAL_ERROR, reason));
+            return false;
+        }
+        let backoff = REOPEN_BACKOFF_MIN * 2u32.pow(failures.saturating_sub(1).min(5));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.min(REOPEN_BACKOFF_MAX)) => {}
+            _ = self.cancel.cancelled() => {}
+        }
+        true
+    }
+
+    /// Takes the sessions that asked to open while the stream was ending,
+    /// so they are re-opened with the rest rather than each starting a
+    /// fresh stream (which would also forget this room's failures).
+    /// Client frames waiting meanwhile are dropped: the re-sync after the
+    /// re-open asks each client for everything the room lacks. `true` when
+    /// the room has sessions.
+    fn take_waiting_opens(&mut self) -> bool {
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                UpstreamCommand::Open {
+                    session_id,
+                    grant,
+                    socket,
+                    reply,
+                } => self.admit(session_id, grant, socket, reply),
+                UpstreamCommand::Close { session_id } => {
+                    self.sessions.remove(&session_id);
+                }
+                UpstreamCommand::Client { .. } => {}
+            }
+        }
+        !self.sessions.is_empty()
+    }
+
+    /// Keeps a newly opened session and tells its opener.
+    fn admit(
+        &mut self,
+        session_id: u64,
+        grant: SessionGrant,
+        socket: Arc<ClientSocket>,
+        reply: oneshot::Sender<OpenReply>,
+    ) {
+        self.sessions.insert(
+            session_id,
+            LocalSession {
+                socket,
+                grant,
+                awareness: None,
+            },
+        );
+        let _ = reply.send(OpenReply::Opened);
     }
 
     /// Ends quietly with no sessions: openers racing the exit get `Retry`
@@ -397,25 +495,33 @@ impl UpstreamActor {
         let cancel = self.cancel.clone();
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        // Messages over a chunk arrive in pieces (a large document's
+        // SyncStep2); the client gets them whole.
+        let mut joiner = Joiner::new(MAX_UNARY_MESSAGE);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     return StreamEnd::Close(CloseReason::new(self.config.shutdown_close_code, "gateway shutting down"));
                 }
-                frame = from_node.message() => match frame {
-                    Ok(Some(frame)) => {
+                frame = from_node.message() => match frame.map(|f| f.map(|f| joiner.push(f))) {
+                    Ok(Some(Ok(Some(frame)))) => {
                         if let Some(end) = self.handle_node_frame(frame, &to_node).await {
                             return end;
                         }
                     }
+                    Ok(Some(Ok(None))) => {}
+                    Ok(Some(Err(error))) => {
+                        tracing::warn!(room = %self.room, owner = %url, %error, "room stream broke the chunking rules; re-opening the room");
+                        return failed_stream(error.to_string());
+                    }
                     Ok(None) => {
                         tracing::warn!(room = %self.room, owner = %url, "room stream ended; re-opening the room");
-                        return unplanned_move(0);
+                        return failed_stream("the room stream ended".to_owned());
                     }
                     Err(status) => {
                         tracing::warn!(room = %self.room, owner = %url, %status, "room stream failed; re-opening the room");
-                        return unplanned_move(0);
+                        return failed_stream(status.message().to_owned());
                     }
                 },
                 command = self.rx.recv() => {
@@ -578,15 +684,7 @@ impl UpstreamActor {
                 reply,
             } => {
                 let frame = open_session(session_id, &grant);
-                self.sessions.insert(
-                    session_id,
-                    LocalSession {
-                        socket,
-                        grant,
-                        awareness: None,
-                    },
-                );
-                let _ = reply.send(OpenReply::Opened);
+                self.admit(session_id, grant, socket, reply);
                 frame
             }
             UpstreamCommand::Client {
@@ -613,10 +711,10 @@ impl UpstreamActor {
                 gateway_frame::Kind::CloseSession(pb::CloseSession { session_id })
             }
         };
-        to_node
-            .send(pb::GatewayFrame { kind: Some(frame) })
-            .await
-            .map_err(|_| UpstreamGone)
+        for piece in split(pb::GatewayFrame { kind: Some(frame) }) {
+            to_node.send(piece).await.map_err(|_| UpstreamGone)?;
+        }
+        Ok(())
     }
 
     /// Routes one frame from the node; `Some` ends the stream.
@@ -672,6 +770,7 @@ impl UpstreamActor {
                 return Some(StreamEnd::Move {
                     min_epoch: released.epoch,
                     resync: released.resync,
+                    failed: None,
                 });
             }
             node_frame::Kind::NotOwner(not_owner) => {
@@ -726,8 +825,8 @@ pub async fn open_room_stream(
             .map_err(|e| OpenError::Failed(e.to_string()))?;
     }
     let mut client = RoomNodeClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        .max_decoding_message_size(MAX_STREAM_MESSAGE)
+        .max_encoding_message_size(MAX_STREAM_MESSAGE);
     let mut from_node = client
         .open_room(ReceiverStream::new(rx))
         .await
@@ -756,6 +855,28 @@ fn unplanned_move(min_epoch: u64) -> StreamEnd {
     StreamEnd::Move {
         min_epoch,
         resync: Bytes::from_static(SYNC_STEP1_EMPTY),
+        failed: None,
+    }
+}
+
+/// A stream that broke: re-opened like an unplanned move, with back-off,
+/// and given up after `room_reopen_attempts` quick failures in a row.
+fn failed_stream(why: String) -> StreamEnd {
+    StreamEnd::Move {
+        min_epoch: 0,
+        resync: Bytes::from_static(SYNC_STEP1_EMPTY),
+        failed: Some(why),
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 
@@ -783,6 +904,7 @@ fn client_message(
         payload,
         kind: frame_kind(text) as i32,
         traceparent,
+        more: false,
     })
 }
 

@@ -8,6 +8,7 @@
 //! that this crate holds no I/O and no runtime state; every role depends on
 //! it and it depends on no role.
 
+pub mod chunk;
 pub mod close;
 pub mod codec;
 pub mod room;

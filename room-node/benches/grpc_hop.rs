@@ -190,6 +190,7 @@ fn client_message(session_id: u64) -> pb::GatewayFrame {
             payload: PAYLOAD.to_vec().into(),
             kind: pb::FrameKind::Binary as i32,
             traceparent: String::new(),
+            more: false,
         })),
     }
 }
@@ -223,6 +224,7 @@ impl RoomNode for EchoNode {
                             kind: message.kind,
                             has_except: false,
                             except_session: 0,
+                            more: false,
                         })
                     }
                     _ => continue,

@@ -28,6 +28,8 @@ pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
 /// Default for [`RoomNodeConfig::history_versions`].
 pub const DEFAULT_HISTORY_VERSIONS: usize = 50;
+/// Default for [`RoomNodeConfig::max_doc_bytes`].
+pub const DEFAULT_MAX_DOC_BYTES: u64 = 256 * 1024 * 1024;
 /// Default for [`RoomNodeConfig::min_resync_interval`].
 pub const DEFAULT_MIN_RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Default for [`RoomNodeConfig::room_lock_timeout`].
@@ -93,6 +95,10 @@ pub struct RoomNodeConfig {
     /// What a room takes from its sessions: type nesting, awareness ids
     /// and bytes per session.
     pub limits: crate::protocol::SyncLimits,
+    /// Largest document a room holds unless its policy says otherwise:
+    /// updates that would grow it past this are refused and the writer is
+    /// told (an auth permission-denied message).
+    pub max_doc_bytes: u64,
     /// A session's SyncStep1 (or QueryAwareness) is answered at most once
     /// per this interval; repeats are dropped (each answer may be the
     /// whole document).
@@ -214,6 +220,7 @@ impl RoomNodeConfig {
             hooks: None,
             limits: crate::protocol::SyncLimits::default(),
             min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
+            max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
             refuse_unlisted_rooms: false,
         }
     }

@@ -41,9 +41,6 @@ use tokio_util::task::TaskTracker;
 pub use config::{RoomMode, RoomNodeConfig, RoomPolicy};
 pub use ownership::{Ownership, SlotMapWatch};
 
-/// gRPC messages carry whole y-sync frames; allow the gateway's largest.
-const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
-
 /// Serves the room node on `listener` until `shutdown` is cancelled,
 /// releasing rooms as the slot map moves them away. The caller holds the
 /// [`store::DataDirLock`] of `config.data_dir`, or sets
@@ -79,8 +76,10 @@ pub async fn run(
     ));
     let service = service::RoomNodeService::new(registry, ownership, config.link_queue);
     let server = RoomNodeServer::new(service)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        // Room streams carry chunks; the unary calls carry whole documents
+        // and updates (the room's own size limit bounds them).
+        .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
+        .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE);
     grpc::serve(listener, tonic::service::Routes::new(server), shutdown).await;
     tracker.close();
     tracker.wait().await;

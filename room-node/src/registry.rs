@@ -403,6 +403,7 @@ mod tests {
                 payload: message.encode_v1().into(),
                 kind: pb::FrameKind::Binary as i32,
                 traceparent: String::new(),
+                more: false,
             }))
             .await;
         }

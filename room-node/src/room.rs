@@ -159,12 +159,21 @@ enum LinkEvent {
 
 type LinkEvents = Pin<Box<dyn Stream<Item = LinkEvent> + Send>>;
 
-/// The link's frames, then one `Ended`.
+/// The link's frames (chunked messages joined), then one `Ended`.
 fn link_events(inbound: LinkInbound) -> LinkEvents {
+    let mut joiner = partyline_proto::chunk::Joiner::new(partyline_proto::chunk::MAX_UNARY_MESSAGE);
     Box::pin(
         inbound
             .map_while(Result::ok)
-            .filter_map(|frame| frame.kind.map(LinkEvent::Frame))
+            .map_while(move |frame| match joiner.push(frame) {
+                Ok(whole) => Some(whole),
+                Err(error) => {
+                    // The gateway breaks the link protocol: end the link.
+                    tracing::warn!(%error, "gateway link frame refused; dropping the link");
+                    None
+                }
+            })
+            .filter_map(|frame| frame.and_then(|f| f.kind).map(LinkEvent::Frame))
             .chain(tokio_stream::once(LinkEvent::Ended)),
     )
 }
@@ -656,10 +665,11 @@ impl RoomActor {
     fn write_access(&self, bytes: usize) -> Access {
         if self.log_down_since.is_some() && self.pending_bytes >= self.config.log_buffer_bytes {
             Access::LogUnavailable
-        } else if self
-            .policy
-            .max_doc_bytes
-            .is_some_and(|max| self.doc_bytes + bytes as u64 > max)
+        } else if self.doc_bytes + bytes as u64
+            > self
+                .policy
+                .max_doc_bytes
+                .unwrap_or(self.config.max_doc_bytes)
         {
             Access::DocumentFull
         } else {
@@ -859,6 +869,7 @@ impl RoomActor {
                         kind: pb::FrameKind::Text as i32,
                         has_except: true,
                         except_session: session_id,
+                        more: false,
                     },
                 ))));
             } else {
@@ -1121,14 +1132,14 @@ impl RoomActor {
                 match out {
                     Out::Link(link_id, frame) => {
                         if let Some(link) = self.links.get(&link_id) {
-                            if link.tx.try_send(Ok(frame)).is_err() {
+                            if !send_chunked(&link.tx, frame) {
                                 slow.push(link_id);
                             }
                         }
                     }
                     Out::All(frame) => {
                         for (&link_id, link) in &self.links {
-                            if link.tx.try_send(Ok(frame.clone())).is_err() {
+                            if !send_chunked(&link.tx, frame.clone()) {
                                 slow.push(link_id);
                             }
                         }
@@ -1249,6 +1260,9 @@ impl RoomActor {
         }
         let state = self.sync.encode_state();
         let bytes = state.len() as u64;
+        // Exact again (the running figure only adds update sizes, so
+        // deletions and overwrites made it an overestimate).
+        self.doc_bytes = bytes;
         let work = self.storage.begin_snapshot(self.epoch, state);
         self.dirty = false;
         self.snapshot_growth = std::mem::take(&mut self.since_snapshot);
@@ -1362,6 +1376,12 @@ async fn wait_for<T>(
     }
 }
 
+/// Queues `frame` toward a link, split into chunks when it is large (see
+/// [`partyline_proto::chunk`]); `false` when the link cannot take it.
+fn send_chunked(tx: &LinkSender, frame: pb::NodeFrame) -> bool {
+    partyline_proto::chunk::split(frame).all(|piece| tx.try_send(Ok(piece)).is_ok())
+}
+
 fn frame(kind: node_frame::Kind) -> pb::NodeFrame {
     pb::NodeFrame { kind: Some(kind) }
 }
@@ -1371,6 +1391,7 @@ fn deliver(session_id: u64, payload: Bytes) -> pb::NodeFrame {
         session_id,
         payload,
         kind: pb::FrameKind::Binary as i32,
+        more: false,
     }))
 }
 
@@ -1380,6 +1401,7 @@ fn broadcast(payload: Bytes) -> pb::NodeFrame {
         kind: pb::FrameKind::Binary as i32,
         has_except: false,
         except_session: 0,
+        more: false,
     }))
 }
 
