@@ -317,6 +317,7 @@ async fn load_with_initial_content(
             Ok(()) => {}
             Err(AppendError::Failed(error)) => return Err(error.into()),
             Err(AppendError::Unavailable(error)) => return Err(error.into()),
+            Err(AppendError::DiskFull(error)) => return Err(error.into()),
         }
         loaded.stored = true;
         tracing::info!(room = %room, "new room filled from load_url");
@@ -1114,9 +1115,9 @@ impl RoomActor {
                     }
                 }
                 Err(AppendError::Failed(error)) => return Err(error),
-                Err(AppendError::Unavailable(error)) => {
+                Err(error @ (AppendError::Unavailable(_) | AppendError::DiskFull(_))) => {
                     if self.log_down_since.is_none() {
-                        tracing::warn!(room = %self.room, %error, "update log unreachable; holding updates until it is back");
+                        tracing::warn!(room = %self.room, %error, "update log cannot take writes; holding updates until it can");
                         self.log_down_since = Some(Instant::now());
                     }
                     return Ok(());

@@ -48,6 +48,10 @@ pub enum AppendError {
     /// The store cannot take writes now; hold the batch and retry.
     #[error("log unavailable: {0}")]
     Unavailable(RemoteError),
+    /// The local disk is full; hold the batch and retry, as for an
+    /// unreachable log (nothing of it is in the file).
+    #[error("log unavailable: {0}")]
+    DiskFull(StoreError),
     /// The room cannot persist at all; stop it.
     #[error(transparent)]
     Failed(StoreError),
@@ -257,7 +261,13 @@ impl RoomStorage {
     /// Appends a batch (one write or one round trip).
     pub async fn append(&mut self, updates: &[Bytes]) -> Result<(), AppendError> {
         match self {
-            Self::Local(files) => files.append(updates).map_err(AppendError::Failed),
+            Self::Local(files) => files.append(updates).map_err(|error| {
+                if error.is_disk_full() {
+                    AppendError::DiskFull(error)
+                } else {
+                    AppendError::Failed(error)
+                }
+            }),
             Self::Remote(remote) => remote
                 .append(updates)
                 .await

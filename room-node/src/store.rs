@@ -24,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +56,19 @@ pub enum StoreError {
     /// Another node kept the room's lock past the timeout.
     #[error("room {0} is still held by another node")]
     RoomBusy(String),
+}
+
+impl StoreError {
+    /// The filesystem is out of space (or quota): writes may work again
+    /// once space is freed, so the room holds its updates and retries.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        matches!(self, Self::Io { source, .. }
+            if source.kind() == io::ErrorKind::StorageFull
+                || source.kind() == io::ErrorKind::QuotaExceeded
+                || matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)))
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -162,6 +175,9 @@ pub struct SnapshotHeader {
 struct LogFile {
     file: File,
     path: PathBuf,
+    /// Bytes of whole records in the file: a failed append is cut back to
+    /// this, so a torn record never sits between two good ones.
+    len: AtomicU64,
     /// In the sync queue already; cleared just before its fsync, so an
     /// append after that point queues it again.
     queued: AtomicBool,
@@ -290,16 +306,25 @@ impl RoomFiles {
                     .append(true)
                     .open(&path)
                     .map_err(io_err("open log", &path))?;
+                let len = file.metadata().map_err(io_err("open log", &path))?.len();
                 self.log.insert(Arc::new(LogFile {
                     file,
                     path,
+                    len: AtomicU64::new(len),
                     queued: AtomicBool::new(false),
                 }))
             }
         };
-        (&log.file)
-            .write_all(&buf)
-            .map_err(io_err("append to log", &log.path))?;
+        if let Err(error) = (&log.file).write_all(&buf) {
+            // Part of the batch may be on disk (a full disk takes what fits):
+            // cut it off, so a retry appends after the last whole record.
+            let whole = log.len.load(Ordering::Relaxed);
+            log.file
+                .set_len(whole)
+                .map_err(io_err("cut a failed append from log", &log.path))?;
+            return Err(io_err("append to log", &log.path)(error));
+        }
+        log.len.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.sync_queue.push(log);
         Ok(())
     }
