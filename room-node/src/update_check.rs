@@ -211,6 +211,24 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
     Ok((block.len > 0).then_some(block))
 }
 
+/// Reads past a signed varint exactly as far as yrs's `read_var::<i64>`
+/// would, without its shifts: those overflow on a long varint, a panic
+/// where overflow checks are on (debug builds), outside any guard here.
+fn skip_var_i64<R: Read>(reader: &mut R) -> Result<(), UpdateCheckError> {
+    // Six bits in the first byte, seven in each next; yrs gives up on a
+    // continuation past 70 bits.
+    let mut byte = reader.read_u8()?;
+    let mut bits = 6;
+    while byte & 0x80 != 0 {
+        byte = reader.read_u8()?;
+        bits += 7;
+        if byte & 0x80 != 0 && bits > 70 {
+            return Err(yrs::encoding::read::Error::InvalidVarInt.into());
+        }
+    }
+    Ok(())
+}
+
 /// One level of `Any` nesting being skipped.
 enum Level {
     /// Values left in an array.
@@ -235,9 +253,7 @@ fn skip_any<R: Read>(reader: &mut R) -> Result<(), UpdateCheckError> {
             }
         }
         match reader.read_u8()? {
-            125 => {
-                let _: i64 = reader.read_var()?;
-            }
+            125 => skip_var_i64(reader)?,
             124 => {
                 reader.read_exact(4)?;
             }
@@ -333,6 +349,41 @@ mod tests {
             ));
         }
         assert!(room.encode_state().len() <= 2, "the document is unchanged");
+    }
+
+    #[test]
+    fn an_overlong_integer_is_refused_without_a_panic() {
+        // Found by fuzzing (fuzz/ client_frame): yrs's signed varint reader
+        // shifts past 64 bits on the tenth continuation byte, which panics
+        // where overflow checks are on, and the check read it unguarded.
+        let array = nested(1);
+        let at = array
+            .windows(3)
+            .position(|w| w == [117, 1, 126])
+            .expect("the array in the update");
+        let with_int = |varint: &[u8]| {
+            let mut out = array[..at].to_vec();
+            out.extend_from_slice(&[117, 1, 125]);
+            out.extend_from_slice(varint);
+            out.extend_from_slice(&array[at + 3..]);
+            out
+        };
+        let overlong = with_int(&[[0xff; 11].as_slice(), &[0x7f]].concat());
+        assert!(matches!(
+            check_update(&overlong),
+            Err(UpdateCheckError::Malformed(_))
+        ));
+        let mut room = crate::protocol::SyncRoom::new(Doc::new());
+        let frame = {
+            use yrs::sync::{Message, SyncMessage};
+            use yrs::updates::encoder::Encode;
+            Message::Sync(SyncMessage::Update(overlong)).encode_v1()
+        };
+        assert!(room
+            .handle_frame(&frame, crate::protocol::Access::ReadWrite, (0, 1))
+            .is_err());
+        // An ordinary integer still passes.
+        check_update(&with_int(&[0x81, 0x01])).unwrap();
     }
 
     #[test]
