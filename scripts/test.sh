@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs Partyline's whole test suite, installing what it needs first when it
 # is missing: lint (fmt, clippy), the Rust unit and end-to-end tests (nextest),
-# and the wire-compatibility tests with the real npm clients (node --test).
+# the wire-compatibility tests with the real npm clients (node --test), and
+# each fuzz target for PARTYLINE_FUZZ_SECONDS (30) seconds (scripts/fuzz.sh;
+# needs the nightly toolchain).
 # Prints one closing line: "total: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+# The fuzz stage needs nightly (a missing one fails here, not after the rest
+# of the suite) and cargo-fuzz (installed if missing).
+./scripts/fuzz.sh --prepare
 if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
   log "installing npm packages for the JS client tests"
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
@@ -103,8 +108,24 @@ js_passed=${js_passed:-0}
 js_failed=${js_failed:-0}
 [ "$js_status" -ne 0 ] && [ "$js_failed" -eq 0 ] && js_failed=1
 
+# --- fuzzing -------------------------------------------------------------------
+# Every cargo-fuzz target for a bounded time (fuzz/, own workspace and
+# target dir, never CARGO_TARGET_DIR); a crash, hang or blow-up fails it.
+log "fuzz (${PARTYLINE_FUZZ_SECONDS:-30} s per target)"
+fuzz_log=$(mktemp)
+set +e
+./scripts/fuzz.sh "${PARTYLINE_FUZZ_SECONDS:-30}" 2>&1 | tee "$fuzz_log"
+fuzz_status=${PIPESTATUS[0]}
+set -e
+fuzz_passed=$(sed -nE 's/^fuzz: ([0-9]+) passed.*/\1/p' "$fuzz_log" | tail -n 1)
+fuzz_failed=$(sed -nE 's/^fuzz: [0-9]+ passed, ([0-9]+) failed.*/\1/p' "$fuzz_log" | tail -n 1)
+fuzz_passed=${fuzz_passed:-0}
+fuzz_failed=${fuzz_failed:-0}
+[ "$fuzz_status" -ne 0 ] && [ "$fuzz_failed" -eq 0 ] && fuzz_failed=1
+
 echo
 echo "rust: $rust_passed passed, $rust_failed failed"
 echo "js: $js_passed passed, $js_failed failed"
-echo "total: $((rust_passed + js_passed)) passed, $((rust_failed + js_failed)) failed"
-[ "$rust_status" -eq 0 ] && [ "$js_status" -eq 0 ]
+echo "fuzz: $fuzz_passed passed, $fuzz_failed failed"
+echo "total: $((rust_passed + js_passed + fuzz_passed)) passed, $((rust_failed + js_failed + fuzz_failed)) failed"
+[ "$rust_status" -eq 0 ] && [ "$js_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
