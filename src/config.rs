@@ -235,6 +235,11 @@ pub struct RoomNodeSection {
     /// closed with 1002 [default: 256].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_TYPE_DEPTH")]
     pub max_type_depth: Option<u16>,
+    /// After rooms unload and unloads stop for this long, return the
+    /// allocator's free memory to the OS (glibc `malloc_trim`); 0s never [default: 1s].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_MEMORY_TRIM_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub memory_trim_delay: Option<Duration>,
     /// Largest document a room holds (its policy's `max_doc_bytes` wins);
     /// updates growing it past this are refused and the writer is told [default: 268435456].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_DOC_BYTES")]
@@ -605,6 +610,7 @@ impl RoomNodeSection {
             max_type_depth: or(self.max_type_depth, file.max_type_depth),
             min_resync_interval: or(self.min_resync_interval, file.min_resync_interval),
             max_doc_bytes: or(self.max_doc_bytes, file.max_doc_bytes),
+            memory_trim_delay: or(self.memory_trim_delay, file.memory_trim_delay),
             awareness_max_clients: or(self.awareness_max_clients, file.awareness_max_clients),
             awareness_max_bytes: or(self.awareness_max_bytes, file.awareness_max_bytes),
             room_mode: if self.room_mode.is_empty() {
@@ -692,6 +698,9 @@ impl RoomNodeSection {
         set(&mut config.limits.max_type_depth, self.max_type_depth);
         set(&mut config.min_resync_interval, self.min_resync_interval);
         set(&mut config.max_doc_bytes, self.max_doc_bytes);
+        if let Some(delay) = self.memory_trim_delay {
+            config.memory_trim_delay = (!delay.is_zero()).then_some(delay);
+        }
         // The server API moves whole documents in one gRPC message.
         let largest_doc = config
             .policies

@@ -28,6 +28,8 @@ pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
 /// Default for [`RoomNodeConfig::history_versions`].
 pub const DEFAULT_HISTORY_VERSIONS: usize = 50;
+/// Default for [`RoomNodeConfig::memory_trim_delay`].
+pub const DEFAULT_MEMORY_TRIM_DELAY: Duration = Duration::from_secs(1);
 /// Default for [`RoomNodeConfig::max_doc_bytes`].
 pub const DEFAULT_MAX_DOC_BYTES: u64 = 256 * 1024 * 1024;
 /// Default for [`RoomNodeConfig::min_resync_interval`].
@@ -95,6 +97,10 @@ pub struct RoomNodeConfig {
     /// What a room takes from its sessions: type nesting, awareness ids
     /// and bytes per session.
     pub limits: crate::protocol::SyncLimits,
+    /// After rooms unload, once unloads stop for this long, return the
+    /// allocator's free memory to the OS (`malloc_trim`, glibc only);
+    /// `None` never does.
+    pub memory_trim_delay: Option<Duration>,
     /// Largest document a room holds unless its policy says otherwise:
     /// updates that would grow it past this are refused and the writer is
     /// told (an auth permission-denied message).
@@ -221,6 +227,7 @@ impl RoomNodeConfig {
             limits: crate::protocol::SyncLimits::default(),
             min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
             max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
+            memory_trim_delay: Some(DEFAULT_MEMORY_TRIM_DELAY),
             refuse_unlisted_rooms: false,
         }
     }

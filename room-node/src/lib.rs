@@ -16,6 +16,7 @@ pub mod config;
 pub mod depth;
 pub mod grpc;
 pub mod hooks;
+pub mod memory;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;

@@ -69,6 +69,8 @@ pub struct Registry {
     sync_queue: SyncQueue,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Returns freed memory to the OS after unloads; `None` when off.
+    trimmer: Option<crate::memory::Trimmer>,
 }
 
 impl Registry {
@@ -81,6 +83,9 @@ impl Registry {
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
+        let trimmer = config
+            .memory_trim_delay
+            .map(|delay| crate::memory::Trimmer::spawn(delay, &tracker, cancel.clone()));
         Self {
             rooms: Arc::default(),
             next_generation: Arc::default(),
@@ -89,6 +94,7 @@ impl Registry {
             sync_queue,
             tracker,
             cancel,
+            trimmer,
         }
     }
 
@@ -296,9 +302,14 @@ impl Registry {
                 }
                 Err(join) => tracing::error!(room = %room, %join, "room actor ended abnormally"),
             }
-            let mut rooms = registry.lock();
-            if rooms.get(&room).is_some_and(|e| e.generation == generation) {
-                rooms.remove(&room);
+            {
+                let mut rooms = registry.lock();
+                if rooms.get(&room).is_some_and(|e| e.generation == generation) {
+                    rooms.remove(&room);
+                }
+            }
+            if let Some(trimmer) = &registry.trimmer {
+                trimmer.room_unloaded();
             }
         });
         handle
