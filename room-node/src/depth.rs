@@ -50,6 +50,33 @@ pub enum DepthError {
     /// Its blocks name each other as parents in a circle.
     #[error("malformed update: circular parent references")]
     Circular,
+    /// A block names as its parent an item that is no shared type (yrs
+    /// would integrate part of the update, then refuse the rest).
+    #[error("malformed update: a parent that is not a shared type")]
+    NotAType,
+}
+
+/// What kind of item a run holds, as far as being a parent goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Content: never a parent.
+    Content,
+    /// A shared type.
+    Type,
+    /// Deleted or garbage-collected: yrs drops its children.
+    Gone,
+}
+
+impl Class {
+    fn of(block: &BlockRef) -> Self {
+        if block.is_type {
+            Self::Type
+        } else if block.is_gone {
+            Self::Gone
+        } else {
+            Self::Content
+        }
+    }
 }
 
 /// Depth of the parent of each item of one client, as runs.
@@ -59,12 +86,12 @@ struct ClientRuns {
     end: u32,
     /// Run starts, ascending; run `i` covers `[starts[i], starts[i+1])`.
     starts: Vec<u32>,
-    /// Parent depth of run `i`.
-    depths: Vec<u16>,
+    /// Parent depth and class of run `i`.
+    depths: Vec<(u16, Class)>,
 }
 
 impl ClientRuns {
-    fn depth_at(&self, clock: u32) -> Option<u16> {
+    fn at(&self, clock: u32) -> Option<(u16, Class)> {
         if clock >= self.end {
             return None;
         }
@@ -74,14 +101,15 @@ impl ClientRuns {
         run.checked_sub(1).map(|run| self.depths[run])
     }
 
-    fn push(&mut self, start: u32, end: u32, depth: u16) {
+    fn push(&mut self, start: u32, end: u32, depth: u16, class: Class) {
         if end <= self.end {
             return;
         }
         let start = start.max(self.end);
-        if self.depths.last() != Some(&depth) || self.starts.is_empty() {
+        // A type is one clock: it always gets a run of its own.
+        if self.depths.last() != Some(&(depth, class)) || class == Class::Type {
             self.starts.push(start);
-            self.depths.push(depth);
+            self.depths.push((depth, class));
         }
         self.end = end;
     }
@@ -97,8 +125,8 @@ pub struct DepthIndex {
 /// update is applied.
 #[derive(Debug, Default)]
 pub struct Checked {
-    /// (client, start, end, parent depth).
-    runs: Vec<(u64, u32, u32, u16)>,
+    /// (client, start, end, parent depth, class).
+    runs: Vec<(u64, u32, u32, u16, Class)>,
     /// Deepest type the update creates.
     pub deepest: u16,
 }
@@ -152,13 +180,23 @@ impl DepthIndex {
                 state[i] = State::InProgress;
                 let block = &blocks[i];
                 let (target, plus) = match block.parent {
-                    ParentRef::Root => (Target::Known(1), 0),
-                    ParentRef::Detached => (Target::Known(DETACHED), 0),
+                    ParentRef::Root => (Target::Known(1, Class::Type), 0),
+                    ParentRef::Detached => (Target::Known(DETACHED, Class::Gone), 0),
                     ParentRef::SameAs(id) => (self.find(id, blocks, &by_client)?, 0),
-                    ParentRef::Type(id) => (self.find(id, blocks, &by_client)?, 1),
+                    ParentRef::Type(id) => {
+                        let target = self.find(id, blocks, &by_client)?;
+                        let class = match target {
+                            Target::Known(_, class) => class,
+                            Target::Block(j) => Class::of(&blocks[j]),
+                        };
+                        if class == Class::Content {
+                            return Err(DepthError::NotAType);
+                        }
+                        (target, 1)
+                    }
                 };
                 let parent_of_target = match target {
-                    Target::Known(depth) => depth,
+                    Target::Known(depth, _) => depth,
                     Target::Block(j) => match state[j] {
                         State::Done(depth) => depth,
                         State::InProgress => return Err(DepthError::Circular),
@@ -189,7 +227,9 @@ impl DepthIndex {
         for (client, list) in &by_client {
             let known = self.clients.get(client);
             let mut end = known.map_or(0, |runs| runs.end);
-            let mut last_depth = known.and_then(|runs| runs.depth_at(end.wrapping_sub(1)));
+            let mut last_depth = known
+                .and_then(|runs| runs.at(end.wrapping_sub(1)))
+                .map(|(depth, _)| depth);
             for &i in list {
                 let block = &blocks[i];
                 let block_end = block.clock.saturating_add(block.len);
@@ -207,7 +247,9 @@ impl DepthIndex {
                         Some(depth) if block.clock < end => depth,
                         _ => declared,
                     };
-                    checked.runs.push((*client, block.clock, block_end, depth));
+                    checked
+                        .runs
+                        .push((*client, block.clock, block_end, depth, Class::of(block)));
                     end = block_end;
                     last_depth = Some(depth);
                 }
@@ -218,15 +260,27 @@ impl DepthIndex {
 
     /// Records an applied update's blocks.
     pub fn record(&mut self, checked: Checked) {
-        for (client, start, end, depth) in checked.runs {
+        for (client, start, end, depth, class) in checked.runs {
             self.clients
                 .entry(client)
                 .or_default()
-                .push(start, end, depth);
+                .push(start, end, depth, class);
         }
     }
 
-    /// Runs the index holds (its memory is about 6 bytes each).
+    /// Each client of `blocks` with the clock the document holds up to.
+    pub fn ends(&self, blocks: &[BlockRef]) -> Vec<(u64, u32)> {
+        let mut ends: Vec<(u64, u32)> = Vec::new();
+        for block in blocks {
+            if !ends.iter().any(|(c, _)| *c == block.client) {
+                let end = self.clients.get(&block.client).map_or(0, |runs| runs.end);
+                ends.push((block.client, end));
+            }
+        }
+        ends
+    }
+
+    /// Runs the index holds (its memory is about 8 bytes each).
     pub fn runs(&self) -> usize {
         self.clients.values().map(|c| c.starts.len()).sum()
     }
@@ -241,7 +295,8 @@ impl DepthIndex {
     ) -> Result<Target, DepthError> {
         if let Some(runs) = self.clients.get(&client) {
             if clock < runs.end {
-                return Ok(Target::Known(runs.depth_at(clock).unwrap_or(DETACHED)));
+                let (depth, class) = runs.at(clock).unwrap_or((DETACHED, Class::Gone));
+                return Ok(Target::Known(depth, class));
             }
         }
         let list = by_client
@@ -259,8 +314,8 @@ impl DepthIndex {
 
 /// What an id resolved to.
 enum Target {
-    /// A parent depth already known.
-    Known(u16),
+    /// A parent depth (and the item's class) already known.
+    Known(u16, Class),
     /// A block of the update, resolved on demand.
     Block(usize),
 }
@@ -369,6 +424,46 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_that_is_content_is_refused_before_anything_applies() {
+        // Found by fuzzing: a map whose parent id is a character of a text
+        // made yrs integrate the blocks before it, then fail.
+        let doc = Doc::with_client_id(1);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "hello");
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let (index, _) = DepthIndex::of_state(&blocks(&state)).unwrap();
+        let bad = BlockRef {
+            client: 2,
+            clock: 0,
+            len: 1,
+            parent: ParentRef::Type((1, 1)),
+            is_type: true,
+            is_gone: false,
+            is_skip: false,
+        };
+        assert_eq!(index.check(&[bad], 256).unwrap_err(), DepthError::NotAType);
+        // A parent that was deleted or collected is fine: yrs drops the
+        // child (an offline edit inside a map someone removed).
+        let gone = BlockRef {
+            client: 3,
+            clock: 0,
+            len: 2,
+            parent: ParentRef::Root,
+            is_type: false,
+            is_gone: true,
+            is_skip: false,
+        };
+        let child = BlockRef {
+            client: 4,
+            parent: ParentRef::Type((3, 1)),
+            ..bad
+        };
+        assert!(index.check(&[gone, child], 256).is_ok());
+    }
+
+    #[test]
     fn circular_references_are_malformed() {
         let a = BlockRef {
             client: 1,
@@ -376,6 +471,7 @@ mod tests {
             len: 1,
             parent: ParentRef::SameAs((2, 0)),
             is_type: false,
+            is_gone: false,
             is_skip: false,
         };
         let b = BlockRef {

@@ -69,6 +69,38 @@ pub enum ProtocolError {
     /// on content the room does not have.
     #[error("update refused: {0}")]
     Depth(#[from] DepthError),
+    /// A SyncStep1 or awareness message claims more entries than its
+    /// bytes hold (yrs would reserve room for all of them first).
+    #[error("message claims {0} entries in {1} bytes")]
+    ImplausibleCount(u64, usize),
+}
+
+/// yrs sizes a hash map by the count a SyncStep1 or awareness message
+/// claims, before reading a single entry: 8 bytes claiming 2^28 entries
+/// cost half a GB. Refuse a count the message's bytes cannot hold (a
+/// state-vector entry takes at least 2 bytes, an awareness entry 3).
+fn claimed_counts_fit(frame: &[u8]) -> Result<(), ProtocolError> {
+    use yrs::encoding::read::Cursor;
+    let mut cursor = Cursor::new(frame);
+    let kind: u32 = cursor.read_var()?;
+    let (payload, entry_bytes) = match kind {
+        0 => {
+            let sub: u32 = cursor.read_var()?;
+            if sub != 0 {
+                return Ok(());
+            }
+            (cursor.read_buf()?, 2)
+        }
+        1 => (cursor.read_buf()?, 3),
+        _ => return Ok(()),
+    };
+    let mut inner = Cursor::new(payload);
+    let count: u64 = inner.read_var()?;
+    let left = payload.len() - inner.next;
+    if count > (left / entry_bytes) as u64 {
+        return Err(ProtocolError::ImplausibleCount(count, left));
+    }
+    Ok(())
 }
 
 /// Identifies a session within its room (the actor's link and session id).
@@ -139,6 +171,10 @@ pub struct Outcome {
     pub awareness_dropped: usize,
     /// A read-only session tried to write; the update was dropped.
     pub write_denied: bool,
+    /// The frame was refused after yrs had taken part of its update: what
+    /// it took is in `log` and `broadcast` (so every client and the log
+    /// agree), and the session is to be closed with this.
+    pub refused: Option<ProtocolError>,
     /// The update built on content the room does not have (a failover
     /// lost an unacknowledged edit it follows); it was dropped and the
     /// session was sent a SyncStep1, so its client sends everything the
@@ -254,6 +290,7 @@ impl SyncRoom {
         if frame.is_empty() {
             return Err(ProtocolError::Empty);
         }
+        claimed_counts_fit(frame)?;
         let (message, trailing) = decode_guarded(|| {
             let mut decoder = DecoderV1::from(frame);
             let message = Message::decode(&mut decoder);
@@ -366,11 +403,26 @@ impl SyncRoom {
             }
             Err(error) => return Err(error.into()),
         };
+        let clients = self.depth.ends(&blocks);
         let applied = self.doc().transact_mut().apply_update(update);
         // Recorded even if yrs refused part of it: an item it did take must
         // stay known, and one it did not is only a stale entry.
         self.depth.record(checked);
-        applied?;
+        if let Err(error) = applied {
+            // yrs may have integrated blocks before the one it refused:
+            // log and send those, or joiners would see content that a
+            // restart loses.
+            let taken = self.taken_since(&clients);
+            if Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty()) {
+                let taken_len = taken.len();
+                let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
+                outcome.log.push(echo.slice(echo.len() - taken_len..));
+                outcome.broadcast.push(echo);
+                outcome.refused = Some(error.into());
+                return Ok(());
+            }
+            return Err(error.into());
+        }
         // The echo is `[sync, update, varint len, update…]`: encode it once
         // and log its tail, rather than copying the update a second time.
         let update_len = bytes.len();
@@ -378,6 +430,24 @@ impl SyncRoom {
         outcome.log.push(echo.slice(echo.len() - update_len..));
         outcome.broadcast.push(echo);
         Ok(())
+    }
+
+    /// What the document holds of `clients` past their clocks in `ends`,
+    /// as one update.
+    fn taken_since(&self, ends: &[(u64, u32)]) -> Vec<u8> {
+        let txn = self.doc().transact();
+        let base: StateVector = txn
+            .state_vector()
+            .iter()
+            .map(|(client, &clock)| {
+                let before = ends
+                    .iter()
+                    .find(|(c, _)| *c == client.get())
+                    .map_or(clock, |&(_, end)| end);
+                (*client, before)
+            })
+            .collect();
+        txn.encode_state_as_update_v1(&base)
     }
 
     /// Applies and echoes the entries `session` may speak for: ids it
@@ -768,6 +838,55 @@ mod tests {
         assert!(!outcome.missing_dependency && outcome.log.len() == 1);
         let text = room.doc().get_or_insert_text("t");
         assert_eq!(text.get_string(&room.doc().transact()), "first second");
+    }
+
+    #[test]
+    fn a_frame_claiming_millions_of_entries_is_refused_before_yrs_reserves_them() {
+        // Found by fuzzing: 7 and 8 bytes claiming 2^28 awareness or
+        // state-vector entries made yrs reserve ~500 MB first.
+        let mut room = SyncRoom::new(Doc::new());
+        for frame in [
+            &[1u8, 5, 0x80, 0x80, 0x80, 0x80, 1][..],
+            &[0, 0, 5, 0x80, 0x80, 0x80, 0x80, 1][..],
+        ] {
+            assert!(matches!(
+                room.handle_frame(frame, Access::ReadWrite, PEER),
+                Err(ProtocolError::ImplausibleCount(268_435_456, 0))
+            ));
+        }
+        // Real ones pass: a state vector of one client, one presence.
+        let peer = Peer::new(5);
+        peer.insert("x");
+        assert!(room
+            .handle_frame(&peer.step1(), Access::ReadWrite, PEER)
+            .is_ok());
+        let mut awareness = Awareness::new(Doc::with_client_id(5));
+        awareness.set_local_state_raw("{}");
+        let frame = Message::Awareness(awareness.update().unwrap()).encode_v1();
+        assert!(room.handle_frame(&frame, Access::ReadWrite, PEER).is_ok());
+    }
+
+    #[test]
+    fn a_parent_that_is_text_is_refused_before_yrs_takes_any_of_the_update() {
+        // Found by fuzzing: client 43 creates map `deep`, a nested type in
+        // it, then a map whose parent is (1, 1) - a character of "hello".
+        // yrs took the first two blocks and then failed, so joiners were
+        // served content that no log held.
+        let doc = Doc::with_client_id(1);
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, "hello");
+        let mut room = SyncRoom::new(doc);
+        let before = room.encode_state();
+        let frame = [
+            0x00, 0x02, 0x1d, 0x01, 0x03, 0x2b, 0x00, 0x27, 0x01, 0x04, 0x64, 0x65, 0x65, 0x70,
+            0x01, 0x6b, 0x01, 0x27, 0x00, 0x2b, 0x00, 0x01, 0x6b, 0x00, 0x27, 0x2b, 0x01, 0x01,
+            0x01, 0x6b, 0x01, 0x00,
+        ];
+        assert!(matches!(
+            room.handle_frame(&frame, Access::ReadWrite, PEER),
+            Err(ProtocolError::Depth(DepthError::NotAType))
+        ));
+        assert_eq!(room.encode_state(), before, "nothing of it was taken");
     }
 
     #[test]

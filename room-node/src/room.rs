@@ -692,6 +692,12 @@ impl RoomActor {
                     "update depends on content the room does not have".to_owned(),
                 )));
             }
+            Ok(mut outcome) if outcome.refused.is_some() => {
+                // Logged and sent like any edit: yrs took part of it.
+                let error = outcome.refused.take().map(|e| e.to_string());
+                self.take_logged(outcome.log, outcome.broadcast);
+                let _ = reply.send(Err(ApplyError::BadUpdate(error.unwrap_or_default())));
+            }
             Ok(outcome) if outcome.write_denied => {
                 let _ = reply.send(Err(match access {
                     Access::DocumentFull => ApplyError::DocumentFull,
@@ -699,21 +705,26 @@ impl RoomActor {
                 }));
             }
             Ok(outcome) => {
-                let logged = outcome.log.iter().map(|u| u.len() as u64).sum::<u64>();
-                if !outcome.log.is_empty() {
-                    self.dirty = true;
-                }
-                self.pending_bytes += logged;
-                self.doc_bytes += logged;
-                self.pending_log.extend(outcome.log);
-                for payload in outcome.broadcast {
-                    self.outbox.push(Out::All(broadcast(payload)));
-                }
+                self.take_logged(outcome.log, outcome.broadcast);
                 self.applied.push(reply);
             }
             Err(error) => {
                 let _ = reply.send(Err(ApplyError::BadUpdate(error.to_string())));
             }
+        }
+    }
+
+    /// Queues a server-side update's log entries and broadcasts.
+    fn take_logged(&mut self, log: Vec<Bytes>, broadcasts: Vec<Bytes>) {
+        let logged = log.iter().map(|u| u.len() as u64).sum::<u64>();
+        if !log.is_empty() {
+            self.dirty = true;
+        }
+        self.pending_bytes += logged;
+        self.doc_bytes += logged;
+        self.pending_log.extend(log);
+        for payload in broadcasts {
+            self.outbox.push(Out::All(broadcast(payload)));
         }
     }
 
@@ -958,6 +969,17 @@ impl RoomActor {
                         }
                         _ => self.outbox.push(Out::All(broadcast(payload))),
                     }
+                }
+                if let Some(error) = outcome.refused {
+                    // What yrs took of it is logged and sent above.
+                    crate::telemetry::refuse("protocol_error");
+                    tracing::info!(room = %self.room, session = session_id, %error, "update refused after yrs took part of it; closing session");
+                    self.end_session(
+                        link_id,
+                        session_id,
+                        close::PROTOCOL_ERROR,
+                        &error.to_string(),
+                    );
                 }
             }
             Err(error) => {

@@ -78,6 +78,9 @@ pub struct BlockRef {
     pub parent: ParentRef,
     /// It creates a shared type (its children nest one level deeper).
     pub is_type: bool,
+    /// Garbage-collected or deleted content: yrs drops children that name
+    /// it as their parent instead of refusing them.
+    pub is_gone: bool,
     /// A skip: clocks the update does not carry.
     pub is_skip: bool,
 }
@@ -130,6 +133,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         len: 0,
         parent: ParentRef::Detached,
         is_type: false,
+        is_gone: info == GC,
         is_skip: info == SKIP,
     };
     if info == SKIP || info == GC {
@@ -159,7 +163,10 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         }
     };
     block.len = match info & 0b1111 {
-        DELETED => reader.read_var()?,
+        DELETED => {
+            block.is_gone = true;
+            reader.read_var()?
+        }
         JSON => {
             // One string more than the length says, as yrs reads it.
             let len: u32 = reader.read_var()?;
