@@ -7,6 +7,8 @@
 #   bench/compare.sh                 # all scenarios, issue-sized (~6 min)
 #   bench/compare.sh S1 S3           # some of them
 #   DURATION=10s bench/compare.sh    # shorter S1/S2 runs
+#   BASE_BIN=/path/to/old/partyline bench/compare.sh S1 S2
+#                                    # A/B: an older build in the peer's place
 #
 # Raw JSON lines are kept in $OUT (default target/bench/<timestamp>/).
 set -euo pipefail
@@ -19,7 +21,7 @@ scenarios=("$@")
 
 # shellcheck source=bench/common.sh
 . bench/common.sh
-need_peer
+[ -n "${BASE_BIN:-}" ] || need_peer
 OUT=${OUT:-$bin_dir/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
@@ -28,10 +30,11 @@ server_pid=""
 start_server() { # $1 = partyline|peer ; sets server_pid and url
   local port
   port=$(free_port)
-  if [ "$1" = partyline ]; then
-    local data
+  if [ "$1" = partyline ] || [ -n "${BASE_BIN:-}" ]; then
+    local data bin=$partyline
     data=$(mktemp -d)
-    PARTYLINE_LOG=warn "$partyline" dev --listen "127.0.0.1:$port" --data-dir "$data" >"$OUT/$1.out" 2>>"$OUT/$1.err" &
+    [ "$1" = peer ] && bin=$BASE_BIN
+    PARTYLINE_LOG=warn "$bin" dev --listen "127.0.0.1:$port" --data-dir "$data" >"$OUT/$1.out" 2>>"$OUT/$1.err" &
   else
     HOST=127.0.0.1 PORT=$port node "$peer_js" >"$OUT/$1.out" 2>>"$OUT/$1.err" &
   fi

@@ -464,6 +464,11 @@ impl SyncRoom {
         let owners = &mut self.owners;
         let mut gone = Vec::new();
         update.clients.retain(|&client, entry| {
+            // Removing a state bumps its clock: u32::MAX would overflow
+            // (a panic where overflow checks are on; found by fuzzing).
+            if entry.clock == u32::MAX {
+                return false;
+            }
             match owners.get(&client) {
                 Some(owner) if *owner != session => return false,
                 Some(_) => {}
@@ -766,6 +771,11 @@ mod tests {
             .handle_frame(&presence(3, 1, "{}"), Access::ReadOnly, PEER)
             .unwrap();
         assert_eq!(third.awareness_dropped, 1);
+        // A clock that removal would overflow is never taken.
+        let overflowing = room
+            .handle_frame(&presence(1, u32::MAX, "{}"), Access::ReadOnly, PEER)
+            .unwrap();
+        assert_eq!(overflowing.awareness_dropped, 1);
         assert_eq!(room.presence_of(PEER), 2);
         let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(200));
         let refused = room
