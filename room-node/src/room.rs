@@ -1139,7 +1139,7 @@ impl RoomActor {
                 Err(AppendError::Failed(error)) => return Err(error),
                 Err(error @ (AppendError::Unavailable(_) | AppendError::DiskFull(_))) => {
                     if self.log_down_since.is_none() {
-                        tracing::warn!(room = %self.room, %error, "update log cannot take writes; holding updates until it can");
+                        tracing::warn!(room = %self.room, %error, "update log unreachable (or its disk full); holding updates until it takes writes again");
                         self.log_down_since = Some(Instant::now());
                     }
                     return Ok(());

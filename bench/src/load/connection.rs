@@ -132,9 +132,13 @@ pub(crate) async fn run_connection(
 
 /// Upgrades and runs the handshake until the server's SyncStep2.
 async fn connect_and_sync(url: &str, source: Option<&UpdateSource>) -> Result<Socket, String> {
+    // No message size cap, as in browsers: a large room's SyncStep2 is
+    // one message.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0);
+        .write_buffer_size(0)
+        .max_message_size(None)
+        .max_frame_size(None);
     let (mut socket, _response) =
         tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
