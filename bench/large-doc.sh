@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Resident memory of a room node and a gateway (separate processes) while a
 # fresh client syncs a large document (issue 16): nats-server, one
-# coordinator, one room node (file store), one gateway, release build. One
-# client writes STEPS (7) updates of PAYLOAD (15,000,000) bytes into one
-# room (~105 MB); then a fresh client joins and receives the whole document
+# coordinator, one room node (file store), one gateway, release build.
+# STEPS (7) clients each write one value of PAYLOAD (15,000,000) bytes into
+# one room (~105 MB); then a fresh client joins and receives the whole document
 # as one SyncStep2, crossing the gateway <-> node link in 4 MiB chunks. RSS
 # of both processes is sampled every 50 ms; the peaks are printed.
 #
@@ -43,16 +43,16 @@ for _ in $(seq 300); do
 done
 [ -n "$url" ] || { echo "gateway did not start" >&2; tail "$work/g.err" >&2; exit 1; }
 rss_mib() { awk '/^VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
-bench() { "$partyline" bench --url "$url" --rooms 1 --clients 1 --room-prefix big "$@"; }
+bench() { "$partyline" bench --url "$url" --rooms 1 --room-prefix big "$@"; }
 # The map needs a moment to give the node its slots; the bench retries.
 sleep 3
-echo "writing $STEPS x $PAYLOAD bytes into one room"
-bench --rate 1 --duration "${STEPS}s" --drain 5s --payload-bytes "$PAYLOAD" >"$work/write.json" 2>"$work/write.txt" \
+echo "$STEPS clients writing $PAYLOAD bytes each into one room"
+bench --clients "$STEPS" --rate 1 --duration 1s --drain 10s --payload-bytes "$PAYLOAD" >"$work/write.json" 2>"$work/write.txt" \
   || { tail "$work/write.txt" >&2; exit 1; }
 sleep 2
 echo "before the join: room node $(rss_mib "$node") MiB, gateway $(rss_mib "$gateway") MiB"
 peak_node=0 peak_gateway=0
-bench --rate 0.1 --duration 1s --drain 30s --payload-bytes 10 >"$work/join.json" 2>"$work/join.txt" &
+bench --clients 1 --rate 0.1 --duration 1s --drain 2s --payload-bytes 10 --connect-timeout 120s >"$work/join.json" 2>"$work/join.txt" &
 joiner=$!
 while kill -0 "$joiner" 2>/dev/null; do
   n=$(rss_mib "$node"); g=$(rss_mib "$gateway")
