@@ -335,7 +335,14 @@ struct Session {
     /// client asking in a loop gets at most one per `min_resync_interval`.
     answered_sync: Option<Instant>,
     answered_awareness: Option<Instant>,
+    /// Requests dropped since the last answer: a client asking again and
+    /// again is not a provider, and is closed past [`MAX_REPEATED_REQUESTS`].
+    repeated: u32,
 }
+
+/// Repeated SyncStep1 / QueryAwareness requests a session may send inside
+/// `min_resync_interval` before it is closed (1008).
+const MAX_REPEATED_REQUESTS: u32 = 16;
 
 /// The session key server-API updates are handled under (they carry no
 /// awareness).
@@ -905,10 +912,22 @@ impl RoomActor {
                 // Already answered: everything since reaches the session
                 // as broadcasts, so dropping the repeat loses nothing.
                 crate::telemetry::refuse("repeated_sync_request");
-                tracing::debug!(room = %self.room, session = session_id, "repeated sync request inside min_resync_interval dropped");
+                session.repeated += 1;
+                if session.repeated > MAX_REPEATED_REQUESTS {
+                    tracing::info!(room = %self.room, session = session_id, "session keeps repeating sync requests; closing it");
+                    self.end_session(
+                        link_id,
+                        session_id,
+                        close::POLICY_VIOLATION,
+                        "too many repeated sync requests",
+                    );
+                } else {
+                    tracing::debug!(room = %self.room, session = session_id, "repeated sync request inside min_resync_interval dropped");
+                }
                 return;
             }
             *answered = Some(now);
+            session.repeated = 0;
         }
         let access = if session.read_only {
             Access::ReadOnly
