@@ -1010,11 +1010,14 @@ pub fn check_store(url: &str) -> anyhow::Result<()> {
     check_url("--store", url, STORE_SCHEMES, false).map(drop)
 }
 
-/// The machine's host name (`/proc/sys/kernel/hostname`), the default node
-/// id: stable across restarts and unique per container.
+/// The machine's host name, the default node id: stable across restarts
+/// and unique per container. Linux's `/proc/sys/kernel/hostname`, else the
+/// `HOSTNAME` (Unix shells) or `COMPUTERNAME` (Windows) variable.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())

@@ -2,6 +2,7 @@
 //! static one-node slot map. The gateway reaches the room node over real
 //! gRPC on a loopback port, the same path a cluster uses.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,6 +17,15 @@ use crate::ServeArgs;
 /// `partyline dev` flags.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
+    /// Port to listen on, on loopback (both 127.0.0.1 and ::1, so
+    /// `localhost` works whichever a client resolves), as `partykit dev`
+    /// does; `--listen` names an exact address instead [default: 1999].
+    #[arg(long, env = "PORT")]
+    port: Option<String>,
+    /// Address to listen on with `--port` / `PORT` instead of loopback
+    /// (an IP address, or `localhost`) [default: loopback].
+    #[arg(long, env = "HOST")]
+    host: Option<String>,
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
@@ -37,13 +47,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let gateway = args.gateway.merge(file.gateway);
     let room_node = args.room_node.merge(file.room_node);
+    let addresses = listen_addresses(&gateway, args.host.as_deref(), args.port.as_deref())?;
     let node_id = NodeId::new("dev");
     let mut room_config = room_node.build(node_id.clone())?;
     room_config.hooks = args.webhooks.merge(file.webhooks).build()?;
+    let first_run = !room_config.data_dir.exists();
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
+    if first_run {
+        // Room data is nobody's source code: keep it out of the app's repo.
+        let ignore = room_config.data_dir.join(".gitignore");
+        std::fs::write(&ignore, "*\n").with_context(|| format!("write {}", ignore.display()))?;
+    }
+    let data_dir = std::fs::canonicalize(&room_config.data_dir)
+        .unwrap_or_else(|_| room_config.data_dir.clone());
     let mut gateway_config = gateway.build("dev".to_owned())?;
     let auth = args.auth.merge(file.auth);
     gateway_config.auth = auth.build(true).await?;
+    let auth_mode = auth.mode.clone().unwrap_or_else(|| "none".to_owned());
     gateway_config.max_session = auth.max_session;
     gateway_config.trace_frames = serving.traces;
 
@@ -51,10 +71,20 @@ pub async fn run(
         .await
         .context("bind room node grpc")?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let listener = TcpListener::bind(gateway.listen())
+    let listener = TcpListener::bind(addresses[0])
         .await
-        .with_context(|| format!("bind gateway on {}", gateway.listen()))?;
+        .with_context(|| format!("bind gateway on {}", addresses[0]))?;
     let addr = listener.local_addr()?;
+    let mut listeners = vec![listener];
+    for extra in &addresses[1..] {
+        // The same port on the other loopback (a port 0 was resolved by
+        // the first bind); a machine without IPv6 just serves 127.0.0.1.
+        let extra = SocketAddr::new(extra.ip(), addr.port());
+        match TcpListener::bind(extra).await {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => tracing::debug!(%extra, %error, "not listening on the other loopback"),
+        }
+    }
 
     let map = SlotMap::single(
         0,
@@ -76,14 +106,31 @@ pub async fn run(
         map_rx.clone(),
         shutdown.clone(),
     ));
-    let gateway = tokio::spawn(partyline_gateway::run(
-        listener,
+    let loopback = listeners.len() > 1 || addr.ip().is_loopback();
+    let gateway = tokio::spawn(partyline_gateway::run_on(
+        listeners,
         gateway_config,
         map_rx,
         shutdown.clone(),
     ));
     // Tests and scripts wait for this exact line on stdout.
     println!("partyline dev listening on ws://{addr}");
+    let host = if loopback {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    eprintln!(
+        "\n  partyline dev\n  y-websocket  ws://{host}   (new WebsocketProvider('ws://{host}', room, doc))\n  \
+         y-partykit   host: '{host}'   (new YPartyKitProvider('{host}', room, doc))\n  \
+         data         {}\n  auth         {auth_mode}{}\n",
+        data_dir.display(),
+        if auth_mode == "none" {
+            " (anyone may open and edit every room)"
+        } else {
+            ""
+        },
+    );
 
     // Either role ending (on shutdown, or on its own with an error) stops
     // the other, so the process never serves half a system.
@@ -103,4 +150,38 @@ pub async fn run(
     room_node_result.context("room node task")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where `partyline dev` listens: `--listen` as given; else `--host` /
+/// `HOST` with `--port` / `PORT`; else both loopbacks on the port (1999
+/// unless said), the first being where the port is chosen.
+fn listen_addresses(
+    gateway: &GatewaySection,
+    host: Option<&str>,
+    port: Option<&str>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    // Checked only when used: a stray PORT or HOST in the environment must
+    // not stop a `--listen` run.
+    if let Some(listen) = gateway.listen {
+        return Ok(vec![listen]);
+    }
+    let port = match port {
+        Some(port) => port
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--port / PORT {port:?} is not a port number"))?,
+        None => gateway.listen().port(),
+    };
+    match host {
+        None | Some("localhost") => Ok(vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ]),
+        Some(host) => {
+            let ip: IpAddr = host.parse().map_err(|_| {
+                anyhow::anyhow!("--host / HOST {host:?} is not an IP address or localhost")
+            })?;
+            Ok(vec![SocketAddr::new(ip, port)])
+        }
+    }
 }

@@ -159,6 +159,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
+#[cfg(unix)]
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -172,5 +173,17 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    shutdown.cancel();
+}
+
+/// Ctrl-C (and Ctrl-Break, a console close) where there are no Unix
+/// signals: what a supervisor such as npm-run-all sends on Windows.
+#[cfg(not(unix))]
+async fn wait_for_signal(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        tracing::error!("cannot install the Ctrl-C handler");
+        return;
+    }
+    tracing::info!("Ctrl-C: shutting down");
     shutdown.cancel();
 }

@@ -87,6 +87,17 @@ pub async fn run(
     slot_map: SlotMapWatch,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    run_on(vec![listener], config, slot_map, shutdown).await
+}
+
+/// [`run`] on several listeners at once (e.g. `127.0.0.1` and `::1`, so
+/// `localhost` works whichever address a client resolves it to).
+pub async fn run_on(
+    listeners: Vec<TcpListener>,
+    config: GatewayConfig,
+    slot_map: SlotMapWatch,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let config_connections = config.max_connections;
     let config_limits = config.limits;
     let config = Arc::new(config);
@@ -118,7 +129,12 @@ pub async fn run(
         limits: limits::Limits::new(config_limits),
     });
     let app = axum::Router::new().fallback(handle).with_state(shared);
-    server::serve(listener, app, shutdown, tracker.clone()).await;
+    futures_util::future::join_all(
+        listeners.into_iter().map(|listener| {
+            server::serve(listener, app.clone(), shutdown.clone(), tracker.clone())
+        }),
+    )
+    .await;
     tracker.close();
     tracker.wait().await;
     Ok(())
