@@ -439,15 +439,10 @@ async fn room_policies_cap_sessions_and_document_size_by_prefix() {
             .await
             .unwrap();
     }
-    let mut denied = None;
-    for _ in 0..50 {
-        denied = first.stats().auth_denied;
-        if denied.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let denied = denied.expect("the writer was told");
+    let denied = first
+        .wait_denied(Duration::from_millis(2500))
+        .await
+        .expect("the writer was told");
     assert!(denied.contains("document too large"), "{denied}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = second.text("t").await.unwrap();

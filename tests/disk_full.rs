@@ -102,15 +102,10 @@ async fn a_full_disk_refuses_writes_visibly_and_loses_nothing_once_space_returns
         written.push(chunk);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut denied = None;
-    for _ in 0..200 {
-        denied = writer.stats().auth_denied;
-        if denied.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let denied = denied.expect("the writer was told its writes are refused");
+    let denied = writer
+        .wait_denied(Duration::from_secs(10))
+        .await
+        .expect("the writer was told its writes are refused");
     assert!(denied.contains("storage unavailable"), "{denied}");
     // While the disk stays full nothing more reaches the reader, however
     // much the writer sends: only logged edits are broadcast.

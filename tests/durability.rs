@@ -160,15 +160,10 @@ async fn redis_down_past_the_buffer_refuses_writes_visibly_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // Past 200 held bytes the writer is told, and nothing unlogged leaks out.
-    let mut denied = None;
-    for _ in 0..100 {
-        denied = writer.stats().auth_denied;
-        if denied.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let denied = denied.expect("the writer was told its writes are refused");
+    let denied = writer
+        .wait_denied(Duration::from_secs(5))
+        .await
+        .expect("the writer was told its writes are refused");
     assert!(denied.contains("storage unavailable"), "{denied}");
     assert_eq!(
         reader.text("t").await.unwrap(),

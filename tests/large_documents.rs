@@ -55,14 +55,7 @@ async fn a_document_over_64_mib_syncs_whole_and_growth_past_the_maximum_is_refus
     // The seventh edit would pass 80 MB: refused, the writer told, and
     // what is stored stays.
     writer.push_text("t", &"g".repeat(EDIT)).await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    let denied = loop {
-        if let Some(denied) = writer.stats().auth_denied {
-            break denied;
-        }
-        assert!(Instant::now() < deadline, "the writer was not told");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let denied = writer.wait_denied(WAIT).await.expect("the writer was told");
     assert!(denied.contains("document too large"), "{denied}");
     assert!(writer.close_info().is_none(), "the writer stays connected");
     let later = YClient::connect(&url).await.unwrap();

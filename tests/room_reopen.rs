@@ -7,6 +7,8 @@
 //! fails it, as a node does when a room cannot be loaded or served; it
 //! counts the opens, so a loop would show.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,23 +112,8 @@ async fn gateway_for(node: SocketAddr, shutdown: &CancellationToken) -> SocketAd
         },
     )));
     let (map_tx, map_rx) = watch::channel(map);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let config = partyline_gateway::GatewayConfig::new("g");
-    tokio::spawn(partyline_gateway::run(
-        listener,
-        config,
-        map_rx,
-        shutdown.clone(),
-    ));
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            drop(map_tx);
-        }
-    });
-    addr
+    common::inproc::spawn_gateway(config, map_tx, map_rx, shutdown).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,6 +389,24 @@ impl YClient {
         self.status_rx.borrow().close.clone()
     }
 
+    /// Waits until the server sent an auth permission-denied message (a
+    /// refused write) and returns its reason.
+    pub async fn wait_denied(&self, timeout: Duration) -> Result<String, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(reason) = self.stats().auth_denied {
+                return Ok(reason);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout {
+                    waited: timeout,
+                    what: "permission-denied message",
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the connection ends (server close frame, or socket end).
     pub async fn wait_closed(&self, timeout: Duration) -> Result<CloseInfo, ClientError> {
         let mut status_rx = self.status_rx.clone();

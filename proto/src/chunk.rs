@@ -69,8 +69,10 @@ impl Chunked for GatewayFrame {
 
 /// Splits `frame` into frames whose payloads are at most [`CHUNK_BYTES`]
 /// (slices of the same buffer: nothing is copied). A small frame comes
-/// back as it is.
+/// back as it is, without an allocation: this runs for every frame.
 pub fn split<F: Chunked + Clone>(mut frame: F) -> impl Iterator<Item = F> {
+    // Only the leading chunks of a large frame go here; an empty Vec
+    // allocates nothing.
     let mut pieces = Vec::new();
     if let Some((payload, _)) = frame.payload_mut() {
         if payload.len() > CHUNK_BYTES {
@@ -90,8 +92,7 @@ pub fn split<F: Chunked + Clone>(mut frame: F) -> impl Iterator<Item = F> {
             }
         }
     }
-    pieces.push(frame);
-    pieces.into_iter()
+    pieces.into_iter().chain(std::iter::once(frame))
 }
 
 /// Why a chunked message could not be joined.

@@ -159,14 +159,10 @@ impl DepthIndex {
     /// Resolves the parent depth of every block of an update, refusing it
     /// when a type would nest deeper than `max_depth`.
     pub fn check(&self, blocks: &[BlockRef], max_depth: u16) -> Result<Checked, DepthError> {
-        // Blocks of each client in clock order, for lookups by id.
-        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (i, block) in blocks.iter().enumerate() {
-            by_client.entry(block.client).or_default().push(i);
-        }
-        for list in by_client.values_mut() {
-            list.sort_by_key(|&i| blocks[i].clock);
-        }
+        // Blocks in (client, clock) order, for lookups by id: one small
+        // sort per update, no map (this runs for every edit).
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        order.sort_unstable_by_key(|&i| (blocks[i].client, blocks[i].clock));
         let mut state = vec![State::Unresolved; blocks.len()];
         let mut checked = Checked::default();
         let mut stack = Vec::new();
@@ -182,9 +178,9 @@ impl DepthIndex {
                 let (target, plus) = match block.parent {
                     ParentRef::Root => (Target::Known(1, Class::Type), 0),
                     ParentRef::Detached => (Target::Known(DETACHED, Class::Gone), 0),
-                    ParentRef::SameAs(id) => (self.find(id, blocks, &by_client)?, 0),
+                    ParentRef::SameAs(id) => (self.find(id, blocks, &order)?, 0),
                     ParentRef::Type(id) => {
-                        let target = self.find(id, blocks, &by_client)?;
+                        let target = self.find(id, blocks, &order)?;
                         let class = match target {
                             Target::Known(_, class) => class,
                             Target::Block(j) => Class::of(&blocks[j]),
@@ -224,8 +220,9 @@ impl DepthIndex {
         }
         // Every client's blocks must continue where the document ends:
         // a gap is content yrs would hold back as pending.
-        for (client, list) in &by_client {
-            let known = self.clients.get(client);
+        for list in order.chunk_by(|&a, &b| blocks[a].client == blocks[b].client) {
+            let client = blocks[list[0]].client;
+            let known = self.clients.get(&client);
             let mut end = known.map_or(0, |runs| runs.end);
             let mut last_depth = known
                 .and_then(|runs| runs.at(end.wrapping_sub(1)))
@@ -249,7 +246,7 @@ impl DepthIndex {
                     };
                     checked
                         .runs
-                        .push((*client, block.clock, block_end, depth, Class::of(block)));
+                        .push((client, block.clock, block_end, depth, Class::of(block)));
                     end = block_end;
                     last_depth = Some(depth);
                 }
@@ -291,7 +288,7 @@ impl DepthIndex {
         &self,
         (client, clock): Id,
         blocks: &[BlockRef],
-        by_client: &HashMap<u64, Vec<usize>>,
+        order: &[usize],
     ) -> Result<Target, DepthError> {
         if let Some(runs) = self.clients.get(&client) {
             if clock < runs.end {
@@ -299,13 +296,12 @@ impl DepthIndex {
                 return Ok(Target::Known(depth, class));
             }
         }
-        let list = by_client
-            .get(&client)
-            .ok_or(DepthError::MissingDependency)?;
-        let after = list.partition_point(|&i| blocks[i].clock <= clock);
-        let i = *list[..after].last().ok_or(DepthError::MissingDependency)?;
+        // The last block of `client` starting at or before `clock`.
+        let after =
+            order.partition_point(|&i| (blocks[i].client, blocks[i].clock) <= (client, clock));
+        let i = *order[..after].last().ok_or(DepthError::MissingDependency)?;
         let block = &blocks[i];
-        if clock >= block.clock.saturating_add(block.len) || block.is_skip {
+        if block.client != client || clock >= block.clock.saturating_add(block.len) {
             return Err(DepthError::MissingDependency);
         }
         Ok(Target::Block(i))

@@ -156,6 +156,16 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, ProtocolError> {
     Ok(decode_guarded(|| Update::decode_v1(bytes))??)
 }
 
+/// [`decode_update`], also listing the update's blocks for the depth check.
+fn decode_update_with_blocks(
+    bytes: &[u8],
+) -> Result<(Update, Vec<crate::update_check::BlockRef>), ProtocolError> {
+    let mut blocks = Vec::new();
+    crate::update_check::scan_update(bytes, |block| blocks.push(block))?;
+    let update = decode_guarded(|| Update::decode_v1(bytes))??;
+    Ok((update, blocks))
+}
+
 /// What handling one frame asks the room to do, in order.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -370,9 +380,7 @@ impl SyncRoom {
         access: Access,
         outcome: &mut Outcome,
     ) -> Result<(), ProtocolError> {
-        let mut blocks = Vec::new();
-        crate::update_check::scan_update(&bytes, |block| blocks.push(block))?;
-        let update = decode_guarded(|| Update::decode_v1(&bytes))??;
+        let (update, blocks) = decode_update_with_blocks(&bytes)?;
         // Clients answer our SyncStep1 with a Step2 that is usually empty;
         // it carries nothing to apply, log or echo, and is not a write.
         if update.is_empty() {
@@ -403,16 +411,15 @@ impl SyncRoom {
             }
             Err(error) => return Err(error.into()),
         };
-        let clients = self.depth.ends(&blocks);
         let applied = self.doc().transact_mut().apply_update(update);
-        // Recorded even if yrs refused part of it: an item it did take must
-        // stay known, and one it did not is only a stale entry.
-        self.depth.record(checked);
         if let Err(error) = applied {
             // yrs may have integrated blocks before the one it refused:
             // log and send those, or joiners would see content that a
-            // restart loses.
-            let taken = self.taken_since(&clients);
+            // restart loses. The index, not yet updated, says where the
+            // update's clients stood before it.
+            let before = self.depth.ends(&blocks);
+            self.depth.record(checked);
+            let taken = self.taken_since(&before);
             if Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty()) {
                 let taken_len = taken.len();
                 let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
@@ -423,6 +430,7 @@ impl SyncRoom {
             }
             return Err(error.into());
         }
+        self.depth.record(checked);
         // The echo is `[sync, update, varint len, update…]`: encode it once
         // and log its tail, rather than copying the update a second time.
         let update_len = bytes.len();

@@ -59,11 +59,23 @@ async fn serve_gateway(
         map_rx.clone(),
         shutdown.clone(),
     ));
+    let addr = spawn_gateway(gateway, _map_tx, map_rx, &shutdown).await;
+    (format!("ws://{addr}"), addr, shutdown)
+}
+
+/// A gateway on a free loopback port routing by `map_rx`, until `shutdown`
+/// (which also drops `map_tx`, so the map's watchers end).
+pub async fn spawn_gateway(
+    config: partyline_gateway::GatewayConfig,
+    map_tx: watch::Sender<Option<Arc<SlotMap>>>,
+    map_rx: watch::Receiver<Option<Arc<SlotMap>>>,
+    shutdown: &CancellationToken,
+) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(partyline_gateway::run(
         listener,
-        gateway,
+        config,
         map_rx,
         shutdown.clone(),
     ));
@@ -71,8 +83,8 @@ async fn serve_gateway(
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
-            drop(_map_tx);
+            drop(map_tx);
         }
     });
-    (format!("ws://{addr}"), addr, shutdown)
+    addr
 }
