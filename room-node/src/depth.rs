@@ -159,6 +159,15 @@ impl DepthIndex {
     /// Resolves the parent depth of every block of an update, refusing it
     /// when a type would nest deeper than `max_depth`.
     pub fn check(&self, blocks: &[BlockRef], max_depth: u16) -> Result<Checked, DepthError> {
+        // A skip says "clocks this update does not carry": yrs stores it as
+        // a placeholder, and a later block filling it can overflow its
+        // clock arithmetic (found by fuzzing: a panic in `BlockStore::push`
+        // with overflow checks on, wrapped clocks without). Stock clients
+        // never send one (they encode whole transactions or whole states);
+        // asking for everything gets an update without.
+        if blocks.iter().any(|block| block.is_skip) {
+            return Err(DepthError::MissingDependency);
+        }
         // Blocks in (client, clock) order, for lookups by id: one small
         // sort per update, no map (this runs for every edit).
         let mut order: Vec<usize> = (0..blocks.len()).collect();
@@ -233,7 +242,7 @@ impl DepthIndex {
                 if block.clock > end {
                     return Err(DepthError::MissingDependency);
                 }
-                if !block.is_skip && block_end > end {
+                if block_end > end {
                     let State::Done(declared) = state[i] else {
                         unreachable!("every block was resolved above");
                     };
@@ -457,6 +466,31 @@ mod tests {
             ..bad
         };
         assert!(index.check(&[gone, child], 256).is_ok());
+    }
+
+    #[test]
+    fn an_update_with_a_skip_is_not_taken() {
+        let item = BlockRef {
+            client: 5,
+            clock: 0,
+            len: 1,
+            parent: ParentRef::Root,
+            is_type: false,
+            is_gone: false,
+            is_skip: false,
+        };
+        let skip = BlockRef {
+            clock: 1,
+            len: 5,
+            parent: ParentRef::Detached,
+            is_skip: true,
+            ..item
+        };
+        assert!(DepthIndex::new().check(&[item], 256).is_ok());
+        assert_eq!(
+            DepthIndex::new().check(&[item, skip], 256).unwrap_err(),
+            DepthError::MissingDependency
+        );
     }
 
     #[test]
