@@ -238,20 +238,7 @@ impl SyncRoom {
     /// (measured anyway to index its depths). A document stored before the
     /// depth limit loads as it is; its deepest nesting is returned too.
     pub fn with_limits(doc: Doc, limits: SyncLimits) -> (Self, Loaded) {
-        let state = doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let mut blocks = Vec::new();
-        let indexed = crate::update_check::scan_update(&state, |block| blocks.push(block))
-            .ok()
-            .and_then(|()| DepthIndex::of_state(&blocks).ok());
-        // Our own encoding always scans; if yrs ever wrote something the
-        // scan cannot read, every update would be refused as depending on
-        // unknown content, so say so loudly.
-        let (depth, deepest) = indexed.unwrap_or_else(|| {
-            tracing::error!("document state not indexable; its updates will be refused");
-            (DepthIndex::new(), 0)
-        });
+        let (depth, deepest, state_bytes) = index_of(&doc);
         let room = Self {
             awareness: Awareness::new(doc),
             limits,
@@ -260,7 +247,7 @@ impl SyncRoom {
             presence: HashMap::new(),
         };
         let loaded = Loaded {
-            state_bytes: state.len() as u64,
+            state_bytes,
             deepest_type: deepest,
         };
         (room, loaded)
@@ -418,8 +405,12 @@ impl SyncRoom {
             // restart loses. The index, not yet updated, says where the
             // update's clients stood before it.
             let before = self.depth.ends(&blocks);
-            self.depth.record(checked);
             let taken = self.taken_since(&before);
+            // Indexed again from what yrs now holds, not from what the
+            // update said: an index ahead of yrs would pass blocks yrs then
+            // integrates out of order (found by fuzzing: an overflow in its
+            // skip handling). Only malformed updates come here.
+            self.depth = index_of(self.doc()).0;
             if Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty()) {
                 let taken_len = taken.len();
                 let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
@@ -528,6 +519,26 @@ pub struct Loaded {
     pub state_bytes: u64,
     /// Its deepest shared type (a top-level type is 1).
     pub deepest_type: u16,
+}
+
+/// The depth index of `doc` as it is, its deepest type and the size of its
+/// state. A document stored before the depth limit is indexed all the same.
+fn index_of(doc: &Doc) -> (DepthIndex, u16, u64) {
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let mut blocks = Vec::new();
+    let indexed = crate::update_check::scan_update(&state, |block| blocks.push(block))
+        .ok()
+        .and_then(|()| DepthIndex::of_state(&blocks).ok());
+    // Our own encoding always scans; if yrs ever wrote something the scan
+    // cannot read, every update would be refused as depending on unknown
+    // content, so say so loudly.
+    let (depth, deepest) = indexed.unwrap_or_else(|| {
+        tracing::error!("document state not indexable; its updates will be refused");
+        (DepthIndex::new(), 0)
+    });
+    (depth, deepest, state.len() as u64)
 }
 
 /// Encodes one y-sync message as one frame.

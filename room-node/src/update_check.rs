@@ -47,6 +47,11 @@ pub enum UpdateCheckError {
     /// An item kind yrs does not know (it would refuse the update too).
     #[error("malformed update: unknown content kind {0}")]
     UnknownContent(u8),
+    /// A client's blocks listed in two places (Yjs lists each client
+    /// once; yrs merges repeats in ways the checks cannot follow, and
+    /// fuzzing found one that overflowed its clock arithmetic).
+    #[error("malformed update: client {0} listed twice")]
+    RepeatedClient(u64),
 }
 
 /// An item's id: (client, clock).
@@ -97,9 +102,12 @@ pub fn check_update(update: &[u8]) -> Result<(), UpdateCheckError> {
 pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(), UpdateCheckError> {
     let mut reader = Cursor::new(update);
     let clients: u32 = reader.read_var()?;
+    // Grown as sections are read (a claimed count is not trusted).
+    let mut seen = Vec::new();
     for _ in 0..clients {
         let blocks: u32 = reader.read_var()?;
         let client: u64 = reader.read_var()?;
+        seen.push(client);
         let mut clock: u32 = reader.read_var()?;
         for _ in 0..blocks {
             let Some(mut block) = read_block(&mut reader)? else {
@@ -111,6 +119,10 @@ pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(),
             clock = clock.saturating_add(block.len);
             visit(block);
         }
+    }
+    seen.sort_unstable();
+    if let Some(pair) = seen.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(UpdateCheckError::RepeatedClient(pair[0]));
     }
     // The delete set that follows holds only numbers.
     Ok(())
@@ -427,6 +439,19 @@ mod tests {
             .encode_state_as_update_v1(&StateVector::default());
         check_update(&update).unwrap();
         yrs::Update::decode_v1(&update).unwrap();
+    }
+
+    #[test]
+    fn a_client_listed_twice_is_refused() {
+        // Found by fuzzing: client 1 listed three times (GC ranges from
+        // clock 1) made yrs overflow a clock subtraction while integrating.
+        let twice = [2, 1, 1, 1, 0, 5, 1, 1, 1, 0, 3, 0];
+        assert!(matches!(
+            check_update(&twice),
+            Err(UpdateCheckError::RepeatedClient(1))
+        ));
+        let once = [1, 1, 1, 1, 0, 5, 0];
+        check_update(&once).unwrap();
     }
 
     #[test]
