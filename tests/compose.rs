@@ -2,8 +2,9 @@
 //! `docker-compose config` (anchors, merges and `${…}` resolved), and every
 //! Partyline service is started with its own command and environment, as
 //! many replicas as the file says, against a real nats-server (JetStream),
-//! redis-server (AOF) and S3 API in place of the nats, redis and minio
-//! containers. Container host names become `--node-id`s; the only other
+//! redis-server (AOF) and S3 API in place of the nats, redis and s3
+//! containers (the s3 service's own bucket step runs in the local S3
+//! server's root: both treat a directory as a bucket). Container host names become `--node-id`s; the only other
 //! changes are the addresses of those dependencies and loopback ports, and
 //! the test checks that nothing else in the file names a container.
 //!
@@ -80,15 +81,15 @@ impl Local {
         match value {
             "nats://nats:4222" => self.nats.clone(),
             "redis://redis:6379/0" => self.redis.clone(),
-            "http://minio:9000" => self.s3.clone(),
-            // MinIO's root user and password are the S3 server's keys.
+            "http://s3:7070" => self.s3.clone(),
+            // versitygw's root keys are the S3 server's keys.
             "partyline" => s3_server::ACCESS_KEY.to_owned(),
             "partyline-secret" => s3_server::SECRET_KEY.to_owned(),
             // Container ports become free loopback ports.
             "0.0.0.0:7001" | "0.0.0.0:1999" => "127.0.0.1:0".to_owned(),
             "0.0.0.0:9464" => format!("127.0.0.1:{}", free_port()),
             other => {
-                for host in ["nats:", "redis:", "minio:", "0.0.0.0"] {
+                for host in ["nats:", "redis:", "//s3:", "0.0.0.0"] {
                     assert!(
                         !other.contains(host),
                         "{other:?} names a container this test does not map"
@@ -124,6 +125,88 @@ impl Local {
     }
 }
 
+/// The bucket the room nodes' `--store` names, and the s3 service's
+/// command that makes it.
+struct Bucket {
+    name: String,
+    step: String,
+}
+
+/// Checks the s3 service: versitygw pinned to a release, serving `/data`
+/// (its volume) with the posix backend, where every directory is a
+/// bucket; its command makes the room nodes' bucket before the gateway
+/// starts, and the room nodes wait for it to be healthy, reach it at its
+/// port and sign with its root keys.
+fn s3_service_makes_the_store_bucket(compose: &serde_json::Value) -> Bucket {
+    let s3 = &compose["services"]["s3"];
+    let image = s3["image"].as_str().unwrap_or_default();
+    let version = image
+        .strip_prefix("ghcr.io/versity/versitygw:v")
+        .unwrap_or_else(|| panic!("s3 runs a versitygw release: {image}"));
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
+        "s3 image pinned to a release: {image}"
+    );
+    assert_eq!(s3["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    let script = s3["command"][0].as_str().expect("s3 command");
+    let (step, gateway) = script
+        .split_once(" && exec ")
+        .unwrap_or_else(|| panic!("s3 makes its bucket, then execs versitygw: {script}"));
+    let gateway: Vec<&str> = gateway.split_whitespace().collect();
+    assert_eq!(gateway[0], "versitygw", "{script}");
+    assert_eq!(gateway[gateway.len() - 2..], ["posix", "/data"], "{script}");
+    let flag = |name: &str| {
+        let at = gateway.iter().position(|a| *a == name);
+        gateway[at.unwrap_or_else(|| panic!("s3: no {name}: {script}")) + 1]
+    };
+    assert!(
+        s3["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| v.starts_with("s3-data:/data:"))),
+        "s3 keeps /data in a volume"
+    );
+    let health = s3["healthcheck"]["test"].to_string();
+    let port = flag("--port").strip_prefix(':').expect("--port :PORT");
+    assert!(
+        health.contains(&format!(":{port}{}", flag("--health"))),
+        "{health}"
+    );
+
+    let room_node = &compose["services"]["room-node"];
+    let command: Vec<&str> = room_node["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let store = command[command.iter().position(|a| *a == "--store").unwrap() + 1];
+    let name = store
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("--store {store}"));
+    assert_eq!(step, format!("mkdir -p /data/{name}"), "{script}");
+    assert_eq!(
+        room_node["depends_on"]["s3"]["condition"], "service_healthy",
+        "room nodes start once the bucket is made and the gateway answers"
+    );
+    let env = &room_node["environment"];
+    assert_eq!(env["AWS_ENDPOINT"], format!("http://s3:{port}"));
+    assert_eq!(
+        env["AWS_ACCESS_KEY_ID"],
+        s3["environment"]["ROOT_ACCESS_KEY_ID"]
+    );
+    assert_eq!(
+        env["AWS_SECRET_ACCESS_KEY"],
+        s3["environment"]["ROOT_SECRET_ACCESS_KEY"]
+    );
+    Bucket {
+        name: name.to_owned(),
+        step: step.to_owned(),
+    }
+}
+
 /// The `--ops-listen` address in `args`.
 fn ops_address(args: &[String]) -> String {
     let at = args.iter().position(|a| a == "--ops-listen").unwrap();
@@ -144,11 +227,7 @@ fn replica(args: &[String], extra: &[String]) -> Vec<String> {
 async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_node() {
     let compose = rendered_compose();
     // The dependencies the file declares, here as real servers.
-    for (name, image) in [
-        ("nats", "nats:"),
-        ("redis", "redis:"),
-        ("minio", "minio/minio:"),
-    ] {
+    for (name, image) in [("nats", "nats:"), ("redis", "redis:")] {
         let declared = compose["services"][name]["image"]
             .as_str()
             .unwrap_or_default();
@@ -162,13 +241,19 @@ async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_
         .as_array()
         .unwrap()
         .contains(&serde_json::json!("--appendonly")));
-    let bucket_init = compose["services"]["minio-init"]["command"].to_string();
-    assert!(bucket_init.contains("mc mb") && bucket_init.contains("local/partyline"));
+    let bucket = s3_service_makes_the_store_bucket(&compose);
 
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let s3 = S3Server::start();
-    s3.create_bucket("partyline");
+    // The s3 service's bucket step, as the file writes it, in the local
+    // server's root in place of the container's /data.
+    let root = s3.root().to_str().unwrap().to_owned();
+    let made = Command::new("/bin/sh")
+        .args(["-c", &bucket.step.replace("/data", &root)])
+        .status()
+        .unwrap();
+    assert!(made.success() && s3.root().join(&bucket.name).is_dir());
     let local = Local {
         nats: nats.url(),
         redis: redis.url(),

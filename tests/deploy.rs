@@ -117,16 +117,87 @@ fn kustomize_overlays_render_and_validate_against_the_kubernetes_schemas() {
         );
         if overlay == "dev" {
             // The dev overlay brings NATS, Redis and an S3-compatible store.
-            for name in ["nats", "redis", "minio"] {
+            for name in ["nats", "redis", "s3"] {
                 find(&docs, "Deployment", name);
                 find(&docs, "Service", name);
             }
-            find(&docs, "Job", "minio-bucket");
             find(&docs, "Secret", "partyline");
+            dev_s3_makes_the_store_bucket(&docs, config);
         } else {
             assert_eq!(nodes["spec"]["replicas"], 5);
         }
     }
+}
+
+/// The dev overlay's S3 API: versitygw pinned to a release, serving the
+/// emptyDir `/data` with the posix backend (every directory a bucket); an
+/// init container makes the bucket of `PARTYLINE_NODE_STORE` before it
+/// starts; `AWS_ENDPOINT` is its Service and its keys are the Secret's.
+fn dev_s3_makes_the_store_bucket(docs: &[serde_json::Value], config: &serde_json::Value) {
+    let pod = &find(docs, "Deployment", "s3")["spec"]["template"]["spec"];
+    let init = &pod["initContainers"][0];
+    let gateway = &pod["containers"][0];
+    for container in [init, gateway] {
+        let image = container["image"].as_str().unwrap_or_default();
+        let version = image
+            .strip_prefix("ghcr.io/versity/versitygw:v")
+            .unwrap_or_else(|| panic!("s3 runs a versitygw release: {image}"));
+        assert!(
+            version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
+            "s3 image pinned to a release: {image}"
+        );
+    }
+    let args: Vec<&str> = gateway["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[args.len() - 2..], ["posix", "/data"], "{args:?}");
+    let flag = |name: &str| args[args.iter().position(|a| *a == name).unwrap() + 1];
+    assert_eq!(
+        gateway["readinessProbe"]["httpGet"]["path"],
+        flag("--health")
+    );
+    let port = flag("--port").strip_prefix(':').unwrap();
+    assert_eq!(gateway["ports"][0]["containerPort"].to_string(), port);
+    let data = |container: &serde_json::Value| container["volumeMounts"][0]["mountPath"].clone();
+    assert_eq!(
+        (data(init), data(gateway)),
+        ("/data".into(), "/data".into())
+    );
+
+    let store = config["data"]["PARTYLINE_NODE_STORE"].as_str().unwrap();
+    let bucket = store
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("{store}"));
+    assert_eq!(
+        init["command"],
+        serde_json::json!(["mkdir", "-p", format!("/data/{bucket}")])
+    );
+    assert_eq!(config["data"]["AWS_ENDPOINT"], format!("http://s3:{port}"));
+    let service = find(docs, "Service", "s3");
+    assert_eq!(service["spec"]["ports"][0]["port"].to_string(), port);
+    let keys: Vec<String> = gateway["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["name"].as_str().unwrap(),
+                e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "ROOT_ACCESS_KEY_ID=AWS_ACCESS_KEY_ID",
+            "ROOT_SECRET_ACCESS_KEY=AWS_SECRET_ACCESS_KEY"
+        ]
+    );
 }
 
 #[test]
