@@ -2,8 +2,9 @@
 //! cluster here): `docker-compose config` of docker-compose.yml, `kubectl
 //! kustomize` of each overlay with the output validated against the
 //! Kubernetes schemas (`kubernetes-validate --strict`), the Dockerfile
-//! linted by hadolint, and the properties the docs promise read back from
-//! the rendered files. (tests/compose.rs runs the compose topology.)
+//! linted by hadolint, the GitHub workflows by actionlint, and the
+//! properties the docs promise read back from the rendered files.
+//! (tests/compose.rs runs the compose topology.)
 
 use std::path::Path;
 use std::process::Command;
@@ -223,4 +224,49 @@ fn the_dockerfile_passes_hadolint_and_runs_as_non_root() {
         "{user}"
     );
     assert!(runtime.contains("COPY --from=build"));
+}
+
+/// The GitHub workflows (.github/workflows: CI and the release) cannot run
+/// here, so they are checked offline: actionlint (syntax, expressions and
+/// their types, job dependencies, runner labels, script injection; and
+/// shellcheck on every `run:` script when shellcheck is on PATH), and every
+/// action they use pinned to a full commit SHA, as docs/release.md says.
+#[test]
+fn github_workflows_pass_actionlint() {
+    let mut workflows: Vec<String> = std::fs::read_dir(root().join(".github/workflows"))
+        .expect(".github/workflows")
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".yml") || name.ends_with(".yaml"))
+        .map(|name| format!(".github/workflows/{name}"))
+        .collect();
+    workflows.sort();
+    for expected in [".github/workflows/ci.yml", ".github/workflows/release.yml"] {
+        assert!(workflows.iter().any(|w| w == expected), "{workflows:?}");
+    }
+    let mut args = vec!["-no-color"];
+    args.extend(workflows.iter().map(String::as_str));
+    run("actionlint", &args);
+
+    for workflow in &workflows {
+        let text = std::fs::read_to_string(root().join(workflow)).unwrap();
+        for line in text.lines() {
+            let line = line.trim_start();
+            let Some(action) = line
+                .strip_prefix("- uses:")
+                .or_else(|| line.strip_prefix("uses:"))
+            else {
+                continue;
+            };
+            let reference = action.split_whitespace().next().unwrap_or_default();
+            // Actions of this repository are pinned by the commit itself.
+            if reference.starts_with("./") {
+                continue;
+            }
+            let sha = reference.split_once('@').map(|(_, r)| r).unwrap_or("");
+            assert!(
+                sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{workflow}: `{reference}` is not pinned to a full commit SHA"
+            );
+        }
+    }
 }
