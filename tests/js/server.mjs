@@ -23,7 +23,7 @@ const READY_TIMEOUT_MS = 20_000
 const STOP_TIMEOUT_MS = 15_000
 const LISTEN_RE = /listening on ws:\/\/([0-9.]+:[0-9]+)/
 
-const freePort = () => new Promise((resolve, reject) => {
+export const freePort = () => new Promise((resolve, reject) => {
   const srv = net.createServer()
   srv.unref()
   srv.on('error', reject)
