@@ -60,7 +60,7 @@ async fn npm_clients_through_two_gateways_converge_and_slots_spread() {
     }
 
     let room = "doc-cluster-npm";
-    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    let js = common::repo_root().join("tests/js");
     let (a, b) = (
         cluster.gateways[0].ready.clone(),
         cluster.gateways[1].ready.clone(),

@@ -28,7 +28,7 @@ use common::s3_server::{self, S3Server};
 
 /// `docker-compose config` of the repository's file, as JSON.
 fn rendered_compose() -> serde_json::Value {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = common::repo_root();
     let rendered = Command::new("docker-compose")
         .args(["-f", "docker-compose.yml", "config"])
         .current_dir(root)

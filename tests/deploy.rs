@@ -6,11 +6,15 @@
 //! properties the docs promise read back from the rendered files.
 //! (tests/compose.rs runs the compose topology.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout under test, read at run time: the compile-time value names
+/// whichever clone last built the shared target directory.
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Runs `program args` in the repository; its stdout, or a panic with

@@ -230,7 +230,7 @@ async fn export_is_read_by_yjs_and_import_reaches_live_clients() {
     std::fs::write(&exported, admin(&["export", "doc-export"], None)).unwrap();
 
     // Real Yjs loads it with Y.applyUpdate.
-    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    let js = common::repo_root().join("tests/js");
     let output = std::process::Command::new("node")
         .current_dir(js)
         .args([

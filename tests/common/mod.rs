@@ -19,6 +19,15 @@ use std::time::Duration;
 
 use process::Partyline;
 
+/// The checkout under test. Read at run time (cargo and nextest set it):
+/// the compile-time value names whichever checkout last built the shared
+/// target directory, which may be another clone.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Connects to `url`: the client, or the HTTP status that refused the
 /// upgrade (any other failure fails the test).
 pub async fn status_of(url: &str) -> Result<partyline_bench::client::YClient, u16> {

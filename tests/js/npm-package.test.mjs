@@ -180,7 +180,9 @@ const writeText = async (port, room, text) => {
     docs[0].getText('text').insert(0, text)
     await waitFor(() => docs[1].getText('text').toString() === text, { timeout: 10_000, what: 'the edit echoed' })
   } finally {
+    // The provider, then the doc: the doc's awareness runs a timer.
     providers.forEach((p) => p.destroy())
+    docs.forEach((doc) => doc.destroy())
   }
 }
 
@@ -192,6 +194,7 @@ const readText = async (port, room) => {
     return doc.getText('text').toString()
   } finally {
     provider.destroy()
+    doc.destroy()
   }
 }
 
