@@ -30,6 +30,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# The example app's Vite 7 needs Node.js 20.19+; Debian 12's own nodejs
+# is 18, so say so plainly instead of failing deep in the browser tests.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "Node.js 20.19 or newer is needed (found $(node --version)): install it from nodejs.org or NodeSource" >&2
+  exit 1
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -38,7 +38,7 @@ pub struct DevArgs {
     webhooks: WebhooksSection,
 }
 
-/// Runs until SIGINT/SIGTERM, then shuts down gracefully: client sockets
+/// Runs until SIGINT/SIGTERM/SIGHUP, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
 pub async fn run(
     args: DevArgs,

@@ -6,7 +6,7 @@
 //! properties the docs promise read back from the rendered files.
 //! (tests/compose.rs runs the compose topology.)
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The checkout under test, read at run time: the compile-time value names
