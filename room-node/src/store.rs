@@ -62,13 +62,23 @@ impl StoreError {
     /// The filesystem is out of space (or quota): writes may work again
     /// once space is freed, so the room holds its updates and retries.
     pub fn is_disk_full(&self) -> bool {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
         matches!(self, Self::Io { source, .. }
             if source.kind() == io::ErrorKind::StorageFull
                 || source.kind() == io::ErrorKind::QuotaExceeded
-                || matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)))
+                || raw_disk_full(source.raw_os_error()))
     }
+}
+
+/// ENOSPC / EDQUOT by number, for errors std did not classify. The numbers
+/// differ between Unix systems and mean other things on Windows.
+#[cfg(unix)]
+fn raw_disk_full(code: Option<i32>) -> bool {
+    matches!(code, Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+#[cfg(not(unix))]
+fn raw_disk_full(_code: Option<i32>) -> bool {
+    false
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -483,10 +493,20 @@ impl SnapshotJob {
     }
 }
 
+/// Makes a rename in `dir` durable (fsync of the directory).
+#[cfg(unix)]
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync dir", dir))
+}
+
+/// Windows cannot open a directory as a file (nor fsync one): NTFS journals
+/// the rename itself. `partyline dev` on a Windows laptop must still
+/// snapshot.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 type Numbered = Vec<(u64, PathBuf)>;
