@@ -446,10 +446,13 @@ async fn a_paused_stale_owner_cannot_trim_or_overwrite_after_it_wakes_up() {
         redis::Commands::xlen(&mut redis.connection(), format!("partyline:r:{id}:log")).unwrap();
 
     // Wake the stale owner: it learns the new map and releases the room;
-    // its last snapshot (epoch {old_epoch}) is fenced.
+    // what it still writes is fenced: the append of a batch it took before
+    // the pause ("append fenced"), or else its last snapshot (epoch
+    // {old_epoch}, "newer than ours").
     cluster.nodes[index].signal("CONT");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !cluster.nodes[index].log().contains("newer than ours") {
+    let fenced = |log: String| log.contains("newer than ours") || log.contains("append fenced");
+    while !fenced(cluster.nodes[index].log()) {
         assert!(
             std::time::Instant::now() < deadline,
             "the woken owner never tried to write; log:\n{}",

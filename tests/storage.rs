@@ -67,9 +67,21 @@ async fn a_stale_epoch_cannot_trim_register_or_delete() {
     let files_before = snapshot_files(dir.path());
     let log_before: usize = conn.xlen(&log).unwrap();
 
-    // The stale node's appends are harmless; its snapshot is refused and
-    // leaves no trace, and it trims nothing.
-    old.append(&[edit(&doc, "three;")]).await.unwrap();
+    // The stale node's appends are refused (fenced: the new owner's
+    // snapshot could otherwise "cover" them without containing them); its
+    // snapshot is refused and leaves no trace, and it trims nothing.
+    let stale = old.append(&[edit(&doc, "three;")]).await;
+    assert!(
+        matches!(
+            stale,
+            Err(RemoteError::Fenced {
+                current: 2,
+                ours: 1,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
     let refused = old
         .snapshot(
             doc.transact()
@@ -97,11 +109,7 @@ async fn a_stale_epoch_cannot_trim_register_or_delete() {
         "no stale blob left"
     );
     let log_after: usize = conn.xlen(&log).unwrap();
-    assert_eq!(
-        log_after,
-        log_before + 1,
-        "nothing trimmed, the append kept"
-    );
+    assert_eq!(log_after, log_before, "nothing trimmed, nothing appended");
     assert!(matches!(
         storage.open("doc-fenced", NodeId::new("a"), 1, 2).await,
         Err(RemoteError::Fenced { .. })
@@ -144,6 +152,70 @@ async fn a_stale_epoch_cannot_trim_register_or_delete() {
         .await
         .unwrap();
     assert_eq!(text_of(&reloaded.updates), "one;two;three;b0;b1;b2;");
+}
+
+#[tokio::test]
+async fn a_stale_owners_acknowledged_append_survives_the_new_owners_compaction() {
+    // The split brain of issue 18 in miniature: the new owner has read the
+    // log; the stale owner (cut off from NATS, still reached by a gateway
+    // on the old map) appends; the new owner appends, snapshots and trims.
+    // Whatever the stale append was told must hold after a reload: refused,
+    // or in the room. (Unfenced, the append succeeded and the next load
+    // skipped it: the new snapshot "covered" its id without containing it.)
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&redis, dir.path()).await;
+    let (mut old, _) = storage
+        .open("doc-split", NodeId::new("a"), 1, 2)
+        .await
+        .unwrap();
+    let doc_old = Doc::new();
+    old.append(&[edit(&doc_old, "base;")]).await.unwrap();
+    let (mut new, loaded) = storage
+        .open("doc-split", NodeId::new("b"), 2, 2)
+        .await
+        .unwrap();
+    let doc_new = Doc::new();
+    for update in &loaded.updates {
+        doc_new
+            .transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+    }
+    let stale = old.append(&[edit(&doc_old, "stale;")]).await;
+    for round in 0..3 {
+        new.append(&[edit(&doc_new, &format!("new{round};"))])
+            .await
+            .unwrap();
+        new.snapshot(
+            doc_new
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+        .await
+        .unwrap();
+    }
+    let (_, reloaded) = storage
+        .open("doc-split", NodeId::new("c"), 3, 2)
+        .await
+        .unwrap();
+    let text = text_of(&reloaded.updates);
+    assert!(
+        stale.is_err() || text.contains("stale;"),
+        "the stale owner's append was acknowledged but the room lost it: {text:?}"
+    );
+    assert!(
+        matches!(
+            stale,
+            Err(RemoteError::Fenced {
+                current: 2,
+                ours: 1,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert!(text.contains("base;") && text.contains("new2;"), "{text:?}");
 }
 
 #[tokio::test]

@@ -12,15 +12,18 @@
 //!
 //! `room id` is the hex of the first 16 bytes of SHA-256(room), as on disk.
 //!
-//! Durability contract (DESIGN.md): an update is appended (XADD, one round
-//! trip per batch) before anything that contains it is broadcast. A
-//! snapshot is written under a name no other node or epoch can produce,
-//! then registered by a Lua script that first checks the slot's epoch in
-//! Redis: a node whose epoch is stale registers nothing, trims nothing and
-//! deletes nothing (fencing). Registering keeps the newest `keep` snapshots
-//! and trims the log only up to what the *previous* snapshot covered, so a
-//! corrupt newest snapshot is recovered from the one before plus the log.
-//! Appends are not fenced: Yjs updates commute and are idempotent.
+//! Durability contract (DESIGN.md): an update is appended (XADD through a
+//! Lua script, one round trip per batch) before anything that contains it
+//! is broadcast. A snapshot is written under a name no other node or epoch
+//! can produce, then registered by a Lua script. Every script that writes
+//! first checks the slot's epoch in Redis: a node whose epoch is stale
+//! appends nothing, registers nothing, trims nothing and deletes nothing
+//! (fencing). Appends must be fenced too: a new owner's snapshot records
+//! its newest stream id as covered, and an entry a stale owner slipped in
+//! before that id would be skipped by every later load and trimmed.
+//! Registering keeps the newest `keep` snapshots and trims the log only up
+//! to what the *previous* snapshot covered, so a corrupt newest snapshot is
+//! recovered from the one before plus the log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,6 +178,7 @@ impl std::fmt::Debug for RemoteStorage {
 
 struct Scripts {
     claim: Script,
+    append: Script,
     register: Script,
     delete: Script,
 }
@@ -187,6 +191,26 @@ local ours = tonumber(ARGV[1])
 if current > ours then return current end
 redis.call('SET', KEYS[1], ARGV[1])
 return ours
+";
+
+/// KEYS: slot epoch, log, room index. ARGV: epoch, room, index it (1/0),
+/// then the updates. Fenced like REGISTER: once a newer epoch claimed the
+/// slot, a stale owner (cut off from the coordinator, still reached by a
+/// gateway on an old map) appends nothing, so the new owner's snapshot can
+/// never "cover" an entry it does not contain. Returns the last entry id.
+const APPEND: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. current)
+end
+local id
+for i = 4, #ARGV do
+  id = redis.call('XADD', KEYS[2], '*', 'u', ARGV[i])
+end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+end
+return id
 ";
 
 /// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep, max
@@ -302,6 +326,7 @@ impl RemoteStorage {
             prefix: prefix.into(),
             scripts: Arc::new(Scripts {
                 claim: Script::new(CLAIM),
+                append: Script::new(APPEND),
                 register: Script::new(REGISTER),
                 delete: Script::new(DELETE),
             }),
@@ -506,35 +531,33 @@ impl RemoteStorage {
 }
 
 impl RemoteRoom {
-    /// Appends a batch of updates to the log in one round trip.
+    /// Appends a batch of updates to the log in one round trip, fenced by
+    /// the slot's epoch (`RemoteError::Fenced` when a newer owner claimed
+    /// the slot: nothing of the batch is in the log).
     pub async fn append(&mut self, updates: &[Bytes]) -> Result<(), RemoteError> {
         if updates.is_empty() {
             return Ok(());
         }
-        let key = self.storage.log_key(&self.room);
-        let mut pipe = redis::pipe();
+        let storage = &self.storage;
+        let mut invocation = storage.scripts.append.prepare_invoke();
+        invocation
+            .key(storage.slot_key(&self.room))
+            .key(storage.log_key(&self.room))
+            .key(storage.index_key())
+            .arg(self.epoch)
+            .arg(&self.room)
+            // Once per load: the index lists rooms for the server API.
+            .arg(if self.indexed { "0" } else { "1" });
         for update in updates {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("*")
-                .arg("u")
-                .arg(update.as_ref());
+            invocation.arg(update.as_ref());
         }
-        if !self.indexed {
-            // Once per load, in the same round trip: the index lists rooms
-            // for the server API.
-            pipe.cmd("ZADD")
-                .arg(self.storage.index_key())
-                .arg(0)
-                .arg(&self.room)
-                .ignore();
-        }
-        let mut redis = self.storage.redis.clone();
-        let ids: Vec<String> = pipe.query_async(&mut redis).await?;
+        let mut redis = storage.redis.clone();
+        let last: String = match invocation.invoke_async(&mut redis).await {
+            Ok(last) => last,
+            Err(error) => return Err(script_error(&self.room, self.epoch, error)),
+        };
         self.indexed = true;
-        if let Some(last) = ids.last() {
-            self.last_id = last.clone();
-        }
+        self.last_id = last;
         Ok(())
     }
 
@@ -556,16 +579,7 @@ impl RemoteRoom {
             .await;
         let entries = match deleted {
             Ok(entries) => entries,
-            Err(error) => {
-                return Err(match fenced_epoch(&error) {
-                    Some(current) => RemoteError::Fenced {
-                        slot: slot_of(&self.room).get(),
-                        current,
-                        ours: self.epoch,
-                    },
-                    None => error.into(),
-                })
-            }
+            Err(error) => return Err(script_error(&self.room, self.epoch, error)),
         };
         self.indexed = false;
         self.last_id = "0".to_owned();
@@ -685,16 +699,12 @@ impl RemoteSnapshot {
         let dropped = match registered {
             Ok(dropped) => dropped,
             Err(error) => {
-                if let Some(current) = fenced_epoch(&error) {
+                let error = script_error(room, epoch, error);
+                if matches!(error, RemoteError::Fenced { .. }) {
                     // Our blob is unreferenced; remove it (best effort).
                     target.delete(&name).await;
-                    return Err(RemoteError::Fenced {
-                        slot: slot_of(room).get(),
-                        current,
-                        ours: epoch,
-                    });
                 }
-                return Err(error.into());
+                return Err(error);
             }
         };
         for entry in dropped {
@@ -724,6 +734,19 @@ impl SnapshotTarget {
         if let Err(error) = result {
             tracing::warn!(room = %self.room, snapshot = name, %error, "cannot delete an old snapshot");
         }
+    }
+}
+
+/// A fenced script's error: `Fenced` for a `FENCED <epoch>` reply, else
+/// the Redis error.
+fn script_error(room: &str, ours: u64, error: redis::RedisError) -> RemoteError {
+    match fenced_epoch(&error) {
+        Some(current) => RemoteError::Fenced {
+            slot: slot_of(room).get(),
+            current,
+            ours,
+        },
+        None => error.into(),
     }
 }
 

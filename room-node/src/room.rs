@@ -318,6 +318,14 @@ async fn load_with_initial_content(
             Err(AppendError::Failed(error)) => return Err(error.into()),
             Err(AppendError::Unavailable(error)) => return Err(error.into()),
             Err(AppendError::DiskFull(error)) => return Err(error.into()),
+            Err(AppendError::Fenced { epoch: current }) => {
+                return Err(crate::remote::RemoteError::Fenced {
+                    slot: partyline_proto::slot_of(room.as_str()).get(),
+                    current,
+                    ours: epoch,
+                }
+                .into())
+            }
         }
         loaded.stored = true;
         tracing::info!(room = %room, "new room filled from load_url");
@@ -500,12 +508,18 @@ impl RoomActor {
                     if let Err(error) = self.commit(false).await {
                         return ExitReason::Failed(LoadError::Local(error));
                     }
+                    if let Some(epoch) = self.releasing {
+                        return Box::pin(self.release(epoch)).await;
+                    }
                     continue;
                 }
                 _ = &mut retry, if self.log_down_since.is_some() => {
                     retry.as_mut().reset(Instant::now() + LOG_RETRY);
                     if let Err(error) = self.commit(true).await {
                         return ExitReason::Failed(LoadError::Local(error));
+                    }
+                    if let Some(epoch) = self.releasing {
+                        return Box::pin(self.release(epoch)).await;
                     }
                     continue;
                 }
@@ -1156,6 +1170,15 @@ impl RoomActor {
                     }
                 }
                 Err(AppendError::Failed(error)) => return Err(error),
+                Err(AppendError::Fenced { epoch }) => {
+                    // A newer owner took the slot while this node could not
+                    // hear of it. The batch is not logged, so nothing of it
+                    // is sent or acknowledged: hand the room over as for a
+                    // moved slot (its clients resend the batch there).
+                    tracing::warn!(room = %self.room, epoch, "append fenced: a newer owner holds the room's slot; releasing the room without acknowledging the batch");
+                    self.releasing = Some(self.releasing.map_or(epoch, |e| e.max(epoch)));
+                    return Ok(());
+                }
                 Err(error @ (AppendError::Unavailable(_) | AppendError::DiskFull(_))) => {
                     if self.log_down_since.is_none() {
                         tracing::warn!(room = %self.room, %error, "update log unreachable (or its disk full); holding updates until it takes writes again");

@@ -55,6 +55,15 @@ pub enum AppendError {
     /// The room cannot persist at all; stop it.
     #[error(transparent)]
     Failed(StoreError),
+    /// A newer owner claimed the room's slot at `epoch`: nothing of the
+    /// batch was logged, and nothing ever will be from this node. Release
+    /// the room without acknowledging the batch (its clients still hold it
+    /// and send it to the new owner).
+    #[error("log fenced: the room's slot belongs to epoch {epoch}")]
+    Fenced {
+        /// The newer epoch.
+        epoch: u64,
+    },
 }
 
 /// A loaded room: its document, storage and (shared directories) lock.
@@ -268,10 +277,10 @@ impl RoomStorage {
                     AppendError::Failed(error)
                 }
             }),
-            Self::Remote(remote) => remote
-                .append(updates)
-                .await
-                .map_err(AppendError::Unavailable),
+            Self::Remote(remote) => remote.append(updates).await.map_err(|error| match error {
+                RemoteError::Fenced { current, .. } => AppendError::Fenced { epoch: current },
+                error => AppendError::Unavailable(error),
+            }),
             Self::Ephemeral => Ok(()),
         }
     }
