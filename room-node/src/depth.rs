@@ -242,6 +242,14 @@ impl DepthIndex {
                 if block.clock > end {
                     return Err(DepthError::MissingDependency);
                 }
+                if block.is_gc && block.clock < end && block_end > end {
+                    // yrs pushes a GC range that overlaps what it holds
+                    // whole, without cutting off the known part, and its
+                    // block store overflows a clock subtraction (found by
+                    // fuzzing). Asked for everything, the client answers
+                    // from our state vector: a range that starts at `end`.
+                    return Err(DepthError::MissingDependency);
+                }
                 if block_end > end {
                     let State::Done(declared) = state[i] else {
                         unreachable!("every block was resolved above");
@@ -447,6 +455,7 @@ mod tests {
             is_type: true,
             is_gone: false,
             is_skip: false,
+            is_gc: false,
         };
         assert_eq!(index.check(&[bad], 256).unwrap_err(), DepthError::NotAType);
         // A parent that was deleted or collected is fine: yrs drops the
@@ -459,6 +468,7 @@ mod tests {
             is_type: false,
             is_gone: true,
             is_skip: false,
+            is_gc: false,
         };
         let child = BlockRef {
             client: 4,
@@ -478,6 +488,7 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
+            is_gc: false,
         };
         let skip = BlockRef {
             clock: 1,
@@ -494,6 +505,39 @@ mod tests {
     }
 
     #[test]
+    fn a_gc_range_overlapping_known_clocks_is_not_taken() {
+        let item = BlockRef {
+            client: 6,
+            clock: 0,
+            len: 4,
+            parent: ParentRef::Root,
+            is_type: false,
+            is_gone: false,
+            is_skip: false,
+            is_gc: false,
+        };
+        let mut index = DepthIndex::new();
+        let checked = index.check(&[item], 256).unwrap();
+        index.record(checked);
+        let gc = |clock, len| BlockRef {
+            clock,
+            len,
+            parent: ParentRef::Detached,
+            is_gone: true,
+            is_gc: true,
+            ..item
+        };
+        // Starting where the document ends, or wholly known: fine.
+        assert!(index.check(&[gc(4, 3)], 256).is_ok());
+        assert!(index.check(&[gc(1, 2)], 256).is_ok());
+        // Across the end: yrs would overflow on it.
+        assert_eq!(
+            index.check(&[gc(2, 5)], 256).unwrap_err(),
+            DepthError::MissingDependency
+        );
+    }
+
+    #[test]
     fn circular_references_are_malformed() {
         let a = BlockRef {
             client: 1,
@@ -503,6 +547,7 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
+            is_gc: false,
         };
         let b = BlockRef {
             client: 2,
