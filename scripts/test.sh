@@ -25,6 +25,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 # The browser tests drive Debian's Chromium (puppeteer-core).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# tests/partition.rs cuts a room node off with a network namespace (ip netns).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from apt"
   apt-get update -qq

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 /// A running (or stopped, for outage tests) `nats-server -js`.
 pub struct NatsServer {
     child: Option<Child>,
+    host: std::net::Ipv4Addr,
     port: u16,
     binary: PathBuf,
     /// JetStream store; kept across `restart` so KV survives it.
@@ -22,11 +23,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port with a fresh store, and waits until it accepts.
     pub fn start() -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`NatsServer::start`] listening on `host` (an address the test
+    /// created, e.g. a veth end) instead of 127.0.0.1.
+    pub fn start_on(host: std::net::Ipv4Addr) -> Self {
         let binary = nats_server_binary();
         let store = tempfile::tempdir().expect("nats store dir");
         let port = free_port();
         let mut server = Self {
             child: None,
+            host,
             port,
             binary,
             store,
@@ -35,9 +43,9 @@ impl NatsServer {
         server
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://HOST:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// The port it listens on (the same across restarts).
@@ -63,7 +71,7 @@ impl NatsServer {
         let child = Command::new(&self.binary)
             .args([
                 "-a",
-                "127.0.0.1",
+                &self.host.to_string(),
                 "-p",
                 &self.port.to_string(),
                 "-js",
@@ -76,7 +84,7 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.binary.display()));
         self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = SocketAddr::from((self.host, self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
         // Ready means accepting clients, which comes after JetStream has
         // recovered its store, not merely a running process.

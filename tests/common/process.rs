@@ -33,12 +33,46 @@ impl Partyline {
         log_path: &Path,
         ready_prefix: &str,
     ) -> Self {
+        Self::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_partyline")),
+            args,
+            env,
+            log_filter,
+            log_path,
+            ready_prefix,
+        )
+    }
+
+    /// [`Partyline::start`] inside network namespace `netns` (`ip netns
+    /// exec`, which execs: the pid is partyline's).
+    pub fn start_in_netns(
+        netns: &str,
+        args: &[String],
+        log_filter: &str,
+        log_path: &Path,
+        ready_prefix: &str,
+    ) -> Self {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_partyline"));
+        Self::spawn_command(command, args, &[], log_filter, log_path, ready_prefix)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        args: &[String],
+        env: &[(String, String)],
+        log_filter: &str,
+        log_path: &Path,
+        ready_prefix: &str,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path)
             .expect("open process log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_partyline"))
+        let mut child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PARTYLINE_LOG", log_filter)

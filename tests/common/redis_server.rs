@@ -11,6 +11,7 @@ use super::nats::free_port;
 /// A running (or stopped, for outage tests) `redis-server`.
 pub struct RedisServer {
     child: Option<Child>,
+    host: std::net::Ipv4Addr,
     port: u16,
     /// Data dir: the AOF survives `restart`.
     dir: tempfile::TempDir,
@@ -19,8 +20,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server with an empty data dir and waits until it accepts.
     pub fn start() -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`RedisServer::start`] listening on `host` (an address the test
+    /// created) instead of 127.0.0.1.
+    pub fn start_on(host: std::net::Ipv4Addr) -> Self {
         let mut server = Self {
             child: None,
+            host,
             port: free_port(),
             dir: tempfile::tempdir().expect("redis dir"),
         };
@@ -28,9 +36,9 @@ impl RedisServer {
         server
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://HOST:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://{}:{}/0", self.host, self.port)
     }
 
     /// Kills the server (SIGKILL: whatever reached the AOF stays).
@@ -57,7 +65,18 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--bind",
+                &self.host.to_string(),
+                "--port",
+                &self.port.to_string(),
+            ])
+            // Protected mode refuses every client that is not on loopback;
+            // a test's own veth address is reached only from its namespace.
+            .args([
+                "--protected-mode",
+                if self.host.is_loopback() { "yes" } else { "no" },
+            ])
             .args([
                 "--save",
                 "",
@@ -74,7 +93,7 @@ impl RedisServer {
             .spawn()
             .expect("run redis-server (scripts/test.sh installs it)");
         self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = SocketAddr::from((self.host, self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
