@@ -23,6 +23,9 @@
 # them; client: a room's clients alternate gateways, as a round-robin
 # balancer would), FAILOVER_DURATION (30s), KILL_AFTER
 # (seconds of sending before the kill, 10), VICTIM (node id to kill, node-2),
+# REDIS (1: the room nodes keep their update logs in a redis-server of the
+# script's, snapshots in the file store, as in production; 0: the file
+# store alone, the default),
 # PARTYLINE_LOG (log level of every server process, info), NATS_SERVER_BIN,
 # OUT (where JSON lines and logs go; default target/bench/cluster-<time>/).
 set -euo pipefail
@@ -32,6 +35,7 @@ ROUNDS=${ROUNDS:-3}
 FAILOVER_DURATION=${FAILOVER_DURATION:-30s}
 KILL_AFTER=${KILL_AFTER:-10}
 SPREAD=${SPREAD:-room}
+REDIS=${REDIS:-0}
 VICTIM=${VICTIM:-node-2}
 export PARTYLINE_LOG=${PARTYLINE_LOG:-info}
 # Worker threads of the cluster's processes and of dev, each left to the
@@ -142,9 +146,22 @@ done
 for c in c1 c2; do
   wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
 done
+node_log_args=()
+if [ "$REDIS" = 1 ]; then
+  redis_port=$(free_port)
+  mkdir -p "$OUT/redis"
+  log "starting redis-server on 127.0.0.1:$redis_port (AOF, fsync every second)"
+  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" \
+    --appendonly yes --dir "$OUT/redis"
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  node_log_args=(--redis "redis://127.0.0.1:$redis_port/0")
+fi
 for n in 1 2 3; do
   start "node-$n" "${cluster_env[@]}" "$partyline" room-node --nats "$nats_url" --node-id "node-$n" \
-    --grpc-listen 127.0.0.1:0 --store "file://$store"
+    --grpc-listen 127.0.0.1:0 --store "file://$store" "${node_log_args[@]}"
 done
 for n in 1 2 3; do
   wait_for_line "$OUT/node-$n.out" "serving grpc on" 30 "node-$n" >/dev/null

@@ -533,6 +533,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_without_a_permission_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(RoomNodeConfig::new(NodeId::new("a"), dir.path().to_owned()));
+        let (_map_tx, ownership) = owner_of_everything("a");
+        let registry = Registry::new(
+            config,
+            ownership,
+            SyncQueue::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let mut link = Link::attach(&registry, "guarded", 1).await;
+        for permission in [pb::Permission::Unspecified as i32, 77] {
+            link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
+                session_id: 5,
+                identity: String::new(),
+                permission,
+            }))
+            .await;
+            let Some(node_frame::Kind::EndSession(end)) = link.next().await else {
+                panic!("the session was not ended");
+            };
+            assert_eq!(
+                (end.session_id, end.close_code),
+                (5, u32::from(partyline_proto::close::POLICY_VIOLATION))
+            );
+            // Its write reaches nothing: the room knows no session 5.
+            link.message(5, update("forged")).await;
+        }
+        assert_eq!(link.read_text(6).await, "");
+    }
+
+    #[tokio::test]
     async fn a_room_whose_slot_moves_is_released_with_its_state_vector() {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(RoomNodeConfig::new(NodeId::new("a"), dir.path().to_owned()));

@@ -813,7 +813,24 @@ impl RoomActor {
     fn handle_frame(&mut self, link_id: LinkId, kind: gateway_frame::Kind) {
         match kind {
             gateway_frame::Kind::OpenSession(open) => {
-                let read_only = open.permission() == pb::Permission::ReadOnly;
+                // Only a gateway's explicit answer grants anything: a
+                // missing or unknown permission (a bug, or a client of
+                // the gRPC port that is no gateway) must not mean write.
+                let read_only = match open.permission() {
+                    pb::Permission::ReadOnly => true,
+                    pb::Permission::ReadWrite => false,
+                    pb::Permission::Unspecified => {
+                        let end = node_frame::Kind::EndSession(pb::EndSession {
+                            session_id: open.session_id,
+                            close_code: u32::from(close::POLICY_VIOLATION),
+                            reason: "session opened without a permission".to_owned(),
+                        });
+                        self.outbox.push(Out::Link(link_id, frame(end)));
+                        crate::telemetry::refuse("permission_unspecified");
+                        tracing::warn!(room = %self.room, session = open.session_id, "session refused: opened without a permission");
+                        return;
+                    }
+                };
                 let open_sessions: usize = self.links.values().map(|l| l.sessions.len()).sum();
                 if self
                     .policy
