@@ -294,6 +294,11 @@ impl DepthIndex {
         ends
     }
 
+    /// Where `client`'s clocks in the document end (0: none).
+    pub fn end(&self, client: u64) -> u32 {
+        self.clients.get(&client).map_or(0, |runs| runs.end)
+    }
+
     /// Runs the index holds (its memory is about 8 bytes each).
     pub fn runs(&self) -> usize {
         self.clients.values().map(|c| c.starts.len()).sum()

@@ -166,6 +166,32 @@ fn decode_update_with_blocks(
     Ok((update, blocks))
 }
 
+/// The update deletes only clocks the room holds or the update brings. yrs
+/// keeps deletions of unknown clocks as a pending delete set, and merging
+/// that into the next state it encodes failed with `EndOfBuffer` and a
+/// panic (found by fuzzing). A client sent everything it lacks answers
+/// with deletions the room can apply.
+fn deletes_only_known(
+    update: &Update,
+    depth: &crate::depth::DepthIndex,
+    blocks: &[crate::update_check::BlockRef],
+) -> Result<(), DepthError> {
+    for (client, ranges) in update.delete_set().iter() {
+        let client = client.get();
+        let brought = blocks
+            .iter()
+            .filter(|block| block.client == client)
+            .map(|block| block.clock.saturating_add(block.len))
+            .max()
+            .unwrap_or(0);
+        let known = depth.end(client).max(brought);
+        if ranges.iter().any(|range| range.end > known) {
+            return Err(DepthError::MissingDependency);
+        }
+    }
+    Ok(())
+}
+
 /// What handling one frame asks the room to do, in order.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -386,7 +412,11 @@ impl SyncRoom {
                 .push(encode(&Message::Auth(Some(reason.to_owned()))));
             return Ok(());
         }
-        let checked = match self.depth.check(&blocks, self.limits.max_type_depth) {
+        let checked = match self
+            .depth
+            .check(&blocks, self.limits.max_type_depth)
+            .and_then(|checked| deletes_only_known(&update, &self.depth, &blocks).map(|()| checked))
+        {
             Ok(checked) => checked,
             // yrs would hold it back as pending and integrate it later at
             // a depth nobody checked; asking for everything instead loses
@@ -842,6 +872,29 @@ mod tests {
             .handle_frame(&other.insert("still writable"), Access::ReadWrite, PEER)
             .unwrap();
         assert_eq!(outcome.log.len(), 1);
+    }
+
+    #[test]
+    fn deleting_clocks_the_room_lacks_asks_for_everything_instead_of_pending() {
+        let mut room = SyncRoom::new(Doc::new());
+        let writer = Peer::new(4);
+        let outcome = room
+            .handle_frame(&writer.insert("known"), Access::ReadWrite, PEER)
+            .unwrap();
+        assert_eq!(outcome.log.len(), 1);
+        // No blocks; a delete set naming client 4's clocks 10..12, which
+        // the room has never seen (it holds 0..5).
+        let deletes = [0, 1, 4, 1, 10, 2];
+        let frame = Message::Sync(SyncMessage::Update(deletes.to_vec())).encode_v1();
+        let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
+        assert!(outcome.missing_dependency && outcome.log.is_empty());
+        // Deleting what the room holds still works.
+        let known = [0, 1, 4, 1, 0, 2];
+        let frame = Message::Sync(SyncMessage::Update(known.to_vec())).encode_v1();
+        let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
+        assert!(!outcome.missing_dependency && outcome.log.len() == 1);
+        let text = room.doc().get_or_insert_text("t");
+        assert_eq!(text.get_string(&room.doc().transact()), "own");
     }
 
     #[test]
