@@ -1027,7 +1027,7 @@ pub fn host_name() -> String {
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]; credentials in the URL (nats://USER:PASSWORD@host, nats://TOKEN@host).
     #[arg(long = "nats", env = "PARTYLINE_CLUSTER_NATS")]
     pub nats: Option<String>,
     /// Namespace of the cluster's NATS buckets and subjects, so clusters can

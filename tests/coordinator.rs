@@ -702,3 +702,46 @@ async fn a_nats_restart_freezes_the_map_and_declares_nobody_dead() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_nats_url_reach_a_server_that_wants_them() {
+    bounded(async {
+        let cases: [(&[&str], &str); 2] = [
+            (
+                &["--user", "partyline", "--pass", "s3cret-pass"],
+                "partyline:s3cret-pass@",
+            ),
+            (&["--auth", "s3cret-token"], "s3cret-token@"),
+        ];
+        for (flags, credentials) in cases {
+            let nats = NatsServer::start_with_args(flags);
+            let options = |nats_url: String| ClusterOptions {
+                nats_url,
+                cluster: "partyline".to_owned(),
+            };
+            let with = nats
+                .url()
+                .replacen("nats://", &format!("nats://{credentials}"), 1);
+            // Without credentials the server refuses the connection (the
+            // client keeps retrying, never connected).
+            let anonymous = Cluster::connect(&options(nats.url())).await.unwrap();
+            let authenticated = Cluster::connect(&options(with.clone())).await.unwrap();
+            authenticated
+                .map_store()
+                .await
+                .expect("an authenticated role creates its buckets");
+            assert!(authenticated.is_connected());
+            // Given as long as the authenticated one took and more, the
+            // anonymous one still cannot reach JetStream.
+            let refused = tokio::time::timeout(Duration::from_secs(2), anonymous.map_store()).await;
+            assert!(
+                !matches!(refused, Ok(Ok(_))),
+                "{flags:?}: a client without credentials used the cluster"
+            );
+            assert!(!anonymous.is_connected(), "{flags:?}: anyone may connect");
+            let logged = format!("{:?}", options(with));
+            assert!(!logged.contains("s3cret"), "credentials in {logged}");
+        }
+    })
+    .await;
+}

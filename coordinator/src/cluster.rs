@@ -55,13 +55,34 @@ const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where and under which namespace to reach the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterOptions {
     /// NATS server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
     pub nats_url: String,
     /// Namespace of every bucket and subject, so clusters can share a NATS.
     pub cluster: String,
+}
+
+/// Without the URL's credentials: options end up in logs.
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted: Vec<String> = self
+            .nats_url
+            .split(',')
+            .map(|entry| match entry.rsplit_once('@') {
+                Some((head, host)) => match head.split_once("://") {
+                    Some((scheme, _)) => format!("{scheme}://***@{host}"),
+                    None => format!("***@{host}"),
+                },
+                None => entry.to_owned(),
+            })
+            .collect();
+        f.debug_struct("ClusterOptions")
+            .field("nats_url", &redacted.join(","))
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 impl Default for ClusterOptions {
@@ -149,6 +170,31 @@ impl fmt::Debug for Cluster {
     }
 }
 
+/// The credentials in the first `--nats` entry that carries some:
+/// `nats://user:password@host` (user and password) or `nats://token@host`
+/// (a token). async-nats parses them out of the URL but sends only what
+/// its options say, so without this a server with authorization would
+/// refuse every role.
+fn with_credentials(
+    options: async_nats::ConnectOptions,
+    nats_url: &str,
+) -> async_nats::ConnectOptions {
+    let credentials = nats_url
+        .split(',')
+        .filter_map(|entry| entry.trim().parse::<async_nats::ServerAddr>().ok())
+        .find(|addr| addr.username().is_some());
+    match credentials {
+        Some(addr) => match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(user.to_owned(), password.to_owned())
+            }
+            (Some(token), None) => options.token(token.to_owned()),
+            _ => options,
+        },
+        None => options,
+    }
+}
+
 impl Cluster {
     /// Starts a NATS connection that retries and reconnects forever.
     ///
@@ -158,7 +204,7 @@ impl Cluster {
         validate_name(&options.cluster)?;
         let (connects_tx, connects) = watch::channel(0u64);
         let connects_tx = Arc::new(connects_tx);
-        let client = async_nats::ConnectOptions::new()
+        let client = with_credentials(async_nats::ConnectOptions::new(), &options.nats_url)
             .name(format!("partyline-{}", options.cluster))
             .retry_on_initial_connect()
             .max_reconnects(None)

@@ -472,6 +472,21 @@ mod tests {
         (tx, Ownership::new(NodeId::new(id), rx))
     }
 
+    /// A registry of node `id` owning every slot, its data in `dir`, and
+    /// the sender that changes its map.
+    fn registry(id: &str, dir: &std::path::Path) -> (MapTx, Registry) {
+        let config = Arc::new(RoomNodeConfig::new(NodeId::new(id), dir.to_owned()));
+        let (map_tx, ownership) = owner_of_everything(id);
+        let registry = Registry::new(
+            config,
+            ownership,
+            SyncQueue::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        (map_tx, registry)
+    }
+
     fn update(text: &str) -> Message {
         let doc = Doc::new();
         let t = doc.get_or_insert_text("t");
@@ -485,18 +500,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_room_ends_only_its_own_streams_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(RoomNodeConfig::new(
-            NodeId::new("test"),
-            dir.path().to_owned(),
-        ));
-        let (_map_tx, ownership) = owner_of_everything("test");
-        let registry = Registry::new(
-            config,
-            ownership,
-            SyncQueue::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (_map_tx, registry) = registry("test", dir.path());
         let mut doomed = Link::attach(&registry, "doomed", 1).await;
         let mut healthy = Link::attach(&registry, "healthy", 2).await;
         for (link, text) in [(&doomed, "kept"), (&healthy, "fine")] {
@@ -535,15 +539,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_without_a_permission_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(RoomNodeConfig::new(NodeId::new("a"), dir.path().to_owned()));
-        let (_map_tx, ownership) = owner_of_everything("a");
-        let registry = Registry::new(
-            config,
-            ownership,
-            SyncQueue::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (_map_tx, registry) = registry("a", dir.path());
         let mut link = Link::attach(&registry, "guarded", 1).await;
         for permission in [pb::Permission::Unspecified as i32, 77] {
             link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
@@ -568,15 +564,7 @@ mod tests {
     #[tokio::test]
     async fn a_room_whose_slot_moves_is_released_with_its_state_vector() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(RoomNodeConfig::new(NodeId::new("a"), dir.path().to_owned()));
-        let (map_tx, ownership) = owner_of_everything("a");
-        let registry = Registry::new(
-            config,
-            ownership,
-            SyncQueue::default(),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let (map_tx, registry) = registry("a", dir.path());
         let mut link = Link::attach(&registry, "moving", 1).await;
         link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
             session_id: 1,

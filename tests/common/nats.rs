@@ -18,6 +18,8 @@ pub struct NatsServer {
     binary: PathBuf,
     /// JetStream store; kept across `restart` so KV survives it.
     store: tempfile::TempDir,
+    /// More `nats-server` flags (e.g. `--user`, `--pass`).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -29,6 +31,17 @@ impl NatsServer {
     /// [`NatsServer::start`] listening on `host` (an address the test
     /// created, e.g. a veth end) instead of 127.0.0.1.
     pub fn start_on(host: std::net::Ipv4Addr) -> Self {
+        Self::start_with(host, &[])
+    }
+
+    /// [`NatsServer::start`] with more `nats-server` flags, e.g.
+    /// `["--user", "u", "--pass", "p"]` for a server that wants
+    /// credentials.
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        Self::start_with(std::net::Ipv4Addr::LOCALHOST, extra)
+    }
+
+    fn start_with(host: std::net::Ipv4Addr, extra: &[&str]) -> Self {
         let binary = nats_server_binary();
         let store = tempfile::tempdir().expect("nats store dir");
         let port = free_port();
@@ -38,6 +51,7 @@ impl NatsServer {
             port,
             binary,
             store,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -78,6 +92,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
