@@ -11,6 +11,13 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   scripts/fuzz.sh --prepare   # only check for nightly, install cargo-fuzz
 #
+# With PARTYLINE_FUZZ_SEED=N (what scripts/test.sh sets) a run is repeatable:
+# libFuzzer's random seed is N and the run starts from the committed seeds
+# alone (its finds go to a temporary directory, not fuzz/scratch), so one
+# commit gives one result on any machine of the same speed, instead of a
+# suite that fails at random on a bug the commit did not touch. Exploring
+# is the job of runs without it: a random seed and every earlier find.
+#
 # Builds go to fuzz/target (PARTYLINE_FUZZ_TARGET_DIR to move them), never
 # to the workspace's target dir: fuzz builds are instrumented.
 set -euo pipefail
@@ -64,10 +71,16 @@ for target in "${targets[@]}"; do
   printf '\n== fuzz %s (%s s)\n' "$target" "$seconds"
   mkdir -p "fuzz/scratch/$target" "fuzz/corpus/$target"
   log="fuzz/scratch/$target.log"
-  # New inputs go to the scratch dir (the first); the seeds stay as committed.
+  # New inputs go to the first dir; the seeds stay as committed.
+  finds="fuzz/scratch/$target"
+  repeatable=()
+  if [ -n "${PARTYLINE_FUZZ_SEED:-}" ]; then
+    finds=$(mktemp -d)
+    repeatable=(-seed="$PARTYLINE_FUZZ_SEED")
+  fi
   if "${fuzz[@]}" run --target-dir "$target_dir" "$target" \
-      "fuzz/scratch/$target" "fuzz/corpus/$target" -- \
-      -max_total_time="$seconds" -timeout=10 >"$log" 2>&1; then
+      "$finds" "fuzz/corpus/$target" -- \
+      -max_total_time="$seconds" -timeout=10 "${repeatable[@]}" >"$log" 2>&1; then
     passed=$((passed + 1))
     # libFuzzer's last status line: executions, coverage, corpus, speed.
     grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)' "$log" | tail -n 1 || true
@@ -80,6 +93,7 @@ for target in "${targets[@]}"; do
          on && !/^#[0-9]+[ \t]+(NEW|REDUCE|pulse|RELOAD)/ && n++ < 120' "$log"
     echo "fuzz $target: FAILED (full log: $log)"
   fi
+  if [ -n "${PARTYLINE_FUZZ_SEED:-}" ]; then rm -rf "$finds"; fi
 done
 
 echo
