@@ -139,14 +139,7 @@ struct Bucket {
 /// port and sign with its root keys.
 fn s3_service_makes_the_store_bucket(compose: &serde_json::Value) -> Bucket {
     let s3 = &compose["services"]["s3"];
-    let image = s3["image"].as_str().unwrap_or_default();
-    let version = image
-        .strip_prefix("ghcr.io/versity/versitygw:v")
-        .unwrap_or_else(|| panic!("s3 runs a versitygw release: {image}"));
-    assert!(
-        version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
-        "s3 image pinned to a release: {image}"
-    );
+    common::assert_pinned_versitygw(s3["image"].as_str().unwrap_or_default());
     assert_eq!(s3["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
     let script = s3["command"][0].as_str().expect("s3 command");
     let (step, gateway) = script

@@ -6,6 +6,8 @@
 //! properties the docs promise read back from the rendered files.
 //! (tests/compose.rs runs the compose topology.)
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -143,14 +145,7 @@ fn dev_s3_makes_the_store_bucket(docs: &[serde_json::Value], config: &serde_json
     let init = &pod["initContainers"][0];
     let gateway = &pod["containers"][0];
     for container in [init, gateway] {
-        let image = container["image"].as_str().unwrap_or_default();
-        let version = image
-            .strip_prefix("ghcr.io/versity/versitygw:v")
-            .unwrap_or_else(|| panic!("s3 runs a versitygw release: {image}"));
-        assert!(
-            version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
-            "s3 image pinned to a release: {image}"
-        );
+        common::assert_pinned_versitygw(container["image"].as_str().unwrap_or_default());
     }
     let args: Vec<&str> = gateway["args"]
         .as_array()

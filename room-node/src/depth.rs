@@ -231,46 +231,29 @@ impl DepthIndex {
         // a gap is content yrs would hold back as pending.
         for list in order.chunk_by(|&a, &b| blocks[a].client == blocks[b].client) {
             let client = blocks[list[0]].client;
-            let known = self.clients.get(&client);
-            let mut end = known.map_or(0, |runs| runs.end);
-            let mut last_depth = known
-                .and_then(|runs| runs.at(end.wrapping_sub(1)))
-                .map(|(depth, _)| depth);
+            let mut end = self.end(client);
             for &i in list {
                 let block = &blocks[i];
+                // A gap is content yrs would hold back as pending. A block
+                // starting inside what the room holds, re-sent content
+                // included, yrs does not always cut or skip: a GC range, or
+                // an item it turns into one (its parent was collected), is
+                // pushed uncut and its block store overflows a clock
+                // subtraction (found by fuzzing, four times). Asked for
+                // everything, the client answers from our state vector:
+                // blocks that start at `end`. Stock clients overlap only
+                // when a SyncStep2 crosses their own updates.
+                if block.clock != end {
+                    return Err(DepthError::MissingDependency);
+                }
+                let State::Done(depth) = state[i] else {
+                    unreachable!("every block was resolved above");
+                };
                 let block_end = block.clock.saturating_add(block.len);
-                if block.clock > end {
-                    return Err(DepthError::MissingDependency);
-                }
-                if block.clock < end {
-                    // A block starting inside what the room holds. yrs
-                    // does not always cut off or skip the known part: a GC
-                    // range, or an item it turns into one (its parent was
-                    // collected), is pushed uncut and its block store
-                    // overflows a clock subtraction (found by fuzzing, four
-                    // times). Asked for everything, the client answers
-                    // from our state vector: blocks that start at `end`.
-                    // Stock clients overlap only when a SyncStep2 crosses
-                    // their own updates; the next answer does not.
-                    return Err(DepthError::MissingDependency);
-                }
-                if block_end > end {
-                    let State::Done(declared) = state[i] else {
-                        unreachable!("every block was resolved above");
-                    };
-                    // yrs integrates only the new part of a block that
-                    // overlaps what it has, with the item before it as
-                    // origin: the same parent as that item.
-                    let depth = match last_depth {
-                        Some(depth) if block.clock < end => depth,
-                        _ => declared,
-                    };
-                    checked
-                        .runs
-                        .push((client, block.clock, block_end, depth, Class::of(block)));
-                    end = block_end;
-                    last_depth = Some(depth);
-                }
+                checked
+                    .runs
+                    .push((client, block.clock, block_end, depth, Class::of(block)));
+                end = block_end;
             }
         }
         Ok(checked)
@@ -468,7 +451,6 @@ mod tests {
             is_type: true,
             is_gone: false,
             is_skip: false,
-            is_gc: false,
         };
         assert_eq!(index.check(&[bad], 256).unwrap_err(), DepthError::NotAType);
         // A parent that was deleted or collected is fine: yrs drops the
@@ -481,7 +463,6 @@ mod tests {
             is_type: false,
             is_gone: true,
             is_skip: false,
-            is_gc: false,
         };
         let child = BlockRef {
             client: 4,
@@ -501,7 +482,6 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
-            is_gc: false,
         };
         let skip = BlockRef {
             clock: 1,
@@ -527,7 +507,6 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
-            is_gc: false,
         };
         let mut index = DepthIndex::new();
         let checked = index.check(&[item], 256).unwrap();
@@ -537,7 +516,6 @@ mod tests {
             len,
             parent: ParentRef::Detached,
             is_gone: true,
-            is_gc: true,
             ..item
         };
         // Starting where the document ends: fine.
@@ -561,7 +539,6 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
-            is_gc: false,
         };
         let b = BlockRef {
             client: 2,

@@ -176,15 +176,25 @@ fn deletes_only_known(
     depth: &crate::depth::DepthIndex,
     blocks: &[crate::update_check::BlockRef],
 ) -> Result<(), DepthError> {
+    if update.delete_set().is_empty() {
+        return Ok(());
+    }
+    // Where the update's blocks take each client, once: a lookup per
+    // deleting client, not a pass over every block (both lists are only
+    // bounded by the frame's bytes).
+    let mut brought: Vec<(u64, u32)> = blocks
+        .iter()
+        .map(|block| (block.client, block.clock.saturating_add(block.len)))
+        .collect();
+    brought.sort_unstable();
     for (client, ranges) in update.delete_set().iter() {
         let client = client.get();
-        let brought = blocks
-            .iter()
-            .filter(|block| block.client == client)
-            .map(|block| block.clock.saturating_add(block.len))
-            .max()
-            .unwrap_or(0);
-        let known = depth.end(client).max(brought);
+        let after = brought.partition_point(|&(c, _)| c <= client);
+        let brought_end = brought[..after]
+            .last()
+            .filter(|&&(c, _)| c == client)
+            .map_or(0, |&(_, end)| end);
+        let known = depth.end(client).max(brought_end);
         if ranges.iter().any(|range| range.end > known) {
             return Err(DepthError::MissingDependency);
         }

@@ -88,8 +88,6 @@ pub struct BlockRef {
     pub is_gone: bool,
     /// A skip: clocks the update does not carry.
     pub is_skip: bool,
-    /// A garbage-collected range (no item, no parent).
-    pub is_gc: bool,
 }
 
 /// Checks that `update` can be given to yrs: every `Any` it holds nests at
@@ -149,7 +147,6 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         is_type: false,
         is_gone: info == GC,
         is_skip: info == SKIP,
-        is_gc: info == GC,
     };
     if info == SKIP || info == GC {
         block.len = reader.read_var()?;

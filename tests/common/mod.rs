@@ -149,3 +149,15 @@ impl DevServer {
         );
     }
 }
+
+/// Panics unless `image` is a versitygw release pinned to `vX.Y.Z` (the S3
+/// server of docker-compose.yml and the Kubernetes dev overlay).
+pub fn assert_pinned_versitygw(image: &str) {
+    let version = image
+        .strip_prefix("ghcr.io/versity/versitygw:v")
+        .unwrap_or_else(|| panic!("s3 runs a versitygw release: {image}"));
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
+        "s3 image pinned to a release: {image}"
+    );
+}
