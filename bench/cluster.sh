@@ -25,7 +25,9 @@
 # (seconds of sending before the kill, 10), VICTIM (node id to kill, node-2),
 # REDIS (1: the room nodes keep their update logs in a redis-server of the
 # script's, snapshots in the file store, as in production; 0: the file
-# store alone, the default),
+# store alone, the default), LINK_SECRET (1: gateways and room nodes share
+# a gRPC link secret file, as every cluster must, the default; 0: they run
+# with --insecure-no-grpc-secret, to measure what the check costs),
 # PARTYLINE_LOG (log level of every server process, info), NATS_SERVER_BIN,
 # OUT (where JSON lines and logs go; default target/bench/cluster-<time>/).
 set -euo pipefail
@@ -36,6 +38,7 @@ FAILOVER_DURATION=${FAILOVER_DURATION:-30s}
 KILL_AFTER=${KILL_AFTER:-10}
 SPREAD=${SPREAD:-room}
 REDIS=${REDIS:-0}
+LINK_SECRET=${LINK_SECRET:-1}
 VICTIM=${VICTIM:-node-2}
 export PARTYLINE_LOG=${PARTYLINE_LOG:-info}
 # Worker threads of the cluster's processes and of dev, each left to the
@@ -147,6 +150,13 @@ for c in c1 c2; do
   wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
 done
 node_log_args=()
+if [ "$LINK_SECRET" = 1 ]; then
+  # A throwaway secret for this run's loopback cluster.
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$OUT/grpc-secret"
+  link_args=(--grpc-secret-file "$OUT/grpc-secret")
+else
+  link_args=(--insecure-no-grpc-secret)
+fi
 if [ "$REDIS" = 1 ]; then
   redis_port=$(free_port)
   mkdir -p "$OUT/redis"
@@ -161,7 +171,7 @@ if [ "$REDIS" = 1 ]; then
 fi
 for n in 1 2 3; do
   start "node-$n" "${cluster_env[@]}" "$partyline" room-node --nats "$nats_url" --node-id "node-$n" \
-    --grpc-listen 127.0.0.1:0 --store "file://$store" "${node_log_args[@]}"
+    --grpc-listen 127.0.0.1:0 --store "file://$store" "${node_log_args[@]}" "${link_args[@]}"
 done
 for n in 1 2 3; do
   wait_for_line "$OUT/node-$n.out" "serving grpc on" 30 "node-$n" >/dev/null
@@ -187,7 +197,8 @@ done
 admin slots --json >"$OUT/slots-before.json"
 gateway_urls=()
 for g in 1 2; do
-  start "gateway-$g" "${cluster_env[@]}" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0 --insecure-no-auth
+  start "gateway-$g" "${cluster_env[@]}" "$partyline" gateway --nats "$nats_url" --listen 127.0.0.1:0 --insecure-no-auth \
+    "${link_args[@]}"
 done
 for g in 1 2; do
   line=$(wait_for_line "$OUT/gateway-$g.out" "partyline gateway listening on ws://" 30 "gateway-$g")

@@ -26,6 +26,8 @@ pids+=($!)
 nats="nats://127.0.0.1:$nats_port"
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 export PARTYLINE_LOG=warn
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$work/grpc-secret"
+export PARTYLINE_GRPC_SECRET_FILE="$work/grpc-secret"
 "$partyline" coordinator --nats "$nats" --coordinator-id c1 >"$work/c.out" 2>"$work/c.err" &
 pids+=($!)
 "$partyline" room-node --nats "$nats" --node-id n1 --grpc-listen 127.0.0.1:0 \

@@ -12,7 +12,7 @@ use partyline_proto::RoomName;
 use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
 use serde::Serialize;
 
-use crate::config::{ClusterSection, FileConfig};
+use crate::config::{ClusterSection, FileConfig, LinkSection};
 use crate::CommonArgs;
 
 /// `partyline admin` flags.
@@ -22,6 +22,10 @@ pub struct AdminArgs {
     common: CommonArgs,
     #[command(flatten)]
     cluster: ClusterSection,
+    /// The gRPC link's secret (for `export` and `import`, which call the
+    /// rooms' owners as a gateway does).
+    #[command(flatten)]
+    link: LinkSection,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -100,6 +104,7 @@ enum AdminCommand {
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let options = args.cluster.merge(file.cluster).build()?;
+    let link = args.link.merge(file.link);
     let json = args.json;
     match args.command {
         AdminCommand::Nodes => {
@@ -192,7 +197,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Export { room, timeout } => {
             let name = room_name(&room)?;
-            let rooms = room_api(&options, timeout).await?;
+            let rooms = room_api(&options, &link, timeout).await?;
             let (update, url) = rooms.state(&name, false).await?;
             std::io::Write::write_all(&mut std::io::stdout().lock(), &update)?;
             eprintln!("exported {} bytes of {room} from {url}", update.len());
@@ -200,7 +205,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Import { room, timeout } => {
             let name = room_name(&room)?;
-            let rooms = room_api(&options, timeout).await?;
+            let rooms = room_api(&options, &link, timeout).await?;
             let mut update = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut update)
                 .context("read the update from stdin")?;
@@ -255,14 +260,15 @@ async fn storage(
 /// API makes them: re-routed when the room moves mid-call.
 async fn room_api(
     options: &partyline_coordinator::cluster::ClusterOptions,
+    link: &LinkSection,
     timeout: Duration,
 ) -> anyhow::Result<RoomApi> {
-    let cluster = connect(options).await?;
     // Followed for the life of the command.
-    let slot_map = cluster
-        .watch_slot_map(tokio_util::sync::CancellationToken::new())
-        .await?;
-    Ok(RoomApi::new(Router::new(slot_map), timeout))
+    let forever = tokio_util::sync::CancellationToken::new();
+    let link = link.build(forever.clone()).await?;
+    let cluster = connect(options).await?;
+    let slot_map = cluster.watch_slot_map(forever).await?;
+    Ok(RoomApi::new(Router::new(slot_map, link), timeout))
 }
 
 fn room_name(room: &str) -> anyhow::Result<RoomName> {

@@ -1,7 +1,8 @@
 //! `partyline` configuration: TOML file (`--config`) ← env
 //! (`PARTYLINE_<SECTION>_<KEY>`) ← flags, later wins. The TOML sections
 //! mirror the env names: `[gateway]`, `[room_node]`, `[node]` (how a room
-//! node joins a cluster), `[cluster]` (NATS) and `[coordinator]`. Unknown
+//! node joins a cluster), `[cluster]` (NATS), `[link]` (the gRPC link's
+//! secret) and `[coordinator]`. Unknown
 //! keys are an error, durations are written like `"30s"` or `"2m"`.
 
 use std::net::SocketAddr;
@@ -83,6 +84,9 @@ pub struct FileConfig {
     /// `[cluster]`.
     #[serde(default)]
     pub cluster: ClusterSection,
+    /// `[link]`.
+    #[serde(default)]
+    pub link: LinkSection,
     /// `[coordinator]`.
     #[serde(default)]
     pub coordinator: CoordinatorSection,
@@ -1064,6 +1068,65 @@ impl ClusterSection {
         set(&mut options.nats_url, self.nats.clone());
         set(&mut options.cluster, self.name.clone());
         Ok(options)
+    }
+}
+
+/// The gateway → room node gRPC link: flags, env, or `[link]`.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// File of the gRPC link's shared secret: one per line (at least 16
+    /// printable characters, e.g. `openssl rand -hex 32`), the first sent,
+    /// every line accepted; read again every 2 s, so secrets rotate without
+    /// a restart. Gateways, room nodes and `partyline admin export|import`
+    /// need it.
+    #[arg(long, env = "PARTYLINE_GRPC_SECRET_FILE")]
+    pub grpc_secret_file: Option<PathBuf>,
+    /// Run the gRPC link without a secret: anyone who reaches a room
+    /// node's gRPC port may read, write and delete every room it serves.
+    /// Only on a network you trust entirely.
+    #[arg(long, env = "PARTYLINE_INSECURE_NO_GRPC_SECRET")]
+    #[serde(skip)]
+    pub insecure_no_grpc_secret: bool,
+}
+
+impl LinkSection {
+    /// Flags/env over file.
+    pub fn merge(self, file: LinkSection) -> Self {
+        Self {
+            grpc_secret_file: or(self.grpc_secret_file, file.grpc_secret_file),
+            insecure_no_grpc_secret: self.insecure_no_grpc_secret,
+        }
+    }
+
+    /// The link's authentication: the secret file, watched until
+    /// `shutdown`, or none when the operator said so.
+    pub async fn build(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<partyline_proto::link::LinkAuth> {
+        use partyline_proto::link::{LinkAuth, LinkSecret};
+        match (&self.grpc_secret_file, self.insecure_no_grpc_secret) {
+            (Some(_), true) => {
+                anyhow::bail!("give --grpc-secret-file or --insecure-no-grpc-secret, not both")
+            }
+            (Some(path), false) => Ok(LinkAuth::Secret(
+                LinkSecret::watch_file(path, shutdown).await?,
+            )),
+            (None, true) => {
+                tracing::warn!(
+                    "the gRPC link has no secret (--insecure-no-grpc-secret): anyone who \
+                     reaches a room node's gRPC port can read and write every room"
+                );
+                Ok(LinkAuth::Insecure)
+            }
+            (None, false) => anyhow::bail!(
+                "the gRPC link between gateways and room nodes needs a shared secret: \
+                 --grpc-secret-file FILE (one secret per line, at least 16 characters; \
+                 e.g. `openssl rand -hex 32 > FILE`), the same file for gateways and room \
+                 nodes; or --insecure-no-grpc-secret on a network you trust entirely"
+            ),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
+use partyline_proto::link::{LinkAuth, LinkSecret};
 use partyline_proto::{NodeId, NodeInfo, SlotMap};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -100,10 +101,14 @@ pub async fn run(
     let ready = crate::ops::room_node_readiness(&room_config, &map_rx);
     serving.start_ops(ready, shutdown.clone()).await?;
     tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
+    // The link never leaves this process, yet its port is open to every
+    // local user: a secret only this process knows keeps them off it.
+    let link = LinkAuth::Secret(LinkSecret::random());
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,
         room_config,
         map_rx.clone(),
+        link.clone(),
         shutdown.clone(),
     ));
     let loopback = listeners.len() > 1 || addr.ip().is_loopback();
@@ -111,6 +116,7 @@ pub async fn run(
         listeners,
         gateway_config,
         map_rx,
+        link,
         shutdown.clone(),
     ));
     // Tests and scripts wait for this exact line on stdout.

@@ -8,7 +8,9 @@ use partyline_proto::close;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{host_name, AuthSection, ClusterSection, FileConfig, GatewaySection};
+use crate::config::{
+    host_name, AuthSection, ClusterSection, FileConfig, GatewaySection, LinkSection,
+};
 use crate::ServeArgs;
 
 /// `partyline gateway` flags.
@@ -22,6 +24,8 @@ pub struct GatewayArgs {
     gateway: GatewaySection,
     #[command(flatten)]
     auth: AuthSection,
+    #[command(flatten)]
+    link: LinkSection,
     /// Let any client open and edit any room, without a token.
     #[arg(long, env = "PARTYLINE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
@@ -43,6 +47,7 @@ pub async fn run(
     config.trace_frames = serving.traces;
 
     let shutdown = CancellationToken::new();
+    let link = args.link.merge(file.link).build(shutdown.clone()).await?;
     let cluster = Cluster::connect(&cluster_options)
         .await
         .context("connect to NATS")?;
@@ -67,7 +72,7 @@ pub async fn run(
     tracing::info!(%addr, epoch = slot_map.borrow().as_ref().map(|m| m.epoch()), "gateway started");
     // Tests and scripts wait for this exact line on stdout.
     println!("partyline gateway listening on ws://{addr}");
-    partyline_gateway::run(listener, config, slot_map, shutdown)
+    partyline_gateway::run(listener, config, slot_map, link, shutdown)
         .await
         .context("gateway")?;
     tracing::info!("stopped");

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ClusterSection, FileConfig, NodeSection, RoomNodeSection, WebhooksSection,
+    ClusterSection, FileConfig, LinkSection, NodeSection, RoomNodeSection, WebhooksSection,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
 };
 use crate::ServeArgs;
@@ -33,6 +33,8 @@ pub struct RoomNodeArgs {
     room_node: RoomNodeSection,
     #[command(flatten)]
     webhooks: WebhooksSection,
+    #[command(flatten)]
+    link: LinkSection,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains (see the module doc).
@@ -44,6 +46,12 @@ pub async fn run(
     let node = args.node.merge(file.node);
     node.check()?;
     let cluster_options = args.cluster.merge(file.cluster).build()?;
+    // Checked before anything connects; watched for the process's life.
+    let link = args
+        .link
+        .merge(file.link)
+        .build(CancellationToken::new())
+        .await?;
     let mut room_node = args.room_node.merge(file.room_node);
     // `--data-dir DIR` is the same as `--store file://DIR`.
     anyhow::ensure!(
@@ -117,6 +125,7 @@ pub async fn run(
         listener,
         config,
         slot_map,
+        link,
         shutdown.clone(),
     ));
     // Tests and scripts wait for this exact line on stdout.

@@ -213,6 +213,8 @@ async fn export_is_read_by_yjs_and_import_reaches_live_clients() {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"));
         command
             .args(["admin", "--nats", &cluster.nats.url()])
+            .arg("--grpc-secret-file")
+            .arg(cluster.link_secret_file())
             .args(args)
             .env("PARTYLINE_LOG", "warn");
         if let Some(path) = stdin {

@@ -154,6 +154,9 @@ async fn a_partitioned_stale_owner_loses_no_echoed_update() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start_on(HOST_B);
     let redis = RedisServer::start_on(HOST_A);
+    let secret_file = dir.path().join("grpc-secret");
+    std::fs::write(&secret_file, common::TEST_LINK_SECRET).unwrap();
+    let secret_file = secret_file.display().to_string();
     let log = |name: &str| dir.path().join(format!("{name}.log"));
     let store = format!("file://{}", dir.path().join("store").display());
     let _coordinator = Partyline::start(
@@ -194,6 +197,8 @@ async fn a_partitioned_stale_owner_loses_no_echoed_update() {
             HEARTBEAT,
             "--snapshot-log-updates",
             "5",
+            "--grpc-secret-file",
+            &secret_file,
         ]
         .map(String::from)
     };
@@ -218,6 +223,8 @@ async fn a_partitioned_stale_owner_loses_no_echoed_update() {
             "--listen",
             &format!("{listen}:0"),
             "--insecure-no-auth",
+            "--grpc-secret-file",
+            &secret_file,
         ]
         .map(String::from)
     };

@@ -30,9 +30,17 @@ async fn room_node(
         listener,
         config,
         map,
+        link(),
         shutdown.clone(),
     ));
     url
+}
+
+/// Node and gateway share a link secret, as in a cluster.
+fn link() -> partyline_proto::link::LinkAuth {
+    partyline_proto::link::LinkAuth::Secret(
+        partyline_proto::link::LinkSecret::fixed("reroute-test-link-secret-0123").unwrap(),
+    )
 }
 
 fn single(epoch: u64, id: &str, url: &str) -> Option<Arc<SlotMap>> {
@@ -63,6 +71,7 @@ async fn a_stale_gateway_reroutes_on_not_owner_without_the_client_noticing() {
         listener,
         partyline_gateway::GatewayConfig::new("test"),
         gateway_map,
+        link(),
         shutdown.clone(),
     ));
 

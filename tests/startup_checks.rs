@@ -43,6 +43,7 @@ fn a_room_node_refuses_an_advertise_address_without_a_scheme() {
             "127.0.0.1:0",
             "--store",
             &store,
+            "--insecure-no-grpc-secret",
         ];
         args.extend_from_slice(extra);
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
@@ -127,8 +128,68 @@ fn every_role_names_its_bad_address_settings() {
             "redis://127.0.0.1:1",
             "--store",
             "bucket/rooms",
+            "--insecure-no-grpc-secret",
         ],
         "--store",
     );
     refuses(&["admin", "--nats", "ftp://x", "slots"], "--nats");
+}
+
+#[test]
+fn gateways_and_room_nodes_refuse_to_start_without_a_usable_link_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "# rotated\nQx7weakZ\n").unwrap();
+    let weak = weak.display().to_string();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "a-long-enough-link-secret-0123\n").unwrap();
+    let good = good.display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    let node = [
+        "room-node",
+        "--nats",
+        NO_NATS,
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+    ];
+    let gateway = [
+        "gateway",
+        "--nats",
+        NO_NATS,
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-no-auth",
+    ];
+    for role in [&node[..], &gateway[..]] {
+        let with = |extra: &[&str]| -> Vec<String> {
+            role.iter().chain(extra).map(|a| a.to_string()).collect()
+        };
+        let refuses_with = |extra: &[&str], needle: &str| {
+            let args = with(extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            refuses(&args, needle);
+        };
+        refuses_with(&[], "--grpc-secret-file");
+        refuses_with(
+            &["--grpc-secret-file", &weak],
+            "line 2: a secret needs at least 16 characters",
+        );
+        refuses_with(
+            &["--grpc-secret-file", &missing],
+            "cannot read the gRPC secret file",
+        );
+        refuses_with(
+            &["--grpc-secret-file", &good, "--insecure-no-grpc-secret"],
+            "not both",
+        );
+    }
+    // The secret is never echoed in an error.
+    let exited = run_to_exit(
+        &[&node[..], &["--grpc-secret-file", &weak]].concat(),
+        Duration::from_secs(30),
+    );
+    assert!(!exited.stderr.contains("Qx7weakZ"), "{}", exited.stderr);
 }

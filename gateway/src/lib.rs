@@ -39,6 +39,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use partyline_proto::link::LinkAuth;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -80,14 +81,16 @@ pub enum GatewayError {
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, routing
-/// rooms with the maps `slot_map` delivers.
+/// rooms with the maps `slot_map` delivers and reaching room nodes with
+/// `link`'s secret.
 pub async fn run(
     listener: TcpListener,
     config: GatewayConfig,
     slot_map: SlotMapWatch,
+    link: LinkAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    run_on(vec![listener], config, slot_map, shutdown).await
+    run_on(vec![listener], config, slot_map, link, shutdown).await
 }
 
 /// [`run`] on several listeners at once (e.g. `127.0.0.1` and `::1`, so
@@ -96,6 +99,7 @@ pub async fn run_on(
     listeners: Vec<TcpListener>,
     config: GatewayConfig,
     slot_map: SlotMapWatch,
+    link: LinkAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let config_connections = config.max_connections;
@@ -106,7 +110,7 @@ pub async fn run_on(
     // Instruments made now, not on the first client (their memory belongs
     // to the process, not to whoever connects first).
     telemetry::metrics();
-    let router = router::Router::new(slot_map);
+    let router = router::Router::new(slot_map, link);
     let api = http_api::router(
         room_api::RoomApi::new(router.clone(), config.api_timeout),
         config.api_key.clone(),

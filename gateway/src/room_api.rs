@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use partyline_proto::link::NodeChannel;
 use partyline_proto::pb::{self, room_node_client::RoomNodeClient};
 use partyline_proto::{RoomName, EPOCH_METADATA};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::router::Router;
@@ -80,7 +80,7 @@ fn not_owner_epoch(status: &Status) -> Option<u64> {
         .ok()
 }
 
-fn client(channel: Channel) -> RoomNodeClient<Channel> {
+fn client(channel: NodeChannel) -> RoomNodeClient<NodeChannel> {
     RoomNodeClient::new(channel)
         .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
         .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
@@ -108,7 +108,7 @@ impl RoomApi {
         call: F,
     ) -> Result<(T, String), RoomApiError>
     where
-        F: Fn(RoomNodeClient<Channel>, u64) -> Fut,
+        F: Fn(RoomNodeClient<NodeChannel>, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.timeout;

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use partyline_proto::link::{self, LinkAuth, NodeChannel};
 use partyline_proto::{RoomName, SlotMap};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 /// The slot map as the gateway sees it; `None` until the first one.
 pub type SlotMapWatch = watch::Receiver<Option<Arc<SlotMap>>>;
@@ -21,8 +21,8 @@ pub struct Route {
     pub epoch: u64,
     /// The owner's gRPC URL.
     pub url: String,
-    /// A (lazily connected) channel to the owner.
-    pub channel: Channel,
+    /// A (lazily connected) channel to the owner, sending the link secret.
+    pub channel: NodeChannel,
 }
 
 /// Why a room cannot be routed.
@@ -45,14 +45,17 @@ pub enum RouteError {
 #[derive(Clone)]
 pub struct Router {
     slot_map: SlotMapWatch,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    link: LinkAuth,
+    channels: Arc<Mutex<HashMap<String, NodeChannel>>>,
 }
 
 impl Router {
-    /// A router following `slot_map`.
-    pub fn new(slot_map: SlotMapWatch) -> Self {
+    /// A router following `slot_map`, authenticating to room nodes with
+    /// `link`.
+    pub fn new(slot_map: SlotMapWatch, link: LinkAuth) -> Self {
         Self {
             slot_map,
+            link,
             channels: Arc::default(),
         }
     }
@@ -99,6 +102,7 @@ impl Router {
                         source,
                     })?
                     .connect_lazy();
+                let channel = link::node_channel(channel, self.link.clone());
                 channels.insert(url.clone(), channel.clone());
                 channel
             }

@@ -299,7 +299,7 @@ mod tests {
             .unwrap();
         let (_m, map) = tokio::sync::watch::channel(None);
         let config = std::sync::Arc::new(crate::GatewayConfig::new("g"));
-        let router = crate::router::Router::new(map);
+        let router = crate::router::Router::new(map, partyline_proto::link::LinkAuth::Insecure);
         let tracker = tokio_util::task::TaskTracker::new();
         let cancel = tokio_util::sync::CancellationToken::new();
         let shared = std::sync::Arc::new(crate::Shared {

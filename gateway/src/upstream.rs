@@ -813,7 +813,7 @@ pub enum OpenError {
 /// session to open), and waits for the node's `Attached`. The one way any
 /// gateway code reaches a room.
 pub async fn open_room_stream(
-    channel: tonic::transport::Channel,
+    channel: partyline_proto::link::NodeChannel,
     attach: pb::Attach,
     then: Vec<gateway_frame::Kind>,
     queue: usize,

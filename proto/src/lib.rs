@@ -4,13 +4,15 @@
 //! WebSocket close codes both roles must agree on.
 //!
 //! `rt` is the runtime glue every role's servers and gRPC clients share:
-//! how hyper's HTTP/2 tasks are spawned, and the accept step. Apart from
-//! that this crate holds no I/O and no runtime state; every role depends on
-//! it and it depends on no role.
+//! how hyper's HTTP/2 tasks are spawned, and the accept step; `link` is the
+//! shared secret on the gRPC link (read from its file). Apart from those
+//! this crate holds no I/O and no runtime state; every role depends on it
+//! and it depends on no role.
 
 pub mod chunk;
 pub mod close;
 pub mod codec;
+pub mod link;
 pub mod room;
 pub mod rt;
 pub mod slot;

@@ -34,22 +34,26 @@ mod fuzz_tests;
 
 use std::sync::Arc;
 
+use partyline_proto::link::{LinkAuth, RequireSecret};
 use partyline_proto::pb::room_node_server::RoomNodeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::{RoomMode, RoomNodeConfig, RoomPolicy};
 pub use ownership::{Ownership, SlotMapWatch};
 
 /// Serves the room node on `listener` until `shutdown` is cancelled,
-/// releasing rooms as the slot map moves them away. The caller holds the
+/// releasing rooms as the slot map moves them away. Every request must
+/// carry `link`'s secret (UNAUTHENTICATED otherwise). The caller holds the
 /// [`store::DataDirLock`] of `config.data_dir`, or sets
 /// [`RoomNodeConfig::room_locks`] when nodes share the store.
 pub async fn run(
     listener: TcpListener,
     config: RoomNodeConfig,
     slot_map: SlotMapWatch,
+    link: LinkAuth,
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
@@ -81,6 +85,7 @@ pub async fn run(
         // and updates (the room's own size limit bounds them).
         .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
         .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE);
+    let server = InterceptedService::new(server, RequireSecret(link));
     grpc::serve(listener, tonic::service::Routes::new(server), shutdown).await;
     tracker.close();
     tracker.wait().await;

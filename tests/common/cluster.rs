@@ -21,6 +21,8 @@ pub const API_KEY: &str = "cluster-test-api-key";
 
 /// Log filter of every process: room loads and releases are visible.
 const LOG: &str = "info,partyline_room_node=debug";
+/// Name of the link secret file in the cluster's temp dir.
+const LINK_SECRET_FILE: &str = "grpc-secret";
 
 fn admin_output(nats: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
@@ -107,6 +109,11 @@ impl TestCluster {
         all_args: &[&str],
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(LINK_SECRET_FILE),
+            format!("{}\n", super::TEST_LINK_SECRET),
+        )
+        .expect("write the link secret");
         let nats = NatsServer::start();
         let node_args = node_args
             .iter()
@@ -137,6 +144,12 @@ impl TestCluster {
 
     fn log_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The gRPC link's secret file every room node and gateway reads
+    /// (rewrite it to rotate).
+    pub fn link_secret_file(&self) -> PathBuf {
+        self.dir.path().join(LINK_SECRET_FILE)
     }
 
     /// The shared store directory.
@@ -185,6 +198,8 @@ impl TestCluster {
             HEARTBEAT.into(),
             "--drain-timeout".into(),
             "20s".into(),
+            "--grpc-secret-file".into(),
+            self.link_secret_file().display().to_string(),
         ];
         let mut args = args;
         if self.node_args.iter().any(|a| a == "--store") {
@@ -215,6 +230,8 @@ impl TestCluster {
             "--insecure-no-auth".into(),
             "--api-key".into(),
             API_KEY.into(),
+            "--grpc-secret-file".into(),
+            self.link_secret_file().display().to_string(),
         ];
         let args = self.with_common_args(&name, args);
         let process = Partyline::start(

@@ -57,6 +57,7 @@ async fn serve_gateway(
         grpc,
         config,
         map_rx.clone(),
+        super::test_link(),
         shutdown.clone(),
     ));
     let addr = spawn_gateway(gateway, _map_tx, map_rx, &shutdown).await;
@@ -77,6 +78,7 @@ pub async fn spawn_gateway(
         listener,
         config,
         map_rx,
+        super::test_link(),
         shutdown.clone(),
     ));
     tokio::spawn({

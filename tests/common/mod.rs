@@ -28,6 +28,17 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The gRPC link secret of in-process room nodes and gateways, so tests
+/// take the same authenticated path as a cluster.
+pub fn test_link() -> partyline_proto::link::LinkAuth {
+    partyline_proto::link::LinkAuth::Secret(
+        partyline_proto::link::LinkSecret::fixed(TEST_LINK_SECRET).expect("valid secret"),
+    )
+}
+
+/// [`test_link`]'s secret.
+pub const TEST_LINK_SECRET: &str = "partyline-test-link-secret-0123456789";
+
 /// Connects to `url`: the client, or the HTTP status that refused the
 /// upgrade (any other failure fails the test).
 pub async fn status_of(url: &str) -> Result<partyline_bench::client::YClient, u16> {
