@@ -247,4 +247,43 @@ async fn the_link_secret_rotates_without_closing_a_client_socket() {
         );
     }
     assert!(cluster.errors().is_empty(), "{:?}", cluster.errors());
+
+    // A gateway that still has only the old secret serves nothing, and
+    // says why.
+    let stale_file = cluster.dir.path().join("stale-secret");
+    std::fs::write(&stale_file, format!("{old}\n")).unwrap();
+    let log = cluster.dir.path().join("stale-gateway.log");
+    let stale = common::process::Partyline::start(
+        &[
+            "gateway",
+            "--nats",
+            &cluster.nats.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+            "--owner-unreachable-timeout",
+            "2s",
+            "--grpc-secret-file",
+            &stale_file.display().to_string(),
+        ]
+        .map(String::from),
+        "info",
+        &log,
+        "partyline gateway listening on ws://",
+    );
+    let client = YClient::connect(&format!("ws://{}/doc-rotate-0", stale.ready))
+        .await
+        .unwrap();
+    let closed = client
+        .wait_closed(Duration::from_secs(15))
+        .await
+        .expect("the stale gateway's client is closed");
+    assert_eq!(closed.code, 1013, "{closed:?}");
+    assert!(
+        stale
+            .log()
+            .contains("the room node refused this gateway's gRPC link secret"),
+        "{}",
+        stale.log()
+    );
 }

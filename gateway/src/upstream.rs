@@ -275,6 +275,8 @@ struct Connection {
 enum ConnectError {
     /// The node does not own the room at its epoch.
     NotOwner { url: String, epoch: u64 },
+    /// The node refused this gateway's link secret.
+    Unauthenticated { url: String },
     /// Unreachable, refused or broken.
     Failed(String),
 }
@@ -560,6 +562,7 @@ impl UpstreamActor {
         let deadline = Instant::now() + self.config.owner_unreachable_timeout;
         let mut backoff = Duration::from_millis(20);
         let mut maps = self.router.subscribe();
+        let mut told_unauthenticated = false;
         loop {
             if self.cancel.is_cancelled() {
                 return Err(CloseReason::new(
@@ -576,6 +579,18 @@ impl UpstreamActor {
                         // A node behind us will catch up by itself.
                         if epoch > self.router.epoch() {
                             min_epoch = min_epoch.max(epoch);
+                        }
+                    }
+                    Err(ConnectError::Unauthenticated { url }) => {
+                        // Misconfiguration, not an outage: say it loudly,
+                        // once per room and attempt.
+                        if !std::mem::replace(&mut told_unauthenticated, true) {
+                            tracing::error!(
+                                room = %self.room,
+                                %url,
+                                "the room node refused this gateway's gRPC link secret \
+                                 (check --grpc-secret-file on both)"
+                            );
                         }
                     }
                     Err(ConnectError::Failed(error)) => {
@@ -625,6 +640,9 @@ impl UpstreamActor {
                 url: route.url,
                 epoch,
             }),
+            Err(OpenError::Unauthenticated) => {
+                Err(ConnectError::Unauthenticated { url: route.url })
+            }
             Err(OpenError::Failed(error)) => Err(ConnectError::Failed(error)),
         }
     }
@@ -805,6 +823,8 @@ impl UpstreamActor {
 pub enum OpenError {
     /// The node does not own the room at this epoch of its own.
     NotOwner(u64),
+    /// The node refused the link secret.
+    Unauthenticated,
     /// Unreachable, refused or broken.
     Failed(String),
 }
@@ -830,7 +850,10 @@ pub async fn open_room_stream(
     let mut from_node = client
         .open_room(ReceiverStream::new(rx))
         .await
-        .map_err(|status| OpenError::Failed(status.to_string()))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated => OpenError::Unauthenticated,
+            _ => OpenError::Failed(status.to_string()),
+        })?
         .into_inner();
     match from_node
         .message()
