@@ -727,13 +727,14 @@ async fn credentials_in_the_nats_url_reach_a_server_that_wants_them() {
             let anonymous = Cluster::connect(&options(nats.url())).await.unwrap();
             let authenticated = Cluster::connect(&options(with.clone())).await.unwrap();
             authenticated
-                .map_store()
+                .create_map_store()
                 .await
                 .expect("an authenticated role creates its buckets");
             assert!(authenticated.is_connected());
             // Given as long as the authenticated one took and more, the
             // anonymous one still cannot reach JetStream.
-            let refused = tokio::time::timeout(Duration::from_secs(2), anonymous.map_store()).await;
+            let refused =
+                tokio::time::timeout(Duration::from_secs(2), anonymous.create_map_store()).await;
             assert!(
                 !matches!(refused, Ok(Ok(_))),
                 "{flags:?}: a client without credentials used the cluster"

@@ -17,6 +17,12 @@
 //! | `C.heartbeat` | subject | [`Heartbeat`] JSON from every room node |
 //! | `C.admin.nodes` | request/reply, leader only | node listing |
 //! | `C.admin.rebalance` | request/reply, leader only | rebalance now |
+//!
+//! Only the coordinator creates the buckets ([`Cluster::create_map_store`],
+//! [`Cluster::leader_store`]); every other role opens them and waits while
+//! they do not exist, so it needs no right to create JetStream streams.
+//! Replies come to `_INBOX_{user}.…` ([`inbox_prefix`]), so a NATS config
+//! can let each user read its own replies only (deploy/nats/nats-server.conf).
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,6 +54,10 @@ pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
 /// Timeout of one JetStream request. Short, because a KV call that waits
 /// longer than a lease is useless to the election anyway.
 const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a role waiting for a coordinator to create the map bucket
+/// looks again.
+const MISSING_BUCKET_RETRY: Duration = Duration::from_millis(250);
 
 /// Client pings: a connection that silently stopped carrying traffic (a
 /// partition rather than a closed socket) is noticed within about two of
@@ -103,6 +113,18 @@ pub enum ClusterError {
     /// The NATS URL was refused (only malformed URLs fail: connecting itself retries forever).
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    /// The bucket does not exist (yet): only a coordinator creates it.
+    #[error("KV bucket {0} does not exist yet (no coordinator has run in this cluster)")]
+    MissingBucket(String),
+    /// A KV bucket could not be opened.
+    #[error("cannot open KV bucket {bucket}: {source}")]
+    Open {
+        /// The bucket.
+        bucket: String,
+        /// Why opening it failed.
+        #[source]
+        source: async_nats::jetstream::context::KeyValueError,
+    },
     /// A KV bucket could neither be created nor opened.
     #[error("cannot create or open KV bucket {bucket}: {source}")]
     Bucket {
@@ -172,9 +194,11 @@ impl fmt::Debug for Cluster {
 
 /// The credentials in the first `--nats` entry that carries some:
 /// `nats://user:password@host` (user and password) or `nats://token@host`
-/// (a token). async-nats parses them out of the URL but sends only what
-/// its options say, so without this a server with authorization would
-/// refuse every role.
+/// (a token), percent-decoded. async-nats parses them out of the URL but
+/// sends only what its options say (and sends them still encoded), so
+/// without this a server with authorization would refuse every role.
+///
+/// A user also gets its own inbox prefix ([`inbox_prefix`]).
 fn with_credentials(
     options: async_nats::ConnectOptions,
     nats_url: &str,
@@ -183,16 +207,77 @@ fn with_credentials(
         .split(',')
         .filter_map(|entry| entry.trim().parse::<async_nats::ServerAddr>().ok())
         .find(|addr| addr.username().is_some());
-    match credentials {
-        Some(addr) => match (addr.username(), addr.password()) {
-            (Some(user), Some(password)) => {
-                options.user_and_password(user.to_owned(), password.to_owned())
-            }
-            (Some(token), None) => options.token(token.to_owned()),
-            _ => options,
-        },
-        None => options,
+    let Some(addr) = credentials else {
+        return options;
+    };
+    match (addr.username().map(decode), addr.password().map(decode)) {
+        (Some(user), Some(password)) => options
+            .custom_inbox_prefix(inbox_prefix(Some(&user)))
+            .user_and_password(user, password),
+        (Some(token), None) => options.token(token),
+        _ => options,
     }
+}
+
+/// `%XX` escapes of a URL's user or password, decoded (a password may
+/// hold `@`, `:` or `/` only escaped).
+fn decode(part: &str) -> String {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The inbox prefix of a client connecting as `user`: `_INBOX_{user}` when
+/// the name can be a subject token (letters, digits, `-`, `_`), else
+/// NATS' default `_INBOX`.
+///
+/// Request replies and KV watch deliveries come to subjects under it, so
+/// a NATS config can allow each user to subscribe to `_INBOX_{user}.>`
+/// only: no user reads another's replies, and nobody but the server and
+/// a responder can write into them.
+pub fn inbox_prefix(user: Option<&str>) -> String {
+    match user {
+        Some(user)
+            if !user.is_empty()
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            format!("_INBOX_{user}")
+        }
+        _ => "_INBOX".to_owned(),
+    }
+}
+
+/// A fresh incarnation claim: 128 random bits from the OS, as hex.
+///
+/// A room node sends it in every heartbeat; the coordinators bind the
+/// node id to the claim of the first heartbeat that registered it and
+/// ignore heartbeats for that id carrying another claim while it lives
+/// ([`crate::membership`]). Only coordinators may read the heartbeat
+/// subject, so another NATS user cannot learn it.
+pub fn new_claim() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS provides random bytes");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 impl Cluster {
@@ -281,10 +366,22 @@ impl Cluster {
         format!("{}.admin.rebalance", self.name)
     }
 
-    /// The `{cluster}-map` bucket, created on first use.
+    /// The `{cluster}-map` bucket, opened on first use; fails with
+    /// [`ClusterError::MissingBucket`] until a coordinator has created it.
     ///
-    /// A failure is not cached, so the next call tries again.
+    /// Every role but the coordinator uses this: opening needs only the
+    /// right to read the stream's info, not to create streams. A failure
+    /// is not cached, so the next call tries again.
     pub async fn map_store(&self) -> Result<kv::Store, ClusterError> {
+        self.map_store
+            .get_or_try_init(|| open_existing(&self.jetstream, self.map_bucket()))
+            .await
+            .cloned()
+    }
+
+    /// The `{cluster}-map` bucket, created when it does not exist yet (the
+    /// coordinator's way in; later [`Cluster::map_store`] calls share it).
+    pub async fn create_map_store(&self) -> Result<kv::Store, ClusterError> {
         self.map_store
             .get_or_try_init(|| {
                 open_bucket(
@@ -329,9 +426,14 @@ impl Cluster {
         Ok(store)
     }
 
-    /// Reads the published slot map and its KV revision; `None` before the first one.
+    /// Reads the published slot map and its KV revision; `None` before the
+    /// first one (the bucket not existing yet included).
     pub async fn read_slot_map(&self) -> Result<Option<(SlotMap, u64)>, ClusterError> {
-        let store = self.map_store().await?;
+        let store = match self.map_store().await {
+            Ok(store) => store,
+            Err(ClusterError::MissingBucket(_)) => return Ok(None),
+            Err(err) => return Err(err),
+        };
         let entry = store
             .entry(SLOT_MAP_KEY)
             .await
@@ -378,6 +480,12 @@ impl Cluster {
     /// Publishes this node's heartbeat every `interval`, and at once whenever
     /// `draining` changes, until `shutdown`.
     ///
+    /// Each call is one incarnation of the node: it draws a fresh claim
+    /// ([`new_claim`]) and sends it in every heartbeat. While another
+    /// incarnation's claim holds the node id (a previous process whose
+    /// heartbeats have not stopped for `dead_after` yet), the coordinators
+    /// ignore these heartbeats; then this one takes the id over.
+    ///
     /// While NATS is unreachable nothing is sent (logged at debug): the
     /// leader does not count that time against the node.
     pub async fn run_heartbeats(
@@ -388,6 +496,7 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let subject = self.heartbeat_subject();
+        let claim = new_claim();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining_open = true;
@@ -405,6 +514,7 @@ impl Cluster {
                 id: info.id.clone(),
                 grpc_url: info.grpc_url.clone(),
                 draining: *draining.borrow_and_update(),
+                claim: Some(claim.clone()),
             };
             if !self.is_connected() {
                 debug!(node = %info.id, "NATS unreachable; heartbeat skipped");
@@ -420,7 +530,7 @@ impl Cluster {
 }
 
 /// What a room node tells the coordinators every heartbeat interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "HeartbeatWire", into = "HeartbeatWire")]
 pub struct Heartbeat {
     /// The node's id.
@@ -429,6 +539,21 @@ pub struct Heartbeat {
     pub grpc_url: String,
     /// The node asks to be given no slots (it is shutting down).
     pub draining: bool,
+    /// The sending process's incarnation claim ([`new_claim`]); `None` from
+    /// nodes older than claims, which count as one claim of their own.
+    pub claim: Option<String>,
+}
+
+/// Without the claim: whoever knows it can speak for the node.
+impl fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("id", &self.id)
+            .field("grpc_url", &self.grpc_url)
+            .field("draining", &self.draining)
+            .field("claim", &self.claim.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// [`Heartbeat`]'s JSON: `NodeId` has no serde of its own.
@@ -438,6 +563,8 @@ struct HeartbeatWire {
     grpc_url: String,
     #[serde(default)]
     draining: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim: Option<String>,
 }
 
 impl From<HeartbeatWire> for Heartbeat {
@@ -446,6 +573,7 @@ impl From<HeartbeatWire> for Heartbeat {
             id: NodeId::new(wire.id),
             grpc_url: wire.grpc_url,
             draining: wire.draining,
+            claim: wire.claim,
         }
     }
 }
@@ -456,6 +584,7 @@ impl From<Heartbeat> for HeartbeatWire {
             id: heartbeat.id.as_str().to_owned(),
             grpc_url: heartbeat.grpc_url,
             draining: heartbeat.draining,
+            claim: heartbeat.claim,
         }
     }
 }
@@ -555,6 +684,30 @@ async fn open_bucket(
     }
 }
 
+/// Opens an existing bucket without trying to create it.
+async fn open_existing(
+    jetstream: &jetstream::Context,
+    bucket: String,
+) -> Result<kv::Store, ClusterError> {
+    match jetstream.get_key_value(bucket.as_str()).await {
+        Ok(store) => Ok(store),
+        Err(err) if is_missing_stream(&err) => Err(ClusterError::MissingBucket(bucket)),
+        Err(source) => Err(ClusterError::Open { bucket, source }),
+    }
+}
+
+/// Whether opening a bucket failed because its stream does not exist.
+fn is_missing_stream(err: &async_nats::jetstream::context::KeyValueError) -> bool {
+    use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(|err| {
+            matches!(err.kind(), GetStreamErrorKind::JetStream(js)
+                if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
+        })
+}
+
 fn validate_name(name: &str) -> Result<(), ClusterError> {
     let valid = !name.is_empty()
         && name
@@ -604,16 +757,30 @@ async fn follow_slot_map(
             () = tx.closed() => return,
             result = follow_once(&cluster, &tx, &mut connects, &mut backoff) => result,
         };
-        match result {
-            Ok(()) => debug!("slot map watch restarting"),
-            Err(err) => debug!(error = %err, "slot map watch failed; retrying"),
-        }
+        let delay = match result {
+            Ok(()) => {
+                debug!("slot map watch restarting");
+                backoff
+            }
+            Err(ClusterError::MissingBucket(bucket)) => {
+                // No coordinator has made the bucket yet: look again soon,
+                // without backing off (it is one cheap stream info request).
+                debug!(%bucket, "no slot map bucket yet; waiting for a coordinator");
+                MISSING_BUCKET_RETRY
+            }
+            Err(err) => {
+                debug!(error = %err, "slot map watch failed; retrying");
+                backoff
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tx.closed() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if delay == backoff {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
@@ -719,15 +886,38 @@ mod tests {
             id: NodeId::new("n1"),
             grpc_url: "http://n1:7001".to_owned(),
             draining: true,
+            claim: Some("c0ffee".to_owned()),
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert_eq!(
             json,
-            r#"{"id":"n1","grpc_url":"http://n1:7001","draining":true}"#
+            r#"{"id":"n1","grpc_url":"http://n1:7001","draining":true,"claim":"c0ffee"}"#
         );
+        assert!(!format!("{heartbeat:?}").contains("c0ffee"));
+        // Heartbeats of nodes older than claims parse as unclaimed.
         let back: Heartbeat =
             serde_json::from_str(r#"{"id":"n1","grpc_url":"http://n1:7001"}"#).unwrap();
         assert!(!back.draining);
+        assert_eq!(back.claim, None);
+    }
+
+    #[test]
+    fn claims_are_128_random_bits() {
+        let (a, b) = (new_claim(), new_claim());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn users_get_their_own_inbox_and_credentials_are_decoded() {
+        assert_eq!(inbox_prefix(Some("room-node")), "_INBOX_room-node");
+        assert_eq!(inbox_prefix(Some("a.b")), "_INBOX");
+        assert_eq!(inbox_prefix(Some("")), "_INBOX");
+        assert_eq!(inbox_prefix(None), "_INBOX");
+        assert_eq!(decode("p%40ss%3Aw%2Fd"), "p@ss:w/d");
+        assert_eq!(decode("plain-100%"), "plain-100%");
+        assert_eq!(decode("%zz%4"), "%zz%4");
     }
 
     #[test]

@@ -29,6 +29,10 @@ use crate::membership::{Membership, Observed};
 use crate::placement::assign;
 use crate::{next_of, CoordinatorConfig, CoordinatorError};
 
+/// How long a starting coordinator waits for the stored map to seed its
+/// membership from.
+const SEED_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How soon a failed resync or map write is tried again.
 pub const RETRY: Duration = Duration::from_millis(250);
 
@@ -116,6 +120,8 @@ pub async fn run(
         .map_err(CoordinatorError::Subscribe)?;
     let mut connects = cluster.connections();
     let mut state = State::new(cluster, id, config);
+    // Before the first heartbeat is looked at (they queue meanwhile).
+    state.seed_from_stored_map().await;
     let mut streams = LeaderStreams::default();
     // Re-armed each turn to the state's next deadline: a fixed 250 ms tick
     // woke both coordinators four times a second for nothing, and noticed
@@ -154,6 +160,15 @@ pub async fn run(
             Event::Leading(now_leading) => state.set_leading(now_leading, &mut streams).await,
             Event::Reconnected => state.reconnected(),
             Event::Tick => state.tick(&mut streams).await,
+            // A request has a reply subject. Without one it is not an
+            // operator asking (a KV watch pointed at the subject delivers
+            // such messages): acting on it would let anyone who can
+            // create a consumer rebalance at will.
+            Event::NodesRequest(Some(request)) | Event::RebalanceRequest(Some(request))
+                if request.reply.is_none() =>
+            {
+                debug!(subject = %request.subject, "ignoring an admin message without a reply subject");
+            }
             Event::NodesRequest(Some(request)) => state.answer_nodes(&request).await,
             Event::RebalanceRequest(Some(request)) => {
                 state.answer_rebalance(&request, &mut streams).await;
@@ -257,6 +272,36 @@ impl State {
         }
     }
 
+    /// Presumes the nodes of the stored map alive, bound to no claim yet,
+    /// as a new leader does ([`Membership::presume_alive`]).
+    ///
+    /// Every coordinator does this once on start: otherwise the first
+    /// heartbeat it hears for a node would register the node, from
+    /// whoever sent it and with whatever endpoint, and a standby that
+    /// later leads would publish that. Seeded, a heartbeat naming another
+    /// endpoint than the map's is only a challenger. Without an answer
+    /// within [`SEED_TIMEOUT`] (NATS down) it starts unseeded.
+    async fn seed_from_stored_map(&mut self) {
+        let stored = tokio::time::timeout(SEED_TIMEOUT, self.cluster.read_slot_map()).await;
+        let map = match stored {
+            Ok(Ok(Some((map, _)))) => map,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                warn!(coordinator = %self.id, error = %err, "cannot read the stored slot map; the first heartbeat of each node registers it");
+                return;
+            }
+            Err(_) => {
+                warn!(coordinator = %self.id, "NATS did not answer; the first heartbeat of each node registers it");
+                return;
+            }
+        };
+        let now = Instant::now().into_std();
+        for node in map.nodes() {
+            self.membership.presume_alive(node, now);
+        }
+        debug!(coordinator = %self.id, epoch = map.epoch(), nodes = map.nodes().len(), "membership seeded from the stored map");
+    }
+
     /// When the loop must next run [`State::tick`] if no event comes first.
     fn next_wake(&self, now: Instant) -> Instant {
         Due {
@@ -280,27 +325,42 @@ impl State {
                 return;
             }
         };
-        let observed = self
-            .membership
-            .observe(&heartbeat, Instant::now().into_std());
-        if observed != Observed::Unchanged {
+        let now = Instant::now().into_std();
+        let bound_url = self.membership.grpc_url(&heartbeat.id).map(str::to_owned);
+        let observed = self.membership.observe(&heartbeat, now);
+        if !matches!(observed, Observed::Unchanged | Observed::Refused { .. }) {
             self.changed();
         }
         match observed {
-            Observed::Joined if self.leading => info!(
-                coordinator = %self.id,
-                node = %heartbeat.id,
-                grpc_url = %heartbeat.grpc_url,
-                draining = heartbeat.draining,
-                "node joined"
-            ),
-            Observed::Changed if self.leading => info!(
-                coordinator = %self.id,
-                node = %heartbeat.id,
-                grpc_url = %heartbeat.grpc_url,
-                draining = heartbeat.draining,
-                "node changed"
-            ),
+            Observed::Joined | Observed::Changed | Observed::TakenOver if self.leading => {
+                let what = match observed {
+                    Observed::Joined => "node joined",
+                    Observed::Changed => "node changed",
+                    _ => "a new incarnation took the node over (the previous one was silent for dead_after)",
+                };
+                info!(
+                    coordinator = %self.id,
+                    node = %heartbeat.id,
+                    grpc_url = %heartbeat.grpc_url,
+                    draining = heartbeat.draining,
+                    "{what}"
+                );
+            }
+            Observed::Refused { warn } => {
+                crate::telemetry::metrics().heartbeats_refused.add(1, &[]);
+                if warn && self.leading {
+                    warn!(
+                        coordinator = %self.id,
+                        node = %heartbeat.id,
+                        grpc_url = %heartbeat.grpc_url,
+                        registered_url = bound_url.as_deref().unwrap_or_default(),
+                        draining = heartbeat.draining,
+                        "refused a heartbeat: another live incarnation holds this node id (or it names another endpoint); kept as a challenger until that one is silent for dead_after"
+                    );
+                } else {
+                    debug!(coordinator = %self.id, node = %heartbeat.id, grpc_url = %heartbeat.grpc_url, "refused a heartbeat");
+                }
+            }
             _ => {}
         }
     }
@@ -354,12 +414,15 @@ impl State {
             }
         }
         let now = Instant::now();
-        let removed = self.membership.expire(now.into_std());
+        let expired = self.membership.expire(now.into_std());
         if !self.leading {
             return;
         }
-        for node in &removed {
+        for node in &expired.removed {
             info!(coordinator = %self.id, %node, "node expired: no heartbeat within dead_after");
+        }
+        for node in &expired.taken_over {
+            info!(coordinator = %self.id, %node, "a new incarnation took the node over in place (the previous one was silent for dead_after)");
         }
         if let Some(until) = self.warm_until {
             if now < until {
@@ -381,7 +444,11 @@ impl State {
     /// Re-reads the map and the drain marks after becoming leader or after
     /// NATS came back.
     async fn resync(&mut self, streams: &mut LeaderStreams) -> Result<(), String> {
-        let store = self.cluster.map_store().await.map_err(|e| e.to_string())?;
+        let store = self
+            .cluster
+            .create_map_store()
+            .await
+            .map_err(|e| e.to_string())?;
         // Watch first, then list: a change between the two shows up in the
         // watch, which is applied after the listing.
         let watch = store
@@ -473,7 +540,11 @@ impl State {
             };
         };
         let moved = current.map_or(usize::from(SLOTS), |map| moved_slots(map, &next));
-        let store = self.cluster.map_store().await.map_err(|e| e.to_string())?;
+        let store = self
+            .cluster
+            .create_map_store()
+            .await
+            .map_err(|e| e.to_string())?;
         let value = encode_slot_map(&next);
         // Compare-and-set: of two coordinators that both think they lead,
         // only one write can land on a given revision.

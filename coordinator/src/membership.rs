@@ -1,9 +1,24 @@
-//! Which room nodes are alive, from their heartbeats.
+//! Which room nodes are alive, from their heartbeats, and which process
+//! may speak for each.
 //!
 //! Owns the table of nodes heard from and when. Pure: no I/O, and the clock
 //! is passed in, so the rules are unit-tested without sleeping. It knows
 //! nothing of slots, leadership or NATS; the leader feeds it heartbeats and
 //! asks it who is live.
+//!
+//! **The claim rule.** Every room node process sends a random claim of its
+//! own in its heartbeats ([`crate::cluster::new_claim`]). A live node id is
+//! bound to the claim of the heartbeat that registered it; only heartbeats
+//! with that claim and the same endpoint renew it or change its draining
+//! flag. Any other heartbeat for the id changes nothing (not the endpoint,
+//! not draining, not the time it was last heard) and is kept as a
+//! *challenger*. Once the bound claim has been silent for `dead_after` (the
+//! process is dead), a challenger with the same endpoint takes the id over
+//! in place (a restarted process keeps its slots); without one the node
+//! expires like any silent node, and a heartbeat with another endpoint then
+//! registers it afresh. A node a new leader only knows from the stored map
+//! ([`Membership::presume_alive`]) is bound by the first heartbeat naming
+//! the map's endpoint.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,6 +26,14 @@ use std::time::{Duration, Instant};
 use partyline_proto::{NodeId, NodeInfo};
 
 use crate::cluster::Heartbeat;
+
+/// Most challengers kept per node; a new one replaces the one heard least
+/// recently, so forged claims cannot grow the table.
+pub const MAX_CHALLENGERS: usize = 8;
+
+/// A refused heartbeat is worth a warning at most this often per node
+/// (and once per challenger).
+pub const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Live room nodes, as far as heartbeats tell.
 #[derive(Debug, Clone)]
@@ -24,6 +47,51 @@ struct Member {
     grpc_url: String,
     draining: bool,
     last_seen: Instant,
+    binding: Binding,
+    /// Other incarnations heard while the bound one lives.
+    challengers: Vec<Challenger>,
+    /// When a refusal for this node was last worth a warning.
+    warned_at: Option<Instant>,
+}
+
+/// Whose heartbeats renew a member.
+#[derive(Clone, PartialEq, Eq)]
+enum Binding {
+    /// Known from the stored map only: the first heartbeat with the map's
+    /// endpoint binds it.
+    Presumed,
+    /// The claim of the incarnation that registered it (`None`: a node
+    /// older than claims).
+    Claim(Option<String>),
+}
+
+#[derive(Clone)]
+struct Challenger {
+    claim: Option<String>,
+    grpc_url: String,
+    draining: bool,
+    last_seen: Instant,
+}
+
+/// Without the claim.
+impl std::fmt::Debug for Challenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Challenger")
+            .field("grpc_url", &self.grpc_url)
+            .field("draining", &self.draining)
+            .field("last_seen", &self.last_seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Presumed => f.write_str("Presumed"),
+            Self::Claim(None) => f.write_str("Unclaimed"),
+            Self::Claim(Some(_)) => f.write_str("Claim(***)"),
+        }
+    }
 }
 
 /// One member as the admin listing shows it.
@@ -42,10 +110,31 @@ pub struct MemberStatus {
 pub enum Observed {
     /// A node not known before.
     Joined,
-    /// A known node whose endpoint or draining flag changed.
+    /// A known node whose draining flag changed.
     Changed,
     /// A known node, nothing new.
     Unchanged,
+    /// A new incarnation with the node's endpoint took the id over: the
+    /// bound one had been silent for `dead_after`.
+    TakenOver,
+    /// Not from the incarnation that holds the id: nothing changed. `warn`
+    /// says whether this refusal is worth a warning (a challenger not seen
+    /// before, and none warned about for this node within
+    /// [`REFUSAL_WARN_EVERY`]).
+    Refused {
+        /// Log it at warn rather than debug.
+        warn: bool,
+    },
+}
+
+/// What [`Membership::expire`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Nodes silent for `dead_after`, gone.
+    pub removed: Vec<NodeId>,
+    /// Nodes whose bound incarnation was silent for `dead_after` and that a
+    /// challenger with the same endpoint took over in place.
+    pub taken_over: Vec<NodeId>,
 }
 
 impl Membership {
@@ -59,40 +148,90 @@ impl Membership {
 
     /// Records a heartbeat received at `now`.
     pub fn observe(&mut self, heartbeat: &Heartbeat, now: Instant) -> Observed {
-        match self.members.get_mut(&heartbeat.id) {
-            Some(member) => {
-                // Never move a clock back: a grace period granted by
-                // `reset_clocks` may lie in the future.
-                member.last_seen = member.last_seen.max(now);
-                let changed =
-                    member.grpc_url != heartbeat.grpc_url || member.draining != heartbeat.draining;
-                member.grpc_url.clone_from(&heartbeat.grpc_url);
-                member.draining = heartbeat.draining;
-                if changed {
-                    Observed::Changed
-                } else {
-                    Observed::Unchanged
-                }
+        let Some(member) = self.members.get_mut(&heartbeat.id) else {
+            self.members.insert(
+                heartbeat.id.clone(),
+                Member {
+                    grpc_url: heartbeat.grpc_url.clone(),
+                    draining: heartbeat.draining,
+                    last_seen: now,
+                    binding: Binding::Claim(heartbeat.claim.clone()),
+                    challengers: Vec::new(),
+                    warned_at: None,
+                },
+            );
+            return Observed::Joined;
+        };
+        let same_url = member.grpc_url == heartbeat.grpc_url;
+        let bound = match &member.binding {
+            Binding::Presumed => same_url,
+            Binding::Claim(claim) => same_url && *claim == heartbeat.claim,
+        };
+        if bound {
+            member.binding = Binding::Claim(heartbeat.claim.clone());
+            // Never move a clock back: a grace period granted by
+            // `reset_clocks` may lie in the future.
+            member.last_seen = member.last_seen.max(now);
+            let changed = member.draining != heartbeat.draining;
+            member.draining = heartbeat.draining;
+            return if changed {
+                Observed::Changed
+            } else {
+                Observed::Unchanged
+            };
+        }
+        if same_url && now.saturating_duration_since(member.last_seen) >= self.dead_after {
+            // The bound incarnation is dead and not expired yet: a new one
+            // at the same endpoint needs no better rival.
+            member.take_over(heartbeat.claim.clone(), heartbeat.draining, now);
+            return Observed::TakenOver;
+        }
+        let new = match member
+            .challengers
+            .iter_mut()
+            .find(|c| c.claim == heartbeat.claim && c.grpc_url == heartbeat.grpc_url)
+        {
+            Some(challenger) => {
+                challenger.draining = heartbeat.draining;
+                challenger.last_seen = challenger.last_seen.max(now);
+                false
             }
             None => {
-                self.members.insert(
-                    heartbeat.id.clone(),
-                    Member {
-                        grpc_url: heartbeat.grpc_url.clone(),
-                        draining: heartbeat.draining,
-                        last_seen: now,
-                    },
-                );
-                Observed::Joined
+                if member.challengers.len() >= MAX_CHALLENGERS {
+                    let stalest = member
+                        .challengers
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, c)| c.last_seen)
+                        .map(|(i, _)| i)
+                        .expect("the list is full");
+                    member.challengers.swap_remove(stalest);
+                }
+                member.challengers.push(Challenger {
+                    claim: heartbeat.claim.clone(),
+                    grpc_url: heartbeat.grpc_url.clone(),
+                    draining: heartbeat.draining,
+                    last_seen: now,
+                });
+                true
             }
+        };
+        let warn = new
+            && member
+                .warned_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_WARN_EVERY);
+        if warn {
+            member.warned_at = Some(now);
         }
+        Observed::Refused { warn }
     }
 
     /// Adds `node` as if heard at `now`, unless it is already known.
     ///
     /// A new leader seeds the nodes of the stored map this way, so a node it
     /// has not heard yet gets a full `dead_after` to prove it is alive
-    /// instead of losing its slots at once.
+    /// instead of losing its slots at once. It is bound to no claim: the
+    /// first heartbeat naming `node`'s endpoint binds it.
     pub fn presume_alive(&mut self, node: &NodeInfo, now: Instant) -> bool {
         if self.members.contains_key(&node.id) {
             return false;
@@ -103,25 +242,44 @@ impl Membership {
                 grpc_url: node.grpc_url.clone(),
                 draining: false,
                 last_seen: now,
+                binding: Binding::Presumed,
+                challengers: Vec::new(),
+                warned_at: None,
             },
         );
         true
     }
 
-    /// Removes the nodes silent for `dead_after` or longer; returns their ids.
-    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
-        let dead: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, member)| {
-                now.saturating_duration_since(member.last_seen) >= self.dead_after
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &dead {
+    /// Handles the nodes whose bound incarnation has been silent for
+    /// `dead_after` or longer: taken over in place by a live challenger
+    /// with the same endpoint (the most recently heard), else removed.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let dead_after = self.dead_after;
+        let alive = |seen: Instant| now.saturating_duration_since(seen) < dead_after;
+        let mut expired = Expired::default();
+        for (id, member) in &mut self.members {
+            member.challengers.retain(|c| alive(c.last_seen));
+            if alive(member.last_seen) {
+                continue;
+            }
+            let successor = member
+                .challengers
+                .iter()
+                .filter(|c| c.grpc_url == member.grpc_url)
+                .max_by_key(|c| c.last_seen)
+                .cloned();
+            match successor {
+                Some(next) => {
+                    member.take_over(next.claim, next.draining, next.last_seen);
+                    expired.taken_over.push(id.clone());
+                }
+                None => expired.removed.push(id.clone()),
+            }
+        }
+        for id in &expired.removed {
             self.members.remove(id);
         }
-        dead
+        expired
     }
 
     /// When the next node expires if it stays silent: the earliest
@@ -133,7 +291,8 @@ impl Membership {
             .min()
     }
 
-    /// Counts every known node as heard at `now` (or later, if already so).
+    /// Counts every known node (and challenger) as heard at `now` (or
+    /// later, if already so).
     ///
     /// Called after a NATS reconnect and on becoming leader: whatever we
     /// could not hear in the meantime is not the nodes' fault. Passing an
@@ -141,6 +300,9 @@ impl Membership {
     pub fn reset_clocks(&mut self, now: Instant) {
         for member in self.members.values_mut() {
             member.last_seen = member.last_seen.max(now);
+            for challenger in &mut member.challengers {
+                challenger.last_seen = challenger.last_seen.max(now);
+            }
         }
     }
 
@@ -171,6 +333,11 @@ impl Membership {
             .collect()
     }
 
+    /// The endpoint `id` is registered with, if it is live.
+    pub fn grpc_url(&self, id: &NodeId) -> Option<&str> {
+        self.members.get(id).map(|member| member.grpc_url.as_str())
+    }
+
     /// Whether `id` is live (draining or not).
     pub fn contains(&self, id: &NodeId) -> bool {
         self.members.contains_key(id)
@@ -187,6 +354,16 @@ impl Membership {
     }
 }
 
+impl Member {
+    /// Binds the member to a new incarnation heard at `seen`.
+    fn take_over(&mut self, claim: Option<String>, draining: bool, seen: Instant) {
+        self.binding = Binding::Claim(claim);
+        self.draining = draining;
+        self.last_seen = seen;
+        self.challengers.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +375,16 @@ mod tests {
             id: NodeId::new(id),
             grpc_url: format!("http://{id}:7001"),
             draining,
+            claim: Some(format!("claim-of-{id}")),
+        }
+    }
+
+    /// `heartbeat(id, draining)` from another incarnation, at `url`.
+    fn other(id: &str, claim: &str, url: &str, draining: bool) -> Heartbeat {
+        Heartbeat {
+            claim: Some(claim.to_owned()),
+            grpc_url: url.to_owned(),
+            ..heartbeat(id, draining)
         }
     }
 
@@ -225,9 +412,12 @@ mod tests {
         // "b", silent since t0, is the next to expire.
         assert_eq!(members.next_expiry(), Some(t0 + DEAD_AFTER));
 
-        assert!(members.expire(t0 + Duration::from_millis(2999)).is_empty());
+        assert!(members
+            .expire(t0 + Duration::from_millis(2999))
+            .removed
+            .is_empty());
         assert_eq!(
-            members.expire(t0 + Duration::from_secs(3)),
+            members.expire(t0 + Duration::from_secs(3)).removed,
             [NodeId::new("b")]
         );
         assert_eq!(ids(&members.live_nodes()), ["a"]);
@@ -235,8 +425,11 @@ mod tests {
             members.next_expiry(),
             Some(t0 + Duration::from_secs(2) + DEAD_AFTER)
         );
-        assert!(members.expire(t0 + Duration::from_millis(4999)).is_empty());
-        assert_eq!(members.expire(t0 + Duration::from_secs(5)).len(), 1);
+        assert!(members
+            .expire(t0 + Duration::from_millis(4999))
+            .removed
+            .is_empty());
+        assert_eq!(members.expire(t0 + Duration::from_secs(5)).removed.len(), 1);
         assert!(members.is_empty());
         assert_eq!(members.next_expiry(), None);
     }
@@ -266,14 +459,18 @@ mod tests {
     }
 
     #[test]
-    fn a_new_endpoint_is_a_change() {
+    fn no_heartbeat_moves_a_live_node_to_another_endpoint() {
         let t0 = Instant::now();
         let mut members = Membership::new(DEAD_AFTER);
         members.observe(&heartbeat("a", false), t0);
+        // Not even one with its own claim: an incarnation keeps its endpoint.
         let mut moved = heartbeat("a", false);
         moved.grpc_url = "http://elsewhere:7001".to_owned();
-        assert_eq!(members.observe(&moved, t0), Observed::Changed);
-        assert_eq!(members.live_nodes()[0].grpc_url, "http://elsewhere:7001");
+        assert_eq!(
+            members.observe(&moved, t0),
+            Observed::Refused { warn: true }
+        );
+        assert_eq!(members.live_nodes()[0].grpc_url, "http://a:7001");
     }
 
     #[test]
@@ -287,8 +484,9 @@ mod tests {
         members.reset_clocks(back);
         assert!(members
             .expire(back + Duration::from_millis(2999))
+            .removed
             .is_empty());
-        assert_eq!(members.expire(back + DEAD_AFTER).len(), 2);
+        assert_eq!(members.expire(back + DEAD_AFTER).removed.len(), 2);
     }
 
     #[test]
@@ -300,9 +498,12 @@ mod tests {
         members.observe(&heartbeat("a", false), t0 + Duration::from_secs(1));
         // The clock never goes back; an earlier reset does not shorten it either.
         members.reset_clocks(t0);
-        assert!(members.expire(t0 + Duration::from_millis(4999)).is_empty());
+        assert!(members
+            .expire(t0 + Duration::from_millis(4999))
+            .removed
+            .is_empty());
         assert_eq!(members.members(t0)[0].last_seen_age, Duration::ZERO);
-        assert_eq!(members.expire(t0 + Duration::from_secs(5)).len(), 1);
+        assert_eq!(members.expire(t0 + Duration::from_secs(5)).removed.len(), 1);
     }
 
     #[test]
@@ -318,12 +519,238 @@ mod tests {
         assert!(members.contains(&NodeId::new("b")));
         assert_eq!(members.len(), 2);
         assert_eq!(
-            members.expire(t0 + Duration::from_secs(3)),
+            members.expire(t0 + Duration::from_secs(3)).removed,
             [NodeId::new("a")]
         );
         assert_eq!(
-            members.expire(t0 + Duration::from_secs(4)),
+            members.expire(t0 + Duration::from_secs(4)).removed,
             [NodeId::new("b")]
         );
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn another_claim_changes_nothing_while_the_node_lives() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        // Another process claims "a": elsewhere, or at a's own endpoint
+        // asking to drain it. Refused; warned about once.
+        let elsewhere = other("a", "forged", "http://evil:7001", false);
+        let drain = other("a", "forged", "http://a:7001", true);
+        assert_eq!(
+            members.observe(&elsewhere, t0 + SECOND),
+            Observed::Refused { warn: true }
+        );
+        assert_eq!(
+            members.observe(&drain, t0 + SECOND),
+            Observed::Refused { warn: false }
+        );
+        assert_eq!(
+            members.observe(&elsewhere, t0 + 2 * SECOND),
+            Observed::Refused { warn: false }
+        );
+        assert_eq!(members.live_nodes(), [heartbeat("a", false).node_info()]);
+        // Nor did they keep "a" alive: its own last heartbeat was at t0.
+        assert_eq!(
+            members.members(t0 + 2 * SECOND)[0].last_seen_age,
+            2 * SECOND
+        );
+        assert_eq!(members.next_expiry(), Some(t0 + DEAD_AFTER));
+        // The node's own heartbeats still count.
+        assert_eq!(
+            members.observe(&heartbeat("a", true), t0 + 2 * SECOND),
+            Observed::Changed
+        );
+        assert!(members.live_nodes().is_empty());
+        assert_eq!(
+            members.members(t0 + 2 * SECOND)[0].info.grpc_url,
+            "http://a:7001"
+        );
+    }
+
+    #[test]
+    fn a_restarted_process_takes_over_in_place_once_the_old_one_is_silent() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        let restarted = other("a", "second-life", "http://a:7001", false);
+        for s in 1..=2 {
+            assert!(matches!(
+                members.observe(&restarted, t0 + s * SECOND),
+                Observed::Refused { .. }
+            ));
+        }
+        // The old claim has been silent for dead_after: the node is not
+        // removed (its slots stay), the new incarnation holds it.
+        let expired = members.expire(t0 + DEAD_AFTER);
+        assert_eq!(expired.removed, []);
+        assert_eq!(expired.taken_over, [NodeId::new("a")]);
+        assert_eq!(members.members(t0 + DEAD_AFTER)[0].last_seen_age, SECOND);
+        assert_eq!(
+            members.observe(&restarted, t0 + DEAD_AFTER),
+            Observed::Unchanged
+        );
+        // Now the old claim is the stranger.
+        assert!(matches!(
+            members.observe(&heartbeat("a", true), t0 + DEAD_AFTER),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(ids(&members.live_nodes()), ["a"]);
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_old_claim_died_takes_over_before_the_expiry_runs() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        let restarted = other("a", "second-life", "http://a:7001", true);
+        assert_eq!(
+            members.observe(&restarted, t0 + DEAD_AFTER),
+            Observed::TakenOver
+        );
+        assert!(members.live_nodes().is_empty(), "its draining flag counts");
+        assert_eq!(members.expire(t0 + DEAD_AFTER), Expired::default());
+    }
+
+    #[test]
+    fn another_endpoint_gets_the_id_only_after_the_node_expired() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        let moved = other("a", "second-life", "http://a-moved:7001", false);
+        for s in 1..=3 {
+            assert!(matches!(
+                members.observe(&moved, t0 + s * SECOND),
+                Observed::Refused { .. }
+            ));
+        }
+        assert_eq!(members.live_nodes()[0].grpc_url, "http://a:7001");
+        // Not a take-over in place: the node expires (its slots move) ...
+        let expired = members.expire(t0 + DEAD_AFTER);
+        assert_eq!(expired.removed, [NodeId::new("a")]);
+        assert!(members.is_empty());
+        // ... and its next heartbeat registers it at the new endpoint.
+        assert_eq!(
+            members.observe(&moved, t0 + DEAD_AFTER + SECOND),
+            Observed::Joined
+        );
+        assert_eq!(members.live_nodes()[0].grpc_url, "http://a-moved:7001");
+    }
+
+    #[test]
+    fn a_silent_challenger_does_not_take_over() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0 + SECOND);
+        let restarted = other("a", "short-life", "http://a:7001", false);
+        members.observe(&restarted, t0 + SECOND);
+        // It spoke once, dead_after before the old claim went silent too.
+        let expired = members.expire(t0 + SECOND + DEAD_AFTER);
+        assert_eq!(expired.removed, [NodeId::new("a")]);
+    }
+
+    #[test]
+    fn a_presumed_node_is_bound_by_the_first_heartbeat_with_its_endpoint() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        let a = heartbeat("a", false).node_info();
+        assert!(members.presume_alive(&a, t0));
+        let elsewhere = other("a", "forged", "http://evil:7001", false);
+        assert_eq!(
+            members.observe(&elsewhere, t0),
+            Observed::Refused { warn: true }
+        );
+        assert_eq!(members.live_nodes(), std::slice::from_ref(&a));
+        assert_eq!(
+            members.observe(&heartbeat("a", false), t0),
+            Observed::Unchanged
+        );
+        // Bound now: another claim at the same endpoint is a challenger.
+        let twin = other("a", "twin", "http://a:7001", true);
+        assert!(matches!(
+            members.observe(&twin, t0 + SECOND),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(members.live_nodes(), [a]);
+    }
+
+    #[test]
+    fn unclaimed_heartbeats_are_one_claim_of_their_own() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        let old = Heartbeat {
+            claim: None,
+            ..heartbeat("a", false)
+        };
+        assert_eq!(members.observe(&old, t0), Observed::Joined);
+        assert_eq!(members.observe(&old, t0 + SECOND), Observed::Unchanged);
+        assert!(matches!(
+            members.observe(&heartbeat("a", true), t0 + SECOND),
+            Observed::Refused { .. }
+        ));
+        // And an unclaimed forgery is refused by a claimed node.
+        members.observe(&heartbeat("b", false), t0);
+        let forged = Heartbeat {
+            claim: None,
+            ..heartbeat("b", true)
+        };
+        assert!(matches!(
+            members.observe(&forged, t0),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(ids(&members.live_nodes()), ["a", "b"]);
+    }
+
+    #[test]
+    fn refusals_are_warned_about_sparingly_and_challengers_are_bounded() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        let mut warnings = 0;
+        for i in 0..100 {
+            let forged = other("a", &format!("forged-{i}"), "http://evil:7001", true);
+            if members.observe(&forged, t0) == (Observed::Refused { warn: true }) {
+                warnings += 1;
+            }
+        }
+        assert_eq!(warnings, 1);
+        assert!(members.members[&NodeId::new("a")].challengers.len() <= MAX_CHALLENGERS);
+        // A new challenger after REFUSAL_WARN_EVERY is worth a warning again;
+        // an old one is not.
+        let later = t0 + REFUSAL_WARN_EVERY;
+        let known = other("a", "forged-99", "http://evil:7001", true);
+        assert_eq!(
+            members.observe(&known, later),
+            Observed::Refused { warn: false }
+        );
+        let fresh = other("a", "fresh", "http://evil:7001", true);
+        assert_eq!(
+            members.observe(&fresh, later),
+            Observed::Refused { warn: true }
+        );
+    }
+
+    #[test]
+    fn reset_clocks_keeps_challengers_as_alive_as_the_nodes() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        members.observe(&heartbeat("a", false), t0);
+        members.observe(&other("a", "second-life", "http://a:7001", false), t0);
+        // NATS was down for 10 s.
+        let back = t0 + 10 * SECOND;
+        members.reset_clocks(back);
+        assert_eq!(members.expire(back + SECOND), Expired::default());
+        // Still the challenger it was (a new one would be warned about).
+        assert_eq!(
+            members.observe(
+                &other("a", "second-life", "http://a:7001", false),
+                back + 2 * SECOND
+            ),
+            Observed::Refused { warn: false }
+        );
+        let expired = members.expire(back + DEAD_AFTER);
+        assert_eq!(expired.taken_over, [NodeId::new("a")]);
     }
 }

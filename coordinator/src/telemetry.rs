@@ -1,6 +1,7 @@
 //! The coordinator's metrics on the OpenTelemetry API (the binary installs
 //! the SDK; without it they are no-ops): whether this replica leads, the
-//! epoch and size of the map it knows, and slots moved by maps it wrote.
+//! epoch and size of the map it knows, slots moved by maps it wrote, and
+//! heartbeats it refused.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -19,6 +20,9 @@ static NODES: AtomicU64 = AtomicU64::new(0);
 pub struct Metrics {
     /// Slots that changed owner in maps this replica wrote.
     pub slot_moves: Counter<u64>,
+    /// Heartbeats refused because another live incarnation holds the node
+    /// id (`partyline_coordinator_heartbeats_refused_total`).
+    pub heartbeats_refused: Counter<u64>,
     _leader: ObservableGauge<u64>,
     _epoch: ObservableGauge<u64>,
     _nodes: ObservableGauge<u64>,
@@ -33,6 +37,12 @@ pub fn metrics() -> &'static Metrics {
             slot_moves: meter
                 .u64_counter("partyline.coordinator.slot_moves")
                 .with_description("Slots that changed owner in maps this replica wrote")
+                .build(),
+            heartbeats_refused: meter
+                .u64_counter("partyline.coordinator.heartbeats_refused")
+                .with_description(
+                    "Heartbeats this replica refused: another live incarnation holds the node id, or the node's own claim named another endpoint",
+                )
                 .build(),
             _leader: meter
                 .u64_observable_gauge("partyline.coordinator.leader")

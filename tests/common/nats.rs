@@ -18,8 +18,10 @@ pub struct NatsServer {
     binary: PathBuf,
     /// JetStream store; kept across `restart` so KV survives it.
     store: tempfile::TempDir,
-    /// More `nats-server` flags (e.g. `--user`, `--pass`).
+    /// More `nats-server` flags (e.g. `--user`, `--pass`, `-c FILE`).
     extra: Vec<String>,
+    /// Environment of the server (a config file's `$VAR`s).
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -41,20 +43,48 @@ impl NatsServer {
         Self::start_with(std::net::Ipv4Addr::LOCALHOST, extra)
     }
 
-    fn start_with(host: std::net::Ipv4Addr, extra: &[&str]) -> Self {
-        let binary = nats_server_binary();
-        let store = tempfile::tempdir().expect("nats store dir");
-        let port = free_port();
-        let mut server = Self {
-            child: None,
-            host,
-            port,
-            binary,
-            store,
-            extra: extra.iter().map(|a| a.to_string()).collect(),
-        };
+    /// [`NatsServer::start`] with a configuration file (`-c config`; the
+    /// address, port, JetStream and its store still come from flags, which
+    /// win over the file) and `env` in the server's environment, for the
+    /// file's `$VAR`s. The server logs to [`NatsServer::log`].
+    pub fn start_with_config(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let config = config.to_str().expect("utf-8 path").to_owned();
+        let mut server = Self::new(std::net::Ipv4Addr::LOCALHOST, &["-c", &config]);
+        let log = server.log_path().to_str().expect("utf-8 path").to_owned();
+        server.extra.extend(["-l".to_owned(), log]);
+        server.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         server.spawn();
         server
+    }
+
+    /// What the server logged (servers started with a config file only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.store.path().join("nats-server.log")
+    }
+
+    fn start_with(host: std::net::Ipv4Addr, extra: &[&str]) -> Self {
+        let mut server = Self::new(host, extra);
+        server.spawn();
+        server
+    }
+
+    fn new(host: std::net::Ipv4Addr, extra: &[&str]) -> Self {
+        Self {
+            child: None,
+            host,
+            port: free_port(),
+            binary: nats_server_binary(),
+            store: tempfile::tempdir().expect("nats store dir"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+        }
     }
 
     /// `nats://HOST:PORT`.
@@ -93,6 +123,7 @@ impl NatsServer {
             ])
             .arg(self.store.path())
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
