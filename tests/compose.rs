@@ -8,6 +8,13 @@
 //! changes are the addresses of those dependencies and loopback ports, and
 //! the test checks that nothing else in the file names a container.
 //!
+//! The internal planes as the file wires them: NATS runs the shipped
+//! deploy/nats/nats-server.conf (here too, with the passwords the file
+//! passes it), each role's NATS URL carries its own user and the password
+//! the file gives NATS for that user (all from the environment, none in
+//! the file), and gateways and room nodes read the gRPC secret from the
+//! compose secret's file.
+//!
 //! Then it rolls every room node (SIGTERM, which drains; start again with
 //! the same id) under a write load through both gateways: no client socket
 //! may close and no update may be lost.
@@ -26,6 +33,18 @@ use common::process::Partyline;
 use common::redis_server::RedisServer;
 use common::s3_server::{self, S3Server};
 
+/// The NATS passwords the file reads from the environment (`.env`, made by
+/// deploy/compose/secrets.sh), and this test's values.
+const NATS_PASSWORDS: [(&str, &str); 4] = [
+    ("NATS_COORDINATOR_PASSWORD", "compose-test-coordinator-pw"),
+    ("NATS_ROOM_NODE_PASSWORD", "compose-test-room-node-pw"),
+    ("NATS_GATEWAY_PASSWORD", "compose-test-gateway-pw"),
+    ("NATS_ADMIN_PASSWORD", "compose-test-admin-pw"),
+];
+
+/// Where the gRPC secret is in the Partyline containers (a compose secret).
+const GRPC_SECRET_PATH: &str = "/run/secrets/grpc-secret";
+
 /// `docker-compose config` of the repository's file, as JSON.
 fn rendered_compose() -> serde_json::Value {
     let root = common::repo_root();
@@ -34,6 +53,7 @@ fn rendered_compose() -> serde_json::Value {
         .current_dir(root)
         .env_remove("PARTYLINE_OTLP_ENDPOINT")
         .env_remove("PARTYLINE_API_KEY")
+        .envs(NATS_PASSWORDS)
         .output()
         .expect("run docker-compose (scripts/test.sh installs it)");
     assert!(
@@ -71,15 +91,25 @@ struct Service {
 
 /// Where the file's containers are here.
 struct Local {
+    /// `host:port` of the local nats-server.
     nats: String,
     redis: String,
     s3: String,
+    /// The local file in place of the compose secret.
+    grpc_secret: String,
 }
 
 impl Local {
     fn map(&self, value: &str) -> String {
+        // nats://USER:PASSWORD@nats:4222, credentials kept.
+        if let Some(credentials) = value
+            .strip_prefix("nats://")
+            .and_then(|rest| rest.strip_suffix("@nats:4222"))
+        {
+            return format!("nats://{credentials}@{}", self.nats);
+        }
         match value {
-            "nats://nats:4222" => self.nats.clone(),
+            GRPC_SECRET_PATH => self.grpc_secret.clone(),
             "redis://redis:6379/0" => self.redis.clone(),
             "http://s3:7070" => self.s3.clone(),
             // versitygw's root keys are the S3 server's keys.
@@ -89,7 +119,7 @@ impl Local {
             "0.0.0.0:7001" | "0.0.0.0:1999" => "127.0.0.1:0".to_owned(),
             "0.0.0.0:9464" => format!("127.0.0.1:{}", free_port()),
             other => {
-                for host in ["nats:", "redis:", "//s3:", "0.0.0.0"] {
+                for host in ["nats:", "redis:", "//s3:", "0.0.0.0", "/run/secrets"] {
                     assert!(
                         !other.contains(host),
                         "{other:?} names a container this test does not map"
@@ -200,6 +230,86 @@ fn s3_service_makes_the_store_bucket(compose: &serde_json::Value) -> Bucket {
     }
 }
 
+/// Checks the internal planes' wiring and returns the environment the nats
+/// service gives nats-server (its passwords): NATS runs the repository's
+/// deploy/nats/nats-server.conf (mounted read-only where `-c` reads it),
+/// its passwords come from the environment (this test's values: none is
+/// written in the file), each Partyline service's NATS URL is its own
+/// role's user with the password NATS has for that user (in the
+/// environment, not the command line), and gateways, room nodes and the
+/// admin read the gRPC secret from the compose secret, the coordinators do
+/// not get it.
+fn internal_planes(compose: &serde_json::Value) -> Vec<(String, String)> {
+    let nats = &compose["services"]["nats"];
+    let command: Vec<&str> = nats["command"]
+        .as_array()
+        .expect("nats command")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let config = command[command
+        .iter()
+        .position(|a| *a == "-c")
+        .expect("nats -c CONFIG")
+        + 1];
+    let shipped = common::repo_root().join("deploy/nats/nats-server.conf");
+    let mount = format!("{}:{config}:ro", shipped.display());
+    assert!(
+        nats["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == &serde_json::json!(mount)),
+        "nats mounts {mount}: {}",
+        nats["volumes"]
+    );
+    let nats_env = nats["environment"].as_object().expect("nats environment");
+    let mut passwords = BTreeMap::new();
+    for (var, value) in NATS_PASSWORDS {
+        assert_eq!(nats_env[var], value, "nats gets {var} from the environment");
+        passwords.insert(var, value);
+    }
+    for (service, user) in [
+        ("coordinator", "coordinator"),
+        ("room-node", "room-node"),
+        ("gateway", "gateway"),
+        ("admin", "admin"),
+    ] {
+        let spec = &compose["services"][service];
+        let var = format!("NATS_{}_PASSWORD", user.to_uppercase().replace('-', "_"));
+        assert_eq!(
+            spec["environment"]["PARTYLINE_CLUSTER_NATS"],
+            format!("nats://{user}:{}@nats:4222", passwords[var.as_str()]),
+            "{service} connects as {user}"
+        );
+        assert!(
+            !spec["command"].to_string().contains("nats://"),
+            "{service}: the NATS URL (with its password) belongs in the environment, not argv"
+        );
+        let mounted = spec["secrets"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["source"] == "grpc-secret"));
+        let file = &spec["environment"]["PARTYLINE_GRPC_SECRET_FILE"];
+        if service == "coordinator" {
+            assert!(
+                !mounted && file.is_null(),
+                "the coordinator needs no gRPC secret"
+            );
+        } else {
+            assert!(mounted, "{service} mounts the grpc-secret secret");
+            assert_eq!(file, GRPC_SECRET_PATH, "{service}");
+        }
+    }
+    let source = compose["secrets"]["grpc-secret"]["file"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(source.ends_with("/deploy/compose/grpc-secret"), "{source}");
+    nats_env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
 /// The `--ops-listen` address in `args`.
 fn ops_address(args: &[String]) -> String {
     let at = args.iter().position(|a| a == "--ops-listen").unwrap();
@@ -226,17 +336,23 @@ async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_
             .unwrap_or_default();
         assert!(declared.starts_with(image), "{name}: {declared}");
     }
-    assert!(compose["services"]["nats"]["command"]
-        .as_array()
-        .unwrap()
-        .contains(&serde_json::json!("-js")));
+    let nats_env = internal_planes(&compose);
     assert!(compose["services"]["redis"]["command"]
         .as_array()
         .unwrap()
         .contains(&serde_json::json!("--appendonly")));
     let bucket = s3_service_makes_the_store_bucket(&compose);
 
-    let nats = NatsServer::start();
+    // The shipped config (JetStream, one user per role) with the
+    // passwords the file gives the nats service.
+    let nats_env: Vec<(&str, &str)> = nats_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let nats = NatsServer::start_with_config(
+        &common::repo_root().join("deploy/nats/nats-server.conf"),
+        &nats_env,
+    );
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     // The s3 service's bucket step, as the file writes it, in the local
@@ -247,11 +363,21 @@ async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_
         .status()
         .unwrap();
     assert!(made.success() && s3.root().join(&bucket.name).is_dir());
+    let secrets = tempfile::tempdir().unwrap();
+    let grpc_secret = secrets.path().join("grpc-secret");
+    std::fs::write(&grpc_secret, "compose-test-grpc-secret-0123456789\n").unwrap();
     let local = Local {
-        nats: nats.url(),
+        nats: nats.url().trim_start_matches("nats://").to_owned(),
         redis: redis.url(),
         s3: s3.endpoint(),
+        grpc_secret: grpc_secret.to_str().unwrap().to_owned(),
     };
+    // `partyline admin`, as the admin service runs it.
+    let admin_nats = local.map(
+        compose["services"]["admin"]["environment"]["PARTYLINE_CLUSTER_NATS"]
+            .as_str()
+            .unwrap(),
+    );
     let coordinator = local.service(&compose, "coordinator");
     let room_node = local.service(&compose, "room-node");
     let gateway = local.service(&compose, "gateway");
@@ -296,7 +422,7 @@ async fn the_compose_topology_runs_and_survives_a_rolling_restart_of_every_room_
     let wait_for_all_nodes = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let slots = try_admin(&nats.url(), &["slots"]).unwrap_or_default();
+            let slots = try_admin(&admin_nats, &["slots"]).unwrap_or_default();
             if owning_nodes(&slots) == room_node.replicas {
                 return slots;
             }

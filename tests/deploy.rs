@@ -22,8 +22,14 @@ fn root() -> PathBuf {
 /// Runs `program args` in the repository; its stdout, or a panic with
 /// everything it said.
 fn run(program: &str, args: &[&str]) -> String {
+    run_with(program, args, &[])
+}
+
+/// [`run`] with `env` added to the environment.
+fn run_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let output = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .output()
         .unwrap_or_else(|e| panic!("{program} not runnable ({e}); scripts/test.sh installs it"));
@@ -66,17 +72,107 @@ fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The variables docker-compose.yml takes the NATS passwords from (`.env`,
+/// written by deploy/compose/secrets.sh).
+const COMPOSE_NATS_PASSWORDS: [&str; 4] = [
+    "NATS_COORDINATOR_PASSWORD",
+    "NATS_ROOM_NODE_PASSWORD",
+    "NATS_GATEWAY_PASSWORD",
+    "NATS_ADMIN_PASSWORD",
+];
+
 #[test]
 fn docker_compose_config_validates() {
-    run(
+    let env: Vec<(&str, &str)> = COMPOSE_NATS_PASSWORDS
+        .iter()
+        .map(|var| (*var, "deploy-test-password"))
+        .collect();
+    run_with(
         "docker-compose",
         &["-f", "docker-compose.yml", "config", "-q"],
+        &env,
     );
-    let profiles = run(
+    let profiles = run_with(
         "docker-compose",
         &["-f", "docker-compose.yml", "config", "--profiles"],
+        &env,
     );
-    assert!(profiles.lines().any(|p| p == "observability"), "{profiles}");
+    for profile in ["observability", "admin"] {
+        assert!(profiles.lines().any(|p| p == profile), "{profiles}");
+    }
+    // No password is written in the file: without the variables (and
+    // without a .env) it does not render, and says what is missing.
+    let empty = tempfile::tempdir().unwrap();
+    let file = root().join("docker-compose.yml");
+    let mut command = Command::new("docker-compose");
+    command
+        .args(["-f", file.to_str().unwrap(), "--project-directory"])
+        .arg(empty.path())
+        .args(["config", "-q"]);
+    for var in COMPOSE_NATS_PASSWORDS {
+        command.env_remove(var);
+    }
+    let refused = command.output().unwrap();
+    assert!(
+        !refused.status.success(),
+        "docker-compose.yml renders without NATS passwords"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("deploy/compose/secrets.sh"), "{said}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    for line in text.lines().filter(|l| l.contains("PASSWORD")) {
+        let line = line.trim();
+        assert!(
+            line.starts_with('#')
+                || COMPOSE_NATS_PASSWORDS
+                    .iter()
+                    .any(|var| line.contains(&format!("${{{var}:?"))),
+            "a password that is not a required variable: {line}"
+        );
+    }
+}
+
+/// deploy/compose/secrets.sh writes every variable the file needs and the
+/// gRPC secret file, random and URL-safe, and keeps them on a second run.
+#[test]
+fn the_compose_secrets_script_writes_what_the_file_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let script_dir = dir.path().join("deploy/compose");
+    std::fs::create_dir_all(&script_dir).unwrap();
+    std::fs::copy(
+        root().join("deploy/compose/secrets.sh"),
+        script_dir.join("secrets.sh"),
+    )
+    .unwrap();
+    let script = script_dir.join("secrets.sh");
+    let run_script = || {
+        let status = Command::new("/bin/sh").arg(&script).status().unwrap();
+        assert!(status.success());
+        (
+            std::fs::read_to_string(dir.path().join(".env")).unwrap(),
+            std::fs::read_to_string(script_dir.join("grpc-secret")).unwrap(),
+        )
+    };
+    let (env, secret) = run_script();
+    for var in COMPOSE_NATS_PASSWORDS {
+        let value = env
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("no {var} in {env}"));
+        assert!(
+            value.len() >= 32 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{var}={value}"
+        );
+    }
+    let secret_line = secret.lines().next().unwrap();
+    assert!(secret_line.len() >= 32, "{secret}");
+    assert_eq!(
+        run_script(),
+        (env, secret),
+        "a second run changed the secrets"
+    );
+    let ignored = std::fs::read_to_string(root().join("deploy/compose/.gitignore")).unwrap();
+    assert!(ignored.lines().any(|l| l == "grpc-secret"), "{ignored}");
 }
 
 #[test]
@@ -105,8 +201,10 @@ fn kustomize_overlays_render_and_validate_against_the_kubernetes_schemas() {
 
         let nodes = find(&docs, "StatefulSet", "room-node");
         let pod = &nodes["spec"]["template"]["spec"];
+        // SIGTERM drains a room node by itself; a drain mark needs the admin
+        // NATS user, which room nodes do not have.
         let pre_stop = pod["containers"][0]["lifecycle"]["preStop"].to_string();
-        assert!(pre_stop.contains("admin drain"), "{pre_stop}");
+        assert!(!pre_stop.contains("admin drain"), "{pre_stop}");
         // Long enough for the drain (30 s by default) to hand every room off.
         assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -122,16 +220,195 @@ fn kustomize_overlays_render_and_validate_against_the_kubernetes_schemas() {
             config["data"]["PARTYLINE_TELEMETRY_OPS_LISTEN"],
             "0.0.0.0:9464"
         );
+        internal_planes(&docs, overlay);
         if overlay == "dev" {
-            // The dev overlay brings NATS, Redis and an S3-compatible store.
-            for name in ["nats", "redis", "s3"] {
+            // The dev overlay brings Redis and an S3-compatible store (NATS
+            // comes with both overlays), all on emptyDir.
+            for name in ["redis", "s3"] {
                 find(&docs, "Deployment", name);
                 find(&docs, "Service", name);
             }
+            let nats = find(&docs, "StatefulSet", "nats");
+            assert!(nats["spec"]["volumeClaimTemplates"].is_null());
             find(&docs, "Secret", "partyline");
             dev_s3_makes_the_store_bucket(&docs, config);
+            // Dev values for every secret the pods reference.
+            let nats = find(&docs, "Secret", "partyline-nats");
+            for var in nats_config_variables() {
+                assert!(
+                    nats["data"][&var].is_string(),
+                    "partyline-nats has no {var}"
+                );
+            }
+            let grpc = find(&docs, "Secret", "partyline-grpc");
+            assert!(grpc["data"]["grpc-secret"].is_string(), "{grpc}");
         } else {
             assert_eq!(nodes["spec"]["replicas"], 5);
+            // JetStream (the slot map) on a PersistentVolume.
+            let nats = find(&docs, "StatefulSet", "nats");
+            assert_eq!(
+                nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+                "data"
+            );
+        }
+    }
+}
+
+/// The `$VARIABLES` deploy/nats/nats-server.conf reads (the passwords).
+fn nats_config_variables() -> Vec<String> {
+    let config = std::fs::read_to_string(root().join("deploy/nats/nats-server.conf")).unwrap();
+    let mut vars: Vec<String> = config
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once("password: $"))
+        .map(|(_, var)| var.trim().to_owned())
+        .collect();
+    vars.sort();
+    assert_eq!(
+        vars,
+        [
+            "NATS_ADMIN_PASSWORD",
+            "NATS_COORDINATOR_PASSWORD",
+            "NATS_GATEWAY_PASSWORD",
+            "NATS_ROOM_NODE_PASSWORD"
+        ]
+    );
+    vars
+}
+
+/// The internal planes in a rendered overlay: NATS runs the repository's
+/// deploy/nats/nats-server.conf from a ConfigMap with its passwords from
+/// the Secret `partyline-nats`; every role's NATS URL is its own user with
+/// its own password (one key of `partyline-nats`, expanded in the
+/// environment by the kubelet), and nothing in the base is a literal
+/// credential; gateways and room nodes mount the gRPC secret from the
+/// Secret `partyline-grpc` (no subPath, so rotations reach them) and point
+/// PARTYLINE_GRPC_SECRET_FILE at it.
+fn internal_planes(docs: &[serde_json::Value], overlay: &str) {
+    let nats = find(docs, "StatefulSet", "nats");
+    let pod = &nats["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let config_path = args[args.iter().position(|a| *a == "-c").expect("nats -c") + 1];
+    let (dir, file) = config_path.rsplit_once('/').unwrap();
+    let (_, volume) = mounted_at(pod, dir).unwrap_or_else(|| panic!("{overlay}: nothing at {dir}"));
+    let config_map = volume["configMap"]["name"].as_str().expect("a ConfigMap");
+    let shipped = std::fs::read_to_string(root().join("deploy/nats/nats-server.conf")).unwrap();
+    assert_eq!(
+        find(docs, "ConfigMap", config_map)["data"][file],
+        shipped,
+        "{overlay}: NATS runs deploy/nats/nats-server.conf"
+    );
+    assert_eq!(
+        container["envFrom"],
+        serde_json::json!([{"secretRef": {"name": "partyline-nats"}}]),
+        "{overlay}: NATS gets its passwords from the Secret"
+    );
+    nats_config_variables();
+
+    let containers = [
+        ("Deployment", "coordinator", "coordinator"),
+        ("StatefulSet", "room-node", "room-node"),
+        ("Deployment", "gateway", "gateway"),
+    ];
+    for (kind, name, user) in containers {
+        let pod = &find(docs, kind, name)["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let env = container["env"].as_array().unwrap();
+        let var = |wanted: &str| {
+            env.iter()
+                .find(|e| e["name"] == wanted)
+                .unwrap_or_else(|| panic!("{overlay}: {name} has no {wanted}"))
+        };
+        let password = format!("NATS_{}_PASSWORD", user.to_uppercase().replace('-', "_"));
+        assert_eq!(
+            var("NATS_PASSWORD")["valueFrom"],
+            serde_json::json!({"secretKeyRef": {"name": "partyline-nats", "key": password}}),
+            "{overlay}: {name}"
+        );
+        assert_eq!(
+            var("PARTYLINE_CLUSTER_NATS")["value"],
+            format!("nats://{user}:$(NATS_PASSWORD)@$(NATS_ADDRESS)"),
+            "{overlay}: {name} connects as {user}"
+        );
+        // Every NATS password is a key of its own: a pod gets only its role's.
+        assert!(
+            !container["envFrom"].to_string().contains("partyline-nats"),
+            "{overlay}: {name} gets every NATS password"
+        );
+        let grpc_file = env
+            .iter()
+            .find(|e| e["name"] == "PARTYLINE_GRPC_SECRET_FILE")
+            .map(|e| e["value"].as_str().unwrap().to_owned());
+        if name == "coordinator" {
+            assert_eq!(
+                grpc_file, None,
+                "{overlay}: the coordinator needs no gRPC secret"
+            );
+            continue;
+        }
+        let grpc_file = grpc_file.unwrap_or_else(|| panic!("{overlay}: {name} has no gRPC secret"));
+        let (dir, key) = grpc_file.rsplit_once('/').unwrap();
+        let (mount, volume) =
+            mounted_at(pod, dir).unwrap_or_else(|| panic!("{overlay}: {name}: nothing at {dir}"));
+        assert!(
+            mount["subPath"].is_null(),
+            "{overlay}: {name}: a subPath mount is never updated"
+        );
+        assert_eq!(
+            volume["secret"]["secretName"], "partyline-grpc",
+            "{overlay}: {name}"
+        );
+        assert_eq!(key, "grpc-secret");
+    }
+    // NATS_ADDRESS comes from the ConfigMap, and no credential-less URL does.
+    let config = find(docs, "ConfigMap", "partyline");
+    assert!(config["data"]["NATS_ADDRESS"].is_string());
+    assert!(config["data"]["PARTYLINE_CLUSTER_NATS"].is_null());
+}
+
+/// The first container's mount at `dir` in `pod` and the pod's volume it
+/// mounts.
+fn mounted_at<'a>(
+    pod: &'a serde_json::Value,
+    dir: &str,
+) -> Option<(&'a serde_json::Value, &'a serde_json::Value)> {
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mountPath"] == dir)?;
+    let volume = pod["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == mount["name"])?;
+    Some((mount, volume))
+}
+
+/// The base has no Secret and no credential written out: every env value
+/// that is a URL with a user in it takes its password from a variable.
+#[test]
+fn the_kubernetes_base_holds_no_literal_credentials() {
+    let rendered = run("kubectl", &["kustomize", "deploy/k8s/base"]);
+    let docs = documents(&rendered);
+    assert!(docs.iter().all(|d| d["kind"] != "Secret"));
+    for doc in &docs {
+        let text = doc.to_string();
+        for (at, _) in text.match_indices("://") {
+            let rest = &text[at + 3..];
+            let authority = rest.split(['/', '"', ' ']).next().unwrap_or_default();
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                let password = userinfo.split_once(':').map_or("", |(_, p)| p);
+                assert!(
+                    password.starts_with("$(") && password.ends_with(')'),
+                    "a literal credential in {}: {authority}",
+                    doc["metadata"]["name"]
+                );
+            }
         }
     }
 }
