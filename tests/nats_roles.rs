@@ -642,9 +642,12 @@ async fn a_coordinator_started_amid_forgeries_keeps_nodes_where_the_map_says() {
     bounded(async {
         let mut cluster = TwoNodes::start(&["c1"]).await;
         // Forgeries for node-x far more often than its own heartbeats, so
-        // a coordinator that starts now hears one of them first.
-        let forged = heartbeat("node-x", "http://intruder.test:7001", false, "forged");
-        let _forger = forger(&cluster.nats, forged, Duration::from_millis(10)).await;
+        // a coordinator that starts now hears them first: one pointing it
+        // elsewhere, one at its own address asking to drain it.
+        let elsewhere = heartbeat("node-x", "http://intruder.test:7001", false, "forged-1");
+        let _forger = forger(&cluster.nats, elsewhere, Duration::from_millis(10)).await;
+        let drain = heartbeat("node-x", &grpc_url("node-x"), true, "forged-2");
+        let _drainer = forger(&cluster.nats, drain, Duration::from_millis(10)).await;
         tokio::time::sleep(HEARTBEAT).await;
         let _c2 = start_coordinator(&cluster.nats, "c2").await;
         tokio::time::sleep(HEARTBEAT * 3).await;
@@ -668,7 +671,11 @@ async fn a_coordinator_started_amid_forgeries_keeps_nodes_where_the_map_says() {
             assert_eq!(counts(&map), counts(&cluster.before));
             let listed = admin::nodes(&cluster.admin).await.unwrap().nodes;
             let x = listed.iter().find(|n| n.id == "node-x").unwrap();
-            assert_eq!(x.grpc_url, grpc_url("node-x"), "c2 registered the intruder");
+            assert_eq!(
+                (x.grpc_url.as_str(), x.draining),
+                (grpc_url("node-x").as_str(), false),
+                "c2 took a forgery for node-x"
+            );
             tokio::time::sleep(HEARTBEAT).await;
         }
     })

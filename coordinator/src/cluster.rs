@@ -12,7 +12,7 @@
 //!
 //! | name | kind | contents |
 //! |---|---|---|
-//! | `C-map` | KV bucket, history 1 | key `slotmap` (JSON slot map), keys `drain.{node_id}` |
+//! | `C-map` | KV bucket, history 1 | key `slotmap` (JSON slot map), key `members` (JSON: node id → digest of the claim holding it), keys `drain.{node_id}` |
 //! | `C-leader` | KV bucket, history 1, `max_age` = the lease | key `leader` = the leading coordinator's id |
 //! | `C.heartbeat` | subject | [`Heartbeat`] JSON from every room node |
 //! | `C.admin.nodes` | request/reply, leader only | node listing |
@@ -24,6 +24,7 @@
 //! Replies come to `_INBOX_{user}.…` ([`inbox_prefix`]), so a NATS config
 //! can let each user read its own replies only (deploy/nats/nats-server.conf).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,10 @@ use tracing::{debug, info, warn};
 
 /// Key of the slot map in the `{cluster}-map` bucket.
 pub const SLOT_MAP_KEY: &str = "slotmap";
+/// Key of the claim digests in the `{cluster}-map` bucket: node id → hex
+/// SHA-256 of the claim the leader has bound it to
+/// ([`crate::membership::claim_digest`]).
+pub const MEMBERS_KEY: &str = "members";
 /// Prefix of the drain keys (`drain.{node_id}`) in the `{cluster}-map` bucket.
 pub const DRAIN_KEY_PREFIX: &str = "drain.";
 /// Key of the leader lease in the `{cluster}-leader` bucket.
@@ -142,6 +147,15 @@ pub enum ClusterError {
         /// The KV error.
         #[source]
         source: kv::EntryError,
+    },
+    /// Writing a KV key failed.
+    #[error("cannot write KV key {key}: {source}")]
+    Write {
+        /// The key.
+        key: String,
+        /// The KV error.
+        #[source]
+        source: kv::PutError,
     },
     /// Starting a KV watch failed.
     #[error("cannot watch KV key {key}: {source}")]
@@ -426,27 +440,71 @@ impl Cluster {
         Ok(store)
     }
 
-    /// Reads the published slot map and its KV revision; `None` before the
-    /// first one (the bucket not existing yet included).
-    pub async fn read_slot_map(&self) -> Result<Option<(SlotMap, u64)>, ClusterError> {
+    /// The value of `key` in the map bucket: `None` when it was never put,
+    /// was deleted, or the bucket does not exist yet.
+    async fn map_entry(&self, key: &str) -> Result<Option<kv::Entry>, ClusterError> {
         let store = match self.map_store().await {
             Ok(store) => store,
             Err(ClusterError::MissingBucket(_)) => return Ok(None),
             Err(err) => return Err(err),
         };
         let entry = store
-            .entry(SLOT_MAP_KEY)
+            .entry(key)
             .await
             .map_err(|source| ClusterError::Read {
-                key: SLOT_MAP_KEY.to_owned(),
+                key: key.to_owned(),
                 source,
             })?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                Ok(Some((decode_slot_map(&entry.value)?, entry.revision)))
-            }
-            _ => Ok(None),
+        Ok(entry.filter(|entry| entry.operation == kv::Operation::Put))
+    }
+
+    /// Reads the published slot map and its KV revision; `None` before the
+    /// first one (the bucket not existing yet included).
+    pub async fn read_slot_map(&self) -> Result<Option<(SlotMap, u64)>, ClusterError> {
+        match self.map_entry(SLOT_MAP_KEY).await? {
+            Some(entry) => Ok(Some((decode_slot_map(&entry.value)?, entry.revision))),
+            None => Ok(None),
         }
+    }
+
+    /// Reads the stored claim digests ([`MEMBERS_KEY`]); empty when there
+    /// are none (or no bucket yet). An unreadable record counts as empty:
+    /// it only makes coordinators that start bind by endpoint alone.
+    pub async fn read_claim_digests(&self) -> Result<BTreeMap<NodeId, String>, ClusterError> {
+        let Some(entry) = self.map_entry(MEMBERS_KEY).await? else {
+            return Ok(BTreeMap::new());
+        };
+        match serde_json::from_slice::<BTreeMap<String, String>>(&entry.value) {
+            Ok(digests) => Ok(digests
+                .into_iter()
+                .map(|(id, digest)| (NodeId::new(id), digest))
+                .collect()),
+            Err(err) => {
+                warn!(error = %err, "ignoring an invalid claim digest record");
+                Ok(BTreeMap::new())
+            }
+        }
+    }
+
+    /// Stores the claim digests (the leader's, after they changed).
+    pub async fn write_claim_digests(
+        &self,
+        digests: &BTreeMap<NodeId, String>,
+    ) -> Result<(), ClusterError> {
+        let store = self.create_map_store().await?;
+        let wire: BTreeMap<&str, &str> = digests
+            .iter()
+            .map(|(id, digest)| (id.as_str(), digest.as_str()))
+            .collect();
+        let value = Bytes::from(serde_json::to_vec(&wire).expect("digests serialize"));
+        store
+            .put(MEMBERS_KEY, value)
+            .await
+            .map_err(|source| ClusterError::Write {
+                key: MEMBERS_KEY.to_owned(),
+                source,
+            })?;
+        Ok(())
     }
 
     /// Follows the slot map: the receiver starts at the current map (`None`

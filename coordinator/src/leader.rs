@@ -7,7 +7,7 @@
 //! `slotmap` key, and answers the admin subjects. It never decides who leads
 //! (that is [`crate::election`]) and never touches documents or clients.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,6 +249,9 @@ struct State {
     /// When [`State::tick`] last ran; the [`RECHECK`] backstop counts from
     /// it, not from the last event (heartbeats come more often than that).
     last_tick: Instant,
+    /// The claim digests last read or written by this leader (`None`:
+    /// unknown, write them).
+    stored_digests: Option<BTreeMap<NodeId, String>>,
 }
 
 impl State {
@@ -269,6 +272,7 @@ impl State {
             evaluate_at: None,
             retry_at: None,
             last_tick: now,
+            stored_digests: None,
         }
     }
 
@@ -282,9 +286,14 @@ impl State {
     /// endpoint than the map's is only a challenger. Without an answer
     /// within [`SEED_TIMEOUT`] (NATS down) it starts unseeded.
     async fn seed_from_stored_map(&mut self) {
-        let stored = tokio::time::timeout(SEED_TIMEOUT, self.cluster.read_slot_map()).await;
-        let map = match stored {
-            Ok(Ok(Some((map, _)))) => map,
+        let stored = tokio::time::timeout(SEED_TIMEOUT, async {
+            let map = self.cluster.read_slot_map().await?;
+            let digests = self.cluster.read_claim_digests().await?;
+            Ok::<_, crate::ClusterError>(map.map(|(map, _)| (map, digests)))
+        })
+        .await;
+        let (map, digests) = match stored {
+            Ok(Ok(Some(stored))) => stored,
             Ok(Ok(None)) => return,
             Ok(Err(err)) => {
                 warn!(coordinator = %self.id, error = %err, "cannot read the stored slot map; the first heartbeat of each node registers it");
@@ -297,9 +306,10 @@ impl State {
         };
         let now = Instant::now().into_std();
         for node in map.nodes() {
-            self.membership.presume_alive(node, now);
+            let digest = digests.get(&node.id).map(String::as_str);
+            self.membership.presume_alive(node, digest, now);
         }
-        debug!(coordinator = %self.id, epoch = map.epoch(), nodes = map.nodes().len(), "membership seeded from the stored map");
+        debug!(coordinator = %self.id, epoch = map.epoch(), nodes = map.nodes().len(), digests = digests.len(), "membership seeded from the stored map");
     }
 
     /// When the loop must next run [`State::tick`] if no event comes first.
@@ -439,6 +449,24 @@ impl State {
             debug!(coordinator = %self.id, error = %err, "slot map not published");
             self.retry_at = Some(Instant::now() + RETRY);
         }
+        self.store_claim_digests().await;
+    }
+
+    /// Stores which claim holds each node ([`Membership::claim_digests`])
+    /// when that changed, so a coordinator that starts later binds the
+    /// mapped nodes to the same processes. A failure is retried next tick.
+    async fn store_claim_digests(&mut self) {
+        let digests = self.membership.claim_digests();
+        if self.stored_digests.as_ref() == Some(&digests) {
+            return;
+        }
+        match self.cluster.write_claim_digests(&digests).await {
+            Ok(()) => self.stored_digests = Some(digests),
+            Err(err) => {
+                debug!(coordinator = %self.id, error = %err, "claim digests not stored");
+                self.retry_at = Some(Instant::now() + RETRY);
+            }
+        }
     }
 
     /// Re-reads the map and the drain marks after becoming leader or after
@@ -464,6 +492,11 @@ impl State {
             }
         }
         self.reread_map().await?;
+        let digests = self
+            .cluster
+            .read_claim_digests()
+            .await
+            .map_err(|e| e.to_string())?;
         streams.drains = Some(watch);
         self.drains = drains;
         let now = Instant::now().into_std();
@@ -471,12 +504,16 @@ impl State {
             // Nodes of the stored map we have not heard yet get a full
             // dead_after before losing their slots.
             for node in map.nodes() {
-                if self.membership.presume_alive(node, now) {
+                let digest = digests.get(&node.id).map(String::as_str);
+                if self.membership.presume_alive(node, digest, now) {
                     debug!(coordinator = %self.id, node = %node.id, "presumed alive from the stored map");
                 }
             }
         }
         self.membership.reset_clocks(now);
+        // Whatever is stored may be another leader's: write ours when it
+        // differs.
+        self.stored_digests = Some(digests);
         self.needs_resync = false;
         info!(
             coordinator = %self.id,

@@ -16,14 +16,18 @@
 //! process is dead), a challenger with the same endpoint takes the id over
 //! in place (a restarted process keeps its slots); without one the node
 //! expires like any silent node, and a heartbeat with another endpoint then
-//! registers it afresh. A node a new leader only knows from the stored map
-//! ([`Membership::presume_alive`]) is bound by the first heartbeat naming
-//! the map's endpoint.
+//! registers it afresh. A node a coordinator only knows from the stored
+//! map ([`Membership::presume_alive`]) is bound by the first heartbeat
+//! naming the map's endpoint whose claim matches the stored digest of the
+//! claim that held it ([`Membership::claim_digests`], which the leader
+//! stores), or by the first one naming that endpoint when no digest was
+//! stored.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use partyline_proto::{NodeId, NodeInfo};
+use sha2::{Digest, Sha256};
 
 use crate::cluster::Heartbeat;
 
@@ -58,8 +62,9 @@ struct Member {
 #[derive(Clone, PartialEq, Eq)]
 enum Binding {
     /// Known from the stored map only: the first heartbeat with the map's
-    /// endpoint binds it.
-    Presumed,
+    /// endpoint (and, when a digest was stored, a claim of that digest)
+    /// binds it.
+    Presumed(Option<String>),
     /// The claim of the incarnation that registered it (`None`: a node
     /// older than claims).
     Claim(Option<String>),
@@ -87,7 +92,8 @@ impl std::fmt::Debug for Challenger {
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Presumed => f.write_str("Presumed"),
+            Self::Presumed(None) => f.write_str("Presumed"),
+            Self::Presumed(Some(digest)) => write!(f, "Presumed({digest})"),
             Self::Claim(None) => f.write_str("Unclaimed"),
             Self::Claim(Some(_)) => f.write_str("Claim(***)"),
         }
@@ -164,7 +170,10 @@ impl Membership {
         };
         let same_url = member.grpc_url == heartbeat.grpc_url;
         let bound = match &member.binding {
-            Binding::Presumed => same_url,
+            Binding::Presumed(None) => same_url,
+            Binding::Presumed(Some(digest)) => {
+                same_url && heartbeat.claim.as_deref().map(claim_digest).as_ref() == Some(digest)
+            }
             Binding::Claim(claim) => same_url && *claim == heartbeat.claim,
         };
         if bound {
@@ -228,11 +237,13 @@ impl Membership {
 
     /// Adds `node` as if heard at `now`, unless it is already known.
     ///
-    /// A new leader seeds the nodes of the stored map this way, so a node it
-    /// has not heard yet gets a full `dead_after` to prove it is alive
-    /// instead of losing its slots at once. It is bound to no claim: the
-    /// first heartbeat naming `node`'s endpoint binds it.
-    pub fn presume_alive(&mut self, node: &NodeInfo, now: Instant) -> bool {
+    /// Coordinators seed the nodes of the stored map this way, so a node
+    /// not heard yet gets a full `dead_after` to prove it is alive instead
+    /// of losing its slots at once. It is bound to no claim yet: the first
+    /// heartbeat naming `node`'s endpoint binds it, and with `digest` (the
+    /// stored [`claim_digest`] of the claim that held it) only one whose
+    /// claim has that digest.
+    pub fn presume_alive(&mut self, node: &NodeInfo, digest: Option<&str>, now: Instant) -> bool {
         if self.members.contains_key(&node.id) {
             return false;
         }
@@ -242,7 +253,7 @@ impl Membership {
                 grpc_url: node.grpc_url.clone(),
                 draining: false,
                 last_seen: now,
-                binding: Binding::Presumed,
+                binding: Binding::Presumed(digest.map(str::to_owned)),
                 challengers: Vec::new(),
                 warned_at: None,
             },
@@ -333,6 +344,24 @@ impl Membership {
             .collect()
     }
 
+    /// The digest ([`claim_digest`]) of the claim each live node is bound
+    /// to (a presumed one's stored digest), by node id; nodes older than
+    /// claims and presumed ones without a digest are left out.
+    ///
+    /// The leader stores it next to the slot map, so a coordinator that
+    /// starts later binds each mapped node to the same process, not to the
+    /// first heartbeat it hears. A digest tells nothing about the claim.
+    pub fn claim_digests(&self) -> BTreeMap<NodeId, String> {
+        self.members
+            .iter()
+            .filter_map(|(id, member)| match &member.binding {
+                Binding::Claim(Some(claim)) => Some((id.clone(), claim_digest(claim))),
+                Binding::Presumed(Some(digest)) => Some((id.clone(), digest.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The endpoint `id` is registered with, if it is live.
     pub fn grpc_url(&self, id: &NodeId) -> Option<&str> {
         self.members.get(id).map(|member| member.grpc_url.as_str())
@@ -352,6 +381,15 @@ impl Membership {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+}
+
+/// The hex SHA-256 of a claim: what may be stored where other roles can
+/// read it (the claim itself would let them speak for the node).
+pub fn claim_digest(claim: &str) -> String {
+    Sha256::digest(claim.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 impl Member {
@@ -512,9 +550,9 @@ mod tests {
         let mut members = Membership::new(DEAD_AFTER);
         members.observe(&heartbeat("a", true), t0);
         let b = heartbeat("b", false).node_info();
-        assert!(members.presume_alive(&b, t0 + Duration::from_secs(1)));
+        assert!(members.presume_alive(&b, None, t0 + Duration::from_secs(1)));
         // Known nodes keep what their heartbeat said.
-        assert!(!members.presume_alive(&heartbeat("a", false).node_info(), t0));
+        assert!(!members.presume_alive(&heartbeat("a", false).node_info(), None, t0));
         assert_eq!(ids(&members.live_nodes()), ["b"]);
         assert!(members.contains(&NodeId::new("b")));
         assert_eq!(members.len(), 2);
@@ -656,7 +694,7 @@ mod tests {
         let t0 = Instant::now();
         let mut members = Membership::new(DEAD_AFTER);
         let a = heartbeat("a", false).node_info();
-        assert!(members.presume_alive(&a, t0));
+        assert!(members.presume_alive(&a, None, t0));
         let elsewhere = other("a", "forged", "http://evil:7001", false);
         assert_eq!(
             members.observe(&elsewhere, t0),
@@ -752,5 +790,63 @@ mod tests {
         );
         let expired = members.expire(back + DEAD_AFTER);
         assert_eq!(expired.taken_over, [NodeId::new("a")]);
+    }
+
+    #[test]
+    fn a_presumed_node_with_a_stored_digest_is_bound_only_by_its_claim() {
+        let t0 = Instant::now();
+        let mut before = Membership::new(DEAD_AFTER);
+        before.observe(&heartbeat("a", false), t0);
+        let digests = before.claim_digests();
+        assert_eq!(digests.len(), 1);
+        let digest = &digests[&NodeId::new("a")];
+        assert_eq!(digest, &claim_digest("claim-of-a"));
+        assert!(!digest.contains("claim-of-a"));
+
+        // A coordinator starting later, from the stored map and digests.
+        let mut members = Membership::new(DEAD_AFTER);
+        let a = heartbeat("a", false).node_info();
+        assert!(members.presume_alive(&a, Some(digest), t0));
+        assert_eq!(members.claim_digests(), digests);
+        // Another claim at a's own endpoint, even first, binds nothing.
+        let twin = other("a", "forged", "http://a:7001", true);
+        assert!(matches!(
+            members.observe(&twin, t0),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(members.live_nodes(), std::slice::from_ref(&a));
+        assert_eq!(
+            members.observe(&heartbeat("a", false), t0),
+            Observed::Unchanged
+        );
+        assert!(matches!(
+            members.observe(&twin, t0 + SECOND),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(members.live_nodes(), [a]);
+        assert_eq!(members.claim_digests(), digests);
+    }
+
+    #[test]
+    fn a_presumed_node_whose_process_restarted_meanwhile_is_taken_over() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        let a = heartbeat("a", false).node_info();
+        members.presume_alive(&a, Some(&claim_digest("an-old-life")), t0);
+        // Its process restarted while no coordinator listened: a new
+        // claim, the same endpoint. It holds the id once the presumed one
+        // has been silent for dead_after, as any successor would.
+        let restarted = heartbeat("a", false);
+        assert!(matches!(
+            members.observe(&restarted, t0),
+            Observed::Refused { .. }
+        ));
+        members.observe(&restarted, t0 + 2 * SECOND);
+        let expired = members.expire(t0 + DEAD_AFTER);
+        assert_eq!(expired.taken_over, [NodeId::new("a")]);
+        assert_eq!(
+            members.claim_digests()[&NodeId::new("a")],
+            claim_digest("claim-of-a")
+        );
     }
 }
