@@ -310,6 +310,13 @@ fn internal_planes(docs: &[serde_json::Value], overlay: &str) {
         "{overlay}: NATS gets its passwords from the Secret"
     );
     nats_config_variables();
+    let policy = find(docs, "NetworkPolicy", "nats");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 4222);
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+            ["app.kubernetes.io/part-of"],
+        "partyline"
+    );
 
     let containers = [
         ("Deployment", "coordinator", "coordinator"),
