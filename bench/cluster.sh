@@ -27,7 +27,8 @@
 # script's, snapshots in the file store, as in production; 0: the file
 # store alone, the default), LINK_SECRET (1: gateways and room nodes share
 # a gRPC link secret file, as every cluster must, the default; 0: they run
-# with --insecure-no-grpc-secret, to measure what the check costs),
+# with --insecure-no-grpc-secret, to measure what the check costs; none:
+# no flag, for a binary from before the secret),
 # PARTYLINE_LOG (log level of every server process, info), NATS_SERVER_BIN,
 # OUT (where JSON lines and logs go; default target/bench/cluster-<time>/).
 set -euo pipefail
@@ -150,13 +151,15 @@ for c in c1 c2; do
   wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
 done
 node_log_args=()
-if [ "$LINK_SECRET" = 1 ]; then
-  # A throwaway secret for this run's loopback cluster.
-  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$OUT/grpc-secret"
-  link_args=(--grpc-secret-file "$OUT/grpc-secret")
-else
-  link_args=(--insecure-no-grpc-secret)
-fi
+case "$LINK_SECRET" in
+  1)
+    # A throwaway secret for this run's loopback cluster.
+    od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$OUT/grpc-secret"
+    link_args=(--grpc-secret-file "$OUT/grpc-secret")
+    ;;
+  0) link_args=(--insecure-no-grpc-secret) ;;
+  *) link_args=() ;; # none: a binary from before the link secret
+esac
 if [ "$REDIS" = 1 ]; then
   redis_port=$(free_port)
   mkdir -p "$OUT/redis"

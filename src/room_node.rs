@@ -107,13 +107,15 @@ pub async fn run(
     let heartbeat_interval = node
         .heartbeat_interval
         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-    tokio::spawn({
+    // Its last heartbeat says this process leaves, so a restart with the
+    // same id joins at once instead of after `dead_after`.
+    let heartbeats = tokio::spawn({
         let cluster = cluster.clone();
         let info = info.clone();
         let background = background.clone();
         async move {
             cluster
-                .run_heartbeats(info, heartbeat_interval, draining_rx, background)
+                .run_heartbeats_then_leave(info, heartbeat_interval, draining_rx, background)
                 .await
         }
     });
@@ -143,6 +145,8 @@ pub async fn run(
     }
     let result = server.await;
     background.cancel();
+    // Bounded by the heartbeat's own send timeout.
+    let _ = heartbeats.await;
     result.context("room node task")?;
     tracing::info!(node = %node_id, "stopped");
     Ok(())

@@ -746,3 +746,57 @@ async fn credentials_in_the_nats_url_reach_a_server_that_wants_them() {
     })
     .await;
 }
+
+/// Starts `id`'s heartbeats (a fresh incarnation) ending with a leaving
+/// heartbeat when the returned token is cancelled.
+async fn leaving_node(nats: &NatsServer, id: &str) -> (CancellationToken, JoinHandle<()>) {
+    let cluster = connect(nats).await;
+    let shutdown = CancellationToken::new();
+    let (_draining, draining_rx) = watch::channel(false);
+    let info = NodeInfo {
+        id: NodeId::new(id),
+        grpc_url: grpc_url(id),
+    };
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let _draining = _draining;
+        cluster
+            .run_heartbeats_then_leave(info, HEARTBEAT, draining_rx, token)
+            .await;
+    });
+    (shutdown, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_frees_its_id_for_its_restart_at_once() {
+    bounded(async {
+        let mut setup = Setup::start(0, 1, true).await;
+        // A dead_after far beyond this test's waits: only the leaving
+        // heartbeat can free node-2's id in time.
+        let cluster = connect(&setup.nats).await;
+        let config = CoordinatorConfig {
+            dead_after: Duration::from_secs(120),
+            ..config("c1", true)
+        };
+        let task = tokio::spawn(partyline_coordinator::run(
+            cluster,
+            config,
+            CancellationToken::new(),
+        ));
+        setup
+            .coordinators
+            .insert("c1".to_owned(), Coordinator { task });
+        let (stop, node) = leaving_node(&setup.nats, "node-2").await;
+        setup.wait_for_owners(&["node-1", "node-2"]).await;
+
+        stop.cancel();
+        node.await.unwrap();
+        setup.wait_for_owners(&["node-1"]).await;
+
+        // The restarted process (a new claim, same id and URL) is taken
+        // at once, not held off as a challenger of the old claim.
+        let (_stop, _node) = leaving_node(&setup.nats, "node-2").await;
+        setup.wait_for_owners(&["node-1", "node-2"]).await;
+    })
+    .await;
+}

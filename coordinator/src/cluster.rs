@@ -64,6 +64,9 @@ const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// looks again.
 const MISSING_BUCKET_RETRY: Duration = Duration::from_millis(250);
 
+/// How long a stopping node tries to get its leaving heartbeat out.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Client pings: a connection that silently stopped carrying traffic (a
 /// partition rather than a closed socket) is noticed within about two of
 /// these instead of async-nats' default two minutes.
@@ -550,8 +553,36 @@ impl Cluster {
         &self,
         info: NodeInfo,
         interval: Duration,
+        draining: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        self.heartbeat_until(info, interval, draining, shutdown, false)
+            .await;
+    }
+
+    /// [`Cluster::run_heartbeats`], then one last heartbeat saying this
+    /// incarnation leaves (flushed, given up after [`LEAVE_TIMEOUT`]): the
+    /// coordinators free the node id at once, so a restarted process with
+    /// the same id joins without waiting `dead_after` for this one to fall
+    /// silent. For a process that stops on purpose.
+    pub async fn run_heartbeats_then_leave(
+        &self,
+        info: NodeInfo,
+        interval: Duration,
+        draining: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        self.heartbeat_until(info, interval, draining, shutdown, true)
+            .await;
+    }
+
+    async fn heartbeat_until(
+        &self,
+        info: NodeInfo,
+        interval: Duration,
         mut draining: watch::Receiver<bool>,
         shutdown: CancellationToken,
+        leave: bool,
     ) {
         let subject = self.heartbeat_subject();
         let claim = new_claim();
@@ -559,21 +590,46 @@ impl Cluster {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining_open = true;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
+            let leaving = tokio::select! {
+                () = shutdown.cancelled() => {
+                    if !leave {
+                        return;
+                    }
+                    true
+                }
+                _ = ticker.tick() => false,
                 changed = draining.changed(), if draining_open => {
                     // A dropped sender freezes the flag; heartbeats go on.
                     draining_open = changed.is_ok();
                     ticker.reset();
+                    false
                 }
-            }
+            };
             let heartbeat = Heartbeat {
                 id: info.id.clone(),
                 grpc_url: info.grpc_url.clone(),
-                draining: *draining.borrow_and_update(),
+                draining: *draining.borrow_and_update() || leaving,
                 claim: Some(claim.clone()),
+                leaving,
             };
+            if leaving {
+                let payload =
+                    Bytes::from(serde_json::to_vec(&heartbeat).expect("heartbeat serializes"));
+                let sent = tokio::time::timeout(LEAVE_TIMEOUT, async {
+                    self.client.publish(subject.clone(), payload).await.ok()?;
+                    self.client.flush().await.ok()
+                })
+                .await;
+                match sent {
+                    Ok(Some(())) => {
+                        info!(node = %info.id, "told the coordinators this node leaves")
+                    }
+                    _ => {
+                        debug!(node = %info.id, "the leaving heartbeat was not sent; the node expires after dead_after")
+                    }
+                }
+                return;
+            }
             if !self.is_connected() {
                 debug!(node = %info.id, "NATS unreachable; heartbeat skipped");
                 continue;
@@ -600,6 +656,9 @@ pub struct Heartbeat {
     /// The sending process's incarnation claim ([`new_claim`]); `None` from
     /// nodes older than claims, which count as one claim of their own.
     pub claim: Option<String>,
+    /// The incarnation stops: its last heartbeat. From the claim holder it
+    /// frees the node id at once.
+    pub leaving: bool,
 }
 
 /// Without the claim: whoever knows it can speak for the node.
@@ -610,6 +669,7 @@ impl fmt::Debug for Heartbeat {
             .field("grpc_url", &self.grpc_url)
             .field("draining", &self.draining)
             .field("claim", &self.claim.as_ref().map(|_| "***"))
+            .field("leaving", &self.leaving)
             .finish()
     }
 }
@@ -623,6 +683,8 @@ struct HeartbeatWire {
     draining: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claim: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    leaving: bool,
 }
 
 impl From<HeartbeatWire> for Heartbeat {
@@ -632,6 +694,7 @@ impl From<HeartbeatWire> for Heartbeat {
             grpc_url: wire.grpc_url,
             draining: wire.draining,
             claim: wire.claim,
+            leaving: wire.leaving,
         }
     }
 }
@@ -643,6 +706,7 @@ impl From<Heartbeat> for HeartbeatWire {
             grpc_url: heartbeat.grpc_url,
             draining: heartbeat.draining,
             claim: heartbeat.claim,
+            leaving: heartbeat.leaving,
         }
     }
 }
@@ -945,6 +1009,7 @@ mod tests {
             grpc_url: "http://n1:7001".to_owned(),
             draining: true,
             claim: Some("c0ffee".to_owned()),
+            leaving: false,
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert_eq!(

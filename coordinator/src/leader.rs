@@ -342,10 +342,13 @@ impl State {
             self.changed();
         }
         match observed {
-            Observed::Joined | Observed::Changed | Observed::TakenOver if self.leading => {
+            Observed::Joined | Observed::Changed | Observed::TakenOver | Observed::Left
+                if self.leading =>
+            {
                 let what = match observed {
                     Observed::Joined => "node joined",
                     Observed::Changed => "node changed",
+                    Observed::Left => "node left (its process stopped on purpose)",
                     _ => "a new incarnation took the node over (the previous one was silent for dead_after)",
                 };
                 info!(

@@ -123,6 +123,8 @@ pub enum Observed {
     /// A new incarnation with the node's endpoint took the id over: the
     /// bound one had been silent for `dead_after`.
     TakenOver,
+    /// The incarnation that held the id said it leaves: the id is free.
+    Left,
     /// Not from the incarnation that holds the id: nothing changed. `warn`
     /// says whether this refusal is worth a warning (a challenger not seen
     /// before, and none warned about for this node within
@@ -154,6 +156,9 @@ impl Membership {
 
     /// Records a heartbeat received at `now`.
     pub fn observe(&mut self, heartbeat: &Heartbeat, now: Instant) -> Observed {
+        if heartbeat.leaving {
+            return self.leave(heartbeat);
+        }
         let Some(member) = self.members.get_mut(&heartbeat.id) else {
             self.members.insert(
                 heartbeat.id.clone(),
@@ -233,6 +238,32 @@ impl Membership {
             member.warned_at = Some(now);
         }
         Observed::Refused { warn }
+    }
+
+    /// A leaving heartbeat: frees the id when it comes with the claim that
+    /// holds it (an unclaimed or presumed binding proves nothing, and is
+    /// left to expire); a leaving challenger is forgotten.
+    fn leave(&mut self, heartbeat: &Heartbeat) -> Observed {
+        let Some(member) = self.members.get_mut(&heartbeat.id) else {
+            return Observed::Unchanged;
+        };
+        let proven = heartbeat.claim.is_some()
+            && member.grpc_url == heartbeat.grpc_url
+            && match &member.binding {
+                Binding::Presumed(None) => false,
+                Binding::Presumed(Some(digest)) => {
+                    heartbeat.claim.as_deref().map(claim_digest).as_ref() == Some(digest)
+                }
+                Binding::Claim(claim) => *claim == heartbeat.claim,
+            };
+        if proven {
+            self.members.remove(&heartbeat.id);
+            return Observed::Left;
+        }
+        member
+            .challengers
+            .retain(|c| c.claim != heartbeat.claim || c.grpc_url != heartbeat.grpc_url);
+        Observed::Refused { warn: false }
     }
 
     /// Adds `node` as if heard at `now`, unless it is already known.
@@ -414,6 +445,7 @@ mod tests {
             grpc_url: format!("http://{id}:7001"),
             draining,
             claim: Some(format!("claim-of-{id}")),
+            leaving: false,
         }
     }
 
@@ -712,6 +744,70 @@ mod tests {
             Observed::Refused { .. }
         ));
         assert_eq!(members.live_nodes(), [a]);
+    }
+
+    fn leaving(heartbeat: Heartbeat) -> Heartbeat {
+        Heartbeat {
+            leaving: true,
+            ..heartbeat
+        }
+    }
+
+    #[test]
+    fn only_the_claim_holder_can_say_a_node_leaves() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        assert_eq!(
+            members.observe(&heartbeat("a", false), t0),
+            Observed::Joined
+        );
+        // A forger's goodbye (another claim, or none) changes nothing.
+        let forged = other("a", "forged", "http://a:7001", false);
+        assert!(matches!(
+            members.observe(&leaving(forged), t0),
+            Observed::Refused { .. }
+        ));
+        let unclaimed = Heartbeat {
+            claim: None,
+            ..heartbeat("a", false)
+        };
+        assert!(matches!(
+            members.observe(&leaving(unclaimed), t0),
+            Observed::Refused { .. }
+        ));
+        assert_eq!(ids(&members.live_nodes()), ["a"]);
+        // An unknown id's goodbye registers nothing.
+        assert_eq!(
+            members.observe(&leaving(heartbeat("b", false)), t0),
+            Observed::Unchanged
+        );
+        assert!(!members.contains(&NodeId::new("b")));
+
+        // The holder's goodbye frees the id: the next incarnation joins at
+        // once instead of waiting out dead_after as a challenger.
+        assert_eq!(
+            members.observe(&leaving(heartbeat("a", true)), t0 + SECOND),
+            Observed::Left
+        );
+        assert!(members.is_empty());
+        let next = other("a", "next", "http://a:7001", false);
+        assert_eq!(members.observe(&next, t0 + SECOND), Observed::Joined);
+    }
+
+    #[test]
+    fn a_presumed_node_cannot_be_made_to_leave_without_its_digest() {
+        let t0 = Instant::now();
+        let mut members = Membership::new(DEAD_AFTER);
+        let node = NodeInfo {
+            id: NodeId::new("a"),
+            grpc_url: "http://a:7001".to_owned(),
+        };
+        members.presume_alive(&node, None, t0);
+        assert!(matches!(
+            members.observe(&leaving(heartbeat("a", false)), t0),
+            Observed::Refused { .. }
+        ));
+        assert!(members.contains(&NodeId::new("a")));
     }
 
     #[test]
