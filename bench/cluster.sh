@@ -144,13 +144,6 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
   sleep 0.1
 done
-for c in c1 c2; do
-  start "coordinator-$c" "${cluster_env[@]}" "$partyline" coordinator --nats "$nats_url" --coordinator-id "$c"
-done
-for c in c1 c2; do
-  wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
-done
-node_log_args=()
 case "$LINK_SECRET" in
   1)
     # A throwaway secret for this run's loopback cluster.
@@ -160,6 +153,14 @@ case "$LINK_SECRET" in
   0) link_args=(--insecure-no-grpc-secret) ;;
   *) link_args=() ;; # none: a binary from before the link secret
 esac
+for c in c1 c2; do
+  start "coordinator-$c" "${cluster_env[@]}" "$partyline" coordinator --nats "$nats_url" --coordinator-id "$c" \
+    "${link_args[@]}"
+done
+for c in c1 c2; do
+  wait_for_line "$OUT/coordinator-$c.out" "partyline coordinator .* started" 30 "coordinator-$c" >/dev/null
+done
+node_log_args=()
 if [ "$REDIS" = 1 ]; then
   redis_port=$(free_port)
   mkdir -p "$OUT/redis"

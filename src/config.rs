@@ -1071,20 +1071,23 @@ impl ClusterSection {
     }
 }
 
-/// The gateway → room node gRPC link: flags, env, or `[link]`.
+/// The cluster's link secret (the gateway → room node gRPC link, and room
+/// nodes' heartbeat proofs): flags, env, or `[link]`.
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSection {
-    /// File of the gRPC link's shared secret: one per line (at least 16
+    /// File of the cluster's shared link secret: one per line (at least 16
     /// printable characters, e.g. `openssl rand -hex 32`), the first sent,
     /// every line accepted; read again every 2 s, so secrets rotate without
-    /// a restart. Gateways, room nodes and `partyline admin export|import`
-    /// need it.
+    /// a restart. Gateways send it on the gRPC link, room nodes check it
+    /// and prove it in every heartbeat, coordinators check those proofs,
+    /// `partyline admin export|import` send it.
     #[arg(long, env = "PARTYLINE_GRPC_SECRET_FILE")]
     pub grpc_secret_file: Option<PathBuf>,
-    /// Run the gRPC link without a secret: anyone who reaches a room
-    /// node's gRPC port may read, write and delete every room it serves.
-    /// Only on a network you trust entirely.
+    /// Run without a link secret: anyone who reaches a room node's gRPC
+    /// port may read, write and delete every room it serves, and anyone
+    /// who may heartbeat on NATS may join as a room node. Only on a
+    /// network you trust entirely.
     #[arg(long, env = "PARTYLINE_INSECURE_NO_GRPC_SECRET")]
     #[serde(skip)]
     pub insecure_no_grpc_secret: bool,
@@ -1115,16 +1118,17 @@ impl LinkSection {
             )),
             (None, true) => {
                 tracing::warn!(
-                    "the gRPC link has no secret (--insecure-no-grpc-secret): anyone who \
-                     reaches a room node's gRPC port can read and write every room"
+                    "no link secret (--insecure-no-grpc-secret): anyone who reaches a room \
+                     node's gRPC port can read and write every room, and any NATS client \
+                     allowed to heartbeat can join as a room node"
                 );
                 Ok(LinkAuth::Insecure)
             }
             (None, false) => anyhow::bail!(
-                "the gRPC link between gateways and room nodes needs a shared secret: \
-                 --grpc-secret-file FILE (one secret per line, at least 16 characters; \
-                 e.g. `openssl rand -hex 32 > FILE`), the same file for gateways and room \
-                 nodes; or --insecure-no-grpc-secret on a network you trust entirely"
+                "the cluster needs its link secret: --grpc-secret-file FILE (one secret \
+                 per line, at least 16 characters; e.g. `openssl rand -hex 32 > FILE`), \
+                 the same file for gateways, room nodes and coordinators; or \
+                 --insecure-no-grpc-secret on a network you trust entirely"
             ),
         }
     }

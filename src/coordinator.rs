@@ -6,7 +6,7 @@ use anyhow::Context;
 use partyline_coordinator::cluster::Cluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterSection, CoordinatorSection, FileConfig};
+use crate::config::{ClusterSection, CoordinatorSection, FileConfig, LinkSection};
 use crate::ServeArgs;
 
 /// `partyline coordinator` flags.
@@ -18,6 +18,9 @@ pub struct CoordinatorArgs {
     cluster: ClusterSection,
     #[command(flatten)]
     coordinator: CoordinatorSection,
+    /// The link secret: room nodes prove they hold it in every heartbeat.
+    #[command(flatten)]
+    link: LinkSection,
 }
 
 /// Runs until SIGTERM/SIGINT (a leader hands its lease back on the way out).
@@ -29,6 +32,7 @@ pub async fn run(
     let cluster_options = args.cluster.merge(file.cluster).build()?;
     let config = args.coordinator.merge(file.coordinator).build()?;
     let shutdown = CancellationToken::new();
+    let link = args.link.merge(file.link).build(shutdown.clone()).await?;
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
     let cluster = Cluster::connect(&cluster_options)
         .await
@@ -49,7 +53,7 @@ pub async fn run(
     tracing::info!(coordinator = %id, cluster = %cluster_options.cluster, "coordinator started");
     // Tests and scripts wait for this exact line on stdout.
     println!("partyline coordinator {id} started");
-    partyline_coordinator::run(cluster, config, shutdown)
+    partyline_coordinator::run(cluster, config, link, shutdown)
         .await
         .context("coordinator")?;
     tracing::info!(coordinator = %id, "stopped");

@@ -113,9 +113,10 @@ pub async fn run(
         let cluster = cluster.clone();
         let info = info.clone();
         let background = background.clone();
+        let link = link.clone();
         async move {
             cluster
-                .run_heartbeats_then_leave(info, heartbeat_interval, draining_rx, background)
+                .run_heartbeats_then_leave(info, heartbeat_interval, draining_rx, link, background)
                 .await
         }
     });

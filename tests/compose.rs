@@ -236,9 +236,9 @@ fn s3_service_makes_the_store_bucket(compose: &serde_json::Value) -> Bucket {
 /// its passwords come from the environment (this test's values: none is
 /// written in the file), each Partyline service's NATS URL is its own
 /// role's user with the password NATS has for that user (in the
-/// environment, not the command line), and gateways, room nodes and the
-/// admin read the gRPC secret from the compose secret, the coordinators do
-/// not get it.
+/// environment, not the command line), and every role reads the link
+/// secret from the compose secret (coordinators check room nodes'
+/// heartbeat proofs with it).
 fn internal_planes(compose: &serde_json::Value) -> Vec<(String, String)> {
     let nats = &compose["services"]["nats"];
     let command: Vec<&str> = nats["command"]
@@ -290,15 +290,8 @@ fn internal_planes(compose: &serde_json::Value) -> Vec<(String, String)> {
             .as_array()
             .is_some_and(|s| s.iter().any(|s| s["source"] == "grpc-secret"));
         let file = &spec["environment"]["PARTYLINE_GRPC_SECRET_FILE"];
-        if service == "coordinator" {
-            assert!(
-                !mounted && file.is_null(),
-                "the coordinator needs no gRPC secret"
-            );
-        } else {
-            assert!(mounted, "{service} mounts the grpc-secret secret");
-            assert_eq!(file, GRPC_SECRET_PATH, "{service}");
-        }
+        assert!(mounted, "{service} mounts the grpc-secret secret");
+        assert_eq!(file, GRPC_SECRET_PATH, "{service}");
     }
     let source = compose["secrets"]["grpc-secret"]["file"]
         .as_str()

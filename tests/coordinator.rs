@@ -116,6 +116,7 @@ impl Setup {
         let task = tokio::spawn(partyline_coordinator::run(
             cluster,
             config(id, rebalance_on_join),
+            partyline_proto::link::LinkAuth::Insecure,
             CancellationToken::new(),
         ));
         self.coordinators
@@ -761,7 +762,13 @@ async fn leaving_node(nats: &NatsServer, id: &str) -> (CancellationToken, JoinHa
     let task = tokio::spawn(async move {
         let _draining = _draining;
         cluster
-            .run_heartbeats_then_leave(info, HEARTBEAT, draining_rx, token)
+            .run_heartbeats_then_leave(
+                info,
+                HEARTBEAT,
+                draining_rx,
+                partyline_proto::link::LinkAuth::Insecure,
+                token,
+            )
             .await;
     });
     (shutdown, task)
@@ -781,6 +788,7 @@ async fn a_node_that_leaves_frees_its_id_for_its_restart_at_once() {
         let task = tokio::spawn(partyline_coordinator::run(
             cluster,
             config,
+            partyline_proto::link::LinkAuth::Insecure,
             CancellationToken::new(),
         ));
         setup
@@ -797,6 +805,70 @@ async fn a_node_that_leaves_frees_its_id_for_its_restart_at_once() {
         // at once, not held off as a challenger of the old claim.
         let (_stop, _node) = leaving_node(&setup.nats, "node-2").await;
         setup.wait_for_owners(&["node-1", "node-2"]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_link_secret_only_heartbeats_proving_it_count() {
+    bounded(async {
+        let secret = |s: &str| {
+            partyline_proto::link::LinkAuth::Secret(
+                partyline_proto::link::LinkSecret::fixed(s).unwrap(),
+            )
+        };
+        let ours = "the-clusters-link-secret-0123";
+        let mut setup = Setup::start(0, 0, true).await;
+        let cluster = connect(&setup.nats).await;
+        let task = tokio::spawn(partyline_coordinator::run(
+            cluster,
+            config("c1", true),
+            secret(ours),
+            CancellationToken::new(),
+        ));
+        setup
+            .coordinators
+            .insert("c1".to_owned(), Coordinator { task });
+
+        // Proven, unproven (no secret: plain heartbeats) and proven under
+        // another secret.
+        let proven = |id: &'static str, link| {
+            let nats = setup.nats.url();
+            tokio::spawn(async move {
+                let cluster = Cluster::connect(&ClusterOptions {
+                    nats_url: nats,
+                    cluster: "partyline".to_owned(),
+                })
+                .await
+                .unwrap();
+                let (_draining, draining_rx) = watch::channel(false);
+                let info = NodeInfo {
+                    id: NodeId::new(id),
+                    grpc_url: grpc_url(id),
+                };
+                cluster
+                    .run_heartbeats_then_leave(
+                        info,
+                        HEARTBEAT,
+                        draining_rx,
+                        link,
+                        CancellationToken::new(),
+                    )
+                    .await;
+            })
+        };
+        let _a = proven("node-a", secret(ours));
+        let _b = proven("node-b", secret("some-other-link-secret-0123"));
+        setup.add_node("node-c").await;
+        setup.wait_for_owners(&["node-a"]).await;
+        // Several heartbeat intervals and the leader's settle later, still
+        // only the node that proves the secret.
+        tokio::time::sleep(DEAD_AFTER * 2).await;
+        let map = setup.wait_for_owners(&["node-a"]).await;
+        let listed: Vec<&str> = map.nodes().iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(listed, ["node-a"]);
+        _a.abort();
+        _b.abort();
     })
     .await;
 }

@@ -352,13 +352,6 @@ fn internal_planes(docs: &[serde_json::Value], overlay: &str) {
             .iter()
             .find(|e| e["name"] == "PARTYLINE_GRPC_SECRET_FILE")
             .map(|e| e["value"].as_str().unwrap().to_owned());
-        if name == "coordinator" {
-            assert_eq!(
-                grpc_file, None,
-                "{overlay}: the coordinator needs no gRPC secret"
-            );
-            continue;
-        }
         let grpc_file = grpc_file.unwrap_or_else(|| panic!("{overlay}: {name} has no gRPC secret"));
         let (dir, key) = grpc_file.rsplit_once('/').unwrap();
         let (mount, volume) =

@@ -125,8 +125,8 @@ async fn dev_answers_its_loopback_grpc_port_only_with_its_own_secret() {
         .unwrap();
 }
 
-/// Waits until every room node and gateway of `cluster` logged `count`
-/// reloads of the link secret file.
+/// Waits until every process of `cluster` logged `count` reloads of the
+/// link secret file.
 async fn wait_for_reloads(cluster: &TestCluster, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -134,6 +134,7 @@ async fn wait_for_reloads(cluster: &TestCluster, count: usize) {
             .nodes
             .iter()
             .chain(&cluster.gateways)
+            .chain(&cluster.coordinators)
             .map(|process| process.log().matches("gRPC link secrets reloaded").count())
             .filter(|&seen| seen < count)
             .collect();
@@ -174,6 +175,7 @@ async fn the_link_secret_rotates_without_closing_a_client_socket() {
         reader.wait_synced(Duration::from_secs(10)).await.unwrap();
         pairs.push((writer, reader));
     }
+    let epoch = cluster.epoch();
     let serving: std::collections::BTreeSet<String> = rooms
         .iter()
         .filter_map(|room| cluster.node_serving(room))
@@ -217,6 +219,12 @@ async fn the_link_secret_rotates_without_closing_a_client_socket() {
             .unwrap_or_else(|e| panic!("a new session after step {step}: {e}"));
     }
     assert!(!written.is_empty());
+    // Heartbeat proofs followed the rotation too: no node was refused.
+    assert_eq!(
+        cluster.epoch(),
+        epoch,
+        "the slot map changed during the rotation"
+    );
     for (i, (writer, reader)) in pairs.iter().enumerate() {
         assert!(
             writer.close_info().is_none() && reader.close_info().is_none(),

@@ -148,9 +148,14 @@ async fn start_coordinator(nats: &NatsServer, id: &str) -> Task {
         rebalance_on_join: true,
     };
     Task(tokio::spawn(async move {
-        partyline_coordinator::run(cluster, config, CancellationToken::new())
-            .await
-            .expect("coordinator runs");
+        partyline_coordinator::run(
+            cluster,
+            config,
+            partyline_proto::link::LinkAuth::Insecure,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("coordinator runs");
     }))
 }
 

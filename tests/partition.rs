@@ -172,6 +172,8 @@ async fn a_partitioned_stale_owner_loses_no_echoed_update() {
             DEAD_AFTER,
             "--lease",
             LEASE,
+            "--grpc-secret-file",
+            &secret_file,
         ]
         .map(String::from),
         LOG,

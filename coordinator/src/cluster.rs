@@ -34,6 +34,7 @@ use async_nats::jetstream::{self, kv};
 use async_nats::{Client, Event};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use partyline_proto::link::LinkAuth;
 use partyline_proto::{NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, OnceCell};
@@ -556,8 +557,15 @@ impl Cluster {
         draining: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
-        self.heartbeat_until(info, interval, draining, shutdown, false)
-            .await;
+        self.heartbeat_until(
+            info,
+            interval,
+            draining,
+            LinkAuth::Insecure,
+            shutdown,
+            false,
+        )
+        .await;
     }
 
     /// [`Cluster::run_heartbeats`], then one last heartbeat saying this
@@ -565,14 +573,19 @@ impl Cluster {
     /// coordinators free the node id at once, so a restarted process with
     /// the same id joins without waiting `dead_after` for this one to fall
     /// silent. For a process that stops on purpose.
+    ///
+    /// With `link`'s secret every heartbeat carries a proof (the secret's
+    /// signature of it, [`Heartbeat::proof_message`]): coordinators that
+    /// hold the secret take no heartbeat without one.
     pub async fn run_heartbeats_then_leave(
         &self,
         info: NodeInfo,
         interval: Duration,
         draining: watch::Receiver<bool>,
+        link: LinkAuth,
         shutdown: CancellationToken,
     ) {
-        self.heartbeat_until(info, interval, draining, shutdown, true)
+        self.heartbeat_until(info, interval, draining, link, shutdown, true)
             .await;
     }
 
@@ -581,6 +594,7 @@ impl Cluster {
         info: NodeInfo,
         interval: Duration,
         mut draining: watch::Receiver<bool>,
+        link: LinkAuth,
         shutdown: CancellationToken,
         leave: bool,
     ) {
@@ -605,13 +619,17 @@ impl Cluster {
                     false
                 }
             };
-            let heartbeat = Heartbeat {
+            let mut heartbeat = Heartbeat {
                 id: info.id.clone(),
                 grpc_url: info.grpc_url.clone(),
                 draining: *draining.borrow_and_update() || leaving,
                 claim: Some(claim.clone()),
                 leaving,
+                proof: None,
             };
+            if let LinkAuth::Secret(secret) = &link {
+                heartbeat.proof = Some(secret.sign(&heartbeat.proof_message(&self.name)));
+            }
             if leaving {
                 let payload =
                     Bytes::from(serde_json::to_vec(&heartbeat).expect("heartbeat serializes"));
@@ -659,6 +677,9 @@ pub struct Heartbeat {
     /// The incarnation stops: its last heartbeat. From the claim holder it
     /// frees the node id at once.
     pub leaving: bool,
+    /// The link secret's signature of [`Heartbeat::proof_message`]: the
+    /// sender holds the secret gateways will send to its URL.
+    pub proof: Option<String>,
 }
 
 /// Without the claim: whoever knows it can speak for the node.
@@ -670,6 +691,7 @@ impl fmt::Debug for Heartbeat {
             .field("draining", &self.draining)
             .field("claim", &self.claim.as_ref().map(|_| "***"))
             .field("leaving", &self.leaving)
+            .field("proof", &self.proof.is_some())
             .finish()
     }
 }
@@ -685,6 +707,8 @@ struct HeartbeatWire {
     claim: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     leaving: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proof: Option<String>,
 }
 
 impl From<HeartbeatWire> for Heartbeat {
@@ -695,6 +719,7 @@ impl From<HeartbeatWire> for Heartbeat {
             draining: wire.draining,
             claim: wire.claim,
             leaving: wire.leaving,
+            proof: wire.proof,
         }
     }
 }
@@ -707,11 +732,39 @@ impl From<Heartbeat> for HeartbeatWire {
             draining: heartbeat.draining,
             claim: heartbeat.claim,
             leaving: heartbeat.leaving,
+            proof: heartbeat.proof,
         }
     }
 }
 
 impl Heartbeat {
+    /// What a proof signs: every other field and the cluster's name, as a
+    /// JSON array (unambiguous whatever the fields hold).
+    pub fn proof_message(&self, cluster: &str) -> Vec<u8> {
+        serde_json::to_vec(&(
+            "partyline heartbeat v1",
+            cluster,
+            self.id.as_str(),
+            &self.grpc_url,
+            &self.claim,
+            self.draining,
+            self.leaving,
+        ))
+        .expect("a tuple of strings and bools serializes")
+    }
+
+    /// Whether `link` takes this heartbeat: always without a secret; with
+    /// one, only with a proof under an accepted secret.
+    pub fn proven(&self, cluster: &str, link: &LinkAuth) -> bool {
+        match link {
+            LinkAuth::Insecure => true,
+            LinkAuth::Secret(secret) => self
+                .proof
+                .as_deref()
+                .is_some_and(|proof| secret.verify(&self.proof_message(cluster), proof)),
+        }
+    }
+
     /// The node as a slot map lists it.
     pub fn node_info(&self) -> NodeInfo {
         NodeInfo {
@@ -1010,6 +1063,7 @@ mod tests {
             draining: true,
             claim: Some("c0ffee".to_owned()),
             leaving: false,
+            proof: None,
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert_eq!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
+use partyline_proto::link::LinkAuth;
 use partyline_proto::{NodeId, NodeInfo, Slot, SlotMap, SLOTS};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -25,7 +26,7 @@ use crate::admin::{NodeStatus, NodesReport, RebalanceReport, Reply};
 use crate::cluster::{
     encode_slot_map, Cluster, Heartbeat, DRAIN_KEY_PREFIX, RECONNECT_DELAY_MAX, SLOT_MAP_KEY,
 };
-use crate::membership::{Membership, Observed};
+use crate::membership::{Membership, Observed, REFUSAL_WARN_EVERY};
 use crate::placement::assign;
 use crate::{next_of, CoordinatorConfig, CoordinatorError};
 
@@ -110,6 +111,7 @@ pub async fn run(
     cluster: Cluster,
     id: String,
     config: CoordinatorConfig,
+    link: LinkAuth,
     mut leading: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
@@ -119,7 +121,7 @@ pub async fn run(
         .await
         .map_err(CoordinatorError::Subscribe)?;
     let mut connects = cluster.connections();
-    let mut state = State::new(cluster, id, config);
+    let mut state = State::new(cluster, id, config, link);
     // Before the first heartbeat is looked at (they queue meanwhile).
     state.seed_from_stored_map().await;
     let mut streams = LeaderStreams::default();
@@ -228,6 +230,10 @@ struct State {
     cluster: Cluster,
     id: String,
     config: CoordinatorConfig,
+    /// With a secret, heartbeats without its proof are refused.
+    link: LinkAuth,
+    /// When an unproven heartbeat was last warned about.
+    unproven_warned_at: Option<Instant>,
     membership: Membership,
     /// Nodes with a `drain.{id}` key.
     drains: BTreeSet<NodeId>,
@@ -255,7 +261,7 @@ struct State {
 }
 
 impl State {
-    fn new(cluster: Cluster, id: String, config: CoordinatorConfig) -> Self {
+    fn new(cluster: Cluster, id: String, config: CoordinatorConfig, link: LinkAuth) -> Self {
         let now = Instant::now();
         let warm_until = Some(now + warm_up(&config));
 
@@ -264,6 +270,8 @@ impl State {
             cluster,
             id,
             config,
+            link,
+            unproven_warned_at: None,
             drains: BTreeSet::new(),
             current: None,
             leading: false,
@@ -335,6 +343,10 @@ impl State {
                 return;
             }
         };
+        if !heartbeat.proven(self.cluster.name(), &self.link) {
+            self.refuse_unproven(&heartbeat);
+            return;
+        }
         let now = Instant::now().into_std();
         let bound_url = self.membership.grpc_url(&heartbeat.id).map(str::to_owned);
         let observed = self.membership.observe(&heartbeat, now);
@@ -375,6 +387,30 @@ impl State {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A heartbeat without a valid proof of the link secret: from a node
+    /// with another secret (or none), or a forger. Counted; warned about at
+    /// most every [`REFUSAL_WARN_EVERY`].
+    fn refuse_unproven(&mut self, heartbeat: &Heartbeat) {
+        crate::telemetry::metrics().heartbeats_refused.add(1, &[]);
+        let now = Instant::now();
+        let due = self
+            .unproven_warned_at
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_WARN_EVERY);
+        if due && self.leading {
+            self.unproven_warned_at = Some(now);
+            warn!(
+                coordinator = %self.id,
+                node = %heartbeat.id,
+                grpc_url = %heartbeat.grpc_url,
+                proof = heartbeat.proof.is_some(),
+                "refused a heartbeat without a valid proof of the link secret \
+                 (check --grpc-secret-file on room nodes and coordinators)"
+            );
+        } else {
+            debug!(coordinator = %self.id, node = %heartbeat.id, "refused an unproven heartbeat");
         }
     }
 

@@ -23,6 +23,7 @@ pub mod telemetry;
 
 use std::time::Duration;
 
+use partyline_proto::link::LinkAuth;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -133,12 +134,15 @@ pub enum CoordinatorError {
 
 /// Runs one coordinator until `shutdown`: campaigns for leadership, follows
 /// heartbeats, and while leading publishes slot maps and serves admin requests.
+/// With `link`'s secret, only heartbeats carrying its proof count (a room
+/// node must hold the secret gateways will send it).
 ///
 /// On shutdown a leader gives up its lease at once, so a standby takes over
 /// without waiting for it to expire.
 pub async fn run(
     cluster: Cluster,
     config: CoordinatorConfig,
+    link: LinkAuth,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     config.validate()?;
@@ -156,7 +160,7 @@ pub async fn run(
         stop.clone(),
     );
     let leader = async {
-        let result = leader::run(cluster, id.clone(), config, leading_rx, stop.clone()).await;
+        let result = leader::run(cluster, id.clone(), config, link, leading_rx, stop.clone()).await;
         stop.cancel();
         result
     };

@@ -446,6 +446,7 @@ mod tests {
             draining,
             claim: Some(format!("claim-of-{id}")),
             leaving: false,
+            proof: None,
         }
     }
 

@@ -5,6 +5,10 @@
 //! answers UNAUTHENTICATED, before any handler runs, to a request without
 //! one it accepts. A stream is checked once, when it opens.
 //!
+//! The same secret signs room nodes' heartbeats ([`LinkSecret::sign`]), so
+//! that only a process holding it can join the cluster as a room node and
+//! be sent the secret by gateways.
+//!
 //! Secrets live in a file, one per line. The first line is the one sent;
 //! every line is accepted. The file is re-read every [`RELOAD_EVERY`], so a
 //! secret is rotated without a restart and without closing a stream: add the
@@ -15,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -121,6 +127,16 @@ impl Secrets {
         Ok(Self { header, accepted })
     }
 
+    fn signature(secret: &[u8], message: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(message);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn accepts(&self, presented: &[u8]) -> bool {
         // Compare with every secret, in constant time per secret, so the
         // answer's timing tells nothing of a secret's bytes.
@@ -187,6 +203,23 @@ impl LinkSecret {
             return false;
         };
         self.current.borrow().accepts(presented)
+    }
+
+    /// `message` signed with the secret being sent: HMAC-SHA256, hex.
+    /// Proves the secret is known without showing it.
+    pub fn sign(&self, message: &[u8]) -> String {
+        let secrets = self.current.borrow();
+        Secrets::signature(&secrets.accepted[0], message)
+    }
+
+    /// Whether `signature` is [`LinkSecret::sign`] of `message` under any
+    /// accepted secret (so a rotation's overlap works here too).
+    pub fn verify(&self, message: &[u8], signature: &str) -> bool {
+        let secrets = self.current.borrow();
+        secrets.accepted.iter().fold(false, |found, secret| {
+            let expected = Secrets::signature(secret, message);
+            found | bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
+        })
     }
 
     /// The `authorization` value to send now.
@@ -395,6 +428,29 @@ mod tests {
             .metadata()
             .get(AUTHORIZATION)
             .is_none());
+    }
+
+    #[test]
+    fn signatures_prove_an_accepted_secret() {
+        let old = LinkSecret::fixed("old-secret-0123456789").unwrap();
+        let both = LinkSecret::fixed("new-secret-0123456789\nold-secret-0123456789").unwrap();
+        let other = LinkSecret::fixed("other-secret-0123456789").unwrap();
+        let signed = old.sign(b"node-1 http://n1:7001");
+        assert_eq!(signed.len(), 64);
+        assert!(!signed.contains("old-secret"));
+        assert!(old.verify(b"node-1 http://n1:7001", &signed));
+        assert!(
+            both.verify(b"node-1 http://n1:7001", &signed),
+            "any accepted secret"
+        );
+        assert!(both.verify(b"x", &both.sign(b"x")));
+        assert!(
+            !old.verify(b"x", &both.sign(b"x")),
+            "signed with the new one"
+        );
+        assert!(!other.verify(b"node-1 http://n1:7001", &signed));
+        assert!(!old.verify(b"node-1 http://n2:7001", &signed));
+        assert!(!old.verify(b"node-1 http://n1:7001", ""));
     }
 
     #[test]

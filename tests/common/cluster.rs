@@ -146,8 +146,8 @@ impl TestCluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
-    /// The gRPC link's secret file every room node and gateway reads
-    /// (rewrite it to rotate).
+    /// The link secret file every process of the cluster reads (rewrite it
+    /// to rotate).
     pub fn link_secret_file(&self) -> PathBuf {
         self.dir.path().join(LINK_SECRET_FILE)
     }
@@ -173,6 +173,8 @@ impl TestCluster {
             DEAD_AFTER.into(),
             "--lease".into(),
             LEASE.into(),
+            "--grpc-secret-file".into(),
+            self.link_secret_file().display().to_string(),
         ];
         let args = self.with_common_args(&name, args);
         let process = Partyline::start(&args, LOG, &self.log_path(&name), "partyline coordinator ");
