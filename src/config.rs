@@ -12,6 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use serde_json::json;
+
+pub mod effective;
 
 /// Schemes of an HTTP endpoint setting (webhooks, JWKS, OTLP, `--advertise`).
 const HTTP_SCHEMES: &[&str] = &["http", "https"];
@@ -334,6 +337,16 @@ impl TelemetrySection {
         Ok(())
     }
 
+    /// `--print-effective-config`'s `telemetry`, checked.
+    pub fn effective(&self) -> anyhow::Result<serde_json::Value> {
+        self.check()?;
+        Ok(json!({
+            "ops_listen": self.ops_listen,
+            "otlp_endpoint": self.otlp_endpoint,
+            "trace_sample_ratio": self.sample_ratio()?,
+        }))
+    }
+
     /// The sample ratio, checked.
     pub fn sample_ratio(&self) -> anyhow::Result<f64> {
         let ratio = self.trace_sample_ratio.unwrap_or(0.05);
@@ -415,13 +428,10 @@ impl WebhooksSection {
         Ok(())
     }
 
-    /// The room node's hooks; `None` when neither URL is set.
-    pub fn build(&self) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
-        use partyline_room_node::hooks::{Hooks, HooksConfig};
+    /// The hooks' settings, defaults filled in and checked.
+    pub fn config(&self) -> anyhow::Result<partyline_room_node::hooks::HooksConfig> {
+        use partyline_room_node::hooks::HooksConfig;
         self.check()?;
-        if self.callback_url.is_none() && self.load_url.is_none() {
-            return Ok(None);
-        }
         let mut config = HooksConfig {
             callback_url: self.callback_url.clone(),
             callback_secret: self.callback_secret.clone(),
@@ -437,12 +447,21 @@ impl WebhooksSection {
             config.debounce_max_wait >= config.debounce_wait,
             "webhooks.debounce_max_wait must be at least webhooks.debounce_wait"
         );
+        Ok(config)
+    }
+
+    /// The room node's hooks; `None` when neither URL is set.
+    pub fn build(&self) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
+        let config = self.config()?;
+        if config.callback_url.is_none() && config.load_url.is_none() {
+            return Ok(None);
+        }
         if config.callback_url.is_some() && config.callback_secret.is_none() {
             tracing::warn!(
                 "state callbacks are unsigned: set --callback-secret so the app can verify them"
             );
         }
-        Ok(Some(Hooks::new(config)?))
+        Ok(Some(partyline_room_node::hooks::Hooks::new(config)?))
     }
 }
 
@@ -817,13 +836,9 @@ impl AuthSection {
         }
     }
 
-    /// The authorizer; `none` only when `allow_none` (dev, or the
-    /// operator said `--insecure-no-auth`).
-    pub async fn build(
-        &self,
-        allow_none: bool,
-    ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
-        use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
+    /// Checks the URLs, naming the flag of a bad one, and that a mode was
+    /// chosen unless `allow_none`.
+    pub fn check(&self, allow_none: bool) -> anyhow::Result<()> {
         for (flag, url) in [
             ("--jwks-url", &self.jwks_url),
             ("--webhook-url", &self.webhook_url),
@@ -832,13 +847,42 @@ impl AuthSection {
                 check_url(flag, url, HTTP_SCHEMES, true)?;
             }
         }
+        anyhow::ensure!(
+            allow_none || !matches!(self.mode.as_deref(), None | Some("none")),
+            "no client authorization configured: set --auth-mode jwt (with --jwt-secret or \
+             --jwt-public-key), or pass --insecure-no-auth to let anyone open any room"
+        );
+        Ok(())
+    }
+
+    /// `--print-effective-config`'s `auth`, defaults filled in.
+    pub fn effective(&self) -> serde_json::Value {
+        use effective::{opt_duration, secret};
+        json!({
+            "mode": self.mode.as_deref().unwrap_or("none"),
+            "jwt_secret": secret(self.jwt_secret.as_deref()),
+            "jwt_public_key": self.jwt_public_key,
+            "jwks_url": self.jwks_url,
+            "jwt_issuer": self.jwt_issuer,
+            "jwt_audience": self.jwt_audience,
+            "webhook_url": self.webhook_url,
+            "webhook_timeout": effective::duration(self.webhook_timeout.unwrap_or(Duration::from_secs(2))),
+            "cache_ttl": effective::duration(self.cache_ttl.unwrap_or(Duration::from_secs(30))),
+            "cache_entries": self.cache_entries.unwrap_or(10_000),
+            "max_session": opt_duration(self.max_session),
+        })
+    }
+
+    /// The authorizer; `none` only when `allow_none` (dev, or the
+    /// operator said `--insecure-no-auth`).
+    pub async fn build(
+        &self,
+        allow_none: bool,
+    ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
+        use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
+        self.check(allow_none)?;
         match self.mode.as_deref() {
             None | Some("none") => {
-                anyhow::ensure!(
-                    allow_none,
-                    "no client authorization configured: set --auth-mode jwt (with --jwt-secret or \
-                     --jwt-public-key), or pass --insecure-no-auth to let anyone open any room"
-                );
                 tracing::warn!("auth mode none: every client may open and edit every room");
                 Ok(Authorizer::None)
             }
@@ -959,6 +1003,19 @@ impl NodeSection {
             check_store(store)?;
         }
         Ok(())
+    }
+
+    /// `--print-effective-config`'s `node`, defaults filled in.
+    pub fn effective(&self) -> serde_json::Value {
+        json!({
+            "node_id": self.node_id(),
+            "grpc_listen": self.grpc_listen(),
+            "advertise": self.advertise(self.grpc_listen()),
+            "store": self.store,
+            "redis": self.redis.as_deref().map(effective::without_credentials),
+            "heartbeat_interval": effective::duration(self.heartbeat_interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)),
+            "drain_timeout": effective::duration(self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT)),
+        })
     }
 
     /// The node id: the flag, else the host name.
@@ -1109,14 +1166,12 @@ impl LinkSection {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<partyline_proto::link::LinkAuth> {
         use partyline_proto::link::{LinkAuth, LinkSecret};
-        match (&self.grpc_secret_file, self.insecure_no_grpc_secret) {
-            (Some(_), true) => {
-                anyhow::bail!("give --grpc-secret-file or --insecure-no-grpc-secret, not both")
-            }
-            (Some(path), false) => Ok(LinkAuth::Secret(
+        self.check()?;
+        match &self.grpc_secret_file {
+            Some(path) => Ok(LinkAuth::Secret(
                 LinkSecret::watch_file(path, shutdown).await?,
             )),
-            (None, true) => {
+            None => {
                 tracing::warn!(
                     "no link secret (--insecure-no-grpc-secret): anyone who reaches a room \
                      node's gRPC port can read and write every room, and any NATS client \
@@ -1124,6 +1179,25 @@ impl LinkSection {
                 );
                 Ok(LinkAuth::Insecure)
             }
+        }
+    }
+
+    /// `--print-effective-config`'s `link`.
+    pub fn effective(&self) -> anyhow::Result<serde_json::Value> {
+        self.check()?;
+        Ok(json!({
+            "grpc_secret_file": self.grpc_secret_file,
+            "insecure_no_grpc_secret": self.insecure_no_grpc_secret,
+        }))
+    }
+
+    /// Exactly one of a secret file and `--insecure-no-grpc-secret`.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match (&self.grpc_secret_file, self.insecure_no_grpc_secret) {
+            (Some(_), true) => {
+                anyhow::bail!("give --grpc-secret-file or --insecure-no-grpc-secret, not both")
+            }
+            (Some(_), false) | (None, true) => Ok(()),
             (None, false) => anyhow::bail!(
                 "the cluster needs its link secret: --grpc-secret-file FILE (one secret \
                  per line, at least 16 characters; e.g. `openssl rand -hex 32 > FILE`), \

@@ -6,7 +6,7 @@ use anyhow::Context;
 use partyline_coordinator::cluster::Cluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterSection, CoordinatorSection, FileConfig, LinkSection};
+use crate::config::{effective, ClusterSection, CoordinatorSection, FileConfig, LinkSection};
 use crate::ServeArgs;
 
 /// `partyline coordinator` flags.
@@ -23,16 +23,63 @@ pub struct CoordinatorArgs {
     link: LinkSection,
 }
 
+/// What `run` starts from, built from the settings alone (no I/O).
+struct Prepared {
+    cluster: partyline_coordinator::ClusterOptions,
+    coordinator: CoordinatorSection,
+    config: partyline_coordinator::CoordinatorConfig,
+    link: LinkSection,
+}
+
+fn prepare(args: &CoordinatorArgs, file: FileConfig) -> anyhow::Result<Prepared> {
+    let cluster = args.cluster.clone().merge(file.cluster).build()?;
+    let coordinator = args.coordinator.clone().merge(file.coordinator);
+    let config = coordinator.build()?;
+    let link = args.link.clone().merge(file.link);
+    link.check()?;
+    Ok(Prepared {
+        cluster,
+        coordinator,
+        config,
+        link,
+    })
+}
+
+/// `--print-effective-config`'s sections.
+pub fn effective(
+    args: &CoordinatorArgs,
+    file: FileConfig,
+) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+    let prepared = prepare(args, file)?;
+    let id_given = prepared
+        .coordinator
+        .id
+        .as_deref()
+        .is_some_and(|id| !id.is_empty());
+    Ok(vec![
+        ("cluster", effective::cluster(&prepared.cluster)),
+        (
+            "coordinator",
+            effective::coordinator(&prepared.config, id_given),
+        ),
+        ("link", prepared.link.effective()?),
+    ])
+}
+
 /// Runs until SIGTERM/SIGINT (a leader hands its lease back on the way out).
 pub async fn run(
     args: CoordinatorArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
-    let cluster_options = args.cluster.merge(file.cluster).build()?;
-    let config = args.coordinator.merge(file.coordinator).build()?;
+    let Prepared {
+        cluster: cluster_options,
+        config,
+        link,
+        ..
+    } = prepare(&args, file)?;
     let shutdown = CancellationToken::new();
-    let link = args.link.merge(file.link).build(shutdown.clone()).await?;
+    let link = link.build(shutdown.clone()).await?;
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
     let cluster = Cluster::connect(&cluster_options)
         .await

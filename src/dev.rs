@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthSection, FileConfig, GatewaySection, RoomNodeSection, WebhooksSection};
+use crate::config::{
+    effective, AuthSection, FileConfig, GatewaySection, RoomNodeSection, WebhooksSection,
+};
 use crate::ServeArgs;
 
 /// `partyline dev` flags.
@@ -39,6 +41,51 @@ pub struct DevArgs {
     webhooks: WebhooksSection,
 }
 
+/// What `run` starts from, built from the settings alone (no I/O).
+struct Prepared {
+    addresses: Vec<SocketAddr>,
+    room: partyline_room_node::RoomNodeConfig,
+    hooks: partyline_room_node::hooks::HooksConfig,
+    gateway: partyline_gateway::GatewayConfig,
+    auth: AuthSection,
+}
+
+fn prepare(args: &DevArgs, file: FileConfig) -> anyhow::Result<Prepared> {
+    let gateway = args.gateway.clone().merge(file.gateway);
+    let room_node = args.room_node.clone().merge(file.room_node);
+    let addresses = listen_addresses(&gateway, args.host.as_deref(), args.port.as_deref())?;
+    let mut room = room_node.build(NodeId::new("dev"))?;
+    let webhooks = args.webhooks.clone().merge(file.webhooks);
+    room.hooks = webhooks.build()?;
+    let hooks = webhooks.config()?;
+    let mut gateway_config = gateway.build("dev".to_owned())?;
+    let auth = args.auth.clone().merge(file.auth);
+    auth.check(true)?;
+    gateway_config.max_session = auth.max_session;
+    Ok(Prepared {
+        addresses,
+        room,
+        hooks,
+        gateway: gateway_config,
+        auth,
+    })
+}
+
+/// `--print-effective-config`'s sections.
+pub fn effective(
+    args: &DevArgs,
+    file: FileConfig,
+) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+    let prepared = prepare(args, file)?;
+    Ok(vec![
+        ("listen", serde_json::json!(prepared.addresses)),
+        ("gateway", effective::gateway(&prepared.gateway)),
+        ("auth", prepared.auth.effective()),
+        ("room_node", effective::room_node(&prepared.room)),
+        ("webhooks", effective::webhooks(&prepared.hooks)),
+    ])
+}
+
 /// Runs until SIGINT/SIGTERM/SIGHUP, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
 pub async fn run(
@@ -46,12 +93,14 @@ pub async fn run(
     file: FileConfig,
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
-    let gateway = args.gateway.merge(file.gateway);
-    let room_node = args.room_node.merge(file.room_node);
-    let addresses = listen_addresses(&gateway, args.host.as_deref(), args.port.as_deref())?;
-    let node_id = NodeId::new("dev");
-    let mut room_config = room_node.build(node_id.clone())?;
-    room_config.hooks = args.webhooks.merge(file.webhooks).build()?;
+    let Prepared {
+        addresses,
+        room: room_config,
+        gateway: mut gateway_config,
+        auth,
+        ..
+    } = prepare(&args, file)?;
+    let node_id = room_config.node_id.clone();
     let first_run = !room_config.data_dir.exists();
     let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
     if first_run {
@@ -61,11 +110,8 @@ pub async fn run(
     }
     let data_dir = std::fs::canonicalize(&room_config.data_dir)
         .unwrap_or_else(|_| room_config.data_dir.clone());
-    let mut gateway_config = gateway.build("dev".to_owned())?;
-    let auth = args.auth.merge(file.auth);
     gateway_config.auth = auth.build(true).await?;
     let auth_mode = auth.mode.clone().unwrap_or_else(|| "none".to_owned());
-    gateway_config.max_session = auth.max_session;
     gateway_config.trace_frames = serving.traces;
 
     let grpc_listener = TcpListener::bind("127.0.0.1:0")

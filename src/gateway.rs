@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    host_name, AuthSection, ClusterSection, FileConfig, GatewaySection, LinkSection,
+    effective, host_name, AuthSection, ClusterSection, FileConfig, GatewaySection, LinkSection,
 };
 use crate::ServeArgs;
 
@@ -31,30 +31,83 @@ pub struct GatewayArgs {
     insecure_no_auth: bool,
 }
 
+/// What `run` starts from, built from the settings alone (no I/O).
+struct Prepared {
+    listen: std::net::SocketAddr,
+    cluster: partyline_coordinator::ClusterOptions,
+    gateway: partyline_gateway::GatewayConfig,
+    auth: AuthSection,
+    link: LinkSection,
+}
+
+fn prepare(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Prepared> {
+    let gateway = args.gateway.clone().merge(file.gateway);
+    let cluster = args.cluster.clone().merge(file.cluster).build()?;
+    let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
+    config.shutdown_close_code = close::SERVICE_RESTART;
+    let auth = args.auth.clone().merge(file.auth);
+    auth.check(args.insecure_no_auth)?;
+    config.max_session = auth.max_session;
+    let link = args.link.clone().merge(file.link);
+    link.check()?;
+    Ok(Prepared {
+        listen: gateway.listen(),
+        cluster,
+        gateway: config,
+        auth,
+        link,
+    })
+}
+
+/// `--print-effective-config`'s sections.
+pub fn effective(
+    args: &GatewayArgs,
+    file: FileConfig,
+) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+    let prepared = prepare(args, file)?;
+    let mut gateway = effective::gateway(&prepared.gateway);
+    // The id ends in this process's id; printed as a placeholder.
+    let pid = format!("-{}", std::process::id());
+    if let Some(host) = prepared.gateway.gateway_id.strip_suffix(&pid) {
+        gateway["gateway_id"] = format!("{host}-{{pid}}").into();
+    }
+    let mut auth = prepared.auth.effective();
+    auth["insecure_no_auth"] = args.insecure_no_auth.into();
+    Ok(vec![
+        ("listen", serde_json::json!(prepared.listen)),
+        ("gateway", gateway),
+        ("auth", auth),
+        ("cluster", effective::cluster(&prepared.cluster)),
+        ("link", prepared.link.effective()?),
+    ])
+}
+
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(
     args: GatewayArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,
 ) -> anyhow::Result<()> {
-    let gateway = args.gateway.merge(file.gateway);
-    let cluster_options = args.cluster.merge(file.cluster).build()?;
-    let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
-    config.shutdown_close_code = close::SERVICE_RESTART;
-    let auth = args.auth.merge(file.auth);
-    config.auth = auth.build(args.insecure_no_auth).await?;
-    config.max_session = auth.max_session;
+    let insecure_no_auth = args.insecure_no_auth;
+    let Prepared {
+        listen,
+        cluster: cluster_options,
+        gateway: mut config,
+        auth,
+        link,
+    } = prepare(&args, file)?;
+    config.auth = auth.build(insecure_no_auth).await?;
     config.trace_frames = serving.traces;
 
     let shutdown = CancellationToken::new();
-    let link = args.link.merge(file.link).build(shutdown.clone()).await?;
+    let link = link.build(shutdown.clone()).await?;
     let cluster = Cluster::connect(&cluster_options)
         .await
         .context("connect to NATS")?;
     let slot_map = cluster.watch_slot_map(shutdown.clone()).await?;
-    let listener = TcpListener::bind(gateway.listen())
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("bind gateway on {}", gateway.listen()))?;
+        .with_context(|| format!("bind gateway on {listen}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
     let ready = {

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     common: CommonArgs,
     #[command(flatten)]
     telemetry: config::TelemetrySection,
+    /// Print the settings this command would run with (file ← env ← flags
+    /// and defaults, secrets redacted) as JSON and exit, connecting nowhere.
+    #[arg(long, hide = true)]
+    print_effective_config: bool,
 }
 
 impl ServeArgs {
@@ -117,6 +121,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev(args) => {
             let (file, settings) = args.serve.load()?;
+            if args.serve.print_effective_config {
+                let mut sections = dev::effective(&args, file)?;
+                sections.push(("telemetry", settings.effective()?));
+                return config::effective::print(sections);
+            }
             telemetry::serve("partyline-dev", settings, |serving| {
                 dev::run(*args, file, serving)
             })
@@ -124,6 +133,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway(args) => {
             let (file, settings) = args.serve.load()?;
+            if args.serve.print_effective_config {
+                let mut sections = gateway::effective(&args, file)?;
+                sections.push(("telemetry", settings.effective()?));
+                return config::effective::print(sections);
+            }
             telemetry::serve("partyline-gateway", settings, |serving| {
                 gateway::run(*args, file, serving)
             })
@@ -131,6 +145,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::RoomNode(args) => {
             let (file, settings) = args.serve.load()?;
+            if args.serve.print_effective_config {
+                let mut sections = room_node::effective(&args, file)?;
+                sections.push(("telemetry", settings.effective()?));
+                return config::effective::print(sections);
+            }
             telemetry::serve("partyline-room-node", settings, |serving| {
                 room_node::run(*args, file, serving)
             })
@@ -138,6 +157,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Coordinator(args) => {
             let (file, settings) = args.serve.load()?;
+            if args.serve.print_effective_config {
+                let mut sections = coordinator::effective(&args, file)?;
+                sections.push(("telemetry", settings.effective()?));
+                return config::effective::print(sections);
+            }
             telemetry::serve("partyline-coordinator", settings, |serving| {
                 coordinator::run(args, file, serving)
             })

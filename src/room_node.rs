@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ClusterSection, FileConfig, LinkSection, NodeSection, RoomNodeSection, WebhooksSection,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
+    effective, ClusterSection, FileConfig, LinkSection, NodeSection, RoomNodeSection,
+    WebhooksSection, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
 };
 use crate::ServeArgs;
 
@@ -37,22 +37,22 @@ pub struct RoomNodeArgs {
     link: LinkSection,
 }
 
-/// Runs until SIGTERM/SIGINT, then drains (see the module doc).
-pub async fn run(
-    args: RoomNodeArgs,
-    file: FileConfig,
-    serving: crate::telemetry::Serving,
-) -> anyhow::Result<()> {
-    let node = args.node.merge(file.node);
+/// What `run` starts from, built from the settings alone (no I/O).
+struct Prepared {
+    node: NodeSection,
+    cluster: partyline_coordinator::ClusterOptions,
+    link: LinkSection,
+    config: partyline_room_node::RoomNodeConfig,
+    hooks: partyline_room_node::hooks::HooksConfig,
+}
+
+fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
+    let node = args.node.clone().merge(file.node);
     node.check()?;
-    let cluster_options = args.cluster.merge(file.cluster).build()?;
-    // Checked before anything connects; watched for the process's life.
-    let link = args
-        .link
-        .merge(file.link)
-        .build(CancellationToken::new())
-        .await?;
-    let mut room_node = args.room_node.merge(file.room_node);
+    let cluster = args.cluster.clone().merge(file.cluster).build()?;
+    let link = args.link.clone().merge(file.link);
+    link.check()?;
+    let mut room_node = args.room_node.clone().merge(file.room_node);
     // `--data-dir DIR` is the same as `--store file://DIR`.
     anyhow::ensure!(
         room_node.data_dir.is_none() || node.store.is_none(),
@@ -61,12 +61,66 @@ pub async fn run(
     if room_node.data_dir.is_none() && node.redis.is_none() {
         room_node.data_dir = Some(node.store_dir()?);
     }
-    let node_id = NodeId::new(node.node_id());
-    let mut config = room_node.build(node_id.clone())?;
-    config.hooks = args.webhooks.merge(file.webhooks).build()?;
+    let mut config = room_node.build(NodeId::new(node.node_id()))?;
+    let webhooks = args.webhooks.clone().merge(file.webhooks);
+    config.hooks = webhooks.build()?;
+    let hooks = webhooks.config()?;
+    // With Redis, fencing in Redis replaces the shared directory's file
+    // locks; without, nodes share the directory and a room's files are
+    // locked while it is loaded.
+    config.room_locks = node.redis.is_none();
+    if let Some(timeout) = node.room_lock_timeout {
+        config.room_lock_timeout = timeout;
+    }
+    Ok(Prepared {
+        node,
+        cluster,
+        link,
+        config,
+        hooks,
+    })
+}
+
+/// `--print-effective-config`'s sections.
+pub fn effective(
+    args: &RoomNodeArgs,
+    file: FileConfig,
+) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+    let prepared = prepare(args, file)?;
+    let remote = prepared.node.redis.as_deref().map(|redis| {
+        serde_json::json!({
+            "redis": effective::without_credentials(redis),
+            "store": prepared.node.store.as_deref().unwrap_or("redis://"),
+        })
+    });
+    Ok(vec![
+        ("node", prepared.node.effective()),
+        ("cluster", effective::cluster(&prepared.cluster)),
+        ("link", prepared.link.effective()?),
+        ("room_node", effective::room_node(&prepared.config)),
+        ("remote", serde_json::json!(remote)),
+        ("webhooks", effective::webhooks(&prepared.hooks)),
+    ])
+}
+
+/// Runs until SIGTERM/SIGINT, then drains (see the module doc).
+pub async fn run(
+    args: RoomNodeArgs,
+    file: FileConfig,
+    serving: crate::telemetry::Serving,
+) -> anyhow::Result<()> {
+    let Prepared {
+        node,
+        cluster: cluster_options,
+        link,
+        mut config,
+        ..
+    } = prepare(&args, file)?;
+    let node_id = config.node_id.clone();
+    // Checked before anything connects; watched for the process's life.
+    let link = link.build(CancellationToken::new()).await?;
     if let Some(redis) = &node.redis {
-        // Logs in Redis, snapshots in the store; fencing in Redis replaces
-        // the shared directory's file locks.
+        // Logs in Redis, snapshots in the store.
         let store = node.store.as_deref().unwrap_or("redis://");
         let snapshots =
             SnapshotStore::from_url(store).with_context(|| format!("--store {store:?}"))?;
@@ -76,13 +130,6 @@ pub async fn run(
         tracing::info!(%redis, %store, "rooms log to redis, snapshot to the store");
         config.remote = Some(remote);
     } else {
-        // Nodes share the directory: a room's files are locked while it is loaded.
-        config.room_locks = true;
-    }
-    if let Some(timeout) = node.room_lock_timeout {
-        config.room_lock_timeout = timeout;
-    }
-    if config.remote.is_none() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
     }
