@@ -12,7 +12,8 @@ use partyline_proto::RoomName;
 use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
 use serde::Serialize;
 
-use crate::config::{ClusterSection, FileConfig, LinkSection};
+use crate::config::flags::{ClusterFlags, LinkFlags};
+use crate::config::{layer, FileConfig, LinkSettings};
 use crate::CommonArgs;
 
 /// `partyline admin` flags.
@@ -21,11 +22,11 @@ pub struct AdminArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    cluster: ClusterSection,
+    cluster: ClusterFlags,
     /// The gRPC link's secret (for `export` and `import`, which call the
     /// rooms' owners as a gateway does).
     #[command(flatten)]
-    link: LinkSection,
+    link: LinkFlags,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -103,8 +104,8 @@ enum AdminCommand {
 /// Runs one admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let options = args.cluster.merge(file.cluster).build()?;
-    let link = args.link.merge(file.link);
+    let options = layer(file.cluster, &args.cluster)?.build()?;
+    let link = file.link.layered(&args.link)?;
     let json = args.json;
     match args.command {
         AdminCommand::Nodes => {
@@ -260,7 +261,7 @@ async fn storage(
 /// API makes them: re-routed when the room moves mid-call.
 async fn room_api(
     options: &partyline_coordinator::cluster::ClusterOptions,
-    link: &LinkSection,
+    link: &LinkSettings,
     timeout: Duration,
 ) -> anyhow::Result<RoomApi> {
     // Followed for the life of the command.

@@ -6,7 +6,8 @@ use anyhow::Context;
 use partyline_coordinator::cluster::Cluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{effective, ClusterSection, CoordinatorSection, FileConfig, LinkSection};
+use crate::config::flags::{ClusterFlags, CoordinatorFlags, LinkFlags};
+use crate::config::{effective, layer, FileConfig, LinkSettings};
 use crate::ServeArgs;
 
 /// `partyline coordinator` flags.
@@ -15,32 +16,34 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
-    cluster: ClusterSection,
+    cluster: ClusterFlags,
     #[command(flatten)]
-    coordinator: CoordinatorSection,
+    coordinator: CoordinatorFlags,
     /// The link secret: room nodes prove they hold it in every heartbeat.
     #[command(flatten)]
-    link: LinkSection,
+    link: LinkFlags,
 }
 
 /// What `run` starts from, built from the settings alone (no I/O).
 struct Prepared {
     cluster: partyline_coordinator::ClusterOptions,
-    coordinator: CoordinatorSection,
     config: partyline_coordinator::CoordinatorConfig,
-    link: LinkSection,
+    id_given: bool,
+    link: LinkSettings,
 }
 
 fn prepare(args: &CoordinatorArgs, file: FileConfig) -> anyhow::Result<Prepared> {
-    let cluster = args.cluster.clone().merge(file.cluster).build()?;
-    let coordinator = args.coordinator.clone().merge(file.coordinator);
-    let config = coordinator.build()?;
-    let link = args.link.clone().merge(file.link);
+    let cluster = layer(file.cluster, &args.cluster)?.build()?;
+    let mut config = layer(file.coordinator, &args.coordinator)?;
+    let id_given = !config.id.is_empty();
+    config.id = config.effective_id();
+    config.validate()?;
+    let link = file.link.layered(&args.link)?;
     link.check()?;
     Ok(Prepared {
         cluster,
-        coordinator,
         config,
+        id_given,
         link,
     })
 }
@@ -51,16 +54,11 @@ pub fn effective(
     file: FileConfig,
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
     let prepared = prepare(args, file)?;
-    let id_given = prepared
-        .coordinator
-        .id
-        .as_deref()
-        .is_some_and(|id| !id.is_empty());
     Ok(vec![
         ("cluster", effective::cluster(&prepared.cluster)),
         (
             "coordinator",
-            effective::coordinator(&prepared.config, id_given),
+            effective::coordinator(&prepared.config, prepared.id_given),
         ),
         ("link", prepared.link.effective()?),
     ])

@@ -12,9 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    effective, AuthSection, FileConfig, GatewaySection, RoomNodeSection, WebhooksSection,
-};
+use crate::config::flags::{AuthFlags, GatewayFlags, RoomNodeFlags, WebhooksFlags};
+use crate::config::{effective, layer, AuthSettings, FileConfig, GatewaySettings};
 use crate::ServeArgs;
 
 /// `partyline dev` flags.
@@ -32,13 +31,13 @@ pub struct DevArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
-    gateway: GatewaySection,
+    gateway: GatewayFlags,
     #[command(flatten)]
-    room_node: RoomNodeSection,
+    room_node: RoomNodeFlags,
     #[command(flatten)]
-    auth: AuthSection,
+    auth: AuthFlags,
     #[command(flatten)]
-    webhooks: WebhooksSection,
+    webhooks: WebhooksFlags,
 }
 
 /// What `run` starts from, built from the settings alone (no I/O).
@@ -47,20 +46,19 @@ struct Prepared {
     room: partyline_room_node::RoomNodeConfig,
     hooks: partyline_room_node::hooks::HooksConfig,
     gateway: partyline_gateway::GatewayConfig,
-    auth: AuthSection,
+    auth: AuthSettings,
 }
 
 fn prepare(args: &DevArgs, file: FileConfig) -> anyhow::Result<Prepared> {
-    let gateway = args.gateway.clone().merge(file.gateway);
-    let room_node = args.room_node.clone().merge(file.room_node);
+    let gateway = layer(file.gateway, &args.gateway)?;
+    let room_node = layer(file.room_node, &args.room_node)?;
     let addresses = listen_addresses(&gateway, args.host.as_deref(), args.port.as_deref())?;
-    let mut room = room_node.build(NodeId::new("dev"))?;
-    let webhooks = args.webhooks.clone().merge(file.webhooks);
-    room.hooks = webhooks.build()?;
-    let hooks = webhooks.config()?;
-    let mut gateway_config = gateway.build("dev".to_owned())?;
-    let auth = args.auth.clone().merge(file.auth);
-    auth.check(true)?;
+    let mut room = room_node.into_config(NodeId::new("dev"), &args.room_node.room_mode)?;
+    let hooks = layer(file.webhooks, &args.webhooks)?;
+    room.hooks = crate::config::hooks(&hooks)?;
+    let mut gateway_config = gateway.into_config("dev")?;
+    let auth = layer(file.auth, &args.auth)?;
+    crate::config::check_auth(&auth, true)?;
     gateway_config.max_session = auth.max_session;
     Ok(Prepared {
         addresses,
@@ -80,7 +78,7 @@ pub fn effective(
     Ok(vec![
         ("listen", serde_json::json!(prepared.addresses)),
         ("gateway", effective::gateway(&prepared.gateway)),
-        ("auth", prepared.auth.effective()),
+        ("auth", crate::config::effective_auth(&prepared.auth)),
         ("room_node", effective::room_node(&prepared.room)),
         ("webhooks", effective::webhooks(&prepared.hooks)),
     ])
@@ -110,7 +108,7 @@ pub async fn run(
     }
     let data_dir = std::fs::canonicalize(&room_config.data_dir)
         .unwrap_or_else(|_| room_config.data_dir.clone());
-    gateway_config.auth = auth.build(true).await?;
+    gateway_config.auth = crate::config::authorizer(&auth, true).await?;
     let auth_mode = auth.mode.clone().unwrap_or_else(|| "none".to_owned());
     gateway_config.trace_frames = serving.traces;
 
@@ -208,7 +206,7 @@ pub async fn run(
 /// `HOST` with `--port` / `PORT`; else both loopbacks on the port (1999
 /// unless said), the first being where the port is chosen.
 fn listen_addresses(
-    gateway: &GatewaySection,
+    gateway: &GatewaySettings,
     host: Option<&str>,
     port: Option<&str>,
 ) -> anyhow::Result<Vec<SocketAddr>> {

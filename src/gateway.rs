@@ -8,9 +8,8 @@ use partyline_proto::close;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    effective, host_name, AuthSection, ClusterSection, FileConfig, GatewaySection, LinkSection,
-};
+use crate::config::flags::{AuthFlags, ClusterFlags, GatewayFlags, LinkFlags};
+use crate::config::{effective, host_name, layer, AuthSettings, FileConfig, LinkSettings};
 use crate::ServeArgs;
 
 /// `partyline gateway` flags.
@@ -19,13 +18,13 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
-    cluster: ClusterSection,
+    cluster: ClusterFlags,
     #[command(flatten)]
-    gateway: GatewaySection,
+    gateway: GatewayFlags,
     #[command(flatten)]
-    auth: AuthSection,
+    auth: AuthFlags,
     #[command(flatten)]
-    link: LinkSection,
+    link: LinkFlags,
     /// Let any client open and edit any room, without a token.
     #[arg(long, env = "PARTYLINE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
@@ -36,22 +35,23 @@ struct Prepared {
     listen: std::net::SocketAddr,
     cluster: partyline_coordinator::ClusterOptions,
     gateway: partyline_gateway::GatewayConfig,
-    auth: AuthSection,
-    link: LinkSection,
+    auth: AuthSettings,
+    link: LinkSettings,
 }
 
 fn prepare(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Prepared> {
-    let gateway = args.gateway.clone().merge(file.gateway);
-    let cluster = args.cluster.clone().merge(file.cluster).build()?;
-    let mut config = gateway.build(format!("{}-{}", host_name(), std::process::id()))?;
+    let gateway = layer(file.gateway, &args.gateway)?;
+    let listen = gateway.listen();
+    let cluster = layer(file.cluster, &args.cluster)?.build()?;
+    let mut config = gateway.into_config(format!("{}-{}", host_name(), std::process::id()))?;
     config.shutdown_close_code = close::SERVICE_RESTART;
-    let auth = args.auth.clone().merge(file.auth);
-    auth.check(args.insecure_no_auth)?;
+    let auth = layer(file.auth, &args.auth)?;
+    crate::config::check_auth(&auth, args.insecure_no_auth)?;
     config.max_session = auth.max_session;
-    let link = args.link.clone().merge(file.link);
+    let link = file.link.layered(&args.link)?;
     link.check()?;
     Ok(Prepared {
-        listen: gateway.listen(),
+        listen,
         cluster,
         gateway: config,
         auth,
@@ -71,7 +71,7 @@ pub fn effective(
     if let Some(host) = prepared.gateway.gateway_id.strip_suffix(&pid) {
         gateway["gateway_id"] = format!("{host}-{{pid}}").into();
     }
-    let mut auth = prepared.auth.effective();
+    let mut auth = crate::config::effective_auth(&prepared.auth);
     auth["insecure_no_auth"] = args.insecure_no_auth.into();
     Ok(vec![
         ("listen", serde_json::json!(prepared.listen)),
@@ -96,7 +96,7 @@ pub async fn run(
         auth,
         link,
     } = prepare(&args, file)?;
-    config.auth = auth.build(insecure_no_auth).await?;
+    config.auth = crate::config::authorizer(&auth, insecure_no_auth).await?;
     config.trace_frames = serving.traces;
 
     let shutdown = CancellationToken::new();

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    telemetry: config::TelemetrySection,
+    telemetry: config::flags::TelemetryFlags,
     /// Print the settings this command would run with (file ← env ← flags
     /// and defaults, secrets redacted) as JSON and exit, connecting nowhere.
     #[arg(long, hide = true)]
@@ -74,12 +74,9 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Reads the config file, once: the role's sections, and `[telemetry]`
     /// under the flags.
-    fn load(&self) -> anyhow::Result<(config::FileConfig, config::TelemetrySection)> {
+    fn load(&self) -> anyhow::Result<(config::FileConfig, config::TelemetrySettings)> {
         let mut file = config::FileConfig::load(self.common.config.as_deref())?;
-        let telemetry = self
-            .telemetry
-            .clone()
-            .merge(std::mem::take(&mut file.telemetry));
+        let telemetry = std::mem::take(&mut file.telemetry).layered(&self.telemetry)?;
         Ok((file, telemetry))
     }
 }

@@ -14,10 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    effective, ClusterSection, FileConfig, LinkSection, NodeSection, RoomNodeSection,
-    WebhooksSection, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
-};
+use crate::config::flags::{ClusterFlags, LinkFlags, NodeFlags, RoomNodeFlags, WebhooksFlags};
+use crate::config::{effective, host_name, layer, FileConfig, LinkSettings, NodeSettings};
 use crate::ServeArgs;
 
 /// `partyline room-node` flags.
@@ -26,52 +24,50 @@ pub struct RoomNodeArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
-    node: NodeSection,
+    node: NodeFlags,
     #[command(flatten)]
-    cluster: ClusterSection,
+    cluster: ClusterFlags,
     #[command(flatten)]
-    room_node: RoomNodeSection,
+    room_node: RoomNodeFlags,
     #[command(flatten)]
-    webhooks: WebhooksSection,
+    webhooks: WebhooksFlags,
     #[command(flatten)]
-    link: LinkSection,
+    link: LinkFlags,
 }
 
 /// What `run` starts from, built from the settings alone (no I/O).
 struct Prepared {
-    node: NodeSection,
+    node: NodeSettings,
     cluster: partyline_coordinator::ClusterOptions,
-    link: LinkSection,
+    link: LinkSettings,
     config: partyline_room_node::RoomNodeConfig,
     hooks: partyline_room_node::hooks::HooksConfig,
 }
 
 fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
-    let node = args.node.clone().merge(file.node);
-    node.check()?;
-    let cluster = args.cluster.clone().merge(file.cluster).build()?;
-    let link = args.link.clone().merge(file.link);
+    let node = layer(file.node, &args.node)?;
+    check_node(&node)?;
+    let cluster = layer(file.cluster, &args.cluster)?.build()?;
+    let link = file.link.layered(&args.link)?;
     link.check()?;
-    let mut room_node = args.room_node.clone().merge(file.room_node);
+    let mut room_node = layer(file.room_node, &args.room_node)?;
     // `--data-dir DIR` is the same as `--store file://DIR`.
     anyhow::ensure!(
         room_node.data_dir.is_none() || node.store.is_none(),
         "give the room store once: --store file:///dir or --data-dir, not both"
     );
     if room_node.data_dir.is_none() && node.redis.is_none() {
-        room_node.data_dir = Some(node.store_dir()?);
+        room_node.data_dir = Some(store_dir(&node)?);
     }
-    let mut config = room_node.build(NodeId::new(node.node_id()))?;
-    let webhooks = args.webhooks.clone().merge(file.webhooks);
-    config.hooks = webhooks.build()?;
-    let hooks = webhooks.config()?;
+    let node_id = NodeId::new(node_id(&node));
+    let mut config = room_node.into_config(node_id, &args.room_node.room_mode)?;
+    let hooks = layer(file.webhooks, &args.webhooks)?;
+    config.hooks = crate::config::hooks(&hooks)?;
     // With Redis, fencing in Redis replaces the shared directory's file
     // locks; without, nodes share the directory and a room's files are
     // locked while it is loaded.
     config.room_locks = node.redis.is_none();
-    if let Some(timeout) = node.room_lock_timeout {
-        config.room_lock_timeout = timeout;
-    }
+    config.room_lock_timeout = node.room_lock_timeout;
     Ok(Prepared {
         node,
         cluster,
@@ -94,7 +90,7 @@ pub fn effective(
         })
     });
     Ok(vec![
-        ("node", prepared.node.effective()),
+        ("node", effective_node(&prepared.node)),
         ("cluster", effective::cluster(&prepared.cluster)),
         ("link", prepared.link.effective()?),
         ("room_node", effective::room_node(&prepared.config)),
@@ -134,13 +130,13 @@ pub async fn run(
             .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
     }
 
-    let listener = TcpListener::bind(node.grpc_listen())
+    let listener = TcpListener::bind(node.grpc_listen)
         .await
-        .with_context(|| format!("bind room node grpc on {}", node.grpc_listen()))?;
+        .with_context(|| format!("bind room node grpc on {}", node.grpc_listen))?;
     let bound = listener.local_addr()?;
     let info = NodeInfo {
         id: node_id.clone(),
-        grpc_url: node.advertise(bound),
+        grpc_url: advertise(&node, bound),
     };
 
     let shutdown = CancellationToken::new();
@@ -151,9 +147,7 @@ pub async fn run(
     let slot_map = cluster.watch_slot_map(background.clone()).await?;
     let ownership = Ownership::new(node_id.clone(), slot_map.clone());
     let (draining_tx, draining_rx) = watch::channel(false);
-    let heartbeat_interval = node
-        .heartbeat_interval
-        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    let heartbeat_interval = node.heartbeat_interval;
     // Its last heartbeat says this process leaves, so a restart with the
     // same id joins at once instead of after `dead_after`.
     let heartbeats = tokio::spawn({
@@ -185,8 +179,7 @@ pub async fn run(
     tokio::spawn(crate::wait_for_signal(signalled.clone()));
     tokio::select! {
         _ = signalled.cancelled() => {
-            let timeout = node.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-            drain(&draining_tx, ownership, timeout).await;
+            drain(&draining_tx, ownership, node.drain_timeout).await;
             shutdown.cancel();
         }
         _ = shutdown.cancelled() => {}
@@ -219,5 +212,99 @@ async fn drain(draining: &watch::Sender<bool>, mut ownership: Ownership, timeout
             slots = ownership.owned_slots(),
             "drain timeout: stopping with slots still assigned (their rooms are snapshotted)"
         ),
+    }
+}
+
+/// Checks `--advertise`, `--redis` and `--store`, naming the flag of a
+/// bad one. `--advertise` must be a URL: a bare `host:port` is refused
+/// rather than guessed, since gateways dial exactly what is published.
+fn check_node(node: &NodeSettings) -> anyhow::Result<()> {
+    if let Some(advertise) = &node.advertise {
+        let schemes = crate::config::HTTP_SCHEMES;
+        crate::config::check_url("--advertise", advertise, schemes, true)?;
+    }
+    if let Some(redis) = &node.redis {
+        crate::config::check_redis(redis)?;
+    }
+    if let Some(store) = &node.store {
+        crate::config::check_store(store)?;
+    }
+    Ok(())
+}
+
+/// The node id: the setting, else the host name.
+fn node_id(node: &NodeSettings) -> String {
+    node.node_id.clone().unwrap_or_else(host_name)
+}
+
+/// The URL gateways dial, given the address actually bound.
+fn advertise(node: &NodeSettings, bound: std::net::SocketAddr) -> String {
+    if let Some(url) = &node.advertise {
+        return url.clone();
+    }
+    if bound.ip().is_unspecified() {
+        format!("http://{}:{}", host_name(), bound.port())
+    } else {
+        format!("http://{bound}")
+    }
+}
+
+/// The store directory from `--store file:///dir`.
+fn store_dir(node: &NodeSettings) -> anyhow::Result<std::path::PathBuf> {
+    let Some(url) = &node.store else {
+        return Ok(partyline_room_node::config::DEFAULT_DATA_DIR.into());
+    };
+    match url.strip_prefix("file://") {
+        Some(path) if !path.is_empty() => Ok(path.into()),
+        _ => anyhow::bail!(
+            "--store {url:?} is not supported without --redis: logs need a shared directory, \
+             file:///path (object stores and redis:// hold snapshots of a --redis log)"
+        ),
+    }
+}
+
+/// `--print-effective-config`'s `node`.
+fn effective_node(node: &NodeSettings) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": node_id(node),
+        "grpc_listen": node.grpc_listen,
+        "advertise": advertise(node, node.grpc_listen),
+        "store": node.store,
+        "redis": node.redis.as_deref().map(effective::without_credentials),
+        "heartbeat_interval": effective::duration(node.heartbeat_interval),
+        "drain_timeout": effective::duration(node.drain_timeout),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_settings_come_from_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[node]\nnode_id = \"n7\"\nstore = \"file:///srv/rooms\"\ndrain_timeout = \"45s\"\n",
+        )
+        .unwrap();
+        let node = file.node;
+        assert_eq!(node_id(&node), "n7");
+        assert_eq!(
+            store_dir(&node).unwrap(),
+            std::path::PathBuf::from("/srv/rooms")
+        );
+        assert_eq!(node.drain_timeout, Duration::from_secs(45));
+        assert_eq!(
+            advertise(&node, "0.0.0.0:7001".parse().unwrap()),
+            format!("http://{}:7001", host_name())
+        );
+        assert_eq!(
+            advertise(&node, "127.0.0.1:7001".parse().unwrap()),
+            "http://127.0.0.1:7001"
+        );
+        let s3 = NodeSettings {
+            store: Some("s3://bucket/rooms".into()),
+            ..Default::default()
+        };
+        assert!(store_dir(&s3).is_err(), "only file:// stores without redis");
     }
 }

@@ -20,6 +20,63 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Label sets kept per instrument (more fold into one overflow series).
 const MAX_LABEL_SETS: usize = 64;
 
+/// Default for [`TelemetrySettings::trace_sample_ratio`].
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.05;
+
+/// `[telemetry]`: metrics, health and traces of a serving role
+/// (docs/operations.md).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Where /metrics, /healthz and /readyz are served; `None`: not served.
+    pub ops_listen: Option<std::net::SocketAddr>,
+    /// OTLP/gRPC collector; `None` (or empty): no export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of client frames that start a trace (0 to 1).
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: None,
+            otlp_endpoint: None,
+            trace_sample_ratio: DEFAULT_TRACE_SAMPLE_RATIO,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The file's `[telemetry]` under the flags; an empty endpoint (e.g.
+    /// an unset variable in a compose file) is none.
+    pub fn layered(self, flags: &crate::config::flags::TelemetryFlags) -> anyhow::Result<Self> {
+        let mut settings = crate::config::layer(self, flags)?;
+        settings.otlp_endpoint = settings
+            .otlp_endpoint
+            .filter(|endpoint| !endpoint.is_empty());
+        Ok(settings)
+    }
+
+    /// Checks the OTLP endpoint (naming the flag) and the sample ratio.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let schemes = crate::config::HTTP_SCHEMES;
+            crate::config::check_url("--otlp-endpoint", endpoint, schemes, true)?;
+        }
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.trace_sample_ratio),
+            "telemetry.trace_sample_ratio must be between 0 and 1"
+        );
+        Ok(())
+    }
+
+    /// `--print-effective-config`'s `telemetry`, checked.
+    pub fn effective(&self) -> anyhow::Result<serde_json::Value> {
+        self.validate()?;
+        Ok(serde_json::json!(self))
+    }
+}
+
 /// How often metrics are pushed to the OTLP endpoint.
 const OTLP_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -183,18 +240,18 @@ impl Serving {
 /// flushes it.
 pub async fn serve<F, Fut>(
     service: &'static str,
-    settings: crate::config::TelemetrySection,
+    settings: TelemetrySettings,
     run: F,
 ) -> anyhow::Result<()>
 where
     F: FnOnce(Serving) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    settings.check()?;
+    settings.validate()?;
     let telemetry = Telemetry::init(
         service,
         settings.otlp_endpoint.as_deref(),
-        settings.sample_ratio()?,
+        settings.trace_sample_ratio,
     )?;
     let serving = Serving {
         registry: telemetry.registry(),

@@ -1,6 +1,12 @@
-//! Gateway settings, every limit with its default.
+//! Gateway settings, every limit with its default: [`GatewaySettings`]
+//! and [`AuthSettings`] are the `[gateway]` and `[auth]` sections of the
+//! config file (flags and env layered over them by the binary), checked by
+//! their `validate`; [`GatewayConfig`] is what [`crate::run`] takes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// Default for [`GatewayConfig::max_message_bytes`].
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -32,6 +38,238 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Default for [`GatewayConfig::release_grace`].
 pub const DEFAULT_RELEASE_GRACE: Duration = Duration::from_secs(2);
+/// Default of [`GatewaySettings::listen`]: PartyKit's default port.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1999);
+/// Default for [`AuthSettings::webhook_timeout`].
+pub const DEFAULT_AUTH_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default for [`AuthSettings::cache_ttl`].
+pub const DEFAULT_AUTH_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Default for [`AuthSettings::cache_entries`].
+pub const DEFAULT_AUTH_CACHE_ENTRIES: usize = 10_000;
+
+/// Settings that cannot work together; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// `Err(ConfigError(message))` unless `holds`.
+fn ensure(holds: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError(message()))
+    }
+}
+
+/// `[gateway]`: a gateway's settings as written in the config file (the
+/// `--help` of each flag says what it does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct GatewaySettings {
+    /// `None`: [`DEFAULT_LISTEN`] (`partyline dev` then listens on both loopbacks).
+    pub listen: Option<SocketAddr>,
+    pub max_message_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    pub max_query_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    pub session_queue: usize,
+    pub session_queue_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub upstream_linger: Duration,
+    #[serde(with = "humantime_serde")]
+    pub owner_unreachable_timeout: Duration,
+    pub room_reopen_attempts: u32,
+    pub ws_read_buffer_bytes: usize,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub release_grace: Duration,
+    pub max_connects_per_ip: u32,
+    pub max_sockets_per_ip: u32,
+    pub max_messages_per_second: u32,
+    pub message_burst: u32,
+    pub api_key: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub api_timeout: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        let limits = crate::limits::LimitsConfig::default();
+        Self {
+            listen: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            dead_after: DEFAULT_DEAD_AFTER,
+            session_queue: DEFAULT_SESSION_QUEUE,
+            session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
+            upstream_linger: DEFAULT_UPSTREAM_LINGER,
+            owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
+            room_reopen_attempts: DEFAULT_ROOM_REOPEN_ATTEMPTS,
+            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            release_grace: DEFAULT_RELEASE_GRACE,
+            max_connects_per_ip: limits.max_connects_per_ip,
+            max_sockets_per_ip: limits.max_sockets_per_ip,
+            max_messages_per_second: limits.max_messages_per_second,
+            message_burst: limits.message_burst,
+            api_key: None,
+            api_timeout: DEFAULT_API_TIMEOUT,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// The listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+
+    /// Checks that the limits make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.room_reopen_attempts >= 1, || {
+            "gateway.room_reopen_attempts (--room-reopen-attempts) must be at least 1".into()
+        })?;
+        if let Some(key) = &self.api_key {
+            ensure(key.len() >= 16, || {
+                "gateway.api_key must be at least 16 characters".into()
+            })?;
+        }
+        ensure(self.session_queue > 0, || {
+            "gateway.session_queue must be at least 1".into()
+        })?;
+        ensure(self.session_queue_bytes >= 64 * 1024, || {
+            "gateway.session_queue_bytes (--session-queue-bytes) must be at least 65536".into()
+        })?;
+        ensure(self.max_message_bytes > 0, || {
+            "gateway.max_message_bytes must be at least 1".into()
+        })?;
+        ensure(self.session_queue_bytes >= self.max_message_bytes, || {
+            format!(
+                "gateway.session_queue_bytes (--session-queue-bytes) must be at least \
+                 gateway.max_message_bytes ({}): an edit of the largest size must fit",
+                self.max_message_bytes
+            )
+        })?;
+        ensure(!self.batch_timeout.is_zero(), || {
+            "gateway.batch_timeout must be positive".into()
+        })?;
+        ensure(self.max_query_bytes > 0, || {
+            "gateway.max_query_bytes must be at least 1".into()
+        })?;
+        ensure(!self.ping_interval.is_zero(), || {
+            "gateway.ping_interval must be positive".into()
+        })?;
+        ensure(self.dead_after > self.ping_interval, || {
+            "gateway.dead_after must be longer than gateway.ping_interval".into()
+        })
+    }
+
+    /// The gateway's config with this id, checked (`auth`, `max_session`
+    /// and the rest of the wiring are the caller's).
+    pub fn into_config(self, gateway_id: impl Into<String>) -> Result<GatewayConfig, ConfigError> {
+        self.validate()?;
+        Ok(self.config(gateway_id.into()))
+    }
+
+    /// The config, unchecked.
+    fn config(self, gateway_id: String) -> GatewayConfig {
+        GatewayConfig {
+            gateway_id,
+            max_message_bytes: self.max_message_bytes,
+            batch_timeout: self.batch_timeout,
+            max_query_bytes: self.max_query_bytes,
+            ping_interval: self.ping_interval,
+            dead_after: self.dead_after,
+            session_queue: self.session_queue,
+            session_queue_bytes: self.session_queue_bytes,
+            upstream_linger: self.upstream_linger,
+            owner_unreachable_timeout: self.owner_unreachable_timeout,
+            room_reopen_attempts: self.room_reopen_attempts,
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes,
+            max_connections: self.max_connections,
+            release_grace: self.release_grace,
+            limits: crate::limits::LimitsConfig {
+                max_connects_per_ip: self.max_connects_per_ip,
+                max_sockets_per_ip: self.max_sockets_per_ip,
+                max_messages_per_second: self.max_messages_per_second,
+                message_burst: self.message_burst,
+            },
+            api_key: self.api_key,
+            api_timeout: self.api_timeout,
+            auth: crate::auth::Authorizer::None,
+            max_session: None,
+            trace_frames: false,
+            shutdown_close_code: partyline_proto::close::GOING_AWAY,
+        }
+    }
+}
+
+/// `[auth]`: how clients are authorized, as written in the config file.
+/// [`crate::auth::Authorizer`] is built from it by the binary (a JWKS is
+/// fetched, a key file read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct AuthSettings {
+    /// `none`, `jwt` or `webhook`; `None` is `none`.
+    pub mode: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub webhook_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    pub cache_entries: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_session: Option<Duration>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            webhook_url: None,
+            webhook_timeout: DEFAULT_AUTH_WEBHOOK_TIMEOUT,
+            cache_ttl: DEFAULT_AUTH_CACHE_TTL,
+            cache_entries: DEFAULT_AUTH_CACHE_ENTRIES,
+            max_session: None,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The mode's name (`none` when unset).
+    pub fn mode(&self) -> &str {
+        self.mode.as_deref().unwrap_or("none")
+    }
+
+    /// Checks that a mode was chosen unless `allow_none` (`partyline dev`,
+    /// or the operator said `--insecure-no-auth`).
+    pub fn validate(&self, allow_none: bool) -> Result<(), ConfigError> {
+        ensure(allow_none || self.mode() != "none", || {
+            "no client authorization configured: set --auth-mode jwt (with --jwt-secret or \
+             --jwt-public-key), or pass --insecure-no-auth to let anyone open any room"
+                .into()
+        })
+    }
+}
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -103,30 +341,31 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults for a gateway with this id.
+    /// Defaults for a gateway with this id ([`GatewaySettings::default`]).
     pub fn new(gateway_id: impl Into<String>) -> Self {
-        Self {
-            gateway_id: gateway_id.into(),
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            batch_timeout: DEFAULT_BATCH_TIMEOUT,
-            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
-            ping_interval: DEFAULT_PING_INTERVAL,
-            dead_after: DEFAULT_DEAD_AFTER,
-            session_queue: DEFAULT_SESSION_QUEUE,
-            session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
-            upstream_linger: DEFAULT_UPSTREAM_LINGER,
-            owner_unreachable_timeout: DEFAULT_OWNER_UNREACHABLE_TIMEOUT,
-            room_reopen_attempts: DEFAULT_ROOM_REOPEN_ATTEMPTS,
-            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            release_grace: DEFAULT_RELEASE_GRACE,
-            auth: crate::auth::Authorizer::None,
-            max_session: None,
-            limits: crate::limits::LimitsConfig::default(),
-            trace_frames: false,
-            api_key: None,
-            api_timeout: DEFAULT_API_TIMEOUT,
-            shutdown_close_code: partyline_proto::close::GOING_AWAY,
-        }
+        GatewaySettings::default().config(gateway_id.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_limits_name_their_setting() {
+        let config = GatewaySettings::default().into_config("g").unwrap();
+        assert_eq!(config.ping_interval, DEFAULT_PING_INTERVAL);
+        assert_eq!(
+            config.limits.message_burst,
+            crate::limits::DEFAULT_MESSAGE_BURST
+        );
+        let slow = GatewaySettings {
+            dead_after: DEFAULT_PING_INTERVAL,
+            ..Default::default()
+        };
+        let error = slow.into_config("g").unwrap_err().to_string();
+        assert!(error.contains("gateway.dead_after"), "{error}");
+        assert!(AuthSettings::default().validate(false).is_err());
+        assert!(AuthSettings::default().validate(true).is_ok());
     }
 }

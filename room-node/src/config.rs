@@ -1,8 +1,15 @@
-//! Room node settings. The binary fills them from TOML, env and flags; tests
-//! build them directly. Every limit is here with its default.
+//! Room node settings, every limit with its default. [`RoomNodeSettings`]
+//! and [`NodeSettings`] are the `[room_node]` and `[node]` sections of the
+//! config file (the binary layers env and flags over them), checked by
+//! their `validate`; [`RoomNodeConfig`] is what [`crate::run`] takes, and
+//! tests build it directly.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use partyline_proto::NodeId;
 
@@ -36,6 +43,235 @@ pub const DEFAULT_MAX_DOC_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MIN_RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Default for [`RoomNodeConfig::room_lock_timeout`].
 pub const DEFAULT_ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default data directory (`partyline dev`; a room node's `file://` store).
+pub const DEFAULT_DATA_DIR: &str = ".partyline";
+/// Default of [`NodeSettings::grpc_listen`].
+pub const DEFAULT_GRPC_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7001);
+/// Default of [`NodeSettings::heartbeat_interval`].
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default of [`NodeSettings::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings that cannot work together; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// `Err(ConfigError(message))` unless `holds`.
+fn ensure(holds: bool, message: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError(message.to_owned()))
+    }
+}
+
+/// `[room_node]`: a room node's settings as written in the config file
+/// (the `--help` of each flag says what it does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RoomNodeSettings {
+    /// `None`: [`DEFAULT_DATA_DIR`], or the `[node]` store's directory.
+    pub data_dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    pub snapshot_log_bytes: u64,
+    pub snapshot_log_updates: u64,
+    pub log_buffer_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    pub link_queue: usize,
+    pub room_queue: usize,
+    pub max_type_depth: u16,
+    /// `0s` never trims.
+    #[serde(with = "humantime_serde")]
+    pub memory_trim_delay: Duration,
+    pub max_doc_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub min_resync_interval: Duration,
+    pub awareness_max_clients: usize,
+    pub awareness_max_bytes: usize,
+    /// `[room_node.modes]`: prefix = "mode".
+    pub modes: BTreeMap<String, String>,
+    /// `[room_node.policies."prefix"]`.
+    pub policies: BTreeMap<String, PolicySettings>,
+    pub refuse_unlisted_rooms: bool,
+    pub history_versions: usize,
+    #[serde(with = "humantime_serde")]
+    pub history_max_age: Option<Duration>,
+}
+
+/// One `[room_node.policies."prefix"]` table: a [`RoomPolicy`] and
+/// optionally the prefix's mode.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PolicySettings {
+    pub max_sessions: Option<usize>,
+    pub max_doc_bytes: Option<u64>,
+    #[serde(with = "humantime_serde")]
+    pub awareness_throttle: Option<Duration>,
+    pub max_frame_bytes: Option<usize>,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// As in `[room_node.modes]`.
+    pub mode: Option<String>,
+    pub read_only_custom_messages: bool,
+}
+
+impl Default for RoomNodeSettings {
+    fn default() -> Self {
+        let limits = crate::protocol::SyncLimits::default();
+        Self {
+            data_dir: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
+            snapshot_log_updates: DEFAULT_SNAPSHOT_LOG_UPDATES,
+            log_buffer_bytes: DEFAULT_LOG_BUFFER_BYTES,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+            link_queue: DEFAULT_LINK_QUEUE,
+            room_queue: DEFAULT_ROOM_QUEUE,
+            max_type_depth: limits.max_type_depth,
+            memory_trim_delay: DEFAULT_MEMORY_TRIM_DELAY,
+            max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
+            min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
+            awareness_max_clients: limits.awareness_max_clients,
+            awareness_max_bytes: limits.awareness_max_bytes,
+            modes: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            refuse_unlisted_rooms: false,
+            history_versions: DEFAULT_HISTORY_VERSIONS,
+            history_max_age: None,
+        }
+    }
+}
+
+impl RoomNodeSettings {
+    /// The node's config, checked: `flag_modes` (`PREFIX=MODE`, from
+    /// `--room-mode`) win over the file's modes for the same prefix.
+    /// Storage, locks and hooks are the caller's.
+    pub fn into_config(
+        self,
+        node_id: NodeId,
+        flag_modes: &[String],
+    ) -> Result<RoomNodeConfig, ConfigError> {
+        let policy_modes = self
+            .policies
+            .iter()
+            .filter_map(|(prefix, policy)| Some((prefix.clone(), policy.mode.clone()?)));
+        let flag_modes = flag_modes.iter().map(|pair| {
+            let (prefix, mode) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+            (prefix.to_owned(), mode.to_owned())
+        });
+        let file_modes = (self.modes.iter()).map(|(prefix, mode)| (prefix.clone(), mode.clone()));
+        let mut modes: Vec<(String, RoomMode)> = Vec::new();
+        // Flags after the file: a prefix given twice takes the flag's mode.
+        for (prefix, mode) in file_modes.chain(policy_modes).chain(flag_modes) {
+            let mode = mode
+                .parse()
+                .map_err(|e| ConfigError(format!("room mode for prefix {prefix:?}: {e}")))?;
+            modes.retain(|(p, _)| *p != prefix);
+            modes.push((prefix, mode));
+        }
+        let policies = (self.policies.iter())
+            .map(|(prefix, policy)| {
+                let policy = RoomPolicy {
+                    max_sessions: policy.max_sessions,
+                    max_doc_bytes: policy.max_doc_bytes,
+                    awareness_throttle: policy.awareness_throttle,
+                    max_frame_bytes: policy.max_frame_bytes,
+                    idle_timeout: policy.idle_timeout,
+                    read_only_custom_messages: policy.read_only_custom_messages,
+                };
+                (prefix.clone(), policy)
+            })
+            .collect();
+        let config = RoomNodeConfig {
+            modes,
+            policies,
+            ..self.config(node_id)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config without modes and policies, unchecked.
+    fn config(self, node_id: NodeId) -> RoomNodeConfig {
+        RoomNodeConfig {
+            node_id,
+            data_dir: (self.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            idle_timeout: self.idle_timeout,
+            snapshot_interval: self.snapshot_interval,
+            snapshot_log_bytes: self.snapshot_log_bytes,
+            snapshot_log_updates: self.snapshot_log_updates,
+            remote: None,
+            log_buffer_bytes: self.log_buffer_bytes,
+            snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
+            modes: Vec::new(),
+            policies: Vec::new(),
+            refuse_unlisted_rooms: self.refuse_unlisted_rooms,
+            history_versions: self.history_versions,
+            history_max_age: self.history_max_age,
+            fsync_interval: self.fsync_interval,
+            link_queue: self.link_queue,
+            room_queue: self.room_queue,
+            room_locks: false,
+            room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
+            hooks: None,
+            limits: crate::protocol::SyncLimits {
+                max_type_depth: self.max_type_depth,
+                awareness_max_clients: self.awareness_max_clients,
+                awareness_max_bytes: self.awareness_max_bytes,
+            },
+            memory_trim_delay: (!self.memory_trim_delay.is_zero())
+                .then_some(self.memory_trim_delay),
+            max_doc_bytes: self.max_doc_bytes,
+            min_resync_interval: self.min_resync_interval,
+        }
+    }
+}
+
+/// `[node]`: how a room node joins a cluster, as written in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct NodeSettings {
+    /// `None`: the host name.
+    pub node_id: Option<String>,
+    pub grpc_listen: SocketAddr,
+    /// `None`: `http://<grpc_listen>`, with the host name for an
+    /// unspecified address.
+    pub advertise: Option<String>,
+    pub store: Option<String>,
+    pub redis: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub room_lock_timeout: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            grpc_listen: DEFAULT_GRPC_LISTEN,
+            advertise: None,
+            store: None,
+            redis: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
+        }
+    }
+}
 
 /// Room node settings.
 #[derive(Debug, Clone)]
@@ -174,6 +410,55 @@ impl std::str::FromStr for RoomMode {
 }
 
 impl RoomNodeConfig {
+    /// Checks that the limits make sense together (the same rules
+    /// whether it came from the config file or a test).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            !self.refuse_unlisted_rooms || !self.policies.is_empty(),
+            "room_node.refuse_unlisted_rooms needs at least one [room_node.policies.\"prefix\"] table",
+        )?;
+        ensure(
+            self.history_versions >= 2,
+            "room_node.history_versions must be at least 2",
+        )?;
+        ensure(
+            self.snapshot_log_updates > 0,
+            "room_node.snapshot_log_updates must be at least 1",
+        )?;
+        // The server API moves whole documents in one gRPC message.
+        let largest_doc = (self.policies.iter())
+            .filter_map(|(_, policy)| policy.max_doc_bytes)
+            .chain([self.max_doc_bytes])
+            .max()
+            .unwrap_or(0);
+        let most = partyline_proto::chunk::MAX_UNARY_MESSAGE / 2;
+        if largest_doc > most as u64 {
+            return Err(ConfigError(format!(
+                "room_node.max_doc_bytes (--max-doc-bytes, or a policy's max_doc_bytes) must be at most {most} bytes"
+            )));
+        }
+        ensure(
+            self.limits.max_type_depth >= 2,
+            "room_node.max_type_depth (--max-type-depth) must be at least 2",
+        )?;
+        ensure(
+            self.link_queue > 0,
+            "room_node.link_queue must be at least 1",
+        )?;
+        ensure(
+            self.room_queue > 0,
+            "room_node.room_queue must be at least 1",
+        )?;
+        ensure(
+            !self.snapshot_interval.is_zero(),
+            "room_node.snapshot_interval must be positive",
+        )?;
+        ensure(
+            !self.fsync_interval.is_zero(),
+            "room_node.fsync_interval must be positive",
+        )
+    }
+
     /// The limits of `room`: the longest matching prefix's, else none.
     pub fn policy_of(&self, room: &str) -> RoomPolicy {
         self.policies
@@ -202,33 +487,44 @@ impl RoomNodeConfig {
             .map_or(RoomMode::Snapshot, |(_, mode)| *mode)
     }
 
-    /// Defaults for a node with this id and data dir.
+    /// Defaults for a node with this id and data dir
+    /// ([`RoomNodeSettings::default`]).
     pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
-        Self {
-            node_id,
-            data_dir,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
-            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
-            snapshot_log_updates: DEFAULT_SNAPSHOT_LOG_UPDATES,
-            remote: None,
-            log_buffer_bytes: DEFAULT_LOG_BUFFER_BYTES,
-            snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
-            modes: Vec::new(),
-            policies: Vec::new(),
-            history_versions: DEFAULT_HISTORY_VERSIONS,
-            history_max_age: None,
-            fsync_interval: DEFAULT_FSYNC_INTERVAL,
-            link_queue: DEFAULT_LINK_QUEUE,
-            room_queue: DEFAULT_ROOM_QUEUE,
-            room_locks: false,
-            room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
-            hooks: None,
-            limits: crate::protocol::SyncLimits::default(),
-            min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
-            max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
-            memory_trim_delay: Some(DEFAULT_MEMORY_TRIM_DELAY),
-            refuse_unlisted_rooms: false,
-        }
+        let settings = RoomNodeSettings {
+            data_dir: Some(data_dir),
+            ..RoomNodeSettings::default()
+        };
+        settings.config(node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_limits_name_their_setting() {
+        let config = RoomNodeSettings::default()
+            .into_config(NodeId::new("n"), &[])
+            .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.memory_trim_delay, Some(DEFAULT_MEMORY_TRIM_DELAY));
+        let never_trims = RoomNodeSettings {
+            memory_trim_delay: Duration::ZERO,
+            ..Default::default()
+        };
+        let config = never_trims.into_config(NodeId::new("n"), &[]).unwrap();
+        assert_eq!(config.memory_trim_delay, None, "0s never trims");
+        let short = RoomNodeSettings {
+            history_versions: 1,
+            ..Default::default()
+        };
+        let error = short.into_config(NodeId::new("n"), &[]).unwrap_err();
+        assert!(error.to_string().contains("room_node.history_versions"));
+        let hooks = crate::hooks::HooksConfig {
+            debounce_max_wait: Duration::from_millis(1),
+            ..Default::default()
+        };
+        assert!(hooks.validate().is_err());
     }
 }

@@ -33,25 +33,47 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between callback retries.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Webhook settings.
-#[derive(Debug, Clone)]
+/// Webhook settings: `[webhooks]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HooksConfig {
     /// Where room states are POSTed after changes; `None`: no callback.
     pub callback_url: Option<String>,
     /// Key of the callbacks' HMAC signature; `None`: unsigned.
     pub callback_secret: Option<String>,
     /// A callback waits until the room was quiet this long…
+    #[serde(with = "humantime_serde")]
     pub debounce_wait: Duration,
     /// …but never longer than this after the first unsent change.
+    #[serde(with = "humantime_serde")]
     pub debounce_max_wait: Duration,
     /// How long one callback request may take.
+    #[serde(with = "humantime_serde")]
     pub callback_timeout: Duration,
     /// Retries of a failed callback (1 s, 2 s, 4 s … apart, at most 30 s).
     pub callback_retries: u32,
     /// Asked for a new room's first content; `None`: new rooms start empty.
     pub load_url: Option<String>,
     /// How long the initial-content request may take.
+    #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
+}
+
+impl HooksConfig {
+    /// Checks that the debounce makes sense.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if self.debounce_max_wait < self.debounce_wait {
+            return Err(crate::config::ConfigError(
+                "webhooks.debounce_max_wait must be at least webhooks.debounce_wait".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether any hook is configured (else the node runs none).
+    pub fn any(&self) -> bool {
+        self.callback_url.is_some() || self.load_url.is_some()
+    }
 }
 
 impl Default for HooksConfig {

@@ -125,27 +125,18 @@ pub fn room_node(config: &partyline_room_node::RoomNodeConfig) -> Value {
 
 /// The webhooks' settings, defaults filled in.
 pub fn webhooks(config: &partyline_room_node::hooks::HooksConfig) -> Value {
-    json!({
-        "callback_url": config.callback_url,
-        "callback_secret": secret(config.callback_secret.as_deref()),
-        "debounce_wait": duration(config.debounce_wait),
-        "debounce_max_wait": duration(config.debounce_max_wait),
-        "callback_timeout": duration(config.callback_timeout),
-        "callback_retries": config.callback_retries,
-        "load_url": config.load_url,
-        "load_timeout": duration(config.load_timeout),
-    })
+    let mut value = json!(config);
+    value["callback_secret"] = secret(config.callback_secret.as_deref());
+    value
 }
 
 /// The coordinator's settings; a generated id (random) prints as `{generated}`.
 pub fn coordinator(config: &partyline_coordinator::CoordinatorConfig, id_given: bool) -> Value {
-    json!({
-        "id": if id_given { config.id.as_str() } else { "{generated}" },
-        "heartbeat_interval": duration(config.heartbeat_interval),
-        "dead_after": duration(config.dead_after),
-        "lease": duration(config.lease),
-        "rebalance_on_join": config.rebalance_on_join,
-    })
+    let mut value = json!(config);
+    if !id_given {
+        value["id"] = json!("{generated}");
+    }
+    value
 }
 
 /// Where the cluster's NATS is.

@@ -1,0 +1,94 @@
+//! The file's sections, flags laid over them, and the checks.
+
+use std::time::Duration;
+
+use super::flags::{ClusterFlags, CoordinatorFlags, GatewayFlags, RoomNodeFlags};
+use super::*;
+
+fn node_id() -> partyline_proto::NodeId {
+    partyline_proto::NodeId::new("n")
+}
+
+#[test]
+fn file_values_apply_and_flags_win() {
+    let file: FileConfig = toml::from_str(
+        "[gateway]\nlisten = \"127.0.0.1:7000\"\nping_interval = \"5s\"\n[room_node]\nidle_timeout = \"2m\"\n",
+    )
+    .unwrap();
+    let flags = GatewayFlags {
+        ping_interval: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let gateway = layer(file.gateway, &flags).unwrap();
+    assert_eq!(gateway.listen(), "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(gateway.ping_interval, Duration::from_secs(3));
+    let room = layer(file.room_node, &RoomNodeFlags::default())
+        .unwrap()
+        .into_config(node_id(), &[])
+        .unwrap();
+    assert_eq!(room.idle_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    assert!(toml::from_str::<FileConfig>("[gateway]\nlisen = \"x\"\n").is_err());
+    assert!(toml::from_str::<FileConfig>("[gateway]\nping_interval = \"soon\"\n").is_err());
+    assert!(toml::from_str::<FileConfig>("[nope]\n").is_err());
+    let bad = GatewaySettings {
+        session_queue: 0,
+        ..Default::default()
+    };
+    assert!(bad.into_config("g").is_err());
+}
+
+#[test]
+fn room_modes_come_from_the_file_and_flags() {
+    let file: FileConfig =
+        toml::from_str("[room_node.modes]\n\"doc-\" = \"history\"\n\"cursor-\" = \"ephemeral\"\n")
+            .unwrap();
+    let flags = ["doc-=snapshot".to_owned(), "doc-big-=history".to_owned()];
+    let config = file.room_node.into_config(node_id(), &flags).unwrap();
+    use partyline_room_node::RoomMode;
+    assert_eq!(config.mode_of("doc-1"), RoomMode::Snapshot, "the flag wins");
+    assert_eq!(
+        config.mode_of("doc-big-1"),
+        RoomMode::History,
+        "longest prefix"
+    );
+    assert_eq!(config.mode_of("cursor-1"), RoomMode::Ephemeral);
+    assert_eq!(config.mode_of("other"), RoomMode::Snapshot);
+    let bad = RoomNodeSettings::default().into_config(node_id(), &["doc-=forever".to_owned()]);
+    assert!(bad.is_err());
+}
+
+#[test]
+fn cluster_and_coordinator_sections_layer_and_check() {
+    let file: FileConfig = toml::from_str(
+        "[cluster]\nnats = \"nats://10.0.0.1:4222\"\n[coordinator]\ndead_after = \"5s\"\nrebalance_on_join = false\n",
+    )
+    .unwrap();
+    let flags = ClusterFlags {
+        name: Some("blue".into()),
+        ..Default::default()
+    };
+    let cluster = layer(file.cluster, &flags).unwrap().build().unwrap();
+    assert_eq!(cluster.nats_url, "nats://10.0.0.1:4222");
+    assert_eq!(cluster.cluster, "blue");
+    let coordinator = layer(file.coordinator, &CoordinatorFlags::default()).unwrap();
+    assert_eq!(coordinator.dead_after, Duration::from_secs(5));
+    assert!(!coordinator.rebalance_on_join);
+    let too_fast = CoordinatorFlags {
+        dead_after: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let too_fast = layer(CoordinatorConfig::default(), &too_fast).unwrap();
+    assert!(
+        too_fast.validate().is_err(),
+        "dead_after below the heartbeat"
+    );
+    let bad_nats = ClusterSettings {
+        nats: Some("127.0.0.1:4222 x".into()),
+        ..Default::default()
+    };
+    assert!(bad_nats.build().is_err());
+}
