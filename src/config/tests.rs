@@ -92,3 +92,72 @@ fn cluster_and_coordinator_sections_layer_and_check() {
     };
     assert!(bad_nats.build().is_err());
 }
+
+/// Every `[default: X]` in a flag's `--help` that is a value (not prose
+/// such as "the host name") says what the settings' default is: the
+/// consts are the one source, the help must not drift from them.
+#[test]
+fn help_defaults_match_the_settings_defaults() {
+    use super::flags::*;
+    use clap::Args;
+
+    fn check<F: Args>(defaults: serde_json::Value, checked: &mut usize, wrong: &mut Vec<String>) {
+        let command = F::augment_args(clap::Command::new("flags"));
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let said = rest.split(']').next().unwrap_or_default();
+            let key = arg.get_id().as_str();
+            let value = match &defaults[key] {
+                serde_json::Value::String(text) if !text.is_empty() => text.clone(),
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Bool(flag) => flag.to_string(),
+                // No value to compare with: the help describes it in words.
+                _ => continue,
+            };
+            *checked += 1;
+            let same_duration = match (
+                humantime::parse_duration(said),
+                humantime::parse_duration(&value),
+            ) {
+                (Ok(said), Ok(value)) => said == value,
+                _ => false,
+            };
+            if said != value && !same_duration {
+                wrong.push(format!(
+                    "--{key}: help says {said:?}, the default is {value:?}"
+                ));
+            }
+        }
+    }
+
+    let (mut checked, mut wrong) = (0, Vec::new());
+    let mut gateway = json!(GatewaySettings::default());
+    gateway["listen"] = json!(partyline_gateway::config::DEFAULT_LISTEN);
+    check::<GatewayFlags>(gateway, &mut checked, &mut wrong);
+    check::<RoomNodeFlags>(json!(RoomNodeSettings::default()), &mut checked, &mut wrong);
+    check::<NodeFlags>(json!(NodeSettings::default()), &mut checked, &mut wrong);
+    check::<AuthFlags>(json!(AuthSettings::default()), &mut checked, &mut wrong);
+    check::<WebhooksFlags>(json!(HooksConfig::default()), &mut checked, &mut wrong);
+    check::<TelemetryFlags>(
+        json!(TelemetrySettings::default()),
+        &mut checked,
+        &mut wrong,
+    );
+    check::<CoordinatorFlags>(
+        json!(CoordinatorConfig::default()),
+        &mut checked,
+        &mut wrong,
+    );
+    let cluster = partyline_coordinator::ClusterOptions::default();
+    let cluster = json!({ "nats": cluster.nats_url, "name": cluster.cluster });
+    check::<ClusterFlags>(cluster, &mut checked, &mut wrong);
+    assert!(
+        wrong.is_empty(),
+        "--help and defaults disagree:\n{}",
+        wrong.join("\n")
+    );
+    assert!(checked >= 45, "only {checked} defaults compared");
+}
