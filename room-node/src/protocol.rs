@@ -202,9 +202,48 @@ fn deletes_only_known(
     Ok(())
 }
 
+/// Which y-sync message a frame carries, for the rules a room applies by
+/// kind (repeat limits, the awareness throttle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageKind {
+    /// Sync step 1: a state vector, answered with the document's diff.
+    SyncStep1,
+    /// Sync step 2: the diff a client answers our step 1 with.
+    SyncStep2,
+    /// Sync update: a client's edit.
+    Update,
+    /// An awareness update.
+    Awareness,
+    /// An auth message (clients only receive them).
+    Auth,
+    /// A query for every awareness state.
+    QueryAwareness,
+    /// Anything else (refused when decoded).
+    #[default]
+    Other,
+}
+
+impl MessageKind {
+    /// The kind a frame's leading type bytes name, without decoding the
+    /// rest: a room drops a repeated request before paying for its answer.
+    pub fn peek(frame: &[u8]) -> Self {
+        match frame {
+            [0, 0, ..] => Self::SyncStep1,
+            [0, 1, ..] => Self::SyncStep2,
+            [0, 2, ..] => Self::Update,
+            [1, ..] => Self::Awareness,
+            [2, ..] => Self::Auth,
+            [3, ..] => Self::QueryAwareness,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// What handling one frame asks the room to do, in order.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The kind of message handled.
+    pub kind: MessageKind,
     /// Frames for the session that sent the message.
     pub reply: Vec<Bytes>,
     /// Frames for every session of the room, the sender included.
@@ -226,6 +265,19 @@ pub struct Outcome {
     /// session was sent a SyncStep1, so its client sends everything the
     /// room lacks in one self-contained SyncStep2.
     pub missing_dependency: bool,
+}
+
+/// The kind of a decoded message.
+fn kind_of(message: &Message) -> MessageKind {
+    match message {
+        Message::Sync(SyncMessage::SyncStep1(_)) => MessageKind::SyncStep1,
+        Message::Sync(SyncMessage::SyncStep2(_)) => MessageKind::SyncStep2,
+        Message::Sync(SyncMessage::Update(_)) => MessageKind::Update,
+        Message::Awareness(_) => MessageKind::Awareness,
+        Message::AwarenessQuery => MessageKind::QueryAwareness,
+        Message::Auth(_) => MessageKind::Auth,
+        Message::Custom(..) => MessageKind::Other,
+    }
 }
 
 /// The auth reason sent to a read-only session that writes.
@@ -333,7 +385,10 @@ impl SyncRoom {
         if trailing {
             return Err(ProtocolError::TrailingBytes);
         }
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            kind: kind_of(&message),
+            ..Outcome::default()
+        };
         match message {
             Message::Sync(SyncMessage::SyncStep1(state_vector)) => {
                 outcome.reply.push(self.step2_for(&state_vector));
@@ -348,6 +403,22 @@ impl SyncRoom {
             Message::Auth(_) => {}
             Message::Custom(tag, _) => return Err(ProtocolError::UnsupportedType(tag)),
         }
+        Ok(outcome)
+    }
+
+    /// Applies a Yjs update v1 from the server API as a client's update
+    /// would be (same checks, log entry and echo), without wrapping it in
+    /// a wire message first.
+    pub fn apply_server_update(
+        &mut self,
+        update: Vec<u8>,
+        access: Access,
+    ) -> Result<Outcome, ProtocolError> {
+        let mut outcome = Outcome {
+            kind: MessageKind::Update,
+            ..Outcome::default()
+        };
+        self.apply_update(update, access, &mut outcome)?;
         Ok(outcome)
     }
 
@@ -684,6 +755,66 @@ mod tests {
             .reply;
         late.receive(&reply[0]);
         assert_eq!(late.text(), "hello");
+    }
+
+    #[test]
+    fn the_outcome_names_the_kind_peek_reads_from_the_type_bytes() {
+        let mut room = SyncRoom::new(Doc::new());
+        let peer = Peer::new(1);
+        let mut awareness = Awareness::new(Doc::with_client_id(7));
+        awareness.set_local_state_raw(r#"{"user":"ann"}"#);
+        let step2 = Message::Sync(SyncMessage::SyncStep2(Update::EMPTY_V1.to_vec())).encode_v1();
+        let frames = [
+            (peer.step1(), MessageKind::SyncStep1),
+            (step2, MessageKind::SyncStep2),
+            (peer.insert("x"), MessageKind::Update),
+            (
+                Message::Awareness(awareness.update().unwrap()).encode_v1(),
+                MessageKind::Awareness,
+            ),
+            (
+                Message::AwarenessQuery.encode_v1(),
+                MessageKind::QueryAwareness,
+            ),
+            (Message::Auth(None).encode_v1(), MessageKind::Auth),
+        ];
+        for (frame, kind) in frames {
+            assert_eq!(MessageKind::peek(&frame), kind);
+            let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
+            assert_eq!(outcome.kind, kind);
+        }
+        let apply = room
+            .apply_server_update(Update::EMPTY_V1.to_vec(), Access::ReadWrite)
+            .unwrap();
+        assert_eq!(apply.kind, MessageKind::Update);
+    }
+
+    #[test]
+    fn a_server_update_is_logged_and_echoed_as_a_client_update() {
+        let mut server = SyncRoom::new(Doc::new());
+        let mut client = SyncRoom::new(Doc::new());
+        let frame = Peer::new(1).insert("hello");
+        let Message::Sync(SyncMessage::Update(update)) = Message::decode_v1(&frame).unwrap() else {
+            panic!("insert sends an update")
+        };
+        let applied = server
+            .apply_server_update(update, Access::ReadWrite)
+            .unwrap();
+        let handled = client
+            .handle_frame(&frame, Access::ReadWrite, PEER)
+            .unwrap();
+        assert_eq!(applied.log, handled.log);
+        assert_eq!(applied.broadcast, handled.broadcast);
+        assert_eq!(server.encode_state(), client.encode_state());
+        let Message::Sync(SyncMessage::Update(other)) =
+            Message::decode_v1(&Peer::new(2).insert("x")).unwrap()
+        else {
+            panic!("insert sends an update")
+        };
+        let denied = server
+            .apply_server_update(other, Access::DocumentFull)
+            .unwrap();
+        assert!(denied.write_denied && denied.log.is_empty());
     }
 
     #[test]

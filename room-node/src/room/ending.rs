@@ -1,0 +1,113 @@
+//! How a room actor ends: released to a new owner, deleted, or unloaded
+//! (idle or shutdown). Each stops taking commands (attachers that raced
+//! the end get their stream back to retry on a fresh actor), tells its
+//! links, and writes the last snapshot and state callback (bounded)
+//! before the room's lock is let go with the actor.
+
+use std::time::Duration;
+
+use partyline_proto::close;
+use partyline_proto::pb::{self, node_frame};
+use tokio::sync::oneshot;
+
+use super::actor::RoomActor;
+use super::handle::{ExitReason, Rejected, RoomCommand};
+use super::pending::{end_session, frame};
+use super::snapshots::FINAL_SNAPSHOT_TIMEOUT;
+use crate::storage::RoomStorage;
+
+impl RoomActor {
+    /// Stops taking commands; attachers that raced us get their stream back
+    /// and retry (on a fresh actor, or elsewhere when the room moved).
+    pub(super) fn refuse_commands(&mut self) {
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            if let RoomCommand::AttachLink {
+                tx, inbound, reply, ..
+            } = command
+            {
+                let _ = reply.send(Err(Rejected { tx, inbound }));
+            }
+        }
+    }
+
+    /// Hands the room over after its slot moved: every link learns the
+    /// epoch and the room's final state vector (after every frame already
+    /// queued for it), its stream ends, and the state is snapshotted before
+    /// the room's lock is let go.
+    pub(super) async fn release(&mut self, epoch: u64) -> ExitReason {
+        crate::telemetry::metrics().releases.add(1, &[]);
+        self.refuse_commands();
+        let released = frame(node_frame::Kind::Released(pb::Released {
+            epoch,
+            resync: self.sync.sync_step1(),
+        }));
+        for (link_id, link) in self.links.drain() {
+            if link.tx.try_send(Ok(released.clone())).is_err() {
+                tracing::debug!(room = %self.room, link = link_id, "link full; it will re-sync as after a failure");
+            }
+        }
+        self.unload().await;
+        tracing::debug!(room = %self.room, epoch, "room released to its new owner");
+        ExitReason::Released
+    }
+
+    /// Deletes the room: every session is ended with 4404 (after every
+    /// frame already queued for it), a running snapshot is waited for so
+    /// it cannot write after the delete, then the log and snapshots go.
+    /// `None`: refused, the room goes on.
+    pub(super) async fn delete(
+        &mut self,
+        replies: Vec<oneshot::Sender<Result<(), String>>>,
+    ) -> Option<ExitReason> {
+        // A snapshot still being written would register after the delete
+        // (it is of this epoch, so not fenced): wait for it, or refuse.
+        if !self.snapshots.finish_running(FINAL_SNAPSHOT_TIMEOUT).await {
+            tracing::warn!(room = %self.room, "delete refused: a snapshot is still being written");
+            for reply in replies {
+                let _ = reply.send(Err(
+                    "a snapshot of the room is still being written; try again".to_owned(),
+                ));
+            }
+            return None;
+        }
+        self.refuse_commands();
+        // Every session is told, waiting a little for a full link: a
+        // gateway that misses it would re-open the room and its clients
+        // would upload their documents into the deleted room.
+        let links: Vec<_> = self.links.drain().collect();
+        for (_, link) in links {
+            for &session_id in link.sessions.keys() {
+                let end = end_session(session_id, close::ROOM_DELETED, "room deleted");
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(1), link.tx.send(Ok(end))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(room = %self.room, session = session_id, "could not tell a session its room was deleted");
+                }
+            }
+        }
+        let storage = std::mem::replace(&mut self.storage, RoomStorage::Ephemeral);
+        let result = storage.delete().await;
+        match &result {
+            Ok(()) => tracing::info!(room = %self.room, "room deleted"),
+            Err(error) => tracing::error!(room = %self.room, %error, "deleting the room failed"),
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+        Some(ExitReason::Deleted)
+    }
+
+    /// Before the room leaves memory: the last snapshot, and the state
+    /// callback if changes are unsent (after a callback already in flight,
+    /// whose state is older), each bounded.
+    pub(super) async fn unload(&mut self) {
+        let logged = self.pending.all_logged();
+        (self.snapshots)
+            .write_last(&mut self.storage, &self.sync, logged)
+            .await;
+        (self.callback)
+            .finish(&self.room, &self.sync, self.epoch)
+            .await;
+    }
+}

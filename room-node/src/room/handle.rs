@@ -1,0 +1,146 @@
+//! How the rest of the node speaks to a room: [`RoomHandle`] and the
+//! [`RoomCommand`]s it carries, the answers they get, and the
+//! [`ExitReason`] an actor ends with. No logic lives here.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use partyline_proto::pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+
+use crate::storage::LoadError;
+
+/// Identifies one gateway stream within this node.
+pub type LinkId = u64;
+
+/// Frames toward one gateway stream.
+pub type LinkSender = mpsc::Sender<Result<pb::NodeFrame, tonic::Status>>;
+
+/// Frames from one gateway stream, as the service hands them over.
+pub type LinkInbound = Pin<Box<dyn Stream<Item = Result<pb::GatewayFrame, tonic::Status>> + Send>>;
+
+/// How long [`crate::registry::Registry::attach`] keeps retrying a room
+/// that is unloading or failing to load.
+pub const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a room actor is asked to do.
+pub enum RoomCommand {
+    /// A gateway stream joins; the actor sends `Attached` on `tx`, reads
+    /// `inbound` itself from then on, and answers `reply`. A room that is
+    /// going away hands the stream back in the reply to retry elsewhere.
+    AttachLink {
+        /// The stream's id.
+        link: LinkId,
+        /// Where the room's frames for this stream go.
+        tx: LinkSender,
+        /// What the gateway sends on this stream.
+        inbound: LinkInbound,
+        /// `Ok` once attached.
+        reply: oneshot::Sender<Result<(), Rejected>>,
+    },
+    /// The room's slot moved to another node at `epoch`: tell every link
+    /// (`Released`), write a snapshot and unload, so the new owner loads
+    /// everything this node accepted.
+    Release {
+        /// The epoch that moved the slot away.
+        epoch: u64,
+    },
+    /// Server API: the room's figures.
+    Info {
+        /// Where the answer goes.
+        reply: oneshot::Sender<RoomInfo>,
+    },
+    /// Server API: the room's whole state as one Yjs update v1, or as JSON
+    /// of its top-level types.
+    State {
+        /// JSON instead of the update.
+        json: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// Server API: applies a Yjs update v1 like a client edit (logged, then
+    /// broadcast to every session); answered once it is in the log.
+    Apply {
+        /// The update.
+        update: Vec<u8>,
+        /// `Ok` once logged.
+        reply: oneshot::Sender<Result<(), ApplyError>>,
+    },
+    /// Server API: ends every session (close 4404), deletes the room's log
+    /// and snapshots, and unloads the room.
+    Delete {
+        /// `Ok` once deleted.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Makes the actor panic, to prove a panic stays inside its room.
+    #[cfg(test)]
+    Panic,
+}
+
+/// A room's figures for the server API.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    /// Client sessions, over all gateways.
+    pub sessions: usize,
+    /// Gateway streams attached.
+    pub gateways: usize,
+    /// Size of the state as one Yjs update v1.
+    pub doc_bytes: u64,
+    /// When this node last wrote a snapshot of the room, if it did.
+    pub last_snapshot: Option<std::time::SystemTime>,
+    /// Updates logged since the last snapshot.
+    pub updates_since_snapshot: u64,
+}
+
+/// Why a server-side update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The bytes are not a Yjs update v1.
+    #[error("not a Yjs update (v1): {0}")]
+    BadUpdate(String),
+    /// The room's policy caps the document's size.
+    #[error("document too large (max_doc_bytes)")]
+    DocumentFull,
+    /// The update log is unreachable and the room's hold buffer is full.
+    #[error("storage unavailable")]
+    StorageUnavailable,
+}
+
+/// A link the room did not take, given back to retry on a fresh actor.
+pub struct Rejected {
+    /// The stream's outbound side.
+    pub tx: LinkSender,
+    /// The stream's inbound side.
+    pub inbound: LinkInbound,
+}
+
+/// A cheap, cloneable way to reach a room actor.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    pub(super) tx: mpsc::Sender<RoomCommand>,
+}
+
+impl RoomHandle {
+    /// Sends a command, waiting for queue space; gives it back when the
+    /// actor is gone.
+    pub async fn send(&self, command: RoomCommand) -> Result<(), RoomCommand> {
+        self.tx.send(command).await.map_err(|returned| returned.0)
+    }
+}
+
+/// Why a room actor ended.
+#[derive(Debug)]
+pub enum ExitReason {
+    /// No links for `idle_timeout`; snapshotted and unloaded.
+    Idle,
+    /// The process is shutting down; snapshotted.
+    Shutdown,
+    /// The slot moved to another node; links told, snapshotted.
+    Released,
+    /// Storage failed; the room stopped before acknowledging anything
+    /// it could not persist.
+    Failed(LoadError),
+    /// Deleted through the server API.
+    Deleted,
+}

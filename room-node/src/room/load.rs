@@ -1,0 +1,156 @@
+//! Starting a room: storage's load (for a room with nothing stored, the
+//! initial-content hook when configured, whose answer is logged as the
+//! room's first update so the hook is asked once per room), then the
+//! actor built from what was loaded. A load that fails ends the actor
+//! with [`ExitReason::Failed`] before it takes a command.
+
+use std::sync::Arc;
+
+use partyline_proto::RoomName;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::actor::RoomActor;
+use super::awareness::AwarenessThrottle;
+use super::callback::StateCallback;
+use super::handle::{ExitReason, RoomHandle};
+use super::links::Links;
+use super::pending::PendingLog;
+use super::snapshots::Snapshots;
+use crate::config::RoomNodeConfig;
+use crate::protocol::SyncRoom;
+use crate::storage::{self, AppendError, LoadError, RoomStorage};
+use crate::store::SyncQueue;
+
+/// Starts loading `room` and returns its handle and actor future.
+pub fn spawn_actor(
+    room: RoomName,
+    config: Arc<RoomNodeConfig>,
+    sync_queue: SyncQueue,
+    epoch: u64,
+    cancel: CancellationToken,
+) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
+    let (tx, rx) = mpsc::channel(config.room_queue);
+    let actor = async move {
+        let metrics = crate::telemetry::metrics();
+        let started = Instant::now();
+        // Rare states are boxed: a future is as large as its largest
+        // state, and every live room holds one.
+        let loaded = Box::pin(load_with_initial_content(&config, &room, sync_queue, epoch)).await;
+        metrics
+            .room_loads
+            .add(1, &crate::telemetry::result(loaded.is_ok()));
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => return ExitReason::Failed(error),
+        };
+        metrics
+            .load_duration
+            .record(started.elapsed().as_secs_f64(), &[]);
+        metrics.rooms_loaded.add(1, &[]);
+        let policy = config.policy_of(room.as_str());
+        let (sync, measured) = SyncRoom::with_limits(loaded.doc, config.limits);
+        if measured.deepest_type > config.limits.max_type_depth {
+            // Stored before the limit existed: served as it is.
+            tracing::warn!(room = %room, depth = measured.deepest_type, limit = config.limits.max_type_depth, "document nests shared types past the limit");
+        }
+        let stores = !matches!(loaded.storage, RoomStorage::Ephemeral);
+        RoomActor {
+            pending: PendingLog::new(config.log_buffer_bytes),
+            snapshots: Snapshots::new(
+                room.clone(),
+                epoch,
+                config.snapshot_log_bytes,
+                config.snapshot_log_updates,
+            ),
+            awareness: AwarenessThrottle::new(policy.awareness_throttle),
+            callback: StateCallback::new(config.hooks.as_ref(), stores),
+            links: Links::default(),
+            doc_bytes: measured.state_bytes,
+            room,
+            config,
+            epoch,
+            cancel,
+            rx,
+            sync,
+            storage: loaded.storage,
+            _lock: loaded.lock,
+            policy,
+            releasing: None,
+            deleting: Vec::new(),
+        }
+        .run()
+        .await
+    };
+    (RoomHandle { tx }, actor)
+}
+
+/// Loads `room`; a room with nothing stored asks the initial-content hook
+/// (when configured) and logs its answer as the room's first update, so
+/// the hook is asked once per room.
+pub(super) async fn load_with_initial_content(
+    config: &RoomNodeConfig,
+    room: &RoomName,
+    sync_queue: SyncQueue,
+    epoch: u64,
+) -> Result<storage::Loaded, LoadError> {
+    let mut loaded = storage::load(config, room, sync_queue, epoch).await?;
+    let Some(hooks) = &config.hooks else {
+        return Ok(loaded);
+    };
+    if loaded.stored || config.mode_of(room.as_str()) == crate::config::RoomMode::Ephemeral {
+        return Ok(loaded);
+    }
+    if let Some(content) = hooks.initial_content(room.as_str()).await? {
+        use yrs::Transact;
+        if let Err(error) = loaded.doc.transact_mut().apply_update(content.update) {
+            return Err(crate::hooks::HookError::NotAnUpdate {
+                url: hooks.config().load_url.clone().unwrap_or_default(),
+                reason: error.to_string(),
+            }
+            .into());
+        }
+        match loaded.storage.append(&[content.body]).await {
+            Ok(()) => {}
+            Err(AppendError::Failed(error)) => return Err(error.into()),
+            Err(AppendError::Unavailable(error)) => return Err(error.into()),
+            Err(AppendError::DiskFull(error)) => return Err(error.into()),
+            Err(AppendError::Fenced { epoch: current }) => {
+                return Err(crate::remote::RemoteError::Fenced {
+                    slot: partyline_proto::slot_of(room.as_str()).get(),
+                    current,
+                    ours: epoch,
+                }
+                .into())
+            }
+        }
+        loaded.stored = true;
+        tracing::info!(room = %room, "new room filled from load_url");
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every live room holds its actor's future, so its size is memory per
+    /// room; rare states (load, unload, release, delete) are boxed to keep
+    /// it near the actor's own size.
+    #[test]
+    fn a_room_actor_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::sync::Arc::new(crate::config::RoomNodeConfig::new(
+            partyline_proto::NodeId::new("n"),
+            dir.path().to_owned(),
+        ));
+        let (_handle, actor) = super::spawn_actor(
+            partyline_proto::RoomName::new("x").unwrap(),
+            config,
+            crate::store::SyncQueue::default(),
+            0,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&actor);
+        assert!(size <= 4096, "a room actor future takes {size} bytes");
+    }
+}

@@ -1,0 +1,419 @@
+//! A room's snapshots: [`SnapshotSchedule`] decides when one is due and
+//! when a failed one is retried (plain data on the actor's clock, unit
+//! tested); [`Snapshots`] runs them, one at a time on a task of its own so
+//! a slow store never holds up the room, and writes the last one before
+//! the room unloads. The log holds every update whatever happens here: a
+//! snapshot only shortens the next load.
+
+use std::time::{Duration, SystemTime};
+
+use partyline_proto::RoomName;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use crate::protocol::SyncRoom;
+use crate::storage::{RoomStorage, SnapshotError};
+
+/// First delay before retrying a failed snapshot; doubles up to
+/// [`SNAPSHOT_RETRY_MAX`].
+const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest delay between snapshot retries.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long unloading (or a delete) waits for a snapshot; the log holds
+/// every update anyway.
+pub(super) const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Log growth since the last snapshot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Growth {
+    bytes: u64,
+    updates: u64,
+}
+
+/// How a snapshot ended, as the schedule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// Stored.
+    Written,
+    /// A newer owner holds the room's slot: retrying cannot help.
+    Fenced,
+    /// Not stored; worth retrying.
+    Failed,
+}
+
+/// When a room's next snapshot is due.
+#[derive(Debug)]
+pub(super) struct SnapshotSchedule {
+    /// Log bytes since the last snapshot that make one due.
+    log_bytes: u64,
+    /// Log entries since the last snapshot that make one due.
+    log_updates: u64,
+    /// Growth no snapshot covers yet.
+    since: Growth,
+    /// Growth the running snapshot covers, given back if it fails.
+    in_flight: Growth,
+    /// Updates were logged since the last snapshot began.
+    dirty: bool,
+    /// After a failure: when to try again, and the current delay.
+    retry: Option<(Instant, Duration)>,
+    /// The room's last session left: a snapshot trigger.
+    emptied: bool,
+    /// When this node last wrote a snapshot of the room.
+    last: Option<SystemTime>,
+}
+
+impl SnapshotSchedule {
+    /// A schedule taking a snapshot after `log_bytes` or `log_updates` of
+    /// log growth (and on the actor's timer, and when the room empties).
+    pub(super) fn new(log_bytes: u64, log_updates: u64) -> Self {
+        Self {
+            log_bytes,
+            log_updates,
+            since: Growth::default(),
+            in_flight: Growth::default(),
+            dirty: false,
+            retry: None,
+            emptied: false,
+            last: None,
+        }
+    }
+
+    /// `updates` entries of `bytes` were appended to the log.
+    pub(super) fn note_logged(&mut self, updates: u64, bytes: u64) {
+        self.dirty = true;
+        self.since.updates += updates;
+        self.since.bytes += bytes;
+    }
+
+    /// The room's last session just left.
+    pub(super) fn note_emptied(&mut self) {
+        self.emptied = true;
+    }
+
+    /// Whether the log grew enough since the last snapshot for another.
+    pub(super) fn due(&self) -> bool {
+        self.since.bytes >= self.log_bytes || self.since.updates >= self.log_updates
+    }
+
+    /// Whether the room emptied since last asked (asking clears it).
+    pub(super) fn take_emptied(&mut self) -> bool {
+        std::mem::take(&mut self.emptied)
+    }
+
+    /// Begins a snapshot at `now` if one has anything to cover and no
+    /// failure asked to wait; `false`: none now. The caller makes sure
+    /// none is running and every update is in the log.
+    pub(super) fn begin(&mut self, now: Instant) -> bool {
+        if !self.dirty || self.retry.is_some_and(|(at, _)| now < at) {
+            return false;
+        }
+        self.dirty = false;
+        self.in_flight = std::mem::take(&mut self.since);
+        true
+    }
+
+    /// Books the running snapshot's end at `now`; after a failure, returns
+    /// when to retry (the delay doubles from 1 s up to 30 s, and the room
+    /// stays dirty).
+    pub(super) fn finished(&mut self, finished: Finished, now: Instant) -> Option<Instant> {
+        let covered = std::mem::take(&mut self.in_flight);
+        match finished {
+            // The map will move the room; its new owner reads the log.
+            Finished::Fenced => None,
+            Finished::Written => {
+                self.last = Some(SystemTime::now());
+                self.retry = None;
+                None
+            }
+            Finished::Failed => {
+                self.dirty = true;
+                self.since.bytes += covered.bytes;
+                self.since.updates += covered.updates;
+                let delay = self.retry.map_or(SNAPSHOT_RETRY_MIN, |(_, delay)| {
+                    (delay * 2).min(SNAPSHOT_RETRY_MAX)
+                });
+                self.retry = Some((now + delay, delay));
+                Some(now + delay)
+            }
+        }
+    }
+
+    /// The last snapshot, written outside [`Self::begin`] at unload.
+    fn wrote_last(&mut self) {
+        self.dirty = false;
+        self.last = Some(SystemTime::now());
+    }
+
+    /// When a failed snapshot is retried, if one failed.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry.map(|(at, _)| at)
+    }
+
+    /// When this node last wrote a snapshot of the room.
+    pub(super) fn last(&self) -> Option<SystemTime> {
+        self.last
+    }
+
+    /// Log entries no finished snapshot covers.
+    pub(super) fn updates_since(&self) -> u64 {
+        self.since.updates + self.in_flight.updates
+    }
+}
+
+/// A room's snapshot schedule and the snapshot being written.
+pub(super) struct Snapshots {
+    /// The room, for the log lines.
+    room: RoomName,
+    /// The slot-map epoch the room's snapshots are written at.
+    epoch: u64,
+    /// The rules.
+    pub(super) schedule: SnapshotSchedule,
+    /// The snapshot being written, on its own task.
+    task: Option<JoinHandle<Result<(), SnapshotError>>>,
+}
+
+impl Snapshots {
+    /// No snapshot running; see [`SnapshotSchedule::new`].
+    pub(super) fn new(room: RoomName, epoch: u64, log_bytes: u64, log_updates: u64) -> Self {
+        Self {
+            room,
+            epoch,
+            schedule: SnapshotSchedule::new(log_bytes, log_updates),
+            task: None,
+        }
+    }
+
+    /// Whether a snapshot is being written.
+    pub(super) fn running(&self) -> bool {
+        self.task.is_some()
+    }
+
+    /// Starts a snapshot on its own task when updates arrived since the
+    /// last one, none is running, and no failure asked to wait. Never of
+    /// state holding updates the log does not have (`logged`: it has all).
+    /// Returns the state's exact size when one started.
+    pub(super) fn start(
+        &mut self,
+        storage: &mut RoomStorage,
+        sync: &SyncRoom,
+        logged: bool,
+    ) -> Option<u64> {
+        if !logged || self.task.is_some() || !self.schedule.begin(Instant::now()) {
+            return None;
+        }
+        let state = sync.encode_state();
+        let bytes = state.len() as u64;
+        let work = storage.begin_snapshot(self.epoch, state);
+        let started = Instant::now();
+        let room = self.room.clone();
+        self.task = Some(tokio::spawn(async move {
+            let result = work.write().await;
+            record_snapshot(started, bytes, result.is_ok());
+            tracing::debug!(room = %room, took = ?started.elapsed(), ok = result.is_ok(), "snapshot finished");
+            result
+        }));
+        Some(bytes)
+    }
+
+    /// Waits for the running snapshot to end, or forever when none runs.
+    /// Cancel safe: the task goes on, and is waited for again.
+    pub(super) async fn wait(&mut self) -> Result<Result<(), SnapshotError>, JoinError> {
+        let result = super::actor::wait_for(&mut self.task).await;
+        self.task = None;
+        result
+    }
+
+    /// Books a finished snapshot: a failure keeps the room dirty and
+    /// retries with a doubling delay (the log was not trimmed).
+    pub(super) fn finished(&mut self, result: Result<Result<(), SnapshotError>, JoinError>) {
+        let room = &self.room;
+        let result = result.unwrap_or_else(|join| Err(SnapshotError::from(join)));
+        let now = Instant::now();
+        match result {
+            Err(error) if error.fenced => {
+                self.schedule.finished(Finished::Fenced, now);
+                tracing::info!(room = %room, %error, "snapshot refused: a newer owner holds the room's slot (the log has every update)");
+            }
+            Ok(()) => {
+                let was_retrying = self.schedule.retry_at().is_some();
+                self.schedule.finished(Finished::Written, now);
+                if was_retrying {
+                    tracing::info!(room = %room, "snapshot succeeded again");
+                }
+            }
+            Err(error) => {
+                let retry_at = self.schedule.finished(Finished::Failed, now);
+                let delay = retry_at.map(|at| at - now).unwrap_or_default();
+                tracing::error!(room = %room, %error, retry_in = ?delay, "snapshot failed; the log still holds every update");
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the running snapshot and books it; `false`
+    /// when it is still running.
+    pub(super) async fn finish_running(&mut self, limit: Duration) -> bool {
+        let Some(task) = self.task.as_mut() else {
+            return true;
+        };
+        match tokio::time::timeout(limit, task).await {
+            Ok(result) => {
+                self.task = None;
+                self.finished(result);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Before unloading: waits for a running snapshot, then writes a last
+    /// one if needed, each bounded by [`FINAL_SNAPSHOT_TIMEOUT`].
+    pub(super) async fn write_last(
+        &mut self,
+        storage: &mut RoomStorage,
+        sync: &SyncRoom,
+        logged: bool,
+    ) {
+        let room = self.room.clone();
+        if !self.finish_running(FINAL_SNAPSHOT_TIMEOUT).await {
+            self.task = None;
+            tracing::warn!(room = %room, "snapshot still running at unload; the log holds every update");
+            return;
+        }
+        if !self.schedule.dirty || !logged {
+            return;
+        }
+        let state = sync.encode_state();
+        let bytes = state.len() as u64;
+        let work = storage.begin_snapshot(self.epoch, state);
+        let started = Instant::now();
+        let written = tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await;
+        record_snapshot(started, bytes, matches!(written, Ok(Ok(()))));
+        match written {
+            Ok(Ok(())) => self.schedule.wrote_last(),
+            Ok(Err(error)) if error.fenced => {
+                // The usual end of a planned move on shared Redis storage:
+                // the new owner loaded (and claimed the slot) first.
+                tracing::info!(room = %room, %error, "last snapshot left to the room's new owner (the log has every update)")
+            }
+            Ok(Err(error)) => {
+                tracing::error!(room = %room, %error, "last snapshot failed; the log still holds every update")
+            }
+            Err(_) => {
+                tracing::warn!(room = %room, "last snapshot timed out; the log holds every update")
+            }
+        }
+    }
+}
+
+/// Books one snapshot in the metrics.
+fn record_snapshot(started: Instant, bytes: u64, ok: bool) {
+    let metrics = crate::telemetry::metrics();
+    metrics.snapshots.add(1, &crate::telemetry::result(ok));
+    if ok {
+        metrics
+            .snapshot_duration
+            .record(started.elapsed().as_secs_f64(), &[]);
+        metrics.snapshot_bytes.record(bytes, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> SnapshotSchedule {
+        SnapshotSchedule::new(1000, 10)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_after_enough_log_bytes_or_entries() {
+        let mut by_bytes = schedule();
+        by_bytes.note_logged(1, 999);
+        assert!(!by_bytes.due());
+        by_bytes.note_logged(1, 1);
+        assert!(by_bytes.due(), "1000 bytes make a snapshot due");
+        let mut by_updates = schedule();
+        by_updates.note_logged(9, 9);
+        assert!(!by_updates.due());
+        by_updates.note_logged(1, 1);
+        assert!(by_updates.due(), "10 entries make a snapshot due");
+        assert!(by_updates.begin(Instant::now()));
+        assert!(!by_updates.due(), "a running snapshot covers its growth");
+        assert_eq!(by_updates.updates_since(), 10, "until it is written");
+        by_updates.finished(Finished::Written, Instant::now());
+        assert_eq!(by_updates.updates_since(), 0);
+        assert!(by_updates.last().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_room_with_new_updates_is_snapshotted() {
+        let mut schedule = schedule();
+        assert!(!schedule.begin(Instant::now()), "nothing logged");
+        schedule.note_logged(1, 10);
+        assert!(schedule.begin(Instant::now()));
+        schedule.finished(Finished::Written, Instant::now());
+        assert!(
+            !schedule.begin(Instant::now()),
+            "nothing since the last one"
+        );
+        // A room that emptied asks once.
+        schedule.note_emptied();
+        assert!(schedule.take_emptied());
+        assert!(!schedule.take_emptied());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_waits_doubling_delays_then_covers_its_growth_again() {
+        let mut schedule = schedule();
+        schedule.note_logged(4, 40);
+        let mut expected = Vec::new();
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            let start = Instant::now();
+            assert!(schedule.begin(start));
+            let retry_at = schedule.finished(Finished::Failed, start).unwrap();
+            assert_eq!(schedule.retry_at(), Some(retry_at));
+            assert_eq!(schedule.updates_since(), 4, "the growth is given back");
+            delays.push(retry_at - start);
+            // Not before the retry time, even with new updates.
+            schedule.note_logged(0, 0);
+            tokio::time::advance(retry_at - start - Duration::from_millis(1)).await;
+            assert!(
+                !schedule.begin(Instant::now()),
+                "begun before the retry time"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        for secs in [1, 2, 4, 8, 16, 30, 30] {
+            expected.push(Duration::from_secs(secs));
+        }
+        assert_eq!(delays, expected);
+        assert!(schedule.begin(Instant::now()));
+        assert_eq!(schedule.finished(Finished::Written, Instant::now()), None);
+        assert_eq!(schedule.retry_at(), None, "a success ends the retries");
+        schedule.note_logged(1, 1);
+        assert!(schedule.begin(Instant::now()));
+        let start = Instant::now();
+        assert_eq!(
+            schedule.finished(Finished::Failed, start),
+            Some(start + SNAPSHOT_RETRY_MIN),
+            "and starts the delay over"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_snapshot_is_not_retried() {
+        let mut schedule = schedule();
+        schedule.note_logged(3, 30);
+        assert!(schedule.begin(Instant::now()));
+        assert_eq!(schedule.finished(Finished::Fenced, Instant::now()), None);
+        assert_eq!(schedule.retry_at(), None);
+        assert!(!schedule.begin(Instant::now()), "nothing to retry");
+        assert_eq!(schedule.updates_since(), 0);
+        assert_eq!(
+            schedule.last(),
+            None,
+            "a refused snapshot is not the last one"
+        );
+    }
+}
