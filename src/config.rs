@@ -84,16 +84,24 @@ pub fn check_url(
 /// The config file: every section, defaults filled in for what it omits.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct FileConfig {
+    /// `[gateway]`.
     pub gateway: GatewaySettings,
+    /// `[room_node]`.
     pub room_node: RoomNodeSettings,
+    /// `[node]`: how a room node joins a cluster.
     pub node: NodeSettings,
+    /// `[cluster]`: NATS.
     pub cluster: ClusterSettings,
+    /// `[link]`: the gRPC link's secret.
     pub link: LinkSettings,
+    /// `[coordinator]`.
     pub coordinator: CoordinatorConfig,
+    /// `[auth]`: client authorization.
     pub auth: AuthSettings,
+    /// `[webhooks]`: callbacks to the app.
     pub webhooks: HooksConfig,
+    /// `[telemetry]`: metrics, health and traces.
     pub telemetry: TelemetrySettings,
 }
 

@@ -62,38 +62,69 @@ fn ensure(holds: bool, message: impl FnOnce() -> String) -> Result<(), ConfigErr
     }
 }
 
-/// `[gateway]`: a gateway's settings as written in the config file (the
-/// `--help` of each flag says what it does).
+/// `[gateway]`: a gateway's settings as written in the config file; each
+/// key is also a flag and an env var.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct GatewaySettings {
     /// `None`: [`DEFAULT_LISTEN`] (`partyline dev` then listens on both loopbacks).
     pub listen: Option<SocketAddr>,
+    /// Largest client message (one frame or a joined y-pk-batch) in bytes;
+    /// larger closes the socket with 1009.
     pub max_message_bytes: usize,
+    /// A y-pk-batch (y-partykit's chunked message) not finished this long
+    /// after its start marker closes the socket with 1008.
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
+    /// Longest query string of a room URL in bytes; longer gets HTTP 414
+    /// before the upgrade and before any auth webhook call.
     pub max_query_bytes: usize,
+    /// How often client sockets are pinged.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// A socket silent this long (no frame, no pong) is closed as dead.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
+    /// Frames queued toward one client before it is closed as too slow (1008).
     pub session_queue: usize,
+    /// Bytes queued toward one client, besides one sync answer (the
+    /// document it asked for), before it is closed as too slow (1008); at
+    /// least --max-message-bytes.
     pub session_queue_bytes: usize,
+    /// How long a room's upstream stream outlives its last local client.
     #[serde(with = "humantime_serde")]
     pub upstream_linger: Duration,
+    /// How long a client waits for an unreachable room owner before 1013.
     #[serde(with = "humantime_serde")]
     pub owner_unreachable_timeout: Duration,
+    /// Room streams that fail this many times in a row, each within 10 s of
+    /// opening, close the room's clients with 1011 "room cannot be served"
+    /// instead of re-opening it again (re-opens back off 100 ms → 2 s).
     pub room_reopen_attempts: u32,
+    /// WebSocket read buffer per socket in bytes.
     pub ws_read_buffer_bytes: usize,
+    /// Client sockets open at once; more get HTTP 503 before the upgrade.
     pub max_connections: usize,
+    /// After a new slot map moves a room, how long to wait for the old owner
+    /// to release it before re-opening it on the new owner anyway.
     #[serde(with = "humantime_serde")]
     pub release_grace: Duration,
+    /// Connection attempts per client address per second, refused with HTTP
+    /// 429 past it; 0 turns it off (behind a load balancer every client
+    /// shares its address).
     pub max_connects_per_ip: u32,
+    /// Open sockets per client address, refused with HTTP 429 past it; 0
+    /// turns it off.
     pub max_sockets_per_ip: u32,
+    /// Messages per second one session may send on average; past it the
+    /// session is closed with 1008; 0 turns it off.
     pub max_messages_per_second: u32,
+    /// …and at once.
     pub message_burst: u32,
+    /// Bearer key of the HTTP API under /v1/ (separate from client tokens)
+    ///.
     pub api_key: Option<String>,
+    /// How long an HTTP API call waits for the room's owner.
     #[serde(with = "humantime_serde")]
     pub api_timeout: Duration,
 }
@@ -217,21 +248,35 @@ impl GatewaySettings {
 /// fetched, a key file read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct AuthSettings {
     /// `none`, `jwt` or `webhook`; `None` is `none`.
     pub mode: Option<String>,
+    /// HS256 shared secret for `jwt`, at least 32 bytes (shorter ones, the
+    /// empty one included, refuse to start).
     pub jwt_secret: Option<String>,
+    /// PEM public key file for `jwt` (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
     pub jwt_public_key: Option<std::path::PathBuf>,
+    /// JWKS URL for `jwt` (the identity provider's keys; fetched again when a
+    /// token names an unknown `kid`, so key rotation needs no restart).
     pub jwks_url: Option<String>,
+    /// Required `iss` claim.
     pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
     pub jwt_audience: Option<String>,
+    /// The app's permission check for `webhook`: POSTed `{room, party,
+    /// token, params}`, answers `200 {"access": "write"|"read", "user": {"id", "name"}}`,
+    /// 401 or 403.
     pub webhook_url: Option<String>,
+    /// How long the webhook may take; slower is refused (fail closed).
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
+    /// How long a webhook answer is reused for the same request.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Webhook answers kept at most.
     pub cache_entries: usize,
+    /// Close sessions (1008) after this long, so a revoked grant stops
+    /// working within it.
     #[serde(with = "humantime_serde")]
     pub max_session: Option<Duration>,
 }

@@ -68,40 +68,63 @@ fn ensure(holds: bool, message: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// `[room_node]`: a room node's settings as written in the config file
-/// (the `--help` of each flag says what it does).
+/// `[room_node]`: a room node's settings as written in the config file;
+/// each key but the tables is also a flag and an env var.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct RoomNodeSettings {
     /// `None`: [`DEFAULT_DATA_DIR`], or the `[node]` store's directory.
     pub data_dir: Option<PathBuf>,
+    /// Unload a room this long after its last client left (snapshot first).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Snapshot a room with new updates this often.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// …or once this many log bytes piled up since the last snapshot.
     pub snapshot_log_bytes: u64,
+    /// …or once this many updates were logged since the last snapshot.
     pub snapshot_log_updates: u64,
+    /// While the update log is unreachable, hold up to this many bytes of
+    /// updates per room; past it writes are refused until it is back.
     pub log_buffer_bytes: u64,
+    /// fsync room logs this often; appends reach the OS before any echo.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
+    /// Frames queued toward one gateway stream before it is dropped as too slow.
     pub link_queue: usize,
+    /// Commands queued per room.
     pub room_queue: usize,
+    /// Deepest nesting of shared types a document may reach (a top-level
+    /// type is 1); an update nesting deeper is refused and its session
+    /// closed with 1002.
     pub max_type_depth: u16,
     /// `0s` never trims.
     #[serde(with = "humantime_serde")]
     pub memory_trim_delay: Duration,
+    /// Largest document a room holds (its policy's `max_doc_bytes` wins);
+    /// updates growing it past this are refused and the writer is told.
     pub max_doc_bytes: u64,
+    /// A session's SyncStep1 or QueryAwareness is answered at most once
+    /// per this interval; repeats are dropped.
     #[serde(with = "humantime_serde")]
     pub min_resync_interval: Duration,
+    /// Awareness client ids one session may speak for; entries for more
+    /// are dropped.
     pub awareness_max_clients: usize,
+    /// Bytes of awareness state one session may hold; entries past it are
+    /// dropped.
     pub awareness_max_bytes: usize,
     /// `[room_node.modes]`: prefix = "mode".
     pub modes: BTreeMap<String, String>,
     /// `[room_node.policies."prefix"]`.
     pub policies: BTreeMap<String, PolicySettings>,
+    /// Refuse rooms whose names match no `[room_node.policies."prefix"]`
+    /// table (sessions closed with 4400, API writes 403).
     pub refuse_unlisted_rooms: bool,
+    /// Snapshot versions a `history` room keeps.
     pub history_versions: usize,
+    /// …and how old they may get; the newest two always stay.
     #[serde(with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
 }
@@ -110,17 +133,26 @@ pub struct RoomNodeSettings {
 /// optionally the prefix's mode.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct PolicySettings {
+    /// Sessions open at once in one room; the next is closed with 1008.
     pub max_sessions: Option<usize>,
+    /// Document size limit in bytes; growing updates past it are refused.
     pub max_doc_bytes: Option<u64>,
+    /// Relay one session's awareness at most once per this window (latest
+    /// wins), e.g. `"100ms"` for cursor floods.
     #[serde(with = "humantime_serde")]
     pub awareness_throttle: Option<Duration>,
+    /// Largest client message in bytes; a larger one closes the session
+    /// with 1009.
     pub max_frame_bytes: Option<usize>,
+    /// Unload the room this long after its last client left, instead of
+    /// `idle_timeout`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// As in `[room_node.modes]`.
     pub mode: Option<String>,
+    /// Relay `__YPS:` custom messages from read-only sessions too
+    /// (default false).
     pub read_only_custom_messages: bool,
 }
 
@@ -240,20 +272,29 @@ impl RoomNodeSettings {
 /// `[node]`: how a room node joins a cluster, as written in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct NodeSettings {
     /// `None`: the host name.
     pub node_id: Option<String>,
+    /// Address the room node's gRPC server listens on.
     pub grpc_listen: SocketAddr,
     /// `None`: `http://<grpc_listen>`, with the host name for an
     /// unspecified address.
     pub advertise: Option<String>,
+    /// Where snapshots (and, without --redis, logs) live, shared by every
+    /// room node: `file:///dir`; with --redis also `s3://bucket/prefix`,
+    /// `gs://…`, `az://…`, `memory://` or `redis://`.
     pub store: Option<String>,
+    /// Redis for the rooms' update logs (one stream per room), e.g.
+    /// `redis://127.0.0.1:6379/0`. Without it logs are files in the store directory.
     pub redis: Option<String>,
+    /// How often the node tells the coordinators it is alive.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// On SIGTERM, how long to wait for the cluster to move every room
+    /// away before stopping anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long loading a room waits for its previous owner to let go.
     #[serde(with = "humantime_serde")]
     pub room_lock_timeout: Duration,
 }

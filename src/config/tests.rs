@@ -161,3 +161,34 @@ fn help_defaults_match_the_settings_defaults() {
     );
     assert!(checked >= 45, "only {checked} defaults compared");
 }
+
+/// Every flag is named as its key in the file's section (what [`layer`]
+/// relies on), except the few that are flags only.
+#[test]
+fn every_flag_is_a_file_key() {
+    use super::flags::*;
+    use clap::Args;
+
+    const FLAGS_ONLY: &[&str] = &["room_mode", "insecure_no_grpc_secret"];
+    fn check<F: Args>(section: impl Serialize, wrong: &mut Vec<String>) {
+        let keys = json!(section);
+        let command = F::augment_args(clap::Command::new("flags"));
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if keys.get(id).is_none() && !FLAGS_ONLY.contains(&id) {
+                wrong.push(id.to_owned());
+            }
+        }
+    }
+    let mut wrong = Vec::new();
+    check::<GatewayFlags>(GatewaySettings::default(), &mut wrong);
+    check::<RoomNodeFlags>(RoomNodeSettings::default(), &mut wrong);
+    check::<NodeFlags>(NodeSettings::default(), &mut wrong);
+    check::<AuthFlags>(AuthSettings::default(), &mut wrong);
+    check::<WebhooksFlags>(HooksConfig::default(), &mut wrong);
+    check::<TelemetryFlags>(TelemetrySettings::default(), &mut wrong);
+    check::<CoordinatorFlags>(CoordinatorConfig::default(), &mut wrong);
+    check::<ClusterFlags>(ClusterSettings::default(), &mut wrong);
+    check::<LinkFlags>(LinkSettings::default(), &mut wrong);
+    assert!(wrong.is_empty(), "flags without a file key: {wrong:?}");
+}
