@@ -478,3 +478,71 @@ async fn a_paused_stale_owner_cannot_trim_or_overwrite_after_it_wakes_up() {
         .await
         .expect("content intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_snapshot_retry_waits_quietly_while_the_log_holds_writes() {
+    let mut redis = RedisServer::start();
+    let cluster = start(&redis, 1, &["--snapshot-log-updates", "3"]);
+    let room = "doc-quiet-retry";
+    let writer = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    writer.wait_synced(Duration::from_secs(10)).await.unwrap();
+    writer.push_text("t", "first;").await.unwrap();
+    writer
+        .wait_for_text("t", "first;", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // Snapshots start failing: the store's directory is a file now.
+    let snapshots = cluster.dir.path().join("snapshots");
+    let moved = cluster.dir.path().join("snapshots-away");
+    if snapshots.exists() {
+        std::fs::rename(&snapshots, &moved).unwrap();
+    }
+    std::fs::write(&snapshots, b"not a directory").unwrap();
+    for n in 0..6 {
+        writer
+            .push_text("t", &format!("logged-{n};"))
+            .await
+            .unwrap();
+    }
+    let node = &cluster.nodes[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.log().contains("snapshot failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot failed: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Then the log goes too, with a write held: the snapshot's retry comes
+    // due while it may not start.
+    redis.stop();
+    writer.push_text("t", "held;").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = partyline_bench::load::procfs::sample(node.pid()).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = partyline_bench::load::procfs::sample(node.pid()).unwrap();
+    let busy = after.cpu_seconds - before.cpu_seconds;
+    // A waiting room costs next to nothing; a loop spinning on a past
+    // deadline burns a whole core (about 3 s here).
+    assert!(
+        busy < 1.0,
+        "the room node spent {busy:.2} s of CPU in 3 s waiting for its log"
+    );
+
+    // Everything comes back once both are.
+    std::fs::remove_file(&snapshots).unwrap();
+    if moved.exists() {
+        std::fs::rename(&moved, &snapshots).unwrap();
+    }
+    redis.restart();
+    let reader = YClient::connect(&cluster.url(0, room)).await.unwrap();
+    reader
+        .wait_until(Duration::from_secs(20), |doc| {
+            text_of(doc, "t").contains("held;")
+        })
+        .await
+        .expect("the held write arrives once Redis is back");
+}

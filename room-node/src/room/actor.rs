@@ -103,7 +103,10 @@ impl RoomActor {
                 if let Some(at) = log_retry_at.filter(|&at| at != log_retry.deadline()) {
                     log_retry.as_mut().reset(at);
                 }
-                let snapshot_retry_at = (!self.snapshots.running())
+                // Armed only when a snapshot may start: one waits for the
+                // log to hold every update, and a past deadline armed
+                // meanwhile would wake this loop without pause.
+                let snapshot_retry_at = (!self.snapshots.running() && self.pending.all_logged())
                     .then(|| self.snapshots.schedule.retry_at())
                     .flatten();
                 tokio::select! {
