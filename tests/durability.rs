@@ -397,7 +397,11 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_stale_owner_cannot_trim_or_overwrite_after_it_wakes_up() {
     let redis = RedisServer::start();
-    let cluster = start(&redis, 2, &["--snapshot-log-updates", "5"]);
+    // No snapshot before the pause: the owner must hold unsnapshotted
+    // updates when it wakes, or it has nothing to write (with a small
+    // trigger, a snapshot started as the writes arrived could cover them
+    // all on a loaded machine).
+    let cluster = start(&redis, 2, &["--snapshot-log-updates", "1000"]);
     let room = "doc-stale-owner";
     let writer = YClient::connect(&cluster.url(0, room)).await.unwrap();
     writer.wait_synced(Duration::from_secs(10)).await.unwrap();
