@@ -5,11 +5,16 @@
 //! reshaped (issue 19): same flags, env names, file keys and defaults.
 //! `PARTYLINE_BLESS=1` rewrites them instead of comparing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+/// Read at run time (cargo and nextest set it): the compile-time value
+/// names whichever checkout last built the shared target directory.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/effective_config")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("tests/fixtures/effective_config")
 }
 
 /// The machine's host name as `partyline` reads it (the default node id).
