@@ -630,9 +630,9 @@ impl Cluster {
             if let LinkAuth::Secret(secret) = &link {
                 heartbeat.proof = Some(secret.sign(&heartbeat.proof_message(&self.name)));
             }
+            let payload =
+                Bytes::from(serde_json::to_vec(&heartbeat).expect("heartbeat serializes"));
             if leaving {
-                let payload =
-                    Bytes::from(serde_json::to_vec(&heartbeat).expect("heartbeat serializes"));
                 let sent = tokio::time::timeout(LEAVE_TIMEOUT, async {
                     self.client.publish(subject.clone(), payload).await.ok()?;
                     self.client.flush().await.ok()
@@ -652,8 +652,6 @@ impl Cluster {
                 debug!(node = %info.id, "NATS unreachable; heartbeat skipped");
                 continue;
             }
-            let payload =
-                Bytes::from(serde_json::to_vec(&heartbeat).expect("heartbeat serializes"));
             if let Err(err) = self.client.publish(subject.clone(), payload).await {
                 debug!(node = %info.id, error = %err, "heartbeat not published");
             }

@@ -174,14 +174,7 @@ impl Membership {
             return Observed::Joined;
         };
         let same_url = member.grpc_url == heartbeat.grpc_url;
-        let bound = match &member.binding {
-            Binding::Presumed(None) => same_url,
-            Binding::Presumed(Some(digest)) => {
-                same_url && heartbeat.claim.as_deref().map(claim_digest).as_ref() == Some(digest)
-            }
-            Binding::Claim(claim) => same_url && *claim == heartbeat.claim,
-        };
-        if bound {
+        if member.held_by(heartbeat) {
             member.binding = Binding::Claim(heartbeat.claim.clone());
             // Never move a clock back: a grace period granted by
             // `reset_clocks` may lie in the future.
@@ -247,15 +240,10 @@ impl Membership {
         let Some(member) = self.members.get_mut(&heartbeat.id) else {
             return Observed::Unchanged;
         };
+        // Stricter than renewing: an unclaimed binding proves nothing.
         let proven = heartbeat.claim.is_some()
-            && member.grpc_url == heartbeat.grpc_url
-            && match &member.binding {
-                Binding::Presumed(None) => false,
-                Binding::Presumed(Some(digest)) => {
-                    heartbeat.claim.as_deref().map(claim_digest).as_ref() == Some(digest)
-                }
-                Binding::Claim(claim) => *claim == heartbeat.claim,
-            };
+            && !matches!(member.binding, Binding::Presumed(None))
+            && member.held_by(heartbeat);
         if proven {
             self.members.remove(&heartbeat.id);
             return Observed::Left;
@@ -424,6 +412,20 @@ pub fn claim_digest(claim: &str) -> String {
 }
 
 impl Member {
+    /// Whether `heartbeat` comes from the incarnation that holds the id:
+    /// the registered URL and the bound claim (or its stored digest; any
+    /// claim when the node was presumed from a map without one).
+    fn held_by(&self, heartbeat: &Heartbeat) -> bool {
+        self.grpc_url == heartbeat.grpc_url
+            && match &self.binding {
+                Binding::Presumed(None) => true,
+                Binding::Presumed(Some(digest)) => {
+                    heartbeat.claim.as_deref().map(claim_digest).as_ref() == Some(digest)
+                }
+                Binding::Claim(claim) => *claim == heartbeat.claim,
+            }
+    }
+
     /// Binds the member to a new incarnation heard at `seen`.
     fn take_over(&mut self, claim: Option<String>, draining: bool, seen: Instant) {
         self.binding = Binding::Claim(claim);
