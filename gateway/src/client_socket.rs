@@ -28,13 +28,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use partyline_proto::ysync::{message_kind, SyncKind};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
-use crate::upstream::CloseReason;
+use crate::messages::CloseReason;
 
 /// A drained queue larger than this is freed rather than kept, so a burst
 /// does not pin memory on an idle socket.
@@ -74,13 +75,8 @@ impl Frame {
         buffer.extend_from_slice(payload);
         Some(Self {
             bytes: Bytes::from(buffer),
-            answer: !text && payload.starts_with(&[0, 1]),
+            answer: !text && message_kind(payload) == Some(SyncKind::SyncStep2),
         })
-    }
-
-    /// The frame's bytes on the wire.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
     }
 }
 
@@ -417,14 +413,14 @@ mod tests {
         for length in [0, 125, 126, 65_535, 65_536] {
             let payload: Vec<u8> = (0..length).map(|i| i as u8).collect();
             let frame = Frame::encode(&payload, false).unwrap();
-            let (header, body) = parse(frame.as_bytes());
+            let (header, body) = parse(&frame.bytes);
             assert!(header.is_final);
             assert_eq!(header.opcode, OpCode::Data(Data::Binary));
             assert!(header.mask.is_none(), "server frames are not masked");
             assert_eq!(body, &payload[..]);
         }
         let text = Frame::encode(b"__YPS:{}", true).unwrap();
-        assert_eq!(parse(text.as_bytes()).0.opcode, OpCode::Data(Data::Text));
+        assert_eq!(parse(&text.bytes).0.opcode, OpCode::Data(Data::Text));
         assert!(Frame::encode(&[0xff, 0xfe], true).is_none(), "not UTF-8");
     }
 

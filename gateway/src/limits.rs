@@ -176,11 +176,6 @@ impl Limits {
         })
     }
 
-    /// The settings.
-    pub fn config(&self) -> &LimitsConfig {
-        &self.config
-    }
-
     fn addresses(&self) -> std::sync::MutexGuard<'_, Addresses> {
         // Counters only; a panic elsewhere cannot leave them torn.
         self.addresses

@@ -28,7 +28,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::batch::{BatchError, Reassembler, BATCH_PREFIX};
 use crate::client_socket::{ClientIo, ClientSocket};
-use crate::upstream::{CloseReason, SessionGrant, UpstreamHandle};
+use crate::messages::{ClientFrame, CloseReason, SessionGrant};
+use crate::upstream::UpstreamHandle;
 use crate::Shared;
 
 /// How long a closing socket keeps reading for the client's close reply.
@@ -156,12 +157,12 @@ async fn pump(
                     Message::Binary(data) if reassembler.is_open() => {
                         reassembler.chunk(&data).map(|()| None)
                     }
-                    Message::Binary(data) => Ok(Some((data, false))),
+                    Message::Binary(data) => Ok(Some(ClientFrame::binary(data))),
                     Message::Text(text) if text.as_str().starts_with(BATCH_PREFIX) => {
-                        reassembler.marker(text.as_str()).map(|joined| joined.map(|data| (data, false)))
+                        reassembler.marker(text.as_str()).map(|joined| joined.map(ClientFrame::binary))
                     }
                     Message::Text(text) if text.as_str().starts_with("__YPS:") => {
-                        Ok(Some((Bytes::from(text), true)))
+                        Ok(Some(ClientFrame::text(Bytes::from(text))))
                     }
                     Message::Text(_) => {
                         tracing::info!(room = %room, session = session_id, "unsupported text frame");
@@ -177,15 +178,13 @@ async fn pump(
                     _ => {}
                 }
                 match forward {
-                    Ok(Some((payload, text))) => {
-                        let kind = crate::telemetry::frame_kind(&payload, text);
+                    Ok(Some(mut frame)) => {
+                        let kind = crate::telemetry::frame_kind(&frame.payload, frame.text);
                         crate::telemetry::metrics().frames_in.add(1, &[opentelemetry::KeyValue::new("kind", kind)]);
-                        let traceparent = if config.trace_frames {
-                            crate::telemetry::frame_traceparent(room.as_str(), session_id, kind, payload.len())
-                        } else {
-                            String::new()
-                        };
-                        if upstream.client_frame(session_id, payload, text, traceparent).await.is_err() {
+                        if config.trace_frames {
+                            frame.traceparent = crate::telemetry::frame_traceparent(room.as_str(), session_id, kind, frame.payload.len());
+                        }
+                        if upstream.client_frame(session_id, frame).await.is_err() {
                             return Some(CloseReason::new(close::INTERNAL_ERROR, "room unavailable"));
                         }
                     }
@@ -322,7 +321,7 @@ mod tests {
             stream,
             Vec::new(),
             partyline_proto::RoomName::new("x").unwrap(),
-            crate::upstream::SessionGrant {
+            crate::messages::SessionGrant {
                 identity: String::new(),
                 read_only: false,
             },

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 use opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{global, Context, KeyValue};
+use partyline_proto::ysync::{message_kind, SyncKind};
 
 /// Instrument scope (`otel_scope_name`) of the gateway's metrics and spans.
 pub const SCOPE: &str = "partyline-gateway";
@@ -93,17 +94,20 @@ pub fn refuse(reason: &'static str) {
         .add(1, &[KeyValue::new("reason", reason)]);
 }
 
-/// The y-sync kind of a frame, as a label: its first byte says it.
+/// The y-sync kind of a frame, as a label (every sync step is one label:
+/// the steps are counted by the room node).
 pub fn frame_kind(payload: &[u8], text: bool) -> &'static str {
     if text {
         return "text";
     }
-    match payload.first() {
-        Some(0) => "sync",
-        Some(1) => "awareness",
-        Some(2) => "auth",
-        Some(3) => "query_awareness",
-        _ => "other",
+    match message_kind(payload) {
+        Some(
+            SyncKind::SyncStep1 | SyncKind::SyncStep2 | SyncKind::Update | SyncKind::OtherSync,
+        ) => "sync",
+        Some(SyncKind::Awareness) => "awareness",
+        Some(SyncKind::Auth) => "auth",
+        Some(SyncKind::QueryAwareness) => "query_awareness",
+        None => "other",
     }
 }
 

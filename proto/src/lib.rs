@@ -1,7 +1,8 @@
 //! Cross-role types of Partyline: the gateway ↔ room-node gRPC contract
 //! (generated from `proto/partyline/v1/*.proto` at build time), room names,
-//! room → slot hashing, the slot map every process routes with, and the
-//! WebSocket close codes both roles must agree on.
+//! room → slot hashing, the slot map every process routes with, the
+//! WebSocket close codes both roles must agree on, and the y-sync message
+//! type of a frame (`ysync`).
 //!
 //! `rt` is the runtime glue every role's servers and gRPC clients share:
 //! how hyper's HTTP/2 tasks are spawned, and the accept step; `link` is the
@@ -16,6 +17,7 @@ pub mod link;
 pub mod room;
 pub mod rt;
 pub mod slot;
+pub mod ysync;
 
 /// Generated protobuf messages and tonic client/server for `partyline.v1`.
 pub mod pb {

@@ -1,0 +1,301 @@
+//! Upstream streams: one gRPC `OpenRoom` stream per (gateway, room),
+//! shared by every local client session of that room.
+//!
+//! An upstream actor owns the stream and the room's local sessions. It
+//! forwards client frames up, and copies each frame the room node sends
+//! down to the sessions it is meant for — a room broadcast crosses the
+//! gateway ↔ node link once, however many local clients the room has.
+//! A session whose queue is full is closed (1008) rather than slowing the
+//! room. When the node ends the stream, every session is closed with 1011
+//! (the clients reconnect and re-sync); when the owner cannot be reached
+//! for `owner_unreachable_timeout`, waiting sessions are closed with 1013.
+//! After the last session leaves, the stream lingers for `upstream_linger`.
+//!
+//! This module owns the registry of rooms ([`Upstreams`]), a session's
+//! handle on its room ([`UpstreamHandle`]) and the actor's state; the
+//! actor's life across streams is in `actor`, one stream's relaying in
+//! `relay`, reaching the owner in `connect`. Sessions reach the actor only
+//! through its command channel, never its state; the actor writes to
+//! client sockets only through [`ClientSocket`]. On shutdown the actor
+//! closes its sessions with `shutdown_close_code` and ends; a panicking
+//! actor drops its sessions' sockets, which then close.
+
+mod actor;
+mod connect;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use bytes::Bytes;
+use partyline_proto::{close, RoomName};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client_socket::ClientSocket;
+use crate::config::GatewayConfig;
+use crate::messages::{ClientFrame, CloseReason, SessionGrant};
+use crate::router::Router;
+
+/// Frames buffered from local sessions toward the room node.
+const UPSTREAM_QUEUE: usize = 1024;
+
+/// The upstream's answer to a session opening.
+enum OpenReply {
+    Opened,
+    /// The stream is ending; try again on a fresh one with these ports.
+    Retry,
+    /// The room cannot be served; close the client with this.
+    Refused(CloseReason),
+}
+
+enum UpstreamCommand {
+    Open {
+        session_id: u64,
+        grant: SessionGrant,
+        socket: Arc<ClientSocket>,
+        reply: oneshot::Sender<OpenReply>,
+    },
+    Client {
+        session_id: u64,
+        frame: ClientFrame,
+    },
+    Close {
+        session_id: u64,
+    },
+}
+
+/// A session's way to its room's upstream.
+#[derive(Clone)]
+pub struct UpstreamHandle {
+    tx: mpsc::Sender<UpstreamCommand>,
+}
+
+/// The upstream is gone; the session should close.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("room upstream has ended")]
+pub struct UpstreamGone;
+
+impl UpstreamHandle {
+    /// Forwards one client frame to the room node.
+    pub async fn client_frame(
+        &self,
+        session_id: u64,
+        frame: ClientFrame,
+    ) -> Result<(), UpstreamGone> {
+        let command = UpstreamCommand::Client { session_id, frame };
+        // Waiting for queue space is rare; its future is boxed so it does
+        // not sit in every session's future.
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.tx.send(command))
+                .await
+                .map_err(|_| UpstreamGone),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(UpstreamGone),
+        }
+    }
+
+    /// Tells the room the session left.
+    pub async fn close(&self, session_id: u64) {
+        let _ = self.tx.send(UpstreamCommand::Close { session_id }).await;
+    }
+}
+
+struct Entry {
+    handle: UpstreamHandle,
+    generation: u64,
+}
+
+/// The gateway's upstream streams, by room.
+#[derive(Clone)]
+pub struct Upstreams {
+    rooms: Arc<Mutex<HashMap<RoomName, Entry>>>,
+    next_generation: Arc<AtomicU64>,
+    router: Router,
+    config: Arc<GatewayConfig>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Upstreams {
+    /// No streams yet.
+    pub fn new(
+        router: Router,
+        config: Arc<GatewayConfig>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            rooms: Arc::default(),
+            next_generation: Arc::default(),
+            router,
+            config,
+            tracker,
+            cancel,
+        }
+    }
+
+    /// Opens a session in `room`, starting the room's stream if needed.
+    /// Waits while the owner is being reached; `Err` carries the close the
+    /// client gets when it cannot be.
+    pub async fn open(
+        &self,
+        room: &RoomName,
+        session_id: u64,
+        grant: SessionGrant,
+        socket: &Arc<ClientSocket>,
+    ) -> Result<UpstreamHandle, CloseReason> {
+        loop {
+            let handle = self.get_or_spawn(room);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let command = UpstreamCommand::Open {
+                session_id,
+                grant: grant.clone(),
+                socket: socket.clone(),
+                reply: reply_tx,
+            };
+            // A closed channel or a `Retry` means the stream was lingering
+            // out as we arrived: try again on a fresh one.
+            if handle.tx.send(command).await.is_ok() {
+                match reply_rx.await {
+                    Ok(OpenReply::Opened) => return Ok(handle),
+                    Ok(OpenReply::Refused(reason)) => return Err(reason),
+                    Ok(OpenReply::Retry) => {}
+                    Err(_) => {
+                        return Err(CloseReason::new(
+                            close::INTERNAL_ERROR,
+                            "room stream failed",
+                        ))
+                    }
+                }
+            }
+            if self.cancel.is_cancelled() {
+                return Err(CloseReason::new(
+                    self.config.shutdown_close_code,
+                    "gateway shutting down",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn get_or_spawn(&self, room: &RoomName) -> UpstreamHandle {
+        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = rooms.get(room) {
+            return entry.handle.clone();
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+        let handle = UpstreamHandle { tx };
+        rooms.insert(
+            room.clone(),
+            Entry {
+                handle: handle.clone(),
+                generation,
+            },
+        );
+        let actor = UpstreamActor {
+            room: room.clone(),
+            config: self.config.clone(),
+            router: self.router.clone(),
+            cancel: self.cancel.clone(),
+            rx,
+            sessions: HashMap::new(),
+        };
+        let upstreams = self.clone();
+        let room = room.clone();
+        self.tracker.spawn(async move {
+            let upstreams_open = &crate::telemetry::metrics().upstreams;
+            upstreams_open.add(1, &[]);
+            actor.run().await;
+            upstreams_open.add(-1, &[]);
+            let mut rooms = upstreams
+                .rooms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if rooms.get(&room).is_some_and(|e| e.generation == generation) {
+                rooms.remove(&room);
+            }
+        });
+        handle
+    }
+}
+
+/// A local session as the upstream keeps it: enough to re-open it on
+/// another node without the client noticing.
+struct LocalSession {
+    socket: Arc<ClientSocket>,
+    grant: SessionGrant,
+    /// The client's last awareness message, re-sent after a move so the new
+    /// owner knows the client's awareness (and removes it on close).
+    awareness: Option<Bytes>,
+}
+
+/// How serving one stream ended.
+enum StreamEnd {
+    /// Close every session with this.
+    Close(CloseReason),
+    /// The room moves (or its node failed): re-open it on the owner at
+    /// `min_epoch` or newer and send each session `resync` as its SyncStep1.
+    /// `failed` says why, when the stream broke rather than moved.
+    Move {
+        min_epoch: u64,
+        resync: Bytes,
+        failed: Option<String>,
+    },
+    /// No sessions for `upstream_linger`.
+    Idle,
+}
+
+/// One room's upstream: the only code that touches its stream and its
+/// sessions' table.
+struct UpstreamActor {
+    room: RoomName,
+    config: Arc<GatewayConfig>,
+    router: Router,
+    cancel: CancellationToken,
+    rx: mpsc::Receiver<UpstreamCommand>,
+    sessions: HashMap<u64, LocalSession>,
+}
+
+/// Retry pauses that start at `min` and double, each drawn from
+/// `[d, 2d)` and so never over `max`: the rooms of a node that failed do
+/// not all retry at the same instants. backon's jitter adds up to the
+/// delay itself, hence the doubling stops at half of `max`.
+fn jittered_backoff(min: Duration, max: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_with_jitter_between_the_base_and_the_max() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        let mut firsts = Vec::new();
+        for _ in 0..20 {
+            let pauses: Vec<Duration> = jittered_backoff(min, max).take(12).collect();
+            // Never shorter than the un-jittered schedule below the cap,
+            // never over the max.
+            for (n, pause) in pauses.iter().enumerate() {
+                let floor = (min * 2u32.pow(n.min(10) as u32)).min(max / 2);
+                assert!(*pause >= floor - Duration::from_micros(1), "{n}: {pause:?}");
+                assert!(*pause <= max, "{n}: {pause:?}");
+            }
+            firsts.push(pauses[0]);
+        }
+        firsts.sort();
+        firsts.dedup();
+        assert!(firsts.len() > 1, "no jitter: every first pause {firsts:?}");
+    }
+}
