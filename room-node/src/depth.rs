@@ -451,6 +451,7 @@ mod tests {
             is_type: true,
             is_gone: false,
             is_skip: false,
+            is_subdoc: false,
         };
         assert_eq!(index.check(&[bad], 256).unwrap_err(), DepthError::NotAType);
         // A parent that was deleted or collected is fine: yrs drops the
@@ -463,6 +464,7 @@ mod tests {
             is_type: false,
             is_gone: true,
             is_skip: false,
+            is_subdoc: false,
         };
         let child = BlockRef {
             client: 4,
@@ -482,12 +484,14 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
+            is_subdoc: false,
         };
         let skip = BlockRef {
             clock: 1,
             len: 5,
             parent: ParentRef::Detached,
             is_skip: true,
+            is_subdoc: false,
             ..item
         };
         assert!(DepthIndex::new().check(&[item], 256).is_ok());
@@ -507,6 +511,7 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
+            is_subdoc: false,
         };
         let mut index = DepthIndex::new();
         let checked = index.check(&[item], 256).unwrap();
@@ -539,6 +544,7 @@ mod tests {
             is_type: false,
             is_gone: false,
             is_skip: false,
+            is_subdoc: false,
         };
         let b = BlockRef {
             client: 2,

@@ -6,6 +6,14 @@
 //! refuses one whose `Any` values nest deeper than [`MAX_ANY_DEPTH`]
 //! (Yjs documents nest a handful of levels; JSON's own parsers stop at 128).
 //!
+//! It also refuses sub-documents ([`UpdateCheckError::SubDocument`]): yrs
+//! 0.28 stores a strong reference to the parent document inside the item
+//! that holds a sub-document, a reference cycle that keeps the whole
+//! document in memory forever once the room drops it. Any writer could
+//! make every room it reaches leak on unload. y-websocket and y-partykit
+//! do not sync sub-documents anyway (each needs its own provider, and so
+//! its own room).
+//!
 //! The same walk lists the update's blocks ([`BlockRef`]: id range, where
 //! its parent comes from, whether it creates a shared type) so that
 //! [`crate::depth`] can bound how deep shared types nest once applied.
@@ -52,6 +60,9 @@ pub enum UpdateCheckError {
     /// fuzzing found one that overflowed its clock arithmetic).
     #[error("malformed update: client {0} listed twice")]
     RepeatedClient(u64),
+    /// The update embeds a sub-document (see the module doc).
+    #[error("sub-documents are not supported (insert the sub-document's guid, and open it as its own room)")]
+    SubDocument,
 }
 
 /// An item's id: (client, clock).
@@ -88,17 +99,27 @@ pub struct BlockRef {
     pub is_gone: bool,
     /// A skip: clocks the update does not carry.
     pub is_skip: bool,
+    /// It holds a sub-document.
+    pub is_subdoc: bool,
 }
 
-/// Checks that `update` can be given to yrs: every `Any` it holds nests at
-/// most [`MAX_ANY_DEPTH`] levels. Other malformations are left to yrs.
-/// Reads the encoding itself (the field order of yrs's `DecoderV1`), not
-/// through yrs, whose id decoding asserts on client ids over 53 bits.
+/// Checks that `update` from outside can be given to yrs: every `Any` it
+/// holds nests at most [`MAX_ANY_DEPTH`] levels and it embeds no
+/// sub-document. Other malformations are left to yrs. Reads the encoding
+/// itself (the field order of yrs's `DecoderV1`), not through yrs, whose
+/// id decoding asserts on client ids over 53 bits.
 pub fn check_update(update: &[u8]) -> Result<(), UpdateCheckError> {
-    scan_update(update, |_| {})
+    let mut subdoc = false;
+    scan_update(update, |block| subdoc |= block.is_subdoc)?;
+    if subdoc {
+        return Err(UpdateCheckError::SubDocument);
+    }
+    Ok(())
 }
 
-/// [`check_update`], handing every block to `visit` in update order.
+/// Reads `update` as [`check_update`] does, handing every block to `visit`
+/// in update order; sub-documents are listed (`is_subdoc`), not refused, so
+/// a stored document that holds one is still indexed.
 pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(), UpdateCheckError> {
     let mut reader = Cursor::new(update);
     let clients: u32 = reader.read_var()?;
@@ -147,6 +168,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         is_type: false,
         is_gone: info == GC,
         is_skip: info == SKIP,
+        is_subdoc: false,
     };
     if info == SKIP || info == GC {
         block.len = reader.read_var()?;
@@ -222,6 +244,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         DOC => {
             reader.read_string()?;
             skip_any(reader)?;
+            block.is_subdoc = true;
             1
         }
         // The rest of the update cannot be read past an unknown kind.
@@ -431,14 +454,89 @@ mod tests {
             map.insert(&mut txn, "nested", yrs::MapPrelim::default());
             let xml = txn.get_or_insert_xml_fragment("xml");
             yrs::XmlFragment::push_back(&xml, &mut txn, yrs::XmlElementPrelim::empty("p"));
-            let array = txn.get_or_insert_array("array");
-            array.push_back(&mut txn, yrs::Doc::new());
         }
         let update = doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
         check_update(&update).unwrap();
         yrs::Update::decode_v1(&update).unwrap();
+    }
+
+    /// An update that embeds a sub-document in `array`, from a document
+    /// that is then dropped.
+    fn with_subdoc() -> Vec<u8> {
+        let doc = Doc::new();
+        let array = doc.get_or_insert_array("array");
+        let mut txn = doc.transact_mut();
+        array.push_back(&mut txn, "before");
+        array.push_back(&mut txn, Doc::new());
+        txn.encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// Whether yrs frees `doc`'s store once the last handle is dropped
+    /// (an observer's closure is dropped with the store).
+    fn freed_on_drop(doc: Doc) -> bool {
+        struct Probe(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = Probe(freed.clone());
+        doc.observe_update_v1("probe", move |_, _| {
+            let _ = &probe;
+        })
+        .unwrap();
+        drop(doc);
+        freed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn yrs_never_frees_a_document_that_holds_a_sub_document() {
+        // The reason sub-documents are refused. When this fails, yrs
+        // frees them: the refusal can go.
+        let plain = Doc::new();
+        plain
+            .get_or_insert_text("text")
+            .push(&mut plain.transact_mut(), "hi");
+        assert!(freed_on_drop(plain));
+        let holder = Doc::new();
+        let update = yrs::Update::decode_v1(&with_subdoc()).unwrap();
+        holder.transact_mut().apply_update(update).unwrap();
+        assert!(
+            !freed_on_drop(holder),
+            "yrs now frees a document holding a sub-document"
+        );
+    }
+
+    #[test]
+    fn a_sub_document_is_refused_from_outside_and_listed_from_storage() {
+        let update = with_subdoc();
+        assert!(matches!(
+            check_update(&update),
+            Err(UpdateCheckError::SubDocument)
+        ));
+        let mut subdocs = 0;
+        scan_update(&update, |block| subdocs += usize::from(block.is_subdoc)).unwrap();
+        assert_eq!(subdocs, 1);
+        // A room refuses the frame and keeps nothing of it.
+        let mut room = crate::protocol::SyncRoom::new(Doc::new());
+        let frame = yrs::updates::encoder::Encode::encode_v1(&yrs::sync::Message::Sync(
+            yrs::sync::SyncMessage::Update(update),
+        ));
+        assert!(matches!(
+            room.handle_frame(&frame, crate::protocol::Access::ReadWrite, (0, 1)),
+            Err(crate::protocol::ProtocolError::UnsafeUpdate(
+                UpdateCheckError::SubDocument
+            ))
+        ));
+        assert_eq!(
+            room.doc()
+                .get_or_insert_array("array")
+                .len(&room.doc().transact()),
+            0
+        );
     }
 
     #[test]
