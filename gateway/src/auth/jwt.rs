@@ -1,32 +1,19 @@
-//! Who may open a room, decided by the gateway before the WebSocket
-//! upgrade. The token comes from the `token` query parameter (what
-//! y-partykit's `params` and y-websocket's `params` send), an
-//! `Authorization: Bearer` header, or the `Sec-WebSocket-Protocol` header.
+//! Signed client tokens: HS256 with a shared secret, RS256/ES256/EdDSA
+//! with a PEM public key, or the keys of a JWKS URL (fetched again, at most
+//! once per `min_refresh`, when a token names an unknown `kid`).
 //!
-//! `jwt` verifies a signed token (HS256 with a shared secret; RS256, ES256 or
-//! EdDSA with a PEM public key or the keys of a JWKS URL, fetched again when
-//! a token names an unknown `kid` so key rotation needs no restart; `alg:
-//! none` and every other algorithm are refused) and reads a grant of rooms from its `rooms` claim: exact names
-//! or prefix patterns ending in `*`, each `"read"` or `"write"`; the exact
-//! name wins, then the longest pattern. `none` lets every client write,
-//! anonymously (only for `partyline dev` or with `--insecure-no-auth`).
-//!
-//! Beyond the signature a token must pass `exp` and `nbf` (both with
-//! [`LEEWAY_SECS`] of clock skew), carry no `crit` header (we implement no
-//! extension, so RFC 7515 §4.1.11 says refuse), and carry an `aud` only
-//! when an audience is configured, and then that one: a token minted for
-//! another service must not open rooms here.
-//!
-//! Decisions are made per connect: revocation is lazy, as PartyKit apps
-//! expect (an open session continues; the next connect is checked again).
+//! Owns signature and claim checks (`exp`, `nbf`, `iss`, `aud`, no `crit`)
+//! and reading a token's room grant. Where the token comes from is the
+//! parent's (`token`); this module never reads a request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+use super::{http_client, Access, AuthConfigError, Grant, Refusal};
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
 /// as long as the hash (256 bits); a shorter one can be guessed offline
@@ -39,105 +26,6 @@ pub const LEEWAY_SECS: u64 = 5;
 /// Longest JOSE header segment read, in bytes of base64url: ours are a few
 /// dozen; this only stops a client making the gateway decode a huge one.
 const MAX_HEADER_SEGMENT_BYTES: usize = 4096;
-
-/// How clients are authorized.
-#[derive(Clone, Default)]
-pub enum Authorizer {
-    /// Everyone may write, anonymously.
-    #[default]
-    None,
-    /// Signed tokens with a room grant.
-    Jwt(Box<JwtAuthorizer>),
-    /// The app's backend decides.
-    Webhook(Arc<WebhookAuthorizer>),
-}
-
-impl std::fmt::Debug for Authorizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::Jwt(jwt) => write!(f, "Jwt({:?})", jwt.validation.algorithms),
-            Self::Webhook(hook) => write!(f, "Webhook({})", hook.url),
-        }
-    }
-}
-
-/// A session's identity and rights, as the room node enforces them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    /// The token's `sub`, "" for anonymous.
-    pub identity: String,
-    /// The token's `name`, when given.
-    pub name: Option<String>,
-    /// Document updates are refused.
-    pub read_only: bool,
-}
-
-/// Why a client may not open a room; the HTTP answer before the upgrade.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// No token where one is needed.
-    #[error("a token is required")]
-    Missing,
-    /// The token is malformed, badly signed, expired or of the wrong issuer.
-    #[error("invalid token: {0}")]
-    Invalid(String),
-    /// A valid token without a grant for this room.
-    #[error("the token grants no access to room {0}")]
-    Forbidden(String),
-    /// The authorizer could not decide (webhook down, slow or erring):
-    /// refused, fail closed.
-    #[error("authorization unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl Refusal {
-    /// The refusal as a metrics label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Missing => "token_missing",
-            Self::Invalid(_) => "token_invalid",
-            Self::Forbidden(_) => "forbidden",
-            Self::Unavailable(_) => "auth_unavailable",
-        }
-    }
-
-    /// 401 for missing or bad tokens, 403 for a valid token without access.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Missing | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-/// Why an authorizer could not be built from its settings.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthConfigError {
-    /// The PEM key could not be read as any supported key type.
-    #[error("public key is not an RSA, EC (P-256) or Ed25519 PEM key: {0}")]
-    BadKey(String),
-    /// Neither a secret nor a key.
-    #[error("jwt auth needs a secret or a public key")]
-    NoKey,
-    /// An HS256 secret shorter than [`MIN_SECRET_BYTES`].
-    #[error("the HS256 secret is {0} bytes; at least {MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)")]
-    ShortSecret(usize),
-    /// The HTTP client for a webhook or JWKS URL could not be built.
-    #[error("http client: {0}")]
-    Http(String),
-}
-
-/// An HTTP client that gives up after `timeout`; without one a hung
-/// webhook or JWKS server would hold connects forever.
-fn http_client(timeout: Duration) -> Result<reqwest::Client, AuthConfigError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .map_err(|e| AuthConfigError::Http(e.to_string()))
-}
 
 /// JWT verification settings and keys.
 #[derive(Clone)]
@@ -157,7 +45,7 @@ enum Keys {
 
 /// A JWKS URL's keys, fetched at start and again when a token names a
 /// `kid` we do not know (at most once per `min_refresh`).
-pub struct Jwks {
+struct Jwks {
     url: String,
     client: reqwest::Client,
     keys: Mutex<HashMap<String, (DecodingKey, Algorithm)>>,
@@ -178,7 +66,7 @@ const JWKS_ALGORITHMS: &[Algorithm] = &[
 
 impl Jwks {
     /// Keys from `url`, refreshed at most once per `min_refresh`.
-    pub fn new(url: &str, min_refresh: Duration) -> Result<Self, AuthConfigError> {
+    fn new(url: &str, min_refresh: Duration) -> Result<Self, AuthConfigError> {
         Ok(Self {
             url: url.to_owned(),
             client: http_client(Duration::from_secs(5))?,
@@ -271,13 +159,6 @@ struct Claims {
     aud: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Grant {
-    Read,
-    Write,
-}
-
 impl JwtAuthorizer {
     /// Verifies HS256 tokens with `secret` (at least [`MIN_SECRET_BYTES`]).
     pub fn with_secret(secret: &[u8]) -> Result<Self, AuthConfigError> {
@@ -354,7 +235,13 @@ impl JwtAuthorizer {
         self
     }
 
-    async fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
+    /// The algorithms a token may be signed with.
+    pub(super) fn algorithms(&self) -> &[Algorithm] {
+        &self.validation.algorithms
+    }
+
+    /// Verifies `token` and reads its grant of `room`.
+    pub(super) async fn authorize(&self, token: &str, room: &str) -> Result<Access, Refusal> {
         let invalid = |error: jsonwebtoken::errors::Error| Refusal::Invalid(error.to_string());
         refuse_critical_header(token)?;
         let claims = match &self.keys {
@@ -428,248 +315,13 @@ fn refuse_critical_header(token: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-impl Authorizer {
-    /// Decides whether this upgrade request may open `room` (of PartyKit
-    /// `party`, if any).
-    pub async fn authorize(
-        &self,
-        room: &str,
-        party: Option<&str>,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Access, Refusal> {
-        match self {
-            Self::None => Ok(Access {
-                identity: String::new(),
-                name: None,
-                read_only: false,
-            }),
-            Self::Jwt(jwt) => {
-                let token = token(query, headers).ok_or(Refusal::Missing)?;
-                jwt.authorize(&token, room).await
-            }
-            Self::Webhook(hook) => hook.authorize(room, party, query, headers).await,
-        }
-    }
-
-    /// Whether clients must present a token.
-    pub fn requires_token(&self) -> bool {
-        !matches!(self, Self::None)
-    }
-}
-
-/// A webhook answer and when it came.
-type Cached = (Instant, Result<Access, Refusal>);
-
-/// The query parameter y-partykit fills with a fresh connection id on every
-/// connect. It is sent to the webhook but left out of the cache key, or no
-/// PartyKit client would ever be answered from the cache; so the webhook's
-/// answer must not depend on it.
-pub const CONNECTION_ID_PARAM: &str = "_pk";
-
-/// SHA-256 of a webhook request without [`CONNECTION_ID_PARAM`]: a cache
-/// entry costs 32 bytes of key however long the token and params were.
-type CacheKey = [u8; 32];
-
-/// Asks the app's backend, with a TTL cache of its answers.
-pub struct WebhookAuthorizer {
-    url: String,
-    client: reqwest::Client,
-    ttl: Duration,
-    max_entries: usize,
-    cache: Mutex<HashMap<CacheKey, Cached>>,
-}
-
-/// What the webhook receives.
-#[derive(Debug, serde::Serialize)]
-struct WebhookRequest<'a> {
-    room: &'a str,
-    party: Option<&'a str>,
-    token: Option<String>,
-    params: BTreeMap<String, String>,
-}
-
-/// What a 200 from the webhook carries.
-#[derive(Debug, Deserialize)]
-struct WebhookAnswer {
-    access: Grant,
-    #[serde(default)]
-    user: Option<WebhookUser>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WebhookUser {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-impl WebhookAuthorizer {
-    /// Posts to `url`, waits at most `timeout`, caches answers for `ttl`
-    /// (up to `max_entries` of them).
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        ttl: Duration,
-        max_entries: usize,
-    ) -> Result<Self, AuthConfigError> {
-        Ok(Self {
-            url: url.to_owned(),
-            client: http_client(timeout)?,
-            ttl,
-            max_entries,
-            cache: Mutex::default(),
-        })
-    }
-
-    async fn authorize(
-        &self,
-        room: &str,
-        party: Option<&str>,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Access, Refusal> {
-        let request = WebhookRequest {
-            room,
-            party,
-            token: token(query, headers),
-            params: query_params(query),
-        };
-        // The same client asking again is answered from the cache until the
-        // TTL runs out. Junk params make new keys (the webhook sees every
-        // param, so they may change its answer); the gateway's query size
-        // cap and `max_entries` bound what that costs.
-        let key = cache_key(&request);
-        if let Some(answer) = self.cached(&key) {
-            return answer;
-        }
-        let answer = self.ask(&request).await;
-        if !matches!(answer, Err(Refusal::Unavailable(_))) {
-            self.remember(key, answer.clone());
-        }
-        answer
-    }
-
-    fn cached(&self, key: &CacheKey) -> Option<Result<Access, Refusal>> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, answer) = cache.get(key)?;
-        (at.elapsed() < self.ttl).then(|| answer.clone())
-    }
-
-    fn remember(&self, key: CacheKey, answer: Result<Access, Refusal>) {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= self.max_entries {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= self.max_entries {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), answer));
-    }
-
-    async fn ask(&self, request: &WebhookRequest<'_>) -> Result<Access, Refusal> {
-        let unavailable = |why: String| {
-            tracing::warn!(url = %self.url, room = request.room, reason = %why, "auth webhook failed; refusing the client (fail closed)");
-            Refusal::Unavailable(why)
-        };
-        let response = self
-            .client
-            .post(&self.url)
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        match response.status() {
-            StatusCode::OK => {
-                let answer: WebhookAnswer = response
-                    .json()
-                    .await
-                    .map_err(|e| unavailable(format!("bad answer: {e}")))?;
-                let user = answer.user.unwrap_or(WebhookUser {
-                    id: String::new(),
-                    name: None,
-                });
-                Ok(Access {
-                    identity: user.id,
-                    name: user.name,
-                    read_only: answer.access == Grant::Read,
-                })
-            }
-            StatusCode::UNAUTHORIZED => {
-                Err(Refusal::Invalid("refused by the auth webhook".to_owned()))
-            }
-            StatusCode::FORBIDDEN => Err(Refusal::Forbidden(request.room.to_owned())),
-            other => Err(unavailable(format!("answered {other}"))),
-        }
-    }
-}
-
-/// What a cached answer is filed under (see [`CacheKey`]). JSON keeps the
-/// fields apart, so no two different requests share a pre-image.
-fn cache_key(request: &WebhookRequest<'_>) -> CacheKey {
-    use sha2::{Digest, Sha256};
-    let params: BTreeMap<&str, &str> = request
-        .params
-        .iter()
-        .filter(|(key, _)| key.as_str() != CONNECTION_ID_PARAM)
-        .map(|(key, value)| (key.as_str(), value.as_str()))
-        .collect();
-    let fields = (request.room, request.party, &request.token, params);
-    Sha256::digest(serde_json::to_vec(&fields).unwrap_or_default()).into()
-}
-
-/// The query's parameters, percent-decoded (later duplicates win).
-fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
-    let decode = |text: &str| {
-        percent_encoding::percent_decode_str(&text.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
-        })
-        .collect()
-}
-
-/// The client's token: `?token=`, `Authorization: Bearer`, or a
-/// `Sec-WebSocket-Protocol` entry shaped like a JWT.
-pub fn token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    let from_query = query_params(query).remove("token");
-    let from_bearer = || {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned())
-    };
-    from_query
-        .filter(|t| !t.is_empty())
-        .or_else(from_bearer)
-        .or_else(|| protocol_token(headers))
-}
-
-/// A JWT-shaped entry of `Sec-WebSocket-Protocol`; the gateway must echo
-/// it back as the chosen protocol or browsers drop the connection.
-pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
-    value
-        .split(',')
-        .map(str::trim)
-        .find(|entry| entry.matches('.').count() == 2)
-        .map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
     use jsonwebtoken::{EncodingKey, Header};
+
+    use super::*;
+    use crate::auth::Authorizer;
 
     const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 
@@ -834,26 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn cache_keys_ignore_only_the_connection_id() {
-        let request = |room, query: &str| WebhookRequest {
-            room,
-            party: Some("main"),
-            token: token(Some(query), &HeaderMap::new()),
-            params: query_params(Some(query)),
-        };
-        let key = |room, query: &str| cache_key(&request(room, query));
-        assert_eq!(key("r", "_pk=1&token=t"), key("r", "_pk=2&token=t"));
-        assert_ne!(key("r", "token=t"), key("r", "token=u"));
-        assert_ne!(key("r", "token=t"), key("s", "token=t"));
-        assert_ne!(key("r", "token=t&a=1"), key("r", "token=t&a=2"));
-        assert_ne!(
-            key("r", "a=1&b=2"),
-            key("r", "a=1%26b%3D2"),
-            "params stay apart"
-        );
-    }
-
-    #[test]
     fn short_secrets_are_refused() {
         for secret in [&b""[..], b"short", &[b'x'; MIN_SECRET_BYTES - 1]] {
             assert!(matches!(
@@ -862,24 +494,6 @@ mod tests {
             ));
         }
         assert!(JwtAuthorizer::with_secret(&[b'x'; MIN_SECRET_BYTES]).is_ok());
-    }
-
-    #[test]
-    fn the_token_comes_from_query_bearer_or_protocol() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(
-            token(Some("token=a%2Eb.c"), &headers).as_deref(),
-            Some("a.b.c")
-        );
-        headers.insert(header::AUTHORIZATION, "Bearer x.y.z".parse().unwrap());
-        assert_eq!(token(None, &headers).as_deref(), Some("x.y.z"));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            "y-sync, p.q.r".parse().unwrap(),
-        );
-        assert_eq!(token(None, &headers).as_deref(), Some("p.q.r"));
-        assert_eq!(token(Some("_pk=1"), &HeaderMap::new()), None);
     }
 
     fn base64_url(text: &str) -> String {

@@ -1,0 +1,260 @@
+//! Who may open a room, decided by the gateway before the WebSocket
+//! upgrade. The token comes from the `token` query parameter (what
+//! y-partykit's `params` and y-websocket's `params` send), an
+//! `Authorization: Bearer` header, or the `Sec-WebSocket-Protocol` header.
+//!
+//! `jwt` verifies a signed token (HS256 with a shared secret; RS256, ES256
+//! or EdDSA with a PEM public key or the keys of a JWKS URL, fetched again
+//! when a token names an unknown `kid` so key rotation needs no restart;
+//! `alg: none` and every other algorithm are refused) and reads a grant of
+//! rooms from its `rooms` claim: exact names or prefix patterns ending in
+//! `*`, each `"read"` or `"write"`; the exact name wins, then the longest
+//! pattern. `none` lets every client write,
+//! anonymously (only for `partyline dev` or with `--insecure-no-auth`).
+//!
+//! Beyond the signature a token must pass `exp` and `nbf` (both with
+//! [`LEEWAY_SECS`] of clock skew), carry no `crit` header (we implement no
+//! extension, so RFC 7515 §4.1.11 says refuse), and carry an `aud` only
+//! when an audience is configured, and then that one: a token minted for
+//! another service must not open rooms here.
+//!
+//! Decisions are made per connect: revocation is lazy, as PartyKit apps
+//! expect (an open session continues; the next connect is checked again).
+//!
+//! This module owns the decision's types ([`Authorizer`], [`Access`],
+//! [`Refusal`]) and where a token is read from; `jwt` verifies tokens
+//! (static keys and JWKS), `webhook` asks the app's backend and `cache`
+//! keeps the webhook's answers. Nothing here touches a socket or a room:
+//! the caller turns a [`Refusal`] into the HTTP answer.
+
+mod cache;
+mod jwt;
+mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::Deserialize;
+
+pub use jwt::{JwtAuthorizer, LEEWAY_SECS, MIN_SECRET_BYTES};
+pub use webhook::{WebhookAuthorizer, CONNECTION_ID_PARAM};
+
+/// How clients are authorized.
+#[derive(Clone, Default)]
+pub enum Authorizer {
+    /// Everyone may write, anonymously.
+    #[default]
+    None,
+    /// Signed tokens with a room grant.
+    Jwt(Box<JwtAuthorizer>),
+    /// The app's backend decides.
+    Webhook(Arc<WebhookAuthorizer>),
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Jwt(jwt) => write!(f, "Jwt({:?})", jwt.algorithms()),
+            Self::Webhook(hook) => write!(f, "Webhook({})", hook.url()),
+        }
+    }
+}
+
+/// A session's identity and rights, as the room node enforces them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The token's `sub`, "" for anonymous.
+    pub identity: String,
+    /// The token's `name`, when given.
+    pub name: Option<String>,
+    /// Document updates are refused.
+    pub read_only: bool,
+}
+
+/// Why a client may not open a room; the HTTP answer before the upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No token where one is needed.
+    #[error("a token is required")]
+    Missing,
+    /// The token is malformed, badly signed, expired or of the wrong issuer.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// A valid token without a grant for this room.
+    #[error("the token grants no access to room {0}")]
+    Forbidden(String),
+    /// The authorizer could not decide (webhook down, slow or erring):
+    /// refused, fail closed.
+    #[error("authorization unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The refusal as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "token_missing",
+            Self::Invalid(_) => "token_invalid",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unavailable(_) => "auth_unavailable",
+        }
+    }
+
+    /// 401 for missing or bad tokens, 403 for a valid token without access.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Why an authorizer could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The PEM key could not be read as any supported key type.
+    #[error("public key is not an RSA, EC (P-256) or Ed25519 PEM key: {0}")]
+    BadKey(String),
+    /// Neither a secret nor a key.
+    #[error("jwt auth needs a secret or a public key")]
+    NoKey,
+    /// An HS256 secret shorter than [`MIN_SECRET_BYTES`].
+    #[error("the HS256 secret is {0} bytes; at least {MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)")]
+    ShortSecret(usize),
+    /// The HTTP client for a webhook or JWKS URL could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// An HTTP client that gives up after `timeout`; without one a hung
+/// webhook or JWKS server would hold connects forever.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, AuthConfigError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| AuthConfigError::Http(e.to_string()))
+}
+
+/// A grant of one room (a JWT's `rooms` entry, a webhook's `access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Grant {
+    Read,
+    Write,
+}
+
+impl Authorizer {
+    /// Decides whether this upgrade request may open `room` (of PartyKit
+    /// `party`, if any).
+    pub async fn authorize(
+        &self,
+        room: &str,
+        party: Option<&str>,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Access, Refusal> {
+        match self {
+            Self::None => Ok(Access {
+                identity: String::new(),
+                name: None,
+                read_only: false,
+            }),
+            Self::Jwt(jwt) => {
+                let token = token(query, headers).ok_or(Refusal::Missing)?;
+                jwt.authorize(&token, room).await
+            }
+            Self::Webhook(hook) => hook.authorize(room, party, query, headers).await,
+        }
+    }
+
+    /// Whether clients must present a token.
+    pub fn requires_token(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
+/// The query's parameters, decoded as a browser's `URLSearchParams`
+/// encodes them (later duplicates win). The caller bounds the query's
+/// length (`max_query_bytes`) before anything reads it.
+fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .map(|query| url::form_urlencoded::parse(query.as_bytes()).into_owned())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The client's token: `?token=`, `Authorization: Bearer`, or a
+/// `Sec-WebSocket-Protocol` entry shaped like a JWT.
+pub fn token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let from_query = query_params(query).remove("token");
+    let from_bearer = || {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    };
+    from_query
+        .filter(|t| !t.is_empty())
+        .or_else(from_bearer)
+        .or_else(|| protocol_token(headers))
+}
+
+/// A JWT-shaped entry of `Sec-WebSocket-Protocol`; the gateway must echo
+/// it back as the chosen protocol or browsers drop the connection.
+pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    value
+        .split(',')
+        .map(str::trim)
+        .find(|entry| entry.matches('.').count() == 2)
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_query_bearer_or_protocol() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            token(Some("token=a%2Eb.c"), &headers).as_deref(),
+            Some("a.b.c")
+        );
+        headers.insert(header::AUTHORIZATION, "Bearer x.y.z".parse().unwrap());
+        assert_eq!(token(None, &headers).as_deref(), Some("x.y.z"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "y-sync, p.q.r".parse().unwrap(),
+        );
+        assert_eq!(token(None, &headers).as_deref(), Some("p.q.r"));
+        assert_eq!(token(Some("_pk=1"), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn query_params_decode_as_browsers_encode() {
+        let params = query_params(Some("a=1&b=x+y%2Bz&&c&a=2&d=%E2%9C%93&e=%FF"));
+        let expected = [
+            ("a", "2"),
+            ("b", "x y+z"),
+            ("c", ""),
+            ("d", "\u{2713}"),
+            ("e", "\u{fffd}"),
+        ];
+        let expected: BTreeMap<String, String> = expected
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        assert_eq!(params, expected);
+        assert!(query_params(None).is_empty());
+        assert!(query_params(Some("")).is_empty());
+    }
+}
