@@ -8,7 +8,7 @@ use partyline_coordinator::admin;
 use partyline_coordinator::cluster::Cluster;
 use partyline_gateway::{RoomApi, Router};
 use partyline_proto::RoomName;
-use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
+use partyline_room_node::storage::{RemoteStorage, SnapshotStore};
 use serde::Serialize;
 
 use crate::config::flags::{ClusterFlags, LinkFlags};

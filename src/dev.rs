@@ -100,7 +100,7 @@ pub async fn run(
     } = prepare(&args, file)?;
     let node_id = room_config.node_id.clone();
     let first_run = !room_config.data_dir.exists();
-    let _data_dir_lock = partyline_room_node::store::DataDirLock::acquire(&room_config.data_dir)?;
+    let _data_dir_lock = partyline_room_node::storage::DataDirLock::acquire(&room_config.data_dir)?;
     if first_run {
         // Room data is nobody's source code: keep it out of the app's repo.
         let ignore = room_config.data_dir.join(".gitignore");
@@ -134,7 +134,7 @@ pub async fn run(
     let map = SlotMap::single(
         0,
         NodeInfo {
-            id: node_id,
+            id: node_id.clone(),
             grpc_url: format!("http://{grpc_addr}"),
         },
     );
@@ -142,7 +142,8 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::wait_for_signal(shutdown.clone()));
 
-    let ready = crate::ops::room_node_readiness(&room_config, &map_rx);
+    let storage = partyline_room_node::storage::NodeStorage::files(&room_config);
+    let ready = crate::ops::room_node_readiness(&node_id, &storage, &map_rx);
     serving.start_ops(ready, shutdown.clone()).await?;
     tracing::info!(data_dir = %room_config.data_dir.display(), %grpc_addr, "room node started");
     // The link never leaves this process, yet its port is open to every
@@ -151,6 +152,7 @@ pub async fn run(
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,
         room_config,
+        storage,
         map_rx.clone(),
         link.clone(),
         shutdown.clone(),

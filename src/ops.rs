@@ -31,13 +31,14 @@ where
 
 /// A room node's readiness ([`partyline_room_node::check_ready`]).
 pub fn room_node_readiness(
-    config: &partyline_room_node::RoomNodeConfig,
+    node_id: &partyline_proto::NodeId,
+    storage: &partyline_room_node::storage::NodeStorage,
     slot_map: &partyline_room_node::SlotMapWatch,
 ) -> Readiness {
-    let (config, slot_map) = (config.clone(), slot_map.clone());
+    let (node_id, storage, slot_map) = (node_id.clone(), storage.clone(), slot_map.clone());
     readiness(move || {
-        let (config, slot_map) = (config.clone(), slot_map.clone());
-        async move { partyline_room_node::check_ready(&config, &slot_map).await }
+        let (node_id, storage, slot_map) = (node_id.clone(), storage.clone(), slot_map.clone());
+        async move { partyline_room_node::check_ready(&node_id, &storage, &slot_map).await }
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use partyline_coordinator::cluster::Cluster;
 use partyline_proto::{NodeId, NodeInfo};
-use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
+use partyline_room_node::storage::{NodeStorage, RemoteStorage, SnapshotStore};
 use partyline_room_node::Ownership;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -109,13 +109,13 @@ pub async fn run(
         node,
         cluster: cluster_options,
         link,
-        mut config,
+        config,
         ..
     } = prepare(&args, file)?;
     let node_id = config.node_id.clone();
     // Checked before anything connects; watched for the process's life.
     let link = link.build(CancellationToken::new()).await?;
-    if let Some(redis) = &node.redis {
+    let storage = if let Some(redis) = &node.redis {
         // Logs in Redis, snapshots in the store.
         let store = node.store.as_deref().unwrap_or("redis://");
         let snapshots =
@@ -124,11 +124,12 @@ pub async fn run(
             .await
             .with_context(|| format!("connect to redis {redis}"))?;
         tracing::info!(%redis, %store, "rooms log to redis, snapshot to the store");
-        config.remote = Some(remote);
+        NodeStorage::remote(remote)
     } else {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create store dir {}", config.data_dir.display()))?;
-    }
+        NodeStorage::files(&config)
+    };
 
     let listener = TcpListener::bind(node.grpc_listen)
         .await
@@ -162,12 +163,13 @@ pub async fn run(
         }
     });
 
-    let ready = crate::ops::room_node_readiness(&config, &slot_map);
+    let ready = crate::ops::room_node_readiness(&node_id, &storage, &slot_map);
     serving.start_ops(ready, background.clone()).await?;
     tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
     let server = tokio::spawn(partyline_room_node::run(
         listener,
         config,
+        storage,
         slot_map,
         link,
         shutdown.clone(),

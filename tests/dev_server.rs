@@ -541,7 +541,7 @@ mode = "ephemeral"
     b.wait_for_text("t", "passing;", WAIT).await.unwrap();
     let info = server.room_info(KEY, "tmp-1").await;
     assert_eq!(info["mode"], "ephemeral", "{info}");
-    assert!(!partyline_room_node::store::RoomFiles::room_dir(&data, "tmp-1").exists());
+    assert!(!partyline_room_node::storage::RoomFiles::room_dir(&data, "tmp-1").exists());
     server.assert_no_errors();
 }
 

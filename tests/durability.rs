@@ -376,7 +376,7 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
         .unwrap();
     drop(cursor);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let id = partyline_room_node::remote::room_id("cursor-board");
+    let id = partyline_room_node::storage::remote::room_id("cursor-board");
     let mut conn = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{id}*"))
@@ -420,7 +420,7 @@ async fn a_paused_stale_owner_cannot_trim_or_overwrite_after_it_wakes_up() {
     let owner = located["node"].as_str().unwrap().to_owned();
     let old_epoch = located["epoch"].as_u64().unwrap();
     let index: usize = owner.strip_prefix("node-").unwrap().parse().unwrap();
-    let id = partyline_room_node::remote::room_id(room);
+    let id = partyline_room_node::storage::remote::room_id(room);
     let snaps_key = format!("partyline:r:{id}:snaps");
     let stale_marker = format!("-{owner}-{old_epoch}.bin");
     let stale_entries = |redis: &RedisServer| -> usize {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::DevServer;
 use partyline_bench::client::YClient;
-use partyline_room_node::remote::{RemoteStorage, SnapshotStore};
-use partyline_room_node::store::RoomFiles;
+use partyline_room_node::storage::remote::{RemoteStorage, SnapshotStore};
+use partyline_room_node::storage::RoomFiles;
 use redis::Commands;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -297,7 +297,7 @@ async fn delete_leaves_nothing_in_redis_or_the_snapshot_store() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let id = partyline_room_node::remote::room_id("doc-gone");
+    let id = partyline_room_node::storage::remote::room_id("doc-gone");
     assert!(snapshots.path().join("rooms").join(&id).exists());
 
     let (status, deleted) = api

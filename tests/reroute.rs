@@ -26,9 +26,11 @@ async fn room_node(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = partyline_room_node::RoomNodeConfig::new(NodeId::new(id), store.to_owned());
     config.room_locks = true;
+    let storage = partyline_room_node::storage::NodeStorage::files(&config);
     tokio::spawn(partyline_room_node::run(
         listener,
         config,
+        storage,
         map,
         link(),
         shutdown.clone(),

@@ -15,7 +15,7 @@ use common::yjs::{edit, state, text_of};
 use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig};
 use partyline_proto::NodeId;
-use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
+use partyline_room_node::storage::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
 use yrs::Doc;
 
@@ -321,7 +321,7 @@ async fn a_30_second_s3_outage_holds_up_no_session_and_snapshots_catch_up() {
     .await;
     let room = "doc-s3-outage";
     let log_key = storage.log_key(room);
-    let room_id = partyline_room_node::remote::room_id(room);
+    let room_id = partyline_room_node::storage::remote::room_id(room);
     let (url, shutdown) = common::inproc::serve(storage, |config| {
         config.snapshot_log_updates = MAX_UPDATES as u64;
     })

@@ -10,7 +10,7 @@ use common::redis_server::RedisServer;
 use common::yjs::{edit, text_of};
 use partyline_bench::client::YClient;
 use partyline_proto::NodeId;
-use partyline_room_node::remote::{RemoteError, RemoteStorage, SnapshotStore};
+use partyline_room_node::storage::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};

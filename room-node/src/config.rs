@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use partyline_proto::NodeId;
 
-use crate::remote::RemoteStorage;
-
 /// Default for [`RoomNodeConfig::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`RoomNodeConfig::snapshot_interval`].
@@ -187,7 +185,8 @@ impl Default for RoomNodeSettings {
 impl RoomNodeSettings {
     /// The node's config, checked: `flag_modes` (`PREFIX=MODE`, from
     /// `--room-mode`) win over the file's modes for the same prefix.
-    /// Storage, locks and hooks are the caller's.
+    /// Storage ([`crate::storage::NodeStorage`]), locks and hooks are the
+    /// caller's.
     pub fn into_config(
         self,
         node_id: NodeId,
@@ -242,7 +241,6 @@ impl RoomNodeSettings {
             snapshot_interval: self.snapshot_interval,
             snapshot_log_bytes: self.snapshot_log_bytes,
             snapshot_log_updates: self.snapshot_log_updates,
-            remote: None,
             log_buffer_bytes: self.log_buffer_bytes,
             snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
             modes: Vec::new(),
@@ -330,9 +328,6 @@ pub struct RoomNodeConfig {
     /// …or as soon as this many updates were logged since the last one
     /// (bounds the log: it keeps at most about twice this many entries).
     pub snapshot_log_updates: u64,
-    /// Remote storage (Redis log + snapshot store); `None` keeps rooms in
-    /// `data_dir`.
-    pub remote: Option<RemoteStorage>,
     /// While the log is unreachable, updates wait (unacknowledged) up to
     /// this many bytes per room; past it the room refuses writes (clients
     /// get an auth message) until the log is back.

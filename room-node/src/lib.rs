@@ -1,8 +1,8 @@
 //! Partyline room node: serves the live rooms whose slots it owns.
 //!
 //! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]),
-//! persistence ([`storage`] over the embedded [`store`] or [`remote`] Redis
-//! and object storage), the ownership check on every gateway stream and
+//! persistence ([`storage`]: the embedded file store, or a Redis log and
+//! object storage), the ownership check on every gateway stream and
 //! the server-API calls ([`service`]) and the gRPC server that carries
 //! them ([`grpc`]), the app's webhooks ([`hooks`]),
 //! JSON rendering of documents ([`render`]) and its metrics
@@ -20,12 +20,10 @@ pub mod memory;
 pub mod ownership;
 pub mod protocol;
 pub mod registry;
-pub mod remote;
 pub mod render;
 pub mod room;
 pub mod service;
 pub mod storage;
-pub mod store;
 pub mod telemetry;
 pub mod update_check;
 
@@ -45,32 +43,35 @@ pub use config::{RoomMode, RoomNodeConfig, RoomPolicy};
 pub use ownership::{Ownership, SlotMapWatch};
 
 /// Serves the room node on `listener` until `shutdown` is cancelled,
-/// releasing rooms as the slot map moves them away. Every request must
-/// carry `link`'s secret (UNAUTHENTICATED otherwise). The caller holds the
-/// [`store::DataDirLock`] of `config.data_dir`, or sets
-/// [`RoomNodeConfig::room_locks`] when nodes share the store.
+/// keeping rooms in `storage` and releasing them as the slot map moves
+/// them away. Every request must carry `link`'s secret (UNAUTHENTICATED
+/// otherwise). With file storage the caller holds the
+/// [`storage::DataDirLock`] of `config.data_dir`, or sets
+/// [`RoomNodeConfig::room_locks`] when nodes share the directory.
 pub async fn run(
     listener: TcpListener,
     config: RoomNodeConfig,
+    storage: storage::NodeStorage,
     slot_map: SlotMapWatch,
     link: LinkAuth,
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
-    let sync_queue = store::SyncQueue::default();
-    tracker.spawn(sync_logs(
-        sync_queue.clone(),
-        config.fsync_interval,
-        shutdown.clone(),
-    ));
+    if let Some(sync_queue) = storage.sync_queue() {
+        tracker.spawn(sync_logs(
+            sync_queue,
+            config.fsync_interval,
+            shutdown.clone(),
+        ));
+    }
     telemetry::observe_epoch(slot_map.clone());
     telemetry::metrics();
     let ownership = Ownership::new(config.node_id.clone(), slot_map);
     let registry = registry::Registry::new(
         config.clone(),
         ownership.clone(),
-        sync_queue,
+        storage,
         tracker.clone(),
         shutdown.clone(),
     );
@@ -91,18 +92,22 @@ pub async fn run(
     tracker.wait().await;
 }
 
-/// Whether this node can serve rooms: the slot map lists it, and its
+/// Whether node `node_id` can serve rooms: the slot map lists it, and its
 /// storage answers (Redis `PING`, or the data directory is there). For
 /// `/readyz`.
-pub async fn check_ready(config: &RoomNodeConfig, slot_map: &SlotMapWatch) -> Result<(), String> {
+pub async fn check_ready(
+    node_id: &partyline_proto::NodeId,
+    storage: &storage::NodeStorage,
+    slot_map: &SlotMapWatch,
+) -> Result<(), String> {
     let listed = slot_map
         .borrow()
         .as_ref()
-        .is_some_and(|map| map.nodes().iter().any(|node| node.id == config.node_id));
+        .is_some_and(|map| map.nodes().iter().any(|node| &node.id == node_id));
     if !listed {
         return Err("not in the slot map yet".to_owned());
     }
-    storage::check_reachable(config).await
+    storage.check_reachable().await
 }
 
 /// Releases the rooms each new slot map moves away from this node.
@@ -131,7 +136,7 @@ async fn release_moved_rooms(
 /// time at shutdown (rooms write their final snapshots first; those sync
 /// their own segments).
 async fn sync_logs(
-    queue: store::SyncQueue,
+    queue: storage::SyncQueue,
     interval: std::time::Duration,
     shutdown: CancellationToken,
 ) {

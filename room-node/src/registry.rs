@@ -22,7 +22,7 @@ use crate::ownership::Ownership;
 use crate::room::{
     self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
 };
-use crate::store::SyncQueue;
+use crate::storage::NodeStorage;
 
 /// Why a link could not attach to a room.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub struct Registry {
     next_generation: Arc<std::sync::atomic::AtomicU64>,
     config: Arc<RoomNodeConfig>,
     ownership: Ownership,
-    sync_queue: SyncQueue,
+    storage: NodeStorage,
     tracker: TaskTracker,
     cancel: CancellationToken,
     /// Returns freed memory to the OS after unloads; `None` when off.
@@ -79,7 +79,7 @@ impl Registry {
     pub fn new(
         config: Arc<RoomNodeConfig>,
         ownership: Ownership,
-        sync_queue: SyncQueue,
+        storage: NodeStorage,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -91,7 +91,7 @@ impl Registry {
             next_generation: Arc::default(),
             config,
             ownership,
-            sync_queue,
+            storage,
             tracker,
             cancel,
             trimmer,
@@ -164,14 +164,14 @@ impl Registry {
         }
     }
 
-    /// Rooms with stored state (see [`crate::storage::list_rooms`]).
+    /// Rooms with stored state (see [`NodeStorage::list_rooms`]).
     pub async fn list_rooms(
         &self,
         prefix: &str,
         after: &str,
         limit: usize,
-    ) -> Result<(Vec<String>, bool), crate::storage::LoadError> {
-        crate::storage::list_rooms(&self.config, prefix, after, limit).await
+    ) -> Result<(Vec<String>, bool), crate::storage::StorageError> {
+        self.storage.list_rooms(prefix, after, limit).await
     }
 
     /// Persistence mode of `room` by its name.
@@ -206,7 +206,9 @@ impl Registry {
                 return Err(CallError::NotAllowed(room.clone()));
             }
             if !create && !self.is_loaded(room) {
-                let stored = crate::storage::has_state(&self.config, room)
+                let stored = self
+                    .storage
+                    .has_state(&self.config, room)
                     .await
                     .map_err(|e| CallError::Unavailable(room.clone(), e.to_string()))?;
                 if !stored {
@@ -268,7 +270,7 @@ impl Registry {
         let (handle, actor) = room::spawn_actor(
             room.clone(),
             self.config.clone(),
-            self.sync_queue.clone(),
+            self.storage.clone(),
             epoch,
             self.cancel.child_token(),
         );
@@ -477,10 +479,11 @@ mod tests {
     fn registry(id: &str, dir: &std::path::Path) -> (MapTx, Registry) {
         let config = Arc::new(RoomNodeConfig::new(NodeId::new(id), dir.to_owned()));
         let (map_tx, ownership) = owner_of_everything(id);
+        let storage = NodeStorage::files(&config);
         let registry = Registry::new(
             config,
             ownership,
-            SyncQueue::default(),
+            storage,
             TaskTracker::new(),
             CancellationToken::new(),
         );
@@ -618,8 +621,147 @@ mod tests {
             Some(node_frame::Kind::NotOwner(pb::NotOwner { epoch: 2 }))
         ));
         // What the room accepted was snapshotted for the next owner.
-        let (_, loaded) =
-            crate::store::RoomFiles::open(dir.path(), "moving", SyncQueue::default()).unwrap();
+        let (_, loaded) = crate::storage::RoomFiles::open(
+            dir.path(),
+            "moving",
+            crate::storage::SyncQueue::default(),
+        )
+        .unwrap();
         assert!(!loaded.updates.is_empty());
+    }
+
+    /// A registry of node "m" owning every slot, its rooms in `memory`,
+    /// holding at most `hold` bytes while the log is down.
+    fn in_memory(memory: &crate::storage::memory::MemoryStorage, hold: u64) -> Registry {
+        let mut config = RoomNodeConfig::new(NodeId::new("m"), "/nonexistent".into());
+        config.log_buffer_bytes = hold;
+        let (map_tx, ownership) = owner_of_everything("m");
+        // The map never changes; its sender may go.
+        drop(map_tx);
+        Registry::new(
+            Arc::new(config),
+            ownership,
+            NodeStorage::memory(memory.clone()),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    /// Opens read-write session 1 on `link`.
+    async fn open_writer(link: &Link) {
+        link.send(gateway_frame::Kind::OpenSession(pb::OpenSession {
+            session_id: 1,
+            identity: String::new(),
+            permission: pb::Permission::ReadWrite as i32,
+        }))
+        .await;
+    }
+
+    /// What a writer sees of its write.
+    #[derive(Debug)]
+    enum Seen {
+        /// The write was logged and sent to every session.
+        Echoed,
+        /// The write was refused with this auth message.
+        Refused(String),
+    }
+
+    /// The next echo or refusal on `link`, skipping other frames (the
+    /// room's sync messages to the session).
+    async fn next_seen(link: &mut Link) -> Seen {
+        loop {
+            match link.next().await.expect("the link is open") {
+                node_frame::Kind::Broadcast(_) => return Seen::Echoed,
+                node_frame::Kind::Deliver(deliver) => {
+                    if let Ok(Message::Auth(Some(reason))) = Message::decode_v1(&deliver.payload) {
+                        return Seen::Refused(reason);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_outage_holds_writes_unacknowledged_until_the_log_takes_them() {
+        let memory = crate::storage::memory::MemoryStorage::default();
+        let registry = in_memory(&memory, 1 << 20);
+        let mut link = Link::attach(&registry, "held", 1).await;
+        open_writer(&link).await;
+        link.message(1, update("a")).await;
+        assert!(matches!(next_seen(&mut link).await, Seen::Echoed));
+        assert_eq!(memory.log("held").len(), 1);
+
+        memory.set_down(true);
+        link.message(1, update("b")).await;
+        // Paused time runs on while the room retries: ten seconds of
+        // retries, and nothing of the write is echoed or logged.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        while let Ok(frame) = link.from_room.try_recv() {
+            assert!(
+                !matches!(frame.unwrap().kind, Some(node_frame::Kind::Broadcast(_))),
+                "a write was acknowledged while the log was down"
+            );
+        }
+        assert_eq!(memory.log("held").len(), 1);
+        let tries = memory.appends("held");
+        assert!(
+            (10..=60).contains(&tries),
+            "{tries} appends in 10 s: retried on its timer, not in a loop"
+        );
+
+        memory.set_down(false);
+        assert!(matches!(next_seen(&mut link).await, Seen::Echoed));
+        assert_eq!(
+            memory.log("held").len(),
+            2,
+            "the held write is logged, once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_hold_refuses_writes_with_the_log_unavailable_message() {
+        let memory = crate::storage::memory::MemoryStorage::default();
+        // One update fills the hold.
+        let registry = in_memory(&memory, 1);
+        let mut link = Link::attach(&registry, "full", 1).await;
+        open_writer(&link).await;
+        memory.set_down(true);
+        link.message(1, update("held")).await;
+        // Its append fails (a batch of its own), then the hold is full.
+        while memory.appends("full") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        link.message(1, update("refused")).await;
+        let Seen::Refused(reason) = next_seen(&mut link).await else {
+            panic!("a write was echoed while the log was down");
+        };
+        assert_eq!(reason, crate::protocol::LOG_UNAVAILABLE_REASON);
+        memory.set_down(false);
+        assert!(matches!(next_seen(&mut link).await, Seen::Echoed));
+        assert_eq!(memory.log("full").len(), 1, "only the held write is logged");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_append_releases_the_room_without_acknowledging_the_write() {
+        let memory = crate::storage::memory::MemoryStorage::default();
+        let registry = in_memory(&memory, 1 << 20);
+        let mut link = Link::attach(&registry, "fenced", 1).await;
+        open_writer(&link).await;
+        memory.fence(5);
+        link.message(1, update("lost here, resent to the new owner"))
+            .await;
+        loop {
+            match link.next().await {
+                Some(node_frame::Kind::Released(released)) => {
+                    assert_eq!(released.epoch, 5);
+                    break;
+                }
+                Some(node_frame::Kind::Broadcast(_)) => panic!("a fenced write was echoed"),
+                Some(_) => continue,
+                None => panic!("the stream ended without a release"),
+            }
+        }
+        assert!(memory.log("fenced").is_empty());
     }
 }

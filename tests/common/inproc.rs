@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use partyline_proto::{NodeId, NodeInfo, SlotMap};
-use partyline_room_node::remote::RemoteStorage;
+use partyline_room_node::storage::remote::RemoteStorage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -51,11 +51,11 @@ async fn serve_gateway(
     )));
     let (_map_tx, map_rx) = watch::channel(map);
     let mut config = partyline_room_node::RoomNodeConfig::new(NodeId::new("n"), Default::default());
-    config.remote = Some(storage);
     tune(&mut config);
     tokio::spawn(partyline_room_node::run(
         grpc,
         config,
+        partyline_room_node::storage::NodeStorage::remote(storage),
         map_rx.clone(),
         super::test_link(),
         shutdown.clone(),

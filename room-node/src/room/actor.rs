@@ -25,8 +25,7 @@ use super::pending::{broadcast, deliver, frame, Commit, Out, PendingLog};
 use super::snapshots::Snapshots;
 use crate::config::{RoomNodeConfig, RoomPolicy};
 use crate::protocol::SyncRoom;
-use crate::storage::{LoadError, RoomStorage};
-use crate::store::{RoomLock, StoreError};
+use crate::storage::{LoadError, RoomLock, RoomStorage, StorageError};
 
 /// How many inputs one batch handles before committing.
 const MAX_BATCH: usize = 256;
@@ -185,7 +184,7 @@ impl RoomActor {
                 handled += 1;
             }
             if let Err(error) = self.commit(false).await {
-                return ExitReason::Failed(LoadError::Local(error));
+                return ExitReason::Failed(LoadError::Storage(error));
             }
             crate::telemetry::metrics()
                 .batch_duration
@@ -285,7 +284,7 @@ impl RoomActor {
     /// the log is unreachable the batch and its frames wait for the next
     /// try (nothing is acknowledged before it is logged); only a local disk
     /// error is fatal.
-    async fn commit(&mut self, retrying: bool) -> Result<(), StoreError> {
+    async fn commit(&mut self, retrying: bool) -> Result<(), StorageError> {
         match self
             .pending
             .commit(&mut self.storage, &self.room, retrying)
@@ -326,7 +325,7 @@ impl RoomActor {
     /// error, or a fenced append releasing it).
     async fn commit_or_end(&mut self, retrying: bool) -> Option<ExitReason> {
         if let Err(error) = self.commit(retrying).await {
-            return Some(ExitReason::Failed(LoadError::Local(error)));
+            return Some(ExitReason::Failed(LoadError::Storage(error)));
         }
         let epoch = self.releasing?;
         Some(Box::pin(self.release(epoch)).await)

@@ -86,8 +86,8 @@ impl RoomActor {
                 }
             }
         }
-        let storage = std::mem::replace(&mut self.storage, RoomStorage::Ephemeral);
-        let result = storage.delete().await;
+        let storage = std::mem::replace(&mut self.storage, RoomStorage::ephemeral());
+        let result = storage.delete().await.map_err(|error| error.to_string());
         match &result {
             Ok(()) => tracing::info!(room = %self.room, "room deleted"),
             Err(error) => tracing::error!(room = %self.room, %error, "deleting the room failed"),

@@ -20,14 +20,13 @@ use super::pending::PendingLog;
 use super::snapshots::Snapshots;
 use crate::config::RoomNodeConfig;
 use crate::protocol::SyncRoom;
-use crate::storage::{self, AppendError, LoadError, RoomStorage};
-use crate::store::SyncQueue;
+use crate::storage::{self, LoadError, NodeStorage};
 
 /// Starts loading `room` and returns its handle and actor future.
 pub fn spawn_actor(
     room: RoomName,
     config: Arc<RoomNodeConfig>,
-    sync_queue: SyncQueue,
+    storage: NodeStorage,
     epoch: u64,
     cancel: CancellationToken,
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
@@ -37,7 +36,7 @@ pub fn spawn_actor(
         let started = Instant::now();
         // Rare states are boxed: a future is as large as its largest
         // state, and every live room holds one.
-        let loaded = Box::pin(load_with_initial_content(&config, &room, sync_queue, epoch)).await;
+        let loaded = Box::pin(load_with_initial_content(&config, &storage, &room, epoch)).await;
         metrics
             .room_loads
             .add(1, &crate::telemetry::result(loaded.is_ok()));
@@ -49,41 +48,55 @@ pub fn spawn_actor(
             .load_duration
             .record(started.elapsed().as_secs_f64(), &[]);
         metrics.rooms_loaded.add(1, &[]);
-        let policy = config.policy_of(room.as_str());
-        let (sync, measured) = SyncRoom::with_limits(loaded.doc, config.limits);
-        if measured.deepest_type > config.limits.max_type_depth {
-            // Stored before the limit existed: served as it is.
-            tracing::warn!(room = %room, depth = measured.deepest_type, limit = config.limits.max_type_depth, "document nests shared types past the limit");
-        }
-        let stores = !matches!(loaded.storage, RoomStorage::Ephemeral);
-        RoomActor {
-            pending: PendingLog::new(config.log_buffer_bytes),
-            snapshots: Snapshots::new(
-                room.clone(),
-                epoch,
-                config.snapshot_log_bytes,
-                config.snapshot_log_updates,
-            ),
-            awareness: AwarenessThrottle::new(policy.awareness_throttle),
-            callback: StateCallback::new(config.hooks.as_ref(), stores),
-            links: Links::default(),
-            doc_bytes: measured.state_bytes,
-            room,
-            config,
-            epoch,
-            cancel,
-            rx,
-            sync,
-            storage: loaded.storage,
-            _lock: loaded.lock,
-            policy,
-            releasing: None,
-            deleting: Vec::new(),
-        }
-        .run()
-        .await
+        // Built outside this future: a local `Loaded` would stay in it
+        // beside the running actor.
+        actor_of(loaded, room, config, epoch, cancel, rx)
+            .run()
+            .await
     };
     (RoomHandle { tx }, actor)
+}
+
+/// The actor of a loaded room.
+fn actor_of(
+    loaded: storage::Loaded,
+    room: RoomName,
+    config: Arc<RoomNodeConfig>,
+    epoch: u64,
+    cancel: CancellationToken,
+    rx: mpsc::Receiver<super::RoomCommand>,
+) -> RoomActor {
+    let policy = config.policy_of(room.as_str());
+    let (sync, measured) = SyncRoom::with_limits(loaded.doc, config.limits);
+    if measured.deepest_type > config.limits.max_type_depth {
+        // Stored before the limit existed: served as it is.
+        tracing::warn!(room = %room, depth = measured.deepest_type, limit = config.limits.max_type_depth, "document nests shared types past the limit");
+    }
+    let stores = !loaded.storage.is_ephemeral();
+    RoomActor {
+        pending: PendingLog::new(config.log_buffer_bytes),
+        snapshots: Snapshots::new(
+            room.clone(),
+            epoch,
+            config.snapshot_log_bytes,
+            config.snapshot_log_updates,
+        ),
+        awareness: AwarenessThrottle::new(policy.awareness_throttle),
+        callback: StateCallback::new(config.hooks.as_ref(), stores),
+        links: Links::default(),
+        doc_bytes: measured.state_bytes,
+        room,
+        config,
+        epoch,
+        cancel,
+        rx,
+        sync,
+        storage: loaded.storage,
+        _lock: loaded.lock,
+        policy,
+        releasing: None,
+        deleting: Vec::new(),
+    }
 }
 
 /// Loads `room`; a room with nothing stored asks the initial-content hook
@@ -91,11 +104,11 @@ pub fn spawn_actor(
 /// the hook is asked once per room.
 pub(super) async fn load_with_initial_content(
     config: &RoomNodeConfig,
+    storage: &NodeStorage,
     room: &RoomName,
-    sync_queue: SyncQueue,
     epoch: u64,
 ) -> Result<storage::Loaded, LoadError> {
-    let mut loaded = storage::load(config, room, sync_queue, epoch).await?;
+    let mut loaded = storage.load(config, room, epoch).await?;
     let Some(hooks) = &config.hooks else {
         return Ok(loaded);
     };
@@ -111,20 +124,7 @@ pub(super) async fn load_with_initial_content(
             }
             .into());
         }
-        match loaded.storage.append(&[content.body]).await {
-            Ok(()) => {}
-            Err(AppendError::Failed(error)) => return Err(error.into()),
-            Err(AppendError::Unavailable(error)) => return Err(error.into()),
-            Err(AppendError::DiskFull(error)) => return Err(error.into()),
-            Err(AppendError::Fenced { epoch: current }) => {
-                return Err(crate::remote::RemoteError::Fenced {
-                    slot: partyline_proto::slot_of(room.as_str()).get(),
-                    current,
-                    ours: epoch,
-                }
-                .into())
-            }
-        }
+        loaded.storage.append(&[content.body]).await?;
         loaded.stored = true;
         tracing::info!(room = %room, "new room filled from load_url");
     }
@@ -145,10 +145,17 @@ mod tests {
         ));
         let (_handle, actor) = super::spawn_actor(
             partyline_proto::RoomName::new("x").unwrap(),
-            config,
-            crate::store::SyncQueue::default(),
+            config.clone(),
+            crate::storage::NodeStorage::files(&config),
             0,
             tokio_util::sync::CancellationToken::new(),
+        );
+        eprintln!(
+            "RoomActor {} Snapshots {} Pending {} ExitReason {}",
+            std::mem::size_of::<super::super::actor::RoomActor>(),
+            std::mem::size_of::<super::super::snapshots::Snapshots>(),
+            std::mem::size_of::<super::super::pending::PendingLog>(),
+            std::mem::size_of::<super::super::handle::ExitReason>()
         );
         let size = std::mem::size_of_val(&actor);
         assert!(size <= 4096, "a room actor future takes {size} bytes");

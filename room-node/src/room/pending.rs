@@ -20,8 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::handle::{ApplyError, LinkId};
-use crate::storage::{AppendError, RoomStorage};
-use crate::store::StoreError;
+use crate::storage::{RoomStorage, StorageError};
 
 /// How often a room retries an unreachable update log.
 pub(super) const LOG_RETRY: Duration = Duration::from_millis(250);
@@ -40,7 +39,7 @@ pub(super) trait UpdateLog {
     fn append(
         &mut self,
         updates: &[Bytes],
-    ) -> impl std::future::Future<Output = Result<(), AppendError>>;
+    ) -> impl std::future::Future<Output = Result<(), StorageError>>;
 }
 
 impl UpdateLog for RoomStorage {
@@ -49,7 +48,7 @@ impl UpdateLog for RoomStorage {
     fn append(
         &mut self,
         updates: &[Bytes],
-    ) -> impl std::future::Future<Output = Result<(), AppendError>> {
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> {
         RoomStorage::append(self, updates)
     }
 }
@@ -164,7 +163,7 @@ impl PendingLog {
         log: &mut impl UpdateLog,
         room: &RoomName,
         retrying: bool,
-    ) -> Result<Commit, StoreError> {
+    ) -> Result<Commit, StorageError> {
         if self.down_since.is_some() {
             if !retrying {
                 return Ok(Commit::Held);
@@ -209,8 +208,8 @@ impl PendingLog {
                     resync,
                 })
             }
-            Err(AppendError::Failed(error)) => Err(error),
-            Err(AppendError::Fenced { epoch }) => {
+            Err(error @ (StorageError::Failed(_) | StorageError::Task(_))) => Err(error),
+            Err(StorageError::Fenced { epoch }) => {
                 // A newer owner took the slot while this node could not
                 // hear of it. The batch is not logged, so nothing of it
                 // is sent or acknowledged: hand the room over as for a
@@ -218,7 +217,7 @@ impl PendingLog {
                 tracing::warn!(room = %room, epoch, "append fenced: a newer owner holds the room's slot; releasing the room without acknowledging the batch");
                 Ok(Commit::Fenced { epoch })
             }
-            Err(error @ (AppendError::Unavailable(_) | AppendError::DiskFull(_))) => {
+            Err(error @ StorageError::Unavailable(_)) => {
                 if self.down_since.is_none() {
                     tracing::warn!(room = %room, %error, "update log unreachable (or its disk full); holding updates until it takes writes again");
                     self.down_since = Some(Instant::now());
@@ -285,7 +284,6 @@ pub(super) fn end_session(session_id: u64, code: u16, reason: impl Into<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::RemoteError;
 
     /// A log with an outage switch that counts its appends.
     #[derive(Default)]
@@ -307,15 +305,13 @@ mod tests {
     }
 
     impl UpdateLog for FakeLog {
-        async fn append(&mut self, updates: &[Bytes]) -> Result<(), AppendError> {
+        async fn append(&mut self, updates: &[Bytes]) -> Result<(), StorageError> {
             self.appends += 1;
             if let Some(epoch) = self.fenced {
-                return Err(AppendError::Fenced { epoch });
+                return Err(StorageError::Fenced { epoch });
             }
             if self.down {
-                return Err(AppendError::Unavailable(RemoteError::UnsupportedStore(
-                    "down".to_owned(),
-                )));
+                return Err(StorageError::Unavailable("down".into()));
             }
             self.entries.extend_from_slice(updates);
             Ok(())

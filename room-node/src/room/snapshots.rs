@@ -12,7 +12,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::protocol::SyncRoom;
-use crate::storage::{RoomStorage, SnapshotError};
+use crate::storage::{RoomStorage, StorageError};
 
 /// First delay before retrying a failed snapshot; doubles up to
 /// [`SNAPSHOT_RETRY_MAX`].
@@ -169,7 +169,7 @@ pub(super) struct Snapshots {
     /// The rules.
     pub(super) schedule: SnapshotSchedule,
     /// The snapshot being written, on its own task.
-    task: Option<JoinHandle<Result<(), SnapshotError>>>,
+    task: Option<JoinHandle<Result<(), StorageError>>>,
 }
 
 impl Snapshots {
@@ -217,7 +217,7 @@ impl Snapshots {
 
     /// Waits for the running snapshot to end, or forever when none runs.
     /// Cancel safe: the task goes on, and is waited for again.
-    pub(super) async fn wait(&mut self) -> Result<Result<(), SnapshotError>, JoinError> {
+    pub(super) async fn wait(&mut self) -> Result<Result<(), StorageError>, JoinError> {
         let result = super::actor::wait_for(&mut self.task).await;
         self.task = None;
         result
@@ -225,12 +225,12 @@ impl Snapshots {
 
     /// Books a finished snapshot: a failure keeps the room dirty and
     /// retries with a doubling delay (the log was not trimmed).
-    pub(super) fn finished(&mut self, result: Result<Result<(), SnapshotError>, JoinError>) {
+    pub(super) fn finished(&mut self, result: Result<Result<(), StorageError>, JoinError>) {
         let room = &self.room;
-        let result = result.unwrap_or_else(|join| Err(SnapshotError::from(join)));
+        let result = result.unwrap_or_else(|join| Err(StorageError::from(join)));
         let now = Instant::now();
         match result {
-            Err(error) if error.fenced => {
+            Err(error @ StorageError::Fenced { .. }) => {
                 self.schedule.finished(Finished::Fenced, now);
                 tracing::info!(room = %room, %error, "snapshot refused: a newer owner holds the room's slot (the log has every update)");
             }
@@ -290,7 +290,7 @@ impl Snapshots {
         record_snapshot(started, bytes, matches!(written, Ok(Ok(()))));
         match written {
             Ok(Ok(())) => self.schedule.wrote_last(),
-            Ok(Err(error)) if error.fenced => {
+            Ok(Err(error @ StorageError::Fenced { .. })) => {
                 // The usual end of a planned move on shared Redis storage:
                 // the new owner loaded (and claimed the slot) first.
                 tracing::info!(room = %room, %error, "last snapshot left to the room's new owner (the log has every update)")

@@ -25,13 +25,15 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PLSNAP\0\x01";
-const SNAPSHOT_VERSION: u32 = 1;
+use super::codec::{self, Covered, SnapshotHeader};
+pub use super::locks::{DataDirLock, RoomLock};
+use super::sync_queue::LogFile;
+pub use super::sync_queue::SyncQueue;
+
 const RECORD_HEADER: usize = 8;
 
 /// Storage failures. A room that cannot persist stops accepting updates.
@@ -81,79 +83,14 @@ fn raw_disk_full(_code: Option<i32>) -> bool {
     false
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+pub(super) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         action,
         path: path.to_owned(),
         source,
-    }
-}
-
-/// Exclusive use of a data dir by one process: two processes appending to
-/// the same room logs would interleave records. Held until dropped (or the
-/// process exits; the kernel releases the lock even after `kill -9`).
-#[derive(Debug)]
-pub struct DataDirLock {
-    _file: File,
-}
-
-impl DataDirLock {
-    /// Creates `data_dir` if needed and locks `data_dir/LOCK`.
-    pub fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(data_dir).map_err(io_err("create data dir", data_dir))?;
-        let path = data_dir.join("LOCK");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open lock file", &path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::DataDirInUse(data_dir.to_owned())),
-            Err(fs::TryLockError::Error(source)) => Err(io_err("lock data dir", &path)(source)),
-        }
-    }
-}
-
-/// Exclusive use of one room's files among nodes sharing a store
-/// directory, held while the room is loaded. `flock` locks are released by
-/// the kernel when the holder dies, so a killed node never strands a room.
-#[derive(Debug)]
-pub struct RoomLock {
-    _file: File,
-}
-
-impl RoomLock {
-    /// Locks `room`'s `lock` file, waiting up to `timeout` for another node
-    /// to let go (blocking: run it on the blocking pool).
-    pub fn acquire(data_dir: &Path, room: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let dir = RoomFiles::room_dir(data_dir, room);
-        fs::create_dir_all(&dir).map_err(io_err("create room dir", &dir))?;
-        let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open room lock", &path))?;
-        let deadline = std::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Self { _file: file }),
-                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(StoreError::RoomBusy(room.to_owned()))
-                }
-                Err(fs::TryLockError::Error(source)) => {
-                    return Err(io_err("lock room", &path)(source))
-                }
-            }
-        }
     }
 }
 
@@ -166,65 +103,6 @@ pub struct Loaded {
     pub corrupt_snapshots: Vec<PathBuf>,
     /// Bytes cut from the end of the newest log segment (torn write).
     pub truncated_bytes: u64,
-}
-
-/// Header fields of a snapshot file (DESIGN.md "Durability contract").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotHeader {
-    /// Room name.
-    pub room: String,
-    /// Slot-map epoch of the node that wrote it.
-    pub epoch: u64,
-    /// Every log segment ≤ this is included.
-    pub covered_segment: u64,
-}
-
-/// An open log segment, shared with the [`SyncQueue`] while it waits for
-/// its fsync.
-#[derive(Debug)]
-struct LogFile {
-    file: File,
-    path: PathBuf,
-    /// Bytes of whole records in the file: a failed append is cut back to
-    /// this, so a torn record never sits between two good ones.
-    len: AtomicU64,
-    /// In the sync queue already; cleared just before its fsync, so an
-    /// append after that point queues it again.
-    queued: AtomicBool,
-}
-
-/// The node's log segments with appends not yet fsynced. One periodic task
-/// drains it for every room, instead of a timer and a blocking task per
-/// room. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct SyncQueue {
-    pending: Arc<Mutex<Vec<Arc<LogFile>>>>,
-}
-
-impl SyncQueue {
-    fn push(&self, log: &Arc<LogFile>) {
-        if !log.queued.swap(true, Ordering::AcqRel) {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(log.clone());
-        }
-    }
-
-    /// fdatasyncs every queued segment (blocking I/O: run it on the
-    /// blocking pool). Returns how many were synced; failures are logged,
-    /// the data is still in the page cache and the next snapshot syncs again.
-    pub fn sync_all(&self) -> usize {
-        let logs =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        for log in &logs {
-            log.queued.store(false, Ordering::Release);
-            if let Err(error) = log.file.sync_data() {
-                tracing::error!(path = %log.path.display(), %error, "fsync of a room log failed");
-            }
-        }
-        logs.len()
-    }
 }
 
 /// One room's files. Owned by the room actor.
@@ -259,7 +137,7 @@ impl RoomFiles {
         let mut covered = 0;
         for &(snapshot_covered, ref path) in snapshots.iter().rev() {
             match read_snapshot(path) {
-                Ok((header, payload)) if header.covered_segment == snapshot_covered => {
+                Ok((header, payload)) if header.covered == Covered::Segment(snapshot_covered) => {
                     covered = snapshot_covered;
                     loaded.updates.push(payload);
                     break;
@@ -347,10 +225,11 @@ impl RoomFiles {
         self.segment += 1;
         SnapshotJob {
             dir: self.dir.clone(),
+            covered,
             header: SnapshotHeader {
                 room: self.room.clone(),
                 epoch,
-                covered_segment: covered,
+                covered: Covered::Segment(covered),
             },
             state,
             closed_log: log,
@@ -441,6 +320,8 @@ impl RoomFiles {
 #[derive(Debug)]
 pub struct SnapshotJob {
     dir: PathBuf,
+    /// The last segment it covers.
+    covered: u64,
     header: SnapshotHeader,
     state: Vec<u8>,
     closed_log: Option<Arc<LogFile>>,
@@ -455,10 +336,10 @@ impl SnapshotJob {
                 .map_err(io_err("sync log", &log.path))?;
         }
         fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
-        let covered = self.header.covered_segment;
+        let covered = self.covered;
         let path = self.dir.join(format!("snapshot-{covered:020}.bin"));
         let tmp = self.dir.join(format!("snapshot-{covered:020}.tmp"));
-        let bytes = encode_snapshot(&self.header, &self.state);
+        let bytes = codec::encode(&self.header, &self.state);
         {
             let mut file = File::create(&tmp).map_err(io_err("create snapshot", &tmp))?;
             file.write_all(&bytes)
@@ -478,7 +359,7 @@ impl SnapshotJob {
             .iter()
             .rev()
             .filter(|(covered, _)| *covered < newest)
-            .find(|(covered, path)| matches!(read_snapshot(path), Ok((h, _)) if h.covered_segment == *covered));
+            .find(|(covered, path)| matches!(read_snapshot(path), Ok((h, _)) if h.covered == Covered::Segment(*covered)));
         let Some(&(previous_covered, _)) = previous else {
             return Ok(());
         };
@@ -580,74 +461,19 @@ fn read_records(path: &Path, out: &mut Vec<Vec<u8>>) -> Result<u64, StoreError> 
     Ok(offset as u64)
 }
 
-fn encode_snapshot(header: &SnapshotHeader, state: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(state.len() + header.room.len() + 40);
-    body.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    body.extend_from_slice(&header.epoch.to_le_bytes());
-    body.extend_from_slice(&header.covered_segment.to_le_bytes());
-    body.extend_from_slice(&(header.room.len() as u32).to_le_bytes());
-    body.extend_from_slice(header.room.as_bytes());
-    body.extend_from_slice(&(state.len() as u64).to_le_bytes());
-    body.extend_from_slice(state);
-    let crc = crc32fast::hash(&body);
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + body.len() + 4);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+/// A snapshot file's header and state, if it passes every check.
+fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), SnapshotFileError> {
+    let bytes = fs::read(path)?;
+    Ok(codec::decode(&bytes)?)
 }
 
 /// Why a snapshot file was not used.
 #[derive(Debug, thiserror::Error)]
-enum SnapshotFormatError {
+enum SnapshotFileError {
     #[error("read: {0}")]
     Io(#[from] io::Error),
-    #[error("bad magic, version or length")]
-    Malformed,
-    #[error("checksum mismatch")]
-    Checksum,
-}
-
-fn read_snapshot(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), SnapshotFormatError> {
-    let bytes = fs::read(path)?;
-    let body = bytes
-        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-        .filter(|b| b.len() >= 4)
-        .ok_or(SnapshotFormatError::Malformed)?;
-    let (body, crc) = body.split_at(body.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(SnapshotFormatError::Checksum);
-    }
-    let mut reader = body;
-    let mut take = |n: usize| -> Result<&[u8], SnapshotFormatError> {
-        if reader.len() < n {
-            return Err(SnapshotFormatError::Malformed);
-        }
-        let (head, rest) = reader.split_at(n);
-        reader = rest;
-        Ok(head)
-    };
-    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
-    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    if u32_at(take(4)?) != SNAPSHOT_VERSION {
-        return Err(SnapshotFormatError::Malformed);
-    }
-    let epoch = u64_at(take(8)?);
-    let covered_segment = u64_at(take(8)?);
-    let room_len = u32_at(take(4)?) as usize;
-    let room =
-        String::from_utf8(take(room_len)?.to_vec()).map_err(|_| SnapshotFormatError::Malformed)?;
-    let state_len =
-        usize::try_from(u64_at(take(8)?)).map_err(|_| SnapshotFormatError::Malformed)?;
-    let state = take(state_len)?.to_vec();
-    Ok((
-        SnapshotHeader {
-            room,
-            epoch,
-            covered_segment,
-        },
-        state,
-    ))
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
 }
 
 #[cfg(test)]
@@ -672,40 +498,6 @@ mod tests {
         assert_eq!(queue.sync_all(), 0);
         a.append(&updates(1)).unwrap();
         assert_eq!(queue.sync_all(), 1, "an append after the sync queues again");
-    }
-
-    #[test]
-    fn a_data_dir_is_locked_by_one_holder_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let lock = DataDirLock::acquire(dir.path()).unwrap();
-        assert!(matches!(
-            DataDirLock::acquire(dir.path()),
-            Err(StoreError::DataDirInUse(_))
-        ));
-        drop(lock);
-        DataDirLock::acquire(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn a_room_lock_waits_for_its_holder_and_times_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let short = Duration::from_millis(50);
-        let held = RoomLock::acquire(dir.path(), "doc-1", short).unwrap();
-        assert!(matches!(
-            RoomLock::acquire(dir.path(), "doc-1", short),
-            Err(StoreError::RoomBusy(room)) if room == "doc-1"
-        ));
-        RoomLock::acquire(dir.path(), "doc-2", short).expect("other rooms are free");
-        let waiter = {
-            let dir = dir.path().to_owned();
-            std::thread::spawn(move || RoomLock::acquire(&dir, "doc-1", Duration::from_secs(5)))
-        };
-        std::thread::sleep(Duration::from_millis(30));
-        drop(held);
-        waiter
-            .join()
-            .unwrap()
-            .expect("acquired once the holder let go");
     }
 
     #[test]

@@ -30,14 +30,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use partyline_proto::{slot_of, NodeId};
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PLRSNAP\x01";
-const SNAPSHOT_VERSION: u32 = 1;
+use super::codec::{self, Covered, SnapshotHeader};
+use super::scripts::Scripts;
+pub use super::snapshot_store::SnapshotStore;
 
 /// Remote storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -66,102 +67,10 @@ pub enum RemoteError {
     UnsupportedStore(String),
 }
 
-/// Where snapshots go.
-#[derive(Clone)]
-pub enum SnapshotStore {
-    /// An object store (S3, GCS, Azure, local directory, memory).
-    Object(Arc<dyn ObjectStore>),
-    /// Values in the log's Redis.
-    Redis,
-}
-
-impl std::fmt::Debug for SnapshotStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Object(store) => write!(f, "Object({store})"),
-            Self::Redis => f.write_str("Redis"),
-        }
-    }
-}
-
-impl SnapshotStore {
-    /// Parses a `--store` URL. Object store options (credentials, region,
-    /// endpoint) come from the usual environment variables, e.g.
-    /// `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`.
-    pub fn from_url(url: &str) -> Result<Self, RemoteError> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            return Ok(Self::Redis);
-        }
-        if let Some(path) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(path).map_err(|e| {
-                RemoteError::Object(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                })
-            })?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(path)?;
-            return Ok(Self::Object(Arc::new(store)));
-        }
-        if url.starts_with("memory://") {
-            return Ok(Self::Object(
-                Arc::new(object_store::memory::InMemory::new()),
-            ));
-        }
-        let parsed =
-            url::Url::parse(url).map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
-        let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&parsed)
-            .map_err(|_| RemoteError::UnsupportedStore(url.to_owned()))?;
-        let options: Vec<(String, String)> = std::env::vars()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        // Bounded: an unreachable store fails a request in seconds (the
-        // room retries the snapshot later) instead of object_store's
-        // default of minutes.
-        let retry = object_store::RetryConfig {
-            backoff: object_store::BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-                base: 2.0,
-            },
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(10),
-        };
-        // The three cloud builders share one shape: the URL, every option
-        // their config keys know, the bounded retry.
-        macro_rules! cloud {
-            ($builder:ty) => {{
-                let mut builder = <$builder>::new().with_url(url);
-                for (key, value) in &options {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                Arc::new(builder.with_retry(retry).build()?) as Arc<dyn ObjectStore>
-            }};
-        }
-        let store: Arc<dyn ObjectStore> = match scheme {
-            object_store::ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder),
-            object_store::ObjectStoreScheme::GoogleCloudStorage => {
-                cloud!(object_store::gcp::GoogleCloudStorageBuilder)
-            }
-            object_store::ObjectStoreScheme::MicrosoftAzure => {
-                cloud!(object_store::azure::MicrosoftAzureBuilder)
-            }
-            _ => return Err(RemoteError::UnsupportedStore(url.to_owned())),
-        };
-        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            store
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-        };
-        Ok(Self::Object(store))
-    }
-}
-
 /// A node's handle on cluster storage. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteStorage {
-    redis: ConnectionManager,
+    pub(super) redis: ConnectionManager,
     snapshots: SnapshotStore,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
@@ -174,104 +83,6 @@ impl std::fmt::Debug for RemoteStorage {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-struct Scripts {
-    claim: Script,
-    append: Script,
-    register: Script,
-    delete: Script,
-}
-
-/// Takes the slot for `epoch` unless a newer epoch holds it; returns the
-/// epoch that holds it afterwards.
-const CLAIM: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local ours = tonumber(ARGV[1])
-if current > ours then return current end
-redis.call('SET', KEYS[1], ARGV[1])
-return ours
-";
-
-/// KEYS: slot epoch, log, room index. ARGV: epoch, room, index it (1/0),
-/// then the updates. Fenced like REGISTER: once a newer epoch claimed the
-/// slot, a stale owner (cut off from the coordinator, still reached by a
-/// gateway on an old map) appends nothing, so the new owner's snapshot can
-/// never "cover" an entry it does not contain. Returns the last entry id.
-const APPEND: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > tonumber(ARGV[1]) then
-  return redis.error_reply('FENCED ' .. current)
-end
-local id
-for i = 4, #ARGV do
-  id = redis.call('XADD', KEYS[2], '*', 'u', ARGV[i])
-end
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[3], 0, ARGV[2])
-end
-return id
-";
-
-/// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep, max
-/// age in ms (0: none; the newest two always stay). Fenced: a stale epoch
-/// changes nothing. Returns the entries dropped from the list (to delete),
-/// or an error 'FENCED <epoch>'.
-const REGISTER: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > tonumber(ARGV[1]) then
-  return redis.error_reply('FENCED ' .. current)
-end
-local keep = tonumber(ARGV[3])
-redis.call('LPUSH', KEYS[2], ARGV[2])
-local dropped = redis.call('LRANGE', KEYS[2], keep, -1)
-redis.call('LTRIM', KEYS[2], 0, keep - 1)
-local max_age = tonumber(ARGV[4])
-if max_age > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local all = redis.call('LRANGE', KEYS[2], 2, -1)
-  for _, entry in ipairs(all) do
-    local ms = tonumber(string.match(entry, '^(%d+)%-'))
-    if ms and now - ms > max_age then
-      redis.call('LREM', KEYS[2], 1, entry)
-      table.insert(dropped, entry)
-    end
-  end
-end
-local previous = redis.call('LINDEX', KEYS[2], 1)
-if previous then
-  local covered = string.match(previous, '^(%S+)')
-  if covered and covered ~= '0' then
-    redis.call('XTRIM', KEYS[3], 'MINID', covered)
-  end
-end
-return dropped
-";
-
-/// KEYS: slot epoch, snapshot list, log, room index. ARGV: epoch, room.
-/// Fenced like REGISTER. Returns the snapshot entries (their blobs to
-/// delete) and deletes the list, the log and the index entry.
-const DELETE: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > tonumber(ARGV[1]) then
-  return redis.error_reply('FENCED ' .. current)
-end
-local entries = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[2])
-return entries
-";
-
-/// One stored snapshot of a room.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Version {
-    /// Its name, to fetch it.
-    pub name: String,
-    /// The last log id it covers.
-    pub covered: String,
-    /// When that log entry was written (Unix ms).
-    pub at_unix_ms: u64,
 }
 
 /// What loading a room found.
@@ -324,12 +135,7 @@ impl RemoteStorage {
             redis,
             snapshots,
             prefix: prefix.into(),
-            scripts: Arc::new(Scripts {
-                claim: Script::new(CLAIM),
-                append: Script::new(APPEND),
-                register: Script::new(REGISTER),
-                delete: Script::new(DELETE),
-            }),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -397,7 +203,7 @@ impl RemoteStorage {
         Ok((names, more))
     }
 
-    fn snaps_key(&self, room: &str) -> String {
+    pub(super) fn snaps_key(&self, room: &str) -> String {
         format!("{}:r:{}:snaps", self.prefix, room_id(room))
     }
 
@@ -482,7 +288,7 @@ impl RemoteStorage {
     }
 
     /// A snapshot's state, `None` when it is missing or fails its checks.
-    async fn read_snapshot(&self, room: &str, name: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+    pub(super) async fn read_snapshot(&self, room: &str, name: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let bytes: Option<Vec<u8>> = match &self.snapshots {
             SnapshotStore::Object(store) => match store.get(&object_path(room, name)).await {
                 Ok(result) => Some(result.bytes().await?.to_vec()),
@@ -495,34 +301,6 @@ impl RemoteStorage {
             }
         };
         Ok(bytes.and_then(|bytes| decode_snapshot(&bytes, room)))
-    }
-
-    /// The snapshot versions of `room`, newest first (history mode keeps
-    /// many; other modes two).
-    pub async fn versions(&self, room: &str) -> Result<Vec<Version>, RemoteError> {
-        let mut redis = self.redis.clone();
-        let entries: Vec<String> = redis.lrange(self.snaps_key(room), 0, -1).await?;
-        Ok(entries
-            .iter()
-            .filter_map(|entry| {
-                let (covered, name) = entry.split_once(' ')?;
-                Some(Version {
-                    name: name.to_owned(),
-                    covered: covered.to_owned(),
-                    at_unix_ms: covered.split('-').next()?.parse().ok()?,
-                })
-            })
-            .collect())
-    }
-
-    /// One version's document state (a Yjs update v1), `None` when it is
-    /// gone or corrupt.
-    pub async fn fetch_version(
-        &self,
-        room: &str,
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, RemoteError> {
-        self.read_snapshot(room, name).await
     }
 
     fn snapshot_key(&self, room: &str, name: &str) -> String {
@@ -617,7 +395,12 @@ impl RemoteRoom {
             sanitize(self.node.as_str()),
             self.epoch
         );
-        let bytes = encode_snapshot(&self.room, self.epoch, &covered, &state);
+        let header = SnapshotHeader {
+            room: self.room.clone(),
+            epoch: self.epoch,
+            covered: Covered::LogId(covered.clone()),
+        };
+        let bytes = codec::encode(&header, &state);
         RemoteSnapshot {
             target: SnapshotTarget {
                 storage: self.storage.clone(),
@@ -783,43 +566,11 @@ fn sanitize(node: &str) -> String {
         .collect()
 }
 
-/// `magic | version u32 | epoch u64 | covered (u32 len + bytes) | room (u32
-/// len + bytes) | state (u32 len + bytes) | crc32 of everything before`.
-pub fn encode_snapshot(room: &str, epoch: u64, covered: &str, state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(state.len() + room.len() + covered.len() + 40);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(&epoch.to_le_bytes());
-    for part in [covered.as_bytes(), room.as_bytes(), state] {
-        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        out.extend_from_slice(part);
-    }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// The state of a snapshot of `room`, `None` when any check fails.
-pub fn decode_snapshot(bytes: &[u8], room: &str) -> Option<Vec<u8>> {
-    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return None;
-    }
-    let rest = body.strip_prefix(SNAPSHOT_MAGIC)?;
-    let (version, rest) = rest.split_at_checked(4)?;
-    if u32::from_le_bytes(version.try_into().ok()?) != SNAPSHOT_VERSION {
-        return None;
-    }
-    let (_epoch, mut rest) = rest.split_at_checked(8)?;
-    let mut parts = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let (len, tail) = rest.split_at_checked(4)?;
-        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let (part, tail) = tail.split_at_checked(len)?;
-        parts.push(part);
-        rest = tail;
-    }
-    (rest.is_empty() && parts[1] == room.as_bytes()).then(|| parts[2].to_vec())
+/// The state of a snapshot of `room` written by this backend, `None`
+/// when any check fails.
+fn decode_snapshot(bytes: &[u8], room: &str) -> Option<Vec<u8>> {
+    let (header, state) = codec::decode(bytes).ok()?;
+    (header.room == room && matches!(header.covered, Covered::LogId(_))).then_some(state)
 }
 
 #[cfg(test)]
@@ -827,39 +578,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_codec_round_trips_and_rejects_damage() {
-        let bytes = encode_snapshot("doc-1", 7, "1700000000000-3", b"state");
+    fn only_this_rooms_remote_snapshots_are_read() {
+        let header = |room: &str, covered| SnapshotHeader {
+            room: room.to_owned(),
+            epoch: 7,
+            covered,
+        };
+        let id = || Covered::LogId("1700000000000-3".to_owned());
+        let bytes = codec::encode(&header("doc-1", id()), b"state");
         assert_eq!(
             decode_snapshot(&bytes, "doc-1").as_deref(),
             Some(&b"state"[..])
         );
         assert_eq!(decode_snapshot(&bytes, "doc-2"), None, "another room's");
-        let mut flipped = bytes.clone();
-        flipped[30] ^= 1;
-        assert_eq!(decode_snapshot(&flipped, "doc-1"), None, "bit flip");
+        let file = codec::encode(&header("doc-1", Covered::Segment(3)), b"state");
+        assert_eq!(decode_snapshot(&file, "doc-1"), None, "a file snapshot");
         assert_eq!(decode_snapshot(&bytes[..bytes.len() - 1], "doc-1"), None);
-        assert_eq!(decode_snapshot(&[], "doc-1"), None);
-    }
-
-    #[test]
-    fn store_urls_are_parsed_or_refused() {
-        assert!(matches!(
-            SnapshotStore::from_url("redis://127.0.0.1:6379"),
-            Ok(SnapshotStore::Redis)
-        ));
-        assert!(matches!(
-            SnapshotStore::from_url("memory://"),
-            Ok(SnapshotStore::Object(_))
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        assert!(matches!(
-            SnapshotStore::from_url(&url),
-            Ok(SnapshotStore::Object(_))
-        ));
-        assert!(matches!(
-            SnapshotStore::from_url("ftp://x/y"),
-            Err(RemoteError::UnsupportedStore(_))
-        ));
     }
 }

@@ -1,0 +1,524 @@
+//! A room's storage as its actor sees it. The backend is chosen once, when
+//! the node starts ([`NodeStorage`], handed to [`crate::run`]): the
+//! embedded file store ([`files`]: `partyline dev` and shared-directory
+//! clusters) or remote storage ([`remote`]: a Redis log and a snapshot
+//! store), plus an in-memory one with an outage switch for unit tests.
+//! Every backend reads and writes snapshots with the one [`codec`].
+//!
+//! The actor appends before it broadcasts and snapshots on its triggers;
+//! failures are sorted once, into [`StorageError`]: retry later
+//! (`Unavailable`: Redis or the object store unreachable, the local disk
+//! full), hand the room over (`Fenced`: a newer owner holds its slot), or
+//! stop the room (`Failed`: a local disk error). This module never decides
+//! when to snapshot or what to hold (the room does).
+//!
+//! Backends are an enum, not trait objects: every room's actor future
+//! holds its append future, and an enum keeps that inline, unboxed.
+
+pub mod codec;
+pub mod files;
+mod locks;
+#[cfg(test)]
+pub(crate) mod memory;
+pub mod remote;
+mod scripts;
+mod snapshot_store;
+mod sync_queue;
+mod versions;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use partyline_proto::RoomName;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
+
+use crate::config::{RoomMode, RoomNodeConfig};
+pub use files::{DataDirLock, RoomFiles, RoomLock, StoreError, SyncQueue};
+pub use remote::{RemoteError, RemoteRoom, RemoteStorage, SnapshotStore};
+pub use versions::Version;
+
+/// Any backend's underlying error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Corrupt or missing snapshots skipped by loads in this process, for
+/// logs now and metrics later.
+static CORRUPT_SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many corrupt or missing snapshots loads in this process skipped.
+pub fn corrupt_snapshots_total() -> u64 {
+    CORRUPT_SNAPSHOTS.load(Ordering::Relaxed)
+}
+
+fn count_corrupt() -> u64 {
+    crate::telemetry::metrics().corrupt_snapshots.add(1, &[]);
+    CORRUPT_SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Why storage failed, sorted by what the room must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store cannot take requests now (Redis or the object store
+    /// unreachable, or the local disk full; nothing of the request was
+    /// kept): hold what waits and retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// A newer owner claimed the room's slot at `epoch`: nothing was
+    /// written, and nothing ever will be from this node. Release the room
+    /// without acknowledging what waits (its clients still hold it and
+    /// send it to the new owner).
+    #[error("fenced: the room's slot belongs to epoch {epoch}")]
+    Fenced {
+        /// The newer epoch.
+        epoch: u64,
+    },
+    /// The local files failed: the room cannot persist; stop it. (Boxed:
+    /// errors travel in every room's actor future.)
+    #[error(transparent)]
+    Failed(Box<StoreError>),
+    /// The blocking task doing the work panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<StoreError> for StorageError {
+    fn from(error: StoreError) -> Self {
+        if error.is_disk_full() {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Failed(Box::new(error))
+        }
+    }
+}
+
+impl From<RemoteError> for StorageError {
+    fn from(error: RemoteError) -> Self {
+        match error {
+            RemoteError::Fenced { current, .. } => Self::Fenced { epoch: current },
+            error => Self::Unavailable(error.into()),
+        }
+    }
+}
+
+/// Why a room could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The room's storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The initial-content hook (`load_url`) failed.
+    #[error("initial content: {0}")]
+    Hook(#[from] crate::hooks::HookError),
+}
+
+/// The node's storage, chosen once at start-up. Cheap to clone (and one
+/// pointer wide: every room's actor future holds one).
+#[derive(Debug, Clone)]
+pub struct NodeStorage(Arc<Backend>);
+
+#[derive(Debug)]
+enum Backend {
+    Files(FilesNode),
+    Remote(RemoteStorage),
+    #[cfg(test)]
+    Memory(memory::MemoryStorage),
+}
+
+/// The file backend's node-wide parts.
+#[derive(Debug, Clone)]
+struct FilesNode {
+    data_dir: PathBuf,
+    /// Lock each room's files while it is loaded (nodes share the
+    /// directory).
+    room_locks: bool,
+    room_lock_timeout: Duration,
+    sync_queue: SyncQueue,
+}
+
+/// A loaded room: its document, storage and (shared directories) lock.
+pub struct Loaded {
+    /// The document, with the snapshot and log applied.
+    pub doc: Doc,
+    /// The room's storage, ready for appends.
+    pub storage: RoomStorage,
+    /// Held while the room is loaded, when nodes share a directory.
+    pub lock: Option<RoomLock>,
+    /// Whether anything was stored for the room (a new room has nothing).
+    pub stored: bool,
+}
+
+impl NodeStorage {
+    /// Rooms in `config.data_dir` (locked per room when
+    /// `config.room_locks`). The caller holds the directory's
+    /// [`DataDirLock`] unless nodes share it.
+    pub fn files(config: &RoomNodeConfig) -> Self {
+        Self(Arc::new(Backend::Files(FilesNode {
+            data_dir: config.data_dir.clone(),
+            room_locks: config.room_locks,
+            room_lock_timeout: config.room_lock_timeout,
+            sync_queue: SyncQueue::default(),
+        })))
+    }
+
+    /// Rooms in Redis and a snapshot store.
+    pub fn remote(remote: RemoteStorage) -> Self {
+        Self(Arc::new(Backend::Remote(remote)))
+    }
+
+    /// Rooms in memory (unit tests).
+    #[cfg(test)]
+    pub(crate) fn memory(memory: memory::MemoryStorage) -> Self {
+        Self(Arc::new(Backend::Memory(memory)))
+    }
+
+    /// The log segments waiting for an fsync (file backend only).
+    pub fn sync_queue(&self) -> Option<SyncQueue> {
+        match &*self.0 {
+            Backend::Files(files) => Some(files.sync_queue.clone()),
+            _ => None,
+        }
+    }
+
+    /// Loads `room`: newest valid snapshot plus the log after it, claiming
+    /// its slot at `epoch` on remote storage.
+    pub async fn load(
+        &self,
+        config: &RoomNodeConfig,
+        room: &RoomName,
+        epoch: u64,
+    ) -> Result<Loaded, StorageError> {
+        let mode = config.mode_of(room.as_str());
+        if mode == RoomMode::Ephemeral {
+            tracing::debug!(room = %room, updates = 0, "room loaded");
+            return Ok(Loaded {
+                doc: Doc::new(),
+                storage: RoomStorage::ephemeral(),
+                lock: None,
+                stored: false,
+            });
+        }
+        let (updates, storage, lock) = match &*self.0 {
+            Backend::Remote(remote) => {
+                let (keep, max_age) = match mode {
+                    RoomMode::History => (config.history_versions, config.history_max_age),
+                    _ => (config.snapshots_kept, None),
+                };
+                let (storage, loaded) = remote
+                    .open(room.as_str(), config.node_id.clone(), epoch, keep)
+                    .await?;
+                let storage = storage.with_max_age(max_age);
+                for name in &loaded.corrupt_snapshots {
+                    let total = count_corrupt();
+                    tracing::error!(room = %room, snapshot = %name, total, "corrupt or missing snapshot skipped; loading the previous one and the log");
+                }
+                tracing::debug!(room = %room, log_entries = loaded.log_entries, fetch = ?loaded.took, "room read from remote storage");
+                (loaded.updates, RoomStorage(Room::Remote(storage)), None)
+            }
+            Backend::Files(files) => {
+                if mode == RoomMode::History {
+                    tracing::warn!(room = %room, "history mode needs remote storage (--redis); keeping the newest snapshots only");
+                }
+                files.load(room).await?
+            }
+            #[cfg(test)]
+            Backend::Memory(memory) => {
+                let (storage, updates) = memory.open(room.as_str())?;
+                (updates, RoomStorage(Room::Memory(storage)), None)
+            }
+        };
+        let stored = !updates.is_empty();
+        let room_name = room.clone();
+        // Decoding a large document is CPU work: off the async workers.
+        let doc = tokio::task::spawn_blocking(move || apply_all(&room_name, &updates)).await?;
+        Ok(Loaded {
+            doc,
+            storage,
+            lock,
+            stored,
+        })
+    }
+
+    /// Whether the storage answers within a second: Redis `PING`, or the
+    /// data directory is there.
+    pub async fn check_reachable(&self) -> Result<(), String> {
+        let check = async {
+            match &*self.0 {
+                Backend::Remote(remote) => remote.ping().await.map_err(|e| format!("redis: {e}")),
+                Backend::Files(files) => tokio::fs::metadata(&files.data_dir)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("data dir {}: {e}", files.data_dir.display())),
+                #[cfg(test)]
+                Backend::Memory(memory) => memory.check().map_err(|e| e.to_string()),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), check)
+            .await
+            .map_err(|_| "storage did not answer within 1 s".to_owned())?
+    }
+
+    /// Whether `room` has stored state (a log or snapshots), without
+    /// loading it.
+    pub async fn has_state(
+        &self,
+        config: &RoomNodeConfig,
+        room: &RoomName,
+    ) -> Result<bool, StorageError> {
+        if config.mode_of(room.as_str()) == RoomMode::Ephemeral {
+            return Ok(false);
+        }
+        match &*self.0 {
+            Backend::Remote(remote) => Ok(remote.has_state(room.as_str()).await?),
+            Backend::Files(files) => {
+                let (dir, room) = (files.data_dir.clone(), room.as_str().to_owned());
+                blocking(move || RoomFiles::has_state(&dir, &room)).await
+            }
+            #[cfg(test)]
+            Backend::Memory(memory) => memory.has_state(room.as_str()),
+        }
+    }
+
+    /// Names of rooms with stored state starting with `prefix`, after
+    /// `after`, in order, at most `limit`, and whether more follow.
+    pub async fn list_rooms(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StorageError> {
+        match &*self.0 {
+            Backend::Remote(remote) => Ok(remote.list_rooms(prefix, after, limit).await?),
+            Backend::Files(files) => {
+                let dir = files.data_dir.clone();
+                let (prefix, after) = (prefix.to_owned(), after.to_owned());
+                blocking(move || RoomFiles::list_rooms(&dir, &prefix, &after, limit)).await
+            }
+            #[cfg(test)]
+            Backend::Memory(memory) => memory.list_rooms(prefix, after, limit),
+        }
+    }
+}
+
+impl FilesNode {
+    /// Locks (shared directories) and reads `room`'s files.
+    async fn load(
+        &self,
+        room: &RoomName,
+    ) -> Result<(Vec<Vec<u8>>, RoomStorage, Option<RoomLock>), StorageError> {
+        let files = self.clone();
+        let room = room.clone();
+        blocking(move || {
+            let lock = if files.room_locks {
+                let started = Instant::now();
+                let lock =
+                    RoomLock::acquire(&files.data_dir, room.as_str(), files.room_lock_timeout)?;
+                tracing::debug!(room = %room, waited = ?started.elapsed(), "room lock acquired");
+                Some(lock)
+            } else {
+                None
+            };
+            let (opened, loaded) =
+                RoomFiles::open(&files.data_dir, room.as_str(), files.sync_queue)?;
+            for path in &loaded.corrupt_snapshots {
+                let total = count_corrupt();
+                tracing::error!(room = %room, path = %path.display(), total, "corrupt snapshot skipped; loading the previous one and the log");
+            }
+            if loaded.truncated_bytes > 0 {
+                tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
+            }
+            Ok((loaded.updates, RoomStorage(Room::Files(opened)), lock))
+        })
+        .await
+    }
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StorageError> {
+    Ok(tokio::task::spawn_blocking(work).await??)
+}
+
+/// A document with every stored update applied; undecodable ones are
+/// skipped and logged (the rest of the room still loads).
+fn apply_all(room: &RoomName, updates: &[Vec<u8>]) -> Doc {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for (index, bytes) in updates.iter().enumerate() {
+            let applied = Update::decode_v1(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
+            if let Err(error) = applied {
+                tracing::error!(room = %room, index, %error, "stored update could not be applied; skipped");
+            }
+        }
+    }
+    tracing::debug!(room = %room, updates = updates.len(), "room loaded");
+    doc
+}
+
+/// One room's log and snapshots, owned by its actor.
+#[derive(Debug)]
+pub struct RoomStorage(Room);
+
+#[derive(Debug)]
+enum Room {
+    /// Log files and snapshots in a directory.
+    Files(RoomFiles),
+    /// A Redis stream and a snapshot store.
+    Remote(RemoteRoom),
+    /// Memory (unit tests).
+    #[cfg(test)]
+    Memory(memory::MemoryRoom),
+    /// Nothing is stored (`ephemeral` rooms: awareness, cursors).
+    Ephemeral,
+}
+
+impl RoomStorage {
+    /// Storage that keeps nothing (`ephemeral` rooms).
+    pub fn ephemeral() -> Self {
+        Self(Room::Ephemeral)
+    }
+
+    /// Whether it keeps nothing.
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(self.0, Room::Ephemeral)
+    }
+
+    /// Appends a batch (one write or one round trip). On an error nothing
+    /// of the batch is stored.
+    pub async fn append(&mut self, updates: &[Bytes]) -> Result<(), StorageError> {
+        match &mut self.0 {
+            Room::Files(files) => Ok(files.append(updates)?),
+            Room::Remote(remote) => Ok(remote.append(updates).await?),
+            #[cfg(test)]
+            Room::Memory(memory) => memory.append(updates),
+            Room::Ephemeral => Ok(()),
+        }
+    }
+
+    /// Deletes the room's log and snapshots (fenced on remote storage).
+    pub async fn delete(self) -> Result<(), StorageError> {
+        match self.0 {
+            Room::Files(mut files) => blocking(move || files.delete()).await,
+            Room::Remote(mut remote) => Ok(remote.delete().await?),
+            #[cfg(test)]
+            Room::Memory(memory) => memory.delete(),
+            Room::Ephemeral => Ok(()),
+        }
+    }
+
+    /// A snapshot of `state` covering everything appended so far, to be
+    /// written by [`SnapshotWork::write`] (on another task: a slow object
+    /// store must not hold up the room).
+    pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotWork {
+        SnapshotWork(match &mut self.0 {
+            Room::Files(files) => Work::Files(files.begin_snapshot(epoch, state)),
+            Room::Remote(remote) => Work::Remote(remote.prepare_snapshot(state)),
+            #[cfg(test)]
+            Room::Memory(memory) => Work::Memory(memory.begin_snapshot(state)),
+            Room::Ephemeral => Work::Nothing,
+        })
+    }
+}
+
+/// A snapshot on its way to storage.
+#[derive(Debug)]
+pub struct SnapshotWork(Work);
+
+#[derive(Debug)]
+enum Work {
+    /// Files: temp file, fsync, rename, trim.
+    Files(files::SnapshotJob),
+    /// Object store or Redis, registered and trimmed by a fenced script.
+    Remote(remote::RemoteSnapshot),
+    /// Memory (unit tests).
+    #[cfg(test)]
+    Memory(memory::MemorySnapshot),
+    /// Ephemeral rooms store nothing.
+    Nothing,
+}
+
+impl SnapshotWork {
+    /// Writes it. A failure leaves the log untouched (it still holds every
+    /// update); `Fenced` means a newer owner holds the room's slot, so this
+    /// node's snapshot was refused, as it must be.
+    pub async fn write(self) -> Result<(), StorageError> {
+        match self.0 {
+            Work::Files(job) => blocking(move || job.write()).await,
+            Work::Remote(snapshot) => Ok(snapshot.write().await?),
+            #[cfg(test)]
+            Work::Memory(snapshot) => snapshot.write(),
+            Work::Nothing => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use partyline_proto::NodeId;
+    use yrs::{GetString, ReadTxn, StateVector, Text};
+
+    fn edit(doc: &Doc, text: &str) -> Bytes {
+        let t = doc.get_or_insert_text("t");
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            let len = t.len(&txn);
+            t.insert(&mut txn, len, text);
+        }
+        doc.transact().encode_state_as_update_v1(&before).into()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_counted_and_the_room_still_loads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RoomNodeConfig::new(NodeId::new("n"), dir.path().to_owned());
+        let room = RoomName::new("doc-counted").unwrap();
+        let doc = Doc::new();
+        let state = |doc: &Doc| {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        };
+        let storage = NodeStorage::files(&config);
+        let mut loaded = storage.load(&config, &room, 1).await.unwrap();
+        for text in ["a;", "b;"] {
+            loaded.storage.append(&[edit(&doc, text)]).await.unwrap();
+            loaded
+                .storage
+                .begin_snapshot(1, state(&doc))
+                .write()
+                .await
+                .unwrap();
+        }
+        loaded.storage.append(&[edit(&doc, "c;")]).await.unwrap();
+        drop(loaded);
+        let room_dir = RoomFiles::room_dir(dir.path(), room.as_str());
+        let newest = std::fs::read_dir(&room_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("snapshot-")
+            })
+            .max()
+            .unwrap();
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&newest, bytes).unwrap();
+
+        let before = corrupt_snapshots_total();
+        let loaded = storage.load(&config, &room, 1).await.unwrap();
+        assert_eq!(corrupt_snapshots_total(), before + 1);
+        let t = loaded.doc.get_or_insert_text("t");
+        assert_eq!(t.get_string(&loaded.doc.transact()), "a;b;c;");
+    }
+}
