@@ -1,13 +1,13 @@
 //! Partyline gateway: the stateless WebSocket edge.
 //!
-//! Owns the HTTP server ([`server`]), the WebSocket handshake
-//! ([`upgrade`]) and sessions ([`session`], writing through
-//! [`client_socket`]), URL → room parsing ([`path`]), y-partykit chunk
-//! reassembly ([`batch`]), routing rooms to their owner with the slot map
-//! ([`router`]) and the one-stream-per-room upstreams to room nodes
-//! ([`upstream`]); client authorization ([`auth`]), abuse limits
-//! ([`limits`]), the HTTP API for backends ([`http_api`], calling room
-//! nodes through [`room_api`]) and its metrics ([`telemetry`]). It holds no
+//! Owns the HTTP server (`server`), the WebSocket handshake (`upgrade`)
+//! and sessions (`session`, writing through `client_socket`, handing their
+//! room what `messages` defines), URL → room parsing ([`path`]),
+//! y-partykit chunk reassembly ([`batch`]), routing rooms to their owner
+//! with the slot map ([`Router`]) and the one-stream-per-room upstreams to
+//! room nodes (`upstream`); client authorization ([`auth`]), abuse limits
+//! (`limits`), the HTTP API for backends (`http_api`, calling room nodes
+//! through [`RoomApi`]) and its metrics (`telemetry`). It holds no
 //! document state and never touches storage: everything it knows can be
 //! rebuilt from the slot map and the room nodes; the HTTP API's reads and
 //! writes are done by the room's owner.

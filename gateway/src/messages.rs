@@ -14,7 +14,7 @@ use partyline_proto::ysync::{message_kind, SyncKind};
 
 /// One message from a client, whole (a `y-pk-batch` already joined), on
 /// its way to the room node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ClientFrame {
     /// The message as the client sent it.
     pub payload: Bytes,

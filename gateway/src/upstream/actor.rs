@@ -33,6 +33,8 @@ const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const MAX_CLOSE_REASON: usize = 120;
 
 impl UpstreamActor {
+    /// Serves the room until it is closed, given up or idle; the registry
+    /// forgets the room when this returns.
     pub(super) async fn run(mut self) {
         let mut min_epoch = 0;
         let mut resync: Option<Bytes> = None;

@@ -27,7 +27,9 @@ const CONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// An open gRPC stream to the room's owner.
 pub(super) struct Connection {
+    /// Frames toward the node (bounded: a full queue waits the sender).
     pub(super) to_node: mpsc::Sender<pb::GatewayFrame>,
+    /// Frames from the node, possibly in chunks.
     pub(super) from_node: Streaming<pb::NodeFrame>,
     /// The owner's URL, to notice when a new map moves the room.
     pub(super) url: String,

@@ -146,6 +146,8 @@ impl UpstreamActor {
         Ok(())
     }
 
+    /// Passes one session's command on to the node; `Err` when the stream
+    /// is gone.
     async fn handle_session_command(
         &mut self,
         command: UpstreamCommand,
