@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partyline_bench::load::procfs::{self, ProcSample};
 use partyline_proto::pb::{
     self, gateway_frame, node_frame,
     room_node_client::RoomNodeClient,
@@ -303,6 +302,25 @@ async fn start_echo_node() -> SocketAddr {
 }
 
 /// This process's CPU time so far.
-fn own_cpu() -> ProcSample {
-    procfs::sample(std::process::id()).expect("/proc/self is readable")
+struct CpuTime {
+    /// User and system.
+    cpu_seconds: f64,
+    /// System alone.
+    system_seconds: f64,
+}
+
+/// This process's CPU time so far (`getrusage`).
+fn own_cpu() -> CpuTime {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is
+    // given, and only reads its first argument.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    CpuTime {
+        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        system_seconds: seconds(usage.ru_stime),
+    }
 }

@@ -288,7 +288,11 @@ impl RemoteStorage {
     }
 
     /// A snapshot's state, `None` when it is missing or fails its checks.
-    pub(super) async fn read_snapshot(&self, room: &str, name: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+    pub(super) async fn read_snapshot(
+        &self,
+        room: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
         let bytes: Option<Vec<u8>> = match &self.snapshots {
             SnapshotStore::Object(store) => match store.get(&object_path(room, name)).await {
                 Ok(result) => Some(result.bytes().await?.to_vec()),
