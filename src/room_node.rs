@@ -209,7 +209,7 @@ async fn drain(draining: &watch::Sender<bool>, mut ownership: Ownership, timeout
     })
     .await;
     match drained {
-        Ok(()) => tracing::info!(epoch = ownership.epoch(), "drained: no slots left"),
+        Ok(()) => tracing::info!(epoch = ownership.epoch().get(), "drained: no slots left"),
         Err(_) => tracing::warn!(
             slots = ownership.owned_slots(),
             "drain timeout: stopping with slots still assigned (their rooms are snapshotted)"

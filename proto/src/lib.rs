@@ -6,13 +6,16 @@
 //!
 //! `rt` is the runtime glue every role's servers and gRPC clients share:
 //! how hyper's HTTP/2 tasks are spawned, and the accept step; `link` is the
-//! shared secret on the gRPC link (read from its file). Apart from those
-//! this crate holds no I/O and no runtime state; every role depends on it
-//! and it depends on no role.
+//! shared secret on the gRPC link (read from its file); `directory` is the
+//! live-actors-by-room table both the room node and the gateway keep (a
+//! type they own an instance of). Apart from those this crate holds no I/O
+//! and no runtime state; every role depends on it and it depends on no
+//! role.
 
 pub mod chunk;
 pub mod close;
 pub mod codec;
+pub mod directory;
 pub mod link;
 pub mod room;
 pub mod rt;
@@ -37,4 +40,4 @@ pub const SYNC_STEP1_EMPTY: &[u8] = &[0, 0, 1, 0];
 pub const EPOCH_METADATA: &str = "partyline-epoch";
 
 pub use room::{RoomName, RoomNameError};
-pub use slot::{slot_of, NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};
+pub use slot::{slot_of, Epoch, NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};

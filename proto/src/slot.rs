@@ -75,6 +75,40 @@ pub struct NodeInfo {
     pub grpc_url: String,
 }
 
+/// A slot map's epoch: each new assignment has a higher one, and 0 means
+/// no map yet. A node writes only at the epoch it owns a room at, and
+/// storage refuses writes older than the newest epoch that claimed the
+/// room's slot (fencing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(u64);
+
+impl Epoch {
+    /// Before the first map.
+    pub const NONE: Self = Self(0);
+
+    /// The epoch numbered `epoch`.
+    pub const fn new(epoch: u64) -> Self {
+        Self(epoch)
+    }
+
+    /// Its number, as the wire and storage carry it.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for Epoch {
+    fn from(epoch: u64) -> Self {
+        Self(epoch)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Which node owns each slot, at one epoch. Immutable: a new assignment is a
 /// new map with a higher epoch, published as `Arc<SlotMap>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -124,7 +124,7 @@ async fn release_moved_rooms(
         let released = registry.release_unowned().await;
         if released > 0 {
             tracing::info!(
-                epoch = ownership.epoch(),
+                epoch = ownership.epoch().get(),
                 rooms = released,
                 "released rooms whose slots moved away"
             );

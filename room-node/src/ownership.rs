@@ -4,12 +4,33 @@
 
 use std::sync::Arc;
 
-use partyline_proto::{NodeId, RoomName, SlotMap};
+use partyline_proto::pb::{self, node_frame};
+use partyline_proto::{Epoch, NodeId, RoomName, SlotMap};
 use tokio::sync::watch;
 
 /// The slot map as this node sees it; `None` before the first map arrives
 /// (a fresh cluster member owns nothing yet).
 pub type SlotMapWatch = watch::Receiver<Option<Arc<SlotMap>>>;
+
+/// A room this node does not own under the map of `epoch` (0: no map yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not the owner of the room at epoch {epoch}")]
+pub struct NotOwner {
+    /// The epoch of the map that says so.
+    pub epoch: Epoch,
+}
+
+impl NotOwner {
+    /// The frame that tells a gateway, so it re-reads the map and retries
+    /// at the room's owner.
+    pub fn frame(self) -> pb::NodeFrame {
+        pb::NodeFrame {
+            kind: Some(node_frame::Kind::NotOwner(pb::NotOwner {
+                epoch: self.epoch.get(),
+            })),
+        }
+    }
+}
 
 /// This node's view of ownership. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -24,19 +45,26 @@ impl Ownership {
         Self { node_id, slot_map }
     }
 
-    /// `Ok(epoch)` when this node owns `room` at the current epoch,
-    /// `Err(epoch)` otherwise (epoch 0 when there is no map yet).
-    pub fn check(&self, room: &RoomName) -> Result<u64, u64> {
+    /// The current epoch when this node owns `room` under the current
+    /// map, else why not.
+    pub fn check(&self, room: &RoomName) -> Result<Epoch, NotOwner> {
         match &*self.slot_map.borrow() {
-            Some(map) if map.owner_of_room(room.as_str()).id == self.node_id => Ok(map.epoch()),
-            Some(map) => Err(map.epoch()),
-            None => Err(0),
+            Some(map) if map.owner_of_room(room.as_str()).id == self.node_id => {
+                Ok(Epoch::new(map.epoch()))
+            }
+            Some(map) => Err(NotOwner {
+                epoch: Epoch::new(map.epoch()),
+            }),
+            None => Err(NotOwner { epoch: Epoch::NONE }),
         }
     }
 
-    /// The current map's epoch, 0 before the first map.
-    pub fn epoch(&self) -> u64 {
-        self.slot_map.borrow().as_ref().map_or(0, |map| map.epoch())
+    /// The current map's epoch ([`Epoch::NONE`] before the first map).
+    pub fn epoch(&self) -> Epoch {
+        self.slot_map
+            .borrow()
+            .as_ref()
+            .map_or(Epoch::NONE, |map| Epoch::new(map.epoch()))
     }
 
     /// How many slots the current map gives this node.

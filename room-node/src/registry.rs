@@ -1,24 +1,25 @@
-//! The live rooms of this node: room name → running actor.
+//! The live rooms of this node: room name → running actor, in a
+//! [`Directory`].
 //!
-//! The map holds only handles; each room's state lives in its actor. A room
-//! is spawned on first attach and removed by its supervisor when the actor
-//! exits (idle, shutdown, failure or panic), so the next attach loads it
-//! again from storage. Attaching retries while a room is unloading: the old
-//! actor finishes its snapshot before it leaves the map, so the new one
-//! loads everything.
+//! The directory holds only handles; each room's state lives in its actor.
+//! A room is spawned on first attach and leaves the directory when its
+//! actor exits (idle, shutdown, failure or panic), so the next attach loads
+//! it again from storage. An attach that meets a room on its way out waits
+//! for it to be gone (it finishes its snapshot first, so the next load has
+//! everything), then checks ownership again: the slot may have moved
+//! meanwhile. Ownership is otherwise decided once, by the caller.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
+use partyline_proto::directory::{Directory, Live};
 use partyline_proto::pb::{self, node_frame};
-use partyline_proto::RoomName;
+use partyline_proto::{Epoch, RoomName};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RoomNodeConfig;
-use crate::ownership::Ownership;
+use crate::ownership::{NotOwner, Ownership};
 use crate::room::{
     self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
 };
@@ -30,18 +31,18 @@ pub enum AttachError {
     /// The room kept failing to load or unloading past the deadline.
     #[error("room {0} is unavailable")]
     Unavailable(RoomName),
-    /// The room's slot is not this node's at `epoch`; a `NotOwner` frame
-    /// was sent on the link before it was dropped.
-    #[error("not the owner of the room at epoch {0}")]
-    NotOwner(u64),
+    /// The room's slot is not this node's; a `NotOwner` frame was sent on
+    /// the link before it was dropped.
+    #[error(transparent)]
+    NotOwner(#[from] NotOwner),
 }
 
 /// Why a server-API call on a room failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The room's slot is not this node's at `epoch`.
-    #[error("not the owner of the room at epoch {0}")]
-    NotOwner(u64),
+    /// The room's slot is not this node's.
+    #[error(transparent)]
+    NotOwner(#[from] NotOwner),
     /// The room has no stored state and is not loaded.
     #[error("room {0} not found")]
     NotFound(RoomName),
@@ -54,16 +55,10 @@ pub enum CallError {
     Unavailable(RoomName, String),
 }
 
-struct Entry {
-    handle: RoomHandle,
-    generation: u64,
-}
-
 /// Live rooms. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    rooms: Arc<Mutex<HashMap<RoomName, Entry>>>,
-    next_generation: Arc<std::sync::atomic::AtomicU64>,
+    rooms: Directory<RoomHandle>,
     config: Arc<RoomNodeConfig>,
     ownership: Ownership,
     storage: NodeStorage,
@@ -87,8 +82,7 @@ impl Registry {
             .memory_trim_delay
             .map(|delay| crate::memory::Trimmer::spawn(delay, &tracker, cancel.clone()));
         Self {
-            rooms: Arc::default(),
-            next_generation: Arc::default(),
+            rooms: Directory::new(),
             config,
             ownership,
             storage,
@@ -100,30 +94,28 @@ impl Registry {
 
     /// Number of rooms in memory.
     pub fn live_rooms(&self) -> usize {
-        self.lock().len()
+        self.rooms.len()
     }
 
     /// Attaches a gateway stream to `room`, loading the room if needed.
-    /// From then on the room actor reads `inbound` itself.
+    /// From then on the room actor reads `inbound` itself. Ownership is
+    /// decided here, the gateway stream's one door, and again only after
+    /// waiting for a room on its way out (its slot may move meanwhile); a
+    /// node that does not own the room sends `NotOwner` on the link.
     pub async fn attach(
         &self,
         room: &RoomName,
-        epoch: u64,
         link: LinkId,
         mut tx: LinkSender,
         mut inbound: LinkInbound,
     ) -> Result<(), AttachError> {
         let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
         loop {
-            // Checked on every try: the slot may move while a room unloads.
             let epoch = match self.ownership.check(room) {
-                Ok(current) => current.max(epoch),
-                Err(current) => {
-                    let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch: current });
-                    let _ = tx.try_send(Ok(pb::NodeFrame {
-                        kind: Some(not_owner),
-                    }));
-                    return Err(AttachError::NotOwner(current));
+                Ok(epoch) => epoch,
+                Err(not_owner) => {
+                    let _ = tx.try_send(Ok(not_owner.frame()));
+                    return Err(not_owner.into());
                 }
             };
             if !self.config.allows(room.as_str()) {
@@ -137,7 +129,7 @@ impl Registry {
                 ));
                 return Ok(());
             }
-            let handle = self.get_or_spawn(room, epoch);
+            let (handle, live) = self.get_or_spawn(room, epoch);
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = RoomCommand::AttachLink {
                 link,
@@ -157,10 +149,19 @@ impl Registry {
                 Err(_) => unreachable!("attach sends AttachLink"),
             };
             (tx, inbound) = (rejected.tx, rejected.inbound);
-            if tokio::time::Instant::now() >= deadline || self.cancel.is_cancelled() {
+            if !self.wait_for_exit(&live, deadline).await {
                 return Err(AttachError::Unavailable(room.clone()));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for a room on its way out to be gone; `false` when the
+    /// deadline or shutdown came first.
+    async fn wait_for_exit(&self, live: &Live, deadline: tokio::time::Instant) -> bool {
+        tokio::select! {
+            () = live.exited() => !self.cancel.is_cancelled(),
+            () = tokio::time::sleep_until(deadline) => false,
+            () = self.cancel.cancelled() => false,
         }
     }
 
@@ -186,13 +187,13 @@ impl Registry {
 
     /// Whether `room` is in memory.
     pub fn is_loaded(&self, room: &RoomName) -> bool {
-        self.lock().contains_key(room)
+        self.rooms.contains(room)
     }
 
     /// Asks `room`'s actor something (server API), loading the room first
     /// if needed. With `create` false, a room that is neither loaded nor
-    /// stored is `NotFound` rather than loaded empty. Retries while the
-    /// room unloads, like [`Self::attach`].
+    /// stored is `NotFound` rather than loaded empty. Ownership is checked
+    /// here, and again after waiting for a room on its way out.
     pub async fn call<T>(
         &self,
         room: &RoomName,
@@ -201,7 +202,7 @@ impl Registry {
     ) -> Result<T, CallError> {
         let deadline = tokio::time::Instant::now() + room::ATTACH_DEADLINE;
         loop {
-            let epoch = self.ownership.check(room).map_err(CallError::NotOwner)?;
+            let epoch = self.ownership.check(room)?;
             if create && !self.config.allows(room.as_str()) {
                 return Err(CallError::NotAllowed(room.clone()));
             }
@@ -215,34 +216,34 @@ impl Registry {
                     return Err(CallError::NotFound(room.clone()));
                 }
             }
-            let handle = self.get_or_spawn(room, epoch);
+            let (handle, live) = self.get_or_spawn(room, epoch);
             let (reply_tx, reply_rx) = oneshot::channel();
             // A closed channel or a dropped reply: the actor was unloading
-            // (or failed); try a fresh one.
+            // (or failed); wait for it to go, then ask a fresh one.
             if handle.send(command(reply_tx)).await.is_ok() {
                 if let Ok(answer) = reply_rx.await {
                     return Ok(answer);
                 }
             }
-            if tokio::time::Instant::now() >= deadline || self.cancel.is_cancelled() {
+            if !self.wait_for_exit(&live, deadline).await {
                 return Err(CallError::Unavailable(
                     room.clone(),
                     "the room did not answer".to_owned(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
     /// Releases every live room whose slot the current map gives to
     /// another node (see [`RoomCommand::Release`]); returns how many.
     pub async fn release_unowned(&self) -> usize {
-        let moved: Vec<(RoomName, RoomHandle, u64)> = self
-            .lock()
-            .iter()
-            .filter_map(|(room, entry)| match self.ownership.check(room) {
+        let moved: Vec<(RoomName, RoomHandle, Epoch)> = self
+            .rooms
+            .handles()
+            .into_iter()
+            .filter_map(|(room, handle)| match self.ownership.check(&room) {
                 Ok(_) => None,
-                Err(epoch) => Some((room.clone(), entry.handle.clone(), epoch)),
+                Err(not_owner) => Some((room, handle, not_owner.epoch)),
             })
             .collect();
         let count = moved.len();
@@ -254,67 +255,42 @@ impl Registry {
         count
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Entry>> {
-        // The map is only handles; a panic elsewhere cannot leave it torn.
-        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    fn get_or_spawn(&self, room: &RoomName, epoch: Epoch) -> (RoomHandle, Live) {
+        self.rooms.get_or_spawn(room, |live| {
+            let (handle, actor) = room::spawn_actor(
+                room.clone(),
+                self.config.clone(),
+                self.storage.clone(),
+                epoch,
+                self.cancel.child_token(),
+            );
+            let task = self.tracker.spawn(actor);
+            let registry = self.clone();
+            let (room, live) = (room.clone(), live.clone());
+            self.tracker.spawn(async move {
+                log_exit(&room, task.await);
+                registry.rooms.exited(&room, &live);
+                if let Some(trimmer) = &registry.trimmer {
+                    trimmer.room_unloaded();
+                }
+            });
+            handle
+        })
     }
+}
 
-    fn get_or_spawn(&self, room: &RoomName, epoch: u64) -> RoomHandle {
-        let mut rooms = self.lock();
-        if let Some(entry) = rooms.get(room) {
-            return entry.handle.clone();
+/// Logs why a room's actor ended.
+fn log_exit(room: &RoomName, exit: Result<ExitReason, tokio::task::JoinError>) {
+    match exit {
+        Ok(ExitReason::Idle) => tracing::debug!(room = %room, "room unloaded after idle timeout"),
+        Ok(ExitReason::Shutdown) => tracing::debug!(room = %room, "room stopped for shutdown"),
+        Ok(ExitReason::Released) => tracing::debug!(room = %room, "room handed to its new owner"),
+        Ok(ExitReason::Deleted) => tracing::debug!(room = %room, "deleted room unloaded"),
+        Ok(ExitReason::Failed(error)) => tracing::error!(room = %room, %error, "room failed"),
+        Err(join) if join.is_panic() => {
+            tracing::error!(room = %room, "room actor panicked; its sessions were closed")
         }
-        let generation = self
-            .next_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (handle, actor) = room::spawn_actor(
-            room.clone(),
-            self.config.clone(),
-            self.storage.clone(),
-            epoch,
-            self.cancel.child_token(),
-        );
-        rooms.insert(
-            room.clone(),
-            Entry {
-                handle: handle.clone(),
-                generation,
-            },
-        );
-        let task = self.tracker.spawn(actor);
-        let registry = self.clone();
-        let room = room.clone();
-        self.tracker.spawn(async move {
-            match task.await {
-                Ok(ExitReason::Idle) => {
-                    tracing::debug!(room = %room, "room unloaded after idle timeout")
-                }
-                Ok(ExitReason::Shutdown) => {
-                    tracing::debug!(room = %room, "room stopped for shutdown")
-                }
-                Ok(ExitReason::Released) => {
-                    tracing::debug!(room = %room, "room handed to its new owner")
-                }
-                Ok(ExitReason::Deleted) => tracing::debug!(room = %room, "deleted room unloaded"),
-                Ok(ExitReason::Failed(error)) => {
-                    tracing::error!(room = %room, %error, "room failed")
-                }
-                Err(join) if join.is_panic() => {
-                    tracing::error!(room = %room, "room actor panicked; its sessions were closed")
-                }
-                Err(join) => tracing::error!(room = %room, %join, "room actor ended abnormally"),
-            }
-            {
-                let mut rooms = registry.lock();
-                if rooms.get(&room).is_some_and(|e| e.generation == generation) {
-                    rooms.remove(&room);
-                }
-            }
-            if let Some(trimmer) = &registry.trimmer {
-                trimmer.room_unloaded();
-            }
-        });
-        handle
+        Err(join) => tracing::error!(room = %room, %join, "room actor ended abnormally"),
     }
 }
 
@@ -324,11 +300,14 @@ async fn refuse_link(
     tx: LinkSender,
     mut inbound: LinkInbound,
     node_id: String,
-    epoch: u64,
+    epoch: Epoch,
     cancel: CancellationToken,
 ) {
     use tokio_stream::StreamExt;
-    let attached = node_frame::Kind::Attached(pb::Attached { epoch, node_id });
+    let attached = node_frame::Kind::Attached(pb::Attached {
+        epoch: epoch.get(),
+        node_id,
+    });
     if tx
         .send(Ok(pb::NodeFrame {
             kind: Some(attached),
@@ -371,6 +350,7 @@ mod tests {
     use super::*;
     use partyline_proto::pb::{self, gateway_frame, node_frame};
     use partyline_proto::{NodeId, NodeInfo, SlotMap};
+    use std::time::Duration;
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
     use yrs::sync::{Message, SyncMessage};
@@ -392,7 +372,7 @@ mod tests {
             let (tx, from_room) = mpsc::channel(64);
             let room = RoomName::new(room).unwrap();
             registry
-                .attach(&room, 0, link, tx, Box::pin(ReceiverStream::new(inbound)))
+                .attach(&room, link, tx, Box::pin(ReceiverStream::new(inbound)))
                 .await
                 .unwrap();
             let mut link = Self { to_room, from_room };
@@ -524,7 +504,7 @@ mod tests {
             }
         }
 
-        let handle = registry.get_or_spawn(&RoomName::new("doomed").unwrap(), 0);
+        let (handle, _) = registry.get_or_spawn(&RoomName::new("doomed").unwrap(), Epoch::new(1));
         handle.send(RoomCommand::Panic).await.ok().unwrap();
         // The doomed room's stream ends; the other room keeps serving.
         while doomed.next().await.is_some() {}
@@ -609,13 +589,15 @@ mod tests {
         let refused = registry
             .attach(
                 &RoomName::new("moving").unwrap(),
-                1,
                 9,
                 tx,
                 Box::pin(ReceiverStream::new(inbound)),
             )
             .await;
-        assert!(matches!(refused, Err(AttachError::NotOwner(2))));
+        assert!(matches!(
+            refused,
+            Err(AttachError::NotOwner(NotOwner { epoch })) if epoch == Epoch::new(2)
+        ));
         assert!(matches!(
             rx.recv().await.unwrap().unwrap().kind,
             Some(node_frame::Kind::NotOwner(pb::NotOwner { epoch: 2 }))

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_server::RoomNode};
+use partyline_proto::pb::{self, gateway_frame, room_node_server::RoomNode};
 use partyline_proto::{RoomName, EPOCH_METADATA};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,9 +27,9 @@ fn room_name(room: String) -> Result<RoomName, Status> {
 /// node's epoch in the metadata.
 fn call_status(error: CallError) -> Status {
     match error {
-        CallError::NotOwner(epoch) => {
+        CallError::NotOwner(not_owner) => {
             let mut status = Status::failed_precondition(error.to_string());
-            if let Ok(value) = epoch.to_string().parse() {
+            if let Ok(value) = not_owner.epoch.to_string().parse() {
                 status.metadata_mut().insert(EPOCH_METADATA, value);
             }
             status
@@ -83,20 +83,10 @@ impl RoomNode for RoomNodeService {
         let room =
             RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.link_queue);
-        let epoch = match self.ownership.check(&room) {
-            Ok(epoch) => epoch,
-            Err(epoch) => {
-                let not_owner = node_frame::Kind::NotOwner(pb::NotOwner { epoch });
-                let _ = tx.try_send(Ok(pb::NodeFrame {
-                    kind: Some(not_owner),
-                }));
-                return Ok(Response::new(ReceiverStream::new(rx)));
-            }
-        };
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         match self
             .registry
-            .attach(&room, epoch, link, tx, Box::pin(inbound))
+            .attach(&room, link, tx, Box::pin(inbound))
             .await
         {
             Ok(()) => {}
@@ -125,7 +115,7 @@ impl RoomNode for RoomNodeService {
         };
         Ok(Response::new(pb::RoomInfoReply {
             node_id: self.registry.node_id().to_string(),
-            epoch: self.ownership.check(&room).unwrap_or_default(),
+            epoch: self.ownership.check(&room).unwrap_or_default().get(),
             loaded: was_loaded,
             sessions: info.sessions as u32,
             gateways: info.gateways as u32,

@@ -25,12 +25,12 @@ mod connect;
 mod relay;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::Bytes;
+use partyline_proto::directory::{Directory, Live};
 use partyline_proto::{close, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -105,16 +105,10 @@ impl UpstreamHandle {
     }
 }
 
-struct Entry {
-    handle: UpstreamHandle,
-    generation: u64,
-}
-
 /// The gateway's upstream streams, by room.
 #[derive(Clone)]
 pub struct Upstreams {
-    rooms: Arc<Mutex<HashMap<RoomName, Entry>>>,
-    next_generation: Arc<AtomicU64>,
+    rooms: Directory<UpstreamHandle>,
     router: Router,
     config: Arc<GatewayConfig>,
     tracker: TaskTracker,
@@ -130,8 +124,7 @@ impl Upstreams {
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            rooms: Arc::default(),
-            next_generation: Arc::default(),
+            rooms: Directory::new(),
             router,
             config,
             tracker,
@@ -150,7 +143,7 @@ impl Upstreams {
         socket: &Arc<ClientSocket>,
     ) -> Result<UpstreamHandle, CloseReason> {
         loop {
-            let handle = self.get_or_spawn(room);
+            let (handle, live) = self.get_or_spawn(room);
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = UpstreamCommand::Open {
                 session_id,
@@ -159,7 +152,7 @@ impl Upstreams {
                 reply: reply_tx,
             };
             // A closed channel or a `Retry` means the stream was lingering
-            // out as we arrived: try again on a fresh one.
+            // out as we arrived: try again on a fresh one once it is gone.
             if handle.tx.send(command).await.is_ok() {
                 match reply_rx.await {
                     Ok(OpenReply::Opened) => return Ok(handle),
@@ -173,55 +166,40 @@ impl Upstreams {
                     }
                 }
             }
-            if self.cancel.is_cancelled() {
-                return Err(CloseReason::new(
-                    self.config.shutdown_close_code,
-                    "gateway shutting down",
-                ));
+            tokio::select! {
+                () = live.exited() => {}
+                () = self.cancel.cancelled() => {
+                    return Err(CloseReason::new(
+                        self.config.shutdown_close_code,
+                        "gateway shutting down",
+                    ))
+                }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
-    fn get_or_spawn(&self, room: &RoomName) -> UpstreamHandle {
-        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = rooms.get(room) {
-            return entry.handle.clone();
-        }
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
-        let handle = UpstreamHandle { tx };
-        rooms.insert(
-            room.clone(),
-            Entry {
-                handle: handle.clone(),
-                generation,
-            },
-        );
-        let actor = UpstreamActor {
-            room: room.clone(),
-            config: self.config.clone(),
-            router: self.router.clone(),
-            cancel: self.cancel.clone(),
-            rx,
-            sessions: HashMap::new(),
-        };
-        let upstreams = self.clone();
-        let room = room.clone();
-        self.tracker.spawn(async move {
-            let upstreams_open = &crate::telemetry::metrics().upstreams;
-            upstreams_open.add(1, &[]);
-            actor.run().await;
-            upstreams_open.add(-1, &[]);
-            let mut rooms = upstreams
-                .rooms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if rooms.get(&room).is_some_and(|e| e.generation == generation) {
-                rooms.remove(&room);
-            }
-        });
-        handle
+    fn get_or_spawn(&self, room: &RoomName) -> (UpstreamHandle, Live) {
+        self.rooms.get_or_spawn(room, |live| {
+            let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+            let actor = UpstreamActor {
+                room: room.clone(),
+                config: self.config.clone(),
+                router: self.router.clone(),
+                cancel: self.cancel.clone(),
+                rx,
+                sessions: HashMap::new(),
+            };
+            let upstreams = self.clone();
+            let (room, live) = (room.clone(), live.clone());
+            self.tracker.spawn(async move {
+                let upstreams_open = &crate::telemetry::metrics().upstreams;
+                upstreams_open.add(1, &[]);
+                actor.run().await;
+                upstreams_open.add(-1, &[]);
+                upstreams.rooms.exited(&room, &live);
+            });
+            UpstreamHandle { tx }
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 //! shutdown, idle, release or delete the room writes its last snapshot and
 //! state callback (bounded) before its lock is let go.
 
+use partyline_proto::Epoch;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ enum Input {
 pub(super) struct RoomActor {
     pub(super) room: RoomName,
     pub(super) config: Arc<RoomNodeConfig>,
-    pub(super) epoch: u64,
+    pub(super) epoch: Epoch,
     pub(super) cancel: CancellationToken,
     pub(super) rx: mpsc::Receiver<RoomCommand>,
     pub(super) sync: SyncRoom,
@@ -54,7 +55,7 @@ pub(super) struct RoomActor {
     pub(super) policy: RoomPolicy,
     /// Set by `Release` (or a fenced append): the epoch the room's slot
     /// moved away at.
-    pub(super) releasing: Option<u64>,
+    pub(super) releasing: Option<Epoch>,
     /// Set by `Delete`: delete once the batch is committed.
     pub(super) deleting: Vec<oneshot::Sender<Result<(), String>>>,
     /// Document size estimate: state at load plus every update since.
@@ -219,7 +220,7 @@ impl RoomActor {
                 reply,
             }) => {
                 let attached = node_frame::Kind::Attached(pb::Attached {
-                    epoch: self.epoch,
+                    epoch: self.epoch.get(),
                     node_id: self.config.node_id.to_string(),
                 });
                 self.pending.push(Out::Link(link, frame(attached)));

@@ -6,6 +6,7 @@
 //! callback timeout. Ephemeral rooms and nodes without a callback URL
 //! call back nothing.
 
+use partyline_proto::Epoch;
 use partyline_proto::RoomName;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -66,7 +67,7 @@ impl StateCallback {
 
     /// Sends the room's state on its own task (retries included); changes
     /// after this point wait for the next one.
-    pub(super) fn start(&mut self, room: &RoomName, sync: &SyncRoom, epoch: u64) {
+    pub(super) fn start(&mut self, room: &RoomName, sync: &SyncRoom, epoch: Epoch) {
         let Some(hooks) = self.hooks.as_deref().cloned() else {
             return;
         };
@@ -75,7 +76,7 @@ impl StateCallback {
         let json = crate::render::doc_to_json(sync.doc());
         let room = room.clone();
         let version = StateVersion {
-            epoch,
+            epoch: epoch.get(),
             taken: std::time::SystemTime::now(),
         };
         self.task = Some(tokio::spawn(async move {
@@ -90,7 +91,7 @@ impl StateCallback {
 
     /// Starts the callback when it is due at `now`: a busy room whose
     /// inputs never leave the select idle still gets it.
-    pub(super) fn start_if_due(&mut self, room: &RoomName, sync: &SyncRoom, epoch: u64) {
+    pub(super) fn start_if_due(&mut self, room: &RoomName, sync: &SyncRoom, epoch: Epoch) {
         if self.due_at().is_some_and(|due| Instant::now() >= due) {
             self.start(room, sync, epoch);
         }
@@ -99,7 +100,7 @@ impl StateCallback {
     /// Before the room leaves memory: waits for a callback in flight (its
     /// state is older), then sends unsent changes, each bounded by the
     /// callback timeout.
-    pub(super) async fn finish(&mut self, room: &RoomName, sync: &SyncRoom, epoch: u64) {
+    pub(super) async fn finish(&mut self, room: &RoomName, sync: &SyncRoom, epoch: Epoch) {
         let Some(limit) = self
             .hooks
             .as_ref()

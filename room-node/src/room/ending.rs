@@ -4,6 +4,7 @@
 //! links, and writes the last snapshot and state callback (bounded)
 //! before the room's lock is let go with the actor.
 
+use partyline_proto::Epoch;
 use std::time::Duration;
 
 use partyline_proto::close;
@@ -35,11 +36,11 @@ impl RoomActor {
     /// epoch and the room's final state vector (after every frame already
     /// queued for it), its stream ends, and the state is snapshotted before
     /// the room's lock is let go.
-    pub(super) async fn release(&mut self, epoch: u64) -> ExitReason {
+    pub(super) async fn release(&mut self, epoch: Epoch) -> ExitReason {
         crate::telemetry::metrics().releases.add(1, &[]);
         self.refuse_commands();
         let released = frame(node_frame::Kind::Released(pb::Released {
-            epoch,
+            epoch: epoch.get(),
             resync: self.sync.sync_step1(),
         }));
         for (link_id, link) in self.links.drain() {
@@ -48,7 +49,7 @@ impl RoomActor {
             }
         }
         self.unload().await;
-        tracing::debug!(room = %self.room, epoch, "room released to its new owner");
+        tracing::debug!(room = %self.room, epoch = epoch.get(), "room released to its new owner");
         ExitReason::Released
     }
 

@@ -2,6 +2,7 @@
 //! [`RoomCommand`]s it carries, the answers they get, and the
 //! [`ExitReason`] an actor ends with. No logic lives here.
 
+use partyline_proto::Epoch;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ pub enum RoomCommand {
     /// everything this node accepted.
     Release {
         /// The epoch that moved the slot away.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Server API: the room's figures.
     Info {

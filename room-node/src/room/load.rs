@@ -4,6 +4,7 @@
 //! actor built from what was loaded. A load that fails ends the actor
 //! with [`ExitReason::Failed`] before it takes a command.
 
+use partyline_proto::Epoch;
 use std::sync::Arc;
 
 use partyline_proto::RoomName;
@@ -27,7 +28,7 @@ pub fn spawn_actor(
     room: RoomName,
     config: Arc<RoomNodeConfig>,
     storage: NodeStorage,
-    epoch: u64,
+    epoch: Epoch,
     cancel: CancellationToken,
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
@@ -62,7 +63,7 @@ fn actor_of(
     loaded: storage::Loaded,
     room: RoomName,
     config: Arc<RoomNodeConfig>,
-    epoch: u64,
+    epoch: Epoch,
     cancel: CancellationToken,
     rx: mpsc::Receiver<super::RoomCommand>,
 ) -> RoomActor {
@@ -106,7 +107,7 @@ pub(super) async fn load_with_initial_content(
     config: &RoomNodeConfig,
     storage: &NodeStorage,
     room: &RoomName,
-    epoch: u64,
+    epoch: Epoch,
 ) -> Result<storage::Loaded, LoadError> {
     let mut loaded = storage.load(config, room, epoch).await?;
     let Some(hooks) = &config.hooks else {
@@ -147,7 +148,7 @@ mod tests {
             partyline_proto::RoomName::new("x").unwrap(),
             config.clone(),
             crate::storage::NodeStorage::files(&config),
-            0,
+            partyline_proto::Epoch::NONE,
             tokio_util::sync::CancellationToken::new(),
         );
         eprintln!(

@@ -11,6 +11,7 @@
 //! asked for a resync (the refused edits are still in the clients).
 //! [`PendingLog::commit`] decides; the actor sends what it lets out.
 
+use partyline_proto::Epoch;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,7 +73,7 @@ pub(super) enum Commit {
     /// logged, sent or acknowledged; the room is to be released.
     Fenced {
         /// The newer epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
 }
 
@@ -214,7 +215,7 @@ impl PendingLog {
                 // hear of it. The batch is not logged, so nothing of it
                 // is sent or acknowledged: hand the room over as for a
                 // moved slot (its clients resend the batch there).
-                tracing::warn!(room = %room, epoch, "append fenced: a newer owner holds the room's slot; releasing the room without acknowledging the batch");
+                tracing::warn!(room = %room, epoch = epoch.get(), "append fenced: a newer owner holds the room's slot; releasing the room without acknowledging the batch");
                 Ok(Commit::Fenced { epoch })
             }
             Err(error @ StorageError::Unavailable(_)) => {
@@ -308,7 +309,9 @@ mod tests {
         async fn append(&mut self, updates: &[Bytes]) -> Result<(), StorageError> {
             self.appends += 1;
             if let Some(epoch) = self.fenced {
-                return Err(StorageError::Fenced { epoch });
+                return Err(StorageError::Fenced {
+                    epoch: Epoch::new(epoch),
+                });
             }
             if self.down {
                 return Err(StorageError::Unavailable("down".into()));
@@ -450,7 +453,9 @@ mod tests {
         pending.push(Out::All(broadcast(Bytes::from_static(b"x"))));
         assert_eq!(
             pending.commit(&mut log, &room(), false).await.unwrap(),
-            Commit::Fenced { epoch: 9 }
+            Commit::Fenced {
+                epoch: Epoch::new(9)
+            }
         );
         assert!(!pending.all_logged(), "the batch is not logged");
         assert!(!pending.holding(), "not an outage: nothing is retried");

@@ -5,6 +5,7 @@
 //! the room unloads. The log holds every update whatever happens here: a
 //! snapshot only shortens the next load.
 
+use partyline_proto::Epoch;
 use std::time::{Duration, SystemTime};
 
 use partyline_proto::RoomName;
@@ -165,7 +166,7 @@ pub(super) struct Snapshots {
     /// The room, for the log lines.
     room: RoomName,
     /// The slot-map epoch the room's snapshots are written at.
-    epoch: u64,
+    epoch: Epoch,
     /// The rules.
     pub(super) schedule: SnapshotSchedule,
     /// The snapshot being written, on its own task.
@@ -174,7 +175,7 @@ pub(super) struct Snapshots {
 
 impl Snapshots {
     /// No snapshot running; see [`SnapshotSchedule::new`].
-    pub(super) fn new(room: RoomName, epoch: u64, log_bytes: u64, log_updates: u64) -> Self {
+    pub(super) fn new(room: RoomName, epoch: Epoch, log_bytes: u64, log_updates: u64) -> Self {
         Self {
             room,
             epoch,

@@ -123,7 +123,9 @@ impl MemoryStorage {
             return Err(StorageError::Unavailable(Outage.into()));
         }
         if let Some(epoch) = inner.fenced_at {
-            return Err(StorageError::Fenced { epoch });
+            return Err(StorageError::Fenced {
+                epoch: partyline_proto::Epoch::new(epoch),
+            });
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use partyline_proto::RoomName;
+use partyline_proto::{Epoch, RoomName};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
 
@@ -73,7 +73,7 @@ pub enum StorageError {
     #[error("fenced: the room's slot belongs to epoch {epoch}")]
     Fenced {
         /// The newer epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// The local files failed: the room cannot persist; stop it. (Boxed:
     /// errors travel in every room's actor future.)
@@ -97,7 +97,9 @@ impl From<StoreError> for StorageError {
 impl From<RemoteError> for StorageError {
     fn from(error: RemoteError) -> Self {
         match error {
-            RemoteError::Fenced { current, .. } => Self::Fenced { epoch: current },
+            RemoteError::Fenced { current, .. } => Self::Fenced {
+                epoch: Epoch::new(current),
+            },
             error => Self::Unavailable(error.into()),
         }
     }
@@ -188,7 +190,7 @@ impl NodeStorage {
         &self,
         config: &RoomNodeConfig,
         room: &RoomName,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Result<Loaded, StorageError> {
         let mode = config.mode_of(room.as_str());
         if mode == RoomMode::Ephemeral {
@@ -207,7 +209,7 @@ impl NodeStorage {
                     _ => (config.snapshots_kept, None),
                 };
                 let (storage, loaded) = remote
-                    .open(room.as_str(), config.node_id.clone(), epoch, keep)
+                    .open(room.as_str(), config.node_id.clone(), epoch.get(), keep)
                     .await?;
                 let storage = storage.with_max_age(max_age);
                 for name in &loaded.corrupt_snapshots {
@@ -415,9 +417,9 @@ impl RoomStorage {
     /// A snapshot of `state` covering everything appended so far, to be
     /// written by [`SnapshotWork::write`] (on another task: a slow object
     /// store must not hold up the room).
-    pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotWork {
+    pub fn begin_snapshot(&mut self, epoch: Epoch, state: Vec<u8>) -> SnapshotWork {
         SnapshotWork(match &mut self.0 {
-            Room::Files(files) => Work::Files(files.begin_snapshot(epoch, state)),
+            Room::Files(files) => Work::Files(files.begin_snapshot(epoch.get(), state)),
             Room::Remote(remote) => Work::Remote(remote.prepare_snapshot(state)),
             #[cfg(test)]
             Room::Memory(memory) => Work::Memory(memory.begin_snapshot(state)),
@@ -486,12 +488,12 @@ mod tests {
                 .encode_state_as_update_v1(&StateVector::default())
         };
         let storage = NodeStorage::files(&config);
-        let mut loaded = storage.load(&config, &room, 1).await.unwrap();
+        let mut loaded = storage.load(&config, &room, Epoch::new(1)).await.unwrap();
         for text in ["a;", "b;"] {
             loaded.storage.append(&[edit(&doc, text)]).await.unwrap();
             loaded
                 .storage
-                .begin_snapshot(1, state(&doc))
+                .begin_snapshot(Epoch::new(1), state(&doc))
                 .write()
                 .await
                 .unwrap();
@@ -516,7 +518,7 @@ mod tests {
         std::fs::write(&newest, bytes).unwrap();
 
         let before = corrupt_snapshots_total();
-        let loaded = storage.load(&config, &room, 1).await.unwrap();
+        let loaded = storage.load(&config, &room, Epoch::new(1)).await.unwrap();
         assert_eq!(corrupt_snapshots_total(), before + 1);
         let t = loaded.doc.get_or_insert_text("t");
         assert_eq!(t.get_string(&loaded.doc.transact()), "a;b;c;");
