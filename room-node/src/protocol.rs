@@ -38,6 +38,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::depth::{DepthError, DepthIndex};
+use partyline_proto::ysync::SyncKind;
 
 /// Why a client frame was refused. The session is closed with
 /// [`partyline_proto::close::PROTOCOL_ERROR`]; the room is unchanged.
@@ -205,48 +206,11 @@ fn deletes_only_known(
     Ok(())
 }
 
-/// Which y-sync message a frame carries, for the rules a room applies by
-/// kind (repeat limits, the awareness throttle).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MessageKind {
-    /// Sync step 1: a state vector, answered with the document's diff.
-    SyncStep1,
-    /// Sync step 2: the diff a client answers our step 1 with.
-    SyncStep2,
-    /// Sync update: a client's edit.
-    Update,
-    /// An awareness update.
-    Awareness,
-    /// An auth message (clients only receive them).
-    Auth,
-    /// A query for every awareness state.
-    QueryAwareness,
-    /// Anything else (refused when decoded).
-    #[default]
-    Other,
-}
-
-impl MessageKind {
-    /// The kind a frame's leading type bytes name, without decoding the
-    /// rest: a room drops a repeated request before paying for its answer.
-    pub fn peek(frame: &[u8]) -> Self {
-        match frame {
-            [0, 0, ..] => Self::SyncStep1,
-            [0, 1, ..] => Self::SyncStep2,
-            [0, 2, ..] => Self::Update,
-            [1, ..] => Self::Awareness,
-            [2, ..] => Self::Auth,
-            [3, ..] => Self::QueryAwareness,
-            _ => Self::Other,
-        }
-    }
-}
-
 /// What handling one frame asks the room to do, in order.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The kind of message handled.
-    pub kind: MessageKind,
+    /// The kind of message handled (`None`: one y-sync does not define).
+    pub kind: Option<SyncKind>,
     /// Frames for the session that sent the message.
     pub reply: Vec<Bytes>,
     /// Frames for every session of the room, the sender included.
@@ -271,15 +235,15 @@ pub struct Outcome {
 }
 
 /// The kind of a decoded message.
-fn kind_of(message: &Message) -> MessageKind {
+fn kind_of(message: &Message) -> Option<SyncKind> {
     match message {
-        Message::Sync(SyncMessage::SyncStep1(_)) => MessageKind::SyncStep1,
-        Message::Sync(SyncMessage::SyncStep2(_)) => MessageKind::SyncStep2,
-        Message::Sync(SyncMessage::Update(_)) => MessageKind::Update,
-        Message::Awareness(_) => MessageKind::Awareness,
-        Message::AwarenessQuery => MessageKind::QueryAwareness,
-        Message::Auth(_) => MessageKind::Auth,
-        Message::Custom(..) => MessageKind::Other,
+        Message::Sync(SyncMessage::SyncStep1(_)) => Some(SyncKind::SyncStep1),
+        Message::Sync(SyncMessage::SyncStep2(_)) => Some(SyncKind::SyncStep2),
+        Message::Sync(SyncMessage::Update(_)) => Some(SyncKind::Update),
+        Message::Awareness(_) => Some(SyncKind::Awareness),
+        Message::AwarenessQuery => Some(SyncKind::QueryAwareness),
+        Message::Auth(_) => Some(SyncKind::Auth),
+        Message::Custom(..) => None,
     }
 }
 
@@ -418,7 +382,7 @@ impl SyncRoom {
         access: Access,
     ) -> Result<Outcome, ProtocolError> {
         let mut outcome = Outcome {
-            kind: MessageKind::Update,
+            kind: Some(SyncKind::Update),
             ..Outcome::default()
         };
         self.apply_update(update, access, &mut outcome)?;
@@ -768,28 +732,28 @@ mod tests {
         awareness.set_local_state_raw(r#"{"user":"ann"}"#);
         let step2 = Message::Sync(SyncMessage::SyncStep2(Update::EMPTY_V1.to_vec())).encode_v1();
         let frames = [
-            (peer.step1(), MessageKind::SyncStep1),
-            (step2, MessageKind::SyncStep2),
-            (peer.insert("x"), MessageKind::Update),
+            (peer.step1(), Some(SyncKind::SyncStep1)),
+            (step2, Some(SyncKind::SyncStep2)),
+            (peer.insert("x"), Some(SyncKind::Update)),
             (
                 Message::Awareness(awareness.update().unwrap()).encode_v1(),
-                MessageKind::Awareness,
+                Some(SyncKind::Awareness),
             ),
             (
                 Message::AwarenessQuery.encode_v1(),
-                MessageKind::QueryAwareness,
+                Some(SyncKind::QueryAwareness),
             ),
-            (Message::Auth(None).encode_v1(), MessageKind::Auth),
+            (Message::Auth(None).encode_v1(), Some(SyncKind::Auth)),
         ];
         for (frame, kind) in frames {
-            assert_eq!(MessageKind::peek(&frame), kind);
+            assert_eq!(partyline_proto::ysync::message_kind(&frame), kind);
             let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
             assert_eq!(outcome.kind, kind);
         }
         let apply = room
             .apply_server_update(Update::EMPTY_V1.to_vec(), Access::ReadWrite)
             .unwrap();
-        assert_eq!(apply.kind, MessageKind::Update);
+        assert_eq!(apply.kind, Some(SyncKind::Update));
     }
 
     #[test]

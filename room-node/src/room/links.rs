@@ -18,7 +18,7 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 
 use super::handle::{LinkId, LinkInbound, LinkSender};
 use super::pending::{end_session, Out};
-use crate::protocol::MessageKind;
+use partyline_proto::ysync::SyncKind;
 
 /// Repeated SyncStep1 / QueryAwareness requests a session may send inside
 /// `min_resync_interval` before it is closed (1008).
@@ -84,10 +84,15 @@ pub(super) enum Gate {
 impl Session {
     /// Whether a message of `kind` arriving at `now` is handled: a resync
     /// request is answered at most once per `min_interval`.
-    pub(super) fn gate(&mut self, kind: MessageKind, now: Instant, min_interval: Duration) -> Gate {
+    pub(super) fn gate(
+        &mut self,
+        kind: Option<SyncKind>,
+        now: Instant,
+        min_interval: Duration,
+    ) -> Gate {
         let answered = match kind {
-            MessageKind::SyncStep1 => &mut self.answered_sync,
-            MessageKind::QueryAwareness => &mut self.answered_awareness,
+            Some(SyncKind::SyncStep1) => &mut self.answered_sync,
+            Some(SyncKind::QueryAwareness) => &mut self.answered_awareness,
             _ => return Gate::Answer,
         };
         if answered.is_some_and(|at| now < at + min_interval) {
@@ -327,8 +332,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_resync_request_is_answered_once_per_interval_per_kind() {
         let mut session = Session::default();
-        let step1 = MessageKind::SyncStep1;
-        let query = MessageKind::QueryAwareness;
+        let step1 = Some(SyncKind::SyncStep1);
+        let query = Some(SyncKind::QueryAwareness);
         assert_eq!(session.gate(step1, Instant::now(), INTERVAL), Gate::Answer);
         assert_eq!(session.gate(query, Instant::now(), INTERVAL), Gate::Answer);
         tokio::time::advance(INTERVAL - Duration::from_millis(1)).await;
@@ -336,9 +341,9 @@ mod tests {
         assert_eq!(session.gate(query, Instant::now(), INTERVAL), Gate::Drop);
         // Edits and awareness are never held back.
         for kind in [
-            MessageKind::Update,
-            MessageKind::Awareness,
-            MessageKind::SyncStep2,
+            Some(SyncKind::Update),
+            Some(SyncKind::Awareness),
+            Some(SyncKind::SyncStep2),
         ] {
             assert_eq!(session.gate(kind, Instant::now(), INTERVAL), Gate::Answer);
         }
@@ -349,7 +354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_session_repeating_requests_is_closed_past_the_limit() {
         let mut session = Session::default();
-        let step1 = MessageKind::SyncStep1;
+        let step1 = Some(SyncKind::SyncStep1);
         assert_eq!(session.gate(step1, Instant::now(), INTERVAL), Gate::Answer);
         for _ in 0..MAX_REPEATED_REQUESTS {
             assert_eq!(session.gate(step1, Instant::now(), INTERVAL), Gate::Drop);

@@ -16,7 +16,8 @@ use super::actor::RoomActor;
 use super::handle::{ApplyError, LinkId};
 use super::links::Gate;
 use super::pending::{broadcast, deliver, end_session, frame, Out};
-use crate::protocol::{Access, MessageKind, Outcome, SessionKey};
+use crate::protocol::{Access, Outcome, SessionKey};
+use partyline_proto::ysync::SyncKind;
 
 impl RoomActor {
     /// A client's message: the session's limits first, then the y-sync
@@ -41,7 +42,7 @@ impl RoomActor {
             Gate::Answer
         } else {
             session.gate(
-                MessageKind::peek(&message.payload),
+                partyline_proto::ysync::message_kind(&message.payload),
                 Instant::now(),
                 min_resync,
             )
@@ -127,7 +128,7 @@ impl RoomActor {
         let session = (link_id, session_id);
         for payload in outcome.broadcast {
             let relayed = match outcome.kind {
-                MessageKind::Awareness => self.awareness.offer(session, payload, Instant::now()),
+                Some(SyncKind::Awareness) => self.awareness.offer(session, payload, Instant::now()),
                 _ => Some(payload),
             };
             if let Some(payload) = relayed {
