@@ -82,6 +82,7 @@ const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// these instead of async-nats' default two minutes.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where and under which namespace to reach the cluster.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterOptions {
