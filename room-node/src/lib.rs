@@ -1,6 +1,7 @@
 //! Partyline room node: serves the live rooms whose slots it owns.
 //!
-//! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`]),
+//! Owns the room actors ([`room`]), the y-sync protocol ([`protocol`];
+//! untrusted bytes pass [`decoding`], [`update_check`] and [`depth`] first),
 //! persistence ([`storage`]: the embedded file store, or a Redis log and
 //! object storage), the ownership check on every gateway stream and
 //! the server-API calls ([`service`]) and the gRPC server that carries
@@ -13,6 +14,7 @@
 //! waits for every room to write its final snapshot.
 
 pub mod config;
+pub mod decoding;
 pub mod depth;
 pub mod grpc;
 pub mod hooks;
