@@ -28,8 +28,8 @@
 //! here; `credentials` (what a URL's user and password become), `buckets`
 //! (opening the buckets, the keys read and written in them), `slot_map`
 //! (the map's JSON), `map_watch` (following the map), `heartbeats` (what
-//! room nodes send) and `backoff` (retry pauses). Everything public is re-exported
-//! here, so `crate::cluster::X` stays the one path to each item.
+//! room nodes send) and `backoff` (retry pauses). Everything public is
+//! re-exported here, so `crate::cluster::X` stays the one path to each item.
 
 mod backoff;
 mod buckets;

@@ -12,7 +12,8 @@ use super::RECHECK;
 use crate::CoordinatorConfig;
 
 /// What a coordinator's loop waits for; [`Due::next_wake`] picks the
-/// earliest. Separate from [`State`](super::State) so the choice is tested without NATS.
+/// earliest. Separate from [`State`](super::State) so the choice is tested
+/// without NATS.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Due {
     pub(super) connected: bool,
