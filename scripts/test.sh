@@ -20,12 +20,13 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # Key pairs for the JWKS test.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-# docker-compose.yml is validated (and rendered for tests/compose.rs) by
+# docker-compose.yml is validated (and rendered for tests/it/compose.rs) by
 # Debian's docker-compose; it brings PyYAML to /usr/bin/python3.
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 # The browser tests drive Debian's Chromium (puppeteer-core).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-# tests/partition.rs cuts a room node off with a network namespace (ip netns).
+# tests/it/partition.rs cuts a room node off with a network namespace
+# (ip netns).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from apt"

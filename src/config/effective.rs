@@ -1,7 +1,7 @@
 //! `--print-effective-config`: a serving role's settings after file ← env
 //! ← flags and every default, as sorted JSON with secrets redacted. Read
 //! from the typed configs the roles are handed, so it shows what would
-//! run; tests/effective_config.rs compares it with committed files. Never
+//! run; tests/it/effective_config.rs compares it with committed files. Never
 //! connects anywhere.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-// Run by tests/cluster.rs against a running cluster (not a node:test file):
+// Run by tests/it/cluster.rs against a running cluster (not a node:test file):
 //   node cluster-converge.mjs GATEWAY_A_ADDR GATEWAY_B_ADDR ROOM
 // A y-websocket client through gateway A and a y-partykit client through
 // gateway B edit one room concurrently; exits 0 once both documents are

@@ -4,16 +4,16 @@
 //! (old and new accepted during the overlap) without closing a client
 //! socket.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cluster::TestCluster;
-use common::DevServer;
 use partyline_bench::client::YClient;
 use partyline_proto::link::{self, LinkAuth, LinkSecret};
 use partyline_proto::pb::{self, room_node_client::RoomNodeClient};
 use tonic::{Code, Status};
+
+use crate::common;
+use crate::common::cluster::TestCluster;
+use crate::common::DevServer;
 
 /// Each RPC once, with `channel`'s authentication: the status of each.
 async fn call_every_rpc<T>(mut client: RoomNodeClient<T>) -> Vec<(&'static str, Result<(), Status>)>

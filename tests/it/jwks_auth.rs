@@ -2,8 +2,6 @@
 //! test, Ed25519 keys made by `openssl`): a key rotation is picked up
 //! without a restart, and the retired key stops working.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,9 +10,10 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use common::DevServer;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use partyline_bench::client::{ClientError, YClient};
+
+use crate::common::DevServer;
 
 /// An Ed25519 key pair: the private PEM and the JWK of the public half.
 fn key_pair(dir: &Path, kid: &str) -> (Vec<u8>, serde_json::Value) {

@@ -3,13 +3,10 @@
 //! nodes (heartbeat publishers) run in-process as tokio tasks, each with its
 //! own NATS connection, so "killing" one is aborting its task.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::nats::NatsServer;
 use futures_util::StreamExt;
 use partyline_coordinator::cluster::LEADER_KEY;
 use partyline_coordinator::leader::moved_slots;
@@ -18,6 +15,8 @@ use partyline_proto::{NodeId, NodeInfo, Slot, SlotMap, SLOTS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::nats::NatsServer;
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
 const DEAD_AFTER: Duration = Duration::from_secs(1);

@@ -4,12 +4,12 @@
 //! Kubernetes schemas (`kubernetes-validate --strict`), the Dockerfile
 //! linted by hadolint, the GitHub workflows by actionlint, and the
 //! properties the docs promise read back from the rendered files.
-//! (tests/compose.rs runs the compose topology.)
-
-mod common;
+//! (tests/it/compose.rs runs the compose topology.)
 
 use std::path::PathBuf;
 use std::process::Command;
+
+use crate::common;
 
 /// The checkout under test, read at run time: the compile-time value names
 /// whichever clone last built the shared target directory.

@@ -4,12 +4,8 @@
 //! `DELETE` must leave nothing in the log, the snapshot list, the room
 //! index or the store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
-use common::DevServer;
 use partyline_bench::client::YClient;
 use partyline_room_node::storage::remote::{RemoteStorage, SnapshotStore};
 use partyline_room_node::storage::RoomFiles;
@@ -18,6 +14,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
+
+use crate::common;
+use crate::common::redis_server::RedisServer;
+use crate::common::DevServer;
 
 const KEY: &str = "test-api-key-0123456789";
 const WAIT: Duration = Duration::from_secs(10);

@@ -5,12 +5,11 @@
 //! `--max-doc-bytes` is refused and the writer told, with nothing stored
 //! lost.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::DevServer;
 use partyline_bench::client::YClient;
+
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(120);
 const EDIT: usize = 12 * 1024 * 1024;

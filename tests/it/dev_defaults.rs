@@ -5,13 +5,13 @@
 //! `.gitignore` (`*`) into the data dir; the start-up banner names the
 //! y-websocket URL, the y-partykit host, the data dir and the auth mode.
 
-mod common;
-
 use std::time::Duration;
 
-use common::nats::free_port;
-use common::process::Partyline;
 use partyline_bench::client::YClient;
+
+use crate::common;
+use crate::common::nats::free_port;
+use crate::common::process::Partyline;
 
 const WAIT: Duration = Duration::from_secs(10);
 

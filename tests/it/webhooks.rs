@@ -4,8 +4,6 @@
 //! here with its own HMAC, a failing receiver retried) and the
 //! initial-content hook (`load_url`, asked once per new room).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,11 +13,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
-use common::DevServer;
 use hmac::{Hmac, Mac};
 use partyline_bench::client::YClient;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
+
+use crate::common::DevServer;
 
 const SECRET: &str = "callback-test-secret";
 const API_KEY: &str = "webhook-test-api-key";

@@ -1,14 +1,13 @@
 //! `partyline dev` end to end with the Rust client: bad input, room names,
 //! restart after SIGTERM / SIGKILL, and idle unloading.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::DevServer;
 use partyline_bench::YClient;
+
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 

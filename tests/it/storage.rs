@@ -2,18 +2,18 @@
 //! fencing of stale owners, falling back from a corrupt snapshot, and
 //! compaction bounds through a real gateway and room node.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis_server::RedisServer;
-use common::yjs::{edit, text_of};
 use partyline_bench::client::YClient;
 use partyline_proto::NodeId;
 use partyline_room_node::storage::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::common;
+use crate::common::redis_server::RedisServer;
+use crate::common::yjs::{edit, text_of};
 
 async fn storage(redis: &RedisServer, snapshots: &std::path::Path) -> RemoteStorage {
     let store = SnapshotStore::from_url(&format!("file://{}", snapshots.display())).unwrap();
@@ -323,7 +323,7 @@ async fn compaction_bounds_the_log_and_the_snapshots() {
     assert!(snapshot_files(dir.path()).len() <= 2);
 
     // Cold load, as a node taking the room over would do it.
-    let cold = crate::storage(&redis, dir.path()).await;
+    let cold = self::storage(&redis, dir.path()).await;
     let started = Instant::now();
     let (_, loaded) = cold
         .open("doc-compact", NodeId::new("cold"), 2, 2)

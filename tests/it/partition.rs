@@ -6,21 +6,21 @@
 //! must be in the room afterwards, even once the clients that wrote and saw
 //! them are gone. Needs root and iproute2 (`ip netns`, veth), as CI has.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{admin, owning_nodes, try_admin, DEAD_AFTER, HEARTBEAT, LEASE};
-use common::nats::NatsServer;
-use common::process::Partyline;
-use common::redis_server::RedisServer;
 use partyline_bench::client::YClient;
 use tokio_util::sync::CancellationToken;
 use yrs::Doc;
+
+use crate::common;
+use crate::common::cluster::{admin, owning_nodes, try_admin, DEAD_AFTER, HEARTBEAT, LEASE};
+use crate::common::nats::NatsServer;
+use crate::common::process::Partyline;
+use crate::common::redis_server::RedisServer;
 
 /// Host end of the link that carries Redis and gRPC (stays up).
 const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);

@@ -3,11 +3,9 @@
 //! a scheme (a gateway would dial it as is and only log "room owner
 //! unreachable"), and each other address or URL setting of each role.
 
-mod common;
-
 use std::time::Duration;
 
-use common::process::run_to_exit;
+use crate::common::process::run_to_exit;
 
 /// A NATS URL nothing listens on: a role that got past its checks would
 /// fail (or wait) here instead, without naming the bad flag.

@@ -19,19 +19,18 @@
 //! the same id) under a write load through both gateways: no client socket
 //! may close and no update may be lost.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{owning_nodes, try_admin};
-use common::load::Load;
-use common::nats::{free_port, NatsServer};
-use common::process::Partyline;
-use common::redis_server::RedisServer;
-use common::s3_server::{self, S3Server};
+use crate::common;
+use crate::common::cluster::{owning_nodes, try_admin};
+use crate::common::load::Load;
+use crate::common::nats::{free_port, NatsServer};
+use crate::common::process::Partyline;
+use crate::common::redis_server::RedisServer;
+use crate::common::s3_server::{self, S3Server};
 
 /// The NATS passwords the file reads from the environment (`.env`, made by
 /// deploy/compose/secrets.sh), and this test's values.

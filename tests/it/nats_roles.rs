@@ -1,6 +1,6 @@
 //! The shipped NATS configuration (deploy/nats/nats-server.conf) on a real
 //! `nats-server`, with every role on its own credentials: coordinators and
-//! room node heartbeaters run in-process (as in tests/coordinator.rs), each
+//! room node heartbeaters run in-process (as in tests/it/coordinator.rs), each
 //! with its own NATS connection; "gateway" and "admin" clients use what
 //! the gateway and `partyline admin` use.
 //!
@@ -11,14 +11,11 @@
 //! node that is not itself by forging its heartbeats); and a node whose
 //! process really died is taken over by its next incarnation.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::nats::NatsServer;
 use futures_util::StreamExt;
 use partyline_coordinator::cluster::{drain_key, SLOT_MAP_KEY};
 use partyline_coordinator::{admin, Cluster, ClusterOptions, CoordinatorConfig};
@@ -26,6 +23,9 @@ use partyline_proto::{NodeId, NodeInfo, SlotMap};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::common;
+use crate::common::nats::NatsServer;
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
 const DEAD_AFTER: Duration = Duration::from_secs(1);

@@ -7,8 +7,6 @@
 //! fails it, as a node does when a room cannot be loaded or served; it
 //! counts the opens, so a loop would show.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::common;
 
 /// Attaches every room stream, then fails it.
 #[derive(Clone, Default)]

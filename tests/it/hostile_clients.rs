@@ -11,17 +11,16 @@
 //! - y-partyserver custom messages (`__YPS:`) from read-only sessions are
 //!   not relayed.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::DevServer;
 use partyline_bench::client::YClient;
 use yrs::{Doc, Map, MapPrelim, MapRef, WriteTxn};
+
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(15);
 const KEY: &str = "hostile-test-api-key-0123456789";

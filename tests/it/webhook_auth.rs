@@ -2,8 +2,6 @@
 //! (write and read), deny, bad token, slow (timeout → refused), 500
 //! (refused), and answers cached, proven by the server's request count.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,8 +9,9 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::status_of;
-use common::DevServer;
+
+use crate::common::status_of;
+use crate::common::DevServer;
 
 type Counts = Arc<Mutex<HashMap<String, usize>>>;
 

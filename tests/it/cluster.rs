@@ -4,13 +4,13 @@
 //! Rust clients on yrs. Nodes are added, drained, SIGTERMed and SIGKILLed
 //! under load; no client socket may close and no update may be lost.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cluster::{owning_nodes, TestCluster};
-use common::load::Load;
 use partyline_bench::client::YClient;
+
+use crate::common;
+use crate::common::cluster::{owning_nodes, TestCluster};
+use crate::common::load::Load;
 
 const SLOTS: usize = 4096;
 

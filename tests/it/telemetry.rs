@@ -5,16 +5,11 @@
 //! processes) reach an OTLP receiver in the test sharing one trace id, and
 //! metrics are pushed too.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::TestCluster;
-use common::redis_server::RedisServer;
-use common::DevServer;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -28,6 +23,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use partyline_bench::client::YClient;
+
+use crate::common;
+use crate::common::cluster::TestCluster;
+use crate::common::redis_server::RedisServer;
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -4,20 +4,20 @@
 //! and an S3 outage that fails a snapshot in bounded time without touching
 //! the log or the snapshot list, then recovers.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis_server::RedisServer;
-use common::s3_server::S3Server;
-use common::yjs::{edit, state, text_of};
 use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ObjectStoreExt, PutPayload, RetryConfig};
 use partyline_proto::NodeId;
 use partyline_room_node::storage::remote::{RemoteError, RemoteStorage, SnapshotStore};
 use redis::Commands;
 use yrs::Doc;
+
+use crate::common;
+use crate::common::redis_server::RedisServer;
+use crate::common::s3_server::S3Server;
+use crate::common::yjs::{edit, state, text_of};
 
 const BUCKET: &str = "snaps";
 

@@ -2,17 +2,17 @@
 //! nodes logging to a real `redis-server` (AOF) and snapshotting to a
 //! shared directory, killed and starved of Redis while clients write.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::TestCluster;
-use common::load::Load;
-use common::redis_server::RedisServer;
 use partyline_bench::client::{text_of, YClient};
+
+use crate::common;
+use crate::common::cluster::TestCluster;
+use crate::common::load::Load;
+use crate::common::redis_server::RedisServer;
 
 fn redis_args(redis: &RedisServer) -> Vec<String> {
     vec![

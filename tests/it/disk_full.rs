@@ -7,14 +7,13 @@
 //! The data dir is a 2 MiB tmpfs this test mounts (CI runs as root) and
 //! fills with a file of its own; deleting that file is "space returns".
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::DevServer;
 use partyline_bench::client::{text_of, YClient};
+
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -4,13 +4,12 @@
 //! is configured get HTTP 401 before the upgrade, while a plain valid token
 //! is let in.
 
-mod common;
-
 use std::time::Duration;
 
-use common::process::run_to_exit;
-use common::{status_of, DevServer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::common::process::run_to_exit;
+use crate::common::{status_of, DevServer};
 
 const SECRET: &str = "jwt-auth-test-secret-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(10);

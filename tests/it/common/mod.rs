@@ -1,8 +1,6 @@
 //! Test harness: runs the real `partyline` binary on a free loopback port,
 //! with a kill-on-drop guard, and reads its readiness line from stdout.
 
-#![allow(dead_code)]
-
 pub mod cluster;
 pub mod inproc;
 pub mod load;
@@ -55,8 +53,6 @@ pub struct DevServer {
     process: Partyline,
     /// The gateway address.
     pub addr: SocketAddr,
-    /// Where its stderr goes.
-    pub log_path: PathBuf,
 }
 
 impl DevServer {
@@ -71,11 +67,7 @@ impl DevServer {
         let process =
             Partyline::start(&args, "info", &log_path, "partyline dev listening on ws://");
         let addr = process.ready.parse().expect("address");
-        Self {
-            process,
-            addr,
-            log_path,
-        }
+        Self { process, addr }
     }
 
     /// The y-websocket URL of `room` (already percent-encoded by the caller).

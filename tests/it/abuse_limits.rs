@@ -4,12 +4,11 @@
 //! of its room goes on; a `y-pk-batch` left half-sent is closed with 1008
 //! at its deadline; every refusal is counted in the log.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::DevServer;
 use partyline_bench::client::{ClientError, YClient};
+
+use crate::common::DevServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 

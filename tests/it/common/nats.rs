@@ -92,11 +92,6 @@ impl NatsServer {
         format!("nats://{}:{}", self.host, self.port)
     }
 
-    /// The port it listens on (the same across restarts).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Kills the server and waits for it to exit: a NATS outage.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
