@@ -45,6 +45,8 @@ struct Prepared {
     addresses: Vec<SocketAddr>,
     room: partyline_room_node::RoomNodeConfig,
     hooks: partyline_room_node::hooks::HooksConfig,
+    /// The webhooks' client, built from `hooks`.
+    live_hooks: Option<partyline_room_node::hooks::Hooks>,
     gateway: partyline_gateway::GatewayConfig,
     auth: AuthSettings,
 }
@@ -53,9 +55,9 @@ fn prepare(args: &DevArgs, file: FileConfig) -> anyhow::Result<Prepared> {
     let gateway = layer(file.gateway, &args.gateway)?;
     let room_node = layer(file.room_node, &args.room_node)?;
     let addresses = listen_addresses(&gateway, args.host.as_deref(), args.port.as_deref())?;
-    let mut room = room_node.into_config(NodeId::new("dev"), &args.room_node.room_mode)?;
+    let room = room_node.into_config(NodeId::new("dev"), &args.room_node.room_mode)?;
     let hooks = layer(file.webhooks, &args.webhooks)?;
-    room.hooks = crate::config::hooks(&hooks)?;
+    let live_hooks = crate::config::hooks(&hooks)?;
     let mut gateway_config = gateway.into_config("dev")?;
     let auth = layer(file.auth, &args.auth)?;
     crate::config::check_auth(&auth, true)?;
@@ -64,6 +66,7 @@ fn prepare(args: &DevArgs, file: FileConfig) -> anyhow::Result<Prepared> {
         addresses,
         room,
         hooks,
+        live_hooks,
         gateway: gateway_config,
         auth,
     })
@@ -79,7 +82,10 @@ pub fn effective(
         ("listen", serde_json::json!(prepared.addresses)),
         ("gateway", effective::gateway(&prepared.gateway)),
         ("auth", crate::config::effective_auth(&prepared.auth)),
-        ("room_node", effective::room_node(&prepared.room)),
+        (
+            "room_node",
+            effective::room_node(&prepared.room, prepared.live_hooks.is_some()),
+        ),
         ("webhooks", effective::webhooks(&prepared.hooks)),
     ])
 }
@@ -94,6 +100,7 @@ pub async fn run(
     let Prepared {
         addresses,
         room: room_config,
+        live_hooks,
         gateway: mut gateway_config,
         auth,
         ..
@@ -152,7 +159,10 @@ pub async fn run(
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,
         room_config,
-        storage,
+        partyline_room_node::Resources {
+            storage,
+            hooks: live_hooks.map(Arc::new),
+        },
         map_rx.clone(),
         link.clone(),
         shutdown.clone(),

@@ -42,6 +42,8 @@ struct Prepared {
     link: LinkSettings,
     config: partyline_room_node::RoomNodeConfig,
     hooks: partyline_room_node::hooks::HooksConfig,
+    /// The webhooks' client, built from `hooks`.
+    live_hooks: Option<partyline_room_node::hooks::Hooks>,
 }
 
 fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
@@ -62,7 +64,7 @@ fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
     let node_id = NodeId::new(node_id(&node));
     let mut config = room_node.into_config(node_id, &args.room_node.room_mode)?;
     let hooks = layer(file.webhooks, &args.webhooks)?;
-    config.hooks = crate::config::hooks(&hooks)?;
+    let live_hooks = crate::config::hooks(&hooks)?;
     // With Redis, fencing in Redis replaces the shared directory's file
     // locks; without, nodes share the directory and a room's files are
     // locked while it is loaded.
@@ -74,6 +76,7 @@ fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
         link,
         config,
         hooks,
+        live_hooks,
     })
 }
 
@@ -93,7 +96,10 @@ pub fn effective(
         ("node", effective_node(&prepared.node)),
         ("cluster", effective::cluster(&prepared.cluster)),
         ("link", prepared.link.effective()?),
-        ("room_node", effective::room_node(&prepared.config)),
+        (
+            "room_node",
+            effective::room_node(&prepared.config, prepared.live_hooks.is_some()),
+        ),
         ("remote", serde_json::json!(remote)),
         ("webhooks", effective::webhooks(&prepared.hooks)),
     ])
@@ -110,6 +116,7 @@ pub async fn run(
         cluster: cluster_options,
         link,
         config,
+        live_hooks,
         ..
     } = prepare(&args, file)?;
     let node_id = config.node_id.clone();
@@ -169,7 +176,10 @@ pub async fn run(
     let server = tokio::spawn(partyline_room_node::run(
         listener,
         config,
-        storage,
+        partyline_room_node::Resources {
+            storage,
+            hooks: live_hooks.map(std::sync::Arc::new),
+        },
         slot_map,
         link,
         shutdown.clone(),

@@ -81,9 +81,7 @@ fn not_owner_epoch(status: &Status) -> Option<u64> {
 }
 
 fn client(channel: NodeChannel) -> RoomNodeClient<NodeChannel> {
-    RoomNodeClient::new(channel)
-        .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
-        .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
+    partyline_proto::link::call_client(channel)
 }
 
 /// Server-side calls routed by the gateway's slot map.

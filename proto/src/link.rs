@@ -30,6 +30,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::chunk::{MAX_STREAM_MESSAGE, MAX_UNARY_MESSAGE};
+use crate::pb::room_node_client::RoomNodeClient;
+use crate::pb::room_node_server::{RoomNode, RoomNodeServer};
+
 /// gRPC metadata key the secret travels in.
 pub const AUTHORIZATION: &str = "authorization";
 /// The shortest secret accepted: guessing must be hopeless.
@@ -341,6 +345,36 @@ pub type NodeChannel = InterceptedService<tonic::transport::Channel, SendSecret>
 /// `channel` with `auth`'s secret on every request.
 pub fn node_channel(channel: tonic::transport::Channel, auth: LinkAuth) -> NodeChannel {
     InterceptedService::new(channel, SendSecret(auth))
+}
+
+/// A room node's client for room streams (`OpenRoom`): messages up to
+/// [`MAX_STREAM_MESSAGE`] (a chunk and its envelope; larger payloads
+/// cross in chunks).
+pub fn stream_client(channel: NodeChannel) -> RoomNodeClient<NodeChannel> {
+    RoomNodeClient::new(channel)
+        .max_decoding_message_size(MAX_STREAM_MESSAGE)
+        .max_encoding_message_size(MAX_STREAM_MESSAGE)
+}
+
+/// A room node's client for the unary server-API calls, which carry whole
+/// documents and updates: messages up to [`MAX_UNARY_MESSAGE`].
+pub fn call_client(channel: NodeChannel) -> RoomNodeClient<NodeChannel> {
+    RoomNodeClient::new(channel)
+        .max_decoding_message_size(MAX_UNARY_MESSAGE)
+        .max_encoding_message_size(MAX_UNARY_MESSAGE)
+}
+
+/// The room node's gRPC service behind the link-secret check, taking
+/// messages up to [`MAX_UNARY_MESSAGE`] (its unary calls carry whole
+/// documents; its streams carry chunks).
+pub fn room_node_server<S: RoomNode>(
+    service: S,
+    auth: LinkAuth,
+) -> InterceptedService<RoomNodeServer<S>, RequireSecret> {
+    let server = RoomNodeServer::new(service)
+        .max_decoding_message_size(MAX_UNARY_MESSAGE)
+        .max_encoding_message_size(MAX_UNARY_MESSAGE);
+    InterceptedService::new(server, RequireSecret(auth))
 }
 
 #[cfg(test)]

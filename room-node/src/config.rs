@@ -253,7 +253,6 @@ impl RoomNodeSettings {
             room_queue: self.room_queue,
             room_locks: false,
             room_lock_timeout: DEFAULT_ROOM_LOCK_TIMEOUT,
-            hooks: None,
             limits: crate::protocol::SyncLimits {
                 max_type_depth: self.max_type_depth,
                 awareness_max_clients: self.awareness_max_clients,
@@ -363,9 +362,6 @@ pub struct RoomNodeConfig {
     pub room_locks: bool,
     /// How long loading a room waits for another node to release its lock.
     pub room_lock_timeout: Duration,
-    /// Webhooks to the app (state callback, initial content); `None` when
-    /// neither URL is configured.
-    pub hooks: Option<crate::hooks::Hooks>,
     /// What a room takes from its sessions: type nesting, awareness ids
     /// and bytes per session.
     pub limits: crate::protocol::SyncLimits,

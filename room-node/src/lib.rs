@@ -34,18 +34,37 @@ mod fuzz_tests;
 
 use std::sync::Arc;
 
-use partyline_proto::link::{LinkAuth, RequireSecret};
-use partyline_proto::pb::room_node_server::RoomNodeServer;
+use partyline_proto::link::LinkAuth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
 
 pub use config::{RoomMode, RoomNodeConfig, RoomPolicy};
+
+/// What a room node works with beside its settings, built by the caller:
+/// where rooms are stored, and the app's webhooks (state callback, initial
+/// content; `None` when neither URL is configured). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// The rooms' logs and snapshots.
+    pub storage: storage::NodeStorage,
+    /// The app's webhooks.
+    pub hooks: Option<std::sync::Arc<hooks::Hooks>>,
+}
+
+impl Resources {
+    /// `storage` and no webhooks.
+    pub fn new(storage: storage::NodeStorage) -> Self {
+        Self {
+            storage,
+            hooks: None,
+        }
+    }
+}
 pub use ownership::{Ownership, SlotMapWatch};
 
 /// Serves the room node on `listener` until `shutdown` is cancelled,
-/// keeping rooms in `storage` and releasing them as the slot map moves
+/// keeping rooms in `resources`' storage and releasing them as the slot map moves
 /// them away. Every request must carry `link`'s secret (UNAUTHENTICATED
 /// otherwise). With file storage the caller holds the
 /// [`storage::DataDirLock`] of `config.data_dir`, or sets
@@ -53,14 +72,14 @@ pub use ownership::{Ownership, SlotMapWatch};
 pub async fn run(
     listener: TcpListener,
     config: RoomNodeConfig,
-    storage: storage::NodeStorage,
+    resources: Resources,
     slot_map: SlotMapWatch,
     link: LinkAuth,
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
-    if let Some(sync_queue) = storage.sync_queue() {
+    if let Some(sync_queue) = resources.storage.sync_queue() {
         tracker.spawn(sync_logs(
             sync_queue,
             config.fsync_interval,
@@ -73,7 +92,7 @@ pub async fn run(
     let registry = registry::Registry::new(
         config.clone(),
         ownership.clone(),
-        storage,
+        resources,
         tracker.clone(),
         shutdown.clone(),
     );
@@ -83,12 +102,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let service = service::RoomNodeService::new(registry, ownership, config.link_queue);
-    let server = RoomNodeServer::new(service)
-        // Room streams carry chunks; the unary calls carry whole documents
-        // and updates (the room's own size limit bounds them).
-        .max_decoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE)
-        .max_encoding_message_size(partyline_proto::chunk::MAX_UNARY_MESSAGE);
-    let server = InterceptedService::new(server, RequireSecret(link));
+    let server = partyline_proto::link::room_node_server(service, link);
     grpc::serve(listener, tonic::service::Routes::new(server), shutdown).await;
     tracker.close();
     tracker.wait().await;

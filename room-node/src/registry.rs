@@ -23,7 +23,7 @@ use crate::ownership::{NotOwner, Ownership};
 use crate::room::{
     self, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
 };
-use crate::storage::NodeStorage;
+use crate::Resources;
 
 /// Why a link could not attach to a room.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub struct Registry {
     rooms: Directory<RoomHandle>,
     config: Arc<RoomNodeConfig>,
     ownership: Ownership,
-    storage: NodeStorage,
+    resources: Resources,
     tracker: TaskTracker,
     cancel: CancellationToken,
     /// Returns freed memory to the OS after unloads; `None` when off.
@@ -74,7 +74,7 @@ impl Registry {
     pub fn new(
         config: Arc<RoomNodeConfig>,
         ownership: Ownership,
-        storage: NodeStorage,
+        resources: Resources,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -85,7 +85,7 @@ impl Registry {
             rooms: Directory::new(),
             config,
             ownership,
-            storage,
+            resources,
             tracker,
             cancel,
             trimmer,
@@ -165,14 +165,18 @@ impl Registry {
         }
     }
 
-    /// Rooms with stored state (see [`NodeStorage::list_rooms`]).
+    /// Rooms with stored state (see
+    /// [`crate::storage::NodeStorage::list_rooms`]).
     pub async fn list_rooms(
         &self,
         prefix: &str,
         after: &str,
         limit: usize,
     ) -> Result<(Vec<String>, bool), crate::storage::StorageError> {
-        self.storage.list_rooms(prefix, after, limit).await
+        self.resources
+            .storage
+            .list_rooms(prefix, after, limit)
+            .await
     }
 
     /// Persistence mode of `room` by its name.
@@ -208,6 +212,7 @@ impl Registry {
             }
             if !create && !self.is_loaded(room) {
                 let stored = self
+                    .resources
                     .storage
                     .has_state(&self.config, room)
                     .await
@@ -260,7 +265,7 @@ impl Registry {
             let (handle, actor) = room::spawn_actor(
                 room.clone(),
                 self.config.clone(),
-                self.storage.clone(),
+                self.resources.clone(),
                 epoch,
                 self.cancel.child_token(),
             );
@@ -459,11 +464,11 @@ mod tests {
     fn registry(id: &str, dir: &std::path::Path) -> (MapTx, Registry) {
         let config = Arc::new(RoomNodeConfig::new(NodeId::new(id), dir.to_owned()));
         let (map_tx, ownership) = owner_of_everything(id);
-        let storage = NodeStorage::files(&config);
+        let resources = Resources::new(crate::storage::NodeStorage::files(&config));
         let registry = Registry::new(
             config,
             ownership,
-            storage,
+            resources,
             TaskTracker::new(),
             CancellationToken::new(),
         );
@@ -623,7 +628,7 @@ mod tests {
         Registry::new(
             Arc::new(config),
             ownership,
-            NodeStorage::memory(memory.clone()),
+            Resources::new(crate::storage::NodeStorage::memory(memory.clone())),
             TaskTracker::new(),
             CancellationToken::new(),
         )

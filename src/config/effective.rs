@@ -72,7 +72,7 @@ pub fn gateway(config: &partyline_gateway::GatewayConfig) -> Value {
 
 /// The room node's settings (its remote storage and hooks are printed
 /// beside it: `remote`, `webhooks`).
-pub fn room_node(config: &partyline_room_node::RoomNodeConfig) -> Value {
+pub fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: bool) -> Value {
     let modes: Vec<Value> = config
         .modes
         .iter()
@@ -111,7 +111,7 @@ pub fn room_node(config: &partyline_room_node::RoomNodeConfig) -> Value {
         "room_queue": config.room_queue,
         "room_locks": config.room_locks,
         "room_lock_timeout": duration(config.room_lock_timeout),
-        "hooks": config.hooks.is_some(),
+        "hooks": hooks,
         "limits": {
             "max_type_depth": config.limits.max_type_depth,
             "awareness_max_clients": config.limits.awareness_max_clients,

@@ -30,7 +30,7 @@ async fn room_node(
     tokio::spawn(partyline_room_node::run(
         listener,
         config,
-        storage,
+        partyline_room_node::Resources::new(storage),
         map,
         link(),
         shutdown.clone(),

@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use partyline_proto::chunk::MAX_STREAM_MESSAGE;
 use partyline_proto::close;
-use partyline_proto::pb::{self, gateway_frame, node_frame, room_node_client::RoomNodeClient};
+use partyline_proto::pb::{self, gateway_frame, node_frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -164,9 +163,7 @@ async fn open_room_stream(
             .try_send(pb::GatewayFrame { kind: Some(kind) })
             .map_err(|e| OpenError::Failed(e.to_string()))?;
     }
-    let mut client = RoomNodeClient::new(channel)
-        .max_decoding_message_size(MAX_STREAM_MESSAGE)
-        .max_encoding_message_size(MAX_STREAM_MESSAGE);
+    let mut client = partyline_proto::link::stream_client(channel);
     let mut from_node = client
         .open_room(ReceiverStream::new(rx))
         .await

@@ -21,13 +21,14 @@ use super::pending::PendingLog;
 use super::snapshots::Snapshots;
 use crate::config::RoomNodeConfig;
 use crate::protocol::SyncRoom;
-use crate::storage::{self, LoadError, NodeStorage};
+use crate::storage::{self, LoadError};
+use crate::Resources;
 
 /// Starts loading `room` and returns its handle and actor future.
 pub fn spawn_actor(
     room: RoomName,
     config: Arc<RoomNodeConfig>,
-    storage: NodeStorage,
+    resources: Resources,
     epoch: Epoch,
     cancel: CancellationToken,
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
@@ -37,7 +38,7 @@ pub fn spawn_actor(
         let started = Instant::now();
         // Rare states are boxed: a future is as large as its largest
         // state, and every live room holds one.
-        let loaded = Box::pin(load_with_initial_content(&config, &storage, &room, epoch)).await;
+        let loaded = Box::pin(load_with_initial_content(&config, &resources, &room, epoch)).await;
         metrics
             .room_loads
             .add(1, &crate::telemetry::result(loaded.is_ok()));
@@ -51,7 +52,7 @@ pub fn spawn_actor(
         metrics.rooms_loaded.add(1, &[]);
         // Built outside this future: a local `Loaded` would stay in it
         // beside the running actor.
-        actor_of(loaded, room, config, epoch, cancel, rx)
+        actor_of(loaded, &resources, room, config, epoch, cancel, rx)
             .run()
             .await
     };
@@ -61,6 +62,7 @@ pub fn spawn_actor(
 /// The actor of a loaded room.
 fn actor_of(
     loaded: storage::Loaded,
+    resources: &Resources,
     room: RoomName,
     config: Arc<RoomNodeConfig>,
     epoch: Epoch,
@@ -83,7 +85,7 @@ fn actor_of(
             config.snapshot_log_updates,
         ),
         awareness: AwarenessThrottle::new(policy.awareness_throttle),
-        callback: StateCallback::new(config.hooks.as_ref(), stores),
+        callback: StateCallback::new(resources.hooks.as_deref(), stores),
         links: Links::default(),
         doc_bytes: measured.state_bytes,
         room,
@@ -105,12 +107,12 @@ fn actor_of(
 /// the hook is asked once per room.
 pub(super) async fn load_with_initial_content(
     config: &RoomNodeConfig,
-    storage: &NodeStorage,
+    resources: &Resources,
     room: &RoomName,
     epoch: Epoch,
 ) -> Result<storage::Loaded, LoadError> {
-    let mut loaded = storage.load(config, room, epoch).await?;
-    let Some(hooks) = &config.hooks else {
+    let mut loaded = resources.storage.load(config, room, epoch).await?;
+    let Some(hooks) = &resources.hooks else {
         return Ok(loaded);
     };
     if loaded.stored || config.mode_of(room.as_str()) == crate::config::RoomMode::Ephemeral {
@@ -147,7 +149,7 @@ mod tests {
         let (_handle, actor) = super::spawn_actor(
             partyline_proto::RoomName::new("x").unwrap(),
             config.clone(),
-            crate::storage::NodeStorage::files(&config),
+            crate::Resources::new(crate::storage::NodeStorage::files(&config)),
             partyline_proto::Epoch::NONE,
             tokio_util::sync::CancellationToken::new(),
         );

@@ -55,7 +55,9 @@ async fn serve_gateway(
     tokio::spawn(partyline_room_node::run(
         grpc,
         config,
-        partyline_room_node::storage::NodeStorage::remote(storage),
+        partyline_room_node::Resources::new(partyline_room_node::storage::NodeStorage::remote(
+            storage,
+        )),
         map_rx.clone(),
         super::test_link(),
         shutdown.clone(),
