@@ -227,16 +227,16 @@ impl Hooks {
             "data": json,
         }))
         .expect("a JSON value serializes");
-        let mut delay = RETRY_FIRST;
+        let mut backoff = crate::backoff::Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut attempt = 0;
         loop {
             match self.post_once(url, &body).await {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt >= self.config.callback_retries => return Err(error),
                 Err(error) => {
+                    let delay = backoff.next_pause();
                     tracing::warn!(room, %error, retry_in = ?delay, "state callback failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
                     attempt += 1;
                 }
             }

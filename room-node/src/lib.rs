@@ -13,6 +13,7 @@
 //! [`run`] serves gRPC on a listener until the shutdown token fires, then
 //! waits for every room to write its final snapshot.
 
+pub mod backoff;
 pub mod config;
 pub mod decoding;
 pub mod depth;

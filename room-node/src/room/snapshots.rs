@@ -12,11 +12,12 @@ use partyline_proto::RoomName;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::protocol::SyncRoom;
 use crate::storage::{RoomStorage, StorageError};
 
 /// First delay before retrying a failed snapshot; doubles up to
-/// [`SNAPSHOT_RETRY_MAX`].
+/// [`SNAPSHOT_RETRY_MAX`], jittered ([`crate::backoff`]).
 const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest delay between snapshot retries.
 const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -55,8 +56,10 @@ pub(super) struct SnapshotSchedule {
     in_flight: Growth,
     /// Updates were logged since the last snapshot began.
     dirty: bool,
-    /// After a failure: when to try again, and the current delay.
-    retry: Option<(Instant, Duration)>,
+    /// After a failure: when to try again.
+    retry_at: Option<Instant>,
+    /// The retry delays.
+    backoff: Backoff,
     /// The room's last session left: a snapshot trigger.
     emptied: bool,
     /// When this node last wrote a snapshot of the room.
@@ -73,10 +76,19 @@ impl SnapshotSchedule {
             since: Growth::default(),
             in_flight: Growth::default(),
             dirty: false,
-            retry: None,
+            retry_at: None,
+            backoff: Backoff::new(SNAPSHOT_RETRY_MIN, SNAPSHOT_RETRY_MAX),
             emptied: false,
             last: None,
         }
+    }
+
+    /// The same schedule with plain doubling retry delays (tests that
+    /// check exact times).
+    #[cfg(test)]
+    fn without_jitter(mut self) -> Self {
+        self.backoff = self.backoff.without_jitter();
+        self
     }
 
     /// `updates` entries of `bytes` were appended to the log.
@@ -105,7 +117,7 @@ impl SnapshotSchedule {
     /// failure asked to wait; `false`: none now. The caller makes sure
     /// none is running and every update is in the log.
     pub(super) fn begin(&mut self, now: Instant) -> bool {
-        if !self.dirty || self.retry.is_some_and(|(at, _)| now < at) {
+        if !self.dirty || self.retry_at.is_some_and(|at| now < at) {
             return false;
         }
         self.dirty = false;
@@ -114,8 +126,8 @@ impl SnapshotSchedule {
     }
 
     /// Books the running snapshot's end at `now`; after a failure, returns
-    /// when to retry (the delay doubles from 1 s up to 30 s, and the room
-    /// stays dirty).
+    /// when to retry (the delay doubles from 1 s up to 30 s, jittered, and
+    /// the room stays dirty).
     pub(super) fn finished(&mut self, finished: Finished, now: Instant) -> Option<Instant> {
         let covered = std::mem::take(&mut self.in_flight);
         match finished {
@@ -123,18 +135,17 @@ impl SnapshotSchedule {
             Finished::Fenced => None,
             Finished::Written => {
                 self.last = Some(SystemTime::now());
-                self.retry = None;
+                self.retry_at = None;
+                self.backoff.reset();
                 None
             }
             Finished::Failed => {
                 self.dirty = true;
                 self.since.bytes += covered.bytes;
                 self.since.updates += covered.updates;
-                let delay = self.retry.map_or(SNAPSHOT_RETRY_MIN, |(_, delay)| {
-                    (delay * 2).min(SNAPSHOT_RETRY_MAX)
-                });
-                self.retry = Some((now + delay, delay));
-                Some(now + delay)
+                let retry_at = now + self.backoff.next_pause();
+                self.retry_at = Some(retry_at);
+                Some(retry_at)
             }
         }
     }
@@ -147,7 +158,7 @@ impl SnapshotSchedule {
 
     /// When a failed snapshot is retried, if one failed.
     pub(super) fn retry_at(&self) -> Option<Instant> {
-        self.retry.map(|(at, _)| at)
+        self.retry_at
     }
 
     /// When this node last wrote a snapshot of the room.
@@ -323,7 +334,7 @@ mod tests {
     use super::*;
 
     fn schedule() -> SnapshotSchedule {
-        SnapshotSchedule::new(1000, 10)
+        SnapshotSchedule::new(1000, 10).without_jitter()
     }
 
     #[tokio::test(start_paused = true)]

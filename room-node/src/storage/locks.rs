@@ -58,13 +58,13 @@ impl RoomLock {
             .open(&path)
             .map_err(io_err("open room lock", &path))?;
         let deadline = std::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(Self { _file: file }),
                 Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    std::thread::sleep(backoff.next_pause());
                 }
                 Err(fs::TryLockError::WouldBlock) => {
                     return Err(StoreError::RoomBusy(room.to_owned()))
