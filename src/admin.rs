@@ -17,7 +17,7 @@ use crate::CommonArgs;
 
 /// `partyline admin` flags.
 #[derive(Debug, clap::Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
@@ -101,7 +101,7 @@ enum AdminCommand {
 }
 
 /// Runs one admin command.
-pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let options = layer(file.cluster, &args.cluster)?.build()?;
     let link = file.link.layered(&args.link)?;

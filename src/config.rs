@@ -20,19 +20,19 @@ use anyhow::Context;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::json;
 
-pub mod effective;
-pub mod flags;
+pub(crate) mod effective;
+pub(crate) mod flags;
 #[cfg(test)]
 mod tests;
 
-pub use crate::telemetry::TelemetrySettings;
-pub use partyline_coordinator::CoordinatorConfig;
-pub use partyline_gateway::config::{AuthSettings, GatewaySettings};
-pub use partyline_room_node::config::{NodeSettings, RoomNodeSettings};
-pub use partyline_room_node::hooks::HooksConfig;
+pub(crate) use crate::telemetry::TelemetrySettings;
+pub(crate) use partyline_coordinator::CoordinatorConfig;
+pub(crate) use partyline_gateway::config::{AuthSettings, GatewaySettings};
+pub(crate) use partyline_room_node::config::{NodeSettings, RoomNodeSettings};
+pub(crate) use partyline_room_node::hooks::HooksConfig;
 
 /// Schemes of an HTTP endpoint setting (webhooks, JWKS, OTLP, `--advertise`).
-pub const HTTP_SCHEMES: &[&str] = &["http", "https"];
+pub(crate) const HTTP_SCHEMES: &[&str] = &["http", "https"];
 /// Schemes `--nats` takes (async-nats; a bare `host:port` means `nats://`).
 const NATS_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
 /// Schemes `--redis` takes (the redis crate's).
@@ -48,7 +48,7 @@ const STORE_SCHEMES: &[&str] = &[
 /// (and a host when `needs_host`). Every address is checked at start-up so
 /// that a typo stops the process there with the flag's name, instead of
 /// surfacing later as "unreachable" far from its cause.
-pub fn check_url(
+pub(crate) fn check_url(
     flag: &str,
     value: &str,
     schemes: &[&str],
@@ -84,7 +84,7 @@ pub fn check_url(
 /// The config file: every section, defaults filled in for what it omits.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// `[gateway]`.
     pub gateway: GatewaySettings,
     /// `[room_node]`.
@@ -107,7 +107,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// Reads `path`, or defaults when there is none.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
@@ -121,7 +121,7 @@ impl FileConfig {
 /// `flags` holds laid over it: the one merge of every section. `flags`
 /// serializes with the file's key names, `None` for what neither a flag
 /// nor its env var gave; clap has parsed and checked each value already.
-pub fn layer<T: Serialize + DeserializeOwned>(
+pub(crate) fn layer<T: Serialize + DeserializeOwned>(
     section: T,
     flags: &impl Serialize,
 ) -> anyhow::Result<T> {
@@ -138,7 +138,7 @@ pub fn layer<T: Serialize + DeserializeOwned>(
 }
 
 /// Checks a `--redis` URL (room nodes and `partyline admin`).
-pub fn check_redis(url: &str) -> anyhow::Result<()> {
+pub(crate) fn check_redis(url: &str) -> anyhow::Result<()> {
     let parsed = check_url("--redis", url, REDIS_SCHEMES, false)?;
     if matches!(parsed.scheme(), "redis" | "rediss" | "valkey" | "valkeys") {
         check_url("--redis", url, REDIS_SCHEMES, true)?;
@@ -148,14 +148,14 @@ pub fn check_redis(url: &str) -> anyhow::Result<()> {
 
 /// Checks a `--store` URL (room nodes and `partyline admin`); the store
 /// itself says later whether it can reach the place.
-pub fn check_store(url: &str) -> anyhow::Result<()> {
+pub(crate) fn check_store(url: &str) -> anyhow::Result<()> {
     check_url("--store", url, STORE_SCHEMES, false).map(drop)
 }
 
 /// The machine's host name, the default node id: stable across restarts
 /// and unique per container. Linux's `/proc/sys/kernel/hostname`, else the
 /// `HOSTNAME` (Unix shells) or `COMPUTERNAME` (Windows) variable.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -168,7 +168,7 @@ pub fn host_name() -> String {
 /// `[cluster]`: where the cluster's NATS is.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ClusterSettings {
+pub(crate) struct ClusterSettings {
     /// NATS server URL(s), comma-separated.
     pub nats: Option<String>,
     /// Namespace of the cluster's NATS buckets and subjects.
@@ -178,7 +178,7 @@ pub struct ClusterSettings {
 impl ClusterSettings {
     /// Typed options; each `--nats` entry is checked as async-nats will
     /// read it (`host:port` alone means `nats://host:port`).
-    pub fn build(&self) -> anyhow::Result<partyline_coordinator::cluster::ClusterOptions> {
+    pub(crate) fn build(&self) -> anyhow::Result<partyline_coordinator::cluster::ClusterOptions> {
         if let Some(nats) = &self.nats {
             anyhow::ensure!(!nats.trim().is_empty(), "--nats is empty");
             for entry in nats.split(',').map(str::trim) {
@@ -206,7 +206,7 @@ impl ClusterSettings {
 /// link, and room nodes' heartbeat proofs).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LinkSettings {
+pub(crate) struct LinkSettings {
     /// File of the shared link secret, one per line.
     pub grpc_secret_file: Option<PathBuf>,
     /// `--insecure-no-grpc-secret` (a flag only).
@@ -216,7 +216,7 @@ pub struct LinkSettings {
 
 impl LinkSettings {
     /// The file's `[link]` under `--grpc-secret-file` and `--insecure-no-grpc-secret`.
-    pub fn layered(self, flags: &flags::LinkFlags) -> anyhow::Result<Self> {
+    pub(crate) fn layered(self, flags: &flags::LinkFlags) -> anyhow::Result<Self> {
         Ok(Self {
             insecure_no_grpc_secret: flags.insecure_no_grpc_secret,
             ..layer(self, flags)?
@@ -225,7 +225,7 @@ impl LinkSettings {
 
     /// The link's authentication: the secret file, watched until
     /// `shutdown`, or none when the operator said so.
-    pub async fn build(
+    pub(crate) async fn build(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<partyline_proto::link::LinkAuth> {
@@ -247,7 +247,7 @@ impl LinkSettings {
     }
 
     /// `--print-effective-config`'s `link`.
-    pub fn effective(&self) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn effective(&self) -> anyhow::Result<serde_json::Value> {
         self.check()?;
         Ok(json!({
             "grpc_secret_file": self.grpc_secret_file,
@@ -256,7 +256,7 @@ impl LinkSettings {
     }
 
     /// Exactly one of a secret file and `--insecure-no-grpc-secret`.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         match (&self.grpc_secret_file, self.insecure_no_grpc_secret) {
             (Some(_), true) => {
                 anyhow::bail!("give --grpc-secret-file or --insecure-no-grpc-secret, not both")
@@ -274,7 +274,7 @@ impl LinkSettings {
 
 /// The webhooks' URLs checked, naming the flag of a bad one, and their
 /// settings validated.
-pub fn check_webhooks(config: &HooksConfig) -> anyhow::Result<()> {
+pub(crate) fn check_webhooks(config: &HooksConfig) -> anyhow::Result<()> {
     for (flag, url) in [
         ("--callback-url", &config.callback_url),
         ("--load-url", &config.load_url),
@@ -287,7 +287,9 @@ pub fn check_webhooks(config: &HooksConfig) -> anyhow::Result<()> {
 }
 
 /// The room node's hooks, checked; `None` when neither URL is set.
-pub fn hooks(config: &HooksConfig) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
+pub(crate) fn hooks(
+    config: &HooksConfig,
+) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {
     check_webhooks(config)?;
     if !config.any() {
         return Ok(None);
@@ -304,7 +306,7 @@ pub fn hooks(config: &HooksConfig) -> anyhow::Result<Option<partyline_room_node:
 
 /// Checks the auth URLs, naming the flag of a bad one, and that a mode
 /// was chosen unless `allow_none` (dev, or `--insecure-no-auth`).
-pub fn check_auth(auth: &AuthSettings, allow_none: bool) -> anyhow::Result<()> {
+pub(crate) fn check_auth(auth: &AuthSettings, allow_none: bool) -> anyhow::Result<()> {
     for (flag, url) in [
         ("--jwks-url", &auth.jwks_url),
         ("--webhook-url", &auth.webhook_url),
@@ -318,7 +320,7 @@ pub fn check_auth(auth: &AuthSettings, allow_none: bool) -> anyhow::Result<()> {
 
 /// The authorizer; `none` only when `allow_none` (dev, or the
 /// operator said `--insecure-no-auth`).
-pub async fn authorizer(
+pub(crate) async fn authorizer(
     auth: &AuthSettings,
     allow_none: bool,
 ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
@@ -371,7 +373,7 @@ pub async fn authorizer(
 }
 
 /// `--print-effective-config`'s `auth`.
-pub fn effective_auth(auth: &AuthSettings) -> serde_json::Value {
+pub(crate) fn effective_auth(auth: &AuthSettings) -> serde_json::Value {
     let mut value = json!(auth);
     value["mode"] = auth.mode().into();
     value["jwt_secret"] = effective::secret(auth.jwt_secret.as_deref());

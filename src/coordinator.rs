@@ -12,7 +12,7 @@ use crate::ServeArgs;
 
 /// `partyline coordinator` flags.
 #[derive(Debug, clap::Args)]
-pub struct CoordinatorArgs {
+pub(crate) struct CoordinatorArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
@@ -49,7 +49,7 @@ fn prepare(args: &CoordinatorArgs, file: FileConfig) -> anyhow::Result<Prepared>
 }
 
 /// `--print-effective-config`'s sections.
-pub fn effective(
+pub(crate) fn effective(
     args: &CoordinatorArgs,
     file: FileConfig,
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
@@ -65,7 +65,7 @@ pub fn effective(
 }
 
 /// Runs until SIGTERM/SIGINT (a leader hands its lease back on the way out).
-pub async fn run(
+pub(crate) async fn run(
     args: CoordinatorArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,

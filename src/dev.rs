@@ -18,7 +18,7 @@ use crate::ServeArgs;
 
 /// `partyline dev` flags.
 #[derive(Debug, clap::Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Port to listen on, on loopback (both 127.0.0.1 and ::1, so
     /// `localhost` works whichever a client resolves), as `partykit dev`
     /// does; `--listen` names an exact address instead [default: 1999].
@@ -73,7 +73,7 @@ fn prepare(args: &DevArgs, file: FileConfig) -> anyhow::Result<Prepared> {
 }
 
 /// `--print-effective-config`'s sections.
-pub fn effective(
+pub(crate) fn effective(
     args: &DevArgs,
     file: FileConfig,
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
@@ -92,7 +92,7 @@ pub fn effective(
 
 /// Runs until SIGINT/SIGTERM/SIGHUP, then shuts down gracefully: client sockets
 /// closed with 1001, every dirty room snapshotted.
-pub async fn run(
+pub(crate) async fn run(
     args: DevArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,

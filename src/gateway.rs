@@ -14,7 +14,7 @@ use crate::ServeArgs;
 
 /// `partyline gateway` flags.
 #[derive(Debug, clap::Args)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
@@ -60,7 +60,7 @@ fn prepare(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Prepared> {
 }
 
 /// `--print-effective-config`'s sections.
-pub fn effective(
+pub(crate) fn effective(
     args: &GatewayArgs,
     file: FileConfig,
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
@@ -83,7 +83,7 @@ pub fn effective(
 }
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(
+pub(crate) async fn run(
     args: GatewayArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,

@@ -17,11 +17,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A role's readiness: `Ok` when it can do its job, else why not.
-pub type Readiness =
+pub(crate) type Readiness =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Wraps an async check as a [`Readiness`].
-pub fn readiness<F, Fut>(check: F) -> Readiness
+pub(crate) fn readiness<F, Fut>(check: F) -> Readiness
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -30,7 +30,7 @@ where
 }
 
 /// A room node's readiness ([`partyline_room_node::check_ready`]).
-pub fn room_node_readiness(
+pub(crate) fn room_node_readiness(
     node_id: &partyline_proto::NodeId,
     storage: &partyline_room_node::storage::NodeStorage,
     slot_map: &partyline_room_node::SlotMapWatch,
@@ -49,7 +49,7 @@ struct Ops {
 
 /// Binds `addr` and serves the endpoint until `shutdown`; prints the bound
 /// address (for `:0`).
-pub async fn start(
+pub(crate) async fn start(
     addr: SocketAddr,
     registry: prometheus::Registry,
     ready: Readiness,

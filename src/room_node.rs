@@ -20,7 +20,7 @@ use crate::ServeArgs;
 
 /// `partyline room-node` flags.
 #[derive(Debug, clap::Args)]
-pub struct RoomNodeArgs {
+pub(crate) struct RoomNodeArgs {
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
@@ -81,7 +81,7 @@ fn prepare(args: &RoomNodeArgs, file: FileConfig) -> anyhow::Result<Prepared> {
 }
 
 /// `--print-effective-config`'s sections.
-pub fn effective(
+pub(crate) fn effective(
     args: &RoomNodeArgs,
     file: FileConfig,
 ) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
@@ -106,7 +106,7 @@ pub fn effective(
 }
 
 /// Runs until SIGTERM/SIGINT, then drains (see the module doc).
-pub async fn run(
+pub(crate) async fn run(
     args: RoomNodeArgs,
     file: FileConfig,
     serving: crate::telemetry::Serving,

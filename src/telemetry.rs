@@ -21,13 +21,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 const MAX_LABEL_SETS: usize = 64;
 
 /// Default for [`TelemetrySettings::trace_sample_ratio`].
-pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.05;
+pub(crate) const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.05;
 
 /// `[telemetry]`: metrics, health and traces of a serving role
 /// (docs/operations.md).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TelemetrySettings {
+pub(crate) struct TelemetrySettings {
     /// Where /metrics, /healthz and /readyz are served; `None`: not served.
     pub ops_listen: Option<std::net::SocketAddr>,
     /// OTLP/gRPC collector; `None` (or empty): no export.
@@ -49,7 +49,10 @@ impl Default for TelemetrySettings {
 impl TelemetrySettings {
     /// The file's `[telemetry]` under the flags; an empty endpoint (e.g.
     /// an unset variable in a compose file) is none.
-    pub fn layered(self, flags: &crate::config::flags::TelemetryFlags) -> anyhow::Result<Self> {
+    pub(crate) fn layered(
+        self,
+        flags: &crate::config::flags::TelemetryFlags,
+    ) -> anyhow::Result<Self> {
         let mut settings = crate::config::layer(self, flags)?;
         settings.otlp_endpoint = settings
             .otlp_endpoint
@@ -58,7 +61,7 @@ impl TelemetrySettings {
     }
 
     /// Checks the OTLP endpoint (naming the flag) and the sample ratio.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if let Some(endpoint) = &self.otlp_endpoint {
             let schemes = crate::config::HTTP_SCHEMES;
             crate::config::check_url("--otlp-endpoint", endpoint, schemes, true)?;
@@ -71,7 +74,7 @@ impl TelemetrySettings {
     }
 
     /// `--print-effective-config`'s `telemetry`, checked.
-    pub fn effective(&self) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn effective(&self) -> anyhow::Result<serde_json::Value> {
         self.validate()?;
         Ok(serde_json::json!(self))
     }
@@ -81,7 +84,7 @@ impl TelemetrySettings {
 const OTLP_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The installed telemetry of this process.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     registry: prometheus::Registry,
     meters: SdkMeterProvider,
     tracers: Option<SdkTracerProvider>,
@@ -103,7 +106,7 @@ where
 }
 
 /// Logs to stderr only (commands that serve nothing: admin, bench).
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     tracing_subscriber::registry()
         .with(env_filter())
         .with(fmt_layer())
@@ -115,7 +118,7 @@ impl Telemetry {
     /// `service` (`partyline-gateway`, …). Runs inside the tokio runtime:
     /// the OTLP exporters use it. `sample_ratio` of client frames start a
     /// trace.
-    pub fn init(
+    pub(crate) fn init(
         service: &'static str,
         otlp_endpoint: Option<&str>,
         sample_ratio: f64,
@@ -188,17 +191,17 @@ impl Telemetry {
     }
 
     /// Whether traces are exported (client frames then carry spans).
-    pub fn traces(&self) -> bool {
+    pub(crate) fn traces(&self) -> bool {
         self.tracers.is_some()
     }
 
     /// The registry `/metrics` renders.
-    pub fn registry(&self) -> prometheus::Registry {
+    pub(crate) fn registry(&self) -> prometheus::Registry {
         self.registry.clone()
     }
 
     /// Flushes what is buffered (spans, the last metrics) before exit.
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Some(tracers) = self.tracers {
             if let Err(error) = tracers.shutdown() {
                 eprintln!("flushing spans failed: {error}");
@@ -212,7 +215,7 @@ impl Telemetry {
 
 /// What a serving role gets from `main`: its metrics registry, whether
 /// client frames are traced, and where to serve the ops endpoint.
-pub struct Serving {
+pub(crate) struct Serving {
     /// The registry `/metrics` renders.
     pub registry: prometheus::Registry,
     /// Whether traces are exported.
@@ -224,7 +227,7 @@ pub struct Serving {
 impl Serving {
     /// Serves `/metrics`, `/healthz` and `/readyz` (with `ready`) until
     /// `shutdown`, when `--ops-listen` is set.
-    pub async fn start_ops(
+    pub(crate) async fn start_ops(
         &self,
         ready: crate::ops::Readiness,
         shutdown: tokio_util::sync::CancellationToken,
@@ -238,7 +241,7 @@ impl Serving {
 
 /// Runs a serving role with telemetry installed from `settings`, then
 /// flushes it.
-pub async fn serve<F, Fut>(
+pub(crate) async fn serve<F, Fut>(
     service: &'static str,
     settings: TelemetrySettings,
     run: F,

@@ -46,7 +46,7 @@ const WRITE_BATCH: usize = 64;
 /// One encoded server-to-client WebSocket frame (unmasked, so the same
 /// bytes go to every client).
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub(crate) struct Frame {
     bytes: Bytes,
     /// A SyncStep2: the answer to a client's SyncStep1.
     answer: bool,
@@ -57,7 +57,7 @@ impl Frame {
     /// single final frame. A text payload that is not UTF-8 gives `None`:
     /// it came from a client's text frame, and a frame the client would
     /// misread is worse than none.
-    pub fn encode(payload: &[u8], text: bool) -> Option<Self> {
+    pub(crate) fn encode(payload: &[u8], text: bool) -> Option<Self> {
         if text && std::str::from_utf8(payload).is_err() {
             return None;
         }
@@ -91,7 +91,7 @@ struct Queued {
 /// The socket's queue was full: the client is too slow and should be
 /// closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub(crate) struct Full;
 
 #[derive(Debug, Default)]
 struct State {
@@ -113,7 +113,7 @@ struct State {
 
 /// The write side of one client socket; share it with `Arc`.
 #[derive(Debug)]
-pub struct ClientSocket {
+pub(crate) struct ClientSocket {
     stream: OwnedWriteHalf,
     state: Mutex<State>,
     /// Wakes the session task: frames are queued or a close was asked for.
@@ -125,7 +125,7 @@ pub struct ClientSocket {
 impl ClientSocket {
     /// A socket that queues at most `capacity` frames behind the kernel
     /// (and no byte limit until [`Self::max_bytes`]).
-    pub fn new(stream: OwnedWriteHalf, capacity: usize) -> Self {
+    pub(crate) fn new(stream: OwnedWriteHalf, capacity: usize) -> Self {
         Self {
             stream,
             state: Mutex::default(),
@@ -136,7 +136,7 @@ impl ClientSocket {
     }
 
     /// Also queues at most `max_bytes` of frames other than one sync answer.
-    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+    pub(crate) fn max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
         self
     }
@@ -148,7 +148,7 @@ impl ClientSocket {
 
     /// Sends one frame now if the kernel takes it, else queues it for the
     /// session task. `Err(Full)` when the client is too far behind.
-    pub fn send(&self, frame: &Frame) -> Result<(), Full> {
+    pub(crate) fn send(&self, frame: &Frame) -> Result<(), Full> {
         let mut state = self.state();
         if state.close.is_some() || state.failed {
             return Ok(());
@@ -195,32 +195,35 @@ impl ClientSocket {
 
     /// Asks the session to close after the frames already queued. The
     /// first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         self.state().close.get_or_insert(reason);
         self.wake.notify_one();
     }
 
     /// Waits until frames are queued, a close was asked for or a write
     /// failed. Cancel safe.
-    pub async fn woken(&self) {
+    pub(crate) async fn woken(&self) {
         self.wake.notified().await;
     }
 
     /// The close reason asked for, taken once.
-    pub fn take_close(&self) -> Option<CloseReason> {
+    pub(crate) fn take_close(&self) -> Option<CloseReason> {
         self.state().close.take()
     }
 
     /// Writes the queue out, waiting for the socket to drain as needed.
     /// `Err` when the client is gone.
-    pub async fn flush(&self) -> io::Result<()> {
+    pub(crate) async fn flush(&self) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// [`Self::flush`], giving up (`TimedOut`) only when the client takes
     /// none of the queued bytes for `stall`: a slow link downloading a large
     /// document keeps going as long as it makes progress.
-    pub async fn flush_while_progressing(&self, stall: std::time::Duration) -> io::Result<()> {
+    pub(crate) async fn flush_while_progressing(
+        &self,
+        stall: std::time::Duration,
+    ) -> io::Result<()> {
         loop {
             let before = self.state().drained;
             match tokio::time::timeout(stall, self.flush()).await {
@@ -330,14 +333,14 @@ impl State {
 /// The byte stream under the session's WebSocket: reads from the socket,
 /// writes through the shared [`ClientSocket`].
 #[derive(Debug)]
-pub struct ClientIo {
+pub(crate) struct ClientIo {
     read: OwnedReadHalf,
     socket: Arc<ClientSocket>,
 }
 
 impl ClientIo {
     /// Joins the read half and the shared write side.
-    pub fn new(read: OwnedReadHalf, socket: Arc<ClientSocket>) -> Self {
+    pub(crate) fn new(read: OwnedReadHalf, socket: Arc<ClientSocket>) -> Self {
         Self { read, socket }
     }
 }

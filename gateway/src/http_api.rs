@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::room_api::{RoomApi, RoomApiError};
 
 /// The OpenAPI 3.0 document of this API.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Default and largest page of `GET /v1/rooms`.
 const PAGE_DEFAULT: u32 = 100;
@@ -36,7 +36,7 @@ struct Api {
 /// The `/v1` routes. `key` is the bearer API key; without one every route
 /// but the OpenAPI document answers 403. Updates up to `max_update_bytes`
 /// are accepted.
-pub fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usize) -> axum::Router {
+pub(crate) fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usize) -> axum::Router {
     let api = Arc::new(Api { rooms, key });
     let protected = axum::Router::new()
         .route("/v1/rooms", get(list))

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Default for [`LimitsConfig::max_messages_per_second`].
-pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 500;
+pub(crate) const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 500;
 /// Default for [`LimitsConfig::message_burst`].
-pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
+pub(crate) const DEFAULT_MESSAGE_BURST: u32 = 5000;
 /// Addresses tracked before idle ones are swept out…
 const SWEEP_AT: usize = 10_000;
 /// …at most this often (a sweep walks every address under the lock).
@@ -51,7 +51,7 @@ impl Default for LimitsConfig {
 
 /// Refusals so far, by reason.
 #[derive(Debug, Default)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     /// Connection attempts over `max_connects_per_ip`.
     pub connect_rate: AtomicU64,
     /// Sockets over `max_sockets_per_ip`.
@@ -62,7 +62,7 @@ pub struct Refusals {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Too many attempts from the address in the last second.
     #[error("too many connection attempts from this address; retry later")]
     ConnectRate,
@@ -73,14 +73,14 @@ pub enum Refused {
 
 /// A token bucket: `rate` per second, holding at most `burst`.
 #[derive(Debug, Clone, Copy)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
     /// A full bucket.
-    pub fn full(burst: u32) -> Self {
+    pub(crate) fn full(burst: u32) -> Self {
         Self {
             tokens: f64::from(burst),
             last: Instant::now(),
@@ -88,7 +88,7 @@ impl Bucket {
     }
 
     /// Takes one token if there is one.
-    pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
         self.last = now;
@@ -137,7 +137,7 @@ fn limit_key(ip: IpAddr) -> IpAddr {
 
 /// The gateway's limits and what they refused. Cheap to share (`Arc`).
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     config: LimitsConfig,
     addresses: Mutex<Addresses>,
     /// Counted refusals.
@@ -146,7 +146,7 @@ pub struct Limits {
 
 /// An admitted socket; its address's count goes down when it is dropped.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// Set when the socket was counted against its address.
     counted: Option<(Arc<Limits>, IpAddr)>,
 }
@@ -165,7 +165,7 @@ impl Drop for Admitted {
 
 impl Limits {
     /// Limits with `config`.
-    pub fn new(config: LimitsConfig) -> Arc<Self> {
+    pub(crate) fn new(config: LimitsConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
             addresses: Mutex::new(Addresses {
@@ -184,7 +184,7 @@ impl Limits {
     }
 
     /// Admits one connection attempt from `ip`, or says why not (counted).
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
         self.admit_at(ip, Instant::now())
     }
 
@@ -229,7 +229,7 @@ impl Limits {
     }
 
     /// A session's message-rate bucket, or `None` when the limit is off.
-    pub fn message_bucket(&self) -> Option<MessageRate> {
+    pub(crate) fn message_bucket(&self) -> Option<MessageRate> {
         (self.config.max_messages_per_second > 0).then(|| MessageRate {
             bucket: Bucket::full(self.config.message_burst.max(1)),
             rate: self.config.max_messages_per_second,
@@ -238,19 +238,19 @@ impl Limits {
     }
 
     /// Counts a session closed for its message rate; returns the total.
-    pub fn count_message_rate(&self) -> u64 {
+    pub(crate) fn count_message_rate(&self) -> u64 {
         self.refused.message_rate.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// How long a refused client should wait (`Retry-After`).
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         Duration::from_secs(1)
     }
 }
 
 /// One session's message budget.
 #[derive(Debug, Clone, Copy)]
-pub struct MessageRate {
+pub(crate) struct MessageRate {
     bucket: Bucket,
     rate: u32,
     burst: u32,
@@ -258,7 +258,7 @@ pub struct MessageRate {
 
 impl MessageRate {
     /// Spends one message; `false` when the session is over its rate.
-    pub fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         self.allow_at(Instant::now())
     }
 

@@ -15,7 +15,7 @@ use partyline_proto::ysync::{message_kind, SyncKind};
 /// One message from a client, whole (a `y-pk-batch` already joined), on
 /// its way to the room node.
 #[derive(Debug)]
-pub struct ClientFrame {
+pub(crate) struct ClientFrame {
     /// The message as the client sent it.
     pub payload: Bytes,
     /// A text frame (a `__YPS:` side-protocol message) rather than a
@@ -28,7 +28,7 @@ pub struct ClientFrame {
 
 impl ClientFrame {
     /// A binary (y-sync) message, not traced.
-    pub fn binary(payload: Bytes) -> Self {
+    pub(crate) fn binary(payload: Bytes) -> Self {
         Self {
             payload,
             text: false,
@@ -37,7 +37,7 @@ impl ClientFrame {
     }
 
     /// A text (side-protocol) message, not traced.
-    pub fn text(payload: Bytes) -> Self {
+    pub(crate) fn text(payload: Bytes) -> Self {
         Self {
             payload,
             text: true,
@@ -47,7 +47,7 @@ impl ClientFrame {
 
     /// The y-sync kind of a binary frame; `None` for text and for types
     /// y-sync does not define.
-    pub fn kind(&self) -> Option<SyncKind> {
+    pub(crate) fn kind(&self) -> Option<SyncKind> {
         if self.text {
             return None;
         }
@@ -55,7 +55,7 @@ impl ClientFrame {
     }
 
     /// The frame as session `session_id`'s message on the room stream.
-    pub fn into_message(self, session_id: u64) -> pb::ClientMessage {
+    pub(crate) fn into_message(self, session_id: u64) -> pb::ClientMessage {
         pb::ClientMessage {
             session_id,
             payload: self.payload,
@@ -77,7 +77,7 @@ fn frame_kind(text: bool) -> pb::FrameKind {
 
 /// Who the client is and what it may do.
 #[derive(Debug, Clone)]
-pub struct SessionGrant {
+pub(crate) struct SessionGrant {
     /// Authenticated identity, "" for anonymous.
     pub identity: String,
     /// Whether document updates are refused.
@@ -86,7 +86,7 @@ pub struct SessionGrant {
 
 /// Why the gateway closes a client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
+pub(crate) struct CloseReason {
     /// WebSocket close code.
     pub code: u16,
     /// Human-readable reason (≤ 123 bytes on the wire).
@@ -95,7 +95,7 @@ pub struct CloseReason {
 
 impl CloseReason {
     /// A close reason.
-    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),

@@ -18,11 +18,11 @@ use tower_service::Service;
 
 /// The client's address, in every request's extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 /// Serves `app` on `listener` until `shutdown`; connections are spawned on
 /// `tracker` and finish their current request gracefully on shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: axum::Router,
     shutdown: CancellationToken,

@@ -42,7 +42,7 @@ type Socket = WebSocketStream<ClientIo>;
 
 /// Runs a client session on an upgraded socket until either side closes.
 /// `read_buf` holds bytes read past the HTTP request.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     read_buf: Vec<u8>,
     room: RoomName,

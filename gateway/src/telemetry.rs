@@ -16,10 +16,10 @@ use opentelemetry::{global, Context, KeyValue};
 use partyline_proto::ysync::{message_kind, SyncKind};
 
 /// Instrument scope (`otel_scope_name`) of the gateway's metrics and spans.
-pub const SCOPE: &str = "partyline-gateway";
+pub(crate) const SCOPE: &str = "partyline-gateway";
 
 /// The gateway's instruments.
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Client WebSockets open now.
     pub connections: UpDownCounter<i64>,
     /// Client frames received, by `kind`.
@@ -39,7 +39,7 @@ pub struct Metrics {
 }
 
 /// The instruments, created on first use from the global meter provider.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let meter = global::meter(SCOPE);
@@ -88,7 +88,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// Counts one refusal.
-pub fn refuse(reason: &'static str) {
+pub(crate) fn refuse(reason: &'static str) {
     metrics()
         .refusals
         .add(1, &[KeyValue::new("reason", reason)]);
@@ -96,7 +96,7 @@ pub fn refuse(reason: &'static str) {
 
 /// The y-sync kind of a frame, as a label (every sync step is one label:
 /// the steps are counted by the room node).
-pub fn frame_kind(payload: &[u8], text: bool) -> &'static str {
+pub(crate) fn frame_kind(payload: &[u8], text: bool) -> &'static str {
     if text {
         return "text";
     }
@@ -113,7 +113,12 @@ pub fn frame_kind(payload: &[u8], text: bool) -> &'static str {
 
 /// Starts and ends the gateway's span for one client frame and returns its
 /// W3C `traceparent`, for the room node's span to join.
-pub fn frame_traceparent(room: &str, session: u64, kind: &'static str, bytes: usize) -> String {
+pub(crate) fn frame_traceparent(
+    room: &str,
+    session: u64,
+    kind: &'static str,
+    bytes: usize,
+) -> String {
     let tracer = global::tracer(SCOPE);
     let mut span = tracer
         .span_builder("gateway.client_frame")
@@ -136,7 +141,7 @@ pub fn frame_traceparent(room: &str, session: u64, kind: &'static str, bytes: us
 }
 
 /// Reports the epoch of the slot map this gateway routes with, as a gauge.
-pub fn observe_epoch(slot_map: crate::SlotMapWatch) {
+pub(crate) fn observe_epoch(slot_map: crate::SlotMapWatch) {
     // The provider keeps the callback; the handle is not needed.
     let _gauge = global::meter(SCOPE)
         .u64_observable_gauge("partyline.gateway.epoch")

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// A request that asked for a WebSocket, ready to be answered with 101.
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     on_upgrade: OnUpgrade,
     accept: HeaderValue,
     protocol: Option<HeaderValue>,
@@ -19,7 +19,7 @@ pub struct Upgrade {
 
 /// Why a request is not a WebSocket upgrade this gateway can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NotWebSocket {
+pub(crate) enum NotWebSocket {
     /// Missing or wrong `Connection`/`Upgrade`/method: a plain HTTP request.
     #[error("not a WebSocket upgrade request")]
     NotUpgrade,
@@ -69,14 +69,14 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 
 /// Whether a request asks for a WebSocket (`Connection: upgrade` and
 /// `Upgrade: websocket`).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::CONNECTION, "upgrade")
         && has_token(headers, header::UPGRADE, "websocket")
 }
 
 impl Upgrade {
     /// Checks the handshake headers and takes hyper's upgrade handle.
-    pub fn from_request<B>(request: &mut Request<B>) -> Result<Self, NotWebSocket> {
+    pub(crate) fn from_request<B>(request: &mut Request<B>) -> Result<Self, NotWebSocket> {
         let headers = request.headers();
         if request.method() != Method::GET || !is_upgrade(headers) {
             return Err(NotWebSocket::NotUpgrade);
@@ -104,14 +104,14 @@ impl Upgrade {
     }
 
     /// Answers with this subprotocol (a token sent as one must be echoed).
-    pub fn protocol(mut self, protocol: &str) -> Self {
+    pub(crate) fn protocol(mut self, protocol: &str) -> Self {
         self.protocol = HeaderValue::from_str(protocol).ok();
         self
     }
 
     /// The 101 response, and the handshake's completion to await after it
     /// is sent.
-    pub fn accept(self) -> (Response, Upgrading) {
+    pub(crate) fn accept(self) -> (Response, Upgrading) {
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -125,11 +125,11 @@ impl Upgrade {
 }
 
 /// An accepted upgrade whose 101 is on its way.
-pub struct Upgrading(OnUpgrade);
+pub(crate) struct Upgrading(OnUpgrade);
 
 /// The upgrade did not give back a TCP socket.
 #[derive(Debug, thiserror::Error)]
-pub enum UpgradeFailed {
+pub(crate) enum UpgradeFailed {
     /// The client went away before the upgrade finished.
     #[error("upgrade failed: {0}")]
     Hyper(#[from] hyper::Error),
@@ -143,7 +143,7 @@ impl Upgrading {
     /// The client's socket and any bytes hyper read past the request
     /// (copied out: hyper's `Bytes` would pin its whole read buffer for the
     /// life of the session).
-    pub async fn socket(self) -> Result<(TcpStream, Vec<u8>), UpgradeFailed> {
+    pub(crate) async fn socket(self) -> Result<(TcpStream, Vec<u8>), UpgradeFailed> {
         let upgraded = self.0.await?;
         let parts = upgraded
             .downcast::<TokioIo<TcpStream>>()

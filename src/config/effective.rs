@@ -9,25 +9,25 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 /// What a secret (or a URL's credentials) is printed as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A duration as the config file writes it (`"30s"`).
-pub fn duration(value: Duration) -> Value {
+pub(crate) fn duration(value: Duration) -> Value {
     json!(humantime::format_duration(value).to_string())
 }
 
 /// An optional duration; `null` when unset.
-pub fn opt_duration(value: Option<Duration>) -> Value {
+pub(crate) fn opt_duration(value: Option<Duration>) -> Value {
     value.map_or(Value::Null, duration)
 }
 
 /// A secret: only whether it is set.
-pub fn secret(value: Option<&str>) -> Value {
+pub(crate) fn secret(value: Option<&str>) -> Value {
     value.map_or(Value::Null, |_| json!(REDACTED))
 }
 
 /// URL(s), comma-separated, with any credentials (`user:password@`) redacted.
-pub fn without_credentials(urls: &str) -> String {
+pub(crate) fn without_credentials(urls: &str) -> String {
     urls.split(',')
         .map(|entry| {
             let redacted = entry.split_once("://").and_then(|(scheme, rest)| {
@@ -41,7 +41,7 @@ pub fn without_credentials(urls: &str) -> String {
 }
 
 /// The gateway's settings (its authorizer is printed as `auth`).
-pub fn gateway(config: &partyline_gateway::GatewayConfig) -> Value {
+pub(crate) fn gateway(config: &partyline_gateway::GatewayConfig) -> Value {
     json!({
         "gateway_id": config.gateway_id,
         "max_message_bytes": config.max_message_bytes,
@@ -72,7 +72,7 @@ pub fn gateway(config: &partyline_gateway::GatewayConfig) -> Value {
 
 /// The room node's settings (its remote storage and hooks are printed
 /// beside it: `remote`, `webhooks`).
-pub fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: bool) -> Value {
+pub(crate) fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: bool) -> Value {
     let modes: Vec<Value> = config
         .modes
         .iter()
@@ -124,14 +124,17 @@ pub fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: bool) -> V
 }
 
 /// The webhooks' settings, defaults filled in.
-pub fn webhooks(config: &partyline_room_node::hooks::HooksConfig) -> Value {
+pub(crate) fn webhooks(config: &partyline_room_node::hooks::HooksConfig) -> Value {
     let mut value = json!(config);
     value["callback_secret"] = secret(config.callback_secret.as_deref());
     value
 }
 
 /// The coordinator's settings; a generated id (random) prints as `{generated}`.
-pub fn coordinator(config: &partyline_coordinator::CoordinatorConfig, id_given: bool) -> Value {
+pub(crate) fn coordinator(
+    config: &partyline_coordinator::CoordinatorConfig,
+    id_given: bool,
+) -> Value {
     let mut value = json!(config);
     if !id_given {
         value["id"] = json!("{generated}");
@@ -140,7 +143,7 @@ pub fn coordinator(config: &partyline_coordinator::CoordinatorConfig, id_given: 
 }
 
 /// Where the cluster's NATS is.
-pub fn cluster(options: &partyline_coordinator::ClusterOptions) -> Value {
+pub(crate) fn cluster(options: &partyline_coordinator::ClusterOptions) -> Value {
     json!({
         "nats": without_credentials(&options.nats_url),
         "name": options.cluster,
@@ -148,7 +151,7 @@ pub fn cluster(options: &partyline_coordinator::ClusterOptions) -> Value {
 }
 
 /// Prints `sections` as one sorted, pretty JSON object on stdout.
-pub fn print(sections: Vec<(&'static str, Value)>) -> anyhow::Result<()> {
+pub(crate) fn print(sections: Vec<(&'static str, Value)>) -> anyhow::Result<()> {
     let object: Map<String, Value> = sections
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

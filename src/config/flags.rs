@@ -14,7 +14,7 @@ use serde::Serialize;
 /// Metrics, health and traces of a serving role: flags, env
 /// `PARTYLINE_TELEMETRY_*`, or `[telemetry]` (docs/operations.md).
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct TelemetryFlags {
+pub(crate) struct TelemetryFlags {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address
     /// [default: not served].
     #[arg(long, env = "PARTYLINE_TELEMETRY_OPS_LISTEN")]
@@ -30,7 +30,7 @@ pub struct TelemetryFlags {
 
 /// Gateway settings: flags, env `PARTYLINE_GATEWAY_*`, or `[gateway]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct GatewayFlags {
+pub(crate) struct GatewayFlags {
     /// Address the WebSocket gateway listens on [default: 127.0.0.1:1999].
     #[arg(long, env = "PARTYLINE_GATEWAY_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -115,7 +115,7 @@ pub struct GatewayFlags {
 
 /// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct RoomNodeFlags {
+pub(crate) struct RoomNodeFlags {
     /// Directory for room logs and snapshots [default: ./.partyline].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -205,7 +205,7 @@ pub struct RoomNodeFlags {
 /// Webhooks to the app's backend, run by room nodes: flags, env
 /// `PARTYLINE_WEBHOOKS_*`, or `[webhooks]` (docs/webhooks.md).
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct WebhooksFlags {
+pub(crate) struct WebhooksFlags {
     /// POST each room's state here (JSON: room, base64 Yjs update, top-level
     /// types) after it changed, debounced [default: no callback].
     #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_URL")]
@@ -245,7 +245,7 @@ pub struct WebhooksFlags {
 
 /// Client authorization: flags, env `PARTYLINE_AUTH_*`, or `[auth]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct AuthFlags {
+pub(crate) struct AuthFlags {
     /// How clients are authorized before the upgrade: `none` (everyone
     /// writes; `partyline dev` or `--insecure-no-auth` only), `jwt` or `webhook`
     /// [default: none in dev; a cluster gateway requires a choice].
@@ -293,7 +293,7 @@ pub struct AuthFlags {
 
 /// How a room node joins a cluster: flags, env `PARTYLINE_NODE_*`, or `[node]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct NodeFlags {
+pub(crate) struct NodeFlags {
     /// This node's stable id in the slot map [default: the host name].
     #[arg(long, env = "PARTYLINE_NODE_ID")]
     pub node_id: Option<String>,
@@ -331,7 +331,7 @@ pub struct NodeFlags {
 
 /// Where the cluster's NATS is: flags, env `PARTYLINE_CLUSTER_*`, or `[cluster]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct ClusterFlags {
+pub(crate) struct ClusterFlags {
     /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222]; credentials in the URL (nats://USER:PASSWORD@host, nats://TOKEN@host).
     #[arg(long = "nats", env = "PARTYLINE_CLUSTER_NATS")]
     pub nats: Option<String>,
@@ -344,7 +344,7 @@ pub struct ClusterFlags {
 /// The cluster's link secret (the gateway → room node gRPC link, and room
 /// nodes' heartbeat proofs): flags, env, or `[link]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct LinkFlags {
+pub(crate) struct LinkFlags {
     /// File of the cluster's shared link secret: one per line (at least 16
     /// printable characters, e.g. `openssl rand -hex 32`), the first sent,
     /// every line accepted; read again every 2 s, so secrets rotate without
@@ -364,7 +364,7 @@ pub struct LinkFlags {
 
 /// Coordinator settings: flags, env `PARTYLINE_COORDINATOR_*`, or `[coordinator]`.
 #[derive(Debug, Default, Clone, Args, Serialize)]
-pub struct CoordinatorFlags {
+pub(crate) struct CoordinatorFlags {
     /// This coordinator's id, for the leader lease and logs [default: host name, pid and a random suffix].
     #[arg(long = "coordinator-id", env = "PARTYLINE_COORDINATOR_ID")]
     pub id: Option<String>,

@@ -76,7 +76,7 @@ pub(crate) struct ClientProtocol {
 
 impl ClientProtocol {
     /// A client over `doc`; its client id is the awareness id too.
-    pub fn new(doc: Doc) -> Self {
+    pub(super) fn new(doc: Doc) -> Self {
         Self {
             awareness: Awareness::new(doc),
             synced: false,
@@ -84,24 +84,24 @@ impl ClientProtocol {
         }
     }
 
-    pub fn doc(&self) -> &Doc {
+    pub(super) fn doc(&self) -> &Doc {
         self.awareness.doc()
     }
 
-    pub fn client_id(&self) -> u64 {
+    pub(super) fn client_id(&self) -> u64 {
         self.awareness.client_id().get()
     }
 
-    pub fn is_synced(&self) -> bool {
+    pub(super) fn is_synced(&self) -> bool {
         self.synced
     }
 
-    pub fn stats(&self) -> &ClientStats {
+    pub(super) fn stats(&self) -> &ClientStats {
         &self.stats
     }
 
     /// Frames to send right after the socket opens.
-    pub fn opening_frames(&self) -> Vec<Vec<u8>> {
+    pub(super) fn opening_frames(&self) -> Vec<Vec<u8>> {
         let state_vector = self.doc().transact().state_vector();
         let mut frames = vec![Message::Sync(SyncMessage::SyncStep1(state_vector)).encode_v1()];
         frames.extend(self.local_awareness_frame());
@@ -109,12 +109,12 @@ impl ClientProtocol {
     }
 
     /// Counts a text frame; the npm clients ignore them.
-    pub fn text_frame(&mut self) {
+    pub(super) fn text_frame(&mut self) {
         self.stats.text_frames_ignored += 1;
     }
 
     /// Handles one binary frame from the server.
-    pub fn handle_frame(&mut self, frame: &[u8]) -> Outcome {
+    pub(super) fn handle_frame(&mut self, frame: &[u8]) -> Outcome {
         self.stats.binary_frames += 1;
         let mut decoder = DecoderV1::from(frame);
         let message = match Message::decode(&mut decoder) {
@@ -165,7 +165,7 @@ impl ClientProtocol {
 
     /// Runs `edit` in one transaction; returns its result and the frame
     /// carrying the transaction's update, if it changed anything.
-    pub fn edit<R>(
+    pub(super) fn edit<R>(
         &mut self,
         edit: impl FnOnce(&mut TransactionMut<'_>) -> R,
     ) -> (R, Option<Vec<u8>>) {
@@ -179,7 +179,7 @@ impl ClientProtocol {
     }
 
     /// Sets our awareness state (JSON text) and returns the frame announcing it.
-    pub fn set_local_state(&mut self, json: &str) -> Vec<u8> {
+    pub(super) fn set_local_state(&mut self, json: &str) -> Vec<u8> {
         self.awareness.set_local_state_raw(json);
         self.local_awareness_frame()
             .expect("our awareness state was just set")
@@ -187,7 +187,7 @@ impl ClientProtocol {
 
     /// Re-announces our state with a new clock, as y-protocols does every
     /// 15 s so peers do not time it out; `None` when we have no state.
-    pub fn renew_local_state(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn renew_local_state(&mut self) -> Option<Vec<u8>> {
         let state = self.awareness.local_state_raw()?;
         self.awareness.set_local_state_raw(state);
         self.local_awareness_frame()
@@ -195,7 +195,7 @@ impl ClientProtocol {
 
     /// Removes our state and returns the `null` announcement, as the npm
     /// provider sends before it disconnects; `None` when we had no state.
-    pub fn leave(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn leave(&mut self) -> Option<Vec<u8>> {
         // yrs bumps the clock (or records a removed entry) even when there
         // is no state to remove; y-protocols does nothing then, and neither
         // do we.
@@ -206,7 +206,7 @@ impl ClientProtocol {
 
     /// Every present awareness state (ours included), parsed as JSON.
     /// States that are not valid JSON are skipped.
-    pub fn awareness_states(&self) -> BTreeMap<u64, serde_json::Value> {
+    pub(super) fn awareness_states(&self) -> BTreeMap<u64, serde_json::Value> {
         self.awareness
             .iter()
             .filter_map(|(client_id, state)| {

@@ -25,7 +25,7 @@ const DEFAULT_STEP_DURATION: &str = "10s";
 const DEFAULT_P99_TARGET: &str = "250ms";
 
 /// The placeholder replaced by the room name in `--url`.
-pub const ROOM_PLACEHOLDER: &str = "{room}";
+pub(super) const ROOM_PLACEHOLDER: &str = "{room}";
 /// Most connections one run may open.
 const MAX_CONNECTIONS: usize = 100_000;
 /// Most updates per second one connection may send.
@@ -218,13 +218,13 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Total connections.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.rooms * self.clients
     }
 
     /// The URL connection `index` opens: its room, in the template that
     /// `spread` picks.
-    pub fn connection_url(&self, index: usize) -> String {
+    pub(crate) fn connection_url(&self, index: usize) -> String {
         let room = index / self.clients;
         let pick = match self.spread {
             Spread::Client => index,
@@ -235,7 +235,7 @@ impl Plan {
     }
 
     /// The name of room `room`.
-    pub fn room_name(&self, room: usize) -> String {
+    pub(crate) fn room_name(&self, room: usize) -> String {
         format!("{}-{room}", self.room_prefix)
     }
 }

@@ -465,12 +465,12 @@ pub(crate) enum Receipt {
 
 impl SeqWindow {
     /// The lowest sequence number not received yet.
-    pub fn base(&self) -> u32 {
+    pub(super) fn base(&self) -> u32 {
         self.base
     }
 
     /// Records `seq` as received.
-    pub fn receive(&mut self, seq: u32) -> Receipt {
+    pub(super) fn receive(&mut self, seq: u32) -> Receipt {
         let Some(mut offset) = seq.checked_sub(self.base) else {
             return Receipt::Seen;
         };

@@ -35,7 +35,7 @@ pub(crate) struct GapTracker {
 
 impl GapTracker {
     /// Records a delivery at `at_micros`.
-    pub fn observe(&mut self, at_micros: u64) {
+    pub(super) fn observe(&mut self, at_micros: u64) {
         self.deliveries += 1;
         if self.deliveries == 1 {
             self.last_micros = at_micros;
@@ -53,7 +53,7 @@ impl GapTracker {
     }
 
     /// The longest gap, if the room had two deliveries.
-    pub fn max_gap(&self) -> Option<u64> {
+    pub(super) fn max_gap(&self) -> Option<u64> {
         (self.deliveries >= 2).then_some(self.max_gap_micros)
     }
 }
@@ -69,7 +69,7 @@ pub(crate) struct RoomGaps {
 
 impl RoomGaps {
     /// Trackers for `rooms` rooms.
-    pub fn new(rooms: usize) -> Self {
+    pub(super) fn new(rooms: usize) -> Self {
         Self {
             rooms: (0..rooms)
                 .map(|_| Mutex::new(GapTracker::default()))
@@ -80,21 +80,21 @@ impl RoomGaps {
     }
 
     /// Adds `count` deliveries owed to the clients of `room`.
-    pub fn owe(&self, room: usize, count: u64) {
+    pub(super) fn owe(&self, room: usize, count: u64) {
         if let Some(expected) = self.expected.get(room) {
             expected.fetch_add(count, Ordering::Relaxed);
         }
     }
 
     /// Adds `count` deliveries received by clients of `room`.
-    pub fn received(&self, room: usize, count: u64) {
+    pub(super) fn received(&self, room: usize, count: u64) {
         if let Some(delivered) = self.delivered.get(room) {
             delivered.fetch_add(count, Ordering::Relaxed);
         }
     }
 
     /// Deliveries owed to `room` and not received.
-    pub fn missing(&self, room: usize) -> u64 {
+    pub(super) fn missing(&self, room: usize) -> u64 {
         let load = |counters: &[AtomicU64]| {
             counters
                 .get(room)
@@ -104,7 +104,7 @@ impl RoomGaps {
     }
 
     /// Records a delivery to a client of `room` at `at_micros`.
-    pub fn observe(&self, room: usize, at_micros: u64) {
+    pub(super) fn observe(&self, room: usize, at_micros: u64) {
         if let Some(tracker) = self.rooms.get(room) {
             tracker
                 .lock()
@@ -114,7 +114,7 @@ impl RoomGaps {
     }
 
     /// A copy of every room's tracker, by room index.
-    pub fn snapshot(&self) -> Vec<GapTracker> {
+    pub(super) fn snapshot(&self) -> Vec<GapTracker> {
         self.rooms
             .iter()
             .map(|tracker| {

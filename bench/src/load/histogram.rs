@@ -35,26 +35,26 @@ impl Default for Histogram {
 
 impl Histogram {
     /// Records one duration.
-    pub fn record(&self, duration: Duration) {
+    pub(super) fn record(&self, duration: Duration) {
         self.record_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Records one value in microseconds.
-    pub fn record_micros(&self, micros: u64) {
+    pub(super) fn record_micros(&self, micros: u64) {
         self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.max.fetch_max(micros, Ordering::Relaxed);
     }
 
     /// Samples recorded so far.
-    pub fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// The value at quantile `q` (0.0..=1.0) in microseconds: the smallest
     /// bucket value with at least `ceil(q · count)` samples at or below it,
     /// capped at the exact maximum. `None` without samples.
-    pub fn quantile_micros(&self, q: f64) -> Option<u64> {
+    pub(super) fn quantile_micros(&self, q: f64) -> Option<u64> {
         let counts: Vec<u64> = self
             .buckets
             .iter()
@@ -77,7 +77,7 @@ impl Histogram {
     }
 
     /// p50 / p99 / max in milliseconds.
-    pub fn summary(&self) -> Percentiles {
+    pub(super) fn summary(&self) -> Percentiles {
         let ms = |micros: Option<u64>| micros.map(|micros| micros as f64 / 1000.0);
         Percentiles {
             count: self.count(),

@@ -51,7 +51,7 @@ pub(crate) struct SentUpdate {
 impl SendLog {
     /// A log for `senders` connections remembering the last `ring` updates of
     /// each (rounded up to a power of two, at most [`MAX_RING`]).
-    pub fn new(senders: usize, ring: usize) -> Self {
+    pub(super) fn new(senders: usize, ring: usize) -> Self {
         let ring = ring.clamp(1, MAX_RING).next_power_of_two();
         Self {
             ring,
@@ -60,13 +60,13 @@ impl SendLog {
     }
 
     /// Updates remembered per sender.
-    pub fn ring(&self) -> usize {
+    pub(super) fn ring(&self) -> usize {
         self.ring
     }
 
     /// Remembers that `sender` sent update `seq` in `phase` at `sent_micros`.
     /// Called before the frame is written, so a receiver always finds it.
-    pub fn record(&self, sender: usize, seq: u32, phase: usize, sent_micros: u64) {
+    pub(super) fn record(&self, sender: usize, seq: u32, phase: usize, sent_micros: u64) {
         debug_assert!(phase < MAX_PHASES);
         let Some(slot) = self.slot(sender, seq) else {
             return;
@@ -80,7 +80,7 @@ impl SendLog {
 
     /// The send record of `sender`'s update `seq`; `None` if never sent or
     /// already overwritten by a later update (a delivery older than the ring).
-    pub fn lookup(&self, sender: usize, seq: u32) -> Option<SentUpdate> {
+    pub(super) fn lookup(&self, sender: usize, seq: u32) -> Option<SentUpdate> {
         let packed = self.slot(sender, seq)?.load(Ordering::Acquire);
         let phase_plus_one = packed >> (MICROS_BITS + SEQ_TAG_BITS);
         let tag = (packed >> MICROS_BITS) & ((1 << SEQ_TAG_BITS) - 1);
@@ -111,7 +111,7 @@ pub(crate) struct UpdateSource {
 impl UpdateSource {
     /// A source writing as Yjs client `client_id`, with `payload_bytes` of
     /// filler per update.
-    pub fn new(client_id: u64, index: usize, payload_bytes: usize) -> Self {
+    pub(super) fn new(client_id: u64, index: usize, payload_bytes: usize) -> Self {
         let doc = Doc::with_client_id(client_id);
         let map = doc.get_or_insert_map("bench");
         Self {
@@ -125,7 +125,7 @@ impl UpdateSource {
 
     /// Makes the next update; returns its sequence number and the y-sync
     /// frame (`SyncMessage::Update`) carrying it.
-    pub fn next_update(&mut self) -> (u32, Vec<u8>) {
+    pub(super) fn next_update(&mut self) -> (u32, Vec<u8>) {
         use yrs::Map;
         let seq = self.next_seq;
         let mut txn = self.doc.transact_mut();
@@ -139,7 +139,7 @@ impl UpdateSource {
 
     /// SyncStep2 answering a server's SyncStep1: what this source wrote that
     /// the server lacks (nothing, on a first connect).
-    pub fn step2_for(&self, state_vector: &StateVector) -> Vec<u8> {
+    pub(super) fn step2_for(&self, state_vector: &StateVector) -> Vec<u8> {
         let update = self.doc.transact().encode_state_as_update_v1(state_vector);
         Message::Sync(SyncMessage::SyncStep2(update)).encode_v1()
     }

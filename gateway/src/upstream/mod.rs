@@ -71,18 +71,18 @@ enum UpstreamCommand {
 
 /// A session's way to its room's upstream.
 #[derive(Clone)]
-pub struct UpstreamHandle {
+pub(crate) struct UpstreamHandle {
     tx: mpsc::Sender<UpstreamCommand>,
 }
 
 /// The upstream is gone; the session should close.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("room upstream has ended")]
-pub struct UpstreamGone;
+pub(crate) struct UpstreamGone;
 
 impl UpstreamHandle {
     /// Forwards one client frame to the room node.
-    pub async fn client_frame(
+    pub(crate) async fn client_frame(
         &self,
         session_id: u64,
         frame: ClientFrame,
@@ -100,14 +100,14 @@ impl UpstreamHandle {
     }
 
     /// Tells the room the session left.
-    pub async fn close(&self, session_id: u64) {
+    pub(crate) async fn close(&self, session_id: u64) {
         let _ = self.tx.send(UpstreamCommand::Close { session_id }).await;
     }
 }
 
 /// The gateway's upstream streams, by room.
 #[derive(Clone)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     rooms: Directory<UpstreamHandle>,
     router: Router,
     config: Arc<GatewayConfig>,
@@ -117,7 +117,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// No streams yet.
-    pub fn new(
+    pub(crate) fn new(
         router: Router,
         config: Arc<GatewayConfig>,
         tracker: TaskTracker,
@@ -135,7 +135,7 @@ impl Upstreams {
     /// Opens a session in `room`, starting the room's stream if needed.
     /// Waits while the owner is being reached; `Err` carries the close the
     /// client gets when it cannot be.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         room: &RoomName,
         session_id: u64,

@@ -9,15 +9,15 @@ use super::nats::NatsServer;
 use super::process::Partyline;
 
 /// Heartbeat interval of test room nodes (the default).
-pub const HEARTBEAT: &str = "1s";
+pub(crate) const HEARTBEAT: &str = "1s";
 /// Silence after which a test room node is dead (the default): failover
 /// times measured by the tests are what a default deployment gets.
-pub const DEAD_AFTER: &str = "3s";
+pub(crate) const DEAD_AFTER: &str = "3s";
 /// Leader lease of test coordinators (the default).
-pub const LEASE: &str = "3s";
+pub(crate) const LEASE: &str = "3s";
 
 /// Bearer key of every test gateway's HTTP API.
-pub const API_KEY: &str = "cluster-test-api-key";
+pub(crate) const API_KEY: &str = "cluster-test-api-key";
 
 /// Log filter of every process: room loads and releases are visible.
 const LOG: &str = "info,partyline_room_node=debug";
@@ -35,7 +35,7 @@ fn admin_output(nats: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// [`admin`], `None` when the command fails (e.g. no map yet).
-pub fn try_admin(nats: &str, args: &[&str]) -> Option<serde_json::Value> {
+pub(crate) fn try_admin(nats: &str, args: &[&str]) -> Option<serde_json::Value> {
     let output = admin_output(nats, args);
     output
         .status
@@ -45,7 +45,7 @@ pub fn try_admin(nats: &str, args: &[&str]) -> Option<serde_json::Value> {
 }
 
 /// Runs `partyline admin --nats NATS ARGS --json` and parses its output.
-pub fn admin(nats: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn admin(nats: &str, args: &[&str]) -> serde_json::Value {
     let output = admin_output(nats, args);
     assert!(
         output.status.success(),
@@ -61,7 +61,7 @@ pub fn admin(nats: &str, args: &[&str]) -> serde_json::Value {
 }
 
 /// A running cluster. Processes are killed when it is dropped.
-pub struct TestCluster {
+pub(crate) struct TestCluster {
     /// Holds the store and the logs.
     pub dir: tempfile::TempDir,
     /// The NATS server.
@@ -84,13 +84,13 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts NATS, then `coordinators`, `nodes` and `gateways`, and waits
     /// until the slot map covers every node.
-    pub fn start(coordinators: usize, nodes: usize, gateways: usize) -> Self {
+    pub(crate) fn start(coordinators: usize, nodes: usize, gateways: usize) -> Self {
         Self::start_with(coordinators, nodes, gateways, &[])
     }
 
     /// Like [`TestCluster::start`], with `node_args` added to every room
     /// node's command line; `{dir}` in them becomes the cluster's temp dir.
-    pub fn start_with(
+    pub(crate) fn start_with(
         coordinators: usize,
         nodes: usize,
         gateways: usize,
@@ -101,7 +101,7 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_with`], with `all_args` added to every
     /// process's command line.
-    pub fn start_with_all(
+    pub(crate) fn start_with_all(
         coordinators: usize,
         nodes: usize,
         gateways: usize,
@@ -148,17 +148,17 @@ impl TestCluster {
 
     /// The link secret file every process of the cluster reads (rewrite it
     /// to rotate).
-    pub fn link_secret_file(&self) -> PathBuf {
+    pub(crate) fn link_secret_file(&self) -> PathBuf {
         self.dir.path().join(LINK_SECRET_FILE)
     }
 
     /// The shared store directory.
-    pub fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
     /// Starts one more coordinator.
-    pub fn add_coordinator(&mut self) -> usize {
+    pub(crate) fn add_coordinator(&mut self) -> usize {
         let index = self.coordinators.len();
         let name = format!("coordinator-{index}");
         let args = vec![
@@ -183,7 +183,7 @@ impl TestCluster {
     }
 
     /// Starts one more room node, `node-<index>`.
-    pub fn add_node(&mut self) -> usize {
+    pub(crate) fn add_node(&mut self) -> usize {
         let index = self.nodes.len();
         let name = format!("node-{index}");
         let args = vec![
@@ -220,7 +220,7 @@ impl TestCluster {
     }
 
     /// Starts one more gateway.
-    pub fn add_gateway(&mut self) -> usize {
+    pub(crate) fn add_gateway(&mut self) -> usize {
         let index = self.gateways.len();
         let name = format!("gateway-{index}");
         let args = vec![
@@ -260,7 +260,7 @@ impl TestCluster {
     }
 
     /// `GET path` on process `name`'s ops endpoint: status and body.
-    pub async fn ops_get(&self, name: &str, path: &str) -> (u16, String) {
+    pub(crate) async fn ops_get(&self, name: &str, path: &str) -> (u16, String) {
         let url = format!("http://127.0.0.1:{}{path}", self.ops_ports[name]);
         match reqwest::get(url).await {
             Ok(response) => (
@@ -272,12 +272,12 @@ impl TestCluster {
     }
 
     /// The y-websocket URL of `room` through gateway `index`.
-    pub fn url(&self, gateway: usize, room: &str) -> String {
+    pub(crate) fn url(&self, gateway: usize, room: &str) -> String {
         format!("ws://{}/{}", self.gateways[gateway].ready, room)
     }
 
     /// `GET path` on gateway `index`'s HTTP API: status and JSON body.
-    pub async fn api_get(&self, gateway: usize, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn api_get(&self, gateway: usize, path: &str) -> (u16, serde_json::Value) {
         let url = format!("http://{}{path}", self.gateways[gateway].ready);
         let response = reqwest::Client::new()
             .get(url)
@@ -293,22 +293,22 @@ impl TestCluster {
     }
 
     /// Runs `partyline admin --nats URL ARGS --json` and parses its output.
-    pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn admin(&self, args: &[&str]) -> serde_json::Value {
         admin(&self.nats.url(), args)
     }
 
     /// The current slot map as `admin slots` reports it.
-    pub fn slots(&self) -> serde_json::Value {
+    pub(crate) fn slots(&self) -> serde_json::Value {
         self.admin(&["slots"])
     }
 
     /// The current epoch.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.slots()["epoch"].as_u64().expect("epoch")
     }
 
     /// Polls `admin slots` until `done` holds.
-    pub fn wait_for_slots(
+    pub(crate) fn wait_for_slots(
         &self,
         timeout: Duration,
         what: &str,
@@ -334,14 +334,18 @@ impl TestCluster {
     }
 
     /// Waits until the map spreads slots over exactly `count` nodes.
-    pub fn wait_for_nodes_in_map(&self, count: usize, timeout: Duration) -> serde_json::Value {
+    pub(crate) fn wait_for_nodes_in_map(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> serde_json::Value {
         self.wait_for_slots(timeout, &format!("{count} nodes in the map"), |slots| {
             owning_nodes(slots) == count
         })
     }
 
     /// The node that loaded `room` last, from the room nodes' logs.
-    pub fn node_serving(&self, room: &str) -> Option<String> {
+    pub(crate) fn node_serving(&self, room: &str) -> Option<String> {
         let needle = format!("room loaded room={room} ");
         let mut latest: Option<(String, String)> = None;
         for (index, node) in self.nodes.iter().enumerate() {
@@ -357,7 +361,7 @@ impl TestCluster {
 
     /// How many rooms the gateways re-opened on a new owner (moves and
     /// failovers), from their logs.
-    pub fn reopened_rooms(&self) -> usize {
+    pub(crate) fn reopened_rooms(&self) -> usize {
         self.gateways
             .iter()
             .map(|g| {
@@ -370,7 +374,7 @@ impl TestCluster {
     }
 
     /// ERROR lines of every process, prefixed with its log name.
-    pub fn errors(&self) -> Vec<String> {
+    pub(crate) fn errors(&self) -> Vec<String> {
         self.coordinators
             .iter()
             .chain(&self.nodes)
@@ -391,7 +395,7 @@ impl TestCluster {
 }
 
 /// How many nodes own at least one slot in an `admin slots` report.
-pub fn owning_nodes(slots: &serde_json::Value) -> usize {
+pub(crate) fn owning_nodes(slots: &serde_json::Value) -> usize {
     slots["nodes"].as_array().map_or(0, |nodes| {
         nodes
             .iter()

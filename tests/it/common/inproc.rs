@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A room node and a gateway in-process over real gRPC, the node on remote
 /// storage.
-pub async fn serve(
+pub(crate) async fn serve(
     storage: RemoteStorage,
     tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
 ) -> (String, CancellationToken) {
@@ -25,7 +25,7 @@ pub async fn serve(
 
 /// [`serve`] with the gateway's HTTP API on `api_key`; also returns the
 /// gateway's address.
-pub async fn serve_with_api(
+pub(crate) async fn serve_with_api(
     storage: RemoteStorage,
     api_key: &str,
     tune: impl FnOnce(&mut partyline_room_node::RoomNodeConfig),
@@ -68,7 +68,7 @@ async fn serve_gateway(
 
 /// A gateway on a free loopback port routing by `map_rx`, until `shutdown`
 /// (which also drops `map_tx`, so the map's watchers end).
-pub async fn spawn_gateway(
+pub(crate) async fn spawn_gateway(
     config: partyline_gateway::GatewayConfig,
     map_tx: watch::Sender<Option<Arc<SlotMap>>>,
     map_rx: watch::Receiver<Option<Arc<SlotMap>>>,

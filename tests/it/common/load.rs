@@ -11,7 +11,7 @@ use partyline_bench::client::YClient;
 use super::cluster::TestCluster;
 
 /// Rooms × clients writing through both gateways until stopped.
-pub struct Load {
+pub(crate) struct Load {
     pub rooms: Vec<String>,
     /// (room index, client, label).
     pub clients: Vec<(usize, Arc<YClient>, String)>,
@@ -22,7 +22,7 @@ pub struct Load {
 impl Load {
     /// Connects `clients` per room to each of `rooms` rooms, alternating
     /// gateways, and starts every client appending a chunk every `every`.
-    pub async fn start(
+    pub(crate) async fn start(
         cluster: &TestCluster,
         prefix: &str,
         rooms: usize,
@@ -34,7 +34,7 @@ impl Load {
     }
 
     /// [`Load::start`] through the gateways at `gateways` (`host:port`).
-    pub async fn start_at(
+    pub(crate) async fn start_at(
         gateways: &[String],
         prefix: &str,
         rooms: usize,
@@ -86,7 +86,7 @@ impl Load {
 
     /// Stops writing, then checks that no socket closed and that every
     /// client of every room ends with every chunk any client wrote.
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
         let mut sent = Vec::new();
         for writer in self.writers {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running (or stopped, for outage tests) `nats-server -js`.
-pub struct NatsServer {
+pub(crate) struct NatsServer {
     child: Option<Child>,
     host: std::net::Ipv4Addr,
     port: u16,
@@ -26,20 +26,20 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a server on a free port with a fresh store, and waits until it accepts.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_on(std::net::Ipv4Addr::LOCALHOST)
     }
 
     /// [`NatsServer::start`] listening on `host` (an address the test
     /// created, e.g. a veth end) instead of 127.0.0.1.
-    pub fn start_on(host: std::net::Ipv4Addr) -> Self {
+    pub(crate) fn start_on(host: std::net::Ipv4Addr) -> Self {
         Self::start_with(host, &[])
     }
 
     /// [`NatsServer::start`] with more `nats-server` flags, e.g.
     /// `["--user", "u", "--pass", "p"]` for a server that wants
     /// credentials.
-    pub fn start_with_args(extra: &[&str]) -> Self {
+    pub(crate) fn start_with_args(extra: &[&str]) -> Self {
         Self::start_with(std::net::Ipv4Addr::LOCALHOST, extra)
     }
 
@@ -47,7 +47,7 @@ impl NatsServer {
     /// address, port, JetStream and its store still come from flags, which
     /// win over the file) and `env` in the server's environment, for the
     /// file's `$VAR`s. The server logs to [`NatsServer::log`].
-    pub fn start_with_config(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with_config(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let config = config.to_str().expect("utf-8 path").to_owned();
         let mut server = Self::new(std::net::Ipv4Addr::LOCALHOST, &["-c", &config]);
         let log = server.log_path().to_str().expect("utf-8 path").to_owned();
@@ -61,7 +61,7 @@ impl NatsServer {
     }
 
     /// What the server logged (servers started with a config file only).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
@@ -88,12 +88,12 @@ impl NatsServer {
     }
 
     /// `nats://HOST:PORT`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Kills the server and waits for it to exit: a NATS outage.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -101,7 +101,7 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same store.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
@@ -154,7 +154,7 @@ impl Drop for NatsServer {
 }
 
 /// Finds the nats-server binary (see the module doc).
-pub fn nats_server_binary() -> PathBuf {
+pub(crate) fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
@@ -194,7 +194,7 @@ fn at_least_2_10(binary: &std::path::Path) -> bool {
 
 /// A port nobody listened on a moment ago.
 /// A port nothing listens on right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }

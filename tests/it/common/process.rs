@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A running `partyline` process.
-pub struct Partyline {
+pub(crate) struct Partyline {
     child: Option<Child>,
     /// What the readiness line said after its prefix (an address, an id).
     pub ready: String,
@@ -21,12 +21,17 @@ impl Partyline {
     /// Runs `partyline ARGS` with `PARTYLINE_LOG=log_filter`, stderr
     /// appended to `log_path`, and waits for a stdout line starting with
     /// `ready_prefix`.
-    pub fn start(args: &[String], log_filter: &str, log_path: &Path, ready_prefix: &str) -> Self {
+    pub(crate) fn start(
+        args: &[String],
+        log_filter: &str,
+        log_path: &Path,
+        ready_prefix: &str,
+    ) -> Self {
         Self::start_with_env(args, &[], log_filter, log_path, ready_prefix)
     }
 
     /// [`Partyline::start`] with `env` added to the process environment.
-    pub fn start_with_env(
+    pub(crate) fn start_with_env(
         args: &[String],
         env: &[(String, String)],
         log_filter: &str,
@@ -45,7 +50,7 @@ impl Partyline {
 
     /// [`Partyline::start`] inside network namespace `netns` (`ip netns
     /// exec`, which execs: the pid is partyline's).
-    pub fn start_in_netns(
+    pub(crate) fn start_in_netns(
         netns: &str,
         args: &[String],
         log_filter: &str,
@@ -107,12 +112,12 @@ impl Partyline {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
     /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
@@ -122,26 +127,26 @@ impl Partyline {
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit.
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         self.signal("TERM");
         self.wait(timeout)
     }
 
     /// Sends SIGKILL and reaps the process.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.signal("KILL");
         self.wait(Duration::from_secs(20));
     }
 
     /// Whether it is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|child| child.try_wait().expect("try_wait").is_none())
     }
 
     /// Waits up to `timeout` for the exit; panics (killing it) past that.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + timeout;
         loop {
@@ -160,12 +165,12 @@ impl Partyline {
     }
 
     /// The process's log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// ERROR lines of the log.
-    pub fn errors(&self) -> Vec<String> {
+    pub(crate) fn errors(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter(|line| line.contains(" ERROR "))
@@ -184,7 +189,7 @@ impl Drop for Partyline {
 }
 
 /// What a `partyline` run that is expected to stop on its own left behind.
-pub struct Exited {
+pub(crate) struct Exited {
     /// How it ended.
     pub status: ExitStatus,
     /// Everything it wrote to stderr.
@@ -196,7 +201,7 @@ pub struct Exited {
 /// Runs `partyline ARGS` and waits up to `timeout` for it to exit by
 /// itself; a process still running then is killed and the test fails, so a
 /// check that should refuse to start cannot hang the suite by serving.
-pub fn run_to_exit(args: &[&str], timeout: Duration) -> Exited {
+pub(crate) fn run_to_exit(args: &[&str], timeout: Duration) -> Exited {
     let dir = tempfile::tempdir().expect("temp dir");
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_partyline"))

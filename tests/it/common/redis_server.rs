@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::nats::free_port;
 
 /// A running (or stopped, for outage tests) `redis-server`.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     host: std::net::Ipv4Addr,
     port: u16,
@@ -19,13 +19,13 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts a server with an empty data dir and waits until it accepts.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_on(std::net::Ipv4Addr::LOCALHOST)
     }
 
     /// [`RedisServer::start`] listening on `host` (an address the test
     /// created) instead of 127.0.0.1.
-    pub fn start_on(host: std::net::Ipv4Addr) -> Self {
+    pub(crate) fn start_on(host: std::net::Ipv4Addr) -> Self {
         let mut server = Self {
             child: None,
             host,
@@ -37,12 +37,12 @@ impl RedisServer {
     }
 
     /// `redis://HOST:PORT/0`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}:{}/0", self.host, self.port)
     }
 
     /// Kills the server (SIGKILL: whatever reached the AOF stays).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -50,13 +50,13 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port and data dir.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
 
     /// A synchronous connection, for inspecting keys.
-    pub fn connection(&self) -> redis::Connection {
+    pub(crate) fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .expect("redis url")
             .get_connection()

@@ -19,14 +19,14 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Access key the server accepts.
-pub const ACCESS_KEY: &str = "partyline-test";
+pub(crate) const ACCESS_KEY: &str = "partyline-test";
 /// Its secret.
-pub const SECRET_KEY: &str = "partyline-test-secret";
+pub(crate) const SECRET_KEY: &str = "partyline-test-secret";
 /// Any region works with SigV4 here; the client must send one.
-pub const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 
 /// A running (or stopped, for outage tests) S3 server.
-pub struct S3Server {
+pub(crate) struct S3Server {
     runtime: Option<tokio::runtime::Runtime>,
     service: S3Service,
     addr: SocketAddr,
@@ -38,7 +38,7 @@ pub struct S3Server {
 
 impl S3Server {
     /// Starts a server over an empty root on `127.0.0.1:0`.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let root = tempfile::tempdir().expect("s3 root");
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
         let mut builder = S3ServiceBuilder::new(fs);
@@ -65,27 +65,27 @@ impl S3Server {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The directory holding the buckets.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.root.path()
     }
 
     /// Creates bucket `name` (a directory under the root).
-    pub fn create_bucket(&self, name: &str) {
+    pub(crate) fn create_bucket(&self, name: &str) {
         std::fs::create_dir_all(self.root.path().join(name)).expect("create bucket");
     }
 
     /// The file holding object `key` of `bucket`.
-    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+    pub(crate) fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
         self.root.path().join(bucket).join(key)
     }
 
     /// The keys of `bucket`'s objects, as found on disk, sorted.
-    pub fn objects(&self, bucket: &str) -> Vec<String> {
+    pub(crate) fn objects(&self, bucket: &str) -> Vec<String> {
         fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten() {
                 let entry = entry.expect("read bucket dir");
@@ -110,7 +110,7 @@ impl S3Server {
     /// The `AWS_*` variables an `object_store` S3 client (`s3://bucket/...`)
     /// needs to reach this server: endpoint, credentials, region, plain
     /// HTTP. Requests stay path-style (the default) as the endpoint is an IP.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT", self.endpoint()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
@@ -122,7 +122,7 @@ impl S3Server {
 
     /// An outage: closes the listener (new connections are refused) and
     /// drops every live connection, then returns. Objects stay on disk.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(accept) = self.accept.take() else {
             return;
         };
@@ -137,7 +137,7 @@ impl S3Server {
     }
 
     /// Serves again on the same port and root after `stop`.
-    pub fn start_again(&mut self) {
+    pub(crate) fn start_again(&mut self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {

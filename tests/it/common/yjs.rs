@@ -4,7 +4,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 /// A Yjs update appending `text` to root text `t` of `doc`.
-pub fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
+pub(crate) fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
     let t = doc.get_or_insert_text("t");
     let before = doc.transact().state_vector();
     {
@@ -16,13 +16,13 @@ pub fn edit(doc: &Doc, text: &str) -> bytes::Bytes {
 }
 
 /// `doc`'s whole state as one update.
-pub fn state(doc: &Doc) -> Vec<u8> {
+pub(crate) fn state(doc: &Doc) -> Vec<u8> {
     doc.transact()
         .encode_state_as_update_v1(&StateVector::default())
 }
 
 /// Root text `t` after applying `updates` to a fresh document.
-pub fn text_of(updates: &[Vec<u8>]) -> String {
+pub(crate) fn text_of(updates: &[Vec<u8>]) -> String {
     let doc = Doc::new();
     {
         let mut txn = doc.transact_mut();
