@@ -1,10 +1,12 @@
 //! Retry pauses that double, with jitter. After an outage every room of a
 //! node retries its snapshot, its state callback or its lock at once;
 //! pauses that only double would keep them in lockstep, each retry a
-//! burst. Each pause is drawn from `[d/2, d]` ("equal jitter"), where `d`
-//! doubles from the first pause up to the longest: never longer than the
-//! plain schedule, never shorter than half of it. Plain data; the caller
-//! sleeps.
+//! burst. The plain schedule doubles from the first pause up to the
+//! longest; each jittered pause is drawn from `[b, 2b)` where `b` is the
+//! plain pause, at most half the longest. So a retry never comes sooner
+//! than the plain schedule said (the webhook receivers and stores that
+//! failed get at least that long), and never later than the longest.
+//! Plain data; the caller sleeps.
 
 use std::time::Duration;
 
@@ -42,9 +44,9 @@ impl Backoff {
         if !self.jitter {
             return plain;
         }
-        let half = plain / 2;
-        let spread = u64::try_from((plain - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(fastrand::u64(0..=spread))
+        let base = plain.min(self.longest / 2);
+        let spread = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        base + Duration::from_nanos(fastrand::u64(0..spread.max(1)))
     }
 
     /// Back to the first pause (after a success).
@@ -70,18 +72,23 @@ mod tests {
     }
 
     #[test]
-    fn jittered_pauses_vary_within_half_and_all_of_the_plain_schedule() {
+    fn jittered_pauses_vary_from_the_plain_schedule_to_twice_it() {
         let plain = [1, 2, 4, 8, 16, 30, 30].map(Duration::from_secs);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
             let mut backoff = Backoff::new(FIRST, LONGEST);
             for plain in plain {
                 let pause = backoff.next_pause();
+                let base = plain.min(LONGEST / 2);
                 assert!(
-                    pause >= plain / 2 && pause <= plain,
-                    "{pause:?} outside [{:?}, {plain:?}]",
-                    plain / 2
+                    pause >= base && pause < 2 * base,
+                    "{pause:?} outside [{base:?}, {:?})",
+                    2 * base
                 );
+                // Never sooner than the plain schedule below the cap.
+                if plain <= LONGEST / 2 {
+                    assert!(pause >= plain);
+                }
                 seen.insert(pause);
             }
         }
