@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::common;
 use crate::common::cluster::{owning_nodes, try_admin};
 use crate::common::load::Load;
-use crate::common::nats::{free_port, NatsServer};
+use crate::common::nats::{free_port, restartable_port, NatsServer};
 use crate::common::process::Partyline;
 use crate::common::redis_server::RedisServer;
 use crate::common::s3_server::{self, S3Server};
@@ -309,11 +309,11 @@ fn ops_address(args: &[String]) -> String {
 }
 
 /// One replica's command line: its own ops port (each container has its
-/// own network namespace) and `extra` flags.
+/// own network namespace; room nodes restart on it) and `extra` flags.
 fn replica(args: &[String], extra: &[String]) -> Vec<String> {
     let mut args = args.to_vec();
     let at = args.iter().position(|a| a == "--ops-listen").unwrap();
-    args[at + 1] = format!("127.0.0.1:{}", free_port());
+    args[at + 1] = format!("127.0.0.1:{}", restartable_port());
     args.extend(extra.iter().cloned());
     args
 }

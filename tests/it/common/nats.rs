@@ -79,7 +79,7 @@ impl NatsServer {
         Self {
             child: None,
             host,
-            port: free_port(),
+            port: restartable_port(),
             binary: nats_server_binary(),
             store: tempfile::tempdir().expect("nats store dir"),
             extra: extra.iter().map(|a| a.to_string()).collect(),
@@ -192,9 +192,30 @@ fn at_least_2_10(binary: &std::path::Path) -> bool {
     (major, minor) >= (2, 10)
 }
 
-/// A port nobody listened on a moment ago.
 /// A port nothing listens on right now.
 pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
+}
+
+/// A free loopback port below the kernel's ephemeral range, for a server
+/// stopped and started again on the same port. A port from that range can
+/// meanwhile become the local port of some outgoing connection (this
+/// test's load makes many), and the restart then fails with EADDRINUSE
+/// (seen in `compose`). Each test process starts its search at a
+/// different place, and no port is handed out twice in one process.
+pub(crate) fn restartable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000; // below 32768, Linux's default ephemeral floor
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = LOW + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }

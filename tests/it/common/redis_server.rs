@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::nats::free_port;
+use super::nats::restartable_port;
 
 /// A running (or stopped, for outage tests) `redis-server`.
 pub(crate) struct RedisServer {
@@ -29,7 +29,7 @@ impl RedisServer {
         let mut server = Self {
             child: None,
             host,
-            port: free_port(),
+            port: restartable_port(),
             dir: tempfile::tempdir().expect("redis dir"),
         };
         server.spawn();
