@@ -17,6 +17,7 @@ pub mod close;
 pub mod codec;
 pub mod directory;
 pub mod link;
+pub mod retry;
 pub mod room;
 pub mod rt;
 pub mod slot;

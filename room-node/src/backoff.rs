@@ -1,23 +1,24 @@
-//! Retry pauses that double, with jitter. After an outage every room of a
-//! node retries its snapshot, its state callback or its lock at once;
-//! pauses that only double would keep them in lockstep, each retry a
-//! burst. The plain schedule doubles from the first pause up to the
-//! longest; each jittered pause is drawn from `[b, 2b)` where `b` is the
-//! plain pause, at most half the longest. So a retry never comes sooner
-//! than the plain schedule said (the webhook receivers and stores that
-//! failed get at least that long), and never later than the longest.
-//! Plain data; the caller sleeps.
+//! A room's retry pauses with a reset: the shared schedule of
+//! [`partyline_proto::retry`] (doubling, each pause drawn from `[b, 2b)`
+//! where `b` is the plain pause, at most half the longest), restarted
+//! after a success. After an outage a node's rooms then do not retry their
+//! snapshots, state callbacks or locks in lockstep, and no retry comes
+//! sooner than the plain schedule said. Plain data; the caller sleeps.
 
 use std::time::Duration;
 
-/// A doubling schedule of retry pauses.
-#[derive(Debug, Clone)]
+use backon::ExponentialBackoff;
+use partyline_proto::retry;
+
+/// A doubling schedule of retry pauses that can start over.
+#[derive(Debug)]
 pub struct Backoff {
     first: Duration,
     longest: Duration,
-    /// The next pause before jitter.
-    next: Duration,
     jitter: bool,
+    /// Made at the first pause: every room's snapshot schedule holds a
+    /// `Backoff`, and only failing ones need the (large) schedule.
+    pauses: Option<Box<ExponentialBackoff>>,
 }
 
 impl Backoff {
@@ -26,32 +27,35 @@ impl Backoff {
         Self {
             first,
             longest,
-            next: first,
             jitter: true,
+            pauses: None,
         }
     }
 
     /// The same schedule without jitter (tests that check exact times).
     pub fn without_jitter(mut self) -> Self {
         self.jitter = false;
+        self.pauses = None;
         self
     }
 
     /// The next pause; the one after is twice as long (up to the longest).
     pub fn next_pause(&mut self) -> Duration {
-        let plain = self.next;
-        self.next = (plain * 2).min(self.longest);
-        if !self.jitter {
-            return plain;
-        }
-        let base = plain.min(self.longest / 2);
-        let spread = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
-        base + Duration::from_nanos(fastrand::u64(0..spread.max(1)))
+        let (first, longest, jitter) = (self.first, self.longest, self.jitter);
+        let pauses = self.pauses.get_or_insert_with(|| {
+            Box::new(if jitter {
+                retry::jittered(first, longest)
+            } else {
+                retry::plain(first, longest)
+            })
+        });
+        // Endless schedules: `next` always has one.
+        pauses.next().unwrap_or(longest)
     }
 
     /// Back to the first pause (after a success).
     pub fn reset(&mut self) {
-        self.next = self.first;
+        self.pauses = None;
     }
 }
 

@@ -94,10 +94,7 @@ pub(crate) fn decode_update_with_blocks(
     bytes: &[u8],
 ) -> Result<(Update, Vec<crate::update_check::BlockRef>), ProtocolError> {
     let mut blocks = Vec::new();
-    crate::update_check::scan_update(bytes, |block| blocks.push(block))?;
-    if blocks.iter().any(|block| block.is_subdoc) {
-        return Err(crate::update_check::UpdateCheckError::SubDocument.into());
-    }
+    crate::update_check::scan_outside_update(bytes, |block| blocks.push(block))?;
     let update = decode_guarded(|| Update::decode_v1(bytes))??;
     Ok((update, blocks))
 }

@@ -109,8 +109,19 @@ pub struct BlockRef {
 /// itself (the field order of yrs's `DecoderV1`), not through yrs, whose
 /// id decoding asserts on client ids over 53 bits.
 pub fn check_update(update: &[u8]) -> Result<(), UpdateCheckError> {
+    scan_outside_update(update, |_| {})
+}
+
+/// [`check_update`], handing every block to `visit` in update order.
+pub fn scan_outside_update(
+    update: &[u8],
+    mut visit: impl FnMut(BlockRef),
+) -> Result<(), UpdateCheckError> {
     let mut subdoc = false;
-    scan_update(update, |block| subdoc |= block.is_subdoc)?;
+    scan_update(update, |block| {
+        subdoc |= block.is_subdoc;
+        visit(block);
+    })?;
     if subdoc {
         return Err(UpdateCheckError::SubDocument);
     }

@@ -17,7 +17,7 @@ use partyline_proto::{close, SYNC_STEP1_EMPTY};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{jittered_backoff, LocalSession, OpenReply, StreamEnd, UpstreamActor, UpstreamCommand};
+use super::{LocalSession, OpenReply, StreamEnd, UpstreamActor, UpstreamCommand};
 use crate::client_socket::ClientSocket;
 use crate::messages::{CloseReason, SessionGrant};
 
@@ -201,7 +201,7 @@ impl UpstreamActor {
 
 /// Pauses between quick re-opens of a failing room.
 fn reopen_backoff() -> ExponentialBackoff {
-    jittered_backoff(REOPEN_BACKOFF_MIN, REOPEN_BACKOFF_MAX)
+    partyline_proto::retry::jittered(REOPEN_BACKOFF_MIN, REOPEN_BACKOFF_MAX)
 }
 
 /// A move nobody announced (node died, stream broke, release timed out):

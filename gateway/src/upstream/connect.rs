@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::{jittered_backoff, UpstreamActor, UPSTREAM_QUEUE};
+use super::{UpstreamActor, UPSTREAM_QUEUE};
 use crate::messages::CloseReason;
 
 /// First pause between tries to reach a room's owner.
@@ -49,7 +49,7 @@ impl UpstreamActor {
     /// retrying until `owner_unreachable_timeout`.
     pub(super) async fn connect(&self, mut min_epoch: u64) -> Result<Connection, CloseReason> {
         let deadline = Instant::now() + self.config.owner_unreachable_timeout;
-        let mut pauses = jittered_backoff(CONNECT_BACKOFF_MIN, CONNECT_BACKOFF_MAX);
+        let mut pauses = partyline_proto::retry::jittered(CONNECT_BACKOFF_MIN, CONNECT_BACKOFF_MAX);
         let mut maps = self.router.subscribe();
         let mut told_unauthenticated = false;
         loop {

@@ -26,9 +26,7 @@ mod relay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::Bytes;
 use partyline_proto::directory::{Directory, Live};
 use partyline_proto::{close, RoomName};
@@ -238,42 +236,4 @@ struct UpstreamActor {
     cancel: CancellationToken,
     rx: mpsc::Receiver<UpstreamCommand>,
     sessions: HashMap<u64, LocalSession>,
-}
-
-/// Retry pauses that start at `min` and double, each drawn from
-/// `[d, 2d)` and so never over `max`: the rooms of a node that failed do
-/// not all retry at the same instants. backon's jitter adds up to the
-/// delay itself, hence the doubling stops at half of `max`.
-fn jittered_backoff(min: Duration, max: Duration) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max / 2)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_pauses_double_with_jitter_between_the_base_and_the_max() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        let mut firsts = Vec::new();
-        for _ in 0..20 {
-            let pauses: Vec<Duration> = jittered_backoff(min, max).take(12).collect();
-            // Never shorter than the un-jittered schedule below the cap,
-            // never over the max.
-            for (n, pause) in pauses.iter().enumerate() {
-                let floor = (min * 2u32.pow(n.min(10) as u32)).min(max / 2);
-                assert!(*pause >= floor - Duration::from_micros(1), "{n}: {pause:?}");
-                assert!(*pause <= max, "{n}: {pause:?}");
-            }
-            firsts.push(pauses[0]);
-        }
-        firsts.sort();
-        firsts.dedup();
-        assert!(firsts.len() > 1, "no jitter: every first pause {firsts:?}");
-    }
 }
