@@ -110,16 +110,14 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<usize, String> {
-        let set: jsonwebtoken::jwk::JwkSet = self
+        let response = self
             .client
             .get(&self.url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
             .map_err(|e| e.to_string())?;
+        let set: jsonwebtoken::jwk::JwkSet = super::bounded_json(response).await?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = jwk.common.key_id.clone() else {

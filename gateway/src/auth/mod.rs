@@ -130,6 +130,34 @@ pub enum AuthConfigError {
     Http(String),
 }
 
+/// Largest auth webhook answer or JWKS document read, in bytes. Both are a
+/// few hundred bytes to a few KiB; a larger body is refused as it streams
+/// in (the client is refused: fail closed), and what is cached per client
+/// stays small.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads `response`'s JSON body, refusing one over [`MAX_ANSWER_BYTES`]
+/// before reading past it.
+async fn bounded_json<T: serde::de::DeserializeOwned>(
+    mut response: reqwest::Response,
+) -> Result<T, String> {
+    let too_big = || format!("answer over {MAX_ANSWER_BYTES} bytes");
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
 /// An HTTP client that gives up after `timeout`; without one a hung
 /// webhook or JWKS server would hold connects forever.
 fn http_client(timeout: Duration) -> Result<reqwest::Client, AuthConfigError> {

@@ -113,8 +113,7 @@ impl WebhookAuthorizer {
             .map_err(|e| unavailable(e.to_string()))?;
         match response.status() {
             StatusCode::OK => {
-                let answer: WebhookAnswer = response
-                    .json()
+                let answer: WebhookAnswer = super::bounded_json(response)
                     .await
                     .map_err(|e| unavailable(format!("bad answer: {e}")))?;
                 let user = answer.user.unwrap_or(WebhookUser {
@@ -237,6 +236,28 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert_eq!(calls["often"], 1, "the full cache was emptied");
         assert_eq!(calls.len(), 1 + ENTRIES / 2 + ENTRIES * 10);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_byte_limit_refuses_the_client() {
+        let padding = "x".repeat(super::super::MAX_ANSWER_BYTES);
+        let answer = move || {
+            let padding = padding.clone();
+            async move {
+                axum::Json(
+                    serde_json::json!({"access": "write", "user": {"id": "u", "name": padding}}),
+                )
+            }
+        };
+        let app = axum::Router::new().route("/auth", axum::routing::post(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/auth", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hook = authorizer(&url, 100);
+        match check(&hook, "token=t").await {
+            Err(Refusal::Unavailable(why)) => assert!(why.contains("bytes"), "{why}"),
+            other => panic!("a huge answer was taken: {:?}", other.map(|a| a.identity)),
+        }
     }
 
     #[tokio::test]
