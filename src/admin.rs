@@ -198,7 +198,9 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Export { room, timeout } => {
             let name = room_name(&room)?;
             let rooms = room_api(&options, &link, timeout).await?;
-            let (update, url) = rooms.state(&name, false).await?;
+            let (update, url) = rooms
+                .state(&name, partyline_proto::pb::StateFormat::UpdateV1)
+                .await?;
             std::io::Write::write_all(&mut std::io::stdout().lock(), &update)?;
             eprintln!("exported {} bytes of {room} from {url}", update.len());
             Ok(())

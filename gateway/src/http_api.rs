@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use partyline_proto::{slot_of, RoomName};
+use partyline_proto::{pb, slot_of, RoomName};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -157,16 +157,17 @@ async fn state(
     Query(query): Query<StateQuery>,
 ) -> Answer {
     let room = room(name)?;
-    let (json, content_type) = match query.format.as_deref() {
-        None | Some("update") => (false, "application/octet-stream"),
-        Some("json") => (true, "application/json"),
+    let (format, content_type) = match query.format.as_deref() {
+        None | Some("update") => (pb::StateFormat::UpdateV1, "application/octet-stream"),
+        Some("json") => (pb::StateFormat::Json, "application/json"),
+        Some("prosemirror") => (pb::StateFormat::Prosemirror, "application/json"),
         Some(other) => {
             return Err(RoomApiError::BadRequest(format!(
-                "unknown format {other:?}: update or json"
+                "unknown format {other:?}: update, json or prosemirror"
             )))
         }
     };
-    let (state, _) = api.rooms.state(&room, json).await?;
+    let (state, _) = api.rooms.state(&room, format).await?;
     Ok(([(header::CONTENT_TYPE, content_type)], state).into_response())
 }
 

@@ -165,18 +165,14 @@ impl RoomApi {
         .await
     }
 
-    /// The room's state (one Yjs update v1, or JSON of its top-level
-    /// types), and its owner's URL.
+    /// The room's state in `format` (one Yjs update v1, JSON of its
+    /// top-level types, or ProseMirror JSON of its XML fragments), and its
+    /// owner's URL.
     pub async fn state(
         &self,
         room: &RoomName,
-        json: bool,
+        format: pb::StateFormat,
     ) -> Result<(Bytes, String), RoomApiError> {
-        let format = if json {
-            pb::StateFormat::Json
-        } else {
-            pb::StateFormat::UpdateV1
-        };
         let (reply, url) = self
             .on_owner(room, |mut node, epoch| async move {
                 let request = pb::RoomStateRequest {

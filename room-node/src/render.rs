@@ -11,6 +11,11 @@
 //! Client content never goes through yrs's own recursive conversions
 //! (`as_prelim`, `to_json`, `Out::to_string` of a type): they have no depth
 //! limit. This walk recurses on our side only, with the depth budget.
+//!
+//! [`prosemirror`] renders the XML fragments as ProseMirror JSON instead,
+//! for `?format=prosemirror`.
+
+pub mod prosemirror;
 
 use serde_json::{Map, Value};
 use yrs::types::xml::{Xml, XmlFragment, XmlOut};
@@ -184,6 +189,33 @@ mod tests {
     use yrs::updates::decoder::Decode;
     use yrs::{Array, Map as _, StateVector, Text, Update, WriteTxn};
 
+    /// `doc` as a server holds it: read back from an update, its
+    /// top-level types untyped.
+    pub(super) fn as_received(doc: &Doc) -> Doc {
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let server = Doc::new();
+        server
+            .transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+        server
+    }
+
+    /// `render`'s answer, computed on a 256 KiB stack: a walk that
+    /// followed a deep document down would overflow it.
+    pub(super) fn on_small_stack<R: Send + 'static>(
+        render: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(render)
+            .unwrap()
+            .join()
+            .expect("rendered without overflowing")
+    }
+
     #[test]
     fn a_deep_untyped_document_renders_on_a_small_stack() {
         // 3,000 nested maps arrive untyped (as on a server); yrs's own
@@ -197,20 +229,8 @@ mod tests {
             }
             parent.insert(&mut txn, "leaf", "x");
         }
-        let update = writer
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let server = Doc::new();
-        server
-            .transact_mut()
-            .apply_update(Update::decode_v1(&update).unwrap())
-            .unwrap();
-        let json = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || doc_to_json(&server))
-            .unwrap()
-            .join()
-            .expect("rendered without overflowing");
+        let server = as_received(&writer);
+        let json = on_small_stack(move || doc_to_json(&server));
         let mut level = &json["m"];
         let mut depth = 1;
         while let Some(next) = level.get("k") {
@@ -236,13 +256,7 @@ mod tests {
             list.push_back(&mut txn, "a");
             list.push_back(&mut txn, 2);
         }
-        let update = source
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let doc = Doc::new();
-        doc.transact_mut()
-            .apply_update(Update::decode_v1(&update).unwrap())
-            .unwrap();
+        let doc = as_received(&source);
         assert_eq!(
             doc_to_json(&doc),
             serde_json::json!({

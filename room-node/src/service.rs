@@ -131,11 +131,11 @@ impl RoomNode for RoomNodeService {
         request: Request<pb::RoomStateRequest>,
     ) -> Result<Response<pb::RoomStateReply>, Status> {
         let request = request.into_inner();
-        let json = request.format() == pb::StateFormat::Json;
+        let format = request.format();
         let room = room_name(request.room)?;
         let state = self
             .registry
-            .call(&room, false, |reply| RoomCommand::State { json, reply })
+            .call(&room, false, |reply| RoomCommand::State { format, reply })
             .await
             .map_err(call_status)?;
         Ok(Response::new(pb::RoomStateReply {

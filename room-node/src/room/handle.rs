@@ -52,11 +52,11 @@ pub enum RoomCommand {
         /// Where the answer goes.
         reply: oneshot::Sender<RoomInfo>,
     },
-    /// Server API: the room's whole state as one Yjs update v1, or as JSON
-    /// of its top-level types.
+    /// Server API: the room's whole state as one Yjs update v1, as JSON of
+    /// its top-level types, or as ProseMirror JSON of its XML fragments.
     State {
-        /// JSON instead of the update.
-        json: bool,
+        /// Which of those (unspecified: the update).
+        format: pb::StateFormat,
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<u8>>,
     },
