@@ -294,9 +294,9 @@ pub(crate) fn hooks(
     if !config.any() {
         return Ok(None);
     }
-    if config.callback_url.is_some() && config.callback_secret.is_none() {
+    if config.callback_url.is_some() && config.secret.is_none() {
         tracing::warn!(
-            "state callbacks are unsigned: set --callback-secret so the app can verify them"
+            "state callbacks are unsigned: set --webhook-secret so the app can verify them"
         );
     }
     Ok(Some(partyline_room_node::hooks::Hooks::new(
@@ -323,6 +323,7 @@ pub(crate) fn check_auth(auth: &AuthSettings, allow_none: bool) -> anyhow::Resul
 pub(crate) async fn authorizer(
     auth: &AuthSettings,
     allow_none: bool,
+    signer: Option<partyline_proto::webhook::WebhookSigner>,
 ) -> anyhow::Result<partyline_gateway::auth::Authorizer> {
     use partyline_gateway::auth::{Authorizer, JwtAuthorizer};
     check_auth(auth, allow_none)?;
@@ -359,12 +360,19 @@ pub(crate) async fn authorizer(
                 .webhook_url
                 .as_deref()
                 .context("--auth-mode webhook needs --webhook-url")?;
+            if signer.is_none() {
+                tracing::warn!("auth webhook requests are unsigned: set --webhook-secret so the app can verify them");
+            }
             Ok(Authorizer::Webhook(std::sync::Arc::new(
                 partyline_gateway::auth::WebhookAuthorizer::new(
-                    url,
-                    auth.webhook_timeout,
-                    auth.cache_ttl,
-                    auth.cache_entries.max(1),
+                    partyline_gateway::auth::WebhookSettings {
+                        url: url.to_owned(),
+                        timeout: auth.webhook_timeout,
+                        ttl: auth.cache_ttl,
+                        max_entries: auth.cache_entries.max(1),
+                        forward_headers: auth.forward_headers()?,
+                        signer,
+                    },
                 )?,
             )))
         }

@@ -103,6 +103,7 @@ pub(crate) async fn run(
         live_hooks,
         gateway: mut gateway_config,
         auth,
+        hooks,
         ..
     } = prepare(&args, file)?;
     let node_id = room_config.node_id.clone();
@@ -115,7 +116,7 @@ pub(crate) async fn run(
     }
     let data_dir = std::fs::canonicalize(&room_config.data_dir)
         .unwrap_or_else(|_| room_config.data_dir.clone());
-    gateway_config.auth = crate::config::authorizer(&auth, true).await?;
+    gateway_config.auth = crate::config::authorizer(&auth, true, hooks.signer()?).await?;
     let auth_mode = auth.mode.clone().unwrap_or_else(|| "none".to_owned());
     gateway_config.trace_frames = serving.traces;
 

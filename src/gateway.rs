@@ -8,7 +8,7 @@ use partyline_proto::close;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::flags::{AuthFlags, ClusterFlags, GatewayFlags, LinkFlags};
+use crate::config::flags::{AuthFlags, ClusterFlags, GatewayFlags, LinkFlags, WebhookSecretFlags};
 use crate::config::{effective, host_name, layer, AuthSettings, FileConfig, LinkSettings};
 use crate::ServeArgs;
 
@@ -25,6 +25,8 @@ pub(crate) struct GatewayArgs {
     auth: AuthFlags,
     #[command(flatten)]
     link: LinkFlags,
+    #[command(flatten)]
+    signing: WebhookSecretFlags,
     /// Let any client open and edit any room, without a token.
     #[arg(long, env = "PARTYLINE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
@@ -37,6 +39,8 @@ struct Prepared {
     gateway: partyline_gateway::GatewayConfig,
     auth: AuthSettings,
     link: LinkSettings,
+    /// Signs the auth webhook's requests (`[webhooks] secret`).
+    signer: Option<partyline_proto::webhook::WebhookSigner>,
 }
 
 fn prepare(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Prepared> {
@@ -50,12 +54,14 @@ fn prepare(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Prepared> {
     config.max_session = auth.max_session;
     let link = file.link.layered(&args.link)?;
     link.check()?;
+    let signer = layer(file.webhooks, &args.signing)?.signer()?;
     Ok(Prepared {
         listen,
         cluster,
         gateway: config,
         auth,
         link,
+        signer,
     })
 }
 
@@ -79,6 +85,10 @@ pub(crate) fn effective(
         ("auth", auth),
         ("cluster", effective::cluster(&prepared.cluster)),
         ("link", prepared.link.effective()?),
+        (
+            "webhooks",
+            serde_json::json!({ "secret": prepared.signer.as_ref().map(|_| "<redacted>") }),
+        ),
     ])
 }
 
@@ -95,8 +105,15 @@ pub(crate) async fn run(
         gateway: mut config,
         auth,
         link,
+        signer,
     } = prepare(&args, file)?;
-    config.auth = crate::config::authorizer(&auth, insecure_no_auth).await?;
+    config.auth = crate::config::authorizer(&auth, insecure_no_auth, signer).await?;
+    if config.allowed_origins.is_none() {
+        tracing::warn!(
+            "no --allowed-origins: pages of any web origin may open sockets and call the API \
+             with a user's credentials; list your app's origins"
+        );
+    }
     config.trace_frames = serving.traces;
 
     let shutdown = CancellationToken::new();

@@ -127,6 +127,12 @@ pub struct GatewaySettings {
     /// How long an HTTP API call waits for the room's owner.
     #[serde(with = "humantime_serde")]
     pub api_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (CIDRs or
+    /// addresses); from any other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Origins whose pages may connect and call the API (`*`,
+    /// `https://app.example.com`, `https://*.example.com`); `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for GatewaySettings {
@@ -153,6 +159,8 @@ impl Default for GatewaySettings {
             message_burst: limits.message_burst,
             api_key: None,
             api_timeout: DEFAULT_API_TIMEOUT,
+            trusted_proxies: Vec::new(),
+            allowed_origins: None,
         }
     }
 }
@@ -207,7 +215,21 @@ impl GatewaySettings {
     /// and the rest of the wiring are the caller's).
     pub fn into_config(self, gateway_id: impl Into<String>) -> Result<GatewayConfig, ConfigError> {
         self.validate()?;
-        Ok(self.config(gateway_id.into()))
+        let trusted_proxies =
+            crate::client_addr::parse_trusted(&self.trusted_proxies).map_err(|e| {
+                ConfigError(format!("gateway.trusted_proxies (--trusted-proxies): {e}"))
+            })?;
+        let allowed_origins = match &self.allowed_origins {
+            Some(entries) => Some(
+                crate::origins::AllowedOrigins::parse(entries)
+                    .map_err(|e| ConfigError(format!("gateway.allowed_origins: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut config = self.config(gateway_id.into());
+        config.trusted_proxies = trusted_proxies;
+        config.allowed_origins = allowed_origins;
+        Ok(config)
     }
 
     /// The config, unchecked.
@@ -235,6 +257,8 @@ impl GatewaySettings {
             },
             api_key: self.api_key,
             api_timeout: self.api_timeout,
+            trusted_proxies: Vec::new(),
+            allowed_origins: None,
             auth: crate::auth::Authorizer::None,
             max_session: None,
             trace_frames: false,
@@ -264,9 +288,11 @@ pub struct AuthSettings {
     /// Required `aud` claim.
     pub jwt_audience: Option<String>,
     /// The app's permission check for `webhook`: POSTed `{room, party,
-    /// token, params}`, answers `200 {"access": "write"|"read", "user": {"id", "name"}}`,
-    /// 401 or 403.
+    /// token, params, path, ip, headers}`, answers `200 {"access":
+    /// "write"|"read", "user": {"id", "name"}, "expires_at"}`, 401 or 403.
     pub webhook_url: Option<String>,
+    /// Request headers sent to the webhook (case-insensitive names).
+    pub webhook_forward_headers: Vec<String>,
     /// How long the webhook may take; slower is refused (fail closed).
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
@@ -291,6 +317,10 @@ impl Default for AuthSettings {
             jwt_issuer: None,
             jwt_audience: None,
             webhook_url: None,
+            webhook_forward_headers: crate::auth::DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
             webhook_timeout: DEFAULT_AUTH_WEBHOOK_TIMEOUT,
             cache_ttl: DEFAULT_AUTH_CACHE_TTL,
             cache_entries: DEFAULT_AUTH_CACHE_ENTRIES,
@@ -300,6 +330,22 @@ impl Default for AuthSettings {
 }
 
 impl AuthSettings {
+    /// `webhook_forward_headers` as header names (lower-cased).
+    pub fn forward_headers(&self) -> Result<Vec<axum::http::HeaderName>, ConfigError> {
+        self.webhook_forward_headers
+            .iter()
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                axum::http::HeaderName::try_from(name.to_ascii_lowercase()).map_err(|_| {
+                    ConfigError(format!(
+                        "auth.webhook_forward_headers (--webhook-forward-headers): {name:?} is not a header name"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// The mode's name (`none` when unset).
     pub fn mode(&self) -> &str {
         self.mode.as_deref().unwrap_or("none")
@@ -308,6 +354,7 @@ impl AuthSettings {
     /// Checks that a mode was chosen unless `allow_none` (`partyline dev`,
     /// or the operator said `--insecure-no-auth`).
     pub fn validate(&self, allow_none: bool) -> Result<(), ConfigError> {
+        self.forward_headers()?;
         ensure(allow_none || self.mode() != "none", || {
             "no client authorization configured: set --auth-mode jwt (with --jwt-secret or \
              --jwt-public-key), or pass --insecure-no-auth to let anyone open any room"
@@ -379,6 +426,12 @@ pub struct GatewayConfig {
     pub api_key: Option<String>,
     /// How long an HTTP API call may wait for the room's owner.
     pub api_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (the client's address for
+    /// per-address limits and the auth webhook).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins whose pages may connect and call the API; `None`: any
+    /// (`partyline gateway` warns at start).
+    pub allowed_origins: Option<crate::origins::AllowedOrigins>,
     /// Close code for client sockets when the gateway shuts down: 1001 for
     /// `partyline dev`, 1012 (service restart: reconnect elsewhere) in a
     /// cluster.

@@ -22,10 +22,12 @@ pub mod batch;
 pub mod config;
 pub mod path;
 
+mod client_addr;
 mod client_socket;
 mod http_api;
 mod limits;
 mod messages;
+pub mod origins;
 mod room_api;
 mod router;
 mod server;
@@ -123,7 +125,8 @@ pub async fn run_on(
         room_api::RoomApi::new(router.clone(), config.api_timeout),
         config.api_key.clone(),
         config.max_message_bytes,
-    );
+    )
+    .layer(config.allowed_origins.clone().unwrap_or_default().cors());
     let shared = Arc::new(Shared {
         upstreams: Upstreams::new(
             router.clone(),
@@ -172,6 +175,18 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         _ => {}
     }
+    // Before anything else reads the request: a page of another origin gets
+    // nothing from the API and no socket.
+    if let Some(origin) = shared
+        .config
+        .allowed_origins
+        .as_ref()
+        .and_then(|allowed| allowed.refused(request.headers()))
+    {
+        telemetry::refuse("origin");
+        tracing::info!(origin = ?origin, path = request.uri().path(), "refused request from an origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     if request.uri().path().starts_with("/v1/") && plain_http {
         let mut api = shared.api.clone();
         return tower_service::Service::call(&mut api, request)
@@ -214,10 +229,17 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal.into_response(),
     };
+    let client_ip = request.extensions().get::<server::PeerAddr>().map(|peer| {
+        client_addr::client_ip(
+            peer.0.ip(),
+            request.headers(),
+            &shared.config.trusted_proxies,
+        )
+    });
     // Per-address limits come before anything that costs (auth may ask the
     // app's webhook).
-    let admitted = match request.extensions().get::<server::PeerAddr>() {
-        Some(peer) => match shared.limits.admit(peer.0.ip()) {
+    let admitted = match client_ip {
+        Some(ip) => match shared.limits.admit(ip) {
             Ok(admitted) => Some(admitted),
             Err(refused) => {
                 telemetry::refuse(match refused {
@@ -227,7 +249,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
                 let refusals = &shared.limits.refused;
                 tracing::info!(
                     room = %room_path.room,
-                    peer = %peer.0.ip(),
+                    client = %ip,
                     %refused,
                     connect_rate_total = refusals.connect_rate.load(std::sync::atomic::Ordering::Relaxed),
                     sockets_total = refusals.sockets.load(std::sync::atomic::Ordering::Relaxed),
@@ -258,17 +280,15 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
         )
             .into_response();
     };
-    let access = match shared
-        .config
-        .auth
-        .authorize(
-            room_path.room.as_str(),
-            room_path.party.as_deref(),
-            uri.query(),
-            headers,
-        )
-        .await
-    {
+    let connect = auth::ConnectRequest {
+        room: room_path.room.as_str(),
+        party: room_path.party.as_deref(),
+        path: uri.path(),
+        query: uri.query(),
+        headers,
+        ip: client_ip,
+    };
+    let access = match shared.config.auth.authorize(&connect).await {
         Ok(access) => access,
         Err(refusal) => {
             telemetry::refuse(refusal.reason());
@@ -291,7 +311,15 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     sessions.spawn(async move {
         match upgrading.socket().await {
             Ok((stream, read_buf)) => {
-                session::serve(stream, read_buf, room_path.room, grant, shared).await;
+                session::serve(
+                    stream,
+                    read_buf,
+                    room_path.room,
+                    grant,
+                    access.expires_at,
+                    shared,
+                )
+                .await;
             }
             Err(error) => tracing::debug!(room = %room_path.room, %error, "upgrade failed"),
         }

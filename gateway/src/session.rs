@@ -12,7 +12,7 @@
 //! client's awareness is removed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::stream::FusedStream;
@@ -47,6 +47,7 @@ pub(crate) async fn serve(
     read_buf: Vec<u8>,
     room: RoomName,
     grant: SessionGrant,
+    grant_ends: Option<SystemTime>,
     shared: Arc<Shared>,
 ) {
     let config = &shared.config;
@@ -83,7 +84,17 @@ pub(crate) async fn serve(
     };
     let metrics = crate::telemetry::metrics();
     metrics.connections.add(1, &[]);
-    let reason = pump(&mut socket, &room, session_id, &upstream, &shared, &out).await;
+    let end = SessionEnd::first(config.max_session, grant_ends);
+    let reason = pump(
+        &mut socket,
+        &room,
+        session_id,
+        &upstream,
+        &shared,
+        &out,
+        end,
+    )
+    .await;
     metrics.connections.add(-1, &[]);
     Box::pin(upstream.close(session_id)).await;
     if let Some(reason) = reason {
@@ -100,6 +111,7 @@ async fn pump(
     upstream: &UpstreamHandle,
     shared: &Shared,
     out: &ClientSocket,
+    end: Option<SessionEnd>,
 ) -> Option<CloseReason> {
     let config = &shared.config;
     let mut reassembler = Reassembler::new(config.max_message_bytes);
@@ -107,11 +119,9 @@ async fn pump(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut message_rate = shared.limits.message_bucket();
-    // `max_session` bounds how long a revoked grant stays usable. Boxed and
-    // only when set: a timer is 112 bytes of every idle socket's future.
-    let mut expires = config
-        .max_session
-        .map(|after| Box::pin(tokio::time::sleep(after)));
+    // Boxed and only when set: a timer is 112 bytes of every idle socket's
+    // future.
+    let mut expires = end.map(|end| (Box::pin(tokio::time::sleep(end.after)), end));
     // Armed by a batch's start marker, dropped when it ends. Boxed and only
     // while a batch is open, like `expires`.
     let mut batch_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -210,10 +220,11 @@ async fn pump(
                     return None;
                 }
             }
-            _ = async { expires.as_mut().expect("guarded").await }, if expires.is_some() => {
-                tracing::debug!(room = %room, session = session_id, "session reached max_session; closing");
-                crate::telemetry::refuse("session_expired");
-                return Some(CloseReason::new(close::POLICY_VIOLATION, "session expired; reconnect to be authorized again"));
+            _ = async { expires.as_mut().expect("guarded").0.as_mut().await }, if expires.is_some() => {
+                let end = expires.as_ref().expect("guarded").1;
+                tracing::debug!(room = %room, session = session_id, why = end.label(), "session ended; closing");
+                crate::telemetry::refuse(end.label());
+                return Some(end.reason());
             }
             _ = async { batch_deadline.as_mut().expect("guarded").await }, if batch_deadline.is_some() => {
                 // Returning drops the reassembler and the chunks it holds.
@@ -224,6 +235,52 @@ async fn pump(
             _ = &mut cancelled => {
                 return Some(CloseReason::new(config.shutdown_close_code, "server shutting down"));
             }
+        }
+    }
+}
+
+/// When a session is closed whatever it does: at `--auth-max-session`
+/// (1008, so a revoked grant stops working within it) or when its grant
+/// ends (4401: the JWT's `exp`, the webhook's `expires_at`), whichever
+/// comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionEnd {
+    after: Duration,
+    grant: bool,
+}
+
+impl SessionEnd {
+    fn first(max_session: Option<Duration>, grant_ends: Option<SystemTime>) -> Option<Self> {
+        let grant = grant_ends.map(|at| Self {
+            after: at.duration_since(SystemTime::now()).unwrap_or_default(),
+            grant: true,
+        });
+        let max = max_session.map(|after| Self {
+            after,
+            grant: false,
+        });
+        match (grant, max) {
+            (Some(grant), Some(max)) => Some(if grant.after <= max.after { grant } else { max }),
+            (one, other) => one.or(other),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        if self.grant {
+            "grant_expired"
+        } else {
+            "session_expired"
+        }
+    }
+
+    fn reason(&self) -> CloseReason {
+        if self.grant {
+            CloseReason::new(close::UNAUTHORIZED, "session expired")
+        } else {
+            CloseReason::new(
+                close::POLICY_VIOLATION,
+                "session expired; reconnect to be authorized again",
+            )
         }
     }
 }
@@ -285,6 +342,7 @@ async fn send_close(socket: &mut Socket, reason: &CloseReason) {
     };
     let _ = tokio::time::timeout(CLOSE_DRAIN, close).await;
 }
+
 #[cfg(test)]
 mod tests {
     /// Every open socket holds one session future, so its size is part of
@@ -325,9 +383,25 @@ mod tests {
                 identity: String::new(),
                 read_only: false,
             },
+            None,
             shared,
         );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1536, "a session future takes {size} bytes");
+    }
+
+    #[test]
+    fn the_first_end_wins_and_says_why() {
+        use super::{close, SessionEnd};
+        use std::time::{Duration, SystemTime};
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(SessionEnd::first(None, None), None);
+        let grant = SessionEnd::first(Some(Duration::from_secs(3600)), Some(soon)).unwrap();
+        assert!(grant.grant && grant.after <= Duration::from_secs(60));
+        assert_eq!(grant.reason().code, close::UNAUTHORIZED);
+        let max = SessionEnd::first(Some(Duration::from_secs(10)), Some(soon)).unwrap();
+        assert_eq!(max.reason().code, close::POLICY_VIOLATION);
+        let past = SessionEnd::first(None, Some(SystemTime::UNIX_EPOCH)).unwrap();
+        assert_eq!(past.after, Duration::ZERO);
     }
 }

@@ -20,6 +20,10 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const SERVICE_RESTART: u16 = 1012;
 /// Room owner unreachable for longer than the re-route budget.
 pub const TRY_AGAIN_LATER: u16 = 1013;
+/// The session's grant ended: the webhook's `expires_at` or the JWT's
+/// `exp` passed, or its access was revoked through the sessions API. A
+/// 44xx code: y-websocket 3 does not reconnect with the stale token.
+pub const UNAUTHORIZED: u16 = 4401;
 /// A read-only session kept writing.
 pub const READ_ONLY: u16 = 4403;
 /// The room was deleted through the server API. y-websocket 3 does not

@@ -8,7 +8,8 @@
 //! how hyper's HTTP/2 tasks are spawned, and the accept step; `link` is the
 //! shared secret on the gRPC link (read from its file); `directory` is the
 //! live-actors-by-room table both the room node and the gateway keep (a
-//! type they own an instance of). Apart from those this crate holds no I/O
+//! type they own an instance of); `webhook` signs what every role sends to
+//! the app's backend. Apart from those this crate holds no I/O
 //! and no runtime state; every role depends on it and it depends on no
 //! role.
 
@@ -21,6 +22,7 @@ pub mod retry;
 pub mod room;
 pub mod rt;
 pub mod slot;
+pub mod webhook;
 pub mod ysync;
 
 /// Generated protobuf messages and tonic client/server for `partyline.v1`.

@@ -500,6 +500,14 @@ impl RoomNodeConfig {
             .map_or_else(RoomPolicy::default, |(_, policy)| *policy)
     }
 
+    /// The largest document `room` may hold (its policy's, else the
+    /// node's `max_doc_bytes`).
+    pub fn max_doc_bytes_of(&self, room: &str) -> u64 {
+        self.policy_of(room)
+            .max_doc_bytes
+            .unwrap_or(self.max_doc_bytes)
+    }
+
     /// Whether `room` may be opened: any name, unless
     /// `refuse_unlisted_rooms` asks for a matching policy.
     pub fn allows(&self, room: &str) -> bool {

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use partyline_proto::webhook::WebhookSigner;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 /// Default for [`HooksConfig::debounce_wait`] (y-partykit's).
 pub const DEFAULT_DEBOUNCE_WAIT: Duration = Duration::from_secs(2);
@@ -24,14 +24,29 @@ pub const DEFAULT_CALLBACK_RETRIES: u32 = 5;
 /// Default for [`HooksConfig::load_timeout`].
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The signature header on callbacks: `t=<unix seconds>,v1=<hex>`, where
-/// `v1` is HMAC-SHA256 of `"<t>.<body>"` keyed with the callback secret.
-pub const SIGNATURE_HEADER: &str = "x-partyline-signature";
+/// The header naming the room of a `binary` callback or load request
+/// (percent-encoded UTF-8).
+pub const ROOM_HEADER: &str = "x-partyline-room";
 
 /// First delay before a failed callback is retried; doubles each time.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between callback retries.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Most `--callback-header`s: a handful of credentials, not a payload.
+const MAX_EXTRA_HEADERS: usize = 16;
+
+/// What the state callback's body is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackFormat {
+    /// `{room, epoch, taken_unix_ms, state (base64), data (JSON)}`.
+    #[default]
+    Json,
+    /// The raw `Y.encodeStateAsUpdate` bytes, `application/octet-stream`,
+    /// the room in [`ROOM_HEADER`]; `load_url` is asked with an empty body
+    /// and the same header.
+    Binary,
+}
 
 /// Webhook settings: `[webhooks]` in the config file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,8 +54,17 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub struct HooksConfig {
     /// Where room states are POSTed after changes; `None`: no callback.
     pub callback_url: Option<String>,
-    /// Key of the callbacks' HMAC signature; `None`: unsigned.
+    /// `whsec_<base64>` secret(s) every outgoing webhook is signed with
+    /// (Standard Webhooks); `None`: unsigned.
+    pub secret: Option<String>,
+    /// Retired: the callback is signed with [`Self::secret`] now. Kept
+    /// only to refuse it with a message saying so.
     pub callback_secret: Option<String>,
+    /// The callback's body: `json` or `binary`.
+    pub callback_format: CallbackFormat,
+    /// `Name: value` headers added to callback and `load_url` requests
+    /// (e.g. `Authorization: Bearer …`).
+    pub callback_headers: Vec<String>,
     /// A callback waits until the room was quiet this long…
     #[serde(with = "humantime_serde")]
     pub debounce_wait: Duration,
@@ -60,13 +84,26 @@ pub struct HooksConfig {
 }
 
 impl HooksConfig {
-    /// Checks that the debounce makes sense.
+    /// Checks that the debounce makes sense, the secret and the extra
+    /// headers read, and that the retired `callback_secret` is not used.
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let error = |message: String| Err(crate::config::ConfigError(message));
         if self.debounce_max_wait < self.debounce_wait {
-            return Err(crate::config::ConfigError(
+            return error(
                 "webhooks.debounce_max_wait must be at least webhooks.debounce_wait".into(),
-            ));
+            );
         }
+        if self.callback_secret.is_some() {
+            return error(
+                "webhooks.callback_secret (--callback-secret) is replaced by webhooks.secret \
+                 (--webhook-secret whsec_<base64>): callbacks are now signed the Standard Webhooks \
+                 way (webhook-id, webhook-timestamp, webhook-signature headers) instead of \
+                 X-Partyline-Signature; see docs/webhooks.md"
+                    .into(),
+            );
+        }
+        self.signer()?;
+        self.extra_headers()?;
         Ok(())
     }
 
@@ -74,13 +111,58 @@ impl HooksConfig {
     pub fn any(&self) -> bool {
         self.callback_url.is_some() || self.load_url.is_some()
     }
+
+    /// The signer of [`Self::secret`], if one is set.
+    pub fn signer(&self) -> Result<Option<WebhookSigner>, crate::config::ConfigError> {
+        self.secret
+            .as_deref()
+            .map(WebhookSigner::parse)
+            .transpose()
+            .map_err(|e| {
+                crate::config::ConfigError(format!("webhooks.secret (--webhook-secret): {e}"))
+            })
+    }
+
+    /// [`Self::callback_headers`] as headers.
+    fn extra_headers(&self) -> Result<HeaderMap, crate::config::ConfigError> {
+        let bad = |why: String| {
+            crate::config::ConfigError(format!(
+                "webhooks.callback_headers (--callback-header): {why}"
+            ))
+        };
+        if self.callback_headers.len() > MAX_EXTRA_HEADERS {
+            return Err(bad(format!("at most {MAX_EXTRA_HEADERS} headers")));
+        }
+        let mut headers = HeaderMap::new();
+        for line in &self.callback_headers {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| bad(format!("{line:?} is not `Name: value`")))?;
+            let name = HeaderName::try_from(name.trim())
+                .map_err(|_| bad(format!("{:?} is not a header name", name.trim())))?;
+            if [CONTENT_TYPE.as_str(), ROOM_HEADER, "host", "content-length"]
+                .contains(&name.as_str())
+                || name.as_str().starts_with("webhook-")
+            {
+                return Err(bad(format!("{name} is set by Partyline")));
+            }
+            let mut value = HeaderValue::try_from(value.trim())
+                .map_err(|_| bad(format!("the value of {name} is not a header value")))?;
+            value.set_sensitive(true);
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 impl Default for HooksConfig {
     fn default() -> Self {
         Self {
             callback_url: None,
+            secret: None,
             callback_secret: None,
+            callback_format: CallbackFormat::Json,
+            callback_headers: Vec::new(),
             debounce_wait: DEFAULT_DEBOUNCE_WAIT,
             debounce_max_wait: DEFAULT_DEBOUNCE_MAX_WAIT,
             callback_timeout: DEFAULT_CALLBACK_TIMEOUT,
@@ -89,6 +171,17 @@ impl Default for HooksConfig {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
         }
     }
+}
+
+/// Why the hooks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HooksSetupError {
+    /// A setting does not read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The HTTP client could not be built.
+    #[error("webhooks' http client: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 /// Why a webhook request failed.
@@ -118,6 +211,14 @@ pub enum HookError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// `load_url` answered with more than the room may hold.
+    #[error("{url} answered with more than {limit} bytes")]
+    TooLarge {
+        /// The hook's URL.
+        url: String,
+        /// The limit (the room's `max_doc_bytes`).
+        limit: u64,
+    },
 }
 
 /// Which state a callback carries, so the app can keep the newest when two
@@ -144,15 +245,24 @@ pub struct InitialContent {
 pub struct Hooks {
     config: HooksConfig,
     http: reqwest::Client,
+    signer: Option<WebhookSigner>,
+    extra_headers: HeaderMap,
 }
 
 impl Hooks {
-    /// Hooks with `config`; fails when the HTTP client cannot be built.
-    pub fn new(config: HooksConfig) -> Result<Self, reqwest::Error> {
+    /// Hooks with `config`; fails when a setting does not read or the
+    /// HTTP client cannot be built.
+    pub fn new(config: HooksConfig) -> Result<Self, HooksSetupError> {
+        config.validate()?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.callback_timeout.min(config.load_timeout))
             .build()?;
-        Ok(Self { config, http })
+        Ok(Self {
+            signer: config.signer()?,
+            extra_headers: config.extra_headers()?,
+            config,
+            http,
+        })
     }
 
     /// The settings.
@@ -165,9 +275,34 @@ impl Hooks {
         self.config.callback_url.is_some()
     }
 
+    /// A POST of `body` to `url` with the extra headers, signed.
+    fn post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(url)
+            .headers(self.extra_headers.clone())
+            .header(CONTENT_TYPE, content_type);
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.sign(&body).pairs() {
+                request = request.header(name, value);
+            }
+        }
+        request.body(body)
+    }
+
     /// Asks `load_url` for `room`'s first content: `Some` on 200, `None` on
-    /// 204 or 404 (start empty).
-    pub async fn initial_content(&self, room: &str) -> Result<Option<InitialContent>, HookError> {
+    /// 204 or 404 (start empty). An answer over `max_bytes` is refused as
+    /// it streams in.
+    pub async fn initial_content(
+        &self,
+        room: &str,
+        max_bytes: u64,
+    ) -> Result<Option<InitialContent>, HookError> {
         let Some(url) = &self.config.load_url else {
             return Ok(None);
         };
@@ -175,18 +310,39 @@ impl Hooks {
             url: url.clone(),
             source,
         };
-        let response = self
-            .http
-            .post(url)
+        let request = match self.config.callback_format {
+            CallbackFormat::Json => self.post(
+                url,
+                serde_json::to_vec(&serde_json::json!({ "room": room })).expect("JSON serializes"),
+                "application/json",
+            ),
+            CallbackFormat::Binary => self
+                .post(url, Vec::new(), "application/octet-stream")
+                .header(ROOM_HEADER, room_header(room)),
+        };
+        let mut response = request
             .timeout(self.config.load_timeout)
-            .json(&serde_json::json!({ "room": room }))
             .send()
             .await
             .map_err(request_error)?;
         match response.status().as_u16() {
             204 | 404 => Ok(None),
             200 => {
-                let body = response.bytes().await.map_err(request_error)?;
+                let too_large = || HookError::TooLarge {
+                    url: url.clone(),
+                    limit: max_bytes,
+                };
+                if response.content_length().is_some_and(|len| len > max_bytes) {
+                    return Err(too_large());
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+                    if (body.len() + chunk.len()) as u64 > max_bytes {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let body = Bytes::from(body);
                 let update = crate::protocol::decode_update(&body).map_err(|error| {
                     HookError::NotAnUpdate {
                         url: url.clone(),
@@ -204,7 +360,7 @@ impl Hooks {
 
     /// POSTs one room state to the callback URL, retrying failures with a
     /// doubling delay up to `callback_retries` times. `json` is the state's
-    /// top-level types rendered as JSON.
+    /// top-level types rendered as JSON (unused by the `binary` format).
     pub async fn send_state(
         &self,
         room: &str,
@@ -215,22 +371,28 @@ impl Hooks {
         let Some(url) = &self.config.callback_url else {
             return Ok(());
         };
-        let taken_unix_ms = version
-            .taken
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let body = serde_json::to_vec(&serde_json::json!({
-            "room": room,
-            "epoch": version.epoch,
-            "taken_unix_ms": taken_unix_ms,
-            "state": base64::engine::general_purpose::STANDARD.encode(state),
-            "data": json,
-        }))
-        .expect("a JSON value serializes");
+        let (body, content_type) = match self.config.callback_format {
+            CallbackFormat::Json => {
+                let taken_unix_ms = version
+                    .taken
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "room": room,
+                    "epoch": version.epoch,
+                    "taken_unix_ms": taken_unix_ms,
+                    "state": base64::engine::general_purpose::STANDARD.encode(state),
+                    "data": json,
+                }))
+                .expect("a JSON value serializes");
+                (body, "application/json")
+            }
+            CallbackFormat::Binary => (state.to_vec(), "application/octet-stream"),
+        };
         let mut backoff = crate::backoff::Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut attempt = 0;
         loop {
-            match self.post_once(url, &body).await {
+            match self.post_once(url, room, &body, content_type).await {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt >= self.config.callback_retries => return Err(error),
                 Err(error) => {
@@ -243,27 +405,23 @@ impl Hooks {
         }
     }
 
-    async fn post_once(&self, url: &str, body: &[u8]) -> Result<(), HookError> {
+    async fn post_once(
+        &self,
+        url: &str,
+        room: &str,
+        body: &[u8],
+        content_type: &'static str,
+    ) -> Result<(), HookError> {
         let mut request = self
-            .http
-            .post(url)
-            .timeout(self.config.callback_timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(secret) = &self.config.callback_secret {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            request = request.header(SIGNATURE_HEADER, sign(secret.as_bytes(), now, body));
+            .post(url, body.to_vec(), content_type)
+            .timeout(self.config.callback_timeout);
+        if self.config.callback_format == CallbackFormat::Binary {
+            request = request.header(ROOM_HEADER, room_header(room));
         }
-        let response =
-            request
-                .body(body.to_vec())
-                .send()
-                .await
-                .map_err(|source| HookError::Request {
-                    url: url.to_owned(),
-                    source,
-                })?;
+        let response = request.send().await.map_err(|source| HookError::Request {
+            url: url.to_owned(),
+            source,
+        })?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -275,24 +433,25 @@ impl Hooks {
     }
 }
 
-/// The signature header's value for `body` sent at `unix_seconds`.
-pub fn sign(secret: &[u8], unix_seconds: u64, body: &[u8]) -> String {
-    let t = unix_seconds.to_string();
-    let digest = hmac_sha256_hex(secret, &[t.as_bytes(), b".", body]);
-    format!("t={t},v1={digest}")
-}
+/// What [`room_header`] leaves as it is: what JavaScript's
+/// `encodeURIComponent` leaves, so `decodeURIComponent` reads it back and
+/// plain names read as themselves.
+const ROOM_HEADER_KEEPS: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
-/// Hex HMAC-SHA256 of the concatenated `parts`.
-fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A room name as a header value: percent-encoded UTF-8 (as
+/// `encodeURIComponent` encodes), so that any name (room names may hold
+/// any non-control character) is one.
+pub fn room_header(room: &str) -> String {
+    percent_encoding::utf8_percent_encode(room, ROOM_HEADER_KEEPS).to_string()
 }
 
 /// When a room's pending callback is due: `debounce_wait` after the last
@@ -329,17 +488,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
-        // RFC 4231, test case 2.
+    fn room_headers_encode_as_encode_uri_component() {
+        assert_eq!(room_header("doc-1_a.b"), "doc-1_a.b");
+        assert_eq!(room_header("team/doc é"), "team%2Fdoc%20%C3%A9");
+    }
+
+    #[test]
+    fn callback_headers_are_checked() {
+        let with = |lines: &[&str]| HooksConfig {
+            callback_headers: lines.iter().map(|l| l.to_string()).collect(),
+            ..HooksConfig::default()
+        };
         assert_eq!(
-            hmac_sha256_hex(b"Jefe", &[b"what do ya want ", b"for nothing?"]),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            with(&["Authorization: Bearer abc", "X-Extra:1"])
+                .extra_headers()
+                .unwrap()
+                .len(),
+            2
         );
-        let expected = hmac_sha256_hex(b"secret", &[b"1700000000.{}"]);
-        assert_eq!(
-            sign(b"secret", 1_700_000_000, b"{}"),
-            format!("t=1700000000,v1={expected}")
-        );
+        for bad in [
+            "no colon",
+            "Bad Name: x",
+            "Content-Type: text/plain",
+            "webhook-id: forged",
+            "X: \u{7f}",
+        ] {
+            assert!(with(&[bad]).validate().is_err(), "{bad:?} was taken");
+        }
+        let retired = HooksConfig {
+            callback_secret: Some("old".into()),
+            ..HooksConfig::default()
+        };
+        assert!(retired
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("--webhook-secret"));
     }
 
     #[test]

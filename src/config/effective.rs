@@ -66,6 +66,8 @@ pub(crate) fn gateway(config: &partyline_gateway::GatewayConfig) -> Value {
         },
         "api_key": secret(config.api_key.as_deref()),
         "api_timeout": duration(config.api_timeout),
+        "trusted_proxies": config.trusted_proxies.iter().map(|net| net.to_string()).collect::<Vec<_>>(),
+        "allowed_origins": config.allowed_origins.as_ref().map(|allowed| allowed.entries()),
         "shutdown_close_code": config.shutdown_close_code,
     })
 }
@@ -127,6 +129,15 @@ pub(crate) fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: boo
 pub(crate) fn webhooks(config: &partyline_room_node::hooks::HooksConfig) -> Value {
     let mut value = json!(config);
     value["callback_secret"] = secret(config.callback_secret.as_deref());
+    value["secret"] = secret(config.secret.as_deref());
+    value["callback_headers"] = json!(config
+        .callback_headers
+        .iter()
+        .map(|line| match line.split_once(':') {
+            Some((name, _)) => format!("{name}: <redacted>"),
+            None => "<redacted>".to_owned(),
+        })
+        .collect::<Vec<_>>());
     value
 }
 

@@ -111,6 +111,18 @@ pub(crate) struct GatewayFlags {
     #[arg(long, env = "PARTYLINE_GATEWAY_API_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub api_timeout: Option<Duration>,
+    /// Proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For
+    /// names the client, for per-address limits and the auth webhook's
+    /// `ip`; from any other peer the header is ignored [default: none].
+    #[arg(long, env = "PARTYLINE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Origins whose pages may open sockets and call the HTTP API,
+    /// comma-separated: `*`, `https://app.example.com`,
+    /// `https://*.example.com`; another Origin gets 403 before the upgrade
+    /// (requests without an Origin pass) [default: any origin; `partyline
+    /// gateway` warns].
+    #[arg(long, env = "PARTYLINE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Room node settings: flags, env `PARTYLINE_ROOM_NODE_*`, or `[room_node]`.
@@ -210,14 +222,34 @@ pub(crate) struct WebhooksFlags {
     /// types) after it changed, debounced [default: no callback].
     #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_URL")]
     pub callback_url: Option<String>,
-    /// Key of the callbacks' `X-Partyline-Signature` (HMAC-SHA256 of
-    /// "<t>.<body>") [default: unsigned].
+    /// Retired: use --webhook-secret (callbacks are signed the Standard
+    /// Webhooks way now); refused with a message saying so.
     #[arg(
         long,
         env = "PARTYLINE_WEBHOOKS_CALLBACK_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        hide = true
     )]
     pub callback_secret: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub signing: WebhookSecretFlags,
+    /// The callback's body: `json` ({room, epoch, taken_unix_ms, state,
+    /// data}) or `binary` (the raw Yjs update, application/octet-stream,
+    /// the room in X-Partyline-Room; load_url is then asked with an empty
+    /// body and that header) [default: json].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_CALLBACK_FORMAT", value_parser = ["json", "binary"])]
+    pub callback_format: Option<String>,
+    /// A header added to callback and load_url requests, `Name: value`
+    /// (e.g. `Authorization: Bearer …`); repeat for several (env: separated
+    /// by newlines) [default: none].
+    #[arg(
+        long = "callback-header",
+        env = "PARTYLINE_WEBHOOKS_CALLBACK_HEADERS",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub callback_headers: Option<Vec<String>>,
     /// A callback waits for the room to be quiet this long… [default: 2s].
     #[arg(long, env = "PARTYLINE_WEBHOOKS_DEBOUNCE_WAIT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
@@ -241,6 +273,23 @@ pub(crate) struct WebhooksFlags {
     #[arg(long, env = "PARTYLINE_WEBHOOKS_LOAD_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub load_timeout: Option<Duration>,
+}
+
+/// The secret every outgoing webhook is signed with: `--webhook-secret`,
+/// env `PARTYLINE_WEBHOOKS_SECRET`, or `[webhooks] secret`.
+#[derive(Debug, Default, Clone, Args, Serialize)]
+pub(crate) struct WebhookSecretFlags {
+    /// Sign every outgoing webhook (auth webhook, state callback, load_url,
+    /// events) with Standard Webhooks headers (webhook-id,
+    /// webhook-timestamp, webhook-signature) under this `whsec_<base64>`
+    /// secret; give two, space-separated, while rotating (both sign)
+    /// [default: unsigned].
+    #[arg(
+        long = "webhook-secret",
+        env = "PARTYLINE_WEBHOOKS_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
 }
 
 /// Client authorization: flags, env `PARTYLINE_AUTH_*`, or `[auth]`.
@@ -269,10 +318,19 @@ pub(crate) struct AuthFlags {
     #[arg(long, env = "PARTYLINE_AUTH_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// The app's permission check for `webhook`: POSTed `{room, party,
-    /// token, params}`, answers `200 {"access": "write"|"read", "user": {"id", "name"}}`,
-    /// 401 or 403.
+    /// token, params, path, ip, headers}`, answers `200 {"access":
+    /// "write"|"read", "user": {"id", "name"}, "expires_at"}` (the session
+    /// is closed with 4401 at `expires_at`), 401 or 403.
     #[arg(long, env = "PARTYLINE_AUTH_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// Request headers sent to the auth webhook, comma-separated
+    /// [default: cookie,origin,user-agent].
+    #[arg(
+        long,
+        env = "PARTYLINE_AUTH_WEBHOOK_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    pub webhook_forward_headers: Option<Vec<String>>,
     /// How long the webhook may take; slower is refused (fail closed) [default: 2s].
     #[arg(long, env = "PARTYLINE_AUTH_WEBHOOK_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]

@@ -68,7 +68,7 @@ const PERMISSIONS = {
   },
 }
 
-const secret = randomSecret()
+const secret = `whsec_${Buffer.from(randomSecret()).toString('base64')}`
 let workDir
 let appDir
 let binary
@@ -123,7 +123,7 @@ before(
       WEB_PORT: String(webPort),
       API_PORT: String(apiPort),
       // partyline signs its callbacks with it, the backend checks them.
-      PARTYLINE_WEBHOOKS_CALLBACK_SECRET: secret,
+      PARTYLINE_WEBHOOKS_SECRET: secret,
     }
     running.dev = startScript({ appDir, script: 'dev', env, logFile: devLog })
     const started = Date.now()
@@ -531,11 +531,15 @@ browserTest('the backup endpoint holds the latest state within 10 s of the last 
   const post = (body, signature) =>
     fetch(`${apiUrl}/partyline/backup`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', ...(signature ? { 'x-partyline-signature': signature } : {}) },
+      headers: { 'content-type': 'application/json', ...(signature ?? {}) },
       body,
     })
-  const sign = (body, t = Math.floor(Date.now() / 1000)) =>
-    `t=${t},v1=${createHmac('sha256', secret).update(`${t}.${body}`).digest('hex')}`
+  const sign = (body, t = Math.floor(Date.now() / 1000)) => {
+    const id = `msg_${randomSecret().slice(0, 12)}`
+    const key = Buffer.from(secret.slice('whsec_'.length), 'base64')
+    const mac = createHmac('sha256', key).update(`${id}.${t}.${body}`).digest('base64')
+    return { 'webhook-id': id, 'webhook-timestamp': String(t), 'webhook-signature': `v1,${mac}` }
+  }
   const fake = (epoch, taken, content) => {
     const doc = new Y.Doc()
     doc.getText('content').insert(0, content)

@@ -157,6 +157,10 @@ fn gateway_from_file_env_and_flags() {
             "https://flag.internal/authorize",
             "--trace-sample-ratio",
             "1",
+            "--allowed-origins",
+            "https://flag.example.com,https://*.flag.example.net",
+            "--webhook-forward-headers",
+            "cookie,authorization",
         ],
         &[
             ("PARTYLINE_CONFIG", &full),
@@ -170,6 +174,7 @@ fn gateway_from_file_env_and_flags() {
             ("PARTYLINE_AUTH_CACHE_ENTRIES", "600"),
             ("PARTYLINE_TELEMETRY_OTLP_ENDPOINT", ""),
             ("PARTYLINE_GRPC_SECRET_FILE", "/run/secrets/env-link"),
+            ("PARTYLINE_GATEWAY_TRUSTED_PROXIES", "192.168.0.0/16,::1"),
         ],
     );
 }
@@ -204,6 +209,12 @@ fn room_node_from_file_env_and_flags() {
             "16777216",
             "--callback-url",
             "https://flag.internal/callback",
+            "--callback-header",
+            "Authorization: Bearer flag-token",
+            "--callback-header",
+            "X-Tenant: t1",
+            "--callback-format",
+            "json",
             "--refuse-unlisted-rooms",
             "--nats",
             "nats://flag-nats.internal:4222",
@@ -215,7 +226,10 @@ fn room_node_from_file_env_and_flags() {
             ("PARTYLINE_ROOM_NODE_SNAPSHOT_INTERVAL", "100s"),
             ("PARTYLINE_ROOM_NODE_MEMORY_TRIM_DELAY", "3s"),
             ("PARTYLINE_WEBHOOKS_DEBOUNCE_WAIT", "4s"),
-            ("PARTYLINE_WEBHOOKS_CALLBACK_SECRET", "env-callback-secret"),
+            (
+                "PARTYLINE_WEBHOOKS_SECRET",
+                "whsec_ZW52LXdlYmhvb2stc2VjcmV0LTAxMjM0NTY3ODk=",
+            ),
             ("PARTYLINE_ROOM_NODE_ROOM_MODES", "ignored-=ephemeral"),
         ],
     );

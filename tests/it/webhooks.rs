@@ -1,7 +1,8 @@
 //! Webhooks against a small HTTP server in the test, through `partyline
 //! dev`: the debounced state callback (latest state within
-//! `debounce_max_wait` during continuous edits, HMAC signature checked
-//! here with its own HMAC, a failing receiver retried) and the
+//! `debounce_max_wait` during continuous edits, its Standard Webhooks
+//! signature checked here with its own HMAC, a failing receiver retried)
+//! and the
 //! initial-content hook (`load_url`, asked once per new room).
 
 use std::collections::HashMap;
@@ -20,7 +21,8 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update, WriteTxn
 
 use crate::common::DevServer;
 
-const SECRET: &str = "callback-test-secret";
+/// `whsec_` + base64 of 32 bytes of 0x2a.
+const SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 const API_KEY: &str = "webhook-test-api-key";
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -29,7 +31,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Received {
     at: Instant,
     body: serde_json::Value,
-    signature: String,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    signature: [String; 3],
     raw: Bytes,
     answered: u16,
 }
@@ -55,11 +58,13 @@ async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, raw: Bytes) -
     app.callbacks.lock().unwrap().push(Received {
         at: Instant::now(),
         body: serde_json::from_slice(&raw).unwrap_or_default(),
-        signature: headers
-            .get("x-partyline-signature")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        signature: ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        }),
         raw,
         answered: status.as_u16(),
     });
@@ -97,32 +102,35 @@ async fn serve_app(app: Arc<App>) -> String {
     base
 }
 
-/// Checks `t=<unix>,v1=<hex>` against HMAC-SHA256("<t>.<body>").
-fn signature_verifies(header: &str, body: &[u8]) -> bool {
-    let Some((t, v1)) = header
-        .strip_prefix("t=")
-        .and_then(|rest| rest.split_once(",v1="))
-    else {
+/// Checks Standard Webhooks headers: `v1,<base64>` of HMAC-SHA256 of
+/// "<id>.<timestamp>.<body>" keyed with the secret's decoded bytes, with a
+/// timestamp within five minutes of now.
+fn signature_verifies([id, timestamp, signature]: &[String; 3], body: &[u8]) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if timestamp
+        .parse::<u64>()
+        .map_or(true, |t| t.abs_diff(now) > 300)
+        || !id.starts_with("msg_")
+    {
         return false;
-    };
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(t.as_bytes());
-    mac.update(b".");
+    }
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    expected == v1
+    let expected = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+    signature.split(' ').any(|given| given == expected)
 }
 
 /// `partyline dev` sending signed callbacks to `base`; `extra` sets the
 /// debounce.
 fn start_calling_back(dir: &std::path::Path, base: &str, extra: &[&str]) -> DevServer {
     let url = format!("{base}/callback");
-    let mut args = vec!["--callback-url", &url, "--callback-secret", SECRET];
+    let mut args = vec!["--callback-url", &url, "--webhook-secret", SECRET];
     args.extend_from_slice(extra);
     DevServer::start(dir, &args)
 }

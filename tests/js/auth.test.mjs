@@ -64,3 +64,20 @@ ctx.test('missing, forged, expired, alg:none and other-room tokens are refused b
   await waitSynced(check.provider)
   await waitFor(() => check.doc.getText('text').toString() === 'kept;', { what: 'content unchanged' })
 })
+
+ctx.test('a session closes with 4401 when its JWT expires, and y-websocket does not reconnect', { partylineOnly: true, timeout: 30_000 }, async (_t, clients) => {
+  const room = uniqueRoom('doc')
+  const exp = now() + 2
+  const c = clients.ws(room, { params: { token: token({ [room]: 'write' }, { exp }) } })
+  const closed = new Promise((resolve) => c.provider.on('closed', (event) => resolve({ ...event, at: Date.now() })))
+  await waitSynced(c.provider)
+  const event = await closed
+  assert.equal(event.code, 4401)
+  // The token stops being accepted at exp + the 5 s clock-skew leeway; the
+  // session ends then too.
+  const endsAt = (exp + 5) * 1000
+  assert.ok(event.at >= endsAt - 1000, `closed ${endsAt - event.at} ms before the token's end`)
+  assert.ok(event.at <= endsAt + 2000, `closed ${event.at - endsAt} ms after the token's end`)
+  await sleep(1500)
+  assert.equal(c.provider.wsconnected, false, 'it reconnected')
+})

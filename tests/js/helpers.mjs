@@ -154,7 +154,7 @@ export const signJwt = (claims, secret, { alg = 'HS256' } = {}) => {
 
 // Performs a WebSocket upgrade request by hand. Resolves { status, body, headers }; status 101
 // means the server accepted the upgrade (the socket is closed right away).
-export const upgradeRequest = (server, rawPath, { timeout = 5000 } = {}) => new Promise((resolve, reject) => {
+export const upgradeRequest = (server, rawPath, { timeout = 5000, headers = {} } = {}) => new Promise((resolve, reject) => {
   const req = http.request({
     host: server.host,
     port: server.port,
@@ -164,7 +164,8 @@ export const upgradeRequest = (server, rawPath, { timeout = 5000 } = {}) => new 
       Connection: 'Upgrade',
       Upgrade: 'websocket',
       'Sec-WebSocket-Key': crypto.randomBytes(16).toString('base64'),
-      'Sec-WebSocket-Version': '13'
+      'Sec-WebSocket-Version': '13',
+      ...headers
     }
   })
   const timer = setTimeout(() => { req.destroy(); reject(new Error(`no answer to upgrade of ${rawPath} within ${timeout} ms`)) }, timeout)

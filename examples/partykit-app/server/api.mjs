@@ -18,9 +18,9 @@
 //   GET  /healthz
 //
 // Environment: API_PORT (8788), PERMISSIONS_FILE (data/permissions.json),
-// BACKUP_DIR (data/backups), PARTYLINE_WEBHOOKS_CALLBACK_SECRET (when set,
-// callbacks must carry a valid X-Partyline-Signature; partyline reads the
-// same variable to sign them).
+// BACKUP_DIR (data/backups), PARTYLINE_WEBHOOKS_SECRET (`whsec_<base64>`;
+// when set, callbacks must carry a valid Standard Webhooks signature;
+// partyline reads the same variable to sign them).
 import http from 'node:http'
 import { fileURLToPath } from 'node:url'
 import { BackupStore, bodyProblem, signatureProblem } from './backups.mjs'
@@ -30,7 +30,7 @@ const PORT = Number(process.env.API_PORT ?? 8788)
 const PERMISSIONS_FILE =
   process.env.PERMISSIONS_FILE ?? fileURLToPath(new URL('../data/permissions.json', import.meta.url))
 const BACKUP_DIR = process.env.BACKUP_DIR ?? fileURLToPath(new URL('../data/backups', import.meta.url))
-const CALLBACK_SECRET = process.env.PARTYLINE_WEBHOOKS_CALLBACK_SECRET || null
+const CALLBACK_SECRET = process.env.PARTYLINE_WEBHOOKS_SECRET || null
 const MAX_BODY_BYTES = 64 * 1024 * 1024
 
 const backups = new BackupStore(BACKUP_DIR)
@@ -84,7 +84,12 @@ async function handle(req, res) {
   if (req.method === 'POST' && path === '/partyline/backup') {
     const raw = await readBody(req)
     if (CALLBACK_SECRET) {
-      const problem = signatureProblem(CALLBACK_SECRET, header(req, 'x-partyline-signature'), raw)
+      const signed = {
+        id: header(req, 'webhook-id'),
+        timestamp: header(req, 'webhook-timestamp'),
+        signature: header(req, 'webhook-signature'),
+      }
+      const problem = signatureProblem(CALLBACK_SECRET, signed, raw)
       if (problem) {
         log(`backup refused: ${problem}`)
         return send(res, 401, { error: problem })
@@ -188,7 +193,7 @@ for (const host of ['127.0.0.1', '::1']) {
   })
   server.listen(PORT, host, () => {
     if (++listening === 1) {
-      log(`listening on http://localhost:${PORT} (permissions: ${PERMISSIONS_FILE}, backups: ${BACKUP_DIR}, callback signatures ${CALLBACK_SECRET ? 'checked' : 'NOT checked: set PARTYLINE_WEBHOOKS_CALLBACK_SECRET'})`)
+      log(`listening on http://localhost:${PORT} (permissions: ${PERMISSIONS_FILE}, backups: ${BACKUP_DIR}, callback signatures ${CALLBACK_SECRET ? 'checked' : 'NOT checked: set PARTYLINE_WEBHOOKS_SECRET'})`)
     }
   })
 }

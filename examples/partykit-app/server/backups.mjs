@@ -16,30 +16,31 @@ import { join } from 'node:path'
 const SIGNATURE_TOLERANCE_S = 300
 
 /**
- * Checks `X-Partyline-Signature: t=<unix s>,v1=<hex HMAC-SHA256("<t>.<raw body>")>`.
- * @param {string} secret
- * @param {string | undefined} header
+ * Checks a Standard Webhooks signature (https://www.standardwebhooks.com),
+ * as Partyline signs every webhook with `--webhook-secret whsec_<base64>`:
+ * `webhook-signature` holds space-separated `v1,<base64 HMAC-SHA256 of
+ * "<webhook-id>.<webhook-timestamp>.<raw body>">` (one per secret while a
+ * new one is rotated in), keyed with the secret's decoded bytes. Any
+ * Standard Webhooks library (npm `standardwebhooks`) does the same.
+ * @param {string} secret `whsec_<base64>`
+ * @param {{ id?: string, timestamp?: string, signature?: string }} headers
  * @param {Buffer} rawBody
  * @param {number} [nowS]
  * @returns {string | null} why it is refused, or null when it is good
  */
-export function signatureProblem(secret, header, rawBody, nowS = Date.now() / 1000) {
-  if (!header) return 'missing X-Partyline-Signature'
-  const fields = Object.fromEntries(
-    header.split(',').map((part) => {
-      const at = part.indexOf('=')
-      return at < 0 ? [part.trim(), ''] : [part.slice(0, at).trim(), part.slice(at + 1).trim()]
-    }),
-  )
-  const t = Number(fields.t)
-  if (!Number.isInteger(t) || !/^[0-9a-f]{64}$/i.test(fields.v1 ?? '')) return 'malformed signature'
+export function signatureProblem(secret, { id, timestamp, signature }, rawBody, nowS = Date.now() / 1000) {
+  if (!id || !timestamp || !signature) return 'missing webhook-id, webhook-timestamp or webhook-signature'
+  const t = Number(timestamp)
+  if (!Number.isInteger(t)) return 'malformed signature'
   if (Math.abs(nowS - t) > SIGNATURE_TOLERANCE_S) return 'signature too old'
-  const expected = createHmac('sha256', secret)
-    .update(`${fields.t}.`)
-    .update(rawBody)
-    .digest()
-  const given = Buffer.from(fields.v1, 'hex')
-  return given.length === expected.length && timingSafeEqual(given, expected) ? null : 'bad signature'
+  const key = Buffer.from(secret.replace(/^whsec_/, ''), 'base64')
+  const expected = createHmac('sha256', key).update(`${id}.${timestamp}.`).update(rawBody).digest()
+  const matches = signature.split(' ').some((entry) => {
+    const [version, value] = entry.split(',')
+    const given = Buffer.from(value ?? '', 'base64')
+    return version === 'v1' && given.length === expected.length && timingSafeEqual(given, expected)
+  })
+  return matches ? null : 'bad signature'
 }
 
 /**

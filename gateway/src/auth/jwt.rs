@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -145,6 +145,9 @@ impl Jwks {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Required (`set_required_spec_claims`), checked by jsonwebtoken;
+    /// read here to end the session when it passes.
+    exp: u64,
     #[serde(default)]
     name: Option<String>,
     /// Room name or `prefix*` → "read" | "write".
@@ -279,6 +282,10 @@ impl JwtAuthorizer {
                 identity: claims.sub,
                 name: claims.name,
                 read_only: grant == Grant::Read,
+                // The instant jsonwebtoken would start refusing the token.
+                expires_at: Some(
+                    UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECS)),
+                ),
             }),
             None => Err(Refusal::Forbidden(room.to_owned())),
         }
@@ -353,8 +360,12 @@ mod tests {
         let q = query(&token);
         let headers = HeaderMap::new();
         let check = |room: &str| {
-            futures_util::FutureExt::now_or_never(auth.authorize(room, None, Some(&q), &headers))
-                .unwrap()
+            futures_util::FutureExt::now_or_never(auth.authorize(&super::super::connect(
+                room,
+                Some(&q),
+                &headers,
+            )))
+            .unwrap()
         };
         assert!(check("doc-1").unwrap().read_only);
         assert!(!check("doc-mine-1").unwrap().read_only);
@@ -423,7 +434,11 @@ mod tests {
             "garbage".to_owned(),
         ] {
             let refused = auth
-                .authorize("room", None, Some(&query(&token)), &headers)
+                .authorize(&super::super::connect(
+                    "room",
+                    Some(&query(&token)),
+                    &headers,
+                ))
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -433,19 +448,22 @@ mod tests {
             );
         }
         assert_eq!(
-            futures_util::FutureExt::now_or_never(auth.authorize(
+            futures_util::FutureExt::now_or_never(auth.authorize(&super::super::connect(
                 "room",
-                None,
                 Some("_pk=1"),
                 &headers
-            ))
+            )))
             .unwrap(),
             Err(Refusal::Missing)
         );
         let good =
             sign(serde_json::json!({"sub": "u", "exp": now() + 60, "iss": "app", "rooms": rooms}));
         assert!(auth
-            .authorize("room", None, Some(&query(&good)), &headers)
+            .authorize(&super::super::connect(
+                "room",
+                Some(&query(&good)),
+                &headers
+            ))
             .await
             .is_ok());
     }
@@ -468,7 +486,10 @@ mod tests {
             let query = query(token);
             let auth = auth.clone();
             let headers = headers.clone();
-            async move { auth.authorize("room", None, Some(&query), &headers).await }
+            async move {
+                auth.authorize(&super::super::connect("room", Some(&query), &headers))
+                    .await
+            }
         };
         assert!(check(&with_audience, &for_us).await.is_ok());
         assert!(

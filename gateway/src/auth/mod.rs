@@ -18,8 +18,10 @@
 //! when an audience is configured, and then that one: a token minted for
 //! another service must not open rooms here.
 //!
-//! Decisions are made per connect: revocation is lazy, as PartyKit apps
-//! expect (an open session continues; the next connect is checked again).
+//! Decisions are made per connect. A grant may end: the session is closed
+//! with 4401 at the JWT's `exp` (plus [`LEEWAY_SECS`]) or at the webhook
+//! answer's `expires_at` ([`Access::expires_at`]); otherwise an open
+//! session continues and the next connect is checked again.
 //!
 //! This module owns the decision's types ([`Authorizer`], [`Access`],
 //! [`Refusal`]) and where a token is read from; `jwt` verifies tokens
@@ -32,14 +34,17 @@ mod jwt;
 mod webhook;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::Deserialize;
 
 pub use jwt::{JwtAuthorizer, LEEWAY_SECS, MIN_SECRET_BYTES};
-pub use webhook::{WebhookAuthorizer, CONNECTION_ID_PARAM};
+pub use webhook::{
+    WebhookAuthorizer, WebhookSettings, CONNECTION_ID_PARAM, DEFAULT_FORWARD_HEADERS,
+};
 
 /// How clients are authorized.
 #[derive(Clone, Default)]
@@ -72,6 +77,27 @@ pub struct Access {
     pub name: Option<String>,
     /// Document updates are refused.
     pub read_only: bool,
+    /// When the grant ends (the JWT's `exp` plus leeway, the webhook's
+    /// `expires_at`): the session is closed with 4401 then.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// What the gateway knows of a connect when it asks who may open a room.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectRequest<'a> {
+    /// The room asked for.
+    pub room: &'a str,
+    /// Its PartyKit party, if the path named one.
+    pub party: Option<&'a str>,
+    /// The URL's path as the client sent it.
+    pub path: &'a str,
+    /// The URL's query string (already bounded by `max_query_bytes`).
+    pub query: Option<&'a str>,
+    /// The upgrade request's headers.
+    pub headers: &'a HeaderMap,
+    /// The client's address (`X-Forwarded-For` only from a trusted proxy);
+    /// `None` when unknown.
+    pub ip: Option<IpAddr>,
 }
 
 /// Why a client may not open a room; the HTTP answer before the upgrade.
@@ -177,27 +203,30 @@ enum Grant {
 }
 
 impl Authorizer {
-    /// Decides whether this upgrade request may open `room` (of PartyKit
-    /// `party`, if any).
-    pub async fn authorize(
-        &self,
-        room: &str,
-        party: Option<&str>,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Access, Refusal> {
-        match self {
-            Self::None => Ok(Access {
+    /// Decides whether this upgrade request may open its room. A grant
+    /// that has already ended (a cached webhook answer past its
+    /// `expires_at`) is refused.
+    pub async fn authorize(&self, request: &ConnectRequest<'_>) -> Result<Access, Refusal> {
+        let access = match self {
+            Self::None => Access {
                 identity: String::new(),
                 name: None,
                 read_only: false,
-            }),
+                expires_at: None,
+            },
             Self::Jwt(jwt) => {
-                let token = token(query, headers).ok_or(Refusal::Missing)?;
-                jwt.authorize(&token, room).await
+                let token = token(request.query, request.headers).ok_or(Refusal::Missing)?;
+                jwt.authorize(&token, request.room).await?
             }
-            Self::Webhook(hook) => hook.authorize(room, party, query, headers).await,
+            Self::Webhook(hook) => hook.authorize(request).await?,
+        };
+        if access
+            .expires_at
+            .is_some_and(|end| end <= SystemTime::now())
+        {
+            return Err(Refusal::Invalid("the grant has expired".to_owned()));
         }
+        Ok(access)
     }
 
     /// Whether clients must present a token.
@@ -243,6 +272,23 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .find(|entry| entry.matches('.').count() == 2)
         .map(str::to_owned)
+}
+
+/// A connect to `room` with `query` and `headers`, from nowhere known.
+#[cfg(test)]
+fn connect<'a>(
+    room: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+) -> ConnectRequest<'a> {
+    ConnectRequest {
+        room,
+        party: None,
+        path: "/",
+        query,
+        headers,
+        ip: None,
+    }
 }
 
 #[cfg(test)]

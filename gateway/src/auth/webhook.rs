@@ -1,20 +1,27 @@
-//! The app's backend decides: each connect's room, party, token and query
-//! parameters are posted to `webhook_url`, and its answer (200 with an
-//! access, 401, 403) is the decision; anything else, or no answer within
-//! `webhook_timeout`, refuses the client (fail closed).
+//! The app's backend decides: each connect's room, party, token, query
+//! parameters, path, client address and the request headers it asked for
+//! (`cookie`, `origin`, `user-agent` by default) are posted to
+//! `webhook_url`, signed with the webhook secret (Standard Webhooks), and
+//! its answer (200 with an access, 401, 403) is the decision; anything
+//! else, or no answer within `webhook_timeout`, refuses the client (fail
+//! closed). A 200 may bind a user (`user: {id, name}`) and end the grant
+//! (`expires_at`: Unix seconds or RFC 3339).
 //!
 //! Owns the request and answer formats and what a cached answer is filed
 //! under; the keeping is `cache`'s. It reads no token itself beyond the
 //! parent's `token` and never sees the socket.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use partyline_proto::webhook::WebhookSigner;
 use serde::Deserialize;
 
 use super::cache::{AnswerCache, CacheKey};
-use super::{http_client, query_params, token, Access, AuthConfigError, Grant, Refusal};
+use super::{
+    http_client, query_params, token, Access, AuthConfigError, ConnectRequest, Grant, Refusal,
+};
 
 /// The query parameter y-partykit fills with a fresh connection id on every
 /// connect. It is sent to the webhook but left out of the cache key, or no
@@ -22,9 +29,34 @@ use super::{http_client, query_params, token, Access, AuthConfigError, Grant, Re
 /// answer must not depend on it.
 pub const CONNECTION_ID_PARAM: &str = "_pk";
 
+/// Request headers forwarded to the webhook unless configured otherwise:
+/// what a cookie-session app checks.
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &["cookie", "origin", "user-agent"];
+
+/// Longest value of one forwarded header, in bytes; a longer one is cut.
+/// Browsers cap a cookie at 4 KiB and send a few of them.
+const MAX_FORWARDED_VALUE_BYTES: usize = 16 * 1024;
+
+/// How the webhook is asked.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Where connects are POSTed.
+    pub url: String,
+    /// How long it may take to answer.
+    pub timeout: Duration,
+    /// How long an answer is reused for the same request.
+    pub ttl: Duration,
+    /// Answers kept at most.
+    pub max_entries: usize,
+    /// Request headers sent along (lower-case names).
+    pub forward_headers: Vec<HeaderName>,
+    /// Signs each request; `None`: unsigned.
+    pub signer: Option<WebhookSigner>,
+}
+
 /// Asks the app's backend, with a TTL cache of its answers.
 pub struct WebhookAuthorizer {
-    url: String,
+    settings: WebhookSettings,
     client: reqwest::Client,
     cache: AnswerCache,
 }
@@ -36,6 +68,9 @@ struct WebhookRequest<'a> {
     party: Option<&'a str>,
     token: Option<String>,
     params: BTreeMap<String, String>,
+    path: &'a str,
+    ip: Option<String>,
+    headers: BTreeMap<&'a str, String>,
 }
 
 /// What a 200 from the webhook carries.
@@ -44,6 +79,8 @@ struct WebhookAnswer {
     access: Grant,
     #[serde(default)]
     user: Option<WebhookUser>,
+    #[serde(default)]
+    expires_at: Option<ExpiresAt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,40 +91,57 @@ struct WebhookUser {
     name: Option<String>,
 }
 
+/// When a grant ends: Unix seconds, or an RFC 3339 time.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ExpiresAt {
+    Unix(f64),
+    Rfc3339(String),
+}
+
+impl ExpiresAt {
+    fn time(&self) -> Result<SystemTime, String> {
+        match self {
+            Self::Unix(seconds) if seconds.is_finite() && *seconds >= 0.0 => {
+                Duration::try_from_secs_f64(*seconds)
+                    .ok()
+                    .and_then(|since| UNIX_EPOCH.checked_add(since))
+                    .ok_or_else(|| format!("expires_at {seconds} is out of range"))
+            }
+            Self::Unix(seconds) => Err(format!("expires_at {seconds} is not a time")),
+            Self::Rfc3339(text) => {
+                humantime::parse_rfc3339_weak(text).map_err(|e| format!("expires_at {text:?}: {e}"))
+            }
+        }
+    }
+}
+
 impl WebhookAuthorizer {
-    /// Posts to `url`, waits at most `timeout`, caches answers for `ttl`
-    /// (up to `max_entries` of them).
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        ttl: Duration,
-        max_entries: usize,
-    ) -> Result<Self, AuthConfigError> {
+    /// An authorizer asking as `settings` say.
+    pub fn new(settings: WebhookSettings) -> Result<Self, AuthConfigError> {
         Ok(Self {
-            url: url.to_owned(),
-            client: http_client(timeout)?,
-            cache: AnswerCache::new(ttl, max_entries),
+            client: http_client(settings.timeout)?,
+            cache: AnswerCache::new(settings.ttl, settings.max_entries),
+            settings,
         })
     }
 
     /// Where the webhook is.
     pub(super) fn url(&self) -> &str {
-        &self.url
+        &self.settings.url
     }
 
-    /// Asks the webhook (or the cache) whether this connect may open `room`.
-    pub(super) async fn authorize(
-        &self,
-        room: &str,
-        party: Option<&str>,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Access, Refusal> {
+    /// Asks the webhook (or the cache) whether this connect may open its
+    /// room.
+    pub(super) async fn authorize(&self, connect: &ConnectRequest<'_>) -> Result<Access, Refusal> {
         let request = WebhookRequest {
-            room,
-            party,
-            token: token(query, headers),
-            params: query_params(query),
+            room: connect.room,
+            party: connect.party,
+            token: token(connect.query, connect.headers),
+            params: query_params(connect.query),
+            path: connect.path,
+            ip: connect.ip.map(|ip| ip.to_string()),
+            headers: forwarded(connect.headers, &self.settings.forward_headers),
         };
         // The same client asking again is answered from the cache until the
         // TTL runs out. Junk params make new keys (the webhook sees every
@@ -100,14 +154,23 @@ impl WebhookAuthorizer {
     }
 
     async fn ask(&self, request: &WebhookRequest<'_>) -> Result<Access, Refusal> {
+        let url = &self.settings.url;
         let unavailable = |why: String| {
-            tracing::warn!(url = %self.url, room = request.room, reason = %why, "auth webhook failed; refusing the client (fail closed)");
+            tracing::warn!(%url, room = request.room, reason = %why, "auth webhook failed; refusing the client (fail closed)");
             Refusal::Unavailable(why)
         };
-        let response = self
+        let body = serde_json::to_vec(request).expect("a request serializes");
+        let mut post = self
             .client
-            .post(&self.url)
-            .json(request)
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(signer) = &self.settings.signer {
+            for (name, value) in signer.sign(&body).pairs() {
+                post = post.header(name, value);
+            }
+        }
+        let response = post
+            .body(body)
             .send()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
@@ -115,6 +178,11 @@ impl WebhookAuthorizer {
             StatusCode::OK => {
                 let answer: WebhookAnswer = super::bounded_json(response)
                     .await
+                    .map_err(|e| unavailable(format!("bad answer: {e}")))?;
+                let expires_at = answer
+                    .expires_at
+                    .map(|at| at.time())
+                    .transpose()
                     .map_err(|e| unavailable(format!("bad answer: {e}")))?;
                 let user = answer.user.unwrap_or(WebhookUser {
                     id: String::new(),
@@ -124,6 +192,7 @@ impl WebhookAuthorizer {
                     identity: user.id,
                     name: user.name,
                     read_only: answer.access == Grant::Read,
+                    expires_at,
                 })
             }
             StatusCode::UNAUTHORIZED => {
@@ -133,6 +202,38 @@ impl WebhookAuthorizer {
             other => Err(unavailable(format!("answered {other}"))),
         }
     }
+}
+
+/// The headers named in `names` that the request carries, by lower-case
+/// name; several of one name are joined with `, ` (`; ` for cookies, as
+/// HTTP/2 splits them), each value cut at [`MAX_FORWARDED_VALUE_BYTES`].
+fn forwarded<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> BTreeMap<&'a str, String> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let separator = if name == axum::http::header::COOKIE {
+                "; "
+            } else {
+                ", "
+            };
+            let values: Vec<String> = headers
+                .get_all(name)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                .collect();
+            (!values.is_empty()).then(|| {
+                let mut joined = values.join(separator);
+                if joined.len() > MAX_FORWARDED_VALUE_BYTES {
+                    let mut cut = MAX_FORWARDED_VALUE_BYTES;
+                    while !joined.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    joined.truncate(cut);
+                }
+                (name.as_str(), joined)
+            })
+        })
+        .collect()
 }
 
 /// What a cached answer is filed under: SHA-256 of the request without
@@ -146,7 +247,15 @@ fn cache_key(request: &WebhookRequest<'_>) -> CacheKey {
         .filter(|(key, _)| key.as_str() != CONNECTION_ID_PARAM)
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
-    let fields = (request.room, request.party, &request.token, params);
+    let fields = (
+        request.room,
+        request.party,
+        &request.token,
+        params,
+        request.path,
+        &request.ip,
+        &request.headers,
+    );
     Sha256::digest(serde_json::to_vec(&fields).unwrap_or_default()).into()
 }
 
@@ -181,14 +290,31 @@ mod tests {
         (url, calls)
     }
 
+    fn settings(url: &str, ttl: Duration, max_entries: usize) -> WebhookSettings {
+        WebhookSettings {
+            url: url.to_owned(),
+            timeout: Duration::from_secs(5),
+            ttl,
+            max_entries,
+            forward_headers: DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+            signer: None,
+        }
+    }
+
     fn authorizer(url: &str, max_entries: usize) -> WebhookAuthorizer {
-        let (timeout, ttl) = (Duration::from_secs(5), Duration::from_secs(60));
-        WebhookAuthorizer::new(url, timeout, ttl, max_entries).unwrap()
+        WebhookAuthorizer::new(settings(url, Duration::from_secs(60), max_entries)).unwrap()
     }
 
     async fn check(hook: &WebhookAuthorizer, query: &str) -> Result<Access, Refusal> {
-        hook.authorize("doc", Some("main"), Some(query), &HeaderMap::new())
-            .await
+        let headers = HeaderMap::new();
+        let connect = ConnectRequest {
+            party: Some("main"),
+            ..super::super::connect("doc", Some(query), &headers)
+        };
+        hook.authorize(&connect).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,11 +389,68 @@ mod tests {
     #[tokio::test]
     async fn a_zero_ttl_keeps_no_answer() {
         let (url, calls) = webhook(Duration::ZERO).await;
-        let hook =
-            WebhookAuthorizer::new(&url, Duration::from_secs(5), Duration::ZERO, 100).unwrap();
+        let hook = WebhookAuthorizer::new(settings(&url, Duration::ZERO, 100)).unwrap();
         check(&hook, "token=t").await.unwrap();
         check(&hook, "token=t").await.unwrap();
         assert_eq!(calls.lock().unwrap()["t"], 2);
+    }
+
+    #[test]
+    fn expires_at_reads_unix_seconds_and_rfc_3339() {
+        let read = |json: &str| serde_json::from_str::<ExpiresAt>(json).unwrap().time();
+        assert_eq!(
+            read("1700000000"),
+            Ok(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(
+            read("1700000000.5"),
+            Ok(UNIX_EPOCH + Duration::from_millis(1_700_000_000_500))
+        );
+        assert_eq!(
+            read("\"2023-11-14T22:13:20Z\""),
+            Ok(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert!(read("-1").is_err());
+        assert!(read("1e300").is_err());
+        assert!(read("\"tomorrow\"").is_err());
+    }
+
+    #[test]
+    fn only_the_named_headers_are_forwarded_and_long_ones_are_cut() {
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", "a=1".parse().unwrap());
+        headers.append("cookie", "b=2".parse().unwrap());
+        headers.insert("x-secret", "no".parse().unwrap());
+        headers.insert(
+            "user-agent",
+            "é".repeat(MAX_FORWARDED_VALUE_BYTES).parse().unwrap(),
+        );
+        let names = settings("http://x", Duration::ZERO, 1).forward_headers;
+        let forwarded = forwarded(&headers, &names);
+        assert_eq!(forwarded["cookie"], "a=1; b=2");
+        assert!(!forwarded.contains_key("x-secret"));
+        assert!(!forwarded.contains_key("origin"));
+        assert!(forwarded["user-agent"].len() <= MAX_FORWARDED_VALUE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_cached_grant_past_its_end_is_refused() {
+        let answer =
+            || async { axum::Json(serde_json::json!({"access": "write", "expires_at": 1})) };
+        let app = axum::Router::new().route("/auth", axum::routing::post(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/auth", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let authorizer =
+            super::super::Authorizer::Webhook(std::sync::Arc::new(authorizer(&url, 10)));
+        let headers = HeaderMap::new();
+        let refused = authorizer
+            .authorize(&super::super::connect("doc", Some("token=t"), &headers))
+            .await;
+        assert_eq!(
+            refused,
+            Err(Refusal::Invalid("the grant has expired".to_owned()))
+        );
     }
 
     #[test]
@@ -277,6 +460,9 @@ mod tests {
             party: Some("main"),
             token: token(Some(query), &HeaderMap::new()),
             params: query_params(Some(query)),
+            path: "/parties/main/r",
+            ip: None,
+            headers: BTreeMap::new(),
         };
         let key = |room, query: &str| cache_key(&request(room, query));
         assert_eq!(key("r", "_pk=1&token=t"), key("r", "_pk=2&token=t"));

@@ -118,7 +118,10 @@ pub(super) async fn load_with_initial_content(
     if loaded.stored || config.mode_of(room.as_str()) == crate::config::RoomMode::Ephemeral {
         return Ok(loaded);
     }
-    if let Some(content) = hooks.initial_content(room.as_str()).await? {
+    if let Some(content) = hooks
+        .initial_content(room.as_str(), config.max_doc_bytes_of(room.as_str()))
+        .await?
+    {
         use yrs::Transact;
         if let Err(error) = loaded.doc.transact_mut().apply_update(content.update) {
             return Err(crate::hooks::HookError::NotAnUpdate {
