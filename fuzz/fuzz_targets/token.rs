@@ -51,7 +51,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(entry.trim(), entry, "{entry:?} is not trimmed");
         assert!(!entry.contains(','), "{entry:?} is more than one entry");
     }
-    let check = pin!(authorizer().authorize(room, None, query, &headers));
+    let connect = auth::ConnectRequest {
+        room,
+        party: None,
+        path: "/",
+        query,
+        headers: &headers,
+        ip: None,
+    };
+    let check = pin!(authorizer().authorize(&connect));
     let mut context = Context::from_waker(Waker::noop());
     assert!(
         matches!(check.poll(&mut context), Poll::Ready(_)),

@@ -2,7 +2,8 @@
 //! room's figures and state, write to it, delete it, list rooms, warm a
 //! room before its first client. Served under `/v1/` on the WebSocket
 //! port for requests that are not WebSocket upgrades (an upgrade to
-//! `/v1/…` is still a room), behind a bearer API key that is separate from
+//! `/v1/…` is still a room), list, close and recheck a room's live
+//! sessions, behind a bearer API key that is separate from
 //! client tokens. `GET /v1/openapi.json` describes it and needs no key.
 
 use std::sync::Arc;
@@ -44,6 +45,11 @@ pub(crate) fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usiz
         .route("/v1/rooms/{room}/state", get(state))
         .route("/v1/rooms/{room}/update", post(update))
         .route("/v1/rooms/{room}/warm", post(warm))
+        .route(
+            "/v1/rooms/{room}/sessions",
+            get(sessions).delete(close_sessions),
+        )
+        .route("/v1/rooms/{room}/sessions/recheck", post(recheck_sessions))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_key))
         .layer(DefaultBodyLimit::max(max_update_bytes));
     axum::Router::new()
@@ -247,4 +253,54 @@ mod tests {
             assert!(paths.contains_key(path), "{path} missing");
         }
     }
+}
+
+async fn sessions(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let sessions = api.rooms.sessions(&room).await?;
+    let sessions: Vec<_> = sessions
+        .iter()
+        .map(|session| {
+            let access = match session.permission() {
+                pb::Permission::ReadOnly => "read",
+                _ => "write",
+            };
+            json!({
+                "id": session.id,
+                "user": session.user,
+                "access": access,
+                "connected_unix_ms": session.connected_unix_ms,
+                "gateway": session.gateway,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "room": room.as_str(), "sessions": sessions })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct UserQuery {
+    user: Option<String>,
+}
+
+async fn close_sessions(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Query(query): Query<UserQuery>,
+) -> Answer {
+    let room = room(name)?;
+    let user = query.user.filter(|user| !user.is_empty()).ok_or_else(|| {
+        RoomApiError::BadRequest("name the user whose sessions to close: ?user=ID".to_owned())
+    })?;
+    let closed = api.rooms.close_sessions(&room, &user).await?;
+    Ok(Json(json!({ "room": room.as_str(), "user": user, "closed": closed })).into_response())
+}
+
+async fn recheck_sessions(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let sessions = api.rooms.recheck_sessions(&room).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "room": room.as_str(), "rechecking": sessions })),
+    )
+        .into_response())
 }

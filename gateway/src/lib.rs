@@ -300,6 +300,7 @@ async fn open_room(shared: Arc<Shared>, mut request: Request) -> Response {
     let grant = SessionGrant {
         identity: access.identity,
         read_only: access.read_only,
+        record: shared.config.auth.record(&connect).map(Arc::new),
     };
     // A token sent as a subprotocol must be echoed back as the chosen one.
     let upgrade = match auth::protocol_token(headers) {

@@ -82,6 +82,9 @@ pub(crate) struct SessionGrant {
     pub identity: String,
     /// Whether document updates are refused.
     pub read_only: bool,
+    /// The connect as its authorizer saw it, to authorize the session again
+    /// on a recheck; `None` when nothing could change.
+    pub record: Option<std::sync::Arc<crate::auth::ConnectRecord>>,
 }
 
 /// Why the gateway closes a client socket.

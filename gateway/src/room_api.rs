@@ -2,7 +2,8 @@
 //! browsers: the HTTP API ([`crate::http_api`]) and `partyline admin`.
 //!
 //! Each call is a unary RPC to the room's owner (`RoomInfo`, `RoomState`,
-//! `ApplyUpdate`, `DeleteRoom`, `WarmRoom`; `ListRooms` to any node). The
+//! `ApplyUpdate`, `DeleteRoom`, `WarmRoom`, the sessions calls; `ListRooms`
+//! to any node). The
 //! owner applies an update like a client edit — logged, then broadcast to
 //! every session — so a live room's clients see it at once. A node that no
 //! longer owns the room answers with its epoch; [`RoomApi`] then waits for
@@ -78,6 +79,14 @@ fn not_owner_epoch(status: &Status) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// A call about `room` routed with the map at `epoch`.
+fn room_request(room: &RoomName, epoch: u64) -> pb::RoomRequest {
+    pb::RoomRequest {
+        room: room.as_str().to_owned(),
+        epoch,
+    }
 }
 
 fn client(channel: NodeChannel) -> RoomNodeClient<NodeChannel> {
@@ -156,11 +165,9 @@ impl RoomApi {
     /// The room's figures, and its owner's URL.
     pub async fn info(&self, room: &RoomName) -> Result<(pb::RoomInfoReply, String), RoomApiError> {
         self.on_owner(room, |mut node, epoch| async move {
-            let request = pb::RoomRequest {
-                room: room.as_str().to_owned(),
-                epoch,
-            };
-            node.room_info(request).await.map(|r| r.into_inner())
+            node.room_info(room_request(room, epoch))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -206,11 +213,9 @@ impl RoomApi {
     pub async fn delete(&self, room: &RoomName) -> Result<bool, RoomApiError> {
         let (reply, _) = self
             .on_owner(room, |mut node, epoch| async move {
-                let request = pb::RoomRequest {
-                    room: room.as_str().to_owned(),
-                    epoch,
-                };
-                node.delete_room(request).await.map(|r| r.into_inner())
+                node.delete_room(room_request(room, epoch))
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
         Ok(reply.existed)
@@ -220,14 +225,54 @@ impl RoomApi {
     pub async fn warm(&self, room: &RoomName) -> Result<(bool, String), RoomApiError> {
         let (reply, url) = self
             .on_owner(room, |mut node, epoch| async move {
-                let request = pb::RoomRequest {
-                    room: room.as_str().to_owned(),
-                    epoch,
-                };
-                node.warm_room(request).await.map(|r| r.into_inner())
+                node.warm_room(room_request(room, epoch))
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
         Ok((reply.was_loaded, url))
+    }
+
+    /// The room's client sessions over every gateway (none when the room
+    /// is not loaded).
+    pub async fn sessions(&self, room: &RoomName) -> Result<Vec<pb::SessionInfo>, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                node.list_sessions(room_request(room, epoch))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.sessions)
+    }
+
+    /// Closes `user`'s sessions in the room (4401 "access revoked");
+    /// how many.
+    pub async fn close_sessions(&self, room: &RoomName, user: &str) -> Result<u32, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::CloseSessionsRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    user: user.to_owned(),
+                };
+                node.close_sessions(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.closed)
+    }
+
+    /// Asks every gateway with sessions in the room to authorize them
+    /// again; how many sessions that covers.
+    pub async fn recheck_sessions(&self, room: &RoomName) -> Result<u32, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                node.recheck_sessions(room_request(room, epoch))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.sessions)
     }
 
     /// Rooms with stored state whose names start with `prefix`, after

@@ -382,6 +382,7 @@ mod tests {
             crate::messages::SessionGrant {
                 identity: String::new(),
                 read_only: false,
+                record: None,
             },
             None,
             shared,

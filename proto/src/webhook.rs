@@ -216,7 +216,7 @@ mod tests {
             WebhookSigner::parse("whsec_c2hvcnQ="),
             Err(SecretError::Short(5))
         );
-        let many = vec![SPEC_SECRET; MAX_SECRETS + 1].join(" ");
+        let many = [SPEC_SECRET; MAX_SECRETS + 1].join(" ");
         assert_eq!(
             WebhookSigner::parse(&many),
             Err(SecretError::TooMany(MAX_SECRETS + 1))

@@ -281,6 +281,27 @@ impl RoomNode for EchoNode {
     ) -> Result<Response<pb::ListRoomsReply>, Status> {
         Err(not_benched())
     }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        Err(not_benched())
+    }
+
+    async fn close_sessions(
+        &self,
+        _: Request<pb::CloseSessionsRequest>,
+    ) -> Result<Response<pb::CloseSessionsReply>, Status> {
+        Err(not_benched())
+    }
+
+    async fn recheck_sessions(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
+        Err(not_benched())
+    }
 }
 
 fn not_benched() -> Status {

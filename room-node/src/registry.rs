@@ -106,6 +106,7 @@ impl Registry {
         &self,
         room: &RoomName,
         link: LinkId,
+        gateway: &Arc<str>,
         mut tx: LinkSender,
         mut inbound: LinkInbound,
     ) -> Result<(), AttachError> {
@@ -133,6 +134,7 @@ impl Registry {
             let (reply_tx, reply_rx) = oneshot::channel();
             let command = RoomCommand::AttachLink {
                 link,
+                gateway: gateway.clone(),
                 tx,
                 inbound,
                 reply: reply_tx,
@@ -377,7 +379,13 @@ mod tests {
             let (tx, from_room) = mpsc::channel(64);
             let room = RoomName::new(room).unwrap();
             registry
-                .attach(&room, link, tx, Box::pin(ReceiverStream::new(inbound)))
+                .attach(
+                    &room,
+                    link,
+                    &"g".into(),
+                    tx,
+                    Box::pin(ReceiverStream::new(inbound)),
+                )
                 .await
                 .unwrap();
             let mut link = Self { to_room, from_room };
@@ -595,6 +603,7 @@ mod tests {
             .attach(
                 &RoomName::new("moving").unwrap(),
                 9,
+                &"g".into(),
                 tx,
                 Box::pin(ReceiverStream::new(inbound)),
             )

@@ -2,6 +2,7 @@
 //! and hands each stream to its room actor, which reads it from then on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use partyline_proto::pb::{self, gateway_frame, room_node_server::RoomNode};
@@ -13,6 +14,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ownership::Ownership;
 use crate::registry::{AttachError, CallError, Registry};
 use crate::room::{ApplyError, RoomCommand};
+
+/// Longest user id `CloseSessions` takes (ids are the authorizer's, a few
+/// dozen bytes).
+const MAX_USER_BYTES: usize = 1024;
 
 /// How long a new stream may take to send its `Attach` frame.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +67,29 @@ impl RoomNodeService {
 
 type NodeStream = ReceiverStream<Result<pb::NodeFrame, Status>>;
 
+impl RoomNodeService {
+    /// Asks `room`'s actor when the room is in memory; `None` when it is
+    /// not (a room that is not loaded has no sessions: nothing is loaded to
+    /// say so). A node that does not own the room says so either way.
+    async fn call_if_loaded<T>(
+        &self,
+        room: &RoomName,
+        command: impl Fn(tokio::sync::oneshot::Sender<T>) -> RoomCommand,
+    ) -> Result<Option<T>, Status> {
+        if !self.registry.is_loaded(room) {
+            return match self.ownership.check(room) {
+                Ok(_) => Ok(None),
+                Err(not_owner) => Err(call_status(not_owner.into())),
+            };
+        }
+        match self.registry.call(room, false, command).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(CallError::NotFound(_)) => Ok(None),
+            Err(error) => Err(call_status(error)),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RoomNode for RoomNodeService {
     type OpenRoomStream = NodeStream;
@@ -84,9 +112,10 @@ impl RoomNode for RoomNodeService {
             RoomName::new(attach.room).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(self.link_queue);
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let gateway: Arc<str> = attach.gateway_id.as_str().into();
         match self
             .registry
-            .attach(&room, link, tx, Box::pin(inbound))
+            .attach(&room, link, &gateway, tx, Box::pin(inbound))
             .await
         {
             Ok(()) => {}
@@ -209,5 +238,55 @@ impl RoomNode for RoomNodeService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::ListRoomsReply { rooms, more }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let sessions = self
+            .call_if_loaded(&room, |reply| RoomCommand::Sessions { reply })
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListSessionsReply { sessions }))
+    }
+
+    async fn close_sessions(
+        &self,
+        request: Request<pb::CloseSessionsRequest>,
+    ) -> Result<Response<pb::CloseSessionsReply>, Status> {
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let user = request.user;
+        if user.is_empty() || user.len() > MAX_USER_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a user id of 1 to {MAX_USER_BYTES} bytes is needed"
+            )));
+        }
+        let closed = self
+            .call_if_loaded(&room, |reply| RoomCommand::CloseUser {
+                user: user.clone(),
+                reply,
+            })
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(pb::CloseSessionsReply {
+            closed: closed as u32,
+        }))
+    }
+
+    async fn recheck_sessions(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let sessions = self
+            .call_if_loaded(&room, |reply| RoomCommand::Recheck { reply })
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(pb::RecheckSessionsReply {
+            sessions: sessions as u32,
+        }))
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Run one area with `cargo nextest run --test it -E 'test(/^storage::/)'`
 //! (or `cargo test --test it storage::`). The cluster-sized modules
-//! (`cluster`, `coordinator`, `compose`) run one at a time: the `cluster`
+//! (`cluster`, `coordinator`, `compose`, `sessions`) run one at a time: the `cluster`
 //! test group in .config/nextest.toml.
 
 mod common;
@@ -29,6 +29,7 @@ mod partition;
 mod reroute;
 mod room_reopen;
 mod s3;
+mod sessions;
 mod startup_checks;
 mod storage;
 mod telemetry;

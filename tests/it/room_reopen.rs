@@ -96,6 +96,27 @@ impl RoomNode for FailingNode {
     ) -> Result<Response<pb::ListRoomsReply>, Status> {
         Err(not_here())
     }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        Err(not_here())
+    }
+
+    async fn close_sessions(
+        &self,
+        _: Request<pb::CloseSessionsRequest>,
+    ) -> Result<Response<pb::CloseSessionsReply>, Status> {
+        Err(not_here())
+    }
+
+    async fn recheck_sessions(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
+        Err(not_here())
+    }
 }
 
 fn not_here() -> Status {

@@ -4,7 +4,8 @@ import assert from 'node:assert/strict'
 import { useServer, uniqueRoom, waitFor, waitSynced, sleep, signJwt, upgradeRequest } from './helpers.mjs'
 
 const SECRET = 'js-test-secret-of-at-least-32-bytes'
-const ctx = useServer({ extraArgs: ['--auth-mode', 'jwt', '--jwt-secret', SECRET] })
+const API_KEY = 'js-test-auth-api-key-0123456789'
+const ctx = useServer({ extraArgs: ['--auth-mode', 'jwt', '--jwt-secret', SECRET, '--api-key', API_KEY] })
 const now = () => Math.floor(Date.now() / 1000)
 const token = (rooms, extra = {}) => signJwt({ sub: 'user', exp: now() + 600, rooms, ...extra }, SECRET)
 
@@ -80,4 +81,18 @@ ctx.test('a session closes with 4401 when its JWT expires, and y-websocket does 
   assert.ok(event.at <= endsAt + 2000, `closed ${event.at - endsAt} ms after the token's end`)
   await sleep(1500)
   assert.equal(c.provider.wsconnected, false, 'it reconnected')
+})
+
+ctx.test('the sessions API lists the users JWTs named', { partylineOnly: true }, async (_t, clients) => {
+  const room = uniqueRoom('doc')
+  const a = clients.ws(room, { params: { token: token({ [room]: 'write' }, { sub: 'ada' }) } })
+  const b = clients.pk(room, { params: { token: token({ [room]: 'read' }, { sub: 'grace' }) } })
+  await waitSynced(a.provider)
+  await waitSynced(b.provider)
+  const response = await fetch(`${ctx.server.httpUrl}/v1/rooms/${room}/sessions`, {
+    headers: { Authorization: `Bearer ${API_KEY}` }
+  })
+  assert.equal(response.status, 200)
+  const sessions = (await response.json()).sessions.map((s) => [s.user, s.access]).sort()
+  assert.deepEqual(sessions, [['ada', 'write'], ['grace', 'read']])
 })

@@ -58,6 +58,19 @@ impl AnswerCache {
         kept.unwrap_or_else(|why| Err(Refusal::Unavailable(why.as_ref().clone())))
     }
 
+    /// Keeps `answer` for `key` in place of what was kept; a failure to
+    /// decide changes nothing (never kept, as for a first ask).
+    pub(super) async fn keep(&self, key: CacheKey, answer: &Result<Access, Refusal>) {
+        if !matches!(answer, Err(Refusal::Unavailable(_))) {
+            self.answers.insert(key, answer.clone()).await;
+        }
+    }
+
+    /// Drops the answer kept for `key`.
+    pub(super) async fn forget(&self, key: &CacheKey) {
+        self.answers.invalidate(key).await;
+    }
+
     /// Answers kept now, after pending evictions are done.
     #[cfg(test)]
     pub(super) async fn len(&self) -> u64 {

@@ -100,6 +100,33 @@ pub struct ConnectRequest<'a> {
     pub ip: Option<IpAddr>,
 }
 
+/// What of a connect is kept with its session, to authorize it again
+/// later (`POST /v1/rooms/{room}/sessions/recheck`): the request as the
+/// authorizer saw it, minus the headers it does not read.
+#[derive(Debug, Clone)]
+pub struct ConnectRecord {
+    room: String,
+    party: Option<String>,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectRecord {
+    /// The request, as it was made.
+    pub fn request(&self) -> ConnectRequest<'_> {
+        ConnectRequest {
+            room: &self.room,
+            party: self.party.as_deref(),
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            ip: self.ip,
+        }
+    }
+}
+
 /// Why a client may not open a room; the HTTP answer before the upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -227,6 +254,50 @@ impl Authorizer {
             return Err(Refusal::Invalid("the grant has expired".to_owned()));
         }
         Ok(access)
+    }
+
+    /// What to keep of `request` to authorize its session again; `None`
+    /// when nothing can change (`none` grants everyone the same).
+    pub fn record(&self, request: &ConnectRequest<'_>) -> Option<ConnectRecord> {
+        let forwarded: &[axum::http::HeaderName] = match self {
+            Self::None => return None,
+            Self::Jwt(_) => &[],
+            Self::Webhook(hook) => hook.forward_headers(),
+        };
+        // Where a token may come from, and what the webhook is sent.
+        let kept = [header::AUTHORIZATION, header::SEC_WEBSOCKET_PROTOCOL];
+        let mut headers = HeaderMap::new();
+        for name in kept.iter().chain(forwarded) {
+            for value in request.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Some(ConnectRecord {
+            room: request.room.to_owned(),
+            party: request.party.map(str::to_owned),
+            path: request.path.to_owned(),
+            query: request.query.map(str::to_owned),
+            headers,
+            ip: request.ip,
+        })
+    }
+
+    /// Authorizes a session again, as [`Self::authorize`] would a new
+    /// connect with the same request, but never from the webhook's cache
+    /// (its answer replaces the cached one).
+    pub async fn recheck(&self, request: &ConnectRequest<'_>) -> Result<Access, Refusal> {
+        match self {
+            Self::Webhook(hook) => hook.authorize_fresh(request).await,
+            other => other.authorize(request).await,
+        }
+    }
+
+    /// Forgets any cached answer for this request: its session's access
+    /// was revoked, so the client's reconnect is asked about again.
+    pub async fn forget(&self, request: &ConnectRequest<'_>) {
+        if let Self::Webhook(hook) = self {
+            hook.forget(request).await;
+        }
     }
 
     /// Whether clients must present a token.

@@ -131,18 +131,15 @@ impl WebhookAuthorizer {
         &self.settings.url
     }
 
+    /// The request headers it is sent.
+    pub(super) fn forward_headers(&self) -> &[HeaderName] {
+        &self.settings.forward_headers
+    }
+
     /// Asks the webhook (or the cache) whether this connect may open its
     /// room.
     pub(super) async fn authorize(&self, connect: &ConnectRequest<'_>) -> Result<Access, Refusal> {
-        let request = WebhookRequest {
-            room: connect.room,
-            party: connect.party,
-            token: token(connect.query, connect.headers),
-            params: query_params(connect.query),
-            path: connect.path,
-            ip: connect.ip.map(|ip| ip.to_string()),
-            headers: forwarded(connect.headers, &self.settings.forward_headers),
-        };
+        let request = self.request(connect);
         // The same client asking again is answered from the cache until the
         // TTL runs out. Junk params make new keys (the webhook sees every
         // param, so they may change its answer); the gateway's query size
@@ -151,6 +148,36 @@ impl WebhookAuthorizer {
         self.cache
             .get_or_ask(cache_key(&request), self.ask(&request))
             .await
+    }
+
+    /// Asks the webhook itself (a recheck: the cached answer may be the
+    /// one being taken back); its answer replaces the cached one.
+    pub(super) async fn authorize_fresh(
+        &self,
+        connect: &ConnectRequest<'_>,
+    ) -> Result<Access, Refusal> {
+        let request = self.request(connect);
+        let answer = self.ask(&request).await;
+        self.cache.keep(cache_key(&request), &answer).await;
+        answer
+    }
+
+    /// Drops the cached answer for this connect (its session's access was
+    /// revoked: a reconnect must ask again).
+    pub(super) async fn forget(&self, connect: &ConnectRequest<'_>) {
+        self.cache.forget(&cache_key(&self.request(connect))).await;
+    }
+
+    fn request<'a>(&'a self, connect: &ConnectRequest<'a>) -> WebhookRequest<'a> {
+        WebhookRequest {
+            room: connect.room,
+            party: connect.party,
+            token: token(connect.query, connect.headers),
+            params: query_params(connect.query),
+            path: connect.path,
+            ip: connect.ip.map(|ip| ip.to_string()),
+            headers: forwarded(connect.headers, &self.settings.forward_headers),
+        }
     }
 
     async fn ask(&self, request: &WebhookRequest<'_>) -> Result<Access, Refusal> {

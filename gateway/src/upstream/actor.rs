@@ -149,6 +149,14 @@ impl UpstreamActor {
                 UpstreamCommand::Close { session_id } => {
                     self.sessions.remove(&session_id);
                 }
+                // Applied here; the re-open tells the node what they left.
+                UpstreamCommand::Rechecked {
+                    session_id,
+                    verdict,
+                } => {
+                    let _ = self.apply_verdict(session_id, verdict);
+                }
+                UpstreamCommand::RecheckDone => self.recheck_done(),
                 UpstreamCommand::Client { .. } => {}
             }
         }

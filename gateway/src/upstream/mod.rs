@@ -22,6 +22,7 @@
 
 mod actor;
 mod connect;
+mod recheck;
 mod relay;
 
 use std::collections::HashMap;
@@ -65,6 +66,13 @@ enum UpstreamCommand {
     Close {
         session_id: u64,
     },
+    /// A recheck's answer for one session.
+    Rechecked {
+        session_id: u64,
+        verdict: recheck::Verdict,
+    },
+    /// The recheck in flight is done.
+    RecheckDone,
 }
 
 /// A session's way to its room's upstream.
@@ -184,8 +192,10 @@ impl Upstreams {
                 config: self.config.clone(),
                 router: self.router.clone(),
                 cancel: self.cancel.clone(),
+                me: tx.downgrade(),
                 rx,
                 sessions: HashMap::new(),
+                recheck: recheck::RecheckState::default(),
             };
             let upstreams = self.clone();
             let (room, live) = (room.clone(), live.clone());
@@ -234,6 +244,11 @@ struct UpstreamActor {
     config: Arc<GatewayConfig>,
     router: Router,
     cancel: CancellationToken,
+    /// Its own command channel, for the recheck task's answers (weak: the
+    /// channel must still close when every session's handle is gone).
+    me: mpsc::WeakSender<UpstreamCommand>,
     rx: mpsc::Receiver<UpstreamCommand>,
     sessions: HashMap<u64, LocalSession>,
+    /// The recheck in flight, if any.
+    recheck: recheck::RecheckState,
 }

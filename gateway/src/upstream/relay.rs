@@ -181,6 +181,17 @@ impl UpstreamActor {
                 }
                 gateway_frame::Kind::CloseSession(pb::CloseSession { session_id })
             }
+            UpstreamCommand::Rechecked {
+                session_id,
+                verdict,
+            } => match self.apply_verdict(session_id, verdict) {
+                Some(frame) => frame,
+                None => return Ok(()),
+            },
+            UpstreamCommand::RecheckDone => {
+                self.recheck_done();
+                return Ok(());
+            }
         };
         for piece in split(pb::GatewayFrame { kind: Some(frame) }) {
             to_node.send(piece).await.map_err(|_| UpstreamGone)?;
@@ -233,6 +244,9 @@ impl UpstreamActor {
             node_frame::Kind::EndSession(end) => {
                 if let Some(session) = self.sessions.remove(&end.session_id) {
                     let code = u16::try_from(end.close_code).unwrap_or(close::INTERNAL_ERROR);
+                    if code == close::UNAUTHORIZED {
+                        self.forget_grant(session.grant.record.clone());
+                    }
                     session.socket.close(CloseReason::new(code, end.reason));
                 }
             }
@@ -248,6 +262,7 @@ impl UpstreamActor {
                 tracing::info!(room = %self.room, epoch = not_owner.epoch, "room no longer on its node; re-opening it");
                 return Some(unplanned_move(not_owner.epoch));
             }
+            node_frame::Kind::Recheck(_) => self.start_recheck(),
             node_frame::Kind::Attached(_) => {}
         }
         for session_id in slow {

@@ -215,6 +215,7 @@ impl RoomActor {
         match input {
             Input::Command(RoomCommand::AttachLink {
                 link,
+                gateway,
                 tx,
                 inbound,
                 reply,
@@ -224,7 +225,7 @@ impl RoomActor {
                     node_id: self.config.node_id.to_string(),
                 });
                 self.pending.push(Out::Link(link, frame(attached)));
-                self.links.attach(link, tx, inbound);
+                self.links.attach(link, gateway, tx, inbound);
                 let _ = reply.send(Ok(()));
             }
             Input::Command(RoomCommand::Release { epoch }) => self.releasing = Some(epoch),
@@ -241,6 +242,15 @@ impl RoomActor {
                 let _ = reply.send(self.state(format));
             }
             Input::Command(RoomCommand::Apply { update, reply }) => self.apply(update, reply),
+            Input::Command(RoomCommand::Sessions { reply }) => {
+                let _ = reply.send(self.links.list());
+            }
+            Input::Command(RoomCommand::CloseUser { user, reply }) => {
+                let _ = reply.send(self.close_user(&user));
+            }
+            Input::Command(RoomCommand::Recheck { reply }) => {
+                let _ = reply.send(self.recheck());
+            }
             // Every delete of the batch gets the one delete's result.
             Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
             #[cfg(test)]
@@ -282,6 +292,7 @@ impl RoomActor {
                 self.close_session(link_id, close.session_id)
             }
             gateway_frame::Kind::ClientMessage(message) => self.handle_message(link_id, message),
+            gateway_frame::Kind::UpdateSession(update) => self.update_session(link_id, &update),
             gateway_frame::Kind::Attach(_) => {
                 tracing::warn!(room = %self.room, link = link_id, "attach frame on an attached stream ignored");
             }

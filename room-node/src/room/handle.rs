@@ -4,6 +4,7 @@
 
 use partyline_proto::Epoch;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use partyline_proto::pb;
@@ -33,6 +34,8 @@ pub enum RoomCommand {
     AttachLink {
         /// The stream's id.
         link: LinkId,
+        /// The gateway's id (from its `Attach`), for the sessions list.
+        gateway: Arc<str>,
         /// Where the room's frames for this stream go.
         tx: LinkSender,
         /// What the gateway sends on this stream.
@@ -73,6 +76,25 @@ pub enum RoomCommand {
     Delete {
         /// `Ok` once deleted.
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Server API: the room's sessions over every gateway.
+    Sessions {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<pb::SessionInfo>>,
+    },
+    /// Server API: closes every session of `user` with 4401 "access
+    /// revoked"; answers how many.
+    CloseUser {
+        /// The user id, exactly.
+        user: String,
+        /// Where the count goes.
+        reply: oneshot::Sender<usize>,
+    },
+    /// Server API: asks every gateway with sessions here to authorize them
+    /// again; answers how many sessions that covers.
+    Recheck {
+        /// Where the count goes.
+        reply: oneshot::Sender<usize>,
     },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]

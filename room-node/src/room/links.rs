@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use partyline_proto::pb::{self, gateway_frame};
 use partyline_proto::{close, RoomName};
@@ -57,8 +58,13 @@ fn link_events(inbound: LinkInbound) -> LinkEvents {
 /// [`crate::protocol::SyncRoom`]'s to track).
 #[derive(Debug, Default)]
 pub(super) struct Session {
-    /// The gateway opened it read-only.
+    /// The gateway opened it read-only (or made it so on a recheck).
     pub(super) read_only: bool,
+    /// The user the gateway authenticated ("" for anonymous): whom the
+    /// sessions API lists and closes.
+    user: Box<str>,
+    /// When it opened here (Unix ms).
+    since_unix_ms: u64,
     /// When this session's last SyncStep1 / QueryAwareness was answered:
     /// each answer may be the whole document (or every presence), so a
     /// client asking in a loop gets at most one per `min_resync_interval`.
@@ -113,6 +119,8 @@ impl Session {
 pub(super) struct Link {
     /// Frames toward the gateway.
     pub(super) tx: LinkSender,
+    /// The gateway's id.
+    gateway: Arc<str>,
     /// Its sessions by id.
     pub(super) sessions: HashMap<u64, Session>,
 }
@@ -138,11 +146,18 @@ impl Drop for Links {
 
 impl Links {
     /// Adds a gateway stream; the actor reads `inbound` from now on.
-    pub(super) fn attach(&mut self, link: LinkId, tx: LinkSender, inbound: LinkInbound) {
+    pub(super) fn attach(
+        &mut self,
+        link: LinkId,
+        gateway: Arc<str>,
+        tx: LinkSender,
+        inbound: LinkInbound,
+    ) {
         self.links.insert(
             link,
             Link {
                 tx,
+                gateway,
                 sessions: HashMap::new(),
             },
         );
@@ -234,6 +249,8 @@ impl Links {
         };
         let session = Session {
             read_only,
+            user: open.identity.as_str().into(),
+            since_unix_ms: unix_ms(SystemTime::now()),
             ..Session::default()
         };
         if link.sessions.insert(open.session_id, session).is_none() {
@@ -248,6 +265,54 @@ impl Links {
         self.links
             .get_mut(&link_id)
             .and_then(|link| link.sessions.get_mut(&session_id))
+    }
+
+    /// Every session, as the sessions API lists them.
+    pub(super) fn list(&self) -> Vec<pb::SessionInfo> {
+        let mut sessions: Vec<pb::SessionInfo> = self
+            .links
+            .values()
+            .flat_map(|link| {
+                link.sessions.iter().map(|(&id, session)| {
+                    let permission = if session.read_only {
+                        pb::Permission::ReadOnly
+                    } else {
+                        pb::Permission::ReadWrite
+                    };
+                    pb::SessionInfo {
+                        id: format!("{}/{id}", link.gateway),
+                        user: session.user.to_string(),
+                        permission: permission as i32,
+                        connected_unix_ms: session.since_unix_ms,
+                        gateway: link.gateway.to_string(),
+                    }
+                })
+            })
+            .collect();
+        sessions.sort_by(|a, b| (a.connected_unix_ms, &a.id).cmp(&(b.connected_unix_ms, &b.id)));
+        sessions
+    }
+
+    /// The sessions of `user`, by link.
+    pub(super) fn of_user(&self, user: &str) -> Vec<(LinkId, u64)> {
+        self.links
+            .iter()
+            .flat_map(|(&link_id, link)| {
+                link.sessions
+                    .iter()
+                    .filter(|(_, session)| &*session.user == user)
+                    .map(move |(&session_id, _)| (link_id, session_id))
+            })
+            .collect()
+    }
+
+    /// The links that have sessions, and how many sessions they have.
+    pub(super) fn with_sessions(&self) -> Vec<(LinkId, usize)> {
+        self.links
+            .iter()
+            .filter(|(_, link)| !link.sessions.is_empty())
+            .map(|(&link_id, link)| (link_id, link.sessions.len()))
+            .collect()
     }
 
     /// Closes a session; `false` when it was not open.
@@ -314,6 +379,11 @@ impl Links {
         slow.dedup();
         slow
     }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Queues `frame` toward a link, split into chunks when it is large (see
@@ -383,7 +453,7 @@ mod tests {
         let room = RoomName::new("r").unwrap();
         let mut links = Links::default();
         let (tx, _rx) = mpsc::channel(8);
-        links.attach(1, tx, Box::pin(tokio_stream::pending()));
+        links.attach(1, "g1".into(), tx, Box::pin(tokio_stream::pending()));
         assert!(links
             .open_session(&room, 1, &open(1, pb::Permission::Unspecified), None)
             .is_err());

@@ -24,6 +24,7 @@
 //! | `awareness.rs` | the per-session awareness throttle |
 //! | `callback.rs` | the state callback's debounce, one in flight at a time |
 //! | `messages.rs` | what the actor does with a client's message or a server-API update |
+//! | `sessions.rs` | the sessions API: closing a user's sessions, rechecks, downgrades |
 //! | `ending.rs` | release, delete and unload: the last snapshot, callback and goodbyes |
 //! | `load.rs` | loading a room (filled from the initial-content hook when new) and starting its actor |
 //!
@@ -42,6 +43,7 @@ mod links;
 mod load;
 mod messages;
 mod pending;
+mod sessions;
 mod snapshots;
 
 pub use handle::{

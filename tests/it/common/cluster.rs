@@ -221,6 +221,11 @@ impl TestCluster {
 
     /// Starts one more gateway.
     pub(crate) fn add_gateway(&mut self) -> usize {
+        self.add_gateway_with(&[])
+    }
+
+    /// Starts one more gateway with `extra` flags (e.g. its auth).
+    pub(crate) fn add_gateway_with(&mut self, extra: &[&str]) -> usize {
         let index = self.gateways.len();
         let name = format!("gateway-{index}");
         let args = vec![
@@ -235,7 +240,8 @@ impl TestCluster {
             "--grpc-secret-file".into(),
             self.link_secret_file().display().to_string(),
         ];
-        let args = self.with_common_args(&name, args);
+        let mut args = self.with_common_args(&name, args);
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         let process = Partyline::start(
             &args,
             LOG,

@@ -1,0 +1,54 @@
+//! The sessions API's part of the room actor: closing one user's sessions
+//! (4401), asking the gateways to authorize their sessions again, and a
+//! gateway's downgrade of a session after such a recheck. Listing is
+//! [`super::links::Links::list`]. Runs inside the actor's batch; nothing
+//! here waits.
+
+use partyline_proto::close;
+use partyline_proto::pb::{self, node_frame};
+
+use super::actor::RoomActor;
+use super::handle::LinkId;
+use super::pending::{frame, Out};
+
+/// The close reason of a session whose user's access was taken away.
+pub(super) const REVOKED: &str = "access revoked";
+
+impl RoomActor {
+    /// Closes every session of `user` with 4401; how many there were.
+    pub(super) fn close_user(&mut self, user: &str) -> usize {
+        let sessions = self.links.of_user(user);
+        for &(link_id, session_id) in &sessions {
+            self.end_session(link_id, session_id, close::UNAUTHORIZED, REVOKED);
+        }
+        if !sessions.is_empty() {
+            tracing::info!(room = %self.room, user, sessions = sessions.len(), "sessions closed: access revoked");
+        }
+        sessions.len()
+    }
+
+    /// Sends `recheck` to every link with sessions; how many sessions
+    /// those links carry.
+    pub(super) fn recheck(&mut self) -> usize {
+        let links = self.links.with_sessions();
+        for &(link_id, _) in &links {
+            let recheck = frame(node_frame::Kind::Recheck(pb::Recheck {}));
+            self.pending.push(Out::Link(link_id, recheck));
+        }
+        links.iter().map(|(_, sessions)| sessions).sum()
+    }
+
+    /// A gateway authorized a session again: it may only lose write access
+    /// this way (more comes with a new connect).
+    pub(super) fn update_session(&mut self, link_id: LinkId, update: &pb::UpdateSession) {
+        if update.permission() != pb::Permission::ReadOnly {
+            return;
+        }
+        if let Some(session) = self.links.session_mut(link_id, update.session_id) {
+            if !session.read_only {
+                session.read_only = true;
+                tracing::info!(room = %self.room, session = update.session_id, "session made read-only by a recheck");
+            }
+        }
+    }
+}
