@@ -50,6 +50,7 @@ pub(crate) fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usiz
             get(sessions).delete(close_sessions),
         )
         .route("/v1/rooms/{room}/sessions/recheck", post(recheck_sessions))
+        .route("/v1/rooms/{room}/messages", post(send_message))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_key))
         .layer(DefaultBodyLimit::max(max_update_bytes));
     axum::Router::new()
@@ -303,4 +304,23 @@ async fn recheck_sessions(State(api): State<Arc<Api>>, Path(name): Path<String>)
         Json(json!({ "room": room.as_str(), "rechecking": sessions })),
     )
         .into_response())
+}
+
+async fn send_message(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let room = room(name)?;
+    if body.len() > partyline_proto::MAX_SERVER_MESSAGE_BYTES {
+        return Err(RoomApiError::BadRequest(format!(
+            "a message of {} bytes; at most {}",
+            body.len(),
+            partyline_proto::MAX_SERVER_MESSAGE_BYTES
+        )));
+    }
+    let message = std::str::from_utf8(&body)
+        .map_err(|_| RoomApiError::BadRequest("the message must be UTF-8 text".to_owned()))?;
+    let sessions = api.rooms.send_message(&room, message).await?;
+    Ok(Json(json!({ "room": room.as_str(), "sessions": sessions })).into_response())
 }

@@ -275,6 +275,22 @@ impl RoomApi {
         Ok(reply.sessions)
     }
 
+    /// Sends a y-partyserver custom message to every session of the room;
+    /// how many sessions got it.
+    pub async fn send_message(&self, room: &RoomName, message: &str) -> Result<u32, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::SendMessageRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    message: message.to_owned(),
+                };
+                node.send_message(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.sessions)
+    }
+
     /// Rooms with stored state whose names start with `prefix`, after
     /// `after`, at most `limit`; and whether more follow. Any node answers
     /// for the whole (shared) storage.

@@ -37,6 +37,11 @@ pub mod pb {
 /// can tell what the clients already have.
 pub const SYNC_STEP1_EMPTY: &[u8] = &[0, 0, 1, 0];
 
+/// Largest server message (`POST /v1/rooms/{room}/messages`, the
+/// `SendMessage` RPC): custom messages are app signals (a JSON object), not
+/// documents.
+pub const MAX_SERVER_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// gRPC metadata key of the epoch a room node knows, on a
 /// FAILED_PRECONDITION answer to a server-API call for a room it does not
 /// own.

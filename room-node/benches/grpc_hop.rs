@@ -302,6 +302,13 @@ impl RoomNode for EchoNode {
     ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
         Err(not_benched())
     }
+
+    async fn send_message(
+        &self,
+        _: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageReply>, Status> {
+        Err(not_benched())
+    }
 }
 
 fn not_benched() -> Status {

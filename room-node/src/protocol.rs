@@ -134,6 +134,11 @@ pub const LOG_UNAVAILABLE_REASON: &str =
 /// The auth reason sent when the document is at its size limit.
 pub const DOCUMENT_FULL_REASON: &str = "document too large: updates that grow it are refused";
 
+/// The auth reason sent to a session that edits an ephemeral room's
+/// document: such a room keeps nothing, so an edit would be lost at unload.
+pub const EPHEMERAL_REASON: &str =
+    "ephemeral room: document updates are not kept (awareness and custom messages only)";
+
 /// Whether a session's document updates are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -145,6 +150,8 @@ pub enum Access {
     LogUnavailable,
     /// The document reached its size limit.
     DocumentFull,
+    /// The room is ephemeral: it keeps no document.
+    Ephemeral,
 }
 
 /// A room's document and awareness.
@@ -328,6 +335,7 @@ impl SyncRoom {
             Access::ReadOnly => Some(READ_ONLY_REASON),
             Access::LogUnavailable => Some(LOG_UNAVAILABLE_REASON),
             Access::DocumentFull => Some(DOCUMENT_FULL_REASON),
+            Access::Ephemeral => Some(EPHEMERAL_REASON),
         };
         if let Some(reason) = reason {
             outcome.write_denied = true;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use partyline_proto::pb::{self, gateway_frame, room_node_server::RoomNode};
-use partyline_proto::{RoomName, EPOCH_METADATA};
+use partyline_proto::{RoomName, EPOCH_METADATA, MAX_SERVER_MESSAGE_BYTES};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -190,6 +190,7 @@ impl RoomNode for RoomNodeService {
                 ApplyError::BadUpdate(_) => Status::invalid_argument(error.to_string()),
                 ApplyError::DocumentFull => Status::resource_exhausted(error.to_string()),
                 ApplyError::StorageUnavailable => Status::unavailable(error.to_string()),
+                ApplyError::Ephemeral => Status::permission_denied(error.to_string()),
             })?;
         Ok(Response::new(pb::ApplyUpdateReply {}))
     }
@@ -286,6 +287,31 @@ impl RoomNode for RoomNodeService {
             .await?
             .unwrap_or_default();
         Ok(Response::new(pb::RecheckSessionsReply {
+            sessions: sessions as u32,
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageReply>, Status> {
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let message = request.message;
+        if message.len() > MAX_SERVER_MESSAGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a message of {} bytes; at most {MAX_SERVER_MESSAGE_BYTES}",
+                message.len()
+            )));
+        }
+        let sessions = self
+            .call_if_loaded(&room, |reply| RoomCommand::Message {
+                message: message.clone(),
+                reply,
+            })
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(pb::SendMessageReply {
             sessions: sessions as u32,
         }))
     }

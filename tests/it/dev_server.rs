@@ -533,11 +533,23 @@ mode = "ephemeral"
         "doc-2 unloaded before its idle timeout"
     );
 
-    // mode by policy: tmp- rooms store nothing.
+    // mode by policy: tmp- rooms are ephemeral: they store nothing, and
+    // refuse document edits (the writer is told) rather than drop them at
+    // unload.
     let a = synced(&server, "tmp-1").await;
     let b = synced(&server, "tmp-1").await;
-    a.push_text("t", "passing;").await.unwrap();
-    b.wait_for_text("t", "passing;", WAIT).await.unwrap();
+    a.push_text("t", "lost;").await.unwrap();
+    let denied = a.wait_denied(WAIT).await.unwrap();
+    assert!(denied.contains("ephemeral"), "{denied}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.text("t").await.unwrap(), "");
+    let update = crate::common::yjs::edit(&yrs::Doc::new(), "api;");
+    let refused = api(reqwest::Method::POST, "/v1/rooms/tmp-1/update")
+        .body(update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     let info = server.room_info(KEY, "tmp-1").await;
     assert_eq!(info["mode"], "ephemeral", "{info}");
     assert!(!partyline_room_node::storage::RoomFiles::room_dir(&data, "tmp-1").exists());

@@ -360,21 +360,38 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
         "versions differ: {oldest:?} vs {newest:?}"
     );
 
-    // An ephemeral room works but leaves nothing in Redis or the store.
+    // An ephemeral room relays awareness, refuses document edits (the
+    // client is told) and leaves nothing in Redis or the store.
     let cursor = YClient::connect(&cluster.url(0, "cursor-board"))
         .await
         .unwrap();
+    let watcher = YClient::connect(&cluster.url(0, "cursor-board"))
+        .await
+        .unwrap();
     cursor.wait_synced(Duration::from_secs(10)).await.unwrap();
-    for n in 0..20 {
-        cursor.push_text("t", &format!("c{n};")).await.unwrap();
-    }
+    watcher.wait_synced(Duration::from_secs(10)).await.unwrap();
     cursor
-        .wait_until(Duration::from_secs(5), |doc| {
-            text_of(doc, "t").contains("c19;")
+        .set_awareness(&serde_json::json!({"cursor": 7}))
+        .await
+        .unwrap();
+    watcher
+        .wait_awareness(Duration::from_secs(5), |states| {
+            states.values().any(|state| state["cursor"] == 7)
         })
         .await
         .unwrap();
-    drop(cursor);
+    for n in 0..20 {
+        cursor.push_text("t", &format!("c{n};")).await.unwrap();
+    }
+    let denied = cursor.wait_denied(Duration::from_secs(5)).await.unwrap();
+    assert!(denied.contains("ephemeral"), "{denied}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        watcher.text("t").await.unwrap(),
+        "",
+        "an edit crossed an ephemeral room"
+    );
+    drop((cursor, watcher));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = partyline_room_node::storage::remote::room_id("cursor-board");
     let mut conn = redis.connection();

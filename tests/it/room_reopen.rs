@@ -117,6 +117,13 @@ impl RoomNode for FailingNode {
     ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
         Err(not_here())
     }
+
+    async fn send_message(
+        &self,
+        _: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageReply>, Status> {
+        Err(not_here())
+    }
 }
 
 fn not_here() -> Status {

@@ -251,6 +251,9 @@ impl RoomActor {
             Input::Command(RoomCommand::Recheck { reply }) => {
                 let _ = reply.send(self.recheck());
             }
+            Input::Command(RoomCommand::Message { message, reply }) => {
+                let _ = reply.send(self.server_message(&message));
+            }
             // Every delete of the batch gets the one delete's result.
             Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
             #[cfg(test)]

@@ -96,6 +96,14 @@ pub enum RoomCommand {
         /// Where the count goes.
         reply: oneshot::Sender<usize>,
     },
+    /// Server API: sends `message` to every session as a y-partyserver
+    /// custom message; answers how many sessions that is.
+    Message {
+        /// What follows `__YPS:`.
+        message: String,
+        /// Where the count goes.
+        reply: oneshot::Sender<usize>,
+    },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
     Panic,
@@ -128,6 +136,9 @@ pub enum ApplyError {
     /// The update log is unreachable and the room's hold buffer is full.
     #[error("storage unavailable")]
     StorageUnavailable,
+    /// The room is ephemeral: it keeps no document.
+    #[error("ephemeral room: document updates are not kept")]
+    Ephemeral,
 }
 
 /// A link the room did not take, given back to retry on a fresh actor.

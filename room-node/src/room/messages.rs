@@ -104,6 +104,7 @@ impl RoomActor {
             crate::telemetry::refuse(match access {
                 Access::LogUnavailable => "log_unavailable",
                 Access::DocumentFull => "document_full",
+                Access::Ephemeral => "ephemeral_write",
                 _ => "read_only",
             });
             if access == Access::LogUnavailable {
@@ -111,6 +112,8 @@ impl RoomActor {
                 tracing::warn!(room = %self.room, session = session_id, "write refused: update log unreachable and the hold buffer is full");
             } else if access == Access::DocumentFull {
                 tracing::info!(room = %self.room, session = session_id, bytes = self.doc_bytes, "write refused: document at max_doc_bytes");
+            } else if access == Access::Ephemeral {
+                tracing::debug!(room = %self.room, session = session_id, "write to an ephemeral room refused");
             } else {
                 tracing::info!(room = %self.room, session = session_id, "write from a read-only session dropped");
             }
@@ -171,14 +174,17 @@ impl RoomActor {
         }
     }
 
-    /// What a write of `bytes` may do now: refused while the log is down
-    /// and the hold buffer full, or past the room's `max_doc_bytes`.
+    /// What a write of `bytes` may do now: refused in an ephemeral room,
+    /// while the log is down and the hold buffer full, or past the room's
+    /// `max_doc_bytes`.
     fn write_access(&self, bytes: usize) -> Access {
         let max_doc_bytes = self
             .policy
             .max_doc_bytes
             .unwrap_or(self.config.max_doc_bytes);
-        if self.pending.full() {
+        if self.config.mode_of(self.room.as_str()) == crate::config::RoomMode::Ephemeral {
+            Access::Ephemeral
+        } else if self.pending.full() {
             Access::LogUnavailable
         } else if self.doc_bytes + bytes as u64 > max_doc_bytes {
             Access::DocumentFull
@@ -202,6 +208,7 @@ impl RoomActor {
             )),
             Ok(outcome) if outcome.write_denied => Err(match access {
                 Access::DocumentFull => ApplyError::DocumentFull,
+                Access::Ephemeral => ApplyError::Ephemeral,
                 _ => ApplyError::StorageUnavailable,
             }),
             Ok(mut outcome) => {

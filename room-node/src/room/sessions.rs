@@ -1,6 +1,7 @@
 //! The sessions API's part of the room actor: closing one user's sessions
-//! (4401), asking the gateways to authorize their sessions again, and a
-//! gateway's downgrade of a session after such a recheck. Listing is
+//! (4401), asking the gateways to authorize their sessions again, a
+//! gateway's downgrade of a session after such a recheck, and the server's
+//! custom messages to every session. Listing is
 //! [`super::links::Links::list`]. Runs inside the actor's batch; nothing
 //! here waits.
 
@@ -36,6 +37,24 @@ impl RoomActor {
             self.pending.push(Out::Link(link_id, recheck));
         }
         links.iter().map(|(_, sessions)| sessions).sum()
+    }
+
+    /// Sends `message` to every session as y-partyserver does
+    /// (`broadcastCustomMessage`: a `__YPS:` text frame); how many sessions
+    /// get it.
+    pub(super) fn server_message(&mut self, message: &str) -> usize {
+        let sessions = self.links.sessions();
+        if sessions > 0 {
+            let relay = node_frame::Kind::Broadcast(pb::Broadcast {
+                payload: format!("__YPS:{message}").into(),
+                kind: pb::FrameKind::Text as i32,
+                has_except: false,
+                except_session: 0,
+                more: false,
+            });
+            self.pending.push(Out::All(frame(relay)));
+        }
+        sessions
     }
 
     /// A gateway authorized a session again: it may only lose write access
