@@ -278,6 +278,7 @@ pub(crate) fn check_webhooks(config: &HooksConfig) -> anyhow::Result<()> {
     for (flag, url) in [
         ("--callback-url", &config.callback_url),
         ("--load-url", &config.load_url),
+        ("--events-url", &config.events_url),
     ] {
         if let Some(url) = url {
             check_url(flag, url, HTTP_SCHEMES, true)?;
@@ -286,7 +287,20 @@ pub(crate) fn check_webhooks(config: &HooksConfig) -> anyhow::Result<()> {
     Ok(config.validate()?)
 }
 
-/// The room node's hooks, checked; `None` when neither URL is set.
+/// How long a stopping node waits for its last lifecycle events (its
+/// rooms' `room.unloaded`) to be delivered.
+const EVENTS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Gives the events still queued [`EVENTS_FLUSH`] to go out.
+pub(crate) async fn flush_events(
+    events: Option<std::sync::Arc<partyline_room_node::events::Events>>,
+) {
+    if let Some(events) = events {
+        events.flush(EVENTS_FLUSH).await;
+    }
+}
+
+/// The room node's hooks, checked; `None` when no webhook URL is set.
 pub(crate) fn hooks(
     config: &HooksConfig,
 ) -> anyhow::Result<Option<partyline_room_node::hooks::Hooks>> {

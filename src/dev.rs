@@ -157,13 +157,12 @@ pub(crate) async fn run(
     // The link never leaves this process, yet its port is open to every
     // local user: a secret only this process knows keeps them off it.
     let link = LinkAuth::Secret(LinkSecret::random());
+    let hooks = live_hooks.map(Arc::new);
+    let events = hooks.as_ref().and_then(|hooks| hooks.events().cloned());
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,
         room_config,
-        partyline_room_node::Resources {
-            storage,
-            hooks: live_hooks.map(Arc::new),
-        },
+        partyline_room_node::Resources { storage, hooks },
         map_rx.clone(),
         link.clone(),
         shutdown.clone(),
@@ -209,6 +208,7 @@ pub(crate) async fn run(
             result
         },
     );
+    crate::config::flush_events(events).await;
     gateway_result.context("gateway task")?.context("gateway")?;
     room_node_result.context("room node task")?;
     tracing::info!("stopped");

@@ -173,13 +173,12 @@ pub(crate) async fn run(
     let ready = crate::ops::room_node_readiness(&node_id, &storage, &slot_map);
     serving.start_ops(ready, background.clone()).await?;
     tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
+    let hooks = live_hooks.map(std::sync::Arc::new);
+    let events = hooks.as_ref().and_then(|hooks| hooks.events().cloned());
     let server = tokio::spawn(partyline_room_node::run(
         listener,
         config,
-        partyline_room_node::Resources {
-            storage,
-            hooks: live_hooks.map(std::sync::Arc::new),
-        },
+        partyline_room_node::Resources { storage, hooks },
         slot_map,
         link,
         shutdown.clone(),
@@ -197,6 +196,7 @@ pub(crate) async fn run(
         _ = shutdown.cancelled() => {}
     }
     let result = server.await;
+    crate::config::flush_events(events).await;
     background.cancel();
     // Bounded by the heartbeat's own send timeout.
     let _ = heartbeats.await;

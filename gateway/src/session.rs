@@ -84,7 +84,10 @@ pub(crate) async fn serve(
     };
     let metrics = crate::telemetry::metrics();
     metrics.connections.add(1, &[]);
-    let end = SessionEnd::first(config.max_session, grant_ends);
+    let mut ending = Ending {
+        deadline: SessionEnd::first(config.max_session, grant_ends),
+        by_client: None,
+    };
     let reason = pump(
         &mut socket,
         &room,
@@ -92,11 +95,24 @@ pub(crate) async fn serve(
         &upstream,
         &shared,
         &out,
-        end,
+        &mut ending,
     )
     .await;
+    let client_close = ending.by_client;
     metrics.connections.add(-1, &[]);
-    Box::pin(upstream.close(session_id)).await;
+    // What the room's lifecycle events say: our close, the client's, or a
+    // socket that just ended.
+    let client_closed = reason.is_none() && client_close.is_some();
+    let how = reason
+        .clone()
+        .or(client_close)
+        .unwrap_or_else(|| CloseReason::new(close::ABNORMAL, "connection lost"));
+    Box::pin(upstream.close(session_id, how)).await;
+    if client_closed {
+        // tungstenite queued the close frame that answers the client's;
+        // it goes out with a flush (bounded: the client may be gone).
+        let _ = Box::pin(tokio::time::timeout(CLOSE_DRAIN, socket.flush())).await;
+    }
     if let Some(reason) = reason {
         Box::pin(send_close(&mut socket, &reason)).await;
     }
@@ -111,7 +127,7 @@ async fn pump(
     upstream: &UpstreamHandle,
     shared: &Shared,
     out: &ClientSocket,
-    end: Option<SessionEnd>,
+    ending: &mut Ending,
 ) -> Option<CloseReason> {
     let config = &shared.config;
     let mut reassembler = Reassembler::new(config.max_message_bytes);
@@ -121,7 +137,9 @@ async fn pump(
     let mut message_rate = shared.limits.message_bucket();
     // Boxed and only when set: a timer is 112 bytes of every idle socket's
     // future.
-    let mut expires = end.map(|end| (Box::pin(tokio::time::sleep(end.after)), end));
+    let mut expires = ending
+        .deadline
+        .map(|end| (Box::pin(tokio::time::sleep(end.after)), end));
     // Armed by a batch's start marker, dropped when it ends. Boxed and only
     // while a batch is open, like `expires`.
     let mut batch_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -179,7 +197,13 @@ async fn pump(
                         crate::telemetry::refuse("unsupported_text");
                         return Some(CloseReason::new(close::UNSUPPORTED_DATA, "unsupported text message"));
                     }
-                    Message::Close(_) => return None,
+                    Message::Close(frame) => {
+                        ending.by_client = Some(match frame {
+                            Some(frame) => CloseReason::new(u16::from(frame.code), frame.reason.as_str()),
+                            None => CloseReason::new(close::NO_STATUS, ""),
+                        });
+                        return None;
+                    }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
                 };
                 match (reassembler.is_open(), batch_deadline.is_some()) {
@@ -237,6 +261,13 @@ async fn pump(
             }
         }
     }
+}
+
+/// How a session ends: when it must at the latest, and, once the client
+/// closed, what its close frame said.
+struct Ending {
+    deadline: Option<SessionEnd>,
+    by_client: Option<CloseReason>,
 }
 
 /// When a session is closed whatever it does: at `--auth-max-session`

@@ -10,6 +10,12 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// A text frame that is neither a `y-pk-batch#` marker nor a `__YPS:` message.
 pub const UNSUPPORTED_DATA: u16 = 1003;
+/// A close frame without a code. Never sent (RFC 6455 §7.4.1): reported
+/// in lifecycle events.
+pub const NO_STATUS: u16 = 1005;
+/// The socket ended without a close frame. Never sent (RFC 6455 §7.4.1):
+/// reported in lifecycle events.
+pub const ABNORMAL: u16 = 1006;
 /// Policy violation (e.g. a client too slow to keep up with its room).
 pub const POLICY_VIOLATION: u16 = 1008;
 /// Frame or reassembled batch over the configured size limit.

@@ -1,7 +1,7 @@
 //! Webhooks to the app's backend (docs/webhooks.md): the debounced state
-//! callback, which POSTs a room's state after it changed, and the
+//! callback, which POSTs a room's state after it changed, the
 //! initial-content hook (`load_url`), asked once for a room that has no
-//! stored state.
+//! stored state, and the lifecycle events' queue ([`crate::events`]).
 //!
 //! This module only speaks HTTP; the room actor decides when (debounce,
 //! retry) and owns the document.
@@ -23,6 +23,10 @@ pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CALLBACK_RETRIES: u32 = 5;
 /// Default for [`HooksConfig::load_timeout`].
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`HooksConfig::events_queue`].
+pub const DEFAULT_EVENTS_QUEUE: usize = 10_000;
+/// Default for [`HooksConfig::events_retries`].
+pub const DEFAULT_EVENTS_RETRIES: u32 = 5;
 
 /// The header naming the room of a `binary` callback or load request
 /// (percent-encoded UTF-8).
@@ -81,6 +85,12 @@ pub struct HooksConfig {
     /// How long the initial-content request may take.
     #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
+    /// Where lifecycle events are POSTed; `None`: no events.
+    pub events_url: Option<String>,
+    /// Events queued at most before new ones are dropped (counted).
+    pub events_queue: usize,
+    /// Retries of an event that failed (1 s, 2 s, 4 s … apart, at most 30 s).
+    pub events_retries: u32,
 }
 
 impl HooksConfig {
@@ -102,6 +112,9 @@ impl HooksConfig {
                     .into(),
             );
         }
+        if self.events_queue == 0 {
+            return error("webhooks.events_queue (--events-queue) must be at least 1".into());
+        }
         self.signer()?;
         self.extra_headers()?;
         Ok(())
@@ -109,7 +122,7 @@ impl HooksConfig {
 
     /// Whether any hook is configured (else the node runs none).
     pub fn any(&self) -> bool {
-        self.callback_url.is_some() || self.load_url.is_some()
+        self.callback_url.is_some() || self.load_url.is_some() || self.events_url.is_some()
     }
 
     /// The signer of [`Self::secret`], if one is set.
@@ -169,6 +182,9 @@ impl Default for HooksConfig {
             callback_retries: DEFAULT_CALLBACK_RETRIES,
             load_url: None,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
+            events_url: None,
+            events_queue: DEFAULT_EVENTS_QUEUE,
+            events_retries: DEFAULT_EVENTS_RETRIES,
         }
     }
 }
@@ -247,6 +263,7 @@ pub struct Hooks {
     http: reqwest::Client,
     signer: Option<WebhookSigner>,
     extra_headers: HeaderMap,
+    events: Option<std::sync::Arc<crate::events::Events>>,
 }
 
 impl Hooks {
@@ -257,12 +274,28 @@ impl Hooks {
         let http = reqwest::Client::builder()
             .connect_timeout(config.callback_timeout.min(config.load_timeout))
             .build()?;
+        let signer = config.signer()?;
+        let events = config.events_url.as_ref().map(|url| {
+            let settings = crate::events::EventSettings {
+                url: url.clone(),
+                queue: config.events_queue,
+                retries: config.events_retries,
+                timeout: config.callback_timeout,
+            };
+            crate::events::Events::new(settings, http.clone(), signer.clone())
+        });
         Ok(Self {
-            signer: config.signer()?,
+            signer,
             extra_headers: config.extra_headers()?,
+            events,
             config,
             http,
         })
+    }
+
+    /// The lifecycle-event queue, when `events_url` is set.
+    pub fn events(&self) -> Option<&std::sync::Arc<crate::events::Events>> {
+        self.events.as_ref()
     }
 
     /// The settings.

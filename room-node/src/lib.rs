@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod config;
 pub mod decoding;
 pub mod depth;
+pub mod events;
 pub mod grpc;
 pub mod hooks;
 pub mod memory;
@@ -54,6 +55,11 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The lifecycle-event queue, when `--events-url` is set.
+    pub fn events(&self) -> Option<&std::sync::Arc<events::Events>> {
+        self.hooks.as_ref().and_then(|hooks| hooks.events())
+    }
+
     /// `storage` and no webhooks.
     pub fn new(storage: storage::NodeStorage) -> Self {
         Self {

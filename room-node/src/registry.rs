@@ -275,7 +275,17 @@ impl Registry {
             let registry = self.clone();
             let (room, live) = (room.clone(), live.clone());
             self.tracker.spawn(async move {
-                log_exit(&room, task.await);
+                let exit = task.await;
+                if let Some(events) = registry.resources.events() {
+                    let event = match &exit {
+                        Ok(exit) => exit.event(),
+                        Err(_) => Some(("room.unloaded", "panicked")),
+                    };
+                    if let Some((kind, reason)) = event {
+                        events.emit(kind, room.as_str(), serde_json::json!({ "reason": reason }));
+                    }
+                }
+                log_exit(&room, exit);
                 registry.rooms.exited(&room, &live);
                 if let Some(trimmer) = &registry.trimmer {
                     trimmer.room_unloaded();

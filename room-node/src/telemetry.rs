@@ -51,6 +51,9 @@ pub struct Metrics {
     pub refusals: Counter<u64>,
     /// Rooms handed to a new owner after their slot moved.
     pub releases: Counter<u64>,
+    /// Lifecycle events, by `outcome` (delivered, failed after its
+    /// retries, dropped on a full queue).
+    pub events: Counter<u64>,
 }
 
 /// The instruments, created on first use from the global meter provider.
@@ -114,6 +117,10 @@ pub fn metrics() -> &'static Metrics {
             releases: meter
                 .u64_counter("partyline.room.releases")
                 .with_description("Rooms handed to a new owner after their slot moved")
+                .build(),
+            events: meter
+                .u64_counter("partyline.events")
+                .with_description("Lifecycle events, by outcome (delivered, failed, dropped)")
                 .build(),
         }
     })

@@ -273,6 +273,19 @@ pub(crate) struct WebhooksFlags {
     #[arg(long, env = "PARTYLINE_WEBHOOKS_LOAD_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub load_timeout: Option<Duration>,
+    /// POST lifecycle events here (session.opened, session.closed,
+    /// room.loaded, room.unloaded, room.deleted, room.restored; JSON
+    /// {type, timestamp, data}), in order per room, signed like every
+    /// webhook; each request may take --callback-timeout [default: no events].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// Events queued at most; more are dropped and counted [default: 10000].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_EVENTS_QUEUE")]
+    pub events_queue: Option<usize>,
+    /// Retries of an event that failed, 1 s, 2 s, 4 s … apart (jittered,
+    /// at most 30 s); then it is given up and counted [default: 5].
+    #[arg(long, env = "PARTYLINE_WEBHOOKS_EVENTS_RETRIES")]
+    pub events_retries: Option<u32>,
 }
 
 /// The secret every outgoing webhook is signed with: `--webhook-secret`,

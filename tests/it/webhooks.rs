@@ -334,3 +334,162 @@ async fn load_url_fills_a_new_room_once() {
     assert_eq!(app.loads.lock().unwrap().get("doc-plain"), Some(&1));
     server.assert_no_errors();
 }
+
+/// One lifecycle event as the receiver got it.
+#[derive(Debug, Clone)]
+struct Delivery {
+    body: serde_json::Value,
+    signature: [String; 3],
+    raw: Bytes,
+    answered: u16,
+}
+
+#[derive(Default)]
+struct EventSink {
+    deliveries: Mutex<Vec<Delivery>>,
+    /// Answer 503 to this many deliveries first.
+    fail_first: Mutex<usize>,
+}
+
+async fn event(State(sink): State<Arc<EventSink>>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    let status = {
+        let mut fail = sink.fail_first.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::NO_CONTENT
+        }
+    };
+    sink.deliveries.lock().unwrap().push(Delivery {
+        body: serde_json::from_slice(&raw).unwrap_or_default(),
+        signature: ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        }),
+        raw,
+        answered: status.as_u16(),
+    });
+    status
+}
+
+impl EventSink {
+    /// The delivered events' types for `room`, in arrival order.
+    fn kinds(&self, room: &str) -> Vec<String> {
+        self.deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.answered < 300 && d.body["data"]["room"] == room)
+            .map(|d| d.body["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn wait_for(&self, room: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let kinds = self.kinds(room);
+            if kinds.len() >= count || Instant::now() > deadline {
+                return kinds;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_arrive_signed_in_order_and_a_failing_receiver_is_retried() {
+    let sink = Arc::new(EventSink::default());
+    // The first two deliveries fail: the first event is retried twice.
+    *sink.fail_first.lock().unwrap() = 2;
+    let router = axum::Router::new()
+        .route("/events", axum::routing::post(event))
+        .with_state(sink.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let dir = tempfile::tempdir().unwrap();
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--events-url",
+            &url,
+            "--webhook-secret",
+            SECRET,
+            "--idle-timeout",
+            "300ms",
+            "--upstream-linger",
+            "100ms",
+            "--api-key",
+            API_KEY,
+        ],
+    );
+    let room = "doc-events";
+    let client = YClient::connect(&server.url(room)).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    // Partyline keeps serving while the receiver fails: another room syncs.
+    let other = YClient::connect(&server.url("doc-other")).await.unwrap();
+    other.wait_synced(WAIT).await.unwrap();
+    client.push_text("t", "edit;").await.unwrap();
+    let closed = client.close(WAIT).await.unwrap();
+    assert_eq!(closed.code, 1000);
+    assert!(
+        server.saw_unloaded(API_KEY, room, 20).await,
+        "the room never unloaded"
+    );
+    let deleted = reqwest::Client::new()
+        .delete(format!("http://{}/v1/rooms/{room}", server.addr))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let kinds = sink.wait_for(room, 6).await;
+    assert_eq!(
+        kinds,
+        [
+            "room.loaded",
+            "session.opened",
+            "session.closed",
+            "room.unloaded",
+            "room.loaded",
+            "room.deleted"
+        ]
+    );
+
+    let deliveries = sink.deliveries.lock().unwrap().clone();
+    // The failed first event came again, with its id, until it was taken.
+    let first_id = &deliveries[0].signature[0];
+    let tries: Vec<u16> = deliveries
+        .iter()
+        .filter(|d| &d.signature[0] == first_id)
+        .map(|d| d.answered)
+        .collect();
+    assert_eq!(tries, [503, 503, 204]);
+    let ours: Vec<&Delivery> = deliveries
+        .iter()
+        .filter(|d| d.answered < 300 && d.body["data"]["room"] == room)
+        .collect();
+    for delivery in &ours {
+        assert!(
+            signature_verifies(&delivery.signature, &delivery.raw),
+            "unsigned event {:?}",
+            delivery.body
+        );
+    }
+    let ids: std::collections::HashSet<&String> = ours.iter().map(|d| &d.signature[0]).collect();
+    assert_eq!(ids.len(), ours.len(), "event ids repeat");
+    let closed = &ours[2].body["data"];
+    assert_eq!(closed["close_code"], 1000);
+    assert_eq!(closed["user"], "");
+    assert_eq!(closed["access"], "write");
+    assert!(closed["duration_ms"].as_u64().is_some());
+    assert_eq!(ours[3].body["data"]["reason"], "idle");
+    assert_eq!(ours[0].body["data"]["stored"], false);
+    assert_eq!(ours[4].body["data"]["stored"], true);
+    assert!(ours[0].body["timestamp"].as_str().unwrap().ends_with('Z'));
+    server.assert_no_errors();
+}

@@ -3,8 +3,9 @@
 // address, path), every request is signed the Standard Webhooks way and
 // verified here with the `standardwebhooks` npm library, a webhook's
 // `expires_at` closes the session with 4401 on time (and y-websocket does
-// not reconnect), and `--callback-format binary` with a bearer header
-// reaches a receiver that checks both.
+// not reconnect), `--callback-format binary` with a bearer header
+// reaches a receiver that checks both, and lifecycle events of a real
+// provider's session arrive signed, in order.
 import assert from 'node:assert/strict'
 import http from 'node:http'
 import crypto from 'node:crypto'
@@ -38,6 +39,11 @@ const receiver = http.createServer((req, res) => {
       res.writeHead(answer ? 200 : 403, { 'content-type': 'application/json' })
       return res.end(JSON.stringify(answer ?? {}))
     }
+    if (req.url === '/events') {
+      entry.body = JSON.parse(raw.toString())
+      res.writeHead(204)
+      return res.end()
+    }
     if (req.url === '/callback') {
       const ok = req.headers.authorization === BEARER && verified
       res.writeHead(ok ? 200 : 401)
@@ -57,7 +63,8 @@ const ctx = useServer({
     '--webhook-secret', SECRET,
     '--callback-url', `${base}/callback`, '--callback-format', 'binary',
     '--callback-header', `Authorization: ${BEARER}`,
-    '--debounce-wait', '100ms', '--debounce-max-wait', '500ms'
+    '--debounce-wait', '100ms', '--debounce-max-wait', '500ms',
+    '--events-url', `${base}/events`
   ]
 })
 
@@ -133,4 +140,23 @@ ctx.test('a binary callback with a bearer header gives the room content to Y.app
   assert.equal(callback.headers['content-type'], 'application/octet-stream')
   assert.equal(callback.headers.authorization, BEARER)
   assert.ok(callback.verified, 'the callback signature verifies with standardwebhooks')
+})
+
+ctx.test('a provider\'s session comes and goes as signed lifecycle events, in order', { partylineOnly: true }, async (_t, clients) => {
+  const room = uniqueRoom('doc')
+  const c = clients.ws(room, { params: { token: 'writer' } })
+  await waitSynced(c.provider)
+  c.provider.destroy()
+  const events = () => received.filter((r) => r.path === '/events' && r.body?.data?.room === room)
+  await waitFor(() => events().some((e) => e.body.type === 'session.closed'), { what: 'session.closed' })
+  const seen = events()
+  assert.deepEqual(seen.map((e) => e.body.type), ['room.loaded', 'session.opened', 'session.closed'])
+  for (const e of seen) assert.ok(e.verified, `${e.body.type} is signed`)
+  const [, opened, closed] = seen.map((e) => e.body.data)
+  assert.equal(opened.user, 'writer')
+  assert.equal(opened.access, 'write')
+  assert.equal(closed.session, opened.session)
+  // y-websocket's destroy() closes without a code: 1005, "no status".
+  assert.equal(closed.close_code, 1005)
+  assert.ok(closed.duration_ms >= 0)
 })

@@ -146,7 +146,7 @@ impl UpstreamActor {
                     socket,
                     reply,
                 } => self.admit(session_id, grant, socket, reply),
-                UpstreamCommand::Close { session_id } => {
+                UpstreamCommand::Close { session_id, .. } => {
                     self.sessions.remove(&session_id);
                 }
                 // Applied here; the re-open tells the node what they left.

@@ -65,6 +65,8 @@ enum UpstreamCommand {
     },
     Close {
         session_id: u64,
+        /// How the socket closed, for the room's lifecycle events.
+        how: CloseReason,
     },
     /// A recheck's answer for one session.
     Rechecked {
@@ -105,9 +107,12 @@ impl UpstreamHandle {
         }
     }
 
-    /// Tells the room the session left.
-    pub(crate) async fn close(&self, session_id: u64) {
-        let _ = self.tx.send(UpstreamCommand::Close { session_id }).await;
+    /// Tells the room the session left, and how its socket closed.
+    pub(crate) async fn close(&self, session_id: u64, how: CloseReason) {
+        let _ = self
+            .tx
+            .send(UpstreamCommand::Close { session_id, how })
+            .await;
     }
 }
 

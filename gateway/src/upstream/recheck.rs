@@ -145,6 +145,8 @@ impl UpstreamActor {
                     .close(CloseReason::new(close::UNAUTHORIZED, REVOKED));
                 Some(gateway_frame::Kind::CloseSession(pb::CloseSession {
                     session_id,
+                    close_code: u32::from(close::UNAUTHORIZED),
+                    reason: REVOKED.to_owned(),
                 }))
             }
             Verdict::ReadOnly => {

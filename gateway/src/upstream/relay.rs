@@ -175,11 +175,15 @@ impl UpstreamActor {
                 }
                 gateway_frame::Kind::ClientMessage(frame.into_message(session_id))
             }
-            UpstreamCommand::Close { session_id } => {
+            UpstreamCommand::Close { session_id, how } => {
                 if self.sessions.remove(&session_id).is_none() {
                     return Ok(());
                 }
-                gateway_frame::Kind::CloseSession(pb::CloseSession { session_id })
+                gateway_frame::Kind::CloseSession(pb::CloseSession {
+                    session_id,
+                    close_code: u32::from(how.code),
+                    reason: how.reason,
+                })
             }
             UpstreamCommand::Rechecked {
                 session_id,
@@ -272,7 +276,11 @@ impl UpstreamActor {
                 session
                     .socket
                     .close(CloseReason::new(close::POLICY_VIOLATION, "client too slow"));
-                let frame = gateway_frame::Kind::CloseSession(pb::CloseSession { session_id });
+                let frame = gateway_frame::Kind::CloseSession(pb::CloseSession {
+                    session_id,
+                    close_code: u32::from(close::POLICY_VIOLATION),
+                    reason: "client too slow".to_owned(),
+                });
                 if to_node
                     .send(pb::GatewayFrame { kind: Some(frame) })
                     .await

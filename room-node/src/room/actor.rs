@@ -70,6 +70,8 @@ pub(super) struct RoomActor {
     pub(super) awareness: AwarenessThrottle,
     /// The state callback's debounce and the callback in flight.
     pub(super) callback: StateCallback,
+    /// Where lifecycle events go, when configured.
+    pub(super) events: Option<Arc<crate::events::Events>>,
 }
 
 impl Drop for RoomActor {
@@ -113,6 +115,7 @@ impl RoomActor {
                     biased;
                     _ = &mut cancelled => {
                         self.rx.close();
+                        self.sessions_ended(partyline_proto::close::GOING_AWAY, "server shutting down");
                         Box::pin(self.unload()).await;
                         return ExitReason::Shutdown;
                     }
@@ -185,7 +188,7 @@ impl RoomActor {
                 handled += 1;
             }
             if let Err(error) = self.commit(false).await {
-                return ExitReason::Failed(LoadError::Storage(error));
+                return self.failed(error);
             }
             crate::telemetry::metrics()
                 .batch_duration
@@ -282,6 +285,7 @@ impl RoomActor {
                 let max = self.policy.max_sessions;
                 match self.links.open_session(&self.room, link_id, &open, max) {
                     Ok(true) => {
+                        self.session_opened(link_id, open.session_id);
                         for payload in self.sync.handshake() {
                             let greeting = deliver(open.session_id, payload);
                             self.pending.push(Out::Link(link_id, greeting));
@@ -291,8 +295,12 @@ impl RoomActor {
                     Err(refusal) => self.pending.push(Out::Link(link_id, refusal)),
                 }
             }
-            gateway_frame::Kind::CloseSession(close) => {
-                self.close_session(link_id, close.session_id)
+            gateway_frame::Kind::CloseSession(closed) => {
+                let code = match u16::try_from(closed.close_code) {
+                    Ok(0) | Err(_) => partyline_proto::close::ABNORMAL,
+                    Ok(code) => code,
+                };
+                self.close_session(link_id, closed.session_id, code, &closed.reason)
             }
             gateway_frame::Kind::ClientMessage(message) => self.handle_message(link_id, message),
             gateway_frame::Kind::UpdateSession(update) => self.update_session(link_id, &update),
@@ -343,11 +351,23 @@ impl RoomActor {
         Ok(())
     }
 
+    /// The room stops on a storage error: its sessions end with its links
+    /// (reported, with the room, in lifecycle events).
+    fn failed(&self, error: StorageError) -> ExitReason {
+        if let Some(events) = &self.events {
+            let reason = partyline_proto::close::INTERNAL_ERROR;
+            self.sessions_ended(reason, "room failed");
+            let data = serde_json::json!({ "reason": "failed" });
+            events.emit("room.unloaded", self.room.as_str(), data);
+        }
+        ExitReason::Failed(LoadError::Storage(error))
+    }
+
     /// Commits outside a batch; `Some` when the room ends (a local disk
     /// error, or a fenced append releasing it).
     async fn commit_or_end(&mut self, retrying: bool) -> Option<ExitReason> {
         if let Err(error) = self.commit(retrying).await {
-            return Some(ExitReason::Failed(LoadError::Storage(error)));
+            return Some(self.failed(error));
         }
         let epoch = self.releasing?;
         Some(Box::pin(self.release(epoch)).await)

@@ -39,6 +39,8 @@ impl RoomActor {
     pub(super) async fn release(&mut self, epoch: Epoch) -> ExitReason {
         crate::telemetry::metrics().releases.add(1, &[]);
         self.refuse_commands();
+        // Their gateways open them again on the new owner.
+        self.sessions_ended(close::SERVICE_RESTART, "room moved to another node");
         let released = frame(node_frame::Kind::Released(pb::Released {
             epoch: epoch.get(),
             resync: self.sync.sync_step1(),
@@ -73,6 +75,7 @@ impl RoomActor {
             return None;
         }
         self.refuse_commands();
+        self.sessions_ended(close::ROOM_DELETED, "room deleted");
         // Every session is told, waiting a little for a full link: a
         // gateway that misses it would re-open the room and its clients
         // would upload their documents into the deleted room.

@@ -178,3 +178,18 @@ pub enum ExitReason {
     /// Deleted through the server API.
     Deleted,
 }
+
+impl ExitReason {
+    /// The lifecycle event of this end (`room.unloaded`, or
+    /// `room.deleted`) and its reason; `None` for a failure, which the
+    /// actor reports itself when the room had loaded.
+    pub fn event(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Idle => Some(("room.unloaded", "idle")),
+            Self::Shutdown => Some(("room.unloaded", "shutdown")),
+            Self::Released => Some(("room.unloaded", "moved")),
+            Self::Deleted => Some(("room.deleted", "deleted")),
+            Self::Failed(_) => None,
+        }
+    }
+}

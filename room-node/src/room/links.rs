@@ -62,9 +62,9 @@ pub(super) struct Session {
     pub(super) read_only: bool,
     /// The user the gateway authenticated ("" for anonymous): whom the
     /// sessions API lists and closes.
-    user: Box<str>,
+    pub(super) user: Box<str>,
     /// When it opened here (Unix ms).
-    since_unix_ms: u64,
+    pub(super) since_unix_ms: u64,
     /// When this session's last SyncStep1 / QueryAwareness was answered:
     /// each answer may be the whole document (or every presence), so a
     /// client asking in a loop gets at most one per `min_resync_interval`.
@@ -120,7 +120,7 @@ pub(super) struct Link {
     /// Frames toward the gateway.
     pub(super) tx: LinkSender,
     /// The gateway's id.
-    gateway: Arc<str>,
+    pub(super) gateway: Arc<str>,
     /// Its sessions by id.
     pub(super) sessions: HashMap<u64, Session>,
 }
@@ -315,28 +315,38 @@ impl Links {
             .collect()
     }
 
-    /// Closes a session; `false` when it was not open.
-    pub(super) fn close_session(&mut self, link_id: LinkId, session_id: u64) -> bool {
-        let closed = self
-            .links
-            .get_mut(&link_id)
-            .and_then(|link| link.sessions.remove(&session_id))
-            .is_some();
-        if closed {
-            self.open_sessions -= 1;
-            crate::telemetry::metrics().sessions.add(-1, &[]);
-        }
-        closed
+    /// The link of `link_id`, if attached.
+    pub(super) fn link(&self, link_id: LinkId) -> Option<&Link> {
+        self.links.get(&link_id)
     }
 
-    /// Detaches a link; returns its sessions' ids, `None` when it was not
-    /// attached. Its inbound stream ends on its own.
-    pub(super) fn drop_link(&mut self, link_id: LinkId) -> Option<Vec<u64>> {
+    /// Every link, to read.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&LinkId, &Link)> {
+        self.links.iter()
+    }
+
+    /// Closes a session; it and its link's gateway, `None` when it was not
+    /// open.
+    pub(super) fn close_session(
+        &mut self,
+        link_id: LinkId,
+        session_id: u64,
+    ) -> Option<(Arc<str>, Session)> {
+        let link = self.links.get_mut(&link_id)?;
+        let session = link.sessions.remove(&session_id)?;
+        self.open_sessions -= 1;
+        crate::telemetry::metrics().sessions.add(-1, &[]);
+        Some((link.gateway.clone(), session))
+    }
+
+    /// Detaches a link; returns it (its sessions in it), `None` when it was
+    /// not attached. Its inbound stream ends on its own.
+    pub(super) fn drop_link(&mut self, link_id: LinkId) -> Option<Link> {
         let link = self.links.remove(&link_id)?;
         let dropped = link.sessions.len() as i64;
         self.open_sessions -= dropped;
         crate::telemetry::metrics().sessions.add(-dropped, &[]);
-        Some(link.sessions.into_keys().collect())
+        Some(link)
     }
 
     /// Every link, taken out (the room is going away; the gauge is
@@ -474,10 +484,14 @@ mod tests {
             Ok(false)
         );
         assert_eq!(links.sessions(), 2);
-        assert!(links.close_session(1, 1));
-        assert!(!links.close_session(1, 1));
+        assert!(links.close_session(1, 1).is_some());
+        assert!(links.close_session(1, 1).is_none());
         assert!(!links.no_sessions());
-        assert_eq!(links.drop_link(1), Some(vec![2]));
+        let dropped = links.drop_link(1).unwrap();
+        assert_eq!(
+            dropped.sessions.keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
         assert!(links.no_sessions() && links.is_empty());
     }
 }

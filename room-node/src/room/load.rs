@@ -76,6 +76,12 @@ fn actor_of(
         tracing::warn!(room = %room, depth = measured.deepest_type, limit = config.limits.max_type_depth, "document nests shared types past the limit");
     }
     let stores = !loaded.storage.is_ephemeral();
+    // Here, not in the actor's future: its locals would grow every room's.
+    if let Some(events) = resources.events() {
+        let data =
+            serde_json::json!({ "node": config.node_id.to_string(), "stored": loaded.stored });
+        events.emit("room.loaded", room.as_str(), data);
+    }
     RoomActor {
         pending: PendingLog::new(config.log_buffer_bytes),
         snapshots: Snapshots::new(
@@ -86,6 +92,7 @@ fn actor_of(
         ),
         awareness: AwarenessThrottle::new(policy.awareness_throttle),
         callback: StateCallback::new(resources.hooks.as_deref(), stores),
+        events: resources.events().cloned(),
         links: Links::default(),
         doc_bytes: measured.state_bytes,
         room,

@@ -239,15 +239,22 @@ impl RoomActor {
     ) {
         let end = end_session(session_id, code, reason);
         self.pending.push(Out::Link(link_id, end));
-        self.close_session(link_id, session_id);
+        self.close_session(link_id, session_id, code, reason);
     }
 
-    /// A session closed: its awareness goes, and an emptied room is a
-    /// snapshot trigger.
-    pub(super) fn close_session(&mut self, link_id: LinkId, session_id: u64) {
-        if !self.links.close_session(link_id, session_id) {
+    /// A session closed (with `code` and `reason`, for its event): its
+    /// awareness goes, and an emptied room is a snapshot trigger.
+    pub(super) fn close_session(
+        &mut self,
+        link_id: LinkId,
+        session_id: u64,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some((gateway, session)) = self.links.close_session(link_id, session_id) else {
             return;
-        }
+        };
+        self.session_closed(&gateway, session_id, &session, code, reason);
         self.end_awareness([(link_id, session_id)]);
         self.awareness.forget((link_id, session_id));
         if self.links.no_sessions() {
@@ -257,11 +264,20 @@ impl RoomActor {
 
     /// A link ended or was dropped: as for closing each of its sessions.
     pub(super) fn drop_link(&mut self, link_id: LinkId) {
-        let Some(sessions) = self.links.drop_link(link_id) else {
+        let Some(link) = self.links.drop_link(link_id) else {
             return;
         };
-        let had_sessions = !sessions.is_empty();
-        self.end_awareness(sessions.into_iter().map(|session| (link_id, session)));
+        for (&session_id, session) in &link.sessions {
+            self.session_closed(
+                &link.gateway,
+                session_id,
+                session,
+                close::ABNORMAL,
+                "gateway stream ended",
+            );
+        }
+        let had_sessions = !link.sessions.is_empty();
+        self.end_awareness(link.sessions.into_keys().map(|session| (link_id, session)));
         if had_sessions && self.links.no_sessions() {
             self.snapshots.schedule.note_emptied();
         }

@@ -10,12 +10,68 @@ use partyline_proto::pb::{self, node_frame};
 
 use super::actor::RoomActor;
 use super::handle::LinkId;
+use super::links::Session;
 use super::pending::{frame, Out};
 
 /// The close reason of a session whose user's access was taken away.
 pub(super) const REVOKED: &str = "access revoked";
 
 impl RoomActor {
+    /// `session.opened`, when events are configured.
+    pub(super) fn session_opened(&self, link_id: LinkId, session_id: u64) {
+        let Some(events) = &self.events else { return };
+        let Some(link) = self.links.link(link_id) else {
+            return;
+        };
+        let Some(session) = link.sessions.get(&session_id) else {
+            return;
+        };
+        let data = serde_json::json!({
+            "session": format!("{}/{session_id}", link.gateway),
+            "user": &*session.user,
+            "access": access(session),
+            "gateway": &*link.gateway,
+        });
+        events.emit("session.opened", self.room.as_str(), data);
+    }
+
+    /// `session.closed`, with how long the session lasted and how it ended.
+    pub(super) fn session_closed(
+        &self,
+        gateway: &str,
+        session_id: u64,
+        session: &Session,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(events) = &self.events else { return };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let data = serde_json::json!({
+            "session": format!("{gateway}/{session_id}"),
+            "user": &*session.user,
+            "access": access(session),
+            "gateway": gateway,
+            "duration_ms": now.saturating_sub(session.since_unix_ms),
+            "close_code": code,
+            "close_reason": reason,
+        });
+        events.emit("session.closed", self.room.as_str(), data);
+    }
+
+    /// `session.closed` for every session still open, as the room ends.
+    pub(super) fn sessions_ended(&self, code: u16, reason: &str) {
+        if self.events.is_none() {
+            return;
+        }
+        for (_, link) in self.links.iter() {
+            for (&session_id, session) in &link.sessions {
+                self.session_closed(&link.gateway, session_id, session, code, reason);
+            }
+        }
+    }
+
     /// Closes every session of `user` with 4401; how many there were.
     pub(super) fn close_user(&mut self, user: &str) -> usize {
         let sessions = self.links.of_user(user);
@@ -69,5 +125,14 @@ impl RoomActor {
                 tracing::info!(room = %self.room, session = update.session_id, "session made read-only by a recheck");
             }
         }
+    }
+}
+
+/// A session's access as events and the API name it.
+fn access(session: &Session) -> &'static str {
+    if session.read_only {
+        "read"
+    } else {
+        "write"
     }
 }
