@@ -58,13 +58,7 @@ async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, raw: Bytes) -
     app.callbacks.lock().unwrap().push(Received {
         at: Instant::now(),
         body: serde_json::from_slice(&raw).unwrap_or_default(),
-        signature: ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        }),
+        signature: signed_headers(&headers),
         raw,
         answered: status.as_u16(),
     });
@@ -100,6 +94,17 @@ async fn serve_app(app: Arc<App>) -> String {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
     base
+}
+
+/// The Standard Webhooks headers of a request ("" for a missing one).
+fn signed_headers(headers: &HeaderMap) -> [String; 3] {
+    ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    })
 }
 
 /// Checks Standard Webhooks headers: `v1,<base64>` of HMAC-SHA256 of
@@ -363,13 +368,7 @@ async fn event(State(sink): State<Arc<EventSink>>, headers: HeaderMap, raw: Byte
     };
     sink.deliveries.lock().unwrap().push(Delivery {
         body: serde_json::from_slice(&raw).unwrap_or_default(),
-        signature: ["webhook-id", "webhook-timestamp", "webhook-signature"].map(|name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        }),
+        signature: signed_headers(&headers),
         raw,
         answered: status.as_u16(),
     });
