@@ -90,6 +90,16 @@ pub struct BenchArgs {
     #[arg(long, env = "PARTYLINE_BENCH_ROOM_PREFIX")]
     pub room_prefix: Option<String>,
 
+    /// A header every connection's upgrade request carries, `Name: value`
+    /// (e.g. `Cookie: session=…`, `Origin: https://app.example.com`, what a
+    /// browser would send); repeat for several.
+    #[arg(
+        long = "header",
+        env = "PARTYLINE_BENCH_HEADERS",
+        value_delimiter = '\n'
+    )]
+    pub headers: Vec<String>,
+
     /// Server process to measure: CPU seconds from /proc/PID/stat, RSS from
     /// /proc/PID/status. Repeat (or separate with commas) for a server made
     /// of several processes: CPU and RSS are then summed over them.
@@ -145,6 +155,7 @@ impl Default for BenchArgs {
             connect_timeout: duration(DEFAULT_CONNECT_TIMEOUT),
             payload_bytes: DEFAULT_PAYLOAD_BYTES,
             room_prefix: None,
+            headers: Vec::new(),
             server_pid: Vec::new(),
             room_gaps: false,
             idle: false,
@@ -203,6 +214,8 @@ pub(crate) struct Plan {
     pub drain: Duration,
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
+    /// Headers of every upgrade request.
+    pub headers: Vec<(String, String)>,
     pub payload_bytes: usize,
     /// Processes whose CPU and RSS are summed as "the server".
     pub server_pids: Vec<u32>,
@@ -343,6 +356,14 @@ impl BenchArgs {
             drain: self.drain,
             connect_concurrency: self.connect_concurrency,
             connect_timeout: self.connect_timeout,
+            headers: self
+                .headers
+                .iter()
+                .map(|line| {
+                    let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                    (name.trim().to_owned(), value.trim().to_owned())
+                })
+                .collect(),
             payload_bytes: self.payload_bytes,
             server_pids: self.server_pid.clone(),
             room_gaps: self.room_gaps,

@@ -93,7 +93,7 @@ pub(crate) async fn run_connection(
             return; // the run is over
         };
         let started = Instant::now();
-        let connecting = connect_and_sync(&url, source.as_ref());
+        let connecting = connect_and_sync(&url, &plan.headers, source.as_ref());
         match tokio::time::timeout(plan.connect_timeout, connecting).await {
             Ok(Ok(socket)) => {
                 run.connect_time.record(started.elapsed());
@@ -131,7 +131,22 @@ pub(crate) async fn run_connection(
 }
 
 /// Upgrades and runs the handshake until the server's SyncStep2.
-async fn connect_and_sync(url: &str, source: Option<&UpdateSource>) -> Result<Socket, String> {
+async fn connect_and_sync(
+    url: &str,
+    headers: &[(String, String)],
+    source: Option<&UpdateSource>,
+) -> Result<Socket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .map_err(|error| error.to_string())?;
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::try_from(name.as_str())
+            .map_err(|error| error.to_string())?;
+        let value = tokio_tungstenite::tungstenite::http::HeaderValue::try_from(value.as_str())
+            .map_err(|error| error.to_string())?;
+        request.headers_mut().append(name, value);
+    }
     // No message size cap, as in browsers: a large room's SyncStep2 is
     // one message.
     let config = WebSocketConfig::default()
@@ -140,7 +155,7 @@ async fn connect_and_sync(url: &str, source: Option<&UpdateSource>) -> Result<So
         .max_message_size(None)
         .max_frame_size(None);
     let (mut socket, _response) =
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .map_err(|error| error.to_string())?;
     let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
