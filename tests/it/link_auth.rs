@@ -74,6 +74,33 @@ where
             .await
             .map(drop),
     ));
+    answers.push(("ListSessions", client.list_sessions(room()).await.map(drop)));
+    answers.push((
+        "CloseSessions",
+        client
+            .close_sessions(pb::CloseSessionsRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                user: "victim".to_owned(),
+            })
+            .await
+            .map(drop),
+    ));
+    answers.push((
+        "RecheckSessions",
+        client.recheck_sessions(room()).await.map(drop),
+    ));
+    answers.push((
+        "SendMessage",
+        client
+            .send_message(pb::SendMessageRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                message: "phish".to_owned(),
+            })
+            .await
+            .map(drop),
+    ));
     answers
 }
 
@@ -90,7 +117,7 @@ async fn assert_every_rpc_unauthenticated(url: &str) {
     let without = call_every_rpc(RoomNodeClient::new(channel(url))).await;
     let with_wrong =
         call_every_rpc(RoomNodeClient::new(link::node_channel(channel(url), wrong))).await;
-    assert_eq!(without.len(), 7, "every RPC of the RoomNode service");
+    assert_eq!(without.len(), 11, "every RPC of the RoomNode service");
     for (rpc, answer) in without.into_iter().chain(with_wrong) {
         let code = answer.as_ref().err().map(Status::code);
         assert_eq!(

@@ -469,6 +469,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grants_end_at_exp_plus_leeway_and_long_user_ids_are_refused() {
+        let auth = Authorizer::Jwt(Box::new(JwtAuthorizer::with_secret(SECRET).unwrap()));
+        let headers = HeaderMap::new();
+        let exp = now() + 600;
+        let token = sign(serde_json::json!({"sub": "u", "exp": exp, "rooms": {"*": "write"}}));
+        let first = query(&token);
+        let access = auth
+            .authorize(&super::super::connect("room", Some(&first), &headers))
+            .await
+            .unwrap();
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(exp + LEEWAY_SECS);
+        assert_eq!(access.expires_at, Some(end));
+        let long = "u".repeat(super::super::MAX_USER_ID_BYTES + 1);
+        let token = sign(serde_json::json!({"sub": long, "exp": exp, "rooms": {"*": "write"}}));
+        let second = query(&token);
+        let refused = auth
+            .authorize(&super::super::connect("room", Some(&second), &headers))
+            .await;
+        assert!(matches!(refused, Err(Refusal::Invalid(why)) if why.contains("user id")));
+    }
+
+    #[tokio::test]
     async fn audiences_and_nbf_within_the_leeway() {
         let rooms = serde_json::json!({"*": "write"});
         let headers = HeaderMap::new();

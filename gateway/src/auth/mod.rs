@@ -183,6 +183,10 @@ pub enum AuthConfigError {
     Http(String),
 }
 
+/// Longest user id a grant may name (a JWT's `sub`, the webhook's
+/// `user.id`), in bytes; the room node takes ids up to this long.
+pub const MAX_USER_ID_BYTES: usize = 1024;
+
 /// Largest auth webhook answer or JWKS document read, in bytes. Both are a
 /// few hundred bytes to a few KiB; a larger body is refused as it streams
 /// in (the client is refused: fail closed), and what is cached per client
@@ -253,6 +257,14 @@ impl Authorizer {
         {
             return Err(Refusal::Invalid("the grant has expired".to_owned()));
         }
+        // The id travels with the session, is kept by the room and named in
+        // every event: an id is a key, not a document.
+        if access.identity.len() > MAX_USER_ID_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "a user id of {} bytes; at most {MAX_USER_ID_BYTES}",
+                access.identity.len()
+            )));
+        }
         Ok(access)
     }
 
@@ -264,12 +276,26 @@ impl Authorizer {
             Self::Jwt(_) => &[],
             Self::Webhook(hook) => hook.forward_headers(),
         };
-        // Where a token may come from, and what the webhook is sent.
-        let kept = [header::AUTHORIZATION, header::SEC_WEBSOCKET_PROTOCOL];
+        // Where a token may come from, and what the webhook is sent, each
+        // kept as the webhook is sent it (joined, cut at 16 KiB): what a
+        // session keeps is bounded, and a recheck asks about exactly what
+        // the connect was asked about.
         let mut headers = HeaderMap::new();
-        for name in kept.iter().chain(forwarded) {
-            for value in request.headers.get_all(name) {
-                headers.append(name.clone(), value.clone());
+        for name in [header::AUTHORIZATION, header::SEC_WEBSOCKET_PROTOCOL] {
+            if let Some(value) = request
+                .headers
+                .get(&name)
+                .filter(|value| value.len() <= webhook::MAX_FORWARDED_VALUE_BYTES)
+            {
+                headers.insert(name, value.clone());
+            }
+        }
+        for (name, value) in webhook::forwarded(request.headers, forwarded) {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::try_from(name),
+                axum::http::HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                headers.insert(name, value);
             }
         }
         Some(ConnectRecord {
@@ -382,6 +408,40 @@ mod tests {
         );
         assert_eq!(token(None, &headers).as_deref(), Some("p.q.r"));
         assert_eq!(token(Some("_pk=1"), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_connect_record_keeps_what_the_authorizer_reads_cut_as_it_is_sent() {
+        let hook = WebhookAuthorizer::new(WebhookSettings {
+            url: "http://127.0.0.1:9/auth".into(),
+            timeout: Duration::from_secs(1),
+            ttl: Duration::from_secs(1),
+            max_entries: 1,
+            forward_headers: vec![header::COOKIE],
+            signer: None,
+        })
+        .unwrap();
+        let authorizer = Authorizer::Webhook(Arc::new(hook));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer a.b.c".parse().unwrap());
+        headers.insert(header::USER_AGENT, "not read".parse().unwrap());
+        for _ in 0..100 {
+            headers.append(header::COOKIE, "x".repeat(4096).parse().unwrap());
+        }
+        let record = authorizer
+            .record(&connect("doc", Some("token=t"), &headers))
+            .unwrap();
+        let kept = &record.request().headers.clone();
+        assert_eq!(kept.get(header::AUTHORIZATION).unwrap(), "Bearer a.b.c");
+        assert!(kept.get(header::USER_AGENT).is_none());
+        assert_eq!(kept.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(
+            kept[header::COOKIE].len(),
+            webhook::MAX_FORWARDED_VALUE_BYTES
+        );
+        assert!(Authorizer::None
+            .record(&connect("doc", None, &headers))
+            .is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub const DEFAULT_FORWARD_HEADERS: &[&str] = &["cookie", "origin", "user-agent"]
 
 /// Longest value of one forwarded header, in bytes; a longer one is cut.
 /// Browsers cap a cookie at 4 KiB and send a few of them.
-const MAX_FORWARDED_VALUE_BYTES: usize = 16 * 1024;
+pub(super) const MAX_FORWARDED_VALUE_BYTES: usize = 16 * 1024;
 
 /// How the webhook is asked.
 #[derive(Debug, Clone)]
@@ -234,7 +234,10 @@ impl WebhookAuthorizer {
 /// The headers named in `names` that the request carries, by lower-case
 /// name; several of one name are joined with `, ` (`; ` for cookies, as
 /// HTTP/2 splits them), each value cut at [`MAX_FORWARDED_VALUE_BYTES`].
-fn forwarded<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> BTreeMap<&'a str, String> {
+pub(super) fn forwarded<'a>(
+    headers: &HeaderMap,
+    names: &'a [HeaderName],
+) -> BTreeMap<&'a str, String> {
     names
         .iter()
         .filter_map(|name| {
