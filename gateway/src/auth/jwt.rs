@@ -283,9 +283,9 @@ impl JwtAuthorizer {
                 name: claims.name,
                 read_only: grant == Grant::Read,
                 // The instant jsonwebtoken would start refusing the token.
-                expires_at: Some(
-                    UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECS)),
-                ),
+                // (None past what a SystemTime holds: no end.)
+                expires_at: UNIX_EPOCH
+                    .checked_add(Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECS))),
             }),
             None => Err(Refusal::Forbidden(room.to_owned())),
         }
