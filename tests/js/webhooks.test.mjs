@@ -55,7 +55,8 @@ const receiver = http.createServer((req, res) => {
 })
 await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve))
 const base = `http://127.0.0.1:${receiver.address().port}`
-after(() => new Promise((resolve) => receiver.close(resolve)))
+// Keep-alive connections from partyline would hold close() open.
+after(() => new Promise((resolve) => { receiver.close(resolve); receiver.closeAllConnections() }))
 
 const ctx = useServer({
   extraArgs: [
