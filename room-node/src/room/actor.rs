@@ -120,7 +120,7 @@ impl RoomActor {
                     // snapshot, or the next one never starts.
                     result = self.snapshots.wait() => {
                         self.snapshots.finished(result);
-                        if self.snapshots.schedule.due() {
+                        if self.snapshots.schedule.due() || self.snapshots.wants_version() {
                             self.start_snapshot();
                         }
                         continue;
@@ -202,7 +202,10 @@ impl RoomActor {
             if self.links.is_empty() {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
             }
-            if self.snapshots.schedule.due() || self.snapshots.schedule.take_emptied() {
+            if self.snapshots.schedule.due()
+                || self.snapshots.schedule.take_emptied()
+                || self.snapshots.wants_version()
+            {
                 self.start_snapshot();
             }
             self.callback
@@ -241,6 +244,10 @@ impl RoomActor {
                 let _ = reply.send(self.state(format));
             }
             Input::Command(RoomCommand::Apply { update, reply }) => self.apply(update, reply),
+            Input::Command(RoomCommand::TakeVersion { label, reply }) => {
+                self.snapshots.take(super::snapshots::Take { label, reply });
+            }
+            Input::Command(RoomCommand::Restore { version, reply }) => self.restore(version, reply),
             // Every delete of the batch gets the one delete's result.
             Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
             #[cfg(test)]

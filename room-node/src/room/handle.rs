@@ -74,6 +74,23 @@ pub enum RoomCommand {
         /// `Ok` once deleted.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Server API: stores a snapshot of the room now as a version,
+    /// labelled; answered once it is stored.
+    TakeVersion {
+        /// The label, if any.
+        label: Option<String>,
+        /// The stored version, or why it was not stored.
+        reply: oneshot::Sender<Result<crate::storage::Version, String>>,
+    },
+    /// Server API: makes the room's content equal to a version's (the
+    /// version's whole state, a Yjs update v1) with one update, logged and
+    /// broadcast like any edit; answered once it is in the log.
+    Restore {
+        /// The version's state.
+        version: Vec<u8>,
+        /// `Ok` once logged.
+        reply: oneshot::Sender<Result<(), ApplyError>>,
+    },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
     Panic,
