@@ -62,8 +62,13 @@ pub fn restore_update(current: &Doc, version: &[u8]) -> Result<Vec<u8>, RestoreE
         .transact()
         .encode_state_as_update_v1(&StateVector::default());
     let update = Update::decode_v1(&state).map_err(|e| bad(&e))?;
+    scratch
+        .transact_mut()
+        .apply_update(update)
+        .map_err(|e| bad(&e))?;
+    // A transaction of its own: its update holds only the restore's
+    // changes, not the room's state again.
     let mut txn = scratch.transact_mut();
-    txn.apply_update(update).map_err(|e| bad(&e))?;
 
     let source = target.transact();
     let wanted: BTreeMap<String, (Kind, BranchPtr)> = source
@@ -515,5 +520,44 @@ mod tests {
             xml.get_string(&txn),
             r#"<a id="a"></a><b id="b"></b><c id="c"></c>"#
         );
+    }
+
+    #[test]
+    fn the_update_holds_only_the_changes_and_passes_the_rooms_checks() {
+        let client = Doc::new();
+        rich(&client, "kept");
+        let version = state(&client);
+        // Later edits the room collects as garbage: deletions in every type.
+        {
+            let text = client.get_or_insert_text("text");
+            let list = client.get_or_insert_array("list");
+            let xml = client.get_or_insert_xml_fragment("default");
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 0, "transient words ");
+            text.remove_range(&mut txn, 0, 10);
+            list.remove_range(&mut txn, 0, 1);
+            xml.remove_range(&mut txn, 0, 1);
+        }
+        let mut room = crate::protocol::SyncRoom::new(server_copy(&client));
+        let update = restore_update(room.doc(), &version).unwrap();
+        assert!(
+            !update.windows(5).any(|w| w == b"words"),
+            "the room's own content travels again"
+        );
+        let outcome = room
+            .apply_server_update(update, crate::protocol::Access::ReadWrite)
+            .unwrap();
+        assert!(!outcome.missing_dependency, "refused as incomplete");
+        assert!(outcome.refused.is_none() && !outcome.log.is_empty());
+        assert_eq!(
+            doc_to_json(room.doc()),
+            doc_to_json(&server_copy(&client_at(&version)))
+        );
+    }
+
+    fn client_at(version: &[u8]) -> Doc {
+        let doc = Doc::new();
+        apply(&doc, version);
+        doc
     }
 }
