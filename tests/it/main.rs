@@ -3,8 +3,8 @@
 //!
 //! Run one area with `cargo nextest run --test it -E 'test(/^storage::/)'`
 //! (or `cargo test --test it storage::`). The cluster-sized modules
-//! (`cluster`, `coordinator`, `compose`) run one at a time: the `cluster`
-//! test group in .config/nextest.toml.
+//! (`cluster`, `coordinator`, `compose`, `versions`) run one at a time:
+//! the `cluster` test group in .config/nextest.toml.
 
 mod common;
 
@@ -32,5 +32,6 @@ mod s3;
 mod startup_checks;
 mod storage;
 mod telemetry;
+mod versions;
 mod webhook_auth;
 mod webhooks;
