@@ -3,9 +3,10 @@
 // process, one of them writing a Tiptap-like document of PARAGRAPHS (3,150)
 // paragraphs of ~250 characters with a bold run (~1 MiB as one Yjs
 // update), a version taken, then a tenth of the paragraphs rewritten, a
-// tenth deleted and a tenth added. Then, ROUNDS (5) times: POST …/versions/{v1}/restore, and
-// the time from the call to its answer (the restore is logged) and to each
-// live provider's document equal to the version again, then the same back
+// tenth deleted and a tenth added. Then, ROUNDS (5) times: POST
+// …/versions/{v1}/restore, and the time from the call to each live
+// provider's document equal to the version again (and the room node's own
+// time from its log: fetch, build and log the update), then the same back
 // to the edited version. Prints each round and the medians, and one JSON
 // line.
 //
@@ -46,8 +47,22 @@ const waitFor = async (pred, what, timeout = 60_000) => {
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'partyline-restore-bench-'))
 const server = spawn(binary, ['dev', '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'data'),
   '--api-key', KEY, '--room-mode', 'bench-=history'], {
-  env: { ...process.env, PARTYLINE_LOG: 'warn' },
-  stdio: ['ignore', 'pipe', 'ignore']
+  env: { ...process.env, PARTYLINE_LOG: 'warn,partyline_room_node::service=info' },
+  stdio: ['ignore', 'pipe', 'pipe']
+})
+// The room node's own time for each restore: fetch, build the update, log
+// it (its `version restored` line).
+const serverTimes = []
+let serverLog = ''
+server.stderr.on('data', (chunk) => {
+  serverLog += chunk
+  let newline
+  while ((newline = serverLog.indexOf('\n')) >= 0) {
+    const line = serverLog.slice(0, newline)
+    serverLog = serverLog.slice(newline + 1)
+    const match = line.match(/version restored.*took=([\d.]+)(µs|ms|s)\b/)
+    if (match) serverTimes.push(Number(match[1]) * { µs: 0.001, ms: 1, s: 1000 }[match[2]])
+  }
 })
 const addr = await new Promise((resolve, reject) => {
   let out = ''
@@ -125,12 +140,13 @@ const restore = async (version, wanted) => {
     c.doc.on('update', handler)
     return handler
   })
+  const logged = serverTimes.length
   const response = await api(`/v1/rooms/${room}/versions/${version.id}/restore`, { method: 'POST' })
   const answered = performance.now() - started
   if (response.status !== 204) throw new Error(`restore: ${response.status} ${await response.text()}`)
-  await waitFor(() => converged.every((t) => t !== null), 'every provider at the version')
+  await waitFor(() => converged.every((t) => t !== null) && serverTimes.length > logged, 'every provider at the version')
   clients.forEach((c, i) => c.doc.off('update', handlers[i]))
-  return { answered, first: Math.min(...converged), last: Math.max(...converged) }
+  return { server: serverTimes[logged], answered, first: Math.min(...converged), last: Math.max(...converged) }
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
@@ -140,7 +156,7 @@ for (let round = 0; round < ROUNDS; round++) {
   for (const [name, version, wanted] of [['v1', v1, v1Text], ['v2', v2, v2Text]]) {
     const r = await restore(version, wanted)
     rounds.push({ to: name, ...r })
-    console.log(`restore ${name}: answered (logged) ${r.answered.toFixed(1)} ms, first provider ${r.first.toFixed(1)} ms, every provider ${r.last.toFixed(1)} ms`)
+    console.log(`restore ${name}: room node ${r.server.toFixed(1)} ms, answer here ${r.answered.toFixed(1)} ms, first provider ${r.first.toFixed(1)} ms, every provider ${r.last.toFixed(1)} ms`)
   }
 }
 const state = await api(`/v1/rooms/${room}`)
@@ -151,10 +167,12 @@ const result = {
   clients: CLIENTS,
   version_bytes: v1.size,
   doc_bytes_after: info.doc_bytes,
+  median_room_node_ms: Number(median(rounds.map((r) => r.server)).toFixed(1)),
   median_answered_ms: Number(median(rounds.map((r) => r.answered)).toFixed(1)),
+  median_first_provider_ms: Number(median(rounds.map((r) => r.first)).toFixed(1)),
   median_every_provider_ms: Number(median(rounds.map((r) => r.last)).toFixed(1))
 }
-console.log(`median over ${rounds.length} restores: answered ${result.median_answered_ms} ms, every provider converged ${result.median_every_provider_ms} ms; room now ${info.doc_bytes} bytes`)
+console.log(`median over ${rounds.length} restores: room node ${result.median_room_node_ms} ms, first provider converged ${result.median_first_provider_ms} ms, every provider ${result.median_every_provider_ms} ms; room now ${info.doc_bytes} bytes`)
 console.log(JSON.stringify(result))
 for (const c of clients) c.provider.destroy()
 server.kill('SIGTERM')

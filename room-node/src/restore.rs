@@ -69,6 +69,11 @@ pub fn restore_update(current: &Doc, version: &[u8]) -> Result<Vec<u8>, RestoreE
     // A transaction of its own: its update holds only the restore's
     // changes, not the room's state again.
     let mut txn = scratch.transact_mut();
+    // The top-level sequences' new content is written in an empty document
+    // of its own and merged in: written in the room's copy, every insert
+    // would walk past the deleted content of every earlier restore.
+    let fresh = Doc::new();
+    let mut fresh_txn = fresh.transact_mut();
 
     let source = target.transact();
     let wanted: BTreeMap<String, (Kind, BranchPtr)> = source
@@ -90,11 +95,19 @@ pub fn restore_update(current: &Doc, version: &[u8]) -> Result<Vec<u8>, RestoreE
     for (name, branch) in roots {
         let present = Kind::of(branch, &txn);
         clear(branch, present, &mut txn);
-        if let Some(&(kind, from)) = wanted.get(&name) {
-            copy(from, kind, &source, branch, &mut txn, 1)?;
+        let Some(&(kind, from)) = wanted.get(&name) else {
+            continue;
+        };
+        // Entries after the room's own (a key's new value must come after
+        // its old one); the sequence in the empty document, in order.
+        copy_entries(from, &source, branch, &mut txn, 1)?;
+        if let Some(to) = kind.create_root(name.as_str(), &mut fresh_txn) {
+            copy_sequence(from, kind, &source, to, &mut fresh_txn, 1, Place::InOrder)?;
         }
     }
-    Ok(txn.encode_update_v1())
+    let cleared = txn.encode_update_v1();
+    let inserted = fresh_txn.encode_update_v1();
+    yrs::merge_updates_v1([cleared.as_slice(), inserted.as_slice()]).map_err(|e| bad(&e))
 }
 
 /// How a branch's content is laid out, for clearing and copying it.
@@ -129,20 +142,25 @@ impl Kind {
         }
     }
 
-    /// A top-level type named `name` that holds this layout.
-    fn create_root(self, name: &str, txn: &mut TransactionMut) {
+    /// A top-level type named `name` that holds this layout (made if
+    /// missing), `None` for layouts without a sequence.
+    fn create_root(self, name: &str, txn: &mut TransactionMut) -> Option<BranchPtr> {
+        let branch = |b: &Branch| BranchPtr::from(b);
         match self {
             Self::Map => {
                 MapRef::root(name).get_or_create(txn);
+                None
             }
-            Self::Text => {
-                TextRef::root(name).get_or_create(txn);
+            Self::Text => Some(branch(TextRef::root(name).get_or_create(txn).as_ref())),
+            Self::List { xml: true } => Some(branch(
+                XmlFragmentRef::root(name).get_or_create(txn).as_ref(),
+            )),
+            Self::List { xml: false } => {
+                Some(branch(ArrayRef::root(name).get_or_create(txn).as_ref()))
             }
-            Self::List { xml: true } => {
-                XmlFragmentRef::root(name).get_or_create(txn);
-            }
-            Self::List { xml: false } | Self::Empty => {
+            Self::Empty => {
                 ArrayRef::root(name).get_or_create(txn);
+                None
             }
         }
     }
@@ -181,11 +199,23 @@ fn clear(branch: BranchPtr, kind: Kind, txn: &mut TransactionMut) {
     }
 }
 
-/// Copies `from`'s content (read as `kind` in `source`) to the end of
-/// `to`, an empty branch of the same layout, `depth` levels down.
-fn copy<T: ReadTxn>(
+/// Where a sequence's copied items go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In order, each after the one before (a top-level sequence of the
+    /// empty document: the items chain to each other, so a room integrates
+    /// each at once).
+    InOrder,
+    /// Last first, each at the start: a new nested type, where an insert
+    /// at index 0 finds its place at once and appending would walk every
+    /// item inserted before.
+    Reversed,
+}
+
+/// Copies `from`'s entries (a map's keys, an XML node's attributes) into
+/// `to`, `depth` levels down.
+fn copy_entries<T: ReadTxn>(
     from: BranchPtr,
-    kind: Kind,
     source: &T,
     to: BranchPtr,
     txn: &mut TransactionMut,
@@ -212,12 +242,37 @@ fn copy<T: ReadTxn>(
             }
         }
     }
+    Ok(())
+}
+
+/// Copies `from`'s sequence (read as `kind` in `source`: characters with
+/// formatting, or a list) into `to`, empty, placed as `place` says,
+/// `depth` levels down.
+fn copy_sequence<T: ReadTxn>(
+    from: BranchPtr,
+    kind: Kind,
+    source: &T,
+    to: BranchPtr,
+    txn: &mut TransactionMut,
+    depth: usize,
+    place: Place,
+) -> Result<(), RestoreError> {
+    if depth > MAX_DEPTH {
+        return Err(RestoreError::TooDeep);
+    }
     match kind {
         Kind::Text => {
             let text = TextRef::from(to);
-            for chunk in TextRef::from(from).diff(source, YChange::identity) {
+            let mut chunks = TextRef::from(from).diff(source, YChange::identity);
+            if place == Place::Reversed {
+                chunks.reverse();
+            }
+            for chunk in chunks {
+                let at = match place {
+                    Place::InOrder => text.len(txn),
+                    Place::Reversed => 0,
+                };
                 let attrs = chunk.attributes.map(|a| *a).unwrap_or_else(Attrs::new);
-                let at = text.len(txn);
                 match chunk.insert {
                     Out::Any(Any::String(s)) => text.insert_with_attributes(txn, at, &s, attrs),
                     Out::Any(any) => {
@@ -229,15 +284,22 @@ fn copy<T: ReadTxn>(
         }
         Kind::List { .. } => {
             let list = ArrayRef::from(to);
-            let values: Vec<Out> = ArrayRef::from(from).iter(source).collect();
-            for value in values {
+            let mut values: Vec<Out> = ArrayRef::from(from).iter(source).collect();
+            if place == Place::Reversed {
+                values.reverse();
+            }
+            for (index, value) in values.into_iter().enumerate() {
+                let at = match place {
+                    Place::InOrder => index as u32,
+                    Place::Reversed => 0,
+                };
                 match value {
                     Out::Any(any) => {
-                        list.push_back(txn, any);
+                        list.insert(txn, at, any);
                     }
                     nested => {
                         if let Some(empty) = empty_like(&nested) {
-                            let made = list.push_back(txn, empty);
+                            let made = list.insert(txn, at, empty);
                             copy_nested(&nested, source, &made, txn, depth)?;
                         }
                     }
@@ -266,7 +328,8 @@ fn copy_nested<T: ReadTxn>(
         Out::YText(_) | Out::YXmlText(_) => Kind::Text,
         _ => Kind::List { xml: false },
     };
-    copy(from, kind, source, to, txn, depth + 1)
+    copy_entries(from, source, to, txn, depth + 1)?;
+    copy_sequence(from, kind, source, to, txn, depth + 1, Place::Reversed)
 }
 
 /// An empty shared type of `nested`'s kind (`None`: documents, links).

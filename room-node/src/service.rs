@@ -346,6 +346,7 @@ impl RoomNode for RoomNodeService {
         self.ownership
             .check(&room)
             .map_err(|e| call_status(e.into()))?;
+        let started = std::time::Instant::now();
         let version = self
             .registry
             .fetch_version(&room, id)
@@ -360,7 +361,9 @@ impl RoomNode for RoomNodeService {
             .await
             .map_err(call_status)?
             .map_err(apply_status)?;
-        tracing::info!(room = %room, version = id, "version restored");
+        // From the call to the restore in the log (its frames leave with it).
+        let took = started.elapsed();
+        tracing::info!(room = %room, version = id, ?took, "version restored");
         Ok(Response::new(pb::ApplyUpdateReply {}))
     }
 }
