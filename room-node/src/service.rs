@@ -353,9 +353,27 @@ impl RoomNode for RoomNodeService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("room {room} has no version {id}")))?;
+        // The update is built off the room (a whole document's work, on
+        // the blocking pool) against the room's state now; edits arriving
+        // meanwhile stay, after the restore, as any concurrent edit would.
+        let current = self
+            .registry
+            .call(&room, true, |reply| RoomCommand::State {
+                format: pb::StateFormat::UpdateV1,
+                reply,
+            })
+            .await
+            .map_err(call_status)?;
+        let update =
+            tokio::task::spawn_blocking(move || crate::restore::restore_update(&current, &version))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    Status::failed_precondition(format!("version {id} not restored: {e}"))
+                })?;
         self.registry
-            .call(&room, true, |reply| RoomCommand::Restore {
-                version: version.clone(),
+            .call(&room, true, |reply| RoomCommand::Apply {
+                update: update.clone(),
                 reply,
             })
             .await

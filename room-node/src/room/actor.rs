@@ -247,7 +247,6 @@ impl RoomActor {
             Input::Command(RoomCommand::TakeVersion { label, reply }) => {
                 self.snapshots.take(super::snapshots::Take { label, reply });
             }
-            Input::Command(RoomCommand::Restore { version, reply }) => self.restore(version, reply),
             // Every delete of the batch gets the one delete's result.
             Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
             #[cfg(test)]

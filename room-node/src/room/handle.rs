@@ -82,15 +82,6 @@ pub enum RoomCommand {
         /// The stored version, or why it was not stored.
         reply: oneshot::Sender<Result<crate::storage::Version, String>>,
     },
-    /// Server API: makes the room's content equal to a version's (the
-    /// version's whole state, a Yjs update v1) with one update, logged and
-    /// broadcast like any edit; answered once it is in the log.
-    Restore {
-        /// The version's state.
-        version: Vec<u8>,
-        /// `Ok` once logged.
-        reply: oneshot::Sender<Result<(), ApplyError>>,
-    },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
     Panic,

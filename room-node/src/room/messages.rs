@@ -222,23 +222,6 @@ impl RoomActor {
         let _ = reply.send(result);
     }
 
-    /// Server API: makes the room's content equal to `version`'s (a whole
-    /// state) with one update applied like [`Self::apply`]'s: logged, then
-    /// sent to every session (see [`crate::restore`]).
-    pub(super) fn restore(
-        &mut self,
-        version: Vec<u8>,
-        reply: oneshot::Sender<Result<(), ApplyError>>,
-    ) {
-        match crate::restore::restore_update(self.sync.doc(), &version) {
-            Ok(update) => self.apply(update, reply),
-            Err(error) => {
-                tracing::warn!(room = %self.room, %error, "version not restored");
-                let _ = reply.send(Err(ApplyError::BadUpdate(error.to_string())));
-            }
-        }
-    }
-
     /// Ends a session on the room's initiative; the gateway closes the socket.
     pub(super) fn end_session(
         &mut self,
