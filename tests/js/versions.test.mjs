@@ -4,11 +4,20 @@
 // converge to the restored version without reloading, and a fresh provider
 // that must read it too.
 import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { yXmlFragmentToProsemirrorJSON } from 'y-prosemirror'
 import { Y, canonical, useServer, uniqueRoom, waitFor, waitSynced } from './helpers.mjs'
 
 const KEY = 'js-test-api-key-versions-0123'
 const ctx = useServer({ extraArgs: ['--api-key', KEY, '--room-mode', 'hist-=history'] })
+
+// A second server whose `keep-` rooms keep deleted content (`gc = false`).
+const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'partyline-gc-'))
+const configFile = path.join(configDir, 'partyline.toml')
+fs.writeFileSync(configFile, '[room_node.policies."keep-"]\ngc = false\n')
+const gcCtx = useServer({ extraArgs: ['--config', configFile] })
 
 const api = (path, { method = 'GET', body, key = KEY, headers = {} } = {}) =>
   fetch(`${ctx.server.httpUrl}${path}`, {
@@ -171,4 +180,37 @@ ctx.test('version inputs are bounded and a room without history keeps none', { p
   const refused = await post(JSON.stringify({ label: 'no' }), `/v1/rooms/${plain}/versions`)
   assert.equal(refused.status, 409)
   assert.match((await refused.json()).error, /history/)
+})
+
+gcCtx.test('a gc = false room keeps deleted content for Y.snapshot diffs', { partylineOnly: true }, async (_t, clients) => {
+  // What a client that joins later can rebuild from a snapshot taken
+  // before a deletion: with gc = false the server still holds the deleted
+  // text, with the default it collected it.
+  const rebuilt = async (room) => {
+    const probe = clients.ws(room)
+    const writer = clients.ws(room, { doc: new Y.Doc({ gc: false }) })
+    await waitSynced(probe.provider)
+    await waitSynced(writer.provider)
+    const text = writer.doc.getText('text')
+    text.insert(0, 'drafted words')
+    const before = Y.snapshot(writer.doc)
+    text.delete(0, 8)
+    // Both edits went through the server before the reader joins: it
+    // learns the text from the server's state alone.
+    await waitFor(() => probe.doc.getText('text').toString() === 'words', { what: 'the deletion at the server' })
+    const reader = clients.ws(room, { doc: new Y.Doc({ gc: false }) })
+    await waitSynced(reader.provider)
+    assert.equal(reader.doc.getText('text').toString(), 'words')
+    return Y.createDocFromSnapshot(reader.doc, before).getText('text').toString()
+  }
+  assert.equal(await rebuilt(uniqueRoom('keep')), 'drafted words')
+  // The default: the deleted characters are gone from the server's state
+  // (createDocFromSnapshot has only their length, or fails on them).
+  let collected
+  try {
+    collected = await rebuilt(uniqueRoom('doc'))
+  } catch (e) {
+    collected = `refused: ${e.message}`
+  }
+  assert.notEqual(collected, 'drafted words')
 })
