@@ -478,4 +478,39 @@ mod tests {
             "a refused snapshot is not the last one"
         );
     }
+
+    #[tokio::test]
+    async fn a_version_asked_for_is_a_snapshot_even_of_a_clean_room() {
+        use crate::config::RoomNodeConfig;
+        use crate::storage::{NodeStorage, RoomFiles};
+        let dir = tempfile::tempdir().unwrap();
+        let config = RoomNodeConfig::new(partyline_proto::NodeId::new("n"), dir.path().to_owned());
+        let room = RoomName::new("doc-take").unwrap();
+        let loaded = NodeStorage::files(&config)
+            .load(&config, &room, Epoch::new(1))
+            .await
+            .unwrap();
+        let mut storage = loaded.storage;
+        let sync = SyncRoom::new(loaded.doc);
+        let mut snapshots = Snapshots::new(room.clone(), Epoch::new(1), u64::MAX, u64::MAX);
+        assert_eq!(snapshots.start(&mut storage, &sync, true), None, "clean");
+
+        let (reply, answer) = oneshot::channel();
+        let label = Some("before the review".to_owned());
+        snapshots.take(Take { label, reply });
+        assert!(snapshots.wants_version());
+        assert_eq!(
+            snapshots.start(&mut storage, &sync, false),
+            None,
+            "waits for the log"
+        );
+        assert!(snapshots.start(&mut storage, &sync, true).is_some());
+        assert!(!snapshots.wants_version());
+        let version = answer.await.unwrap().unwrap();
+        assert_eq!(version.label.as_deref(), Some("before the review"));
+        let result = snapshots.wait().await;
+        snapshots.finished(result);
+        let listed = RoomFiles::versions(dir.path(), room.as_str()).unwrap();
+        assert_eq!(listed, vec![version]);
+    }
 }
