@@ -416,8 +416,9 @@ pub enum RoomMode {
     /// Log + the newest snapshots (the default).
     Snapshot,
     /// Log + every snapshot version up to `history_versions` /
-    /// `history_max_age`, listed and fetched with `partyline admin`
-    /// (remote storage only).
+    /// `history_max_age`, on every store: listed, fetched, taken and
+    /// restored through the server API (and `partyline admin` on remote
+    /// storage).
     History,
     /// Nothing stored: awareness and cursor rooms.
     Ephemeral,
