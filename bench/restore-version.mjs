@@ -34,12 +34,15 @@ const CLIENTS = Number(process.env.CLIENTS || 4)
 const PARAGRAPHS = Number(process.env.PARAGRAPHS || 3150)
 const ROUNDS = Number(process.env.ROUNDS || 5)
 const KEY = 'bench-restore-version-key-0123'
+// The second provider receiving the writer's document through the server
+// is how the bench knows the server has it all before taking a version.
+if (CLIENTS < 2) throw new Error('CLIENTS must be at least 2')
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 const waitFor = async (pred, what, timeout = 60_000) => {
   const deadline = Date.now() + timeout
   while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`)
     await sleep(5)
   }
 }
@@ -144,7 +147,8 @@ const restore = async (version, wanted) => {
   const response = await api(`/v1/rooms/${room}/versions/${version.id}/restore`, { method: 'POST' })
   const answered = performance.now() - started
   if (response.status !== 204) throw new Error(`restore: ${response.status} ${await response.text()}`)
-  await waitFor(() => converged.every((t) => t !== null) && serverTimes.length > logged, 'every provider at the version')
+  await waitFor(() => converged.every((t) => t !== null) && serverTimes.length > logged,
+    () => `every provider at the version (room node: ${serverTimes[logged] ?? 'not logged yet'} ms; providers: ${converged})`, 600_000)
   clients.forEach((c, i) => c.doc.off('update', handlers[i]))
   return { server: serverTimes[logged], answered, first: Math.min(...converged), last: Math.max(...converged) }
 }

@@ -11,11 +11,11 @@
 //! ([`crate::protocol::SyncRoom::apply_server_update`]: the room's limits,
 //! log before echo).
 //!
-//! Cost: linear in the room and the version, except that yrs inserts by
-//! index, walking from a list's start: the version's top-level items are
-//! inserted in order into an empty list, so that part grows with the
-//! square of their number (3,150 paragraphs: ~18 ms of a ~100 ms restore;
-//! 30,000: over a second, on the blocking pool).
+//! Cost: linear in the room and the version. yrs inserts by index,
+//! walking from a list's start, so every item is inserted a step from the
+//! start ([`Place`]), in an empty list for the top-level sequences; and
+//! the items chain so that the room and every client integrate each one
+//! at once.
 //!
 //! Bounded: the version and the room are both at most the room's
 //! `max_doc_bytes`, the walk recurses on our side only (never through
@@ -74,7 +74,8 @@ pub fn restore_update(current: &[u8], version: &[u8]) -> Result<Vec<u8>, Restore
     let mut txn = scratch.transact_mut();
     // The top-level sequences' new content is written in an empty document
     // of its own and merged in: written in the room's copy, every insert
-    // would walk past the deleted content of every earlier restore.
+    // would walk past the deleted content of every earlier restore (yrs
+    // skips deleted items to find an index).
     let fresh = Doc::new();
     let mut fresh_txn = fresh.transact_mut();
 
@@ -105,7 +106,15 @@ pub fn restore_update(current: &[u8], version: &[u8]) -> Result<Vec<u8>, Restore
         // its old one); the sequence in the empty document, in order.
         copy_entries(from, &source, branch, &mut txn, 1)?;
         if let Some(to) = kind.create_root(name.as_str(), &mut fresh_txn) {
-            copy_sequence(from, kind, &source, to, &mut fresh_txn, 1, Place::InOrder)?;
+            copy_sequence(
+                from,
+                kind,
+                &source,
+                to,
+                &mut fresh_txn,
+                1,
+                Place::AfterFirst,
+            )?;
         }
     }
     let cleared = txn.encode_update_v1();
@@ -202,17 +211,33 @@ fn clear(branch: BranchPtr, kind: Kind, txn: &mut TransactionMut) {
     }
 }
 
-/// Where a sequence's copied items go.
+/// Where a sequence's copied items go. yrs inserts by index, walking from
+/// the start of the list, so both orders insert each item next to the
+/// start: every insert takes a step or two, where appending would walk
+/// every item inserted before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// In order, each after the one before (a top-level sequence of the
-    /// empty document: the items chain to each other, so a room integrates
-    /// each at once).
-    InOrder,
-    /// Last first, each at the start: a new nested type, where an insert
-    /// at index 0 finds its place at once and appending would walk every
-    /// item inserted before.
+    /// The first item at the start, then the others last first, each
+    /// right after the first: every item's left neighbour is the first
+    /// one, its right one the item after it, so a room (and each client)
+    /// integrates each at once even where the list holds the deleted items
+    /// of earlier restores (a top-level sequence).
+    AfterFirst,
+    /// Last first, each at the start (a new nested type: empty, so an item
+    /// with no left neighbour is placed at once).
     Reversed,
+}
+
+impl Place {
+    /// `items` in the order they are inserted.
+    fn order<T>(self, mut items: Vec<T>) -> Vec<T> {
+        match self {
+            Self::AfterFirst if items.len() > 1 => items[1..].reverse(),
+            Self::AfterFirst => {}
+            Self::Reversed => items.reverse(),
+        }
+        items
+    }
 }
 
 /// Copies `from`'s entries (a map's keys, an XML node's attributes) into
@@ -266,15 +291,9 @@ fn copy_sequence<T: ReadTxn>(
     match kind {
         Kind::Text => {
             let text = TextRef::from(to);
-            let mut chunks = TextRef::from(from).diff(source, YChange::identity);
-            if place == Place::Reversed {
-                chunks.reverse();
-            }
-            for chunk in chunks {
-                let at = match place {
-                    Place::InOrder => text.len(txn),
-                    Place::Reversed => 0,
-                };
+            let chunks = TextRef::from(from).diff(source, YChange::identity);
+            let mut at = 0;
+            for (i, chunk) in place.order(chunks).into_iter().enumerate() {
                 let attrs = chunk.attributes.map(|a| *a).unwrap_or_else(Attrs::new);
                 match chunk.insert {
                     Out::Any(Any::String(s)) => text.insert_with_attributes(txn, at, &s, attrs),
@@ -283,19 +302,16 @@ fn copy_sequence<T: ReadTxn>(
                     }
                     nested => embed_nested(&text, at, &nested, attrs, source, txn, depth)?,
                 }
+                if i == 0 && place == Place::AfterFirst {
+                    at = text.len(txn);
+                }
             }
         }
         Kind::List { .. } => {
             let list = ArrayRef::from(to);
-            let mut values: Vec<Out> = ArrayRef::from(from).iter(source).collect();
-            if place == Place::Reversed {
-                values.reverse();
-            }
-            for (index, value) in values.into_iter().enumerate() {
-                let at = match place {
-                    Place::InOrder => index as u32,
-                    Place::Reversed => 0,
-                };
+            let values: Vec<Out> = ArrayRef::from(from).iter(source).collect();
+            let mut at = 0;
+            for (i, value) in place.order(values).into_iter().enumerate() {
                 match value {
                     Out::Any(any) => {
                         list.insert(txn, at, any);
@@ -306,6 +322,9 @@ fn copy_sequence<T: ReadTxn>(
                             copy_nested(&nested, source, &made, txn, depth)?;
                         }
                     }
+                }
+                if i == 0 && place == Place::AfterFirst {
+                    at = list.len(txn);
                 }
             }
         }
@@ -394,6 +413,7 @@ mod tests {
     use super::*;
     use crate::render::doc_to_json;
     use crate::render::prosemirror::doc_to_prosemirror;
+    use std::sync::Arc;
     use yrs::types::xml::{Xml, XmlFragment};
     use yrs::StateVector;
     use yrs::{GetString, WriteTxn};
@@ -626,5 +646,60 @@ mod tests {
         let doc = Doc::new();
         apply(&doc, version);
         doc
+    }
+
+    #[test]
+    fn formatting_runs_embeds_and_long_lists_come_back_in_order() {
+        let client = Doc::new();
+        let text = client.get_or_insert_text("text");
+        let list = client.get_or_insert_array("list");
+        {
+            let mut txn = client.transact_mut();
+            let attrs = |pairs: &[(&str, Any)]| -> Attrs {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (Arc::<str>::from(*k), v.clone()))
+                    .collect()
+            };
+            let bold = ("bold", Any::Bool(true));
+            let link = ("link", Any::from("https://x"));
+            for (chunk, a) in [
+                ("one ", attrs(&[bold.clone()])),
+                ("two ", attrs(&[])),
+                ("three ", attrs(&[link.clone()])),
+                ("four ", attrs(&[bold, link])),
+                ("five", attrs(&[])),
+            ] {
+                let len = text.len(&txn);
+                text.insert_with_attributes(&mut txn, len, chunk, a);
+            }
+            let len = text.len(&txn);
+            // (An embedded string would come back as text: yrs's diff
+            // gives both as strings.)
+            let image = Any::from(std::collections::HashMap::from([(
+                "image".to_owned(),
+                Any::from("x.png"),
+            )]));
+            text.insert_embed(&mut txn, len, image);
+            for i in 0..500 {
+                list.push_back(&mut txn, i as f64);
+            }
+        }
+        let version = state(&client);
+        let expected = text.diff(&client.transact(), YChange::identity);
+        {
+            let mut txn = client.transact_mut();
+            text.remove_range(&mut txn, 0, 8);
+            list.remove_range(&mut txn, 100, 300);
+        }
+        for _ in 0..3 {
+            let update = restore_update(&state(&server_copy(&client)), &version).unwrap();
+            apply(&client, &update);
+            let txn = client.transact();
+            assert_eq!(text.diff(&txn, YChange::identity), expected);
+            let values: Vec<Out> = list.iter(&txn).collect();
+            let want: Vec<Out> = (0..500).map(|i| Out::Any(Any::from(i as f64))).collect();
+            assert_eq!(values, want);
+        }
     }
 }
