@@ -27,6 +27,11 @@ pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
 /// Default and largest page of `GET /v1/rooms`.
 const PAGE_DEFAULT: u32 = 100;
 const PAGE_MAX: u32 = 1000;
+/// Largest body of `POST …/versions` (`{"label": "…"}`; a label is at most
+/// 200 bytes, escapes may take six bytes a character).
+const VERSION_BODY_MAX: usize = 2048;
+/// Longest version id the routes pass on (the node checks the alphabet).
+const VERSION_ID_MAX: usize = 200;
 
 /// What the API handlers share.
 struct Api {
@@ -51,6 +56,14 @@ pub(crate) fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usiz
         )
         .route("/v1/rooms/{room}/sessions/recheck", post(recheck_sessions))
         .route("/v1/rooms/{room}/messages", post(send_message))
+        .route(
+            "/v1/rooms/{room}/versions",
+            get(versions)
+                .post(take_version)
+                .layer(DefaultBodyLimit::max(VERSION_BODY_MAX)),
+        )
+        .route("/v1/rooms/{room}/versions/{id}", get(version))
+        .route("/v1/rooms/{room}/versions/{id}/restore", post(restore))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_key))
         .layer(DefaultBodyLimit::max(max_update_bytes));
     axum::Router::new()
@@ -71,6 +84,7 @@ impl IntoResponse for RoomApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Refused(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
@@ -158,24 +172,101 @@ struct StateQuery {
     format: Option<String>,
 }
 
+impl StateQuery {
+    /// The format asked for, and the answer's content type.
+    fn format(&self) -> Result<(pb::StateFormat, &'static str), RoomApiError> {
+        Ok(match self.format.as_deref() {
+            None | Some("update") => (pb::StateFormat::UpdateV1, "application/octet-stream"),
+            Some("json") => (pb::StateFormat::Json, "application/json"),
+            Some("prosemirror") => (pb::StateFormat::Prosemirror, "application/json"),
+            Some(other) => {
+                return Err(RoomApiError::BadRequest(format!(
+                    "unknown format {other:?}: update, json or prosemirror"
+                )))
+            }
+        })
+    }
+}
+
 async fn state(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
     Query(query): Query<StateQuery>,
 ) -> Answer {
     let room = room(name)?;
-    let (format, content_type) = match query.format.as_deref() {
-        None | Some("update") => (pb::StateFormat::UpdateV1, "application/octet-stream"),
-        Some("json") => (pb::StateFormat::Json, "application/json"),
-        Some("prosemirror") => (pb::StateFormat::Prosemirror, "application/json"),
-        Some(other) => {
-            return Err(RoomApiError::BadRequest(format!(
-                "unknown format {other:?}: update, json or prosemirror"
-            )))
-        }
-    };
+    let (format, content_type) = query.format()?;
     let (state, _) = api.rooms.state(&room, format).await?;
     Ok(([(header::CONTENT_TYPE, content_type)], state).into_response())
+}
+
+/// A stored version as JSON.
+fn version_json(version: &pb::VersionInfo) -> serde_json::Value {
+    json!({
+        "id": version.id,
+        "taken_at_unix_ms": version.taken_at_unix_ms,
+        "size": version.size,
+        "label": version.label,
+    })
+}
+
+/// A version id from the path, bounded (the room node checks the rest).
+fn version_id(id: String) -> Result<String, RoomApiError> {
+    if id.is_empty() || id.len() > VERSION_ID_MAX {
+        return Err(RoomApiError::BadRequest(format!(
+            "bad version id: 1 to {VERSION_ID_MAX} bytes"
+        )));
+    }
+    Ok(id)
+}
+
+async fn versions(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    let versions = api.rooms.versions(&room).await?;
+    let versions: Vec<_> = versions.iter().map(version_json).collect();
+    Ok(Json(json!({ "room": room.as_str(), "versions": versions })).into_response())
+}
+
+async fn version(
+    State(api): State<Arc<Api>>,
+    Path((name, id)): Path<(String, String)>,
+    Query(query): Query<StateQuery>,
+) -> Answer {
+    let room = room(name)?;
+    let id = version_id(id)?;
+    let (format, content_type) = query.format()?;
+    let state = api.rooms.version(&room, &id, format).await?;
+    Ok(([(header::CONTENT_TYPE, content_type)], state).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TakeBody {
+    label: Option<String>,
+}
+
+async fn take_version(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let room = room(name)?;
+    // No body (or an empty one) takes an unlabelled version.
+    let body: TakeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TakeBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            RoomApiError::BadRequest(format!("body must be {{\"label\": \"…\"}}: {e}"))
+        })?
+    };
+    let version = api.rooms.take_version(&room, body.label.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(version_json(&version))).into_response())
+}
+
+async fn restore(State(api): State<Arc<Api>>, Path((name, id)): Path<(String, String)>) -> Answer {
+    let room = room(name)?;
+    let id = version_id(id)?;
+    api.rooms.restore_version(&room, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn update(State(api): State<Arc<Api>>, Path(name): Path<String>, body: Bytes) -> Answer {
@@ -249,6 +340,9 @@ mod tests {
             "/v1/rooms/{room}/state",
             "/v1/rooms/{room}/update",
             "/v1/rooms/{room}/warm",
+            "/v1/rooms/{room}/versions",
+            "/v1/rooms/{room}/versions/{id}",
+            "/v1/rooms/{room}/versions/{id}/restore",
             "/v1/openapi.json",
         ] {
             assert!(paths.contains_key(path), "{path} missing");

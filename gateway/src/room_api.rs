@@ -2,8 +2,9 @@
 //! browsers: the HTTP API ([`crate::http_api`]) and `partyline admin`.
 //!
 //! Each call is a unary RPC to the room's owner (`RoomInfo`, `RoomState`,
-//! `ApplyUpdate`, `DeleteRoom`, `WarmRoom`, the sessions calls; `ListRooms`
-//! to any node). The
+//! `ApplyUpdate`, `DeleteRoom`, `WarmRoom`, the sessions calls, the
+//! versions' `ListVersions`, `GetVersion`, `TakeVersion`, `RestoreVersion`;
+//! `ListRooms` to any node). The
 //! owner applies an update like a client edit — logged, then broadcast to
 //! every session — so a live room's clients see it at once. A node that no
 //! longer owns the room answers with its epoch; [`RoomApi`] then waits for
@@ -39,6 +40,10 @@ pub enum RoomApiError {
     /// No room policy allows the room's name.
     #[error("{0}")]
     NotAllowed(String),
+    /// The room's mode does not allow it (a version of a room that keeps
+    /// none).
+    #[error("{0}")]
+    Conflict(String),
     /// The owner could not be reached, refused the call or failed.
     #[error("room node {url}: {message}")]
     Node {
@@ -59,6 +64,8 @@ impl RoomApiError {
             Code::InvalidArgument => Self::BadRequest(status.message().to_owned()),
             Code::ResourceExhausted => Self::Refused(status.message().to_owned()),
             Code::PermissionDenied => Self::NotAllowed(status.message().to_owned()),
+            // NOT_OWNER carries an epoch and never gets here.
+            Code::FailedPrecondition => Self::Conflict(status.message().to_owned()),
             _ => Self::Node {
                 url: url.to_owned(),
                 message: status.message().to_owned(),
@@ -289,6 +296,75 @@ impl RoomApi {
             })
             .await?;
         Ok(reply.sessions)
+    }
+
+    /// The room's stored versions, newest first.
+    pub async fn versions(&self, room: &RoomName) -> Result<Vec<pb::VersionInfo>, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::RoomRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                };
+                node.list_versions(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.versions)
+    }
+
+    /// One stored version of the room in `format` (as [`Self::state`]).
+    pub async fn version(
+        &self,
+        room: &RoomName,
+        id: &str,
+        format: pb::StateFormat,
+    ) -> Result<Bytes, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::GetVersionRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    id: id.to_owned(),
+                    format: format as i32,
+                };
+                node.get_version(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply.state)
+    }
+
+    /// Stores a snapshot of the room now as a version labelled `label`.
+    pub async fn take_version(
+        &self,
+        room: &RoomName,
+        label: Option<&str>,
+    ) -> Result<pb::VersionInfo, RoomApiError> {
+        let (reply, _) = self
+            .on_owner(room, |mut node, epoch| async move {
+                let request = pb::TakeVersionRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    label: label.map(str::to_owned),
+                };
+                node.take_version(request).await.map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Makes the room's content equal to version `id`'s with one update,
+    /// logged and sent to every session; returns once it is logged.
+    pub async fn restore_version(&self, room: &RoomName, id: &str) -> Result<(), RoomApiError> {
+        self.on_owner(room, |mut node, epoch| async move {
+            let request = pb::RestoreVersionRequest {
+                room: room.as_str().to_owned(),
+                epoch,
+                id: id.to_owned(),
+            };
+            node.restore_version(request).await.map(|_| ())
+        })
+        .await
+        .map(|((), _)| ())
     }
 
     /// Rooms with stored state whose names start with `prefix`, after

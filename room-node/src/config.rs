@@ -152,6 +152,9 @@ pub struct PolicySettings {
     /// Relay `__YPS:` custom messages from read-only sessions too
     /// (default false).
     pub read_only_custom_messages: bool,
+    /// Garbage-collect deleted content (default true); `false` keeps it,
+    /// so clients can diff `Y.snapshot`s of the room.
+    pub gc: Option<bool>,
 }
 
 impl Default for RoomNodeSettings {
@@ -219,6 +222,7 @@ impl RoomNodeSettings {
                     max_frame_bytes: policy.max_frame_bytes,
                     idle_timeout: policy.idle_timeout,
                     read_only_custom_messages: policy.read_only_custom_messages,
+                    keep_deleted: policy.gc == Some(false),
                 };
                 (prefix.clone(), policy)
             })
@@ -400,6 +404,10 @@ pub struct RoomPolicy {
     /// sessions too; off by default, so a viewer cannot message every
     /// client of the app.
     pub read_only_custom_messages: bool,
+    /// Keep deleted content in the room's document (policy `gc = false`):
+    /// no garbage collection, so clients can diff `Y.snapshot`s. Off by
+    /// default.
+    pub keep_deleted: bool,
 }
 
 /// How a room persists.
@@ -408,8 +416,9 @@ pub enum RoomMode {
     /// Log + the newest snapshots (the default).
     Snapshot,
     /// Log + every snapshot version up to `history_versions` /
-    /// `history_max_age`, listed and fetched with `partyline admin`
-    /// (remote storage only).
+    /// `history_max_age`, on every store: listed, fetched, taken and
+    /// restored through the server API (and `partyline admin` on remote
+    /// storage).
     History,
     /// Nothing stored: awareness and cursor rooms.
     Ephemeral,

@@ -25,6 +25,7 @@ pub mod ownership;
 pub mod protocol;
 pub mod registry;
 pub mod render;
+pub mod restore;
 pub mod room;
 pub mod service;
 pub mod storage;

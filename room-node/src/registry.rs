@@ -181,6 +181,31 @@ impl Registry {
             .await
     }
 
+    /// `room`'s stored versions, newest first (from the shared storage).
+    pub async fn versions(
+        &self,
+        room: &RoomName,
+    ) -> Result<Vec<crate::storage::Version>, crate::storage::StorageError> {
+        self.resources.storage.versions(&self.config, room).await
+    }
+
+    /// The state of `room`'s version `id`, `None` when there is none.
+    pub async fn fetch_version(
+        &self,
+        room: &RoomName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+        self.resources
+            .storage
+            .fetch_version(&self.config, room, id)
+            .await
+    }
+
+    /// Whether `room` has stored state (from the shared storage).
+    pub async fn has_state(&self, room: &RoomName) -> Result<bool, crate::storage::StorageError> {
+        self.resources.storage.has_state(&self.config, room).await
+    }
+
     /// Persistence mode of `room` by its name.
     pub fn mode_of(&self, room: &RoomName) -> crate::config::RoomMode {
         self.config.mode_of(room.as_str())

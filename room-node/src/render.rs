@@ -72,16 +72,23 @@ fn render<T: ReadTxn>(value: Out, txn: &T, depth: usize) -> Value {
 /// What an untyped branch holds, judged as yrs's `as_prelim` judges it
 /// (keyed entries, a sequence, text-like content) but by looking at the
 /// branch itself, not by converting its whole subtree.
-enum Inferred {
+pub(crate) enum Inferred {
+    /// Keyed entries only.
     Map,
+    /// A sequence of values.
     Array,
+    /// Characters.
     Text,
+    /// Characters and keyed entries (attributes).
     XmlText,
+    /// A sequence and keyed entries (attributes).
     XmlElement,
+    /// Nothing.
     Empty,
 }
 
-fn infer<T: ReadTxn>(branch: yrs::branch::BranchPtr, txn: &T) -> Inferred {
+/// What `branch` holds (see [`Inferred`]).
+pub(crate) fn infer<T: ReadTxn>(branch: yrs::branch::BranchPtr, txn: &T) -> Inferred {
     use yrs::{Array as _, Map as _};
     let has_map = MapRef::from(branch).len(txn) > 0;
     let text = TextRef::from(branch).get_string(txn);

@@ -11,9 +11,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::RoomMode;
 use crate::ownership::Ownership;
 use crate::registry::{AttachError, CallError, Registry};
 use crate::room::{ApplyError, RoomCommand};
+use crate::storage::{valid_id, valid_label, Version, MAX_LABEL_BYTES};
 
 /// Longest user id `CloseSessions` takes (ids are the authorizer's, a few
 /// dozen bytes).
@@ -43,6 +45,65 @@ fn call_status(error: CallError) -> Status {
         CallError::NotAllowed(_) => Status::permission_denied(error.to_string()),
         CallError::Unavailable(..) => Status::unavailable(error.to_string()),
     }
+}
+
+/// An [`ApplyError`] as gRPC.
+fn apply_status(error: ApplyError) -> Status {
+    match error {
+        ApplyError::BadUpdate(_) => Status::invalid_argument(error.to_string()),
+        ApplyError::DocumentFull => Status::resource_exhausted(error.to_string()),
+        ApplyError::StorageUnavailable => Status::unavailable(error.to_string()),
+        ApplyError::Ephemeral => Status::permission_denied(error.to_string()),
+    }
+}
+
+/// A stored version as gRPC.
+fn version_info(version: Version) -> pb::VersionInfo {
+    pb::VersionInfo {
+        id: version.name,
+        taken_at_unix_ms: version.at_unix_ms,
+        size: version.size,
+        label: version.label,
+    }
+}
+
+/// A version id from a request, checked.
+fn version_id(id: &str) -> Result<&str, Status> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bad version id {id:?}: take one from the room's version list"
+        )))
+    }
+}
+
+/// A room's state (one Yjs update v1) in `format`, rendered on the
+/// blocking pool (a whole document: CPU work).
+async fn render_state(state: Vec<u8>, format: pb::StateFormat) -> Result<Vec<u8>, Status> {
+    if matches!(
+        format,
+        pb::StateFormat::UpdateV1 | pb::StateFormat::Unspecified
+    ) {
+        return Ok(state);
+    }
+    tokio::task::spawn_blocking(move || {
+        use yrs::updates::decoder::Decode;
+        let doc = yrs::Doc::new();
+        let update = yrs::Update::decode_v1(&state)
+            .map_err(|e| Status::internal(format!("stored version unreadable: {e}")))?;
+        yrs::Transact::transact_mut(&doc)
+            .apply_update(update)
+            .map_err(|e| Status::internal(format!("stored version unreadable: {e}")))?;
+        Ok(match format {
+            pb::StateFormat::Prosemirror => crate::render::prosemirror::doc_to_prosemirror(&doc),
+            _ => crate::render::doc_to_json(&doc),
+        }
+        .to_string()
+        .into_bytes())
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
 }
 
 /// The gRPC face of a room node.
@@ -186,12 +247,7 @@ impl RoomNode for RoomNodeService {
             })
             .await
             .map_err(call_status)?
-            .map_err(|error| match error {
-                ApplyError::BadUpdate(_) => Status::invalid_argument(error.to_string()),
-                ApplyError::DocumentFull => Status::resource_exhausted(error.to_string()),
-                ApplyError::StorageUnavailable => Status::unavailable(error.to_string()),
-                ApplyError::Ephemeral => Status::permission_denied(error.to_string()),
-            })?;
+            .map_err(apply_status)?;
         Ok(Response::new(pb::ApplyUpdateReply {}))
     }
 
@@ -314,5 +370,123 @@ impl RoomNode for RoomNodeService {
         Ok(Response::new(pb::SendMessageReply {
             sessions: sessions as u32,
         }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ListVersionsReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let unavailable = |e: crate::storage::StorageError| Status::unavailable(e.to_string());
+        let versions = self.registry.versions(&room).await.map_err(unavailable)?;
+        if versions.is_empty()
+            && !self.registry.is_loaded(&room)
+            && !self.registry.has_state(&room).await.map_err(unavailable)?
+        {
+            return Err(Status::not_found(format!("room {room} not found")));
+        }
+        Ok(Response::new(pb::ListVersionsReply {
+            versions: versions.into_iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::RoomStateReply>, Status> {
+        let request = request.into_inner();
+        let format = request.format();
+        let room = room_name(request.room)?;
+        let id = version_id(&request.id)?;
+        let state = self
+            .registry
+            .fetch_version(&room, id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("room {room} has no version {id}")))?;
+        Ok(Response::new(pb::RoomStateReply {
+            state: render_state(state, format).await?.into(),
+        }))
+    }
+
+    async fn take_version(
+        &self,
+        request: Request<pb::TakeVersionRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let label = request.label.filter(|label| !label.is_empty());
+        if label.as_deref().is_some_and(|label| !valid_label(label)) {
+            return Err(Status::invalid_argument(format!(
+                "a label is at most {MAX_LABEL_BYTES} bytes, without control characters"
+            )));
+        }
+        let mode = self.registry.mode_of(&room);
+        if mode != RoomMode::History {
+            return Err(Status::failed_precondition(format!(
+                "room {room} is in {} mode, which keeps no versions: give its names the history mode (--room-mode PREFIX=history)",
+                mode.as_str()
+            )));
+        }
+        let version = self
+            .registry
+            .call(&room, false, |reply| RoomCommand::TakeVersion {
+                label: label.clone(),
+                reply,
+            })
+            .await
+            .map_err(call_status)?
+            .map_err(|e| Status::unavailable(format!("version not stored: {e}")))?;
+        Ok(Response::new(version_info(version)))
+    }
+
+    async fn restore_version(
+        &self,
+        request: Request<pb::RestoreVersionRequest>,
+    ) -> Result<Response<pb::ApplyUpdateReply>, Status> {
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let id = version_id(&request.id)?;
+        // Asked first, so a node that does not own the room fetches nothing.
+        self.ownership
+            .check(&room)
+            .map_err(|e| call_status(e.into()))?;
+        let started = std::time::Instant::now();
+        let version = self
+            .registry
+            .fetch_version(&room, id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("room {room} has no version {id}")))?;
+        // The update is built off the room (a whole document's work, on
+        // the blocking pool) against the room's state now; edits arriving
+        // meanwhile stay, after the restore, as any concurrent edit would.
+        let current = self
+            .registry
+            .call(&room, true, |reply| RoomCommand::State {
+                format: pb::StateFormat::UpdateV1,
+                reply,
+            })
+            .await
+            .map_err(call_status)?;
+        let update =
+            tokio::task::spawn_blocking(move || crate::restore::restore_update(&current, &version))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    Status::failed_precondition(format!("version {id} not restored: {e}"))
+                })?;
+        self.registry
+            .call(&room, true, |reply| RoomCommand::Apply {
+                update: update.clone(),
+                reply,
+            })
+            .await
+            .map_err(call_status)?
+            .map_err(apply_status)?;
+        // From the call to the restore in the log (its frames leave with it).
+        let took = started.elapsed();
+        tracing::info!(room = %room, version = id, ?took, "version restored");
+        Ok(Response::new(pb::ApplyUpdateReply {}))
     }
 }

@@ -91,6 +91,7 @@ pub(crate) fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: boo
                 "max_frame_bytes": policy.max_frame_bytes,
                 "idle_timeout": opt_duration(policy.idle_timeout),
                 "read_only_custom_messages": policy.read_only_custom_messages,
+                "gc": !policy.keep_deleted,
             }])
         })
         .collect();

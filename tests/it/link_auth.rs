@@ -90,6 +90,41 @@ where
         "RecheckSessions",
         client.recheck_sessions(room()).await.map(drop),
     ));
+    answers.push(("ListVersions", client.list_versions(room()).await.map(drop)));
+    answers.push((
+        "GetVersion",
+        client
+            .get_version(pb::GetVersionRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                id: "snapshot-1.bin".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    ));
+    answers.push((
+        "TakeVersion",
+        client
+            .take_version(pb::TakeVersionRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                label: None,
+            })
+            .await
+            .map(drop),
+    ));
+    answers.push((
+        "RestoreVersion",
+        client
+            .restore_version(pb::RestoreVersionRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                id: "snapshot-1.bin".to_owned(),
+            })
+            .await
+            .map(drop),
+    ));
     answers.push((
         "SendMessage",
         client
@@ -117,7 +152,7 @@ async fn assert_every_rpc_unauthenticated(url: &str) {
     let without = call_every_rpc(RoomNodeClient::new(channel(url))).await;
     let with_wrong =
         call_every_rpc(RoomNodeClient::new(link::node_channel(channel(url), wrong))).await;
-    assert_eq!(without.len(), 11, "every RPC of the RoomNode service");
+    assert_eq!(without.len(), 15, "every RPC of the RoomNode service");
     for (rpc, answer) in without.into_iter().chain(with_wrong) {
         let code = answer.as_ref().err().map(Status::code);
         assert_eq!(

@@ -3,8 +3,8 @@
 //!
 //! Run one area with `cargo nextest run --test it -E 'test(/^storage::/)'`
 //! (or `cargo test --test it storage::`). The cluster-sized modules
-//! (`cluster`, `coordinator`, `compose`, `sessions`) run one at a time: the `cluster`
-//! test group in .config/nextest.toml.
+//! (`cluster`, `coordinator`, `compose`, `sessions`, `versions`) run one at a
+//! time: the `cluster` test group in .config/nextest.toml.
 
 mod common;
 
@@ -33,5 +33,6 @@ mod sessions;
 mod startup_checks;
 mod storage;
 mod telemetry;
+mod versions;
 mod webhook_auth;
 mod webhooks;

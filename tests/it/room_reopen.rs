@@ -124,6 +124,34 @@ impl RoomNode for FailingNode {
     ) -> Result<Response<pb::SendMessageReply>, Status> {
         Err(not_here())
     }
+
+    async fn list_versions(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ListVersionsReply>, Status> {
+        Err(not_here())
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::RoomStateReply>, Status> {
+        Err(not_here())
+    }
+
+    async fn take_version(
+        &self,
+        _: Request<pb::TakeVersionRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        Err(not_here())
+    }
+
+    async fn restore_version(
+        &self,
+        _: Request<pb::RestoreVersionRequest>,
+    ) -> Result<Response<pb::ApplyUpdateReply>, Status> {
+        Err(not_here())
+    }
 }
 
 fn not_here() -> Status {

@@ -90,7 +90,11 @@ ctx.test('every route needs the API key', { partylineOnly: true }, async () => {
     ['DELETE', `/v1/rooms/${room}`],
     ['GET', `/v1/rooms/${room}/state`],
     ['POST', `/v1/rooms/${room}/update`],
-    ['POST', `/v1/rooms/${room}/warm`]
+    ['POST', `/v1/rooms/${room}/warm`],
+    ['GET', `/v1/rooms/${room}/versions`],
+    ['POST', `/v1/rooms/${room}/versions`],
+    ['GET', `/v1/rooms/${room}/versions/snapshot-1.bin`],
+    ['POST', `/v1/rooms/${room}/versions/snapshot-1.bin/restore`]
   ]
   for (const [method, path] of routes) {
     const body = method === 'POST' ? updateWith((d) => d.getText('t').insert(0, 'x')) : undefined

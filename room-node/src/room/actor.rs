@@ -123,7 +123,7 @@ impl RoomActor {
                     // snapshot, or the next one never starts.
                     result = self.snapshots.wait() => {
                         self.snapshots.finished(result);
-                        if self.snapshots.schedule.due() {
+                        if self.snapshots.schedule.due() || self.snapshots.wants_version() {
                             self.start_snapshot();
                         }
                         continue;
@@ -205,7 +205,10 @@ impl RoomActor {
             if self.links.is_empty() {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
             }
-            if self.snapshots.schedule.due() || self.snapshots.schedule.take_emptied() {
+            if self.snapshots.schedule.due()
+                || self.snapshots.schedule.take_emptied()
+                || self.snapshots.wants_version()
+            {
                 self.start_snapshot();
             }
             self.callback
@@ -256,6 +259,9 @@ impl RoomActor {
             }
             Input::Command(RoomCommand::Message { message, reply }) => {
                 let _ = reply.send(self.server_message(&message));
+            }
+            Input::Command(RoomCommand::TakeVersion { label, reply }) => {
+                self.snapshots.take(super::snapshots::Take { label, reply });
             }
             // Every delete of the batch gets the one delete's result.
             Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),

@@ -104,6 +104,14 @@ pub enum RoomCommand {
         /// Where the count goes.
         reply: oneshot::Sender<usize>,
     },
+    /// Server API: stores a snapshot of the room now as a version,
+    /// labelled; answered once it is stored.
+    TakeVersion {
+        /// The label, if any.
+        label: Option<String>,
+        /// The stored version, or why it was not stored.
+        reply: oneshot::Sender<Result<crate::storage::Version, String>>,
+    },
     /// Makes the actor panic, to prove a panic stays inside its room.
     #[cfg(test)]
     Panic,

@@ -9,12 +9,22 @@ use partyline_proto::Epoch;
 use std::time::{Duration, SystemTime};
 
 use partyline_proto::RoomName;
+use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::protocol::SyncRoom;
-use crate::storage::{RoomStorage, StorageError};
+use crate::storage::{RoomStorage, StorageError, Version};
+
+/// A version asked for through the server API: the next snapshot, with
+/// this label, answered once it is stored.
+pub(crate) struct Take {
+    /// The version's label.
+    pub(crate) label: Option<String>,
+    /// The stored version, or why it was not stored.
+    pub(crate) reply: oneshot::Sender<Result<Version, String>>,
+}
 
 /// First delay before retrying a failed snapshot; doubles up to
 /// [`SNAPSHOT_RETRY_MAX`], jittered ([`crate::backoff`]).
@@ -120,9 +130,15 @@ impl SnapshotSchedule {
         if !self.dirty || self.retry_at.is_some_and(|at| now < at) {
             return false;
         }
+        self.begin_now();
+        true
+    }
+
+    /// Begins a snapshot whatever the schedule says (a version asked for
+    /// through the API).
+    fn begin_now(&mut self) {
         self.dirty = false;
         self.in_flight = std::mem::take(&mut self.since);
-        true
     }
 
     /// Books the running snapshot's end at `now`; after a failure, returns
@@ -182,6 +198,8 @@ pub(super) struct Snapshots {
     pub(super) schedule: SnapshotSchedule,
     /// The snapshot being written, on its own task.
     task: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Versions asked for, each waiting for a snapshot of its own.
+    takes: Vec<Take>,
 }
 
 impl Snapshots {
@@ -192,7 +210,19 @@ impl Snapshots {
             epoch,
             schedule: SnapshotSchedule::new(log_bytes, log_updates),
             task: None,
+            takes: Vec::new(),
         }
+    }
+
+    /// Queues a version asked for through the API; the next snapshot
+    /// stores it (see [`Self::start`]).
+    pub(super) fn take(&mut self, take: Take) {
+        self.takes.push(take);
+    }
+
+    /// Whether a version waits for its snapshot.
+    pub(super) fn wants_version(&self) -> bool {
+        !self.takes.is_empty()
     }
 
     /// Whether a snapshot is being written.
@@ -201,27 +231,47 @@ impl Snapshots {
     }
 
     /// Starts a snapshot on its own task when updates arrived since the
-    /// last one, none is running, and no failure asked to wait. Never of
-    /// state holding updates the log does not have (`logged`: it has all).
-    /// Returns the state's exact size when one started.
+    /// last one (or a version was asked for), none is running, and no
+    /// failure asked to wait. Never of state holding updates the log does
+    /// not have (`logged`: it has all). Returns the state's exact size
+    /// when one started.
     pub(super) fn start(
         &mut self,
         storage: &mut RoomStorage,
         sync: &SyncRoom,
         logged: bool,
     ) -> Option<u64> {
-        if !logged || self.task.is_some() || !self.schedule.begin(Instant::now()) {
+        if !logged || self.task.is_some() {
             return None;
         }
+        let take = if self.takes.is_empty() {
+            if !self.schedule.begin(Instant::now()) {
+                return None;
+            }
+            None
+        } else {
+            self.schedule.begin_now();
+            Some(self.takes.remove(0))
+        };
         let state = sync.encode_state();
         let bytes = state.len() as u64;
-        let work = storage.begin_snapshot(self.epoch, state);
+        let label = take.as_ref().and_then(|take| take.label.clone());
+        let work = storage.begin_snapshot(self.epoch, state, label);
+        let version = work.version().cloned();
         let started = Instant::now();
         let room = self.room.clone();
         self.task = Some(tokio::spawn(async move {
             let result = work.write().await;
             record_snapshot(started, bytes, result.is_ok());
             tracing::debug!(room = %room, took = ?started.elapsed(), ok = result.is_ok(), "snapshot finished");
+            if let Some(take) = take {
+                let answer = match (&result, version) {
+                    (Ok(()), Some(version)) => Ok(version),
+                    (Ok(()), None) => Err("this room keeps no versions".to_owned()),
+                    (Err(error), _) => Err(error.to_string()),
+                };
+                let _ = take.reply.send(answer);
+            }
             result
         }));
         Some(bytes)
@@ -296,7 +346,7 @@ impl Snapshots {
         }
         let state = sync.encode_state();
         let bytes = state.len() as u64;
-        let work = storage.begin_snapshot(self.epoch, state);
+        let work = storage.begin_snapshot(self.epoch, state, None);
         let started = Instant::now();
         let written = tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, work.write()).await;
         record_snapshot(started, bytes, matches!(written, Ok(Ok(()))));
@@ -427,5 +477,40 @@ mod tests {
             None,
             "a refused snapshot is not the last one"
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_asked_for_is_a_snapshot_even_of_a_clean_room() {
+        use crate::config::RoomNodeConfig;
+        use crate::storage::{NodeStorage, RoomFiles};
+        let dir = tempfile::tempdir().unwrap();
+        let config = RoomNodeConfig::new(partyline_proto::NodeId::new("n"), dir.path().to_owned());
+        let room = RoomName::new("doc-take").unwrap();
+        let loaded = NodeStorage::files(&config)
+            .load(&config, &room, Epoch::new(1))
+            .await
+            .unwrap();
+        let mut storage = loaded.storage;
+        let sync = SyncRoom::new(loaded.doc);
+        let mut snapshots = Snapshots::new(room.clone(), Epoch::new(1), u64::MAX, u64::MAX);
+        assert_eq!(snapshots.start(&mut storage, &sync, true), None, "clean");
+
+        let (reply, answer) = oneshot::channel();
+        let label = Some("before the review".to_owned());
+        snapshots.take(Take { label, reply });
+        assert!(snapshots.wants_version());
+        assert_eq!(
+            snapshots.start(&mut storage, &sync, false),
+            None,
+            "waits for the log"
+        );
+        assert!(snapshots.start(&mut storage, &sync, true).is_some());
+        assert!(!snapshots.wants_version());
+        let version = answer.await.unwrap().unwrap();
+        assert_eq!(version.label.as_deref(), Some("before the review"));
+        let result = snapshots.wait().await;
+        snapshots.finished(result);
+        let listed = RoomFiles::versions(dir.path(), room.as_str()).unwrap();
+        assert_eq!(listed, vec![version]);
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! log-<segment>.bin       records: u32 len | u32 crc32(payload) | payload (Yjs update v1)
 //! snapshot-<covered>.bin  full state covering every log segment ≤ covered
+//! snapshot-<covered>.meta its version metadata (JSON: taken at, size, label)
 //! room                    the room's name, for people and tools
 //! ```
 //!
@@ -13,7 +14,10 @@
 //! segments on a timer so they also survive power loss. Taking a snapshot first rotates the log to a new
 //! segment, then writes the snapshot (temp file, fsync, rename, fsync dir),
 //! then deletes only what the *previous* snapshot covered: a corrupt newest
-//! snapshot is recovered from the one before plus the log. Loading takes the
+//! snapshot is recovered from the one before plus the log. Older snapshots
+//! go too, unless the room keeps versions (`history` mode: the newest
+//! `history_versions`, none older than `history_max_age` but the newest
+//! two; [`Retention`]). Loading takes the
 //! newest snapshot whose checksum holds plus every later segment; a torn
 //! record at the end of the newest segment (a crash mid-write) is cut off.
 //!
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -33,6 +38,7 @@ use super::codec::{self, Covered, SnapshotHeader};
 pub use super::locks::{DataDirLock, RoomLock};
 use super::sync_queue::LogFile;
 pub use super::sync_queue::SyncQueue;
+use super::versions::{valid_id, Version, VersionMeta};
 
 const RECORD_HEADER: usize = 8;
 
@@ -105,6 +111,26 @@ pub struct Loaded {
     pub truncated_bytes: u64,
 }
 
+/// Which snapshots a room keeps besides the newest and the previous
+/// valid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many (at most 2: none older than the previous).
+    pub keep: usize,
+    /// None older than this, but the newest two.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    /// The newest and the previous valid snapshot (`snapshot` mode).
+    fn default() -> Self {
+        Self {
+            keep: 2,
+            max_age: None,
+        }
+    }
+}
+
 /// One room's files. Owned by the room actor.
 #[derive(Debug)]
 pub struct RoomFiles {
@@ -113,6 +139,8 @@ pub struct RoomFiles {
     segment: u64,
     log: Option<Arc<LogFile>>,
     sync_queue: SyncQueue,
+    /// Boxed: every room's actor future holds this.
+    retention: Option<Box<Retention>>,
 }
 
 impl RoomFiles {
@@ -165,8 +193,15 @@ impl RoomFiles {
             segment,
             log: None,
             sync_queue,
+            retention: None,
         };
         Ok((files, loaded))
+    }
+
+    /// Keeps snapshots as `retention` says (the default: two).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = (retention != Retention::default()).then(|| Box::new(retention));
+        self
     }
 
     /// Appends updates to the current segment (one `write(2)` for the batch).
@@ -217,15 +252,24 @@ impl RoomFiles {
         Ok(())
     }
 
-    /// Starts a snapshot: closes the current segment so later appends go to
+    /// Starts a snapshot, labelled `label` when it is a version taken
+    /// through the API: closes the current segment so later appends go to
     /// a new one, and returns the job that writes state covering it.
-    pub fn begin_snapshot(&mut self, epoch: u64, state: Vec<u8>) -> SnapshotJob {
+    pub fn begin_snapshot(
+        &mut self,
+        epoch: u64,
+        state: Vec<u8>,
+        label: Option<String>,
+    ) -> SnapshotJob {
         let covered = self.segment;
         let log = self.log.take();
         self.segment += 1;
+        let meta = VersionMeta::now(state.len(), label);
         SnapshotJob {
             dir: self.dir.clone(),
             covered,
+            version: meta.version(snapshot_name(covered), covered.to_string()),
+            retention: self.retention.as_deref().copied().unwrap_or_default(),
             header: SnapshotHeader {
                 room: self.room.clone(),
                 epoch,
@@ -257,6 +301,61 @@ impl RoomFiles {
         // Fails while a lock file stays; the directory is then kept.
         let _ = fs::remove_dir(&self.dir);
         Ok(())
+    }
+
+    /// The snapshot versions of `room` under `data_dir`, newest first
+    /// (blocking; reads only the small metadata files).
+    pub fn versions(data_dir: &Path, room: &str) -> Result<Vec<Version>, StoreError> {
+        let (snapshots, _) = list(&Self::room_dir(data_dir, room))?;
+        Ok(snapshots
+            .iter()
+            .rev()
+            .map(|(covered, path)| {
+                let name = snapshot_name(*covered);
+                match read_meta(path) {
+                    Some(meta) => meta.version(name, covered.to_string()),
+                    None => Version {
+                        name,
+                        covered: covered.to_string(),
+                        at_unix_ms: modified_ms(path).unwrap_or_default(),
+                        size: None,
+                        label: None,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// One version's state (a Yjs update v1), `None` when it is gone or
+    /// fails its checks (blocking).
+    pub fn fetch_version(
+        data_dir: &Path,
+        room: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if !valid_id(name) {
+            return Ok(None);
+        }
+        let path = Self::room_dir(data_dir, room).join(name);
+        let Some(covered) = name
+            .strip_prefix("snapshot-")
+            .and_then(|n| n.strip_suffix(".bin"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return Ok(None);
+        };
+        match read_snapshot(&path) {
+            Ok((header, state))
+                if header.covered == Covered::Segment(covered) && header.room == room =>
+            {
+                Ok(Some(state))
+            }
+            Ok(_) | Err(SnapshotFileError::Codec(_)) => Ok(None),
+            Err(SnapshotFileError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(SnapshotFileError::Io(error)) => Err(io_err("read snapshot", &path)(error)),
+        }
     }
 
     /// Whether `room` has a log or a snapshot under `data_dir` (blocking).
@@ -322,12 +421,21 @@ pub struct SnapshotJob {
     dir: PathBuf,
     /// The last segment it covers.
     covered: u64,
+    /// The version it stores.
+    version: Version,
+    /// Which older snapshots stay.
+    retention: Retention,
     header: SnapshotHeader,
     state: Vec<u8>,
     closed_log: Option<Arc<LogFile>>,
 }
 
 impl SnapshotJob {
+    /// The version it stores.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
     /// Writes the snapshot durably, then trims what the previous one covered.
     pub fn write(self) -> Result<(), StoreError> {
         if let Some(log) = &self.closed_log {
@@ -337,8 +445,17 @@ impl SnapshotJob {
         }
         fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
         let covered = self.covered;
-        let path = self.dir.join(format!("snapshot-{covered:020}.bin"));
+        let path = self.dir.join(snapshot_name(covered));
         let tmp = self.dir.join(format!("snapshot-{covered:020}.tmp"));
+        // Before the snapshot: a crash in between leaves metadata of no
+        // snapshot (never listed), not a snapshot without its label.
+        let meta = VersionMeta {
+            at: self.version.at_unix_ms,
+            size: self.version.size.unwrap_or_default(),
+            label: self.version.label.clone(),
+        };
+        let meta_path = meta_path(&path);
+        fs::write(&meta_path, meta.to_json()).map_err(io_err("write snapshot meta", &meta_path))?;
         let bytes = codec::encode(&self.header, &self.state);
         {
             let mut file = File::create(&tmp).map_err(io_err("create snapshot", &tmp))?;
@@ -367,11 +484,58 @@ impl SnapshotJob {
             fs::remove_file(path).map_err(io_err("remove log segment", path))?;
             tracing::debug!(segment = number, "trimmed log segment");
         }
-        for (_, path) in snapshots.iter().filter(|(c, _)| *c < previous_covered) {
+        // Newest first: what is kept counts from the previous one on.
+        let mut kept = snapshots
+            .iter()
+            .filter(|(c, _)| *c >= previous_covered)
+            .count();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (_, path) in snapshots
+            .iter()
+            .rev()
+            .filter(|(c, _)| *c < previous_covered)
+        {
+            let too_old = self.retention.max_age.is_some_and(|age| {
+                let at = read_meta(path).map(|m| m.at).or_else(|| modified_ms(path));
+                at.is_some_and(|at| now.saturating_sub(at) > age.as_millis() as u64)
+            });
+            if kept < self.retention.keep && !too_old {
+                kept += 1;
+                continue;
+            }
             fs::remove_file(path).map_err(io_err("remove snapshot", path))?;
+            let meta = meta_path(path);
+            if let Err(error) = fs::remove_file(&meta) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    return Err(io_err("remove snapshot meta", &meta)(error));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The file name of the snapshot covering segment `covered` (its version id).
+fn snapshot_name(covered: u64) -> String {
+    format!("snapshot-{covered:020}.bin")
+}
+
+/// The metadata file beside a snapshot file.
+fn meta_path(snapshot: &Path) -> PathBuf {
+    snapshot.with_extension("meta")
+}
+
+/// A snapshot's metadata, `None` when its file is missing or not ours.
+fn read_meta(snapshot: &Path) -> Option<VersionMeta> {
+    VersionMeta::from_json(&fs::read(meta_path(snapshot)).ok()?)
+}
+
+/// When a file was last written (Unix ms).
+fn modified_ms(path: &Path) -> Option<u64> {
+    let modified = fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
 /// Makes a rename in `dir` durable (fsync of the directory).
@@ -524,9 +688,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut files, _) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         files.append(&updates(1)).unwrap();
-        files.begin_snapshot(0, b"S1".to_vec()).write().unwrap();
+        files
+            .begin_snapshot(0, b"S1".to_vec(), None)
+            .write()
+            .unwrap();
         files.append(&[Bytes::from_static(b"u2")]).unwrap();
-        files.begin_snapshot(0, b"S2".to_vec()).write().unwrap();
+        files
+            .begin_snapshot(0, b"S2".to_vec(), None)
+            .write()
+            .unwrap();
         files.append(&[Bytes::from_static(b"u3")]).unwrap();
         // A crash mid-snapshot leaves a temp file; loading ignores and removes it.
         let room_dir = RoomFiles::room_dir(dir.path(), "r");
@@ -555,8 +725,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut files, _) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         for i in 0..4u8 {
-            files.append(&[Bytes::from(vec![i])]).unwrap();
-            files.begin_snapshot(0, vec![b'S', i]).write().unwrap();
+            edit_and_snapshot(&mut files, i, None);
         }
         let (snapshots, segments) = list(&RoomFiles::room_dir(dir.path(), "r")).unwrap();
         let numbers = |v: &Numbered| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
@@ -564,5 +733,73 @@ mod tests {
         assert_eq!(numbers(&segments), vec![4]);
         let (_, loaded) = RoomFiles::open(dir.path(), "r", SyncQueue::default()).unwrap();
         assert_eq!(loaded.updates, vec![vec![b'S', 3]]);
+    }
+
+    /// Logs update `[i]`, then writes snapshot `S i` labelled `label`.
+    fn edit_and_snapshot(files: &mut RoomFiles, i: u8, label: Option<String>) {
+        files.append(&[Bytes::from(vec![i])]).unwrap();
+        let snapshot = files.begin_snapshot(0, vec![b'S', i], label);
+        snapshot.write().unwrap();
+    }
+
+    /// Room `r` under `dir`, keeping versions as a `history` room.
+    fn history_room(dir: &Path, keep: usize, max_age: Option<Duration>) -> RoomFiles {
+        let (files, _) = RoomFiles::open(dir, "r", SyncQueue::default()).unwrap();
+        files.with_retention(Retention { keep, max_age })
+    }
+
+    #[test]
+    fn history_keeps_versions_listed_with_labels_and_fetchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = history_room(dir.path(), 3, None);
+        for i in 0..5u8 {
+            let label = (i == 4).then(|| "last".to_owned());
+            edit_and_snapshot(&mut files, i, label);
+        }
+        let versions = RoomFiles::versions(dir.path(), "r").unwrap();
+        let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "snapshot-00000000000000000005.bin",
+                "snapshot-00000000000000000004.bin",
+                "snapshot-00000000000000000003.bin"
+            ]
+        );
+        assert_eq!(versions[0].label.as_deref(), Some("last"));
+        assert_eq!(versions[1].label, None);
+        assert_eq!(versions[0].size, Some(2));
+        assert!(versions[0].at_unix_ms > versions[2].at_unix_ms);
+        let fetch = |name: &str| RoomFiles::fetch_version(dir.path(), "r", name).unwrap();
+        assert_eq!(fetch(&versions[2].name), Some(vec![b'S', 2]));
+        assert_eq!(fetch("snapshot-00000000000000000001.bin"), None, "trimmed");
+        assert_eq!(fetch("snapshot-../../x.bin"), None);
+        assert_eq!(
+            RoomFiles::fetch_version(dir.path(), "other", &versions[0].name).unwrap(),
+            None
+        );
+        // The trimmed versions' metadata went with them.
+        let metas = fs::read_dir(RoomFiles::room_dir(dir.path(), "r"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("meta".as_ref()))
+            .count();
+        assert_eq!(metas, 3);
+        // Only the segments the previous snapshot covered went.
+        let (_, segments) = list(&RoomFiles::room_dir(dir.path(), "r")).unwrap();
+        assert_eq!(
+            segments.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            vec![5]
+        );
+    }
+
+    #[test]
+    fn history_drops_versions_past_their_age_but_the_newest_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = history_room(dir.path(), 10, Some(Duration::from_millis(1)));
+        for i in 0..4u8 {
+            edit_and_snapshot(&mut files, i, None);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(RoomFiles::versions(dir.path(), "r").unwrap().len(), 2);
     }
 }

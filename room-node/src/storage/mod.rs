@@ -37,9 +37,9 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, Transact, Update};
 
 use crate::config::{RoomMode, RoomNodeConfig};
-pub use files::{DataDirLock, RoomFiles, RoomLock, StoreError, SyncQueue};
+pub use files::{DataDirLock, Retention, RoomFiles, RoomLock, StoreError, SyncQueue};
 pub use remote::{RemoteError, RemoteRoom, RemoteStorage, SnapshotStore};
-pub use versions::Version;
+pub use versions::{valid_id, valid_label, Version, MAX_LABEL_BYTES};
 
 /// Any backend's underlying error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -202,12 +202,19 @@ impl NodeStorage {
                 stored: false,
             });
         }
+        let retention = match mode {
+            RoomMode::History => Retention {
+                keep: config.history_versions,
+                max_age: config.history_max_age,
+            },
+            _ => Retention {
+                keep: config.snapshots_kept,
+                max_age: None,
+            },
+        };
         let (updates, storage, lock) = match &*self.0 {
             Backend::Remote(remote) => {
-                let (keep, max_age) = match mode {
-                    RoomMode::History => (config.history_versions, config.history_max_age),
-                    _ => (config.snapshots_kept, None),
-                };
+                let Retention { keep, max_age } = retention;
                 let (storage, loaded) = remote
                     .open(room.as_str(), config.node_id.clone(), epoch.get(), keep)
                     .await?;
@@ -219,12 +226,7 @@ impl NodeStorage {
                 tracing::debug!(room = %room, log_entries = loaded.log_entries, fetch = ?loaded.took, "room read from remote storage");
                 (loaded.updates, RoomStorage(Room::Remote(storage)), None)
             }
-            Backend::Files(files) => {
-                if mode == RoomMode::History {
-                    tracing::warn!(room = %room, "history mode needs remote storage (--redis); keeping the newest snapshots only");
-                }
-                files.load(room).await?
-            }
+            Backend::Files(files) => files.load(room, retention).await?,
             #[cfg(test)]
             Backend::Memory(memory) => {
                 let (storage, updates) = memory.open(room.as_str())?;
@@ -233,8 +235,11 @@ impl NodeStorage {
         };
         let stored = !updates.is_empty();
         let room_name = room.clone();
+        let keep_deleted = config.policy_of(room.as_str()).keep_deleted;
         // Decoding a large document is CPU work: off the async workers.
-        let doc = tokio::task::spawn_blocking(move || apply_all(&room_name, &updates)).await?;
+        let doc =
+            tokio::task::spawn_blocking(move || apply_all(&room_name, &updates, keep_deleted))
+                .await?;
         Ok(Loaded {
             doc,
             storage,
@@ -304,11 +309,58 @@ impl NodeStorage {
     }
 }
 
+impl NodeStorage {
+    /// The stored versions of `room`, newest first (read from storage: the
+    /// room need not be loaded, and any node may answer).
+    pub async fn versions(
+        &self,
+        config: &RoomNodeConfig,
+        room: &RoomName,
+    ) -> Result<Vec<Version>, StorageError> {
+        if config.mode_of(room.as_str()) == RoomMode::Ephemeral {
+            return Ok(Vec::new());
+        }
+        match &*self.0 {
+            Backend::Remote(remote) => Ok(remote.versions(room.as_str()).await?),
+            Backend::Files(files) => {
+                let (dir, room) = (files.data_dir.clone(), room.as_str().to_owned());
+                blocking(move || RoomFiles::versions(&dir, &room)).await
+            }
+            #[cfg(test)]
+            Backend::Memory(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The state (one Yjs update v1) of `room`'s version `id`; `None` when
+    /// no valid version has that id.
+    pub async fn fetch_version(
+        &self,
+        config: &RoomNodeConfig,
+        room: &RoomName,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        if config.mode_of(room.as_str()) == RoomMode::Ephemeral || !valid_id(id) {
+            return Ok(None);
+        }
+        match &*self.0 {
+            Backend::Remote(remote) => Ok(remote.fetch_version(room.as_str(), id).await?),
+            Backend::Files(files) => {
+                let dir = files.data_dir.clone();
+                let (room, id) = (room.as_str().to_owned(), id.to_owned());
+                blocking(move || RoomFiles::fetch_version(&dir, &room, &id)).await
+            }
+            #[cfg(test)]
+            Backend::Memory(_) => Ok(None),
+        }
+    }
+}
+
 impl FilesNode {
     /// Locks (shared directories) and reads `room`'s files.
     async fn load(
         &self,
         room: &RoomName,
+        retention: Retention,
     ) -> Result<(Vec<Vec<u8>>, RoomStorage, Option<RoomLock>), StorageError> {
         let files = self.clone();
         let room = room.clone();
@@ -331,6 +383,7 @@ impl FilesNode {
             if loaded.truncated_bytes > 0 {
                 tracing::warn!(room = %room, bytes = loaded.truncated_bytes, "cut a torn record from the end of the log");
             }
+            let opened = opened.with_retention(retention);
             Ok((loaded.updates, RoomStorage(Room::Files(opened)), lock))
         })
         .await
@@ -345,9 +398,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A document with every stored update applied; undecodable ones are
-/// skipped and logged (the rest of the room still loads).
-fn apply_all(room: &RoomName, updates: &[Vec<u8>]) -> Doc {
-    let doc = Doc::new();
+/// skipped and logged (the rest of the room still loads). With
+/// `keep_deleted` (policy `gc = false`) deleted content is kept.
+fn apply_all(room: &RoomName, updates: &[Vec<u8>], keep_deleted: bool) -> Doc {
+    let doc = Doc::with_options(yrs::Options {
+        skip_gc: keep_deleted,
+        ..yrs::Options::default()
+    });
     {
         let mut txn = doc.transact_mut();
         for (index, bytes) in updates.iter().enumerate() {
@@ -414,13 +471,19 @@ impl RoomStorage {
         }
     }
 
-    /// A snapshot of `state` covering everything appended so far, to be
-    /// written by [`SnapshotWork::write`] (on another task: a slow object
-    /// store must not hold up the room).
-    pub fn begin_snapshot(&mut self, epoch: Epoch, state: Vec<u8>) -> SnapshotWork {
+    /// A snapshot of `state` covering everything appended so far, labelled
+    /// `label` (a version taken through the API), to be written by
+    /// [`SnapshotWork::write`] (on another task: a slow object store must
+    /// not hold up the room).
+    pub fn begin_snapshot(
+        &mut self,
+        epoch: Epoch,
+        state: Vec<u8>,
+        label: Option<String>,
+    ) -> SnapshotWork {
         SnapshotWork(match &mut self.0 {
-            Room::Files(files) => Work::Files(files.begin_snapshot(epoch.get(), state)),
-            Room::Remote(remote) => Work::Remote(remote.prepare_snapshot(state)),
+            Room::Files(files) => Work::Files(files.begin_snapshot(epoch.get(), state, label)),
+            Room::Remote(remote) => Work::Remote(remote.prepare_snapshot(state, label)),
             #[cfg(test)]
             Room::Memory(memory) => Work::Memory(memory.begin_snapshot(state)),
             Room::Ephemeral => Work::Nothing,
@@ -446,6 +509,17 @@ enum Work {
 }
 
 impl SnapshotWork {
+    /// The version it stores (none for memory and ephemeral rooms).
+    pub fn version(&self) -> Option<&Version> {
+        match &self.0 {
+            Work::Files(job) => Some(job.version()),
+            Work::Remote(snapshot) => Some(snapshot.version()),
+            #[cfg(test)]
+            Work::Memory(_) => None,
+            Work::Nothing => None,
+        }
+    }
+
     /// Writes it. A failure leaves the log untouched (it still holds every
     /// update); `Fenced` means a newer owner holds the room's slot, so this
     /// node's snapshot was refused, as it must be.
@@ -493,7 +567,7 @@ mod tests {
             loaded.storage.append(&[edit(&doc, text)]).await.unwrap();
             loaded
                 .storage
-                .begin_snapshot(Epoch::new(1), state(&doc))
+                .begin_snapshot(Epoch::new(1), state(&doc), None)
                 .write()
                 .await
                 .unwrap();
@@ -505,10 +579,8 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("snapshot-")
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("snapshot-") && name.ends_with(".bin")
             })
             .max()
             .unwrap();
@@ -522,5 +594,40 @@ mod tests {
         assert_eq!(corrupt_snapshots_total(), before + 1);
         let t = loaded.doc.get_or_insert_text("t");
         assert_eq!(t.get_string(&loaded.doc.transact()), "a;b;c;");
+    }
+
+    #[tokio::test]
+    async fn a_gc_false_room_keeps_deleted_content_for_snapshot_diffs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RoomNodeConfig::new(NodeId::new("n"), dir.path().to_owned());
+        let policy = crate::config::RoomPolicy {
+            keep_deleted: true,
+            ..Default::default()
+        };
+        config.policies.push(("keep-".to_owned(), policy));
+        let storage = NodeStorage::files(&config);
+        for (name, kept) in [("keep-1", true), ("other", false)] {
+            let room = RoomName::new(name).unwrap();
+            let mut loaded = storage.load(&config, &room, Epoch::new(1)).await.unwrap();
+            loaded
+                .storage
+                .append(&[edit(&Doc::new(), "forgotten words")])
+                .await
+                .unwrap();
+            drop(loaded);
+            let loaded = storage.load(&config, &room, Epoch::new(1)).await.unwrap();
+            let doc = loaded.doc;
+            let t = doc.get_or_insert_text("t");
+            {
+                let mut txn = doc.transact_mut();
+                let len = t.len(&txn);
+                t.remove_range(&mut txn, 0, len);
+            }
+            let state = doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
+            let found = state.windows(9).any(|w| w == b"forgotten");
+            assert_eq!(found, kept, "{name}: deleted text kept");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! {prefix}:r:{room id}:log      stream; one entry per update, field `u`
 //! {prefix}:r:{room id}:snaps    list of "<covered log id> <snapshot name>", newest first
+//! {prefix}:r:{room id}:versions hash: snapshot name → its metadata (JSON: taken at, size, label)
 //! {prefix}:r:{room id}:snap:{name}   snapshot bytes (redis:// snapshot store)
 //! {prefix}:slot:{slot}:epoch    highest slot-map epoch that claimed the slot
 //! rooms/{room id}/{name}        snapshot object (object stores)
@@ -39,6 +40,7 @@ use sha2::{Digest, Sha256};
 use super::codec::{self, Covered, SnapshotHeader};
 use super::scripts::Scripts;
 pub use super::snapshot_store::SnapshotStore;
+use super::versions::{Version, VersionMeta};
 
 /// Remote storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,11 @@ impl RemoteStorage {
         format!("{}:r:{}:snaps", self.prefix, room_id(room))
     }
 
+    /// The hash of the listed snapshots' metadata ([`VersionMeta`]).
+    pub(super) fn versions_key(&self, room: &str) -> String {
+        format!("{}:r:{}:versions", self.prefix, room_id(room))
+    }
+
     fn slot_key(&self, room: &str) -> String {
         format!("{}:slot:{}:epoch", self.prefix, slot_of(room).get())
     }
@@ -355,6 +362,7 @@ impl RemoteRoom {
             .key(storage.snaps_key(&self.room))
             .key(storage.log_key(&self.room))
             .key(storage.index_key())
+            .key(storage.versions_key(&self.room))
             .arg(self.epoch)
             .arg(&self.room)
             .invoke_async(&mut redis)
@@ -380,7 +388,7 @@ impl RemoteRoom {
     /// Writes `state` as a snapshot covering everything appended so far,
     /// registers it (fenced), and deletes the snapshots that fell out.
     pub async fn snapshot(&mut self, state: Vec<u8>) -> Result<(), RemoteError> {
-        self.prepare_snapshot(state).write().await
+        self.prepare_snapshot(state, None).write().await
     }
 
     /// Also drops snapshots older than `max_age` (history mode).
@@ -389,15 +397,19 @@ impl RemoteRoom {
         self
     }
 
-    /// A snapshot of `state` covering everything appended so far, to write
-    /// later (e.g. on another task while the room goes on).
-    pub fn prepare_snapshot(&self, state: Vec<u8>) -> RemoteSnapshot {
+    /// A snapshot of `state` covering everything appended so far, labelled
+    /// `label` (a version taken through the API), to write later (e.g. on
+    /// another task while the room goes on).
+    pub fn prepare_snapshot(&self, state: Vec<u8>, label: Option<String>) -> RemoteSnapshot {
         let covered = self.last_id.clone();
-        // Unique per (covered, node, epoch): a stale node never overwrites.
+        let meta = VersionMeta::now(state.len(), label);
+        // Unique per (covered, node, epoch, time): a stale node never
+        // overwrites, nor does a second version of an unchanged room.
         let name = format!(
-            "snapshot-{covered}-{}-{}.bin",
+            "snapshot-{covered}-{}-{}-{}.bin",
             sanitize(self.node.as_str()),
-            self.epoch
+            self.epoch,
+            meta.at,
         );
         let header = SnapshotHeader {
             room: self.room.clone(),
@@ -414,6 +426,7 @@ impl RemoteRoom {
             keep: self.keep,
             max_age_ms: self.max_age.map_or(0, |age| age.as_millis() as u64),
             entry: format!("{covered} {name}"),
+            version: meta.version(name.clone(), covered),
             name,
             bytes,
         }
@@ -441,10 +454,16 @@ pub struct RemoteSnapshot {
     max_age_ms: u64,
     name: String,
     entry: String,
+    version: Version,
     bytes: Vec<u8>,
 }
 
 impl RemoteSnapshot {
+    /// The version it stores.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
     /// Stores the snapshot, registers it (fenced: a stale epoch registers,
     /// trims and deletes nothing) and deletes the snapshots that fell out.
     pub async fn write(self) -> Result<(), RemoteError> {
@@ -455,8 +474,14 @@ impl RemoteSnapshot {
             max_age_ms,
             name,
             entry,
+            version,
             bytes,
         } = self;
+        let meta = VersionMeta {
+            at: version.at_unix_ms,
+            size: version.size.unwrap_or_default(),
+            label: version.label,
+        };
         let storage = &target.storage;
         let room = &target.room;
         match &storage.snapshots {
@@ -477,10 +502,13 @@ impl RemoteSnapshot {
             .key(storage.slot_key(room))
             .key(storage.snaps_key(room))
             .key(storage.log_key(room))
+            .key(storage.versions_key(room))
             .arg(epoch)
             .arg(entry)
             .arg(keep)
             .arg(max_age_ms)
+            .arg(&name)
+            .arg(meta.to_json())
             .invoke_async(&mut redis)
             .await;
         let dropped = match registered {

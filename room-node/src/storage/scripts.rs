@@ -59,10 +59,12 @@ end
 return id
 ";
 
-/// KEYS: slot epoch, snapshot list, log. ARGV: epoch, entry, keep, max
-/// age in ms (0: none; the newest two always stay). Fenced: a stale epoch
-/// changes nothing. Returns the entries dropped from the list (to delete),
-/// or an error 'FENCED <epoch>'.
+/// KEYS: slot epoch, snapshot list, log, versions hash. ARGV: epoch,
+/// entry, keep, max age in ms (0: none; the newest two always stay), the
+/// snapshot's name and its metadata (JSON, kept in the versions hash while
+/// the snapshot is listed). Fenced: a stale epoch changes nothing. Returns
+/// the entries dropped from the list (to delete), or an error
+/// 'FENCED <epoch>'.
 const REGISTER: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
@@ -70,6 +72,7 @@ if current > tonumber(ARGV[1]) then
 end
 local keep = tonumber(ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 local dropped = redis.call('LRANGE', KEYS[2], keep, -1)
 redis.call('LTRIM', KEYS[2], 0, keep - 1)
 local max_age = tonumber(ARGV[4])
@@ -85,6 +88,10 @@ if max_age > 0 then
     end
   end
 end
+for _, entry in ipairs(dropped) do
+  local name = string.match(entry, '^%S+ (.+)$')
+  if name then redis.call('HDEL', KEYS[4], name) end
+end
 local previous = redis.call('LINDEX', KEYS[2], 1)
 if previous then
   local covered = string.match(previous, '^(%S+)')
@@ -95,16 +102,17 @@ end
 return dropped
 ";
 
-/// KEYS: slot epoch, snapshot list, log, room index. ARGV: epoch, room.
-/// Fenced like REGISTER. Returns the snapshot entries (their blobs to
-/// delete) and deletes the list, the log and the index entry.
+/// KEYS: slot epoch, snapshot list, log, room index, versions hash. ARGV:
+/// epoch, room. Fenced like REGISTER. Returns the snapshot entries (their
+/// blobs to delete) and deletes the list, the log, the versions' metadata
+/// and the index entry.
 const DELETE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
   return redis.error_reply('FENCED ' .. current)
 end
 local entries = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 redis.call('ZREM', KEYS[4], ARGV[2])
 return entries
 ";
