@@ -302,11 +302,9 @@ impl RoomApi {
     pub async fn versions(&self, room: &RoomName) -> Result<Vec<pb::VersionInfo>, RoomApiError> {
         let (reply, _) = self
             .on_owner(room, |mut node, epoch| async move {
-                let request = pb::RoomRequest {
-                    room: room.as_str().to_owned(),
-                    epoch,
-                };
-                node.list_versions(request).await.map(|r| r.into_inner())
+                node.list_versions(room_request(room, epoch))
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
         Ok(reply.versions)
