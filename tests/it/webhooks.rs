@@ -43,6 +43,9 @@ struct App {
     /// Answer 500 to this many callbacks first.
     fail_first: Mutex<usize>,
     loads: Mutex<HashMap<String, usize>>,
+    /// Each load request's Authorization header and whether its Standard
+    /// Webhooks signature verified, by room.
+    load_requests: Mutex<HashMap<String, (String, bool)>>,
 }
 
 async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, raw: Bytes) -> StatusCode {
@@ -67,10 +70,34 @@ async fn callback(State(app): State<Arc<App>>, headers: HeaderMap, raw: Bytes) -
 
 /// `load_url`: a template for rooms named `doc-template-*`, nothing for
 /// the others.
-async fn load(State(app): State<Arc<App>>, body: Bytes) -> axum::response::Response {
+async fn load(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    // JSON {"room"}, or (binary format) an empty body and the room in
+    // X-Partyline-Room.
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let room = request["room"].as_str().unwrap_or_default().to_owned();
+    let room = match request["room"].as_str() {
+        Some(room) => room.to_owned(),
+        None => headers
+            .get("x-partyline-room")
+            .and_then(|v| v.to_str().ok())
+            // Percent-encoded; the test's room names need none.
+            .map(str::to_owned)
+            .unwrap_or_default(),
+    };
     *app.loads.lock().unwrap().entry(room.clone()).or_default() += 1;
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let signed = signature_verifies(&signed_headers(&headers), &body);
+    app.load_requests
+        .lock()
+        .unwrap()
+        .insert(room.clone(), (authorization, signed));
     if !room.starts_with("doc-template-") {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -490,5 +517,37 @@ async fn lifecycle_events_arrive_signed_in_order_and_a_failing_receiver_is_retri
     assert_eq!(ours[0].body["data"]["stored"], false);
     assert_eq!(ours[4].body["data"]["stored"], true);
     assert!(ours[0].body["timestamp"].as_str().unwrap().ends_with('Z'));
+    server.assert_no_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_url_in_the_binary_format_gets_the_room_in_a_header_signed_with_the_extra_headers() {
+    let app = Arc::new(App::default());
+    let base = serve_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let load_url = format!("{base}/load");
+    let server = DevServer::start(
+        dir.path(),
+        &[
+            "--load-url",
+            &load_url,
+            "--callback-format",
+            "binary",
+            "--callback-header",
+            "Authorization: Bearer load-token",
+            "--webhook-secret",
+            SECRET,
+        ],
+    );
+    let room = "doc-template-bin";
+    let client = YClient::connect(&server.url(room)).await.unwrap();
+    client.wait_synced(WAIT).await.unwrap();
+    assert_eq!(client.text("t").await.unwrap(), "template;");
+    let requests = app.load_requests.lock().unwrap().clone();
+    assert_eq!(
+        requests.get(room),
+        Some(&("Bearer load-token".to_owned(), true)),
+        "{requests:?}"
+    );
     server.assert_no_errors();
 }
