@@ -50,12 +50,28 @@ pub enum RestoreError {
     /// The version nests shared types deeper than [`MAX_DEPTH`].
     #[error("the version nests shared types deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// The version or the room holds a sub-document (stored before they
+    /// were refused from outside): yrs 0.28 never frees a document that
+    /// holds one, so the scratch copies would leak.
+    #[error("the version or the room holds a sub-document, which a restore cannot copy")]
+    SubDocument,
 }
 
 /// The update (Yjs v1) that turns the content of a room whose whole state
 /// is `current` into `version`'s (both Yjs updates v1 of a whole document).
 pub fn restore_update(current: &[u8], version: &[u8]) -> Result<Vec<u8>, RestoreError> {
     let bad = |e: &dyn std::fmt::Display| RestoreError::BadVersion(e.to_string());
+    // Read as updates from outside are (nesting of values, sub-documents)
+    // before yrs builds the scratch documents from them.
+    for state in [version, current] {
+        match crate::update_check::check_update(state) {
+            Ok(()) => {}
+            Err(crate::update_check::UpdateCheckError::SubDocument) => {
+                return Err(RestoreError::SubDocument)
+            }
+            Err(error) => return Err(bad(&error)),
+        }
+    }
     let target = Doc::new();
     let update = Update::decode_v1(version).map_err(|e| bad(&e))?;
     target
@@ -556,6 +572,27 @@ mod tests {
         assert!(matches!(
             restore_update(&state(&room), b"\xff\xff\xff"),
             Err(RestoreError::BadVersion(_))
+        ));
+    }
+
+    #[test]
+    fn a_version_holding_a_sub_document_is_refused_before_yrs_reads_it() {
+        let holder = Doc::new();
+        {
+            let mut txn = holder.transact_mut();
+            let map = txn.get_or_insert_map("m");
+            map.insert(&mut txn, "sub", Doc::new());
+        }
+        let version = state(&holder);
+        let room = Doc::new();
+        rich(&room, "kept");
+        assert!(matches!(
+            restore_update(&state(&room), &version),
+            Err(RestoreError::SubDocument)
+        ));
+        assert!(matches!(
+            restore_update(&version, &state(&room)),
+            Err(RestoreError::SubDocument)
         ));
     }
 
