@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tonic::codegen::http;
 
 /// Header of the message id.
 pub const ID_HEADER: &str = "webhook-id";
@@ -81,13 +82,20 @@ pub struct SignedHeaders {
 }
 
 impl SignedHeaders {
-    /// The headers as (name, value) pairs, to add to a request.
-    pub fn pairs(&self) -> [(&'static str, &str); 3] {
+    /// The headers, to add to a request (`RequestBuilder::headers`).
+    pub fn header_map(&self) -> http::HeaderMap {
         [
             (ID_HEADER, &self.id),
             (TIMESTAMP_HEADER, &self.timestamp),
             (SIGNATURE_HEADER, &self.signature),
         ]
+        .into_iter()
+        .map(|(name, value)| {
+            let value = http::HeaderValue::from_str(value)
+                .expect("ids, digits and base64 are header values");
+            (http::HeaderName::from_static(name), value)
+        })
+        .collect()
     }
 }
 
@@ -109,11 +117,16 @@ impl WebhookSigner {
 
     /// Signs `body` as a new message (a fresh id, now).
     pub fn sign(&self, body: &[u8]) -> SignedHeaders {
-        self.sign_as(&new_message_id(), unix_now(), body)
+        self.sign_message(&new_message_id(), body)
     }
 
-    /// Signs `body` as message `id` sent at `timestamp` (a retry keeps its
-    /// message's id and signs again with the current time).
+    /// Signs `body` as message `id`, now (a retry keeps its message's id
+    /// and is signed again with the time it is sent).
+    pub fn sign_message(&self, id: &str, body: &[u8]) -> SignedHeaders {
+        self.sign_as(id, unix_now(), body)
+    }
+
+    /// Signs `body` as message `id` sent at `timestamp` (Unix seconds).
     pub fn sign_as(&self, id: &str, timestamp: u64, body: &[u8]) -> SignedHeaders {
         let timestamp = timestamp.to_string();
         let signature = self
@@ -221,6 +234,16 @@ mod tests {
             WebhookSigner::parse(&many),
             Err(SecretError::TooMany(MAX_SECRETS + 1))
         );
+    }
+
+    #[test]
+    fn the_headers_carry_the_signature() {
+        let signer = WebhookSigner::parse(SPEC_SECRET).unwrap();
+        let signed = signer.sign_message("msg_1", b"{}");
+        let headers = signed.header_map();
+        assert_eq!(headers[ID_HEADER], "msg_1");
+        assert_eq!(headers[SIGNATURE_HEADER], signed.signature.as_str());
+        assert_eq!(headers[TIMESTAMP_HEADER], signed.timestamp.as_str());
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::KeyValue;
 use partyline_proto::webhook::{self, WebhookSigner};
@@ -62,6 +62,8 @@ pub struct Events {
     /// The workers' ends, taken when the first event starts them (a
     /// runtime is needed; building the queue needs none).
     receivers: Mutex<Vec<mpsc::Receiver<Event>>>,
+    /// Whether the workers run (checked per event without the lock).
+    started: std::sync::Once,
     /// Events emitted and not yet delivered, failed or dropped.
     pending: AtomicUsize,
     dropped: AtomicU64,
@@ -90,6 +92,7 @@ impl Events {
             signer,
             queues,
             receivers: Mutex::new(receivers),
+            started: std::sync::Once::new(),
             pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             dropped_logged: AtomicU64::new(0),
@@ -138,7 +141,7 @@ impl Events {
     fn note_dropped(&self, kind: &'static str) {
         let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         count("dropped");
-        let now = unix_ms();
+        let now = crate::unix_ms(SystemTime::now());
         let last = self.dropped_logged.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64
             && self
@@ -151,6 +154,10 @@ impl Events {
     }
 
     fn start_workers(self: &Arc<Self>) {
+        self.started.call_once(|| self.spawn_workers());
+    }
+
+    fn spawn_workers(self: &Arc<Self>) {
         let receivers = std::mem::take(
             &mut *self
                 .receivers
@@ -204,10 +211,7 @@ impl Events {
             .timeout(self.settings.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(signer) = &self.signer {
-            let signed = signer.sign_as(&event.id, unix_ms() / 1000, &event.body);
-            for (name, value) in signed.pairs() {
-                request = request.header(name, value);
-            }
+            request = request.headers(signer.sign_message(&event.id, &event.body).header_map());
         } else {
             request = request.header(webhook::ID_HEADER, &event.id);
         }
@@ -228,12 +232,6 @@ fn count(outcome: &'static str) {
     crate::telemetry::metrics()
         .events
         .add(1, &[KeyValue::new("outcome", outcome)]);
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! This module only speaks HTTP; the room actor decides when (debounce,
 //! retry) and owns the document.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -321,9 +321,7 @@ impl Hooks {
             .headers(self.extra_headers.clone())
             .header(CONTENT_TYPE, content_type);
         if let Some(signer) = &self.signer {
-            for (name, value) in signer.sign(&body).pairs() {
-                request = request.header(name, value);
-            }
+            request = request.headers(signer.sign(&body).header_map());
         }
         request.body(body)
     }
@@ -406,10 +404,7 @@ impl Hooks {
         };
         let (body, content_type) = match self.config.callback_format {
             CallbackFormat::Json => {
-                let taken_unix_ms = version
-                    .taken
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let taken_unix_ms = crate::unix_ms(version.taken);
                 let body = serde_json::to_vec(&serde_json::json!({
                     "room": room,
                     "epoch": version.epoch,

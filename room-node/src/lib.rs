@@ -55,6 +55,12 @@ pub struct Resources {
     pub hooks: Option<std::sync::Arc<hooks::Hooks>>,
 }
 
+/// `at` in Unix milliseconds (0 before the epoch).
+pub fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 impl Resources {
     /// The lifecycle-event queue, when `--events-url` is set.
     pub fn events(&self) -> Option<&std::sync::Arc<events::Events>> {

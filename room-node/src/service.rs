@@ -149,6 +149,20 @@ impl RoomNodeService {
             Err(error) => Err(call_status(error)),
         }
     }
+
+    /// [`Self::call_if_loaded`] for a command answering how many sessions
+    /// it reached: none when the room is not loaded.
+    async fn count_if_loaded(
+        &self,
+        room: &RoomName,
+        command: impl Fn(tokio::sync::oneshot::Sender<usize>) -> RoomCommand,
+    ) -> Result<u32, Status> {
+        let count = self
+            .call_if_loaded(room, command)
+            .await?
+            .unwrap_or_default();
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
 }
 
 #[tonic::async_trait]
@@ -322,15 +336,12 @@ impl RoomNode for RoomNodeService {
             )));
         }
         let closed = self
-            .call_if_loaded(&room, |reply| RoomCommand::CloseUser {
+            .count_if_loaded(&room, |reply| RoomCommand::CloseUser {
                 user: user.clone(),
                 reply,
             })
-            .await?
-            .unwrap_or_default();
-        Ok(Response::new(pb::CloseSessionsReply {
-            closed: closed as u32,
-        }))
+            .await?;
+        Ok(Response::new(pb::CloseSessionsReply { closed }))
     }
 
     async fn recheck_sessions(
@@ -339,12 +350,9 @@ impl RoomNode for RoomNodeService {
     ) -> Result<Response<pb::RecheckSessionsReply>, Status> {
         let room = room_name(request.into_inner().room)?;
         let sessions = self
-            .call_if_loaded(&room, |reply| RoomCommand::Recheck { reply })
-            .await?
-            .unwrap_or_default();
-        Ok(Response::new(pb::RecheckSessionsReply {
-            sessions: sessions as u32,
-        }))
+            .count_if_loaded(&room, |reply| RoomCommand::Recheck { reply })
+            .await?;
+        Ok(Response::new(pb::RecheckSessionsReply { sessions }))
     }
 
     async fn send_message(
@@ -361,15 +369,12 @@ impl RoomNode for RoomNodeService {
             )));
         }
         let sessions = self
-            .call_if_loaded(&room, |reply| RoomCommand::Message {
+            .count_if_loaded(&room, |reply| RoomCommand::Message {
                 message: message.clone(),
                 reply,
             })
-            .await?
-            .unwrap_or_default();
-        Ok(Response::new(pb::SendMessageReply {
-            sessions: sessions as u32,
-        }))
+            .await?;
+        Ok(Response::new(pb::SendMessageReply { sessions }))
     }
 
     async fn list_versions(

@@ -192,9 +192,7 @@ impl WebhookAuthorizer {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(signer) = &self.settings.signer {
-            for (name, value) in signer.sign(&body).pairs() {
-                post = post.header(name, value);
-            }
+            post = post.headers(signer.sign(&body).header_map());
         }
         let response = post
             .body(body)

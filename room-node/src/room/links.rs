@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use partyline_proto::pb::{self, gateway_frame};
 use partyline_proto::{close, RoomName};
@@ -250,7 +250,7 @@ impl Links {
         let session = Session {
             read_only,
             user: open.identity.as_str().into(),
-            since_unix_ms: unix_ms(SystemTime::now()),
+            since_unix_ms: crate::unix_ms(SystemTime::now()),
             ..Session::default()
         };
         if link.sessions.insert(open.session_id, session).is_none() {
@@ -389,11 +389,6 @@ impl Links {
         slow.dedup();
         slow
     }
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Queues `frame` toward a link, split into chunks when it is large (see

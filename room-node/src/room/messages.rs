@@ -182,7 +182,9 @@ impl RoomActor {
             .policy
             .max_doc_bytes
             .unwrap_or(self.config.max_doc_bytes);
-        if self.config.mode_of(self.room.as_str()) == crate::config::RoomMode::Ephemeral {
+        // An ephemeral room is one whose storage keeps nothing: no walk of
+        // the mode table per frame.
+        if self.storage.is_ephemeral() {
             Access::Ephemeral
         } else if self.pending.full() {
             Access::LogUnavailable

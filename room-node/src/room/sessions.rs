@@ -45,9 +45,7 @@ impl RoomActor {
         reason: &str,
     ) {
         let Some(events) = &self.events else { return };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let now = crate::unix_ms(std::time::SystemTime::now());
         let data = serde_json::json!({
             "session": format!("{gateway}/{session_id}"),
             "user": &*session.user,
