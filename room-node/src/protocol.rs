@@ -35,7 +35,7 @@ use yrs::sync::{Awareness, AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
 use crate::decoding::{
     claimed_counts_fit, decode_guarded, decode_update_with_blocks, deletes_only_known,
@@ -104,9 +104,11 @@ pub struct Outcome {
     /// agree), and the session is to be closed with this.
     pub refused: Option<ProtocolError>,
     /// The update built on content the room does not have (a failover
-    /// lost an unacknowledged edit it follows); it was dropped and the
-    /// session was sent a SyncStep1, so its client sends everything the
-    /// room lacks in one self-contained SyncStep2.
+    /// lost an unacknowledged edit it follows); it was dropped (but for
+    /// any part yrs integrated before holding the rest back, which is in
+    /// `log` and `broadcast`) and the session was sent a SyncStep1, so its
+    /// client sends everything the room lacks in one self-contained
+    /// SyncStep2.
     pub missing_dependency: bool,
 }
 
@@ -360,12 +362,21 @@ impl SyncRoom {
             }
             Err(error) => return Err(error.into()),
         };
-        let applied = self.doc().transact_mut().apply_update(update);
-        if let Err(error) = applied {
-            // yrs may have integrated blocks before the one it refused:
-            // log and send those, or joiners would see content that a
-            // restart loses. The index, not yet updated, says where the
-            // update's clients stood before it.
+        let (applied, held_back) = {
+            let mut txn = self.doc().transact_mut();
+            let applied = txn.apply_update(update);
+            // What yrs could not integrate it keeps as pending, and
+            // re-encoding a pending update can panic (found by fuzzing: a
+            // block whose parent is a later block of the same client).
+            // The checks above let no stock client's update get here; a
+            // crafted one is cut to what yrs integrated.
+            (applied, txn.prune_pending().is_some())
+        };
+        if applied.is_err() || held_back {
+            // yrs may have integrated blocks before the one it refused or
+            // held back: log and send those, or joiners would see content
+            // that a restart loses. The index, not yet updated, says where
+            // the update's clients stood before it.
             let before = self.depth.ends(&blocks);
             let taken = self.taken_since(&before);
             // Indexed again from what yrs now holds, not from what the
@@ -373,15 +384,24 @@ impl SyncRoom {
             // integrates out of order (found by fuzzing: an overflow in its
             // skip handling). Only malformed updates come here.
             self.depth = index_of(self.doc()).0;
-            if Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty()) {
+            let took_some = Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty());
+            if took_some {
                 let taken_len = taken.len();
                 let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
                 outcome.log.push(echo.slice(echo.len() - taken_len..));
                 outcome.broadcast.push(echo);
-                outcome.refused = Some(error.into());
-                return Ok(());
             }
-            return Err(error.into());
+            match applied {
+                Err(error) if took_some => outcome.refused = Some(error.into()),
+                Err(error) => return Err(error.into()),
+                // Held back, as a dependency the room lacks is: the client
+                // is asked for everything (see `missing_dependency`).
+                Ok(()) => {
+                    outcome.missing_dependency = true;
+                    outcome.reply.push(self.sync_step1());
+                }
+            }
+            return Ok(());
         }
         self.depth.record(checked);
         // The echo is `[sync, update, varint len, update…]`: encode it once
@@ -912,6 +932,48 @@ mod tests {
         assert!(!outcome.missing_dependency && outcome.log.len() == 1);
         let text = room.doc().get_or_insert_text("t");
         assert_eq!(text.get_string(&room.doc().transact()), "first second");
+    }
+
+    #[test]
+    fn an_update_yrs_holds_back_is_cut_to_what_it_took_and_the_room_still_answers() {
+        let mut room = SyncRoom::new(Doc::new());
+        // Found by fuzzing (fuzz/corpus/client_frame/regression-pending-
+        // encode): client 43's clock 0 is a map at root "deep"; clock 1 a
+        // type whose parent is its own clock 2, a later block yrs has not
+        // integrated when it reaches clock 1, so it holds clocks 1..3 back
+        // as pending. Answering a SyncStep1 then panicked in yrs.
+        let update = [
+            1, 3, 43, 0, 0x27, 1, 4, b'd', b'e', b'e', b'p', 1, b'&', 1, 0x27, 0, 43, 2, 1, b'k',
+            5, 0x27, 0, 43, 0, 0, 0, 0, 0,
+        ];
+        let frame = Message::Sync(SyncMessage::SyncStep2(update.to_vec())).encode_v1();
+        let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
+        assert!(outcome.missing_dependency, "the client is asked for everything");
+        assert!(!room.doc().transact().has_missing_updates());
+        // What yrs took (clock 0) is logged and echoed, and the log
+        // replays to the room's document.
+        assert_eq!(outcome.log.len(), 1);
+        assert_eq!(outcome.broadcast.len(), 1);
+        let replayed = Doc::new();
+        replayed
+            .transact_mut()
+            .apply_update(Update::decode_v1(&outcome.log[0]).unwrap())
+            .unwrap();
+        assert_eq!(
+            replayed.transact().state_vector(),
+            room.doc().transact().state_vector()
+        );
+        assert_eq!(room.doc().transact().state_vector().get(&ClientID::new(43)), 1);
+        // The room answers a SyncStep1 (this panicked) and still writes.
+        let reader = Peer::new(5);
+        let outcome = room
+            .handle_frame(&reader.step1(), Access::ReadWrite, PEER)
+            .unwrap();
+        assert_eq!(outcome.reply.len(), 1);
+        let outcome = room
+            .handle_frame(&reader.insert("after"), Access::ReadWrite, PEER)
+            .unwrap();
+        assert_eq!(outcome.log.len(), 1);
     }
 
     #[test]

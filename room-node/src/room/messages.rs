@@ -205,25 +205,28 @@ impl RoomActor {
     ) {
         let access = self.write_access(update.len());
         let result = match self.sync.apply_server_update(update, access) {
-            Ok(outcome) if outcome.missing_dependency => Err(ApplyError::BadUpdate(
-                "update depends on content the room does not have".to_owned(),
-            )),
-            Ok(outcome) if outcome.write_denied => Err(match access {
-                Access::DocumentFull => ApplyError::DocumentFull,
-                Access::Ephemeral => ApplyError::Ephemeral,
-                _ => ApplyError::StorageUnavailable,
-            }),
             Ok(mut outcome) => {
-                // A refused update is logged and sent like any edit: yrs
-                // took part of it.
+                // What yrs took of a refused or held-back update is logged
+                // and sent like any edit.
                 let refused = outcome.refused.take();
                 self.doc_bytes += self.pending.log(outcome.log);
                 for payload in outcome.broadcast {
                     self.pending.push(Out::All(broadcast(payload)));
                 }
-                match refused {
-                    Some(error) => Err(ApplyError::BadUpdate(error.to_string())),
-                    None => return self.pending.acknowledge_after(reply),
+                if outcome.missing_dependency {
+                    Err(ApplyError::BadUpdate(
+                        "update depends on content the room does not have".to_owned(),
+                    ))
+                } else if outcome.write_denied {
+                    Err(match access {
+                        Access::DocumentFull => ApplyError::DocumentFull,
+                        Access::Ephemeral => ApplyError::Ephemeral,
+                        _ => ApplyError::StorageUnavailable,
+                    })
+                } else if let Some(error) = refused {
+                    Err(ApplyError::BadUpdate(error.to_string()))
+                } else {
+                    return self.pending.acknowledge_after(reply);
                 }
             }
             Err(error) => Err(ApplyError::BadUpdate(error.to_string())),
