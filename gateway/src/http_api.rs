@@ -50,6 +50,7 @@ pub(crate) fn router(rooms: RoomApi, key: Option<String>, max_update_bytes: usiz
         .route("/v1/rooms/{room}/state", get(state))
         .route("/v1/rooms/{room}/update", post(update))
         .route("/v1/rooms/{room}/warm", post(warm))
+        .route("/v1/rooms/{room}/restore", post(restore_room))
         .route(
             "/v1/rooms/{room}/sessions",
             get(sessions).delete(close_sessions),
@@ -80,7 +81,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 impl IntoResponse for RoomApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::Deleted(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Refused(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotAllowed(_) => StatusCode::FORBIDDEN,
@@ -280,10 +281,32 @@ async fn update(State(api): State<Arc<Api>>, Path(name): Path<String>, body: Byt
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn delete(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+async fn delete(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Answer {
     let room = room(name)?;
-    let existed = api.rooms.delete(&room).await?;
-    Ok(Json(json!({ "room": room.as_str(), "deleted": existed })).into_response())
+    let deleted = api.rooms.delete(&room, query.purge).await?;
+    Ok(Json(json!({
+        "room": room.as_str(),
+        "deleted": deleted.is_some(),
+        "purged": deleted == Some(0),
+        "purge_at_unix_ms": deleted.filter(|&at| at > 0),
+    }))
+    .into_response())
+}
+
+async fn restore_room(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {
+    let room = room(name)?;
+    api.rooms.restore(&room).await?;
+    Ok(Json(json!({ "room": room.as_str(), "restored": true })).into_response())
 }
 
 async fn warm(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Answer {

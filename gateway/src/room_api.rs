@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use partyline_proto::link::NodeChannel;
 use partyline_proto::pb::{self, room_node_client::RoomNodeClient};
-use partyline_proto::{RoomName, EPOCH_METADATA};
+use partyline_proto::{RoomName, DELETED_METADATA, EPOCH_METADATA};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -31,6 +31,9 @@ pub enum RoomApiError {
     /// The room has no stored state and is not loaded.
     #[error("room not found")]
     NotFound,
+    /// The room is deleted but restorable (`POST …/restore`).
+    #[error("{0}")]
+    Deleted(String),
     /// The request is wrong (a bad update, a bad room name).
     #[error("{0}")]
     BadRequest(String),
@@ -60,6 +63,9 @@ pub enum RoomApiError {
 impl RoomApiError {
     fn from_status(url: &str, status: Status) -> Self {
         match status.code() {
+            Code::NotFound if status.metadata().contains_key(DELETED_METADATA) => {
+                Self::Deleted(status.message().to_owned())
+            }
             Code::NotFound => Self::NotFound,
             Code::InvalidArgument => Self::BadRequest(status.message().to_owned()),
             Code::ResourceExhausted => Self::Refused(status.message().to_owned()),
@@ -215,17 +221,31 @@ impl RoomApi {
         .map(|((), url)| url)
     }
 
-    /// Closes the room's sessions and deletes its log and snapshots;
-    /// `false` when there was nothing to delete.
-    pub async fn delete(&self, room: &RoomName) -> Result<bool, RoomApiError> {
+    /// Closes the room's sessions and deletes it: kept restorable for the
+    /// owner's retention, or at once for good with `purge`. `None` when
+    /// there was nothing to delete; else when the kept data is purged
+    /// (Unix ms; 0: purged already).
+    pub async fn delete(&self, room: &RoomName, purge: bool) -> Result<Option<u64>, RoomApiError> {
         let (reply, _) = self
             .on_owner(room, |mut node, epoch| async move {
-                node.delete_room(room_request(room, epoch))
-                    .await
-                    .map(|r| r.into_inner())
+                let request = pb::DeleteRoomRequest {
+                    room: room.as_str().to_owned(),
+                    epoch,
+                    purge,
+                };
+                node.delete_room(request).await.map(|r| r.into_inner())
             })
             .await?;
-        Ok(reply.existed)
+        Ok(reply.existed.then_some(reply.purge_at_unix_ms))
+    }
+
+    /// Brings a deleted room back with everything it held.
+    pub async fn restore(&self, room: &RoomName) -> Result<(), RoomApiError> {
+        self.on_owner(room, |mut node, epoch| async move {
+            node.restore_room(room_request(room, epoch)).await.map(drop)
+        })
+        .await
+        .map(drop)
     }
 
     /// Loads the room on its owner; `true` when it was loaded already.

@@ -47,5 +47,9 @@ pub const MAX_SERVER_MESSAGE_BYTES: usize = 64 * 1024;
 /// own.
 pub const EPOCH_METADATA: &str = "partyline-epoch";
 
+/// gRPC metadata key set (to `1`) on a NOT_FOUND answer about a room that
+/// is deleted but restorable.
+pub const DELETED_METADATA: &str = "partyline-deleted";
+
 pub use room::{RoomName, RoomNameError};
 pub use slot::{slot_of, Epoch, NodeId, NodeInfo, Slot, SlotMap, SlotMapError, SLOTS};

@@ -263,8 +263,15 @@ impl RoomNode for EchoNode {
 
     async fn delete_room(
         &self,
-        _: Request<pb::RoomRequest>,
+        _: Request<pb::DeleteRoomRequest>,
     ) -> Result<Response<pb::DeleteRoomReply>, Status> {
+        Err(not_benched())
+    }
+
+    async fn restore_room(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RestoreRoomReply>, Status> {
         Err(not_benched())
     }
 

@@ -33,6 +33,8 @@ pub const DEFAULT_LOG_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOTS_KEPT: usize = 2;
 /// Default for [`RoomNodeConfig::history_versions`].
 pub const DEFAULT_HISTORY_VERSIONS: usize = 50;
+/// How long a deleted room's data stays restorable.
+pub const DEFAULT_DELETE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default for [`RoomNodeConfig::memory_trim_delay`].
 pub const DEFAULT_MEMORY_TRIM_DELAY: Duration = Duration::from_secs(1);
 /// Default for [`RoomNodeConfig::max_doc_bytes`].
@@ -125,6 +127,10 @@ pub struct RoomNodeSettings {
     /// …and how old they may get; the newest two always stay.
     #[serde(with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
+    /// How long `DELETE /v1/rooms/{room}` keeps the room's data,
+    /// restorable, before it is purged; `0s` purges at once.
+    #[serde(with = "humantime_serde")]
+    pub delete_retention: Duration,
 }
 
 /// One `[room_node.policies."prefix"]` table: a [`RoomPolicy`] and
@@ -181,6 +187,7 @@ impl Default for RoomNodeSettings {
             refuse_unlisted_rooms: false,
             history_versions: DEFAULT_HISTORY_VERSIONS,
             history_max_age: None,
+            delete_retention: DEFAULT_DELETE_RETENTION,
         }
     }
 }
@@ -252,6 +259,7 @@ impl RoomNodeSettings {
             refuse_unlisted_rooms: self.refuse_unlisted_rooms,
             history_versions: self.history_versions,
             history_max_age: self.history_max_age,
+            delete_retention: self.delete_retention,
             fsync_interval: self.fsync_interval,
             link_queue: self.link_queue,
             room_queue: self.room_queue,
@@ -351,6 +359,10 @@ pub struct RoomNodeConfig {
     pub history_versions: usize,
     /// …and how old they may get (the newest two always stay).
     pub history_max_age: Option<Duration>,
+    /// How long a deleted room stays restorable (its data kept, its
+    /// sessions refused with 4404) before its owner purges it; zero
+    /// purges at once.
+    pub delete_retention: Duration,
     /// Log appends reach the page cache at once (enough for `kill -9`);
     /// they are fsynced this often (the window a power loss can take).
     pub fsync_interval: Duration,

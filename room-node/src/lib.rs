@@ -115,6 +115,11 @@ pub async fn run(
         ownership.clone(),
         shutdown.clone(),
     ));
+    tracker.spawn(purge_expired_rooms(
+        registry.clone(),
+        sweep_interval(config.delete_retention),
+        shutdown.clone(),
+    ));
     let service = service::RoomNodeService::new(registry, ownership, config.link_queue);
     let server = partyline_proto::link::room_node_server(service, link);
     grpc::serve(listener, tonic::service::Routes::new(server), shutdown).await;
@@ -158,6 +163,42 @@ async fn release_moved_rooms(
                 rooms = released,
                 "released rooms whose slots moved away"
             );
+        }
+    }
+}
+
+/// Deleted rooms listed per sweep.
+const SWEEP_LIMIT: usize = 1000;
+
+/// How often the owner looks for deleted rooms to purge: a quarter of the
+/// retention, between 1 s and a minute.
+fn sweep_interval(retention: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    if retention.is_zero() {
+        return Duration::from_secs(60);
+    }
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Purges the deleted rooms this node owns once their retention ended.
+async fn purge_expired_rooms(
+    registry: registry::Registry,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match registry.purge_expired(SWEEP_LIMIT).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::info!(rooms = purged, "purged deleted rooms whose retention ended")
+            }
+            Err(error) => tracing::warn!(%error, "listing expired deleted rooms failed"),
         }
     }
 }

@@ -948,7 +948,10 @@ mod tests {
         ];
         let frame = Message::Sync(SyncMessage::SyncStep2(update.to_vec())).encode_v1();
         let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
-        assert!(outcome.missing_dependency, "the client is asked for everything");
+        assert!(
+            outcome.missing_dependency,
+            "the client is asked for everything"
+        );
         assert!(!room.doc().transact().has_missing_updates());
         // What yrs took (clock 0) is logged and echoed, and the log
         // replays to the room's document.
@@ -963,7 +966,10 @@ mod tests {
             replayed.transact().state_vector(),
             room.doc().transact().state_vector()
         );
-        assert_eq!(room.doc().transact().state_vector().get(&ClientID::new(43)), 1);
+        assert_eq!(
+            room.doc().transact().state_vector().get(&ClientID::new(43)),
+            1
+        );
         // The room answers a SyncStep1 (this panicked) and still writes.
         let reader = Peer::new(5);
         let outcome = room

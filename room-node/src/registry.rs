@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use partyline_proto::directory::{Directory, Live};
-use partyline_proto::pb::{self, node_frame};
+
 use partyline_proto::{Epoch, RoomName};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,10 @@ pub enum CallError {
     /// its storage could not be asked.
     #[error("room {0} is unavailable: {1}")]
     Unavailable(RoomName, String),
+    /// The room is deleted; `POST /v1/rooms/{room}/restore` brings it
+    /// back until it is purged.
+    #[error("room {0} is deleted (restorable until it is purged)")]
+    Deleted(RoomName),
 }
 
 /// Live rooms. Cheap to clone.
@@ -121,12 +125,18 @@ impl Registry {
             };
             if !self.config.allows(room.as_str()) {
                 // Refused without loading the room (or asking load_url).
-                self.tracker.spawn(refuse_link(
+                let refusal = room::Refusal {
+                    code: partyline_proto::close::ROOM_NOT_ALLOWED,
+                    reason: "no room policy matches this room name",
+                    metric: "not_allowed",
+                };
+                self.tracker.spawn(room::refuse_link(
                     tx,
                     inbound,
                     self.config.node_id.to_string(),
                     epoch,
                     self.cancel.clone(),
+                    refusal,
                 ));
                 return Ok(());
             }
@@ -257,6 +267,9 @@ impl Registry {
                     return Ok(answer);
                 }
             }
+            if handle.is_deleted() {
+                return Err(CallError::Deleted(room.clone()));
+            }
             if !self.wait_for_exit(&live, deadline).await {
                 return Err(CallError::Unavailable(
                     room.clone(),
@@ -264,6 +277,40 @@ impl Registry {
                 ));
             }
         }
+    }
+
+    /// Purges the deleted rooms this node owns whose retention ended (of
+    /// the first `limit` expired ones storage lists); returns how many.
+    pub async fn purge_expired(&self, limit: usize) -> Result<usize, crate::storage::StorageError> {
+        let now = crate::unix_ms(std::time::SystemTime::now());
+        let expired = self
+            .resources
+            .storage
+            .expired_tombstones(now, limit)
+            .await?;
+        let mut purged = 0;
+        for name in expired {
+            let Ok(room) = RoomName::new(name) else {
+                continue;
+            };
+            if self.ownership.check(&room).is_err() {
+                continue;
+            }
+            let how = room::DeleteHow::Expired;
+            match self
+                .call(&room, false, |reply| RoomCommand::Delete { how, reply })
+                .await
+            {
+                Ok(Ok(_)) => purged += 1,
+                Ok(Err(error)) => {
+                    tracing::warn!(room = %room, %error, "purging an expired deleted room failed")
+                }
+                Err(error) => {
+                    tracing::debug!(room = %room, %error, "expired deleted room not purged")
+                }
+            }
+        }
+        Ok(purged)
     }
 
     /// Releases every live room whose slot the current map gives to
@@ -327,63 +374,16 @@ fn log_exit(room: &RoomName, exit: Result<ExitReason, tokio::task::JoinError>) {
         Ok(ExitReason::Idle) => tracing::debug!(room = %room, "room unloaded after idle timeout"),
         Ok(ExitReason::Shutdown) => tracing::debug!(room = %room, "room stopped for shutdown"),
         Ok(ExitReason::Released) => tracing::debug!(room = %room, "room handed to its new owner"),
-        Ok(ExitReason::Deleted) => tracing::debug!(room = %room, "deleted room unloaded"),
+        Ok(ExitReason::Deleted(how)) => {
+            tracing::debug!(room = %room, how = ?how, "deleted room unloaded")
+        }
+        Ok(ExitReason::Restored) => tracing::debug!(room = %room, "restored room's stand-in ended"),
+        Ok(ExitReason::Refusing) => tracing::debug!(room = %room, "deleted room's stand-in ended"),
         Ok(ExitReason::Failed(error)) => tracing::error!(room = %room, %error, "room failed"),
         Err(join) if join.is_panic() => {
             tracing::error!(room = %room, "room actor panicked; its sessions were closed")
         }
         Err(join) => tracing::error!(room = %room, %join, "room actor ended abnormally"),
-    }
-}
-
-/// Serves a stream for a room no policy allows: attached, then every
-/// session it opens is ended with 4400 at once.
-async fn refuse_link(
-    tx: LinkSender,
-    mut inbound: LinkInbound,
-    node_id: String,
-    epoch: Epoch,
-    cancel: CancellationToken,
-) {
-    use tokio_stream::StreamExt;
-    let attached = node_frame::Kind::Attached(pb::Attached {
-        epoch: epoch.get(),
-        node_id,
-    });
-    if tx
-        .send(Ok(pb::NodeFrame {
-            kind: Some(attached),
-        }))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let frame = tokio::select! {
-            frame = inbound.next() => frame,
-            _ = cancel.cancelled() => return,
-        };
-        let Some(Ok(frame)) = frame else { return };
-        if let Some(pb::gateway_frame::Kind::OpenSession(open)) = frame.kind {
-            crate::telemetry::refuse("not_allowed");
-            tracing::info!(
-                session = open.session_id,
-                "session refused: no room policy matches the room's name"
-            );
-            let end = node_frame::Kind::EndSession(pb::EndSession {
-                session_id: open.session_id,
-                close_code: u32::from(partyline_proto::close::ROOM_NOT_ALLOWED),
-                reason: "no room policy matches this room name".to_owned(),
-            });
-            if tx
-                .send(Ok(pb::NodeFrame { kind: Some(end) }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
     }
 }
 
@@ -505,7 +505,18 @@ mod tests {
     /// A registry of node `id` owning every slot, its data in `dir`, and
     /// the sender that changes its map.
     fn registry(id: &str, dir: &std::path::Path) -> (MapTx, Registry) {
-        let config = Arc::new(RoomNodeConfig::new(NodeId::new(id), dir.to_owned()));
+        tuned_registry(id, dir, |_| {})
+    }
+
+    /// [`registry`] with its config changed by `tune`.
+    fn tuned_registry(
+        id: &str,
+        dir: &std::path::Path,
+        tune: impl FnOnce(&mut RoomNodeConfig),
+    ) -> (MapTx, Registry) {
+        let mut config = RoomNodeConfig::new(NodeId::new(id), dir.to_owned());
+        tune(&mut config);
+        let config = Arc::new(config);
         let (map_tx, ownership) = owner_of_everything(id);
         let resources = Resources::new(crate::storage::NodeStorage::files(&config));
         let registry = Registry::new(
@@ -659,6 +670,149 @@ mod tests {
         )
         .unwrap();
         assert!(!loaded.updates.is_empty());
+    }
+
+    /// Writes `text` through a new link's session 1 and waits for its echo.
+    async fn write_through(registry: &Registry, room: &str, link: LinkId, text: &str) -> Link {
+        let mut link = Link::attach(registry, room, link).await;
+        open_writer(&link).await;
+        link.message(1, update(text)).await;
+        while !matches!(link.next().await, Some(node_frame::Kind::Broadcast(_))) {}
+        link
+    }
+
+    /// Waits until no room is in memory.
+    async fn all_unloaded(registry: &Registry) {
+        while registry.live_rooms() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The close code of the next session end on `link`.
+    async fn next_end(link: &mut Link) -> u32 {
+        loop {
+            match link.next().await {
+                Some(node_frame::Kind::EndSession(end)) => return end.close_code,
+                Some(_) => continue,
+                None => panic!("the stream ended without ending the session"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_room_refuses_sessions_until_restored_and_a_purge_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_map_tx, registry) = registry("a", dir.path());
+        let name = RoomName::new("soft").unwrap();
+        let mut link = write_through(&registry, "soft", 1, "kept").await;
+        let delete = |how| move |reply| RoomCommand::Delete { how, reply };
+        let deleted = registry
+            .call(&name, false, delete(room::DeleteHow::Tombstone))
+            .await;
+        let purge_at = deleted
+            .unwrap()
+            .unwrap()
+            .purge_at_ms
+            .expect("kept, not purged");
+        let week = crate::config::DEFAULT_DELETE_RETENTION.as_millis() as u64;
+        let now = crate::unix_ms(std::time::SystemTime::now());
+        assert!(purge_at > now + week - 60_000 && purge_at <= now + week);
+        assert_eq!(
+            next_end(&mut link).await,
+            u32::from(partyline_proto::close::ROOM_DELETED)
+        );
+        all_unloaded(&registry).await;
+
+        // Deleted: a new session is refused with 4404, the API says so,
+        // the room is not listed, and its data is still on disk.
+        let mut refused = Link::attach(&registry, "soft", 2).await;
+        open_writer(&refused).await;
+        assert_eq!(
+            next_end(&mut refused).await,
+            u32::from(partyline_proto::close::ROOM_DELETED)
+        );
+        let info = registry
+            .call(&name, false, |reply| RoomCommand::Info { reply })
+            .await;
+        assert!(
+            matches!(info, Err(CallError::Deleted(_))),
+            "{:?}",
+            info.err()
+        );
+        assert!(registry.has_state(&name).await.unwrap());
+        assert_eq!(
+            registry.list_rooms("", "", 10).await.unwrap().0,
+            Vec::<String>::new()
+        );
+        // Deleting again answers the same retention.
+        let again = registry
+            .call(&name, false, delete(room::DeleteHow::Tombstone))
+            .await;
+        assert_eq!(again.unwrap().unwrap().purge_at_ms, Some(purge_at));
+
+        // Restored: everything it held is back, and it is listed again.
+        let restore = |reply| RoomCommand::Restore { reply };
+        assert!(registry.call(&name, false, restore).await.unwrap().unwrap());
+        // The stand-in's links end with it.
+        while refused.next().await.is_some() {}
+        all_unloaded(&registry).await;
+        let mut back = Link::attach(&registry, "soft", 3).await;
+        assert_eq!(back.read_text(7).await, "kept");
+        assert_eq!(registry.list_rooms("", "", 10).await.unwrap().0, ["soft"]);
+        // A room that is not deleted is not restored.
+        assert!(!registry.call(&name, false, restore).await.unwrap().unwrap());
+
+        // Purged: nothing is left, not even the index entry.
+        let purged = registry
+            .call(&name, false, delete(room::DeleteHow::Purge))
+            .await;
+        assert_eq!(purged.unwrap().unwrap().purge_at_ms, None);
+        all_unloaded(&registry).await;
+        assert!(!registry.has_state(&name).await.unwrap());
+        let room_dir = crate::storage::RoomFiles::room_dir(dir.path(), "soft");
+        assert!(!room_dir.exists(), "room files left after a purge");
+        let info = registry
+            .call(&name, false, |reply| RoomCommand::Info { reply })
+            .await;
+        assert!(matches!(info, Err(CallError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn the_owner_purges_a_deleted_room_once_its_retention_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_map_tx, registry) = tuned_registry("a", dir.path(), |config| {
+            config.delete_retention = Duration::from_millis(300);
+        });
+        for (i, room) in ["expiring", "restored"].into_iter().enumerate() {
+            write_through(&registry, room, i as u64, room).await;
+            let name = RoomName::new(room).unwrap();
+            let how = room::DeleteHow::Tombstone;
+            let deleted = registry.call(&name, false, |reply| RoomCommand::Delete { how, reply });
+            assert!(deleted.await.unwrap().unwrap().purge_at_ms.is_some());
+        }
+        all_unloaded(&registry).await;
+        let restored = RoomName::new("restored").unwrap();
+        let restore = |reply| RoomCommand::Restore { reply };
+        assert!(registry
+            .call(&restored, false, restore)
+            .await
+            .unwrap()
+            .unwrap());
+        // Not yet: the retention has not ended.
+        assert_eq!(registry.purge_expired(10).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(registry.purge_expired(10).await.unwrap(), 1);
+        assert!(!registry
+            .has_state(&RoomName::new("expiring").unwrap())
+            .await
+            .unwrap());
+        // The restored room stays, and its index entry is gone.
+        assert!(registry.has_state(&restored).await.unwrap());
+        assert_eq!(registry.purge_expired(10).await.unwrap(), 0);
+        let index = std::fs::read_dir(dir.path().join("tombstones"))
+            .unwrap()
+            .count();
+        assert_eq!(index, 0, "tombstone index entries left");
     }
 
     /// A registry of node "m" owning every slot, its rooms in `memory`,

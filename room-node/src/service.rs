@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::RoomMode;
 use crate::ownership::Ownership;
 use crate::registry::{AttachError, CallError, Registry};
-use crate::room::{ApplyError, RoomCommand};
+use crate::room::{ApplyError, DeleteHow, RoomCommand};
 use crate::storage::{valid_id, valid_label, Version, MAX_LABEL_BYTES};
 
 /// Longest user id `CloseSessions` takes (ids are the authorizer's, a few
@@ -44,6 +44,14 @@ fn call_status(error: CallError) -> Status {
         CallError::NotFound(_) => Status::not_found(error.to_string()),
         CallError::NotAllowed(_) => Status::permission_denied(error.to_string()),
         CallError::Unavailable(..) => Status::unavailable(error.to_string()),
+        CallError::Deleted(_) => {
+            let mut status = Status::not_found(error.to_string());
+            status.metadata_mut().insert(
+                partyline_proto::DELETED_METADATA,
+                "1".parse().expect("ascii"),
+            );
+            status
+        }
     }
 }
 
@@ -267,21 +275,50 @@ impl RoomNode for RoomNodeService {
 
     async fn delete_room(
         &self,
-        request: Request<pb::RoomRequest>,
+        request: Request<pb::DeleteRoomRequest>,
     ) -> Result<Response<pb::DeleteRoomReply>, Status> {
-        let room = room_name(request.into_inner().room)?;
+        let request = request.into_inner();
+        let room = room_name(request.room)?;
+        let how = if request.purge {
+            DeleteHow::Purge
+        } else {
+            DeleteHow::Tombstone
+        };
         match self
             .registry
-            .call(&room, false, |reply| RoomCommand::Delete { reply })
+            .call(&room, false, |reply| RoomCommand::Delete { how, reply })
             .await
         {
-            Ok(Ok(())) => Ok(Response::new(pb::DeleteRoomReply { existed: true })),
+            Ok(Ok(deleted)) => Ok(Response::new(pb::DeleteRoomReply {
+                existed: true,
+                purge_at_unix_ms: deleted.purge_at_ms.unwrap_or(0),
+            })),
             Ok(Err(error)) => Err(Status::unavailable(format!("delete failed: {error}"))),
-            Err(CallError::NotFound(_)) => {
-                Ok(Response::new(pb::DeleteRoomReply { existed: false }))
-            }
+            Err(CallError::NotFound(_)) => Ok(Response::new(pb::DeleteRoomReply {
+                existed: false,
+                purge_at_unix_ms: 0,
+            })),
             Err(error) => Err(call_status(error)),
         }
+    }
+
+    async fn restore_room(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RestoreRoomReply>, Status> {
+        let room = room_name(request.into_inner().room)?;
+        let restored = self
+            .registry
+            .call(&room, false, |reply| RoomCommand::Restore { reply })
+            .await
+            .map_err(call_status)?
+            .map_err(|error| Status::unavailable(format!("restore failed: {error}")))?;
+        if !restored {
+            return Err(Status::failed_precondition(format!(
+                "room {room} is not deleted"
+            )));
+        }
+        Ok(Response::new(pb::RestoreRoomReply {}))
     }
 
     async fn warm_room(

@@ -109,6 +109,7 @@ pub(crate) fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: boo
         "refuse_unlisted_rooms": config.refuse_unlisted_rooms,
         "history_versions": config.history_versions,
         "history_max_age": opt_duration(config.history_max_age),
+        "delete_retention": duration(config.delete_retention),
         "fsync_interval": duration(config.fsync_interval),
         "link_queue": config.link_queue,
         "room_queue": config.room_queue,

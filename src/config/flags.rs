@@ -212,6 +212,13 @@ pub(crate) struct RoomNodeFlags {
     #[arg(long, env = "PARTYLINE_ROOM_NODE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub history_max_age: Option<Duration>,
+    /// How long a deleted room (`DELETE /v1/rooms/{room}`) stays
+    /// restorable: its data is kept and its clients are refused with 4404
+    /// until `POST /v1/rooms/{room}/restore` or the purge; `0s` purges at
+    /// once [default: 7d].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_DELETE_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub delete_retention: Option<Duration>,
 }
 
 /// Webhooks to the app's backend, run by room nodes: flags, env

@@ -1,8 +1,9 @@
 //! The gateway's HTTP API end to end: every route with and without the API
 //! key against `partyline dev` (embedded file store), and against a room
 //! node on a real `redis-server` with snapshots in a store directory, where
-//! `DELETE` must leave nothing in the log, the snapshot list, the room
-//! index or the store.
+//! `DELETE` keeps the room restorable (refusing its clients with 4404)
+//! and a purge — asked for, or at the end of the retention — must leave
+//! nothing in the log, the snapshot list, the room index or the store.
 
 use std::time::Duration;
 
@@ -111,6 +112,7 @@ async fn every_route_works_with_the_key_and_none_without_it() {
         (Method::GET, "/v1/rooms/doc-a/state"),
         (Method::POST, "/v1/rooms/doc-a/update"),
         (Method::POST, "/v1/rooms/doc-a/warm"),
+        (Method::POST, "/v1/rooms/doc-a/restore"),
     ];
     for (method, path) in &routes {
         for key in [None, Some("wrong-key-wrong-key")] {
@@ -227,10 +229,11 @@ async fn every_route_works_with_the_key_and_none_without_it() {
         StatusCode::BAD_REQUEST
     );
 
-    // Delete: the client is closed with 4404 and the room's files are gone.
+    // Delete for good: the client is closed with 4404 and the room's
+    // files are gone (a plain DELETE keeps them: tests/js/delete.test.mjs).
     let room_dir = RoomFiles::room_dir(dir.path(), "doc-a");
     assert!(room_dir.exists());
-    let (status, deleted) = api.json(Method::DELETE, "/v1/rooms/doc-a").await;
+    let (status, deleted) = api.json(Method::DELETE, "/v1/rooms/doc-a?purge=true").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(deleted["deleted"], true);
     let close = client.wait_closed(WAIT).await.unwrap();
@@ -241,7 +244,7 @@ async fn every_route_works_with_the_key_and_none_without_it() {
         api.get("/v1/rooms/doc-a/state").await.0,
         StatusCode::NOT_FOUND
     );
-    let (_, again) = api.json(Method::DELETE, "/v1/rooms/doc-a").await;
+    let (_, again) = api.json(Method::DELETE, "/v1/rooms/doc-a?purge=true").await;
     assert_eq!(again["deleted"], false);
     let (_, all) = api.json(Method::GET, "/v1/rooms?prefix=doc-").await;
     assert_eq!(all["rooms"], serde_json::json!([]));
@@ -264,6 +267,7 @@ async fn delete_leaves_nothing_in_redis_or_the_snapshot_store() {
     let (url, addr, shutdown) = common::inproc::serve_with_api(storage, KEY, |config| {
         // Snapshots early and often, so there are some to delete.
         config.snapshot_log_updates = 5;
+        config.delete_retention = Duration::from_secs(2);
     })
     .await;
     let api = Api::new(addr);
@@ -300,12 +304,50 @@ async fn delete_leaves_nothing_in_redis_or_the_snapshot_store() {
     let id = partyline_room_node::storage::remote::room_id("doc-gone");
     assert!(snapshots.path().join("rooms").join(&id).exists());
 
+    // A plain delete keeps everything, refuses clients, and is undone by
+    // a restore.
     let (status, deleted) = api
         .json(reqwest::Method::DELETE, "/v1/rooms/doc-gone")
         .await;
     assert_eq!(status, StatusCode::OK, "{deleted}");
-    assert_eq!(deleted["deleted"], true);
+    assert_eq!(
+        (&deleted["deleted"], &deleted["purged"]),
+        (&Value::Bool(true), &Value::Bool(false))
+    );
     assert_eq!(client.wait_closed(WAIT).await.unwrap().code, 4404);
+    let kept = room_keys(&mut conn);
+    for suffix in [":log", ":snaps", ":tombstone"] {
+        assert!(
+            kept.iter().any(|k| k.contains(&id) && k.ends_with(suffix)),
+            "{suffix} in {kept:?}"
+        );
+    }
+    let indexed: Vec<String> = conn.zrange("api:rooms", 0, -1).unwrap();
+    assert_eq!(indexed, ["doc-kept"], "a deleted room is not listed");
+    let refused = YClient::connect(&format!("{url}/doc-gone")).await.unwrap();
+    assert_eq!(refused.wait_closed(WAIT).await.unwrap().code, 4404);
+    assert_eq!(
+        api.get("/v1/rooms/doc-gone/state").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = api
+        .json(reqwest::Method::POST, "/v1/rooms/doc-gone/restore")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let back = YClient::connect(&format!("{url}/doc-gone")).await.unwrap();
+    back.wait_synced(WAIT).await.unwrap();
+    let all: String = (0..20).map(|i| format!("{i};")).collect();
+    assert_eq!(back.text("t").await.unwrap(), all);
+    let indexed: Vec<String> = conn.zrange("api:rooms", 0, -1).unwrap();
+    assert_eq!(indexed, ["doc-gone", "doc-kept"]);
+
+    // A purge leaves nothing.
+    let (status, deleted) = api
+        .json(reqwest::Method::DELETE, "/v1/rooms/doc-gone?purge=true")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["purged"], true);
+    assert_eq!(back.wait_closed(WAIT).await.unwrap().code, 4404);
 
     let left: Vec<String> = room_keys(&mut conn)
         .into_iter()
@@ -323,6 +365,31 @@ async fn delete_leaves_nothing_in_redis_or_the_snapshot_store() {
     let (_, page) = api.json(reqwest::Method::GET, "/v1/rooms").await;
     assert_eq!(page["rooms"], serde_json::json!(["doc-kept"]));
     assert_eq!(keeper.text("t").await.unwrap(), "kept;");
+
+    // The end of the retention (2 s here) purges a deleted room as well.
+    let (status, _) = api
+        .json(reqwest::Method::DELETE, "/v1/rooms/doc-kept")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keeper.wait_closed(WAIT).await.unwrap().code, 4404);
+    let kept_id = partyline_room_node::storage::remote::room_id("doc-kept");
+    assert!(room_keys(&mut conn).iter().any(|k| k.contains(&kept_id)));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left: Vec<String> = room_keys(&mut conn)
+            .into_iter()
+            .filter(|k| k.contains(&kept_id))
+            .collect();
+        let deleted: Vec<String> = conn.zrange("api:tombstones", 0, -1).unwrap();
+        if left.is_empty() && deleted.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not purged: {left:?}, {deleted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     shutdown.cancel();
 }
 

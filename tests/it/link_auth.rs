@@ -65,7 +65,18 @@ where
             .await
             .map(drop),
     ));
-    answers.push(("DeleteRoom", client.delete_room(room()).await.map(drop)));
+    answers.push((
+        "DeleteRoom",
+        client
+            .delete_room(pb::DeleteRoomRequest {
+                room: "doc-intruder".to_owned(),
+                epoch: u64::MAX,
+                purge: true,
+            })
+            .await
+            .map(drop),
+    ));
+    answers.push(("RestoreRoom", client.restore_room(room()).await.map(drop)));
     answers.push(("WarmRoom", client.warm_room(room()).await.map(drop)));
     answers.push((
         "ListRooms",
@@ -152,7 +163,7 @@ async fn assert_every_rpc_unauthenticated(url: &str) {
     let without = call_every_rpc(RoomNodeClient::new(channel(url))).await;
     let with_wrong =
         call_every_rpc(RoomNodeClient::new(link::node_channel(channel(url), wrong))).await;
-    assert_eq!(without.len(), 15, "every RPC of the RoomNode service");
+    assert_eq!(without.len(), 16, "every RPC of the RoomNode service");
     for (rpc, answer) in without.into_iter().chain(with_wrong) {
         let code = answer.as_ref().err().map(Status::code);
         assert_eq!(

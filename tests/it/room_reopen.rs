@@ -78,8 +78,15 @@ impl RoomNode for FailingNode {
 
     async fn delete_room(
         &self,
-        _: Request<pb::RoomRequest>,
+        _: Request<pb::DeleteRoomRequest>,
     ) -> Result<Response<pb::DeleteRoomReply>, Status> {
+        Err(not_here())
+    }
+
+    async fn restore_room(
+        &self,
+        _: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::RestoreRoomReply>, Status> {
         Err(not_here())
     }
 

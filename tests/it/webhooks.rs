@@ -473,7 +473,14 @@ async fn lifecycle_events_arrive_signed_in_order_and_a_failing_receiver_is_retri
         .await
         .unwrap();
     assert_eq!(deleted.status(), 200);
-    let kinds = sink.wait_for(room, 6).await;
+    let restored = reqwest::Client::new()
+        .post(format!("http://{}/v1/rooms/{room}/restore", server.addr))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restored.status(), 200);
+    let kinds = sink.wait_for(room, 7).await;
     assert_eq!(
         kinds,
         [
@@ -482,7 +489,8 @@ async fn lifecycle_events_arrive_signed_in_order_and_a_failing_receiver_is_retri
             "session.closed",
             "room.unloaded",
             "room.loaded",
-            "room.deleted"
+            "room.deleted",
+            "room.restored"
         ]
     );
 
@@ -514,6 +522,8 @@ async fn lifecycle_events_arrive_signed_in_order_and_a_failing_receiver_is_retri
     assert_eq!(closed["access"], "write");
     assert!(closed["duration_ms"].as_u64().is_some());
     assert_eq!(ours[3].body["data"]["reason"], "idle");
+    assert_eq!(ours[5].body["data"]["reason"], "deleted");
+    assert_eq!(ours[6].body["data"]["reason"], "restored");
     assert_eq!(ours[0].body["data"]["stored"], false);
     assert_eq!(ours[4].body["data"]["stored"], true);
     assert!(ours[0].body["timestamp"].as_str().unwrap().ends_with('Z'));

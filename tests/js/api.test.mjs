@@ -91,6 +91,7 @@ ctx.test('every route needs the API key', { partylineOnly: true }, async () => {
     ['GET', `/v1/rooms/${room}/state`],
     ['POST', `/v1/rooms/${room}/update`],
     ['POST', `/v1/rooms/${room}/warm`],
+    ['POST', `/v1/rooms/${room}/restore`],
     ['GET', `/v1/rooms/${room}/versions`],
     ['POST', `/v1/rooms/${room}/versions`],
     ['GET', `/v1/rooms/${room}/versions/snapshot-1.bin`],

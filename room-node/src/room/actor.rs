@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::awareness::AwarenessThrottle;
 use super::callback::StateCallback;
-use super::handle::{ExitReason, LinkId, RoomCommand, RoomInfo};
+use super::handle::{DeleteHow, Deleted, ExitReason, LinkId, RoomCommand, RoomInfo};
 use super::links::{LinkEvent, Links};
 use super::pending::{broadcast, deliver, frame, Commit, Out, PendingLog};
 use super::snapshots::Snapshots;
@@ -57,7 +57,7 @@ pub(super) struct RoomActor {
     /// moved away at.
     pub(super) releasing: Option<Epoch>,
     /// Set by `Delete`: delete once the batch is committed.
-    pub(super) deleting: Vec<oneshot::Sender<Result<(), String>>>,
+    pub(super) deleting: Vec<(DeleteHow, oneshot::Sender<Result<Deleted, String>>)>,
     /// Document size estimate: state at load plus every update since.
     pub(super) doc_bytes: u64,
     /// Gateway links and their sessions.
@@ -263,8 +263,18 @@ impl RoomActor {
             Input::Command(RoomCommand::TakeVersion { label, reply }) => {
                 self.snapshots.take(super::snapshots::Take { label, reply });
             }
+            // The owner's sweep found a tombstone gone since: restored.
+            Input::Command(RoomCommand::Delete {
+                how: DeleteHow::Expired,
+                reply,
+            }) => {
+                let _ = reply.send(Err("the room is not deleted".to_owned()));
+            }
             // Every delete of the batch gets the one delete's result.
-            Input::Command(RoomCommand::Delete { reply }) => self.deleting.push(reply),
+            Input::Command(RoomCommand::Delete { how, reply }) => self.deleting.push((how, reply)),
+            Input::Command(RoomCommand::Restore { reply }) => {
+                let _ = reply.send(Ok(false));
+            }
             #[cfg(test)]
             Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
             Input::Link(link, LinkEvent::Frame(kind)) => self.handle_frame(link, kind),

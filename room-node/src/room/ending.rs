@@ -12,10 +12,10 @@ use partyline_proto::pb::{self, node_frame};
 use tokio::sync::oneshot;
 
 use super::actor::RoomActor;
-use super::handle::{ExitReason, Rejected, RoomCommand};
+use super::handle::{DeleteHow, Deleted, ExitReason, Rejected, RoomCommand};
 use super::pending::{end_session, frame};
 use super::snapshots::FINAL_SNAPSHOT_TIMEOUT;
-use crate::storage::RoomStorage;
+use crate::storage::{RoomStorage, Tombstone};
 
 impl RoomActor {
     /// Stops taking commands; attachers that raced us get their stream back
@@ -57,22 +57,40 @@ impl RoomActor {
 
     /// Deletes the room: every session is ended with 4404 (after every
     /// frame already queued for it), a running snapshot is waited for so
-    /// it cannot write after the delete, then the log and snapshots go.
-    /// `None`: refused, the room goes on.
+    /// it cannot write after the delete, then the room is marked deleted
+    /// with its data kept for `delete_retention` (first: a failure leaves
+    /// the room as it was, sessions included), or its log and snapshots
+    /// go (a purge, or no retention). `None`: refused, the room goes on.
     pub(super) async fn delete(
         &mut self,
-        replies: Vec<oneshot::Sender<Result<(), String>>>,
+        requests: Vec<(DeleteHow, oneshot::Sender<Result<Deleted, String>>)>,
     ) -> Option<ExitReason> {
+        let refuse = |requests: Vec<(DeleteHow, oneshot::Sender<_>)>, why: String| {
+            for (_, reply) in requests {
+                let _ = reply.send(Err(why.clone()));
+            }
+        };
         // A snapshot still being written would register after the delete
         // (it is of this epoch, so not fenced): wait for it, or refuse.
         if !self.snapshots.finish_running(FINAL_SNAPSHOT_TIMEOUT).await {
             tracing::warn!(room = %self.room, "delete refused: a snapshot is still being written");
-            for reply in replies {
-                let _ = reply.send(Err(
-                    "a snapshot of the room is still being written; try again".to_owned(),
-                ));
-            }
+            let why = "a snapshot of the room is still being written; try again";
+            refuse(requests, why.to_owned());
             return None;
+        }
+        let retention = self.config.delete_retention;
+        let purge = requests.iter().any(|(how, _)| *how == DeleteHow::Purge)
+            || retention.is_zero()
+            || self.storage.is_ephemeral();
+        let mut deleted = Deleted { purge_at_ms: None };
+        if !purge {
+            let tombstone = Tombstone::now(retention);
+            if let Err(error) = self.storage.tombstone(tombstone).await {
+                tracing::error!(room = %self.room, %error, "deleting the room failed; it goes on");
+                refuse(requests, error.to_string());
+                return None;
+            }
+            deleted.purge_at_ms = Some(tombstone.purge_at_ms);
         }
         self.refuse_commands();
         self.sessions_ended(close::ROOM_DELETED, "room deleted");
@@ -90,16 +108,33 @@ impl RoomActor {
                 }
             }
         }
-        let storage = std::mem::replace(&mut self.storage, RoomStorage::ephemeral());
-        let result = storage.delete().await.map_err(|error| error.to_string());
-        match &result {
-            Ok(()) => tracing::info!(room = %self.room, "room deleted"),
-            Err(error) => tracing::error!(room = %self.room, %error, "deleting the room failed"),
+        let result = if purge {
+            let storage = std::mem::replace(&mut self.storage, RoomStorage::ephemeral());
+            storage
+                .delete(None)
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            Ok(())
+        };
+        match (&result, deleted.purge_at_ms) {
+            (Ok(()), None) => tracing::info!(room = %self.room, "room deleted for good"),
+            (Ok(()), Some(at)) => {
+                tracing::info!(room = %self.room, purge_at_ms = at, "room deleted; restorable until it is purged")
+            }
+            (Err(error), _) => {
+                tracing::error!(room = %self.room, %error, "deleting the room failed")
+            }
         }
-        for reply in replies {
-            let _ = reply.send(result.clone());
+        for (_, reply) in requests {
+            let _ = reply.send(result.clone().map(|()| deleted));
         }
-        Some(ExitReason::Deleted)
+        let how = if purge {
+            DeleteHow::Purge
+        } else {
+            DeleteHow::Tombstone
+        };
+        Some(ExitReason::Deleted(how))
     }
 
     /// Before the room leaves memory: the last snapshot, and the state

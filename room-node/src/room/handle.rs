@@ -4,6 +4,7 @@
 
 use partyline_proto::Epoch;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +72,20 @@ pub enum RoomCommand {
         /// `Ok` once logged.
         reply: oneshot::Sender<Result<(), ApplyError>>,
     },
-    /// Server API: ends every session (close 4404), deletes the room's log
-    /// and snapshots, and unloads the room.
+    /// Server API: ends every session (close 4404) and deletes the room
+    /// as `how` says (keeping its data restorable for `delete_retention`,
+    /// or for good), then unloads it.
     Delete {
+        /// Tombstone, purge, or purge only if its retention ended.
+        how: DeleteHow,
         /// `Ok` once deleted.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<Deleted, String>>,
+    },
+    /// Server API: brings a deleted room back, with everything it held.
+    Restore {
+        /// `Ok(true)` once restored; `Ok(false)` when the room was not
+        /// deleted.
+        reply: oneshot::Sender<Result<bool, String>>,
     },
     /// Server API: the room's sessions over every gateway.
     Sessions {
@@ -132,6 +142,26 @@ pub struct RoomInfo {
     pub updates_since_snapshot: u64,
 }
 
+/// How a room is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteHow {
+    /// Sessions refused (4404) and data kept for `delete_retention`,
+    /// restorable (at once for good when the retention is zero).
+    Tombstone,
+    /// For good, at once (`DELETE …?purge=true`).
+    Purge,
+    /// For good, only if the room is deleted and its retention ended (the
+    /// owner's sweep).
+    Expired,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// When the kept data is purged (Unix ms); `None`: purged already.
+    pub purge_at_ms: Option<u64>,
+}
+
 /// Why a server-side update was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -161,9 +191,18 @@ pub struct Rejected {
 #[derive(Debug, Clone)]
 pub struct RoomHandle {
     pub(super) tx: mpsc::Sender<RoomCommand>,
+    /// Set once the actor found the room deleted: it then answers only
+    /// attaches (refused with 4404), deletes and restores, and drops the
+    /// other commands' replies.
+    pub(super) deleted: Arc<AtomicBool>,
 }
 
 impl RoomHandle {
+    /// Whether the room turned out to be deleted (see [`Self::deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
     /// Sends a command, waiting for queue space; gives it back when the
     /// actor is gone.
     pub async fn send(&self, command: RoomCommand) -> Result<(), RoomCommand> {
@@ -183,21 +222,29 @@ pub enum ExitReason {
     /// Storage failed; the room stopped before acknowledging anything
     /// it could not persist.
     Failed(LoadError),
-    /// Deleted through the server API.
-    Deleted,
+    /// Deleted through the server API (or purged by the owner's sweep).
+    Deleted(DeleteHow),
+    /// A deleted room brought back through the server API.
+    Restored,
+    /// A deleted room's stand-in ended (idle, shutdown, moved): the room
+    /// was never loaded, so there is no event.
+    Refusing,
 }
 
 impl ExitReason {
-    /// The lifecycle event of this end (`room.unloaded`, or
-    /// `room.deleted`) and its reason; `None` for a failure, which the
+    /// The lifecycle event of this end (`room.unloaded`, `room.deleted`
+    /// or `room.restored`) and its reason; `None` for a failure, which the
     /// actor reports itself when the room had loaded.
     pub fn event(&self) -> Option<(&'static str, &'static str)> {
         match self {
             Self::Idle => Some(("room.unloaded", "idle")),
             Self::Shutdown => Some(("room.unloaded", "shutdown")),
             Self::Released => Some(("room.unloaded", "moved")),
-            Self::Deleted => Some(("room.deleted", "deleted")),
-            Self::Failed(_) => None,
+            Self::Deleted(DeleteHow::Tombstone) => Some(("room.deleted", "deleted")),
+            Self::Deleted(DeleteHow::Purge) => Some(("room.deleted", "purged")),
+            Self::Deleted(DeleteHow::Expired) => Some(("room.deleted", "expired")),
+            Self::Restored => Some(("room.restored", "restored")),
+            Self::Failed(_) | Self::Refusing => None,
         }
     }
 }

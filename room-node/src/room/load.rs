@@ -5,6 +5,7 @@
 //! with [`ExitReason::Failed`] before it takes a command.
 
 use partyline_proto::Epoch;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use partyline_proto::RoomName;
@@ -33,6 +34,11 @@ pub fn spawn_actor(
     cancel: CancellationToken,
 ) -> (RoomHandle, impl std::future::Future<Output = ExitReason>) {
     let (tx, rx) = mpsc::channel(config.room_queue);
+    let deleted = Arc::new(AtomicBool::new(false));
+    let handle = RoomHandle {
+        tx,
+        deleted: deleted.clone(),
+    };
     let actor = async move {
         let metrics = crate::telemetry::metrics();
         let started = Instant::now();
@@ -46,6 +52,12 @@ pub fn spawn_actor(
             Ok(loaded) => loaded,
             Err(error) => return ExitReason::Failed(error),
         };
+        if let Some(tombstone) = loaded.tombstone {
+            super::deleted::mark(&deleted);
+            let stand_in =
+                super::deleted::serve(loaded, tombstone, room, config, epoch, cancel, rx);
+            return Box::pin(stand_in).await;
+        }
         metrics
             .load_duration
             .record(started.elapsed().as_secs_f64(), &[]);
@@ -56,7 +68,7 @@ pub fn spawn_actor(
             .run()
             .await
     };
-    (RoomHandle { tx }, actor)
+    (handle, actor)
 }
 
 /// The actor of a loaded room.
@@ -129,11 +141,21 @@ pub(super) async fn load_with_initial_content(
         .initial_content(room.as_str(), config.max_doc_bytes_of(room.as_str()))
         .await?
     {
-        use yrs::Transact;
-        if let Err(error) = loaded.doc.transact_mut().apply_update(content.update) {
+        use yrs::{Transact, WriteTxn};
+        let applied = {
+            let mut txn = loaded.doc.transact_mut();
+            let applied = txn.apply_update(content.update).map_err(|e| e.to_string());
+            // The room's document is empty: anything held back depends on
+            // content that does not exist.
+            match txn.prune_pending() {
+                Some(_) => Err("it depends on content it does not carry".to_owned()),
+                None => applied,
+            }
+        };
+        if let Err(reason) = applied {
             return Err(crate::hooks::HookError::NotAnUpdate {
                 url: hooks.config().load_url.clone().unwrap_or_default(),
-                reason: error.to_string(),
+                reason,
             }
             .into());
         }

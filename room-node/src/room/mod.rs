@@ -27,16 +27,19 @@
 //! | `sessions.rs` | the sessions API: closing a user's sessions, rechecks, downgrades |
 //! | `ending.rs` | release, delete and unload: the last snapshot, callback and goodbyes |
 //! | `load.rs` | loading a room (filled from the initial-content hook when new) and starting its actor |
+//! | `deleted.rs` | a deleted room's stand-in: refuses sessions (4404), restores or purges it |
 //!
 //! The actor ends with an [`ExitReason`]: `Idle` after `idle_timeout`
 //! without links (snapshot first), `Shutdown` on the process token
-//! (snapshot first), `Failed` when storage fails. A panic unwinds the task
+//! (snapshot first), `Failed` when storage fails, `Deleted` or `Restored`
+//! through the server API. A panic unwinds the task
 //! only; the registry logs it and the links' streams end, which closes that
 //! room's sessions and nothing else.
 
 mod actor;
 mod awareness;
 mod callback;
+mod deleted;
 mod ending;
 mod handle;
 mod links;
@@ -46,8 +49,9 @@ mod pending;
 mod sessions;
 mod snapshots;
 
+pub use deleted::{refuse_link, Refusal};
 pub use handle::{
-    ApplyError, ExitReason, LinkId, LinkInbound, LinkSender, Rejected, RoomCommand, RoomHandle,
-    RoomInfo, ATTACH_DEADLINE,
+    ApplyError, DeleteHow, Deleted, ExitReason, LinkId, LinkInbound, LinkSender, Rejected,
+    RoomCommand, RoomHandle, RoomInfo, ATTACH_DEADLINE,
 };
 pub use load::spawn_actor;

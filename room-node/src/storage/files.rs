@@ -6,7 +6,12 @@
 //! snapshot-<covered>.bin  full state covering every log segment ≤ covered
 //! snapshot-<covered>.meta its version metadata (JSON: taken at, size, label)
 //! room                    the room's name, for people and tools
+//! tombstone               set while the room is deleted but restorable
 //! ```
+//!
+//! Deleted rooms are also indexed by expiry, as empty files
+//! `<data dir>/tombstones/<purge at, Unix ms, 20 digits>-<room id>`
+//! ([`super::tombstone`]).
 //!
 //! Durability contract (DESIGN.md): the actor appends an update with
 //! [`RoomFiles::append`] before anyone sees it (a `write(2)` to the page
@@ -38,6 +43,7 @@ use super::codec::{self, Covered, SnapshotHeader};
 pub use super::locks::{DataDirLock, RoomLock};
 use super::sync_queue::LogFile;
 pub use super::sync_queue::SyncQueue;
+use super::tombstone::{Tombstone, MAX_MARKER_BYTES};
 use super::versions::{valid_id, Version, VersionMeta};
 
 const RECORD_HEADER: usize = 8;
@@ -109,6 +115,8 @@ pub struct Loaded {
     pub corrupt_snapshots: Vec<PathBuf>,
     /// Bytes cut from the end of the newest log segment (torn write).
     pub truncated_bytes: u64,
+    /// Set when the room is deleted (and nothing else was read).
+    pub tombstone: Option<Tombstone>,
 }
 
 /// Which snapshots a room keeps besides the newest and the previous
@@ -160,8 +168,23 @@ impl RoomFiles {
     ) -> Result<(Self, Loaded), StoreError> {
         let dir = Self::room_dir(data_dir, room);
         let mut loaded = Loaded::default();
-        let (snapshots, segments) = list(&dir)?;
-        remove_stale_temp_files(&dir);
+        let files = Self {
+            dir,
+            room: room.to_owned(),
+            segment: 0,
+            log: None,
+            sync_queue,
+            retention: None,
+        };
+        // A deleted room reads nothing more: refusing its clients costs
+        // one small read, whatever its size.
+        loaded.tombstone = read_marker(&files.dir)?;
+        if loaded.tombstone.is_some() {
+            return Ok((files, loaded));
+        }
+        let dir = &files.dir;
+        let (snapshots, segments) = list(dir)?;
+        remove_stale_temp_files(dir);
         let mut covered = 0;
         for &(snapshot_covered, ref path) in snapshots.iter().rev() {
             match read_snapshot(path) {
@@ -187,15 +210,7 @@ impl RoomFiles {
             }
         }
         let segment = newest.unwrap_or(0).max(covered + 1);
-        let files = Self {
-            dir,
-            room: room.to_owned(),
-            segment,
-            log: None,
-            sync_queue,
-            retention: None,
-        };
-        Ok((files, loaded))
+        Ok((Self { segment, ..files }, loaded))
     }
 
     /// Keeps snapshots as `retention` says (the default: two).
@@ -280,10 +295,28 @@ impl RoomFiles {
         }
     }
 
-    /// Deletes the room's log and snapshots (blocking I/O). The `lock`
-    /// file of shared directories stays: another node may be waiting on
-    /// it, and a new file would let two holders in.
-    pub fn delete(&mut self) -> Result<(), StoreError> {
+    /// Deletes the room's log, snapshots and tombstone (blocking I/O),
+    /// then `tombstone`'s index entry. The `lock` file of shared
+    /// directories stays: another node may be waiting on it, and a new
+    /// file would let two holders in.
+    pub fn delete(&mut self, tombstone: Option<Tombstone>) -> Result<(), StoreError> {
+        self.delete_files()?;
+        if let Some(tombstone) = tombstone {
+            remove_if_there(&index_entry(&self.dir, &tombstone))?;
+        }
+        Ok(())
+    }
+
+    /// What changing the room's tombstone needs, to take to the blocking
+    /// pool.
+    pub fn marker(&self) -> Marker {
+        Marker {
+            dir: self.dir.clone(),
+            room: self.room.clone(),
+        }
+    }
+
+    fn delete_files(&mut self) -> Result<(), StoreError> {
         self.log = None;
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -292,15 +325,57 @@ impl RoomFiles {
         };
         for entry in entries {
             let entry = entry.map_err(io_err("list room dir", &self.dir))?;
-            if entry.file_name() == "lock" {
+            // The marker goes last: a crash midway must not serve what
+            // is left of a deleted room.
+            if entry.file_name() == "lock" || entry.file_name() == "tombstone" {
                 continue;
             }
             let path = entry.path();
             fs::remove_file(&path).map_err(io_err("delete room file", &path))?;
         }
+        remove_if_there(&self.dir.join("tombstone"))?;
         // Fails while a lock file stays; the directory is then kept.
         let _ = fs::remove_dir(&self.dir);
         Ok(())
+    }
+
+    /// Up to `limit` deleted rooms under `data_dir` whose retention ended
+    /// by `now_ms`, oldest first (blocking). Index entries of rooms no
+    /// longer deleted are dropped on the way.
+    pub fn expired(data_dir: &Path, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let index = data_dir.join("tombstones");
+        let entries = match fs::read_dir(&index) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list tombstones", &index)(e)),
+        };
+        let mut due = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list tombstones", &index))?;
+            let name = entry.file_name();
+            let Some((at, id)) = name.to_str().and_then(|n| n.split_once('-')) else {
+                continue;
+            };
+            match at.parse::<u64>() {
+                Ok(at) if at <= now_ms => due.push((at, id.to_owned(), entry.path())),
+                _ => {}
+            }
+        }
+        due.sort_unstable();
+        let mut rooms = Vec::new();
+        for (_, id, entry) in due {
+            if rooms.len() == limit {
+                break;
+            }
+            let dir = data_dir.join("rooms").join(&id);
+            let name = fs::read_to_string(dir.join("room"));
+            match (name, read_marker(&dir)?) {
+                (Ok(name), Some(_)) => rooms.push(name),
+                // Restored, purged, or a crash between two writes.
+                _ => remove_if_there(&entry)?,
+            }
+        }
+        Ok(rooms)
     }
 
     /// The snapshot versions of `room` under `data_dir`, newest first
@@ -360,8 +435,9 @@ impl RoomFiles {
 
     /// Whether `room` has a log or a snapshot under `data_dir` (blocking).
     pub fn has_state(data_dir: &Path, room: &str) -> Result<bool, StoreError> {
-        let (snapshots, segments) = list(&Self::room_dir(data_dir, room))?;
-        Ok(!snapshots.is_empty() || !segments.is_empty())
+        let dir = Self::room_dir(data_dir, room);
+        let (snapshots, segments) = list(&dir)?;
+        Ok(!snapshots.is_empty() || !segments.is_empty() || dir.join("tombstone").exists())
     }
 
     /// Names of rooms with stored state under `data_dir` that start with
@@ -389,6 +465,10 @@ impl RoomFiles {
             if !name.starts_with(prefix) || name.as_str() <= after {
                 continue;
             }
+            // Deleted rooms are not listed (they are restorable by name).
+            if dir.join("tombstone").exists() {
+                continue;
+            }
             let (snapshots, segments) = list(&dir)?;
             if !snapshots.is_empty() || !segments.is_empty() {
                 names.push(name);
@@ -401,18 +481,56 @@ impl RoomFiles {
     }
 
     fn create_dir(&self) -> Result<(), StoreError> {
-        fs::create_dir_all(&self.dir).map_err(io_err("create room dir", &self.dir))?;
-        let name_path = self.dir.join("room");
-        if !name_path.exists() {
-            fs::write(&name_path, self.room.as_bytes())
-                .map_err(io_err("write room name", &name_path))?;
-        }
-        Ok(())
+        create_room_dir(&self.dir, &self.room)
     }
 
     fn segment_path(&self, segment: u64) -> PathBuf {
         self.dir.join(format!("log-{segment:020}.bin"))
     }
+}
+
+/// A room's directory, to mark it deleted or restore it on the blocking
+/// pool; see [`RoomFiles::marker`].
+#[derive(Debug)]
+pub struct Marker {
+    dir: PathBuf,
+    room: String,
+}
+
+impl Marker {
+    /// Marks the room deleted until `tombstone.purge_at_ms`, its data
+    /// kept (blocking): the index entry first, then the marker, each
+    /// durable.
+    pub fn tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        create_room_dir(&self.dir, &self.room)?;
+        let entry = index_entry(&self.dir, tombstone);
+        let index = entry.parent().expect("an index entry has a directory");
+        fs::create_dir_all(index).map_err(io_err("create tombstone index", index))?;
+        File::create(&entry).map_err(io_err("index tombstone", &entry))?;
+        sync_dir(index)?;
+        write_durably(&self.dir, "tombstone", tombstone.encode().as_bytes())
+    }
+
+    /// Takes the room's tombstone away (blocking): the room is served
+    /// again, with everything it held.
+    pub fn restore(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        remove_if_there(&self.dir.join("tombstone"))?;
+        sync_dir(&self.dir)?;
+        remove_if_there(&index_entry(&self.dir, tombstone))
+    }
+}
+
+/// Where `tombstone`'s index entry for the room in `dir` is.
+fn index_entry(dir: &Path, tombstone: &Tombstone) -> PathBuf {
+    let data_dir = dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let id = dir
+        .file_name()
+        .map(|id| id.to_string_lossy())
+        .unwrap_or_default();
+    (data_dir.join("tombstones")).join(format!("{:020}-{id}", tombstone.purge_at_ms))
 }
 
 /// A snapshot to write on the blocking pool; see [`RoomFiles::begin_snapshot`].
@@ -583,6 +701,53 @@ fn list(dir: &Path) -> Result<(Numbered, Numbered), StoreError> {
     snapshots.sort();
     segments.sort();
     Ok((snapshots, segments))
+}
+
+/// Creates a room's directory with its name file.
+fn create_room_dir(dir: &Path, room: &str) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(io_err("create room dir", dir))?;
+    let name_path = dir.join("room");
+    if !name_path.exists() {
+        fs::write(&name_path, room.as_bytes()).map_err(io_err("write room name", &name_path))?;
+    }
+    Ok(())
+}
+
+/// The room's tombstone, if it is deleted.
+fn read_marker(dir: &Path) -> Result<Option<Tombstone>, StoreError> {
+    let path = dir.join("tombstone");
+    let mut bytes = Vec::new();
+    match File::open(&path) {
+        Ok(file) => file
+            .take(MAX_MARKER_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("read tombstone", &path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read tombstone", &path)(e)),
+    };
+    Ok(Some(Tombstone::decode(&bytes)))
+}
+
+/// Writes `dir/name` so that a crash leaves the old file or the new one
+/// whole: a temp file, fsynced, renamed into place, the directory fsynced.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+    }
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
+}
+
+/// Removes a file; one already gone is fine.
+fn remove_if_there(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes `*.tmp` files a crash mid-snapshot left behind; they were never

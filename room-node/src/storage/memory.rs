@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
+use super::tombstone::Tombstone;
 use super::StorageError;
 
 /// The node's in-memory store. Clones share it, so a test keeps one to
@@ -31,6 +32,8 @@ struct Stored {
     log: Vec<Vec<u8>>,
     /// The newest snapshot and how many log entries it covers.
     snapshot: Option<(Vec<u8>, usize)>,
+    /// Set while the room is deleted.
+    tombstone: Option<Tombstone>,
 }
 
 /// The outage's error.
@@ -76,20 +79,38 @@ impl MemoryStorage {
         Ok(())
     }
 
-    /// `room`'s snapshot then the log after it, and its handle.
-    pub(crate) fn open(&self, room: &str) -> Result<(MemoryRoom, Vec<Vec<u8>>), StorageError> {
+    /// `room`'s snapshot then the log after it (nothing when it is
+    /// deleted), its tombstone, and its handle.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn open(
+        &self,
+        room: &str,
+    ) -> Result<(MemoryRoom, Vec<Vec<u8>>, Option<Tombstone>), StorageError> {
         self.check()?;
         let stored = self.lock().rooms.get(room).cloned().unwrap_or_default();
+        let handle = MemoryRoom {
+            storage: self.clone(),
+            room: room.to_owned(),
+        };
+        if stored.tombstone.is_some() {
+            return Ok((handle, Vec::new(), stored.tombstone));
+        }
         let (mut updates, covered) = match stored.snapshot {
             Some((state, covered)) => (vec![state], covered),
             None => (Vec::new(), 0),
         };
         updates.extend(stored.log[covered..].iter().cloned());
-        let handle = MemoryRoom {
-            storage: self.clone(),
-            room: room.to_owned(),
-        };
-        Ok((handle, updates))
+        Ok((handle, updates, None))
+    }
+
+    /// Deleted rooms whose retention ended by `now_ms`.
+    pub(crate) fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StorageError> {
+        self.check()?;
+        let inner = self.lock();
+        let due = inner.rooms.iter().filter(|(_, stored)| {
+            (stored.tombstone).is_some_and(|tombstone| tombstone.expired(now_ms))
+        });
+        Ok(due.map(|(name, _)| name.clone()).take(limit).collect())
     }
 
     pub(crate) fn has_state(&self, room: &str) -> Result<bool, StorageError> {
@@ -107,10 +128,12 @@ impl MemoryStorage {
         let inner = self.lock();
         let mut names: Vec<String> = inner
             .rooms
-            .keys()
-            .filter(|name| name.starts_with(prefix) && name.as_str() > after)
+            .iter()
+            .filter(|(name, stored)| {
+                name.starts_with(prefix) && name.as_str() > after && stored.tombstone.is_none()
+            })
             .take(limit + 1)
-            .cloned()
+            .map(|(name, _)| name.clone())
             .collect();
         let more = names.len() > limit;
         names.truncate(limit);
@@ -154,6 +177,17 @@ impl MemoryRoom {
         let mut inner = self.storage.lock();
         MemoryStorage::writable(&inner)?;
         inner.rooms.remove(&self.room);
+        Ok(())
+    }
+
+    /// Marks the room deleted (`Some`) or restores it (`None`).
+    pub(crate) fn set_tombstone(
+        &mut self,
+        tombstone: Option<Tombstone>,
+    ) -> Result<(), StorageError> {
+        let mut inner = self.storage.lock();
+        MemoryStorage::writable(&inner)?;
+        inner.rooms.entry(self.room.clone()).or_default().tombstone = tombstone;
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 //! {prefix}:r:{room id}:snaps    list of "<covered log id> <snapshot name>", newest first
 //! {prefix}:r:{room id}:versions hash: snapshot name → its metadata (JSON: taken at, size, label)
 //! {prefix}:r:{room id}:snap:{name}   snapshot bytes (redis:// snapshot store)
+//! {prefix}:r:{room id}:tombstone set while the room is deleted but restorable
+//! {prefix}:tombstones           sorted set: deleted room name, scored by when it is purged (Unix ms)
 //! {prefix}:slot:{slot}:epoch    highest slot-map epoch that claimed the slot
 //! rooms/{room id}/{name}        snapshot object (object stores)
 //! ```
@@ -40,6 +42,7 @@ use sha2::{Digest, Sha256};
 use super::codec::{self, Covered, SnapshotHeader};
 use super::scripts::Scripts;
 pub use super::snapshot_store::SnapshotStore;
+use super::tombstone::Tombstone;
 use super::versions::{Version, VersionMeta};
 
 /// Remote storage failures.
@@ -98,6 +101,8 @@ pub struct RemoteLoaded {
     pub took: Duration,
     /// Log entries read after the snapshot.
     pub log_entries: usize,
+    /// Set when the room is deleted (and nothing else was read).
+    pub tombstone: Option<Tombstone>,
 }
 
 /// One room's remote storage, owned by its actor.
@@ -159,13 +164,44 @@ impl RemoteStorage {
         Ok(())
     }
 
-    /// Whether `room` has a log or snapshots.
+    /// Whether `room` has a log or snapshots, or is deleted but
+    /// restorable.
     pub async fn has_state(&self, room: &str) -> Result<bool, RemoteError> {
         let mut redis = self.redis.clone();
-        let count: u64 = redis
-            .exists(&[self.log_key(room), self.snaps_key(room)])
-            .await?;
+        let keys = [
+            self.log_key(room),
+            self.snaps_key(room),
+            self.tombstone_key(room),
+        ];
+        let count: u64 = redis.exists(&keys).await?;
         Ok(count > 0)
+    }
+
+    /// Up to `limit` deleted rooms whose retention ended by `now_ms`,
+    /// oldest first.
+    pub async fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, RemoteError> {
+        let mut redis = self.redis.clone();
+        let names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.tombstones_key())
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut redis)
+            .await?;
+        Ok(names)
+    }
+
+    /// The key of `room`'s tombstone ([`Tombstone`]).
+    fn tombstone_key(&self, room: &str) -> String {
+        format!("{}:r:{}:tombstone", self.prefix, room_id(room))
+    }
+
+    /// The sorted set of deleted rooms by when they are purged.
+    fn tombstones_key(&self) -> String {
+        format!("{}:tombstones", self.prefix)
     }
 
     /// Names of rooms with stored state that start with `prefix` and sort
@@ -246,7 +282,29 @@ impl RemoteStorage {
             }
         }
         let mut loaded = RemoteLoaded::default();
-        let entries: Vec<String> = redis.lrange(self.snaps_key(room), 0, -1).await?;
+        // The tombstone rides along with the first read: a deleted room
+        // costs this one round trip, whatever its size.
+        let (entries, tombstone): (Vec<String>, Option<Vec<u8>>) = redis::pipe()
+            .lrange(self.snaps_key(room), 0, -1)
+            .get(self.tombstone_key(room))
+            .query_async(&mut redis)
+            .await?;
+        let room_storage = |last_id: String| RemoteRoom {
+            storage: self.clone(),
+            room: room.to_owned(),
+            id: room_id(room),
+            node,
+            epoch,
+            last_id,
+            indexed: false,
+            keep: keep.max(2),
+            max_age: None,
+        };
+        if let Some(marker) = tombstone {
+            loaded.tombstone = Some(Tombstone::decode(&marker));
+            loaded.took = started.elapsed();
+            return Ok((room_storage("0".to_owned()), loaded));
+        }
         let mut covered = None;
         for entry in entries {
             let Some((id, name)) = entry.split_once(' ') else {
@@ -278,20 +336,7 @@ impl RemoteStorage {
             last_id = entry.id;
         }
         loaded.took = started.elapsed();
-        Ok((
-            RemoteRoom {
-                storage: self.clone(),
-                room: room.to_owned(),
-                id: room_id(room),
-                node,
-                epoch,
-                last_id,
-                indexed: false,
-                keep: keep.max(2),
-                max_age: None,
-            },
-            loaded,
-        ))
+        Ok((room_storage(last_id), loaded))
     }
 
     /// A snapshot's state, `None` when it is missing or fails its checks.
@@ -350,8 +395,50 @@ impl RemoteRoom {
         Ok(())
     }
 
-    /// Deletes the room's log, snapshots and index entry. Fenced: a node
-    /// whose epoch is stale deletes nothing.
+    /// Marks the room deleted until `tombstone.purge_at_ms`, its data
+    /// kept, and takes it out of the room index. Fenced.
+    pub async fn tombstone(&mut self, tombstone: &Tombstone) -> Result<(), RemoteError> {
+        let storage = &self.storage;
+        let mut redis = storage.redis.clone();
+        let marked: Result<(), redis::RedisError> = storage
+            .scripts
+            .tombstone
+            .key(storage.slot_key(&self.room))
+            .key(storage.tombstone_key(&self.room))
+            .key(storage.tombstones_key())
+            .key(storage.index_key())
+            .arg(self.epoch)
+            .arg(&self.room)
+            .arg(tombstone.encode())
+            .arg(tombstone.purge_at_ms)
+            .invoke_async(&mut redis)
+            .await;
+        marked.map_err(|error| script_error(&self.room, self.epoch, error))
+    }
+
+    /// Takes the room's tombstone away: it is served and listed again.
+    /// Fenced.
+    pub async fn restore(&mut self) -> Result<(), RemoteError> {
+        let storage = &self.storage;
+        let mut redis = storage.redis.clone();
+        let restored: Result<(), redis::RedisError> = storage
+            .scripts
+            .restore
+            .key(storage.slot_key(&self.room))
+            .key(storage.tombstone_key(&self.room))
+            .key(storage.tombstones_key())
+            .key(storage.index_key())
+            .key(storage.log_key(&self.room))
+            .key(storage.snaps_key(&self.room))
+            .arg(self.epoch)
+            .arg(&self.room)
+            .invoke_async(&mut redis)
+            .await;
+        restored.map_err(|error| script_error(&self.room, self.epoch, error))
+    }
+
+    /// Deletes the room's log, snapshots, tombstone and index entries.
+    /// Fenced: a node whose epoch is stale deletes nothing.
     pub async fn delete(&mut self) -> Result<(), RemoteError> {
         let storage = &self.storage;
         let mut redis = storage.redis.clone();
@@ -363,6 +450,8 @@ impl RemoteRoom {
             .key(storage.log_key(&self.room))
             .key(storage.index_key())
             .key(storage.versions_key(&self.room))
+            .key(storage.tombstone_key(&self.room))
+            .key(storage.tombstones_key())
             .arg(self.epoch)
             .arg(&self.room)
             .invoke_async(&mut redis)

@@ -15,6 +15,10 @@ pub(super) struct Scripts {
     pub(super) register: Script,
     /// [`DELETE`].
     pub(super) delete: Script,
+    /// [`TOMBSTONE`].
+    pub(super) tombstone: Script,
+    /// [`RESTORE`].
+    pub(super) restore: Script,
 }
 
 impl Scripts {
@@ -25,6 +29,8 @@ impl Scripts {
             append: Script::new(APPEND),
             register: Script::new(REGISTER),
             delete: Script::new(DELETE),
+            tombstone: Script::new(TOMBSTONE),
+            restore: Script::new(RESTORE),
         }
     }
 }
@@ -102,17 +108,49 @@ end
 return dropped
 ";
 
-/// KEYS: slot epoch, snapshot list, log, room index, versions hash. ARGV:
-/// epoch, room. Fenced like REGISTER. Returns the snapshot entries (their
-/// blobs to delete) and deletes the list, the log, the versions' metadata
-/// and the index entry.
+/// KEYS: slot epoch, snapshot list, log, room index, versions hash,
+/// tombstone, tombstone index. ARGV: epoch, room. Fenced like REGISTER.
+/// Returns the snapshot entries (their blobs to delete) and deletes the
+/// list, the log, the versions' metadata, the tombstone and the index
+/// entries.
 const DELETE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
   return redis.error_reply('FENCED ' .. current)
 end
 local entries = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('ZREM', KEYS[7], ARGV[2])
 return entries
+";
+
+/// KEYS: slot epoch, tombstone, tombstone index, room index. ARGV: epoch,
+/// room, the tombstone (JSON), when it is purged (Unix ms). Fenced. Marks
+/// the room deleted, indexes it by expiry and unlists it.
+const TOMBSTONE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. current)
+end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return 1
+";
+
+/// KEYS: slot epoch, tombstone, tombstone index, room index, log, snapshot
+/// list. ARGV: epoch, room. Fenced. Takes the tombstone away and lists the
+/// room again when it has anything stored.
+const RESTORE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. current)
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[5], KEYS[6]) > 0 then
+  redis.call('ZADD', KEYS[4], 0, ARGV[2])
+end
+return 1
 ";
