@@ -9,7 +9,9 @@
 //! document as it was (unless yrs itself refused the update midway), a
 //! session that may not write never changes it, and every update the room
 //! asks to log decodes again — and replaying the log over the starting
-//! document gives the room's document, as a restart would.
+//! document gives the room's document, as a restart would. A room that
+//! says its document diverged from its log is loaded again from the log,
+//! as the server does.
 #![no_main]
 
 use std::backtrace::Backtrace;
@@ -21,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use partyline_fuzz::format;
 use partyline_room_node::protocol::{decode_update, Access, ProtocolError, SyncLimits, SyncRoom};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, Snapshot, Transact, Update};
+use yrs::{Doc, ReadTxn, Snapshot, Transact, Update, WriteTxn};
 
 /// Small limits, so the fuzzer reaches them with small inputs.
 const LIMITS: SyncLimits = SyncLimits {
@@ -86,6 +88,13 @@ fn run(data: &[u8]) {
         let session = (0, u64::from((control >> 2) & 3));
         let before = state(room.doc());
         let result = room.handle_frame(frame, access, session);
+        if room.diverged() {
+            if let Ok(outcome) = result {
+                log.extend(outcome.log);
+            }
+            room = SyncRoom::with_limits(replay(&log), LIMITS).0;
+            continue;
+        }
         let after = state(room.doc());
         match result {
             Ok(outcome) => {
@@ -120,14 +129,23 @@ fn run(data: &[u8]) {
         }
     }
     // A restart loads the document from the log: it must be this one.
-    let reloaded = base_doc();
-    for update in &log {
-        let update = Update::decode_v1(update).expect("logged update decodes");
-        let _ = reloaded.transact_mut().apply_update(update);
-    }
     assert_eq!(
-        state(&reloaded),
+        state(&replay(&log)),
         state(room.doc()),
         "replaying the log does not give the room's document"
     );
+}
+
+/// The starting document with every logged update applied, each in its
+/// own transaction as the room applied it, dropping what yrs holds back
+/// as pending after each (as the room and a load do).
+fn replay<B: AsRef<[u8]>>(log: &[B]) -> Doc {
+    let reloaded = base_doc();
+    for update in log {
+        let update = Update::decode_v1(update.as_ref()).expect("logged update decodes");
+        let mut txn = reloaded.transact_mut();
+        let _ = txn.apply_update(update);
+        txn.prune_pending();
+    }
+    reloaded
 }

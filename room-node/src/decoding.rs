@@ -128,7 +128,11 @@ pub(crate) fn deletes_only_known(
             .filter(|&&(c, _)| c == client)
             .map_or(0, |&(_, end)| end);
         let known = depth.end(client).max(brought_end);
-        if ranges.iter().any(|range| range.end > known) {
+        // An empty range, or any entry for a client the room has never
+        // seen, yrs keeps pending too (found by fuzzing: `[0..0)` of an
+        // unknown client); stock clients send neither.
+        let unknown = |range: &std::ops::Range<u32>| range.end > known || range.start >= range.end;
+        if known == 0 || ranges.iter().any(unknown) {
             return Err(DepthError::MissingDependency);
         }
     }

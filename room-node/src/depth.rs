@@ -131,6 +131,18 @@ pub struct Checked {
     pub deepest: u16,
 }
 
+impl Checked {
+    /// Only the blocks yrs integrated when it held the rest of the update
+    /// back: each client's blocks continue where the document ended, and
+    /// yrs integrates a prefix of them, so those below `clock_of(client)`
+    /// (the document's clock now).
+    pub fn integrated(mut self, clock_of: impl Fn(u64) -> u32) -> Self {
+        self.runs
+            .retain(|&(client, _, end, _, _)| end <= clock_of(client));
+        self
+    }
+}
+
 /// Resolution state of one block of an update.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {

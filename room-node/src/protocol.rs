@@ -104,11 +104,11 @@ pub struct Outcome {
     /// agree), and the session is to be closed with this.
     pub refused: Option<ProtocolError>,
     /// The update built on content the room does not have (a failover
-    /// lost an unacknowledged edit it follows); it was dropped (but for
-    /// any part yrs integrated before holding the rest back, which is in
-    /// `log` and `broadcast`) and the session was sent a SyncStep1, so its
-    /// client sends everything the room lacks in one self-contained
-    /// SyncStep2.
+    /// lost an unacknowledged edit it follows); it was dropped (or, when
+    /// yrs integrated part of it and held the rest back, logged and sent
+    /// whole, the rest dropped from the room's document) and the session
+    /// was sent a SyncStep1, so its client sends everything the room lacks
+    /// in one self-contained SyncStep2.
     pub missing_dependency: bool,
 }
 
@@ -166,6 +166,9 @@ pub struct SyncRoom {
     owners: HashMap<ClientID, SessionKey>,
     /// What each session speaks for.
     presence: HashMap<SessionKey, Presence>,
+    /// Set when yrs took part of a refused update in a form it cannot
+    /// decode again: see [`Self::diverged`].
+    diverged: bool,
 }
 
 impl SyncRoom {
@@ -185,12 +188,22 @@ impl SyncRoom {
             depth,
             owners: HashMap::new(),
             presence: HashMap::new(),
+            diverged: false,
         };
         let loaded = Loaded {
             state_bytes,
             deepest_type: deepest,
         };
         (room, loaded)
+    }
+
+    /// Whether the document no longer matches what was logged: yrs took
+    /// part of a refused or held-back update, and what it took encodes to
+    /// bytes it cannot decode (found by fuzzing: an update yrs half
+    /// integrated), so it can be neither logged nor sent. The room must be
+    /// dropped and loaded again from its log, which never held it.
+    pub fn diverged(&self) -> bool {
+        self.diverged
     }
 
     /// The document.
@@ -372,38 +385,24 @@ impl SyncRoom {
             // crafted one is cut to what yrs integrated.
             (applied, txn.prune_pending().is_some())
         };
-        if applied.is_err() || held_back {
-            // yrs may have integrated blocks before the one it refused or
-            // held back: log and send those, or joiners would see content
-            // that a restart loses. The index, not yet updated, says where
-            // the update's clients stood before it.
-            let before = self.depth.ends(&blocks);
-            let taken = self.taken_since(&before);
-            // Indexed again from what yrs now holds, not from what the
-            // update said: an index ahead of yrs would pass blocks yrs then
-            // integrates out of order (found by fuzzing: an overflow in its
-            // skip handling). Only malformed updates come here.
-            self.depth = index_of(self.doc()).0;
-            let took_some = Update::decode_v1(&taken).is_ok_and(|u| !u.is_empty());
-            if took_some {
-                let taken_len = taken.len();
-                let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
-                outcome.log.push(echo.slice(echo.len() - taken_len..));
-                outcome.broadcast.push(echo);
-            }
-            match applied {
-                Err(error) if took_some => outcome.refused = Some(error.into()),
-                Err(error) => return Err(error.into()),
-                // Held back, as a dependency the room lacks is: the client
-                // is asked for everything (see `missing_dependency`).
-                Ok(()) => {
-                    outcome.missing_dependency = true;
-                    outcome.reply.push(self.sync_step1());
-                }
-            }
-            return Ok(());
+        if let Err(error) = applied {
+            return self.refused_midway(error, &blocks, outcome);
         }
-        self.depth.record(checked);
+        if held_back {
+            // Logged and sent whole all the same: replaying it (a load
+            // drops pending data after every update, as here) gives this
+            // very document, which re-encoding what yrs took does not
+            // always (found by fuzzing: items whose origins the same
+            // update deleted came back deleted). The client is asked for
+            // everything, as for a missing dependency.
+            let sv = self.doc().transact().state_vector();
+            let checked = checked.integrated(|client| sv.get(&ClientID::new(client)));
+            self.depth.record(checked);
+            outcome.missing_dependency = true;
+            outcome.reply.push(self.sync_step1());
+        } else {
+            self.depth.record(checked);
+        }
         // The echo is `[sync, update, varint len, update…]`: encode it once
         // and log its tail, rather than copying the update a second time.
         let update_len = bytes.len();
@@ -411,6 +410,43 @@ impl SyncRoom {
         outcome.log.push(echo.slice(echo.len() - update_len..));
         outcome.broadcast.push(echo);
         Ok(())
+    }
+
+    /// yrs refused an update midway: it may have integrated blocks before
+    /// the one it refused. Those are logged and sent (or joiners would see
+    /// content that a restart loses) and the session is to be closed; with
+    /// none, the frame is refused as it is.
+    fn refused_midway(
+        &mut self,
+        error: yrs::error::UpdateError,
+        blocks: &[crate::update_check::BlockRef],
+        outcome: &mut Outcome,
+    ) -> Result<(), ProtocolError> {
+        // The index, not yet updated, says where the update's clients
+        // stood before it.
+        let before = self.depth.ends(blocks);
+        let taken = self.taken_since(&before);
+        // Indexed again from what yrs now holds, not from what the update
+        // said: an index ahead of yrs would pass blocks yrs then
+        // integrates out of order (found by fuzzing: an overflow in its
+        // skip handling). Only malformed updates come here.
+        self.depth = index_of(self.doc()).0;
+        match decode_guarded(|| Update::decode_v1(&taken)) {
+            Ok(Ok(update)) if !update.is_empty() => {
+                let taken_len = taken.len();
+                let echo = encode(&Message::Sync(SyncMessage::Update(taken)));
+                outcome.log.push(echo.slice(echo.len() - taken_len..));
+                outcome.broadcast.push(echo);
+                outcome.refused = Some(error.into());
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(error.into()),
+            // What yrs took cannot be logged (found by fuzzing).
+            Ok(Err(_)) | Err(_) => {
+                self.diverged = true;
+                Err(error.into())
+            }
+        }
     }
 
     /// What the document holds of `clients` past their clocks in `ends`,
@@ -900,6 +936,17 @@ mod tests {
         let frame = Message::Sync(SyncMessage::Update(deletes.to_vec())).encode_v1();
         let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
         assert!(outcome.missing_dependency && outcome.log.is_empty());
+        // An empty range of a client the room has never seen: yrs would
+        // keep that pending too (found by fuzzing).
+        for deletes in [[0, 1, 9, 1, 0, 0], [0, 1, 4, 1, 2, 0]] {
+            let frame = Message::Sync(SyncMessage::Update(deletes.to_vec())).encode_v1();
+            let outcome = room.handle_frame(&frame, Access::ReadWrite, PEER).unwrap();
+            assert!(
+                outcome.missing_dependency && outcome.log.is_empty(),
+                "{deletes:?}"
+            );
+            assert!(!room.doc().transact().has_missing_updates());
+        }
         // Deleting what the room holds still works.
         let known = [0, 1, 4, 1, 0, 2];
         let frame = Message::Sync(SyncMessage::Update(known.to_vec())).encode_v1();
@@ -935,7 +982,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_yrs_holds_back_is_cut_to_what_it_took_and_the_room_still_answers() {
+    fn an_update_yrs_holds_back_in_part_is_logged_whole_and_the_room_still_answers() {
         let mut room = SyncRoom::new(Doc::new());
         // Found by fuzzing (fuzz/corpus/client_frame/regression-pending-
         // encode): client 43's clock 0 is a map at root "deep"; clock 1 a
@@ -953,15 +1000,17 @@ mod tests {
             "the client is asked for everything"
         );
         assert!(!room.doc().transact().has_missing_updates());
-        // What yrs took (clock 0) is logged and echoed, and the log
-        // replays to the room's document.
+        // yrs took clock 0 only; the update is logged and echoed whole,
+        // and the log replays to the room's document.
         assert_eq!(outcome.log.len(), 1);
         assert_eq!(outcome.broadcast.len(), 1);
         let replayed = Doc::new();
-        replayed
-            .transact_mut()
-            .apply_update(Update::decode_v1(&outcome.log[0]).unwrap())
-            .unwrap();
+        {
+            let mut txn = replayed.transact_mut();
+            let logged = Update::decode_v1(&outcome.log[0]).unwrap();
+            txn.apply_update(logged).unwrap();
+            assert!(txn.prune_pending().is_some(), "held back again on replay");
+        }
         assert_eq!(
             replayed.transact().state_vector(),
             room.doc().transact().state_vector()

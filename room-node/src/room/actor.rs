@@ -190,6 +190,9 @@ impl RoomActor {
             if let Err(error) = self.commit(false).await {
                 return self.failed(error);
             }
+            if self.sync.diverged() {
+                return self.failed(LoadError::Diverged);
+            }
             crate::telemetry::metrics()
                 .batch_duration
                 .record(batch_started.elapsed().as_secs_f64(), &[]);
@@ -367,16 +370,22 @@ impl RoomActor {
         Ok(())
     }
 
-    /// The room stops on a storage error: its sessions end with its links
-    /// (reported, with the room, in lifecycle events).
-    fn failed(&self, error: StorageError) -> ExitReason {
+    /// The room stops on a storage error, or when its document no longer
+    /// matches its log: its sessions end with its links (reported, with
+    /// the room, in lifecycle events), their gateways open it again, and
+    /// it loads from storage.
+    fn failed(&self, error: impl Into<LoadError>) -> ExitReason {
         if let Some(events) = &self.events {
             let reason = partyline_proto::close::INTERNAL_ERROR;
             self.sessions_ended(reason, "room failed");
             let data = serde_json::json!({ "reason": "failed" });
             events.emit("room.unloaded", self.room.as_str(), data);
         }
-        ExitReason::Failed(LoadError::Storage(error))
+        let error = error.into();
+        if matches!(error, LoadError::Diverged) {
+            tracing::error!(room = %self.room, "a refused update left the document unlike its log; reloading the room");
+        }
+        ExitReason::Failed(error)
     }
 
     /// Commits outside a batch; `Some` when the room ends (a local disk

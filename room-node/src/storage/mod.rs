@@ -116,6 +116,10 @@ pub enum LoadError {
     /// The initial-content hook (`load_url`) failed.
     #[error("initial content: {0}")]
     Hook(#[from] crate::hooks::HookError),
+    /// The loaded room's document stopped matching its log (see
+    /// [`crate::protocol::SyncRoom::diverged`]); it is loaded again.
+    #[error("the document no longer matches its log; the room is loaded again")]
+    Diverged,
 }
 
 /// The node's storage, chosen once at start-up. Cheap to clone (and one
@@ -458,12 +462,13 @@ fn apply_all(room: &RoomName, updates: &[Vec<u8>], keep_deleted: bool) -> Doc {
             if let Err(error) = applied {
                 tracing::error!(room = %room, index, %error, "stored update could not be applied; skipped");
             }
-        }
-        // Held-back blocks are content nobody can see, and re-encoding
-        // them can panic in yrs 0.28; a log written before the room cut
-        // such updates to what yrs integrated may still hold one.
-        if txn.prune_pending().is_some() {
-            tracing::warn!(room = %room, "stored updates depend on content the room does not have; that part dropped");
+            // As the live room does after every update: held-back blocks
+            // are content nobody can see, and re-encoding them can panic
+            // in yrs 0.28 (a log written before the room cut such updates
+            // to what yrs integrated may still hold one).
+            if txn.prune_pending().is_some() {
+                tracing::warn!(room = %room, index, "stored update depends on content the room does not have; that part dropped");
+            }
         }
     }
     tracing::debug!(room = %room, updates = updates.len(), "room loaded");
