@@ -464,6 +464,7 @@ mod tests {
             is_gone: false,
             is_skip: false,
             is_subdoc: false,
+            is_json: false,
         };
         assert_eq!(index.check(&[bad], 256).unwrap_err(), DepthError::NotAType);
         // A parent that was deleted or collected is fine: yrs drops the
@@ -477,6 +478,7 @@ mod tests {
             is_gone: true,
             is_skip: false,
             is_subdoc: false,
+            is_json: false,
         };
         let child = BlockRef {
             client: 4,
@@ -497,6 +499,7 @@ mod tests {
             is_gone: false,
             is_skip: false,
             is_subdoc: false,
+            is_json: false,
         };
         let skip = BlockRef {
             clock: 1,
@@ -504,6 +507,7 @@ mod tests {
             parent: ParentRef::Detached,
             is_skip: true,
             is_subdoc: false,
+            is_json: false,
             ..item
         };
         assert!(DepthIndex::new().check(&[item], 256).is_ok());
@@ -524,6 +528,7 @@ mod tests {
             is_gone: false,
             is_skip: false,
             is_subdoc: false,
+            is_json: false,
         };
         let mut index = DepthIndex::new();
         let checked = index.check(&[item], 256).unwrap();
@@ -557,6 +562,7 @@ mod tests {
             is_gone: false,
             is_skip: false,
             is_subdoc: false,
+            is_json: false,
         };
         let b = BlockRef {
             client: 2,

@@ -14,6 +14,13 @@
 //! do not sync sub-documents anyway (each needs its own provider, and so
 //! its own room).
 //!
+//! And it refuses legacy JSON content ([`UpdateCheckError::JsonContent`],
+//! item content kind 2, which Yjs has not written since version 13): yrs
+//! 0.28 reads one string more than the count says and writes the count it
+//! holds, so a document holding one encodes to bytes that decode as
+//! something else — every snapshot of the room and every joiner's
+//! SyncStep2 would carry garbage after that item (found by fuzzing).
+//!
 //! The same walk lists the update's blocks ([`BlockRef`]: id range, where
 //! its parent comes from, whether it creates a shared type) so that
 //! [`crate::depth`] can bound how deep shared types nest once applied.
@@ -63,6 +70,9 @@ pub enum UpdateCheckError {
     /// The update embeds a sub-document (see the module doc).
     #[error("sub-documents are not supported (insert the sub-document's guid, and open it as its own room)")]
     SubDocument,
+    /// The update holds legacy JSON content (see the module doc).
+    #[error("legacy JSON content (written by Yjs before version 13) is not supported")]
+    JsonContent,
 }
 
 /// An item's id: (client, clock).
@@ -101,6 +111,8 @@ pub struct BlockRef {
     pub is_skip: bool,
     /// It holds a sub-document.
     pub is_subdoc: bool,
+    /// It holds legacy JSON content (see the module doc).
+    pub is_json: bool,
 }
 
 /// Checks that `update` from outside can be given to yrs: every `Any` it
@@ -117,13 +129,17 @@ pub fn scan_outside_update(
     update: &[u8],
     mut visit: impl FnMut(BlockRef),
 ) -> Result<(), UpdateCheckError> {
-    let mut subdoc = false;
+    let (mut subdoc, mut json) = (false, false);
     scan_update(update, |block| {
         subdoc |= block.is_subdoc;
+        json |= block.is_json;
         visit(block);
     })?;
     if subdoc {
         return Err(UpdateCheckError::SubDocument);
+    }
+    if json {
+        return Err(UpdateCheckError::JsonContent);
     }
     Ok(())
 }
@@ -180,6 +196,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         is_gone: info == GC,
         is_skip: info == SKIP,
         is_subdoc: false,
+        is_json: false,
     };
     if info == SKIP || info == GC {
         block.len = reader.read_var()?;
@@ -213,6 +230,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
             reader.read_var()?
         }
         JSON => {
+            block.is_json = true;
             // One string more than the length says, as yrs reads it.
             let len: u32 = reader.read_var()?;
             for _ in 0..=len {
@@ -548,6 +566,47 @@ mod tests {
                 .len(&room.doc().transact()),
             0
         );
+    }
+
+    /// Client 5 puts legacy JSON content into root array `a`: a count of
+    /// 1 and the two strings yrs reads for it.
+    const WITH_JSON: [u8; 14] = [1, 1, 5, 0, 2, 1, 1, b'a', 1, 1, b'1', 1, b'2', 0];
+
+    #[test]
+    fn yrs_does_not_read_back_the_json_content_it_writes() {
+        // The reason legacy JSON content is refused. When this fails, yrs
+        // reads its own encoding again: the refusal can go.
+        let doc = Doc::new();
+        let update = yrs::Update::decode_v1(&WITH_JSON).unwrap();
+        doc.transact_mut().apply_update(update).unwrap();
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let copy = Doc::new();
+        let same = yrs::Update::decode_v1(&state).is_ok_and(|update| {
+            copy.transact_mut().apply_update(update).is_ok()
+                && copy.transact().snapshot() == doc.transact().snapshot()
+        });
+        assert!(!same, "yrs now round-trips JSON content");
+    }
+
+    #[test]
+    fn legacy_json_content_is_refused_from_outside() {
+        assert!(matches!(
+            check_update(&WITH_JSON),
+            Err(UpdateCheckError::JsonContent)
+        ));
+        let mut room = crate::protocol::SyncRoom::new(Doc::new());
+        let frame = yrs::updates::encoder::Encode::encode_v1(&yrs::sync::Message::Sync(
+            yrs::sync::SyncMessage::Update(WITH_JSON.to_vec()),
+        ));
+        assert!(matches!(
+            room.handle_frame(&frame, crate::protocol::Access::ReadWrite, (0, 1)),
+            Err(crate::protocol::ProtocolError::UnsafeUpdate(
+                UpdateCheckError::JsonContent
+            ))
+        ));
+        assert!(room.doc().transact().state_vector().is_empty());
     }
 
     #[test]
