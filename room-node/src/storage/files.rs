@@ -48,6 +48,9 @@ use super::versions::{valid_id, Version, VersionMeta};
 
 const RECORD_HEADER: usize = 8;
 
+/// The file that marks a room deleted ([`Tombstone`]).
+const MARKER: &str = "tombstone";
+
 /// Storage failures. A room that cannot persist stops accepting updates.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -327,13 +330,13 @@ impl RoomFiles {
             let entry = entry.map_err(io_err("list room dir", &self.dir))?;
             // The marker goes last: a crash midway must not serve what
             // is left of a deleted room.
-            if entry.file_name() == "lock" || entry.file_name() == "tombstone" {
+            if entry.file_name() == "lock" || entry.file_name() == MARKER {
                 continue;
             }
             let path = entry.path();
             fs::remove_file(&path).map_err(io_err("delete room file", &path))?;
         }
-        remove_if_there(&self.dir.join("tombstone"))?;
+        remove_if_there(&self.dir.join(MARKER))?;
         // Fails while a lock file stays; the directory is then kept.
         let _ = fs::remove_dir(&self.dir);
         Ok(())
@@ -437,7 +440,7 @@ impl RoomFiles {
     pub fn has_state(data_dir: &Path, room: &str) -> Result<bool, StoreError> {
         let dir = Self::room_dir(data_dir, room);
         let (snapshots, segments) = list(&dir)?;
-        Ok(!snapshots.is_empty() || !segments.is_empty() || dir.join("tombstone").exists())
+        Ok(!snapshots.is_empty() || !segments.is_empty() || dir.join(MARKER).exists())
     }
 
     /// Names of rooms with stored state under `data_dir` that start with
@@ -466,7 +469,7 @@ impl RoomFiles {
                 continue;
             }
             // Deleted rooms are not listed (they are restorable by name).
-            if dir.join("tombstone").exists() {
+            if dir.join(MARKER).exists() {
                 continue;
             }
             let (snapshots, segments) = list(&dir)?;
@@ -508,13 +511,13 @@ impl Marker {
         fs::create_dir_all(index).map_err(io_err("create tombstone index", index))?;
         File::create(&entry).map_err(io_err("index tombstone", &entry))?;
         sync_dir(index)?;
-        write_durably(&self.dir, "tombstone", tombstone.encode().as_bytes())
+        write_durably(&self.dir, MARKER, tombstone.encode().as_bytes())
     }
 
     /// Takes the room's tombstone away (blocking): the room is served
     /// again, with everything it held.
     pub fn restore(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
-        remove_if_there(&self.dir.join("tombstone"))?;
+        remove_if_there(&self.dir.join(MARKER))?;
         sync_dir(&self.dir)?;
         remove_if_there(&index_entry(&self.dir, tombstone))
     }
@@ -715,7 +718,7 @@ fn create_room_dir(dir: &Path, room: &str) -> Result<(), StoreError> {
 
 /// The room's tombstone, if it is deleted.
 fn read_marker(dir: &Path) -> Result<Option<Tombstone>, StoreError> {
-    let path = dir.join("tombstone");
+    let path = dir.join(MARKER);
     let mut bytes = Vec::new();
     match File::open(&path) {
         Ok(file) => file
