@@ -105,6 +105,10 @@ pub struct RoomNodeSettings {
     /// Largest document a room holds (its policy's `max_doc_bytes` wins);
     /// updates growing it past this are refused and the writer is told.
     pub max_doc_bytes: u64,
+    /// Formatting bytes a JSON or ProseMirror render (API, state
+    /// callback) or a version restore may copy; a document past it is
+    /// refused those (see [`crate::render::budget`]).
+    pub max_render_bytes: u64,
     /// A session's SyncStep1 or QueryAwareness is answered at most once
     /// per this interval; repeats are dropped.
     #[serde(with = "humantime_serde")]
@@ -179,6 +183,7 @@ impl Default for RoomNodeSettings {
             max_type_depth: limits.max_type_depth,
             memory_trim_delay: DEFAULT_MEMORY_TRIM_DELAY,
             max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
+            max_render_bytes: crate::render::budget::DEFAULT_MAX_RENDER_BYTES,
             min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
             awareness_max_clients: limits.awareness_max_clients,
             awareness_max_bytes: limits.awareness_max_bytes,
@@ -273,6 +278,7 @@ impl RoomNodeSettings {
             memory_trim_delay: (!self.memory_trim_delay.is_zero())
                 .then_some(self.memory_trim_delay),
             max_doc_bytes: self.max_doc_bytes,
+            max_render_bytes: self.max_render_bytes,
             min_resync_interval: self.min_resync_interval,
         }
     }
@@ -389,6 +395,10 @@ pub struct RoomNodeConfig {
     /// updates that would grow it past this are refused and the writer is
     /// told (an auth permission-denied message).
     pub max_doc_bytes: u64,
+    /// Formatting bytes a JSON or ProseMirror render or a version restore
+    /// may copy ([`crate::render::budget`]); past it they are refused
+    /// (the API answers 413, the state callback sends `data: null`).
+    pub max_render_bytes: u64,
     /// A session's SyncStep1 (or QueryAwareness) is answered at most once
     /// per this interval; repeats are dropped (each answer may be the
     /// whole document).

@@ -308,6 +308,11 @@ impl Hooks {
         self.config.callback_url.is_some()
     }
 
+    /// Whether the state callback carries the room's JSON (`data`).
+    pub fn sends_json(&self) -> bool {
+        self.config.callback_format == CallbackFormat::Json
+    }
+
     /// A POST of `body` to `url` with the extra headers, signed.
     fn post(
         &self,
@@ -391,7 +396,8 @@ impl Hooks {
 
     /// POSTs one room state to the callback URL, retrying failures with a
     /// doubling delay up to `callback_retries` times. `json` is the state's
-    /// top-level types rendered as JSON (unused by the `binary` format).
+    /// top-level types rendered as JSON (`null` when the render was
+    /// refused; unused by the `binary` format).
     pub async fn send_state(
         &self,
         room: &str,

@@ -6,7 +6,8 @@
 //! object storage), the ownership check on every gateway stream and
 //! the server-API calls ([`service`]) and the gRPC server that carries
 //! them ([`grpc`]), the app's webhooks ([`hooks`]),
-//! JSON rendering of documents ([`render`]) and its metrics
+//! JSON rendering of documents ([`render`], weighed first by
+//! [`render::budget`]) and its metrics
 //! ([`telemetry`]). It never speaks WebSocket (the gateway does) and never
 //! decides placement (the coordinator does).
 //!

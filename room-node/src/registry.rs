@@ -216,6 +216,11 @@ impl Registry {
         self.resources.storage.has_state(&self.config, room).await
     }
 
+    /// Formatting bytes a render or a restore may copy.
+    pub fn max_render_bytes(&self) -> u64 {
+        self.config.max_render_bytes
+    }
+
     /// Persistence mode of `room` by its name.
     pub fn mode_of(&self, room: &RoomName) -> crate::config::RoomMode {
         self.config.mode_of(room.as_str())

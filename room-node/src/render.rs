@@ -13,12 +13,16 @@
 //! limit. This walk recurses on our side only, with the depth budget.
 //!
 //! [`prosemirror`] renders the XML fragments as ProseMirror JSON instead,
-//! for `?format=prosemirror`.
+//! for `?format=prosemirror`. [`render_state`] is the way in for both: it
+//! weighs the document's formatting first ([`budget`]), since rendering
+//! formatted text can cost the square of the document's size.
 
+pub mod budget;
 pub mod prosemirror;
 
 use serde_json::{Map, Value};
 use yrs::types::xml::{Xml, XmlFragment, XmlOut};
+use yrs::updates::decoder::Decode;
 use yrs::{
     Any, ArrayRef, Doc, GetString, MapRef, Number, Out, ReadTxn, TextRef, Transact, XmlElementRef,
     XmlTextRef,
@@ -36,6 +40,38 @@ pub fn doc_to_json(doc: &Doc) -> Value {
         object.insert(name.to_owned(), render(value, &txn, 1));
     }
     Value::Object(object)
+}
+
+/// Which JSON a whole state renders as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonFormat {
+    /// Every top-level type ([`doc_to_json`]).
+    Plain,
+    /// The XML fragments as ProseMirror JSON
+    /// ([`prosemirror::doc_to_prosemirror`]).
+    Prosemirror,
+}
+
+/// The document whose whole state is `state` (a Yjs update v1) as
+/// `format`'s JSON, once [`budget::check`] found its formatting within
+/// `max_render_bytes`. A whole document's work: callers run it off the
+/// room's task, on the blocking pool.
+pub fn render_state(
+    state: &[u8],
+    format: JsonFormat,
+    max_render_bytes: u64,
+) -> Result<Value, budget::RenderError> {
+    budget::check(state, max_render_bytes)?;
+    let unreadable = |e: &dyn std::fmt::Display| budget::RenderError::Unreadable(e.to_string());
+    let doc = Doc::new();
+    let update = yrs::Update::decode_v1(state).map_err(|e| unreadable(&e))?;
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(|e| unreadable(&e))?;
+    Ok(match format {
+        JsonFormat::Plain => doc_to_json(&doc),
+        JsonFormat::Prosemirror => prosemirror::doc_to_prosemirror(&doc),
+    })
 }
 
 /// One value, its nested types rendered `depth` levels down.

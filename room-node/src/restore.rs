@@ -50,6 +50,10 @@ pub enum RestoreError {
     /// The version nests shared types deeper than [`MAX_DEPTH`].
     #[error("the version nests shared types deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// Copying the version's formatted text would take more than the
+    /// node's `max_render_bytes` (see [`crate::render::budget`]).
+    #[error("{0}")]
+    TooCostly(crate::render::budget::RenderError),
     /// The version or the room holds a sub-document (stored before they
     /// were refused from outside): yrs 0.28 never frees a document that
     /// holds one, so the scratch copies would leak.
@@ -59,7 +63,13 @@ pub enum RestoreError {
 
 /// The update (Yjs v1) that turns the content of a room whose whole state
 /// is `current` into `version`'s (both Yjs updates v1 of a whole document).
-pub fn restore_update(current: &[u8], version: &[u8]) -> Result<Vec<u8>, RestoreError> {
+/// The version's texts are copied run by run, their formatting within
+/// `max_render_bytes`.
+pub fn restore_update(
+    current: &[u8],
+    version: &[u8],
+    max_render_bytes: u64,
+) -> Result<Vec<u8>, RestoreError> {
     let bad = |e: &dyn std::fmt::Display| RestoreError::BadVersion(e.to_string());
     // Read as updates from outside are (nesting of values, sub-documents)
     // before yrs builds the scratch documents from them.
@@ -72,6 +82,10 @@ pub fn restore_update(current: &[u8], version: &[u8]) -> Result<Vec<u8>, Restore
             Err(error) => return Err(bad(&error)),
         }
     }
+    crate::render::budget::check(version, max_render_bytes).map_err(|e| match e {
+        crate::render::budget::RenderError::Unreadable(_) => bad(&e),
+        e => RestoreError::TooCostly(e),
+    })?;
     let target = Doc::new();
     let update = Update::decode_v1(version).map_err(|e| bad(&e))?;
     target
@@ -502,7 +516,7 @@ mod tests {
         let room = server_copy(&client);
         assert_ne!(doc_to_json(&room), v1_json);
 
-        let update = restore_update(&state(&room), &version).unwrap();
+        let update = restore_update(&state(&room), &version, u64::MAX).unwrap();
         apply(&room, &update);
         let mut expected = v1_json.clone();
         expected["extra"] = serde_json::json!(null);
@@ -543,15 +557,24 @@ mod tests {
         let v2 = state(&client);
         let v2_json = doc_to_json(&server_copy(&client));
         let room = server_copy(&client);
-        apply(&room, &restore_update(&state(&room), &v1).unwrap());
-        apply(&room, &restore_update(&state(&room), &v1).unwrap());
+        apply(
+            &room,
+            &restore_update(&state(&room), &v1, u64::MAX).unwrap(),
+        );
+        apply(
+            &room,
+            &restore_update(&state(&room), &v1, u64::MAX).unwrap(),
+        );
         let once = server_copy(&room);
         assert_eq!(
             doc_to_json(&once)["text"],
             serde_json::json!("one!"),
             "twice is once"
         );
-        apply(&room, &restore_update(&state(&room), &v2).unwrap());
+        apply(
+            &room,
+            &restore_update(&state(&room), &v2, u64::MAX).unwrap(),
+        );
         assert_eq!(doc_to_json(&room), v2_json);
     }
 
@@ -560,7 +583,7 @@ mod tests {
         let client = Doc::new();
         rich(&client, "x");
         let room = server_copy(&client);
-        let update = restore_update(&state(&room), &state(&Doc::new())).unwrap();
+        let update = restore_update(&state(&room), &state(&Doc::new()), u64::MAX).unwrap();
         apply(&room, &update);
         let json = doc_to_json(&room);
         for root in ["text", "map", "list", "default"] {
@@ -570,7 +593,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            restore_update(&state(&room), b"\xff\xff\xff"),
+            restore_update(&state(&room), b"\xff\xff\xff", u64::MAX),
             Err(RestoreError::BadVersion(_))
         ));
     }
@@ -587,13 +610,36 @@ mod tests {
         let room = Doc::new();
         rich(&room, "kept");
         assert!(matches!(
-            restore_update(&state(&room), &version),
+            restore_update(&state(&room), &version, u64::MAX),
             Err(RestoreError::SubDocument)
         ));
         assert!(matches!(
-            restore_update(&version, &state(&room)),
+            restore_update(&version, &state(&room), u64::MAX),
             Err(RestoreError::SubDocument)
         ));
+    }
+
+    #[test]
+    fn a_version_whose_formatting_copies_past_the_limit_is_refused() {
+        let version = state(&crate::render::budget::tests::hostile(200, 200));
+        let room = Doc::new();
+        rich(&room, "kept");
+        assert!(matches!(
+            restore_update(&state(&room), &version, 1_000_000),
+            Err(RestoreError::TooCostly(_))
+        ));
+        // Within the limit it restores.
+        apply(
+            &room,
+            &restore_update(&state(&room), &version, 10_000_000).unwrap(),
+        );
+        let expected = doc_to_json(&server_copy(&crate::render::budget::tests::hostile(
+            200, 200,
+        )));
+        assert!(
+            doc_to_json(&room)["prosemirror"] == expected["prosemirror"],
+            "the restored text differs from the version's"
+        );
     }
 
     #[test]
@@ -610,7 +656,7 @@ mod tests {
         let room = Doc::new();
         let result = std::thread::Builder::new()
             .stack_size(2 << 20)
-            .spawn(move || restore_update(&state(&room), &version).map(|_| ()))
+            .spawn(move || restore_update(&state(&room), &version, u64::MAX).map(|_| ()))
             .unwrap()
             .join()
             .unwrap();
@@ -634,10 +680,13 @@ mod tests {
             xml.remove_range(&mut txn, 0, 2);
         }
         let room = server_copy(&client);
-        apply(&room, &restore_update(&state(&room), &version).unwrap());
+        apply(
+            &room,
+            &restore_update(&state(&room), &version, u64::MAX).unwrap(),
+        );
         apply(
             &client,
-            &restore_update(&state(&server_copy(&client)), &version).unwrap(),
+            &restore_update(&state(&server_copy(&client)), &version, u64::MAX).unwrap(),
         );
         let txn = client.transact();
         assert_eq!(
@@ -663,7 +712,7 @@ mod tests {
             xml.remove_range(&mut txn, 0, 1);
         }
         let mut room = crate::protocol::SyncRoom::new(server_copy(&client));
-        let update = restore_update(&state(room.doc()), &version).unwrap();
+        let update = restore_update(&state(room.doc()), &version, u64::MAX).unwrap();
         assert!(
             !update.windows(5).any(|w| w == b"words"),
             "the room's own content travels again"
@@ -730,7 +779,7 @@ mod tests {
             list.remove_range(&mut txn, 100, 300);
         }
         for _ in 0..3 {
-            let update = restore_update(&state(&server_copy(&client)), &version).unwrap();
+            let update = restore_update(&state(&server_copy(&client)), &version, u64::MAX).unwrap();
             apply(&client, &update);
             let txn = client.transact();
             assert_eq!(text.diff(&txn, YChange::identity), expected);

@@ -87,31 +87,37 @@ fn version_id(id: &str) -> Result<&str, Status> {
 }
 
 /// A room's state (one Yjs update v1) in `format`, rendered on the
-/// blocking pool (a whole document: CPU work).
-async fn render_state(state: Vec<u8>, format: pb::StateFormat) -> Result<Vec<u8>, Status> {
-    if matches!(
-        format,
-        pb::StateFormat::UpdateV1 | pb::StateFormat::Unspecified
-    ) {
-        return Ok(state);
-    }
+/// blocking pool (a whole document: CPU work) if its formatting is within
+/// `max_render_bytes`.
+async fn render_state(
+    state: Vec<u8>,
+    format: pb::StateFormat,
+    max_render_bytes: u64,
+) -> Result<Vec<u8>, Status> {
+    use crate::render::JsonFormat;
+    let format = match format {
+        pb::StateFormat::UpdateV1 | pb::StateFormat::Unspecified => return Ok(state),
+        pb::StateFormat::Json => JsonFormat::Plain,
+        pb::StateFormat::Prosemirror => JsonFormat::Prosemirror,
+    };
     tokio::task::spawn_blocking(move || {
-        use yrs::updates::decoder::Decode;
-        let doc = yrs::Doc::new();
-        let update = yrs::Update::decode_v1(&state)
-            .map_err(|e| Status::internal(format!("stored version unreadable: {e}")))?;
-        yrs::Transact::transact_mut(&doc)
-            .apply_update(update)
-            .map_err(|e| Status::internal(format!("stored version unreadable: {e}")))?;
-        Ok(match format {
-            pb::StateFormat::Prosemirror => crate::render::prosemirror::doc_to_prosemirror(&doc),
-            _ => crate::render::doc_to_json(&doc),
-        }
-        .to_string()
-        .into_bytes())
+        crate::render::render_state(&state, format, max_render_bytes)
+            .map(|json| json.to_string().into_bytes())
+            .map_err(render_status)
     })
     .await
     .map_err(|e| Status::internal(e.to_string()))?
+}
+
+/// A render refused: too costly is the document's fault (413 at the
+/// gateway); an unreadable state is ours.
+fn render_status(error: crate::render::budget::RenderError) -> Status {
+    match error {
+        crate::render::budget::RenderError::TooCostly { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
+        crate::render::budget::RenderError::Unreadable(_) => Status::internal(error.to_string()),
+    }
 }
 
 /// The gRPC face of a room node.
@@ -247,9 +253,10 @@ impl RoomNode for RoomNodeService {
         let room = room_name(request.room)?;
         let state = self
             .registry
-            .call(&room, false, |reply| RoomCommand::State { format, reply })
+            .call(&room, false, |reply| RoomCommand::State { reply })
             .await
             .map_err(call_status)?;
+        let state = render_state(state, format, self.registry.max_render_bytes()).await?;
         Ok(Response::new(pb::RoomStateReply {
             state: state.into(),
         }))
@@ -447,7 +454,9 @@ impl RoomNode for RoomNodeService {
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("room {room} has no version {id}")))?;
         Ok(Response::new(pb::RoomStateReply {
-            state: render_state(state, format).await?.into(),
+            state: render_state(state, format, self.registry.max_render_bytes())
+                .await?
+                .into(),
         }))
     }
 
@@ -505,19 +514,21 @@ impl RoomNode for RoomNodeService {
         // meanwhile stay, after the restore, as any concurrent edit would.
         let current = self
             .registry
-            .call(&room, true, |reply| RoomCommand::State {
-                format: pb::StateFormat::UpdateV1,
-                reply,
-            })
+            .call(&room, true, |reply| RoomCommand::State { reply })
             .await
             .map_err(call_status)?;
-        let update =
-            tokio::task::spawn_blocking(move || crate::restore::restore_update(&current, &version))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| {
-                    Status::failed_precondition(format!("version {id} not restored: {e}"))
-                })?;
+        let max_render_bytes = self.registry.max_render_bytes();
+        let update = tokio::task::spawn_blocking(move || {
+            crate::restore::restore_update(&current, &version, max_render_bytes)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            crate::restore::RestoreError::TooCostly(_) => {
+                Status::resource_exhausted(format!("version {id} not restored: {e}"))
+            }
+            _ => Status::failed_precondition(format!("version {id} not restored: {e}")),
+        })?;
         self.registry
             .call(&room, true, |reply| RoomCommand::Apply {
                 update: update.clone(),

@@ -23,7 +23,9 @@
 //!
 //! The same walk lists the update's blocks ([`BlockRef`]: id range, where
 //! its parent comes from, whether it creates a shared type) so that
-//! [`crate::depth`] can bound how deep shared types nest once applied.
+//! [`crate::depth`] can bound how deep shared types nest once applied, and
+//! where each lies in the bytes ([`BlockBytes`]) so that
+//! [`crate::render::budget`] can weigh and rewrite formatting.
 
 use yrs::encoding::read::{Cursor, Read};
 
@@ -148,6 +150,53 @@ pub fn scan_outside_update(
 /// in update order; sub-documents are listed (`is_subdoc`), not refused, so
 /// a stored document that holds one is still indexed.
 pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(), UpdateCheckError> {
+    scan_update_bytes(update, |block, _| {
+        if let Some(block) = block {
+            visit(block);
+        }
+    })
+}
+
+/// Where one block lies in an update's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockBytes<'a> {
+    /// Offset of its info byte.
+    pub start: usize,
+    /// Offset of its content, past the info byte, origins and parent.
+    pub content: usize,
+    /// Offset just past it.
+    pub end: usize,
+    /// What it holds, as far as formatting is concerned.
+    pub kind: BlockKind<'a>,
+}
+
+/// A block's content, as far as formatting is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind<'a> {
+    /// A formatting attribute: its key and its value's JSON text.
+    Format {
+        /// The attribute's name.
+        key: &'a str,
+        /// The attribute's value, as JSON text (`null` ends it).
+        value: &'a str,
+    },
+    /// An embed (one JSON value in a text).
+    Embed,
+    /// Text (a string run).
+    String,
+    /// A shared type.
+    Type,
+    /// Anything else: other content, deleted or garbage-collected ranges,
+    /// skips.
+    Other,
+}
+
+/// [`scan_update`] with every block's place in the bytes; empty items
+/// (which yrs drops) come with no [`BlockRef`].
+pub fn scan_update_bytes<'a>(
+    update: &'a [u8],
+    mut visit: impl FnMut(Option<BlockRef>, BlockBytes<'a>),
+) -> Result<(), UpdateCheckError> {
     let mut reader = Cursor::new(update);
     let clients: u32 = reader.read_var()?;
     // Grown as sections are read (a claimed count is not trusted).
@@ -158,14 +207,33 @@ pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(),
         seen.push(client);
         let mut clock: u32 = reader.read_var()?;
         for _ in 0..blocks {
-            let Some(mut block) = read_block(&mut reader)? else {
+            let start = reader.next;
+            let (block, content, kind) = read_block(&mut reader)?;
+            let kind = match kind {
+                RawKind::Format { key, value } => BlockKind::Format {
+                    key: str_at(update, key),
+                    value: str_at(update, value),
+                },
+                RawKind::Embed => BlockKind::Embed,
+                RawKind::String => BlockKind::String,
+                RawKind::Type => BlockKind::Type,
+                RawKind::Other => BlockKind::Other,
+            };
+            let bytes = BlockBytes {
+                start,
+                content,
+                end: reader.next,
+                kind,
+            };
+            let Some(mut block) = block else {
+                visit(None, bytes);
                 continue;
             };
             block.client = client;
             block.clock = clock;
             // Malformed clocks make yrs refuse the update; never overflow.
             clock = clock.saturating_add(block.len);
-            visit(block);
+            visit(Some(block), bytes);
         }
     }
     seen.sort_unstable();
@@ -183,9 +251,38 @@ fn read_id(reader: &mut Cursor) -> Result<Id, UpdateCheckError> {
     Ok((client, clock))
 }
 
-/// Reads one block; `None` for an empty item, which yrs drops without
-/// advancing the clock. Client and clock are the caller's to fill in.
-fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError> {
+/// `info` (an item's first byte) with its content kind made an embed.
+pub fn as_embed(info: u8) -> u8 {
+    (info & !0b1111) | EMBED
+}
+
+/// A string already read (and checked as UTF-8) at `range` of `update`.
+fn str_at(update: &[u8], range: (usize, usize)) -> &str {
+    std::str::from_utf8(&update[range.0..range.1]).unwrap_or_default()
+}
+
+/// [`BlockKind`] with byte ranges in place of strings.
+enum RawKind {
+    Format {
+        key: (usize, usize),
+        value: (usize, usize),
+    },
+    Embed,
+    String,
+    Type,
+    Other,
+}
+
+/// Reads a string, giving its byte range.
+fn string_range(reader: &mut Cursor) -> Result<(usize, usize), UpdateCheckError> {
+    let len = reader.read_string()?.len();
+    Ok((reader.next - len, reader.next))
+}
+
+/// Reads one block: `None` for an empty item, which yrs drops without
+/// advancing the clock (client and clock are the caller's to fill in),
+/// then the offset of its content and what that is.
+fn read_block(reader: &mut Cursor) -> Result<(Option<BlockRef>, usize, RawKind), UpdateCheckError> {
     let info = reader.read_u8()?;
     let mut block = BlockRef {
         client: 0,
@@ -199,8 +296,9 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         is_json: false,
     };
     if info == SKIP || info == GC {
+        let content = reader.next;
         block.len = reader.read_var()?;
-        return Ok((block.len > 0).then_some(block));
+        return Ok(((block.len > 0).then_some(block), content, RawKind::Other));
     }
     let origin = (info & HAS_ORIGIN != 0)
         .then(|| read_id(reader))
@@ -224,6 +322,8 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
             parent
         }
     };
+    let content = reader.next;
+    let mut kind = RawKind::Other;
     block.len = match info & 0b1111 {
         DELETED => {
             block.is_gone = true;
@@ -243,18 +343,24 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
             1
         }
         // Clocks count UTF-16 code units, as in Yjs.
-        STRING => reader.read_string()?.encode_utf16().count() as u32,
+        STRING => {
+            kind = RawKind::String;
+            reader.read_string()?.encode_utf16().count() as u32
+        }
         // JSON text, parsed by serde_json, which has its own depth limit.
         EMBED => {
+            kind = RawKind::Embed;
             reader.read_string()?;
             1
         }
         FORMAT => {
-            reader.read_string()?;
-            reader.read_string()?;
+            let key = string_range(reader)?;
+            let value = string_range(reader)?;
+            kind = RawKind::Format { key, value };
             1
         }
         TYPE => {
+            kind = RawKind::Type;
             // An element carries its tag name.
             let type_ref = reader.read_u8()?;
             if type_ref == TYPE_XML_ELEMENT {
@@ -279,7 +385,7 @@ fn read_block(reader: &mut Cursor) -> Result<Option<BlockRef>, UpdateCheckError>
         // The rest of the update cannot be read past an unknown kind.
         kind => return Err(UpdateCheckError::UnknownContent(kind)),
     };
-    Ok((block.len > 0).then_some(block))
+    Ok(((block.len > 0).then_some(block), content, kind))
 }
 
 /// Reads past a signed varint exactly as far as yrs's `read_var::<i64>`

@@ -173,6 +173,13 @@ pub(crate) struct RoomNodeFlags {
     /// updates growing it past this are refused and the writer is told [default: 268435456].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_DOC_BYTES")]
     pub max_doc_bytes: Option<u64>,
+    /// Formatting a JSON or ProseMirror render (the state API, the JSON
+    /// state callback) or a version restore may copy, in bytes: a text
+    /// cut into many runs under many attributes costs their product, so a
+    /// document past it is refused those (413; the callback's `data` is
+    /// null) [default: 134217728].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_RENDER_BYTES")]
+    pub max_render_bytes: Option<u64>,
     /// A session's SyncStep1 or QueryAwareness is answered at most once
     /// per this interval; repeats are dropped [default: 1s].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MIN_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]

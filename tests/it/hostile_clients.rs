@@ -10,6 +10,10 @@
 //!   close removes only its own ids.
 //! - y-partyserver custom messages (`__YPS:`) from read-only sessions are
 //!   not relayed.
+//! - Formatting whose render costs the square of the document (thousands
+//!   of attributes over thousands of runs) is refused when rendered as
+//!   JSON — the API answers 413, the state callback sends `data: null` —
+//!   and the process keeps serving.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +22,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use partyline_bench::client::YClient;
-use yrs::{Doc, Map, MapPrelim, MapRef, WriteTxn};
+use yrs::types::{Attrs, Delta};
+use yrs::{Any, Doc, In, Map, MapPrelim, MapRef, Text, WriteTxn, XmlFragment, XmlTextPrelim};
 
 use crate::common::DevServer;
 
@@ -32,6 +37,25 @@ fn nest(txn: &mut yrs::TransactionMut<'_>, levels: usize) {
     for _ in 0..levels {
         parent = parent.insert(txn, "k", MapPrelim::default());
     }
+}
+
+/// An XML text of `runs` characters under `keys` attributes, and under
+/// one more on every other character: each run copies every attribute
+/// when rendered.
+fn quadratic_formatting(txn: &mut yrs::TransactionMut<'_>, keys: usize, runs: usize) {
+    let fragment = txn.get_or_insert_xml_fragment("prosemirror");
+    let text = fragment.push_back(txn, XmlTextPrelim::new(""));
+    text.insert(txn, 0, &"b".repeat(runs));
+    let open: Attrs = (0..keys)
+        .map(|k| (format!("k{k}").into(), Any::Bool(true)))
+        .collect();
+    text.format(txn, 0, runs as u32, open);
+    let z: Attrs = [("z".into(), Any::Bool(true))].into();
+    let toggles = (0..runs).map(|run| match run % 2 {
+        0 => Delta::<In>::Retain(1, Some(Box::new(z.clone()))),
+        _ => Delta::Retain(1, None),
+    });
+    text.apply_delta(txn, toggles);
 }
 
 /// The state callbacks the app received, raw.
@@ -55,23 +79,9 @@ async fn serve_app(app: Arc<App>) -> String {
     base
 }
 
-async fn state_json(server: &DevServer, room: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/rooms/{room}/state?format=json",
-            server.addr
-        ))
-        .bearer_auth(KEY)
-        .timeout(WAIT)
-        .send()
-        .await
-        .expect("state request");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn types_nested_past_the_limit_are_refused_and_the_process_keeps_serving() {
+/// `partyline dev` with the API on, calling the app back with each
+/// room's state 100-300 ms after its edits.
+async fn serve_with_callback() -> (Arc<App>, tempfile::TempDir, DevServer) {
     let app = Arc::new(App::default());
     let base = serve_app(app.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -89,6 +99,31 @@ async fn types_nested_past_the_limit_are_refused_and_the_process_keeps_serving()
             "300ms",
         ],
     );
+    (app, dir, server)
+}
+
+async fn state_json(server: &DevServer, room: &str) -> (u16, String) {
+    state_as(server, room, "json").await
+}
+
+async fn state_as(server: &DevServer, room: &str, format: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/rooms/{room}/state?format={format}",
+            server.addr
+        ))
+        .bearer_auth(KEY)
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("state request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_nested_past_the_limit_are_refused_and_the_process_keeps_serving() {
+    let (app, _dir, server) = serve_with_callback().await;
     let url = server.url("doc-deep");
 
     // 8,000 levels in one ~95 KB update: yrs would recurse that deep on
@@ -138,6 +173,70 @@ async fn types_nested_past_the_limit_are_refused_and_the_process_keeps_serving()
     assert_eq!(fresh.map_json("m").await.unwrap()["k"], "flat");
     assert!(builder.close_info().is_none() && overwriter.close_info().is_none());
     assert!(server.log().contains("nested deeper than 256"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_that_renders_quadratically_is_refused_and_the_process_keeps_serving() {
+    // The default --max-render-bytes (128 MiB).
+    let (app, _dir, server) = serve_with_callback().await;
+
+    // 2,000 attributes over 2,000 runs: a 185 KB update whose JSON would
+    // copy ~290 MB of formatting (4,000 × 4,000 in 373 KB measured at
+    // 231 MB of JSON and 1.8 GB of memory; ten times the keys and runs is
+    // a hundred times that).
+    let attacker = YClient::connect(&server.url("doc-marks")).await.unwrap();
+    attacker.wait_synced(WAIT).await.unwrap();
+    attacker
+        .edit(|txn| quadratic_formatting(txn, 2_000, 2_000))
+        .await
+        .unwrap();
+    let plain = YClient::connect(&server.url("doc-plain")).await.unwrap();
+    plain.wait_synced(WAIT).await.unwrap();
+    plain.push_text("t", "still here").await.unwrap();
+    // The edit is logged once the room's state holds it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, update) = state_as(&server, "doc-marks", "update").await;
+        assert_eq!(status, 200);
+        if update.len() > 100_000 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "edit not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for format in ["json", "prosemirror"] {
+        let (status, body) = state_as(&server, "doc-marks", format).await;
+        assert_eq!(status, 413, "{format}: {body:.200}");
+        assert!(body.contains("--max-render-bytes"), "{body}");
+    }
+    // The callback still carries the state, without its rendering.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let called_back = loop {
+        let found = app.callbacks.lock().unwrap().iter().find_map(|body| {
+            let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+            (body["room"] == "doc-marks").then_some(body)
+        });
+        if let Some(body) = found {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no callback");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        called_back["data"].is_null(),
+        "{:.200}",
+        called_back["data"]
+    );
+    assert!(called_back["state"].as_str().unwrap().len() > 100_000);
+    assert!(server.log().contains("state callback sends data: null"));
+
+    // Everything else is served as before.
+    let (status, json) = state_json(&server, "doc-plain").await;
+    assert_eq!((status, json.as_str()), (200, r#"{"t":"still here"}"#));
+    let fresh = YClient::connect(&server.url("doc-marks")).await.unwrap();
+    fresh.wait_synced(WAIT).await.unwrap();
+    assert!(attacker.close_info().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,8 +247,8 @@ impl RoomActor {
                     updates_since_snapshot: self.snapshots.schedule.updates_since(),
                 });
             }
-            Input::Command(RoomCommand::State { format, reply }) => {
-                let _ = reply.send(self.state(format));
+            Input::Command(RoomCommand::State { reply }) => {
+                let _ = reply.send(self.sync.encode_state());
             }
             Input::Command(RoomCommand::Apply { update, reply }) => self.apply(update, reply),
             Input::Command(RoomCommand::Sessions { reply }) => {
@@ -282,18 +282,6 @@ impl RoomActor {
             Input::Command(RoomCommand::Panic) => panic!("panic requested by a test"),
             Input::Link(link, LinkEvent::Frame(kind)) => self.handle_frame(link, kind),
             Input::Link(link, LinkEvent::Ended) => self.drop_link(link),
-        }
-    }
-
-    /// The server API's state of the room, in `format`.
-    fn state(&self, format: pb::StateFormat) -> Vec<u8> {
-        let doc = self.sync.doc();
-        match format {
-            pb::StateFormat::Json => crate::render::doc_to_json(doc).to_string().into_bytes(),
-            pb::StateFormat::Prosemirror => crate::render::prosemirror::doc_to_prosemirror(doc)
-                .to_string()
-                .into_bytes(),
-            pb::StateFormat::UpdateV1 | pb::StateFormat::Unspecified => self.sync.encode_state(),
         }
     }
 

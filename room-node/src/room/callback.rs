@@ -18,21 +18,41 @@ use crate::protocol::SyncRoom;
 pub(super) struct StateCallback {
     /// `None`: this room calls back nothing. Boxed: every live room holds
     /// this struct, and the settings are large.
-    hooks: Option<Box<Hooks>>,
+    hooks: Option<Box<Target>>,
     /// Changes not sent yet, and when to send them.
     due: Option<Debounce>,
     /// The callback in flight (retries included).
     task: Option<JoinHandle<()>>,
 }
 
+/// Where the state goes, and how much formatting its JSON may copy.
+#[derive(Clone)]
+struct Target {
+    hooks: Hooks,
+    max_render_bytes: u64,
+}
+
+impl std::ops::Deref for Target {
+    type Target = Hooks;
+
+    fn deref(&self) -> &Hooks {
+        &self.hooks
+    }
+}
+
 impl StateCallback {
     /// The callback of a room; `hooks` without a callback URL, or an
     /// ephemeral room (`stores: false`), call back nothing.
-    pub(super) fn new(hooks: Option<&Hooks>, stores: bool) -> Self {
+    pub(super) fn new(hooks: Option<&Hooks>, stores: bool, max_render_bytes: u64) -> Self {
         Self {
             hooks: hooks
                 .filter(|hooks| hooks.has_callback() && stores)
-                .map(|hooks| Box::new(hooks.clone())),
+                .map(|hooks| {
+                    Box::new(Target {
+                        hooks: hooks.clone(),
+                        max_render_bytes,
+                    })
+                }),
             due: None,
             task: None,
         }
@@ -73,13 +93,20 @@ impl StateCallback {
         };
         self.due = None;
         let state = sync.encode_state();
-        let json = crate::render::doc_to_json(sync.doc());
         let room = room.clone();
         let version = StateVersion {
             epoch: epoch.get(),
             taken: std::time::SystemTime::now(),
         };
         self.task = Some(tokio::spawn(async move {
+            let (state, json) = if hooks.sends_json() {
+                let Some(rendered) = data(&room, state, hooks.max_render_bytes).await else {
+                    return;
+                };
+                rendered
+            } else {
+                (state, serde_json::Value::Null)
+            };
             match hooks.send_state(room.as_str(), &state, json, version).await {
                 Ok(()) => tracing::debug!(room = %room, bytes = state.len(), "state callback sent"),
                 Err(error) => {
@@ -125,6 +152,33 @@ impl StateCallback {
     }
 }
 
+/// The JSON callback's `data`, rendered on the blocking pool (off the
+/// room's task); `null`, logged, when the render is refused (the state
+/// itself still goes out); `None` if the render panicked.
+async fn data(
+    room: &RoomName,
+    state: Vec<u8>,
+    max_render_bytes: u64,
+) -> Option<(Vec<u8>, serde_json::Value)> {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let json =
+            crate::render::render_state(&state, crate::render::JsonFormat::Plain, max_render_bytes);
+        (state, json)
+    })
+    .await;
+    match rendered {
+        Ok((state, Ok(json))) => Some((state, json)),
+        Ok((state, Err(error))) => {
+            tracing::warn!(room = %room, %error, "state callback sends data: null");
+            Some((state, serde_json::Value::Null))
+        }
+        Err(error) => {
+            tracing::error!(room = %room, %error, "state callback not sent: its render failed; the next change sends the state again");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -148,7 +202,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn due_once_quiet_but_never_past_the_max_wait() {
         let hooks = hooks(true);
-        let mut callback = StateCallback::new(Some(&hooks), true);
+        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX);
         assert_eq!(callback.due_at(), None, "nothing changed");
         let first = Instant::now();
         callback.note_change(first);
@@ -166,7 +220,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_callback_at_a_time_and_later_changes_wait_for_the_next() {
         let hooks = hooks(true);
-        let mut callback = StateCallback::new(Some(&hooks), true);
+        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX);
         callback.note_change(Instant::now());
         // Stands for a callback in flight.
         let (release, running) = tokio::sync::oneshot::channel::<()>();
@@ -193,11 +247,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_callback_url_or_an_ephemeral_room_calls_back_nothing() {
         for (hooks, stores) in [(hooks(false), true), (hooks(true), false)] {
-            let mut callback = StateCallback::new(Some(&hooks), stores);
+            let mut callback = StateCallback::new(Some(&hooks), stores, u64::MAX);
             callback.note_change(Instant::now());
             assert_eq!(callback.due_at(), None);
         }
-        let mut callback = StateCallback::new(None, true);
+        let mut callback = StateCallback::new(None, true, u64::MAX);
         callback.note_change(Instant::now());
         assert_eq!(callback.due_at(), None);
     }

@@ -56,11 +56,9 @@ pub enum RoomCommand {
         /// Where the answer goes.
         reply: oneshot::Sender<RoomInfo>,
     },
-    /// Server API: the room's whole state as one Yjs update v1, as JSON of
-    /// its top-level types, or as ProseMirror JSON of its XML fragments.
+    /// Server API: the room's whole state as one Yjs update v1 (the
+    /// service renders JSON from it, off the room's task).
     State {
-        /// Which of those (unspecified: the update).
-        format: pb::StateFormat,
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<u8>>,
     },

@@ -103,7 +103,7 @@ fn actor_of(
             config.snapshot_log_updates,
         ),
         awareness: AwarenessThrottle::new(policy.awareness_throttle),
-        callback: StateCallback::new(resources.hooks.as_deref(), stores),
+        callback: StateCallback::new(resources.hooks.as_deref(), stores, config.max_render_bytes),
         events: resources.events().cloned(),
         links: Links::default(),
         doc_bytes: measured.state_bytes,
