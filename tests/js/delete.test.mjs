@@ -60,6 +60,11 @@ ctx.test('a deleted room refuses providers with 4404 until it is restored with i
   assert.equal(await closed, 4404)
   await sleep(1500)
   assert.equal(a.provider.wsconnected, false, 'the closed provider reconnected')
+  // With no session left on it, the gateway retires the room's stream
+  // quietly (it used to warn that it was re-opening the room).
+  const warned = fs.readFileSync(server.logPath, 'utf8').split('\n')
+    .filter((line) => line.includes(room) && line.includes('re-opening'))
+  assert.deepEqual(warned, [])
 
   // Meanwhile: new providers are refused, the API says it is deleted,
   // and the room is not listed.

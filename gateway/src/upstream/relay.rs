@@ -74,6 +74,13 @@ impl UpstreamActor {
                         tracing::warn!(room = %self.room, owner = %url, %error, "room stream broke the chunking rules; re-opening the room");
                         return failed_stream(error.to_string());
                     }
+                    // A node ends a stream with no session on it when the
+                    // room goes away (a delete): nothing to re-open then,
+                    // unless a session is waiting to open.
+                    Ok(None) if self.sessions.is_empty() => {
+                        tracing::debug!(room = %self.room, owner = %url, "room stream ended with no session on it");
+                        return failed_stream("the room stream ended".to_owned());
+                    }
                     Ok(None) => {
                         tracing::warn!(room = %self.room, owner = %url, "room stream ended; re-opening the room");
                         return failed_stream("the room stream ended".to_owned());
