@@ -22,17 +22,21 @@ pub(crate) struct AdminArgs {
     common: CommonArgs,
     #[command(flatten)]
     cluster: ClusterFlags,
-    /// The gRPC link's secret (for `export` and `import`, which call the
-    /// rooms' owners as a gateway does).
+    /// The gRPC link's secret (for `export`, `import`, and `history` /
+    /// `fetch-version` without `--redis`, which call the rooms' owners as
+    /// a gateway does).
     #[command(flatten)]
     link: LinkFlags,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// The rooms' Redis (for `history` and `fetch-version`), as room nodes use it.
+    /// The rooms' Redis, as room nodes use it: `history` and
+    /// `fetch-version` then read remote storage directly, which works with
+    /// no room node running (without it they ask the rooms' owners, as the
+    /// HTTP API does).
     #[arg(long, global = true, env = "PARTYLINE_NODE_REDIS")]
     redis: Option<String>,
-    /// The snapshot store (for `history` and `fetch-version`), as room nodes use it
+    /// The snapshot store (with `--redis`), as room nodes use it
     /// [default: redis://].
     #[arg(long, global = true, env = "PARTYLINE_NODE_STORE")]
     store: Option<String>,
@@ -68,17 +72,25 @@ enum AdminCommand {
     /// their share when `rebalance_on_join` is off).
     Rebalance,
     /// List a room's stored snapshot versions, newest first (`history`
-    /// rooms keep many).
+    /// rooms keep many): from its owner, on any store, or with `--redis`
+    /// straight from remote storage.
     History {
         /// The room name.
         room: String,
+        /// Give up after this long (asking the owner).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
-    /// Write one stored version of a room to stdout as a Yjs update (v1).
+    /// Write one stored version of a room to stdout as a Yjs update (v1):
+    /// from its owner, or with `--redis` straight from remote storage.
     FetchVersion {
         /// The room name.
         room: String,
         /// The version's name, from `history`.
         version: String,
+        /// Give up after this long (asking the owner).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Write a room's whole state to stdout as one Yjs update (v1), as
     /// `Y.applyUpdate` reads it.
@@ -165,33 +177,56 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let report = serde_json::json!({ "node": node, "draining": false });
             print(json, &report, || format!("{node} may own slots again\n"))
         }
-        AdminCommand::History { room } => {
-            let storage = storage(
-                args.redis.as_deref(),
-                args.store.as_deref(),
-                &options.cluster,
-            )
-            .await?;
-            let versions = storage.versions(&room).await?;
+        AdminCommand::History { room, timeout } => {
+            let versions: Vec<ListedVersion> = match args.redis.as_deref() {
+                Some(redis) => {
+                    let storage = storage(redis, args.store.as_deref(), &options.cluster).await?;
+                    let versions = storage.versions(&room).await?;
+                    versions.into_iter().map(ListedVersion::from).collect()
+                }
+                None => {
+                    let name = room_name(&room)?;
+                    let rooms = room_api(&options, &link, timeout).await?;
+                    let versions = rooms.versions(&name).await?;
+                    versions.into_iter().map(ListedVersion::from).collect()
+                }
+            };
             print(json, &versions, || {
-                let mut out = format!("{:<64} {:>15}\n", "VERSION", "AT (unix ms)");
+                let mut out = format!(
+                    "{:<64} {:>15} {:>10}  LABEL\n",
+                    "VERSION", "AT (unix ms)", "BYTES"
+                );
                 for version in &versions {
-                    out += &format!("{:<64} {:>15}\n", version.name, version.at_unix_ms);
+                    let size = version.size.map_or("-".to_owned(), |size| size.to_string());
+                    let label = version.label.as_deref().unwrap_or("");
+                    out += &format!(
+                        "{:<64} {:>15} {:>10}  {label}\n",
+                        version.name, version.at_unix_ms, size
+                    );
                 }
                 out
             })
         }
-        AdminCommand::FetchVersion { room, version } => {
-            let storage = storage(
-                args.redis.as_deref(),
-                args.store.as_deref(),
-                &options.cluster,
-            )
-            .await?;
-            let state = storage
-                .fetch_version(&room, &version)
-                .await?
-                .with_context(|| format!("no valid version {version:?} of {room}"))?;
+        AdminCommand::FetchVersion {
+            room,
+            version,
+            timeout,
+        } => {
+            let state = match args.redis.as_deref() {
+                Some(redis) => {
+                    let storage = storage(redis, args.store.as_deref(), &options.cluster).await?;
+                    storage
+                        .fetch_version(&room, &version)
+                        .await?
+                        .with_context(|| format!("no valid version {version:?} of {room}"))?
+                }
+                None => {
+                    let name = room_name(&room)?;
+                    let rooms = room_api(&options, &link, timeout).await?;
+                    let format = partyline_proto::pb::StateFormat::UpdateV1;
+                    rooms.version(&name, &version, format).await?.to_vec()
+                }
+            };
             std::io::Write::write_all(&mut std::io::stdout().lock(), &state)?;
             Ok(())
         }
@@ -242,13 +277,49 @@ async fn connect(
         .context("connect to NATS")
 }
 
+/// One stored version as `history` prints it, read from storage or from
+/// the room's owner.
+#[derive(Debug, Serialize)]
+struct ListedVersion {
+    /// Its name: what `fetch-version` and the HTTP API take.
+    name: String,
+    /// When it was taken (Unix ms).
+    at_unix_ms: u64,
+    /// The last log entry it covers (read from storage only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    covered: Option<String>,
+    /// Its size as one Yjs update v1, when known.
+    size: Option<u64>,
+    /// The label it was taken with, if any.
+    label: Option<String>,
+}
+
+impl From<partyline_room_node::storage::Version> for ListedVersion {
+    fn from(version: partyline_room_node::storage::Version) -> Self {
+        Self {
+            name: version.name,
+            at_unix_ms: version.at_unix_ms,
+            covered: Some(version.covered),
+            size: version.size,
+            label: version.label,
+        }
+    }
+}
+
+impl From<partyline_proto::pb::VersionInfo> for ListedVersion {
+    fn from(version: partyline_proto::pb::VersionInfo) -> Self {
+        Self {
+            name: version.id,
+            at_unix_ms: version.taken_at_unix_ms,
+            covered: None,
+            size: version.size,
+            label: version.label,
+        }
+    }
+}
+
 /// The rooms' remote storage, as room nodes open it.
-async fn storage(
-    redis: Option<&str>,
-    store: Option<&str>,
-    cluster: &str,
-) -> anyhow::Result<RemoteStorage> {
-    let redis = redis.context("--redis is needed to read stored versions")?;
+async fn storage(redis: &str, store: Option<&str>, cluster: &str) -> anyhow::Result<RemoteStorage> {
     crate::config::check_redis(redis)?;
     let store = store.unwrap_or("redis://");
     crate::config::check_store(store)?;

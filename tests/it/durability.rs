@@ -30,6 +30,28 @@ fn start(redis: &RedisServer, nodes: usize, extra: &[&str]) -> TestCluster {
     TestCluster::start_with(1, nodes, 1, &all)
 }
 
+/// Runs `partyline admin ARGS` against `cluster` (its NATS and link
+/// secret), `stdin` from a file; its stdout.
+fn run_admin(cluster: &TestCluster, args: &[&str], stdin: Option<&std::path::Path>) -> Vec<u8> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"));
+    command
+        .args(["admin", "--nats", &cluster.nats.url()])
+        .arg("--grpc-secret-file")
+        .arg(cluster.link_secret_file())
+        .args(args)
+        .env("PARTYLINE_LOG", "warn");
+    if let Some(path) = stdin {
+        command.stdin(std::fs::File::open(path).unwrap());
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 fn chunks(text: &str) -> BTreeSet<String> {
     text.split_terminator(';').map(str::to_owned).collect()
 }
@@ -209,25 +231,7 @@ async fn export_is_read_by_yjs_and_import_reaches_live_clients() {
         .await
         .unwrap();
 
-    let admin = |args: &[&str], stdin: Option<&std::path::Path>| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"));
-        command
-            .args(["admin", "--nats", &cluster.nats.url()])
-            .arg("--grpc-secret-file")
-            .arg(cluster.link_secret_file())
-            .args(args)
-            .env("PARTYLINE_LOG", "warn");
-        if let Some(path) = stdin {
-            command.stdin(std::fs::File::open(path).unwrap());
-        }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "admin {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
+    let admin = |args: &[&str], stdin: Option<&std::path::Path>| run_admin(&cluster, args, stdin);
     let exported = cluster.dir.path().join("doc-export.yjs");
     std::fs::write(&exported, admin(&["export", "doc-export"], None)).unwrap();
 
@@ -283,29 +287,11 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
             "5",
         ],
     );
+    // Reading remote storage directly.
+    let store = format!("file://{}/snapshots", cluster.dir.path().display());
     let admin = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_partyline"))
-            .args([
-                "admin",
-                "--nats",
-                &cluster.nats.url(),
-                "--redis",
-                &redis.url(),
-            ])
-            .args([
-                "--store",
-                &format!("file://{}/snapshots", cluster.dir.path().display()),
-            ])
-            .args(args)
-            .env("PARTYLINE_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "admin {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
+        let storage = ["--redis", &redis.url(), "--store", &store];
+        run_admin(&cluster, &[&storage[..], args].concat(), None)
     };
 
     let writer = YClient::connect(&cluster.url(0, "doc-history"))
@@ -358,6 +344,23 @@ async fn history_rooms_keep_versions_and_ephemeral_rooms_store_nothing() {
     assert!(
         oldest.len() < newest.len(),
         "versions differ: {oldest:?} vs {newest:?}"
+    );
+    // Without --redis the same come from the room's owner.
+    let via_owner = |args: &[&str]| run_admin(&cluster, args, None);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&via_owner(&["history", "doc-history", "--json"])).unwrap();
+    let names = |versions: &[serde_json::Value]| -> Vec<String> {
+        let names = versions
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned());
+        names.collect()
+    };
+    let stored = versions_now();
+    assert_eq!(names(listed.as_array().unwrap()), names(&stored));
+    let newest_name = stored[0]["name"].as_str().unwrap();
+    assert_eq!(
+        via_owner(&["fetch-version", "doc-history", newest_name]),
+        admin(&["fetch-version", "doc-history", newest_name])
     );
 
     // An ephemeral room relays awareness, refuses document edits (the
