@@ -12,7 +12,8 @@
 //! document gives the room's document, as a restart would. A room that
 //! says its document diverged from its log is loaded again from the log,
 //! as the server does. Last, the room's whole state (what joiners and
-//! snapshots get) must decode to what the room holds.
+//! snapshots get) must decode to what the room holds, and the render
+//! budget must be able to weigh it.
 #![no_main]
 
 use std::backtrace::Backtrace;
@@ -140,8 +141,20 @@ fn run(data: &[u8]) {
     // crafted multi-character map value whose later entry the room keeps
     // comes back deleted, a yrs quirk stock clients never reach).
     let copy = Doc::new();
-    let whole = Update::decode_v1(&room.encode_state()).expect("the room's state decodes");
-    let _ = copy.transact_mut().apply_update(whole);
+    let encoded_state = room.encode_state();
+    let whole = Update::decode_v1(&encoded_state).expect("the room's state decodes");
+    let applies = copy.transact_mut().apply_update(whole).is_ok();
+    // The render budget rewrites that state (format items as embeds) and
+    // applies it to a scratch copy: wherever the state applies, so must
+    // the rewrite (a limit of 0 makes any formatting go the exact way).
+    if applies {
+        use partyline_room_node::render::budget::{check, RenderError};
+        let weighed = check(&encoded_state, 0);
+        assert!(
+            !matches!(weighed, Err(RenderError::Unreadable(_))),
+            "the render budget could not read the room's state: {weighed:?}"
+        );
+    }
     let (held, encoded) = (state(room.doc()), state(&copy));
     assert_eq!(
         held.state_map, encoded.state_map,
