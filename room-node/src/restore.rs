@@ -20,7 +20,10 @@
 //! Bounded: the version and the room are both at most the room's
 //! `max_doc_bytes`, the walk recurses on our side only (never through
 //! yrs's own recursive conversions) and refuses content nested deeper
-//! than [`MAX_DEPTH`] levels before anything is applied.
+//! than [`MAX_DEPTH`] levels before anything is applied. Texts are read
+//! through yrs's diff, which copies every open attribute into every run:
+//! the version's formatting is weighed first ([`crate::render::budget`])
+//! and refused past the node's `max_render_bytes`.
 
 use std::collections::BTreeMap;
 
