@@ -159,10 +159,15 @@ pub(crate) async fn run(
     let link = LinkAuth::Secret(LinkSecret::random());
     let hooks = live_hooks.map(Arc::new);
     let events = hooks.as_ref().and_then(|hooks| hooks.events().cloned());
+    let renders = partyline_room_node::render::Renders::new(room_config.render_concurrency);
     let room_node = tokio::spawn(partyline_room_node::run(
         grpc_listener,
         room_config,
-        partyline_room_node::Resources { storage, hooks },
+        partyline_room_node::Resources {
+            storage,
+            hooks,
+            renders,
+        },
         map_rx.clone(),
         link.clone(),
         shutdown.clone(),

@@ -175,10 +175,15 @@ pub(crate) async fn run(
     tracing::info!(node = %node_id, grpc = %info.grpc_url, "room node started");
     let hooks = live_hooks.map(std::sync::Arc::new);
     let events = hooks.as_ref().and_then(|hooks| hooks.events().cloned());
+    let renders = partyline_room_node::render::Renders::new(config.render_concurrency);
     let server = tokio::spawn(partyline_room_node::run(
         listener,
         config,
-        partyline_room_node::Resources { storage, hooks },
+        partyline_room_node::Resources {
+            storage,
+            hooks,
+            renders,
+        },
         slot_map,
         link,
         shutdown.clone(),

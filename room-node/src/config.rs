@@ -109,6 +109,8 @@ pub struct RoomNodeSettings {
     /// callback) or a version restore may copy; a document past it is
     /// refused those (see [`crate::render::budget`]).
     pub max_render_bytes: u64,
+    /// JSON renders and version restores a node runs at once.
+    pub render_concurrency: usize,
     /// A session's SyncStep1 or QueryAwareness is answered at most once
     /// per this interval; repeats are dropped.
     #[serde(with = "humantime_serde")]
@@ -184,6 +186,7 @@ impl Default for RoomNodeSettings {
             memory_trim_delay: DEFAULT_MEMORY_TRIM_DELAY,
             max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
             max_render_bytes: crate::render::budget::DEFAULT_MAX_RENDER_BYTES,
+            render_concurrency: crate::render::DEFAULT_RENDER_CONCURRENCY,
             min_resync_interval: DEFAULT_MIN_RESYNC_INTERVAL,
             awareness_max_clients: limits.awareness_max_clients,
             awareness_max_bytes: limits.awareness_max_bytes,
@@ -279,6 +282,7 @@ impl RoomNodeSettings {
                 .then_some(self.memory_trim_delay),
             max_doc_bytes: self.max_doc_bytes,
             max_render_bytes: self.max_render_bytes,
+            render_concurrency: self.render_concurrency,
             min_resync_interval: self.min_resync_interval,
         }
     }
@@ -399,6 +403,9 @@ pub struct RoomNodeConfig {
     /// may copy ([`crate::render::budget`]); past it they are refused
     /// (the API answers 413, the state callback sends `data: null`).
     pub max_render_bytes: u64,
+    /// JSON renders (API, state callbacks) and version restores run at
+    /// once on the node's blocking pool; more wait their turn.
+    pub render_concurrency: usize,
     /// A session's SyncStep1 (or QueryAwareness) is answered at most once
     /// per this interval; repeats are dropped (each answer may be the
     /// whole document).
@@ -487,6 +494,10 @@ impl RoomNodeConfig {
         ensure(
             self.snapshot_log_updates > 0,
             "room_node.snapshot_log_updates must be at least 1",
+        )?;
+        ensure(
+            self.render_concurrency > 0,
+            "room_node.render_concurrency (--render-concurrency) must be at least 1",
         )?;
         // The server API moves whole documents in one gRPC message.
         let largest_doc = (self.policies.iter())

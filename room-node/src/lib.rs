@@ -54,6 +54,8 @@ pub struct Resources {
     pub storage: storage::NodeStorage,
     /// The app's webhooks.
     pub hooks: Option<std::sync::Arc<hooks::Hooks>>,
+    /// Renders running at once ([`RoomNodeConfig::render_concurrency`]).
+    pub renders: render::Renders,
 }
 
 /// `at` in Unix milliseconds (0 before the epoch).
@@ -73,6 +75,7 @@ impl Resources {
         Self {
             storage,
             hooks: None,
+            renders: render::Renders::new(render::DEFAULT_RENDER_CONCURRENCY),
         }
     }
 }

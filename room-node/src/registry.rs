@@ -221,6 +221,11 @@ impl Registry {
         self.config.max_render_bytes
     }
 
+    /// The node's renders, a few at a time.
+    pub fn renders(&self) -> &crate::render::Renders {
+        &self.resources.renders
+    }
+
     /// Persistence mode of `room` by its name.
     pub fn mode_of(&self, room: &RoomName) -> crate::config::RoomMode {
         self.config.mode_of(room.as_str())

@@ -42,6 +42,39 @@ pub fn doc_to_json(doc: &Doc) -> Value {
     Value::Object(object)
 }
 
+/// Default for the room node's `render_concurrency`.
+pub const DEFAULT_RENDER_CONCURRENCY: usize = 4;
+
+/// The node's renders (JSON of whole documents, version restores), run on
+/// the blocking pool a few at a time: each holds a whole document and its
+/// rendering in memory, and many rooms' callbacks or many API calls at
+/// once must not multiply that past what the node can hold.
+#[derive(Debug, Clone)]
+pub struct Renders(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Renders {
+    /// At most `at_once` renders at a time (at least one).
+    pub fn new(at_once: usize) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            at_once.max(1),
+        )))
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free; the slot is
+    /// held until `work` ends, even if the caller stops waiting.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let slot = self.0.clone().acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+    }
+}
+
 /// Which JSON a whole state renders as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonFormat {
@@ -231,6 +264,66 @@ mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Array, Map as _, StateVector, Text, Update, WriteTxn};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renders_run_a_few_at_a_time_and_hold_their_slot_to_the_end() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let renders = Renders::new(2);
+        let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut all = Vec::new();
+        for _ in 0..8 {
+            let (renders, running, peak) = (renders.clone(), running.clone(), peak.clone());
+            all.push(tokio::spawn(async move {
+                renders
+                    .run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in all {
+            task.await.unwrap();
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&peak), "{peak} renders at once");
+
+        // A caller that stops waiting leaves its render running, holding
+        // the slot until it ends.
+        let renders = Renders::new(1);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let caller = tokio::spawn({
+            let renders = renders.clone();
+            async move {
+                renders
+                    .run(move || {
+                        started_tx.send(()).unwrap();
+                        released.recv().unwrap();
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        caller.abort();
+        let next = renders.run(|| 7);
+        tokio::pin!(next);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut next)
+                .await
+                .is_err(),
+            "the slot was freed while its render still ran"
+        );
+        release.send(()).unwrap();
+        assert_eq!(next.await.unwrap(), 7);
+    }
 
     /// `doc` as a server holds it: read back from an update, its
     /// top-level types untyped.

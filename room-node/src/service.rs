@@ -90,6 +90,7 @@ fn version_id(id: &str) -> Result<&str, Status> {
 /// blocking pool (a whole document: CPU work) if its formatting is within
 /// `max_render_bytes`.
 async fn render_state(
+    renders: &crate::render::Renders,
     state: Vec<u8>,
     format: pb::StateFormat,
     max_render_bytes: u64,
@@ -100,13 +101,14 @@ async fn render_state(
         pb::StateFormat::Json => JsonFormat::Plain,
         pb::StateFormat::Prosemirror => JsonFormat::Prosemirror,
     };
-    tokio::task::spawn_blocking(move || {
-        crate::render::render_state(&state, format, max_render_bytes)
-            .map(|json| json.to_string().into_bytes())
-            .map_err(render_status)
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
+    renders
+        .run(move || {
+            crate::render::render_state(&state, format, max_render_bytes)
+                .map(|json| json.to_string().into_bytes())
+                .map_err(render_status)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
 }
 
 /// A render refused: too costly is the document's fault (413 at the
@@ -256,7 +258,8 @@ impl RoomNode for RoomNodeService {
             .call(&room, false, |reply| RoomCommand::State { reply })
             .await
             .map_err(call_status)?;
-        let state = render_state(state, format, self.registry.max_render_bytes()).await?;
+        let limit = self.registry.max_render_bytes();
+        let state = render_state(self.registry.renders(), state, format, limit).await?;
         Ok(Response::new(pb::RoomStateReply {
             state: state.into(),
         }))
@@ -454,9 +457,14 @@ impl RoomNode for RoomNodeService {
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("room {room} has no version {id}")))?;
         Ok(Response::new(pb::RoomStateReply {
-            state: render_state(state, format, self.registry.max_render_bytes())
-                .await?
-                .into(),
+            state: render_state(
+                self.registry.renders(),
+                state,
+                format,
+                self.registry.max_render_bytes(),
+            )
+            .await?
+            .into(),
         }))
     }
 
@@ -518,17 +526,16 @@ impl RoomNode for RoomNodeService {
             .await
             .map_err(call_status)?;
         let max_render_bytes = self.registry.max_render_bytes();
-        let update = tokio::task::spawn_blocking(move || {
-            crate::restore::restore_update(&current, &version, max_render_bytes)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| match e {
-            crate::restore::RestoreError::TooCostly(_) => {
-                Status::resource_exhausted(format!("version {id} not restored: {e}"))
-            }
-            _ => Status::failed_precondition(format!("version {id} not restored: {e}")),
-        })?;
+        let update = (self.registry.renders())
+            .run(move || crate::restore::restore_update(&current, &version, max_render_bytes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::restore::RestoreError::TooCostly(_) => {
+                    Status::resource_exhausted(format!("version {id} not restored: {e}"))
+                }
+                _ => Status::failed_precondition(format!("version {id} not restored: {e}")),
+            })?;
         self.registry
             .call(&room, true, |reply| RoomCommand::Apply {
                 update: update.clone(),

@@ -124,6 +124,7 @@ pub(crate) fn room_node(config: &partyline_room_node::RoomNodeConfig, hooks: boo
         "memory_trim_delay": opt_duration(config.memory_trim_delay),
         "max_doc_bytes": config.max_doc_bytes,
         "max_render_bytes": config.max_render_bytes,
+        "render_concurrency": config.render_concurrency,
         "min_resync_interval": duration(config.min_resync_interval),
     })
 }

@@ -180,6 +180,11 @@ pub(crate) struct RoomNodeFlags {
     /// null) [default: 134217728].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MAX_RENDER_BYTES")]
     pub max_render_bytes: Option<u64>,
+    /// JSON renders (state API, JSON state callbacks) and version restores
+    /// a room node runs at once; more wait their turn (each holds a whole
+    /// document and its rendering in memory) [default: 4].
+    #[arg(long, env = "PARTYLINE_ROOM_NODE_RENDER_CONCURRENCY")]
+    pub render_concurrency: Option<usize>,
     /// A session's SyncStep1 or QueryAwareness is answered at most once
     /// per this interval; repeats are dropped [default: 1s].
     #[arg(long, env = "PARTYLINE_ROOM_NODE_MIN_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]

@@ -39,6 +39,12 @@ fn unknown_keys_and_bad_values_are_errors() {
         ..Default::default()
     };
     assert!(bad.into_config("g").is_err());
+    let no_renders = RoomNodeSettings {
+        render_concurrency: 0,
+        ..Default::default()
+    };
+    let refused = no_renders.into_config(node_id(), &[]).unwrap_err();
+    assert!(refused.to_string().contains("--render-concurrency"), "{refused}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::hooks::{Debounce, Hooks, StateVersion};
 use crate::protocol::SyncRoom;
+use crate::render::Renders;
 
 /// Unsent changes and the callback in flight.
 pub(super) struct StateCallback {
@@ -25,11 +26,13 @@ pub(super) struct StateCallback {
     task: Option<JoinHandle<()>>,
 }
 
-/// Where the state goes, and how much formatting its JSON may copy.
+/// Where the state goes, and how its JSON is rendered: at most
+/// `max_render_bytes` of formatting, among the node's `renders`.
 #[derive(Clone)]
 struct Target {
     hooks: Hooks,
     max_render_bytes: u64,
+    renders: Renders,
 }
 
 impl std::ops::Deref for Target {
@@ -43,7 +46,12 @@ impl std::ops::Deref for Target {
 impl StateCallback {
     /// The callback of a room; `hooks` without a callback URL, or an
     /// ephemeral room (`stores: false`), call back nothing.
-    pub(super) fn new(hooks: Option<&Hooks>, stores: bool, max_render_bytes: u64) -> Self {
+    pub(super) fn new(
+        hooks: Option<&Hooks>,
+        stores: bool,
+        max_render_bytes: u64,
+        renders: &Renders,
+    ) -> Self {
         Self {
             hooks: hooks
                 .filter(|hooks| hooks.has_callback() && stores)
@@ -51,6 +59,7 @@ impl StateCallback {
                     Box::new(Target {
                         hooks: hooks.clone(),
                         max_render_bytes,
+                        renders: renders.clone(),
                     })
                 }),
             due: None,
@@ -100,7 +109,7 @@ impl StateCallback {
         };
         self.task = Some(tokio::spawn(async move {
             let (state, json) = if hooks.sends_json() {
-                let Some(rendered) = data(&room, state, hooks.max_render_bytes).await else {
+                let Some(rendered) = data(&hooks, &room, state).await else {
                     return;
                 };
                 rendered
@@ -152,20 +161,22 @@ impl StateCallback {
     }
 }
 
-/// The JSON callback's `data`, rendered on the blocking pool (off the
+/// The JSON callback's `data`, rendered among the node's renders (off the
 /// room's task); `null`, logged, when the render is refused (the state
 /// itself still goes out); `None` if the render panicked.
 async fn data(
+    target: &Target,
     room: &RoomName,
     state: Vec<u8>,
-    max_render_bytes: u64,
 ) -> Option<(Vec<u8>, serde_json::Value)> {
-    let rendered = tokio::task::spawn_blocking(move || {
-        let json =
-            crate::render::render_state(&state, crate::render::JsonFormat::Plain, max_render_bytes);
-        (state, json)
-    })
-    .await;
+    let max_render_bytes = target.max_render_bytes;
+    let rendered = (target.renders)
+        .run(move || {
+            let plain = crate::render::JsonFormat::Plain;
+            let json = crate::render::render_state(&state, plain, max_render_bytes);
+            (state, json)
+        })
+        .await;
     match rendered {
         Ok((state, Ok(json))) => Some((state, json)),
         Ok((state, Err(error))) => {
@@ -202,7 +213,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn due_once_quiet_but_never_past_the_max_wait() {
         let hooks = hooks(true);
-        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX);
+        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX, &Renders::new(1));
         assert_eq!(callback.due_at(), None, "nothing changed");
         let first = Instant::now();
         callback.note_change(first);
@@ -220,7 +231,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_callback_at_a_time_and_later_changes_wait_for_the_next() {
         let hooks = hooks(true);
-        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX);
+        let mut callback = StateCallback::new(Some(&hooks), true, u64::MAX, &Renders::new(1));
         callback.note_change(Instant::now());
         // Stands for a callback in flight.
         let (release, running) = tokio::sync::oneshot::channel::<()>();
@@ -247,11 +258,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_callback_url_or_an_ephemeral_room_calls_back_nothing() {
         for (hooks, stores) in [(hooks(false), true), (hooks(true), false)] {
-            let mut callback = StateCallback::new(Some(&hooks), stores, u64::MAX);
+            let mut callback = StateCallback::new(Some(&hooks), stores, u64::MAX, &Renders::new(1));
             callback.note_change(Instant::now());
             assert_eq!(callback.due_at(), None);
         }
-        let mut callback = StateCallback::new(None, true, u64::MAX);
+        let mut callback = StateCallback::new(None, true, u64::MAX, &Renders::new(1));
         callback.note_change(Instant::now());
         assert_eq!(callback.due_at(), None);
     }

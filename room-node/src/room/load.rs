@@ -39,6 +39,9 @@ pub fn spawn_actor(
         tx,
         deleted: deleted.clone(),
     };
+    // Held for the actor's life: one pointer in the future, not the whole
+    // struct.
+    let resources = Arc::new(resources);
     let actor = async move {
         let metrics = crate::telemetry::metrics();
         let started = Instant::now();
@@ -103,7 +106,12 @@ fn actor_of(
             config.snapshot_log_updates,
         ),
         awareness: AwarenessThrottle::new(policy.awareness_throttle),
-        callback: StateCallback::new(resources.hooks.as_deref(), stores, config.max_render_bytes),
+        callback: StateCallback::new(
+            resources.hooks.as_deref(),
+            stores,
+            config.max_render_bytes,
+            &resources.renders,
+        ),
         events: resources.events().cloned(),
         links: Links::default(),
         doc_bytes: measured.state_bytes,
