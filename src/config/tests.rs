@@ -44,7 +44,10 @@ fn unknown_keys_and_bad_values_are_errors() {
         ..Default::default()
     };
     let refused = no_renders.into_config(node_id(), &[]).unwrap_err();
-    assert!(refused.to_string().contains("--render-concurrency"), "{refused}");
+    assert!(
+        refused.to_string().contains("--render-concurrency"),
+        "{refused}"
+    );
 }
 
 #[test]
