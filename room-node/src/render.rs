@@ -21,6 +21,7 @@ pub mod budget;
 pub mod prosemirror;
 
 use serde_json::{Map, Value};
+use yrs::branch::{Branch, BranchPtr};
 use yrs::types::xml::{Xml, XmlFragment, XmlOut};
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -32,8 +33,9 @@ use yrs::{
 /// `null`. The walk recurses, and a client can nest types without bound.
 pub const MAX_DEPTH: usize = 64;
 
-/// `{name: content}` for every top-level type of `doc`.
-pub fn doc_to_json(doc: &Doc) -> Value {
+/// `{name: content}` for every top-level type of `doc`. Unweighed: from
+/// outside the crate, [`render_state`] is the way in.
+pub(crate) fn doc_to_json(doc: &Doc) -> Value {
     let txn = doc.transact();
     let mut object = Map::new();
     for (name, value) in txn.root_refs() {
@@ -136,6 +138,20 @@ fn render<T: ReadTxn>(value: Out, txn: &T, depth: usize) -> Value {
         #[allow(unreachable_patterns)]
         _ => Value::Null,
     }
+}
+
+/// The branch of a shared type, `None` for plain values and documents.
+pub(crate) fn branch_of(value: &Out) -> Option<BranchPtr> {
+    Some(match value {
+        Out::YText(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::YMap(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::YArray(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::YXmlElement(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::YXmlFragment(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::YXmlText(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
+        Out::UndefinedRef(branch) => *branch,
+        _ => return None,
+    })
 }
 
 /// What an untyped branch holds, judged as yrs's `as_prelim` judges it

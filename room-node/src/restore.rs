@@ -37,7 +37,7 @@ use yrs::{
     TextPrelim, TextRef, Transact, TransactionMut, Update, XmlFragmentRef,
 };
 
-use crate::render::{infer, Inferred};
+use crate::render::{branch_of, infer, Inferred};
 
 /// Deepest nesting of shared types a restore copies; a deeper version is
 /// refused (the room's updates are refused past `max_type_depth`, 128 by
@@ -209,20 +209,6 @@ impl Kind {
             }
         }
     }
-}
-
-/// The branch of a shared type, `None` for plain values and documents.
-fn branch_of(value: &Out) -> Option<BranchPtr> {
-    Some(match value {
-        Out::YText(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::YMap(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::YArray(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::YXmlElement(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::YXmlFragment(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::YXmlText(v) => BranchPtr::from(AsRef::<Branch>::as_ref(v)),
-        Out::UndefinedRef(branch) => *branch,
-        _ => return None,
-    })
 }
 
 /// Deletes everything `branch` holds: its entries (attributes) and its

@@ -150,7 +150,8 @@ pub fn scan_outside_update(
 /// in update order; sub-documents are listed (`is_subdoc`), not refused, so
 /// a stored document that holds one is still indexed.
 pub fn scan_update(update: &[u8], mut visit: impl FnMut(BlockRef)) -> Result<(), UpdateCheckError> {
-    scan_update_bytes(update, |block, _| {
+    // Every client frame comes here: the blocks' bytes are not looked at.
+    walk(update, |block, _| {
         if let Some(block) = block {
             visit(block);
         }
@@ -197,6 +198,41 @@ pub fn scan_update_bytes<'a>(
     update: &'a [u8],
     mut visit: impl FnMut(Option<BlockRef>, BlockBytes<'a>),
 ) -> Result<(), UpdateCheckError> {
+    walk(update, |block, raw| {
+        let kind = match raw.kind {
+            RawKind::Format { key, value } => BlockKind::Format {
+                key: str_at(update, key),
+                value: str_at(update, value),
+            },
+            RawKind::Embed => BlockKind::Embed,
+            RawKind::String => BlockKind::String,
+            RawKind::Type => BlockKind::Type,
+            RawKind::Other => BlockKind::Other,
+        };
+        let bytes = BlockBytes {
+            start: raw.start,
+            content: raw.content,
+            end: raw.end,
+            kind,
+        };
+        visit(block, bytes);
+    })
+}
+
+/// A block's place in the bytes, its strings as byte ranges.
+struct RawBytes {
+    start: usize,
+    content: usize,
+    end: usize,
+    kind: RawKind,
+}
+
+/// Reads `update` block by block, handing each to `visit` with its place
+/// in the bytes; empty items come with no [`BlockRef`].
+fn walk(
+    update: &[u8],
+    mut visit: impl FnMut(Option<BlockRef>, RawBytes),
+) -> Result<(), UpdateCheckError> {
     let mut reader = Cursor::new(update);
     let clients: u32 = reader.read_var()?;
     // Grown as sections are read (a claimed count is not trusted).
@@ -209,17 +245,7 @@ pub fn scan_update_bytes<'a>(
         for _ in 0..blocks {
             let start = reader.next;
             let (block, content, kind) = read_block(&mut reader)?;
-            let kind = match kind {
-                RawKind::Format { key, value } => BlockKind::Format {
-                    key: str_at(update, key),
-                    value: str_at(update, value),
-                },
-                RawKind::Embed => BlockKind::Embed,
-                RawKind::String => BlockKind::String,
-                RawKind::Type => BlockKind::Type,
-                RawKind::Other => BlockKind::Other,
-            };
-            let bytes = BlockBytes {
+            let bytes = RawBytes {
                 start,
                 content,
                 end: reader.next,

@@ -26,12 +26,13 @@
 
 use std::collections::HashMap;
 
-use yrs::branch::{Branch, BranchPtr};
+use yrs::branch::BranchPtr;
 use yrs::encoding::write::Write;
 use yrs::types::text::YChange;
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Doc, Map, MapRef, Out, ReadTxn, Text, TextRef, Transact, Update};
 
+use super::branch_of;
 use crate::update_check::{scan_update_bytes, BlockBytes, BlockKind};
 
 /// Default for the room node's `max_render_bytes`: 128 MiB of attribute
@@ -145,7 +146,7 @@ fn exact_weight(state: &[u8], formats: &[Format], limit: u64) -> Result<u64, Ren
     let txn = scratch.transact();
     let mut branches: Vec<BranchPtr> = txn
         .root_refs()
-        .filter_map(|(_, out)| branch(&out))
+        .filter_map(|(_, out)| branch_of(&out))
         .collect();
     let mut weight = 0u64;
     while let Some(parent) = branches.pop() {
@@ -168,7 +169,7 @@ fn exact_weight(state: &[u8], formats: &[Format], limit: u64) -> Result<u64, Ren
                 }
                 // Sequences hand their nested types to the diff as runs.
                 Out::Any(_) => {}
-                other => branches.extend(branch(&other)),
+                other => branches.extend(branch_of(&other)),
             }
             weight = weight.saturating_add(open_weight);
             if weight > limit {
@@ -177,7 +178,7 @@ fn exact_weight(state: &[u8], formats: &[Format], limit: u64) -> Result<u64, Ren
         }
         // Keyed entries (maps, element attributes) may be types too.
         let entries = MapRef::from(parent);
-        branches.extend(entries.iter(&txn).filter_map(|(_, out)| branch(&out)));
+        branches.extend(entries.iter(&txn).filter_map(|(_, out)| branch_of(&out)));
     }
     Ok(weight)
 }
@@ -215,21 +216,6 @@ fn formats_as_embeds(state: &[u8]) -> Result<Vec<u8>, RenderError> {
     .map_err(|e| RenderError::Unreadable(e.to_string()))?;
     out.extend_from_slice(&state[copied..]);
     Ok(out)
-}
-
-/// The shared type `out` is, if it is one.
-fn branch(out: &Out) -> Option<BranchPtr> {
-    let branch: &Branch = match out {
-        Out::YText(text) => text.as_ref(),
-        Out::YArray(array) => array.as_ref(),
-        Out::YMap(map) => map.as_ref(),
-        Out::YXmlElement(element) => element.as_ref(),
-        Out::YXmlFragment(fragment) => fragment.as_ref(),
-        Out::YXmlText(text) => text.as_ref(),
-        Out::UndefinedRef(branch) => return Some(*branch),
-        _ => return None,
-    };
-    Some(BranchPtr::from(branch))
 }
 
 #[cfg(test)]
@@ -294,7 +280,7 @@ pub(crate) mod tests {
     fn copied_by_yrs(doc: &Doc) -> u64 {
         let txn = doc.transact();
         txn.root_refs()
-            .filter_map(|(_, out)| branch(&out))
+            .filter_map(|(_, out)| branch_of(&out))
             .flat_map(|text| TextRef::from(text).diff(&txn, YChange::identity))
             .flat_map(|run| run.attributes.into_iter().flat_map(|a| a.into_iter()))
             .map(|(key, value)| {

@@ -46,7 +46,7 @@ use super::{any_to_json, render, MAX_DEPTH};
 
 /// `{name: document}` for every top-level type of `doc` that is an XML
 /// fragment.
-pub fn doc_to_prosemirror(doc: &Doc) -> Value {
+pub(crate) fn doc_to_prosemirror(doc: &Doc) -> Value {
     let txn = doc.transact();
     let mut object = Map::new();
     for (name, value) in txn.root_refs() {

@@ -19,7 +19,7 @@ use crate::render::Renders;
 pub(super) struct StateCallback {
     /// `None`: this room calls back nothing. Boxed: every live room holds
     /// this struct, and the settings are large.
-    hooks: Option<Box<Target>>,
+    target: Option<Box<Target>>,
     /// Changes not sent yet, and when to send them.
     due: Option<Debounce>,
     /// The callback in flight (retries included).
@@ -35,14 +35,6 @@ struct Target {
     renders: Renders,
 }
 
-impl std::ops::Deref for Target {
-    type Target = Hooks;
-
-    fn deref(&self) -> &Hooks {
-        &self.hooks
-    }
-}
-
 impl StateCallback {
     /// The callback of a room; `hooks` without a callback URL, or an
     /// ephemeral room (`stores: false`), call back nothing.
@@ -53,7 +45,7 @@ impl StateCallback {
         renders: &Renders,
     ) -> Self {
         Self {
-            hooks: hooks
+            target: hooks
                 .filter(|hooks| hooks.has_callback() && stores)
                 .map(|hooks| {
                     Box::new(Target {
@@ -69,7 +61,7 @@ impl StateCallback {
 
     /// A change was logged at `now`: starts (or extends) the debounce.
     pub(super) fn note_change(&mut self, now: Instant) {
-        if self.hooks.is_none() {
+        if self.target.is_none() {
             return;
         }
         match &mut self.due {
@@ -81,8 +73,8 @@ impl StateCallback {
     /// When the next callback starts; `None` with nothing to send or one
     /// in flight (the next waits for it).
     pub(super) fn due_at(&self) -> Option<Instant> {
-        match (&self.due, &self.hooks, &self.task) {
-            (Some(debounce), Some(hooks), None) => Some(debounce.due(hooks.config())),
+        match (&self.due, &self.target, &self.task) {
+            (Some(debounce), Some(target), None) => Some(debounce.due(target.hooks.config())),
             _ => None,
         }
     }
@@ -97,7 +89,7 @@ impl StateCallback {
     /// Sends the room's state on its own task (retries included); changes
     /// after this point wait for the next one.
     pub(super) fn start(&mut self, room: &RoomName, sync: &SyncRoom, epoch: Epoch) {
-        let Some(hooks) = self.hooks.as_deref().cloned() else {
+        let Some(target) = self.target.as_deref().cloned() else {
             return;
         };
         self.due = None;
@@ -108,15 +100,18 @@ impl StateCallback {
             taken: std::time::SystemTime::now(),
         };
         self.task = Some(tokio::spawn(async move {
-            let (state, json) = if hooks.sends_json() {
-                let Some(rendered) = data(&hooks, &room, state).await else {
+            let (state, json) = if target.hooks.sends_json() {
+                let Some(rendered) = data(&target, &room, state).await else {
                     return;
                 };
                 rendered
             } else {
                 (state, serde_json::Value::Null)
             };
-            match hooks.send_state(room.as_str(), &state, json, version).await {
+            match (target.hooks)
+                .send_state(room.as_str(), &state, json, version)
+                .await
+            {
                 Ok(()) => tracing::debug!(room = %room, bytes = state.len(), "state callback sent"),
                 Err(error) => {
                     tracing::error!(room = %room, %error, "state callback failed after its retries; the next change sends the state again")
@@ -138,9 +133,9 @@ impl StateCallback {
     /// callback timeout.
     pub(super) async fn finish(&mut self, room: &RoomName, sync: &SyncRoom, epoch: Epoch) {
         let Some(limit) = self
-            .hooks
+            .target
             .as_ref()
-            .map(|hooks| hooks.config().callback_timeout)
+            .map(|target| target.hooks.config().callback_timeout)
         else {
             return;
         };
